@@ -1,0 +1,230 @@
+"""The ``crystalvision`` command line: one sub-command per stage, plus ``pipeline run``.
+
+Commands are thin: they parse options, call into the stage modules and turn
+:class:`~crystalvision.errors.CrystalVisionError` into one clear message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crystalvision.errors import CrystalVisionError
+from crystalvision.logs import setup_logging
+
+log = logging.getLogger("crystalvision")
+
+app = typer.Typer(help="Learn material properties from rendered images of crystal structures.", no_args_is_help=True)
+pipeline_app = typer.Typer(help="Run declarative pipelines (pipelines/*.yaml).", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML (pipelines/*.yaml).")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable).")
+]
+DEFAULT_CONFIG = Path("pipelines/quickstart.yaml")
+
+
+def handle_errors(fn):
+    """Print a CrystalVisionError as one line on stderr and exit 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        setup_logging()
+        try:
+            return fn(*args, **kwargs)
+        except CrystalVisionError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+def _load(config: Path, overrides: list[str] | None):
+    from crystalvision.config import load_pipeline, parse_overrides
+
+    return load_pipeline(config, parse_overrides(overrides or []))
+
+
+def _echo_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+@app.command()
+@handle_errors
+def ingest(
+    chemsys: Annotated[str | None, typer.Option(help="Chemical system, e.g. Li-Mn-Ni-O.")] = None,
+    elements: Annotated[str | None, typer.Option(help="Comma-separated elements (alternative to chemsys).")] = None,
+    nelements: Annotated[int | None, typer.Option(help="Exact number of elements.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for snapshots (default: settings).")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Query the Materials Project (needs MP_API_KEY) and write a versioned, content-hashed snapshot."""
+    from crystalvision.ingest import ingest_from_mp
+
+    cfg = _load(config, set_)
+    query = cfg.ingest.model_copy(
+        update={k: v for k, v in {"chemsys": chemsys, "nelements": nelements}.items() if v is not None}
+    )
+    if elements:
+        query = query.model_copy(update={"elements": elements.split(","), "chemsys": chemsys})
+    path = ingest_from_mp(query, out)
+    typer.echo(str(path))
+
+
+@app.command("snapshot")
+@handle_errors
+def snapshot_info(
+    uri: Annotated[str | None, typer.Argument(help="Snapshot folder (default: the configured one).")] = None,
+) -> None:
+    """Show a snapshot's manifest and verify its content hash."""
+    from crystalvision.settings import get_settings
+    from crystalvision.snapshot import load_snapshot
+
+    snap = load_snapshot(uri or get_settings().data.snapshot_uri)
+    info = snap.manifest.model_dump()
+    info["n_flagged"] = sum(1 for r in snap.records if r.flags)
+    info["path"] = str(snap.path)
+    _echo_json(info)
+
+
+@app.command()
+@handle_errors
+def render(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+    """Render the selected structures into images + a labels table in the object store (Ray Data)."""
+    from crystalvision.pipeline import run_render_stage
+
+    result = run_render_stage(_load(config, set_))
+    _echo_json(result.summary())
+
+
+@app.command()
+@handle_errors
+def train(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+    """Render if needed, then train the multi-head EfficientNet-B0 with Ray Train and log to MLflow."""
+    from crystalvision.pipeline import run_pipeline
+
+    result = run_pipeline(_load(config, set_), stages=["snapshot", "render", "train"])
+    _echo_json(result.summary())
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    run_id: Annotated[str, typer.Option(help="MLflow run id of a training run.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Evaluate a trained run on its test split: metrics, plots, baselines, saliency, HTML report."""
+    from crystalvision.pipeline import evaluate_run
+
+    _echo_json(evaluate_run(_load(config, set_), run_id))
+
+
+@app.command()
+@handle_errors
+def tune(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+    """Sweep learning rate and loss weights with Ray Tune (ASHA); trials are nested MLflow runs."""
+    from crystalvision.tune import run_tune
+
+    _echo_json(run_tune(_load(config, set_)))
+
+
+@app.command()
+@handle_errors
+def register(
+    run_id: Annotated[str, typer.Option(help="MLflow run id whose model to register.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Register a run's model as the challenger and promote it to champion only if it is better."""
+    from crystalvision.registry import register_and_promote
+
+    _echo_json(register_and_promote(_load(config, set_), run_id))
+
+
+@app.command()
+@handle_errors
+def predict(
+    files: Annotated[list[Path], typer.Argument(help="CIF or PNG files.")],
+    model: Annotated[str, typer.Option(help="Model URI, e.g. models:/lmno-efficientnet-b0@champion.")] = (
+        "models:/lmno-efficientnet-b0@champion"
+    ),
+    views: Annotated[int, typer.Option(help="Views rendered per CIF (predictions averaged).")] = 8,
+    output: Annotated[str, typer.Option(help="table or json")] = "table",
+) -> None:
+    """Predict band gap, e_above_hull, crystal system and space group for CIF or image files."""
+    from crystalvision.predict import predict_files
+
+    frame = predict_files(files, model_uri=model, views=views)
+    if output == "json":
+        typer.echo(frame.to_json(orient="records", indent=2))
+    else:
+        typer.echo(frame.to_string(index=False))
+    if "error" in frame and frame["error"].notna().any():
+        raise typer.Exit(code=1)
+
+
+@app.command()
+@handle_errors
+def watch(
+    config: ConfigOpt = Path("pipelines/watch.yaml"),
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option(help="Retrain even if nothing changed.")] = False,
+) -> None:
+    """Retrain when the Materials Project publishes a new database version (promotes only a better model)."""
+    from crystalvision.watch import watch_once
+
+    _echo_json(watch_once(_load(config, set_), force=force))
+
+
+@app.command()
+@handle_errors
+def bench(
+    out: Annotated[Path, typer.Option(help="JSON results file.")] = Path("bench/results/bench.json"),
+    quick: Annotated[bool, typer.Option(help="Smallest sizes (smoke run).")] = False,
+) -> None:
+    """Run every benchmark in bench/, print one table and write JSON."""
+    sys.path.insert(0, str(Path.cwd()))
+    from bench.run_all import main as bench_main
+
+    bench_main(out=out, quick=quick)
+
+
+@pipeline_app.command("run")
+@handle_errors
+def pipeline_run(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML, e.g. pipelines/quickstart.yaml.")],
+    set_: SetOpt = None,
+) -> None:
+    """Run a whole pipeline: snapshot -> render -> train -> evaluate -> register."""
+    from crystalvision.pipeline import run_pipeline
+
+    result = run_pipeline(_load(config, set_))
+    _echo_json(result.summary())
+
+
+@pipeline_app.command("validate")
+@handle_errors
+def pipeline_validate(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
+    set_: SetOpt = None,
+) -> None:
+    """Validate a pipeline YAML and print the resolved config."""
+    cfg = _load(config, set_)
+    _echo_json(cfg.model_dump(mode="json"))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

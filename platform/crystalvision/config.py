@@ -1,0 +1,212 @@
+"""Pipeline configuration: YAML files in ``pipelines/`` validated by pydantic (unknown keys are errors)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from crystalvision.errors import ConfigError
+
+TARGETS_REGRESSION = ("band_gap", "energy_above_hull")
+TARGETS_CLASSIFICATION = ("crystal_system", "spacegroup")
+TARGETS = TARGETS_REGRESSION + TARGETS_CLASSIFICATION
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class SnapshotConfig(_Strict):
+    """Which structures to use."""
+
+    uri: str | None = Field(default=None, description="Snapshot folder; None = settings default (bundled).")
+    include_flagged: bool = Field(default=False, description="Keep structures with validation flags.")
+    max_structures: int | None = Field(default=None, ge=1, description="Use only the first N (tiny runs).")
+    material_ids: list[str] | None = Field(default=None, description="Use only these materials.")
+
+
+class IngestConfig(_Strict):
+    """A live Materials Project query (used by `crystalvision ingest` and `watch`)."""
+
+    chemsys: str | None = Field(default="Li-Mn-Ni-O", description="Chemical system, e.g. 'Li-Mn-Ni-O'.")
+    elements: list[str] | None = Field(default=None, description="Alternative to chemsys: required elements.")
+    nelements: int | None = Field(default=None, ge=1, description="Exact number of elements.")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> IngestConfig:
+        if not self.chemsys and not self.elements:
+            raise ValueError("an ingest query needs `chemsys` or `elements`")
+        return self
+
+
+class RenderConfig(_Strict):
+    """How structures become images."""
+
+    image_size: int = Field(default=224, ge=16, le=2048)
+    views_per_structure: int = Field(default=56, ge=1)
+    seed: int = 0
+    method: Literal["mesh", "impostor"] = Field(
+        default="mesh", description="mesh: tessellated spheres; impostor: VTK's exact sphere mapper (faster)."
+    )
+    sphere_resolution: int = Field(default=16, ge=4, le=64, description="Tessellation of mesh spheres.")
+    radius_scale: float = Field(default=1.0, gt=0)
+    projection: Literal["orthographic", "perspective"] = "orthographic"
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    show_cell: bool = False
+    num_workers: int = Field(default=2, ge=1, description="Render actors in the Ray Data job.")
+    cpus_per_worker: float = Field(default=0.5, gt=0)
+
+
+class SplitConfig(_Strict):
+    """How images are split into train / validation / test."""
+
+    protocol: Literal["image", "grouped"] = Field(
+        default="grouped", description="image: the study's random split by image; grouped: by material_id."
+    )
+    test_fraction: float = Field(default=0.15, gt=0, lt=1)
+    val_fraction: float = Field(default=0.2, gt=0, lt=1, description="Fraction of the non-test part.")
+    seed: int = 0
+
+
+class TrainConfig(_Strict):
+    """Model and optimisation."""
+
+    backbone: str = "efficientnet_b0"
+    pretrained_checkpoint: str | None = Field(default=None, description="Local backbone weights (no downloads).")
+    epochs: int = Field(default=100, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    patience: int = Field(default=30, ge=1, description="Early stopping on validation loss.")
+    loss_weights: dict[str, float] = Field(
+        default_factory=lambda: dict.fromkeys(TARGETS, 1.0), description="Weight of each head's loss."
+    )
+    num_workers: int = Field(default=1, ge=1, description="Ray Train data-parallel workers.")
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    use_gpu: bool = False
+    amp: bool = Field(default=True, description="Mixed precision when on GPU (ignored on CPU).")
+    max_failures: int = Field(default=1, ge=0, description="Worker failures tolerated (resume from checkpoint).")
+    max_steps_per_epoch: int | None = Field(default=None, ge=1, description="Cap steps (tiny test runs).")
+    seed: int = 0
+
+    @field_validator("loss_weights")
+    @classmethod
+    def _known_targets(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - set(TARGETS)
+        if unknown:
+            raise ValueError(f"unknown loss weight keys {sorted(unknown)}; allowed: {list(TARGETS)}")
+        return {t: float(v.get(t, 1.0)) for t in TARGETS}
+
+
+class EvaluateConfig(_Strict):
+    """Evaluation and explainability."""
+
+    stability_threshold: float = Field(default=0.025, description="e_hull (eV/atom) below which 'stable'.")
+    saliency: bool = True
+    saliency_noise: float = Field(default=0.05, ge=0, description="SmoothGrad noise level (the study's 0.05).")
+    saliency_samples: int = Field(default=16, ge=1)
+    baselines: bool = True
+
+
+class TuneConfig(_Strict):
+    """Hyper-parameter sweep."""
+
+    num_samples: int = Field(default=8, ge=1)
+    max_concurrent: int = Field(default=2, ge=1)
+    lr_min: float = Field(default=1e-4, gt=0)
+    lr_max: float = Field(default=3e-3, gt=0)
+    loss_weight_range: tuple[float, float] = (0.5, 2.0)
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    search: Literal["random", "optuna"] = "optuna"
+    grace_period: int = Field(default=1, ge=1, description="ASHA: epochs before a trial can be stopped.")
+
+
+class RegistryConfig(_Strict):
+    """Model registry and promotion gate."""
+
+    model_name: str = "lmno-efficientnet-b0"
+    enabled: bool = Field(default=True, description="Register the trained model at all.")
+    promote_metric: str = Field(default="test_score", description="Higher is better; see registry.py.")
+    min_improvement: float = Field(default=0.0, ge=0)
+
+
+class PipelineConfig(_Strict):
+    """A whole pipeline: snapshot -> render -> train -> evaluate -> register."""
+
+    name: str
+    description: str = ""
+    stages: list[Literal["snapshot", "render", "train", "evaluate", "register"]] = Field(
+        default_factory=lambda: ["snapshot", "render", "train", "evaluate", "register"]
+    )
+    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    render: RenderConfig = Field(default_factory=RenderConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+    def config_hash(self) -> str:
+        """Stable hash of the resolved config."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def _format_validation_error(path: str, err: ValidationError) -> str:
+    lines = [f"invalid pipeline config {path}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{loc}': remove it or fix its spelling")
+        else:
+            lines.append(f"  - {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_pipeline(path: str | Path, overrides: dict | None = None) -> PipelineConfig:
+    """Read and validate a pipeline YAML; ``overrides`` is a nested dict merged on top."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"pipeline config {p} not found: pass a YAML file such as pipelines/quickstart.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"pipeline config {p} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"pipeline config {p} must be a mapping at the top level")
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(str(p), exc)) from exc
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    """Recursively merge ``extra`` into a copy of ``base``."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Turn ``["train.epochs=2", "render.image_size=32"]`` into a nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value, e.g. train.epochs=2")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out

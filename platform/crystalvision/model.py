@@ -1,0 +1,156 @@
+"""EfficientNet-B0 (timm) with four heads: band gap, e_above_hull (regression), crystal system, space group.
+
+A trained model is saved as a folder (like MatGL): ``weights.pt`` (state dict) and ``model.json``
+(:class:`ModelSpec`: architecture, classes, target scaling, image size, training-data snapshot and label
+sources), so a model can be rebuilt anywhere without the training code's state.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import timm
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+
+from crystalvision import __version__
+from crystalvision.config import TARGETS_REGRESSION
+from crystalvision.errors import ModelError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+WEIGHTS_FILE = "weights.pt"
+SPEC_FILE = "model.json"
+# ImageNet statistics: the normalisation EfficientNet expects (kept when training from scratch too).
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+class ModelSpec(BaseModel):
+    """Everything needed to rebuild a model and interpret its outputs."""
+
+    backbone: str = "efficientnet_b0"
+    crystal_system_classes: list[str]
+    spacegroup_classes: list[str]
+    target_mean: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(TARGETS_REGRESSION, 0.0))
+    target_std: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(TARGETS_REGRESSION, 1.0))
+    image_size: int = 224
+    snapshot_sha256: str | None = None
+    snapshot_id: str | None = None
+    label_source: dict[str, str] = Field(default_factory=dict)
+    render_config: dict = Field(default_factory=dict)
+    crystalvision_version: str = __version__
+
+
+class CrystalNet(nn.Module):
+    """Shared timm backbone, one linear head per target. ``forward`` returns a dict of tensors.
+
+    Regression outputs are in standardised units (see :meth:`denormalise`); classification outputs are logits.
+    """
+
+    def __init__(self, spec: ModelSpec, pretrained_checkpoint: str | None = None, drop_rate: float = 0.2):
+        super().__init__()
+        self.spec = spec
+        self.backbone = timm.create_model(spec.backbone, pretrained=False, num_classes=0, drop_rate=drop_rate)
+        if pretrained_checkpoint:
+            load_backbone_weights(self.backbone, pretrained_checkpoint)
+        width = self.backbone.num_features
+        self.heads = nn.ModuleDict(
+            {
+                "band_gap": nn.Linear(width, 1),
+                "energy_above_hull": nn.Linear(width, 1),
+                "crystal_system": nn.Linear(width, len(spec.crystal_system_classes)),
+                "spacegroup": nn.Linear(width, len(spec.spacegroup_classes)),
+            }
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(x)
+        out = {name: head(features) for name, head in self.heads.items()}
+        for t in TARGETS_REGRESSION:
+            out[t] = out[t].squeeze(-1)
+        return out
+
+    def denormalise(self, target: str, values: torch.Tensor) -> torch.Tensor:
+        """Standardised regression output -> physical units (eV, eV/atom)."""
+        return values * self.spec.target_std[target] + self.spec.target_mean[target]
+
+
+def load_backbone_weights(backbone: nn.Module, path: str) -> None:
+    """Load local backbone weights (a timm/torchvision state dict); classifier keys are ignored."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"pretrained checkpoint {p} not found; pass a local .pth/.pt file (no downloads here)")
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "fc."))}
+    missing, _unexpected = backbone.load_state_dict(state, strict=False)
+    if len(missing) > len(state) // 2:
+        raise ModelError(f"{p} does not look like {type(backbone).__name__} weights ({len(missing)} keys missing)")
+
+
+def save_model(model: CrystalNet, folder: str | Path) -> Path:
+    """Write ``weights.pt`` and ``model.json`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    torch.save(state, folder / WEIGHTS_FILE)
+    (folder / SPEC_FILE).write_text(unwrap(model).spec.model_dump_json(indent=1))
+    return folder
+
+
+def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> CrystalNet:
+    """Rebuild a model saved by :func:`save_model`, in eval mode."""
+    folder = Path(folder)
+    try:
+        spec = ModelSpec.model_validate(json.loads((folder / SPEC_FILE).read_text()))
+        state = torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    except FileNotFoundError as exc:
+        raise ModelError(f"{folder} is not a crystalvision model folder ({exc.filename} missing)") from exc
+    model = CrystalNet(spec)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DistributedDataParallel / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def preprocess(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 NHWC (or HWC) RGB images -> float NCHW normalised with ImageNet statistics."""
+    import numpy as np
+
+    t = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    if t.ndim == 3:
+        t = t.unsqueeze(0)
+    if t.shape[-1] != 3:
+        raise ModelError(f"expected RGB images shaped (N, H, W, 3), got {tuple(t.shape)}")
+    t = t.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(MEAN, device=t.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=t.device).view(1, 3, 1, 1)
+    return (t - mean) / std
+
+
+@torch.no_grad()
+def predict_arrays(model: CrystalNet, images: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Predict a stack of uint8 images: regression in physical units, class probabilities per head."""
+    import numpy as np
+
+    model.eval()
+    device = next(model.parameters()).device
+    chunks: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(images), batch_size):
+        out = model(preprocess(images[start : start + batch_size]).to(device))
+        for t in TARGETS_REGRESSION:
+            chunks.setdefault(t, []).append(model.denormalise(t, out[t].float()).cpu().numpy())
+        for t in ("crystal_system", "spacegroup"):
+            chunks.setdefault(f"{t}_proba", []).append(out[t].float().softmax(-1).cpu().numpy())
+    return {k: np.concatenate(v) for k, v in chunks.items()}

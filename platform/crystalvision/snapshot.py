@@ -1,0 +1,244 @@
+"""Versioned, content-hashed snapshots of materials: records + manifest + label encoders.
+
+A snapshot is a folder::
+
+    structures.json       list of MaterialRecord (structure as pymatgen Structure.as_dict())
+    manifest.json         db_version, query, source, n_records, content_sha256, created_at
+    label_encoders.json   class lists for crystal_system and spacegroup
+    PROVENANCE.md         where the data came from and its licence (bundled snapshot)
+
+The content hash covers the records only (sorted by material_id, canonical JSON), so the same data gives
+the same hash wherever and whenever it was written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from crystalvision import __version__
+from crystalvision.config import SnapshotConfig
+from crystalvision.errors import SnapshotError
+from crystalvision.structures import CRYSTAL_SYSTEMS
+
+log = logging.getLogger(__name__)
+
+STRUCTURES_FILE = "structures.json"
+MANIFEST_FILE = "manifest.json"
+ENCODERS_FILE = "label_encoders.json"
+
+
+class MaterialRecord(BaseModel):
+    """One material with its labels; ``label_source`` says where each regression label comes from."""
+
+    model_config = ConfigDict(extra="allow")
+
+    material_id: str
+    formula: str
+    nsites: int
+    crystal_system: str
+    spacegroup_symbol: str
+    spacegroup_number: int
+    band_gap: float
+    energy_above_hull: float
+    formation_energy_per_atom: float | None = None
+    flags: list[str] = Field(default_factory=list)
+    label_source: dict[str, str] = Field(default_factory=dict)
+    structure: dict
+
+
+class Manifest(BaseModel):
+    """What a snapshot is: its query, database version and content hash."""
+
+    snapshot_id: str
+    source: str
+    db_version: str
+    query: dict
+    n_records: int
+    content_sha256: str
+    created_at: str
+    label_source: dict[str, str] = Field(default_factory=dict)
+    crystalvision_version: str = __version__
+
+
+class LabelEncoders(BaseModel):
+    """Class lists of the two classification targets; the index in each list is the class id."""
+
+    crystal_system: list[str]
+    spacegroup: list[str]
+
+    def encode(self, target: str, value: str) -> int:
+        """Class id of ``value`` (raises KeyError naming the unknown class)."""
+        classes = getattr(self, target)
+        try:
+            return classes.index(value)
+        except ValueError:
+            raise KeyError(f"{target} class '{value}' is not in the snapshot's encoder {classes}") from None
+
+
+@dataclass
+class Snapshot:
+    """A loaded snapshot."""
+
+    path: Path
+    manifest: Manifest
+    records: list[MaterialRecord]
+    encoders: LabelEncoders
+
+
+@dataclass
+class Selection:
+    """The records a pipeline uses, and what was left out and why."""
+
+    records: list[MaterialRecord]
+    dropped_flagged: list[str] = field(default_factory=list)
+
+    @property
+    def material_ids(self) -> list[str]:
+        return [r.material_id for r in self.records]
+
+
+def content_hash(records: list[MaterialRecord]) -> str:
+    """sha256 over the canonical JSON of the records sorted by material_id."""
+    rows = sorted((r.model_dump(mode="json") for r in records), key=lambda r: r["material_id"])
+    blob = json.dumps(rows, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def derive_encoders(records: list[MaterialRecord]) -> LabelEncoders:
+    """Crystal systems in their conventional order; space groups present, ordered by number."""
+    spacegroups = sorted({(r.spacegroup_number, r.spacegroup_symbol) for r in records})
+    return LabelEncoders(crystal_system=list(CRYSTAL_SYSTEMS), spacegroup=[s for _, s in spacegroups])
+
+
+def _label_source_summary(records: list[MaterialRecord]) -> dict[str, str]:
+    out: dict[str, set[str]] = {}
+    for r in records:
+        for target, source in r.label_source.items():
+            out.setdefault(target, set()).add(source)
+    return {t: " | ".join(sorted(s)) for t, s in out.items()}
+
+
+def write_snapshot(
+    records: list[MaterialRecord],
+    root: str | Path,
+    *,
+    source: str,
+    db_version: str,
+    query: dict,
+    name: str | None = None,
+    extra_files: dict[str, str | Path] | None = None,
+) -> Path:
+    """Write a snapshot folder atomically under ``root``; an identical existing snapshot is reused."""
+    if not records:
+        raise SnapshotError(f"refusing to write an empty snapshot for query {query}; widen the query")
+    sha = content_hash(records)
+    slug = name or "-".join(str(v) for v in query.values() if v) or "snapshot"
+    snapshot_id = f"{slug}-{db_version}-{sha[:12]}".replace("/", "_").replace(" ", "")
+    root = Path(root)
+    final = root / snapshot_id
+    if (final / MANIFEST_FILE).is_file():
+        log.info("snapshot %s already exists; reusing it", final)
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{snapshot_id}.", dir=root))
+    try:
+        ordered = sorted(records, key=lambda r: r.material_id)
+        (tmp / STRUCTURES_FILE).write_text(json.dumps([r.model_dump(mode="json") for r in ordered], indent=1))
+        (tmp / ENCODERS_FILE).write_text(derive_encoders(records).model_dump_json(indent=1))
+        manifest = Manifest(
+            snapshot_id=snapshot_id,
+            source=source,
+            db_version=db_version,
+            query=query,
+            n_records=len(records),
+            content_sha256=sha,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            label_source=_label_source_summary(records),
+        )
+        for fname, src in (extra_files or {}).items():
+            dst = tmp / fname
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if Path(src).is_dir():
+                shutil.copytree(src, dst)
+            else:
+                shutil.copyfile(src, dst)
+        (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=1))
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote snapshot %s (%d records, sha256 %s)", final, len(records), sha[:12])
+    return final
+
+
+def load_snapshot(uri: str | Path, verify: bool = True) -> Snapshot:
+    """Load a snapshot folder and check its content hash against its manifest."""
+    path = Path(uri)
+    if not path.is_dir():
+        raise SnapshotError(
+            f"snapshot {path} not found: run `crystalvision ingest` or set CRYSTALVISION_SNAPSHOT_URI "
+            "to a snapshot folder (the bundled one is used when unset)"
+        )
+    try:
+        raw = json.loads((path / STRUCTURES_FILE).read_text())
+        records = [MaterialRecord.model_validate(r) for r in raw]
+    except FileNotFoundError as exc:
+        raise SnapshotError(f"snapshot {path} has no {STRUCTURES_FILE}; ingest it again") from exc
+    except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
+        raise SnapshotError(f"snapshot {path}/{STRUCTURES_FILE} is unreadable ({exc}); ingest it again") from exc
+    try:
+        manifest = Manifest.model_validate_json((path / MANIFEST_FILE).read_text())
+        encoders = LabelEncoders.model_validate_json((path / ENCODERS_FILE).read_text())
+    except (FileNotFoundError, ValidationError) as exc:
+        raise SnapshotError(f"snapshot {path} has a missing or bad manifest/encoders ({exc}); ingest it again") from exc
+    if verify:
+        sha = content_hash(records)
+        if sha != manifest.content_sha256:
+            raise SnapshotError(
+                f"snapshot {path} is corrupted: content sha256 {sha[:12]} != manifest {manifest.content_sha256[:12]};"
+                " restore it or ingest it again"
+            )
+    return Snapshot(path=path, manifest=manifest, records=records, encoders=encoders)
+
+
+def select(snapshot: Snapshot, cfg: SnapshotConfig) -> Selection:
+    """Apply the pipeline's snapshot options: drop flagged structures (default), pick ids, cap the count."""
+    records = list(snapshot.records)
+    if cfg.material_ids:
+        wanted = set(cfg.material_ids)
+        missing = wanted - {r.material_id for r in records}
+        if missing:
+            raise SnapshotError(f"material ids {sorted(missing)} are not in snapshot {snapshot.manifest.snapshot_id}")
+        records = [r for r in records if r.material_id in wanted]
+    dropped = [] if cfg.include_flagged else [r.material_id for r in records if r.flags]
+    records = [r for r in records if cfg.include_flagged or not r.flags]
+    if dropped:
+        log.info("dropped %d flagged structures (snapshot.include_flagged=false): %s", len(dropped), dropped)
+    if cfg.max_structures:
+        records = _spread(records, cfg.max_structures)
+    if not records:
+        raise SnapshotError("no structures left after selection; relax snapshot.material_ids/include_flagged")
+    return Selection(records=records, dropped_flagged=dropped)
+
+
+def _spread(records: list[MaterialRecord], n: int) -> list[MaterialRecord]:
+    """Take ``n`` records covering as many crystal systems as possible (deterministic)."""
+    by_system: dict[str, list[MaterialRecord]] = {}
+    for r in records:
+        by_system.setdefault(r.crystal_system, []).append(r)
+    picked: list[MaterialRecord] = []
+    while len(picked) < min(n, len(records)):
+        for group in by_system.values():
+            if group and len(picked) < n:
+                picked.append(group.pop(0))
+    return sorted(picked, key=lambda r: r.material_id)

@@ -1,0 +1,137 @@
+"""Object storage behind one small interface: a local folder or ``s3://bucket/prefix`` (pyarrow.fs).
+
+Writes are atomic: local objects go to a temporary name and are renamed into place; an S3 PUT is atomic by
+itself. Credentials come from :class:`~crystalvision.settings.StorageSettings` and are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from crystalvision.errors import StorageError
+from crystalvision.settings import StorageSettings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def s3_filesystem(settings: StorageSettings) -> pafs.S3FileSystem:
+    """A pyarrow S3 filesystem honouring the endpoint override and bounded retries."""
+    kwargs: dict = {"region": settings.s3_region, "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=5)}
+    if settings.s3_endpoint_url:
+        scheme, _, host = settings.s3_endpoint_url.partition("://")
+        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+        kwargs.update(connect_timeout=5, request_timeout=30)
+    if settings.aws_access_key_id and settings.aws_secret_access_key:
+        kwargs.update(
+            access_key=settings.aws_access_key_id.get_secret_value(),
+            secret_key=settings.aws_secret_access_key.get_secret_value(),
+        )
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem_for(uri: str, settings: StorageSettings | None = None) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for a URI; what Ray Data's ``filesystem=`` wants."""
+    if is_s3(uri):
+        return s3_filesystem(settings or get_settings().storage), uri[len("s3://") :].rstrip("/")
+    return pafs.LocalFileSystem(), str(Path(uri).resolve())
+
+
+@dataclass
+class ObjectStore:
+    """Keys under one root URI. Keys use '/' and must not escape the root."""
+
+    root: str
+    settings: StorageSettings | None = None
+
+    @cached_property
+    def _fs_and_base(self) -> tuple[pafs.FileSystem, str]:
+        return filesystem_for(self.root, self.settings)
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        return self._fs_and_base[0]
+
+    @property
+    def base(self) -> str:
+        return self._fs_and_base[1]
+
+    @property
+    def local(self) -> bool:
+        return not is_s3(self.root)
+
+    def path(self, key: str) -> str:
+        """Filesystem path of ``key`` (rejects absolute keys and '..')."""
+        norm = posixpath.normpath(key)
+        if key.startswith("/") or norm.startswith("..") or "/../" in f"/{norm}/":
+            raise StorageError(f"object key '{key}' escapes the store root; use a relative key without '..'")
+        return f"{self.base}/{norm}"
+
+    def uri(self, key: str) -> str:
+        """Full URI of ``key`` (s3://... or an absolute local path)."""
+        return f"s3://{self.path(key)}" if not self.local else self.path(key)
+
+    def exists(self, key: str) -> bool:
+        try:
+            return self.fs.get_file_info(self.path(key)).type == pafs.FileType.File
+        except OSError as exc:
+            raise StorageError(f"object store {self.root} is unreachable ({exc}); check the endpoint") from exc
+
+    def put_bytes(self, key: str, data: bytes) -> str:
+        """Write ``data`` under ``key`` atomically; returns the object's URI."""
+        target = self.path(key)
+        try:
+            if self.local:
+                os.makedirs(posixpath.dirname(target), exist_ok=True)
+                tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, target)
+            else:
+                with self.fs.open_output_stream(target) as out:
+                    out.write(data)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.uri(key)} ({exc}); check the store URI and credentials") from exc
+        return self.uri(key)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path(key)) as fh:
+                return fh.read()
+        except FileNotFoundError as exc:
+            raise StorageError(f"object {self.uri(key)} does not exist; run the stage that writes it") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.uri(key)} ({exc}); check the store URI and credentials") from exc
+
+    def put_text(self, key: str, text: str) -> str:
+        return self.put_bytes(key, text.encode())
+
+    def get_text(self, key: str) -> str:
+        return self.get_bytes(key).decode()
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys under ``prefix`` (recursive), relative to the root; temporary files are skipped."""
+        base = self.path(prefix) if prefix else self.base
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        except OSError as exc:
+            raise StorageError(f"cannot list {self.root}/{prefix} ({exc})") from exc
+        keys = [i.path[len(self.base) + 1 :] for i in infos if i.type == pafs.FileType.File]
+        return sorted(k for k in keys if ".tmp-" not in k)
+
+
+def open_store(uri: str | None = None) -> ObjectStore:
+    """The configured object store (or ``uri``)."""
+    settings = get_settings().storage
+    return ObjectStore(uri or settings.object_store_uri, settings)

@@ -1,0 +1,42 @@
+"""Shared fixtures. Every test gets its own CRYSTALVISION_HOME so runs never share state."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PLATFORM = ROOT / "platform"
+# Make this checkout's package win over any installed copy, for this process and for Ray workers it starts.
+sys.path.insert(0, str(PLATFORM))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(PLATFORM), *filter(None, [os.environ.get("PYTHONPATH")])])
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+BUNDLED = PLATFORM / "crystalvision" / "data" / "snapshots" / "lmno"
+
+
+@pytest.fixture
+def cv_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh CRYSTALVISION_HOME (object store, MLflow db, Ray storage) for one test."""
+    from crystalvision.settings import get_settings
+
+    home = tmp_path / "cvhome"
+    monkeypatch.setenv("CRYSTALVISION_HOME", str(home))
+    for var in ("MLFLOW_TRACKING_URI", "CRYSTALVISION_MLFLOW_TRACKING_URI", "CRYSTALVISION_OBJECT_STORE_URI"):
+        monkeypatch.delenv(var, raising=False)
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def bundled_snapshot():
+    from crystalvision.snapshot import load_snapshot
+
+    return load_snapshot(BUNDLED)

@@ -1,0 +1,52 @@
+import pytest
+from crystalvision.cli import app
+from typer.testing import CliRunner
+
+runner = CliRunner()
+COMMANDS = [
+    [],
+    ["ingest"],
+    ["snapshot"],
+    ["render"],
+    ["train"],
+    ["evaluate"],
+    ["tune"],
+    ["register"],
+    ["predict"],
+    ["watch"],
+    ["bench"],
+    ["pipeline"],
+    ["pipeline", "run"],
+    ["pipeline", "validate"],
+]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "root")
+def test_help(cmd: list[str]) -> None:
+    result = runner.invoke(app, [*cmd, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_snapshot_command_prints_manifest(cv_home) -> None:
+    result = runner.invoke(app, ["snapshot"])
+    assert result.exit_code == 0, result.output
+    assert '"n_flagged": 6' in result.output and "2025.02.12.post" in result.output
+
+
+def test_bad_config_exits_2_with_one_line(tmp_path) -> None:
+    bad = tmp_path / "b.yaml"
+    bad.write_text("name: x\nbogus: 1\n")
+    result = runner.invoke(app, ["pipeline", "validate", str(bad)])
+    assert result.exit_code == 2
+    assert "unknown key 'bogus'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_ingest_without_key_names_the_fix(cv_home, monkeypatch) -> None:
+    for var in ("MP_API_KEY", "PMG_MAPI_KEY", "CRYSTALVISION_MP_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    result = runner.invoke(app, ["ingest", "--chemsys", "Li-O"])
+    assert result.exit_code == 2
+    assert "MP_API_KEY" in result.output
+    assert not (cv_home / "snapshots").exists(), "nothing half-written"

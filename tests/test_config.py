@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+from crystalvision.config import PipelineConfig, load_pipeline, parse_overrides
+from crystalvision.errors import ConfigError
+from crystalvision.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_pipeline_validates(path: Path) -> None:
+    cfg = load_pipeline(path)
+    assert cfg.name
+
+
+def test_paper_pipeline_is_the_study_protocol() -> None:
+    cfg = load_pipeline(ROOT / "pipelines/paper.yaml")
+    assert (cfg.render.image_size, cfg.render.views_per_structure) == (224, 56)
+    assert (cfg.train.lr, cfg.train.batch_size, cfg.train.patience) == (1e-3, 16, 30)
+    assert (cfg.split.protocol, cfg.split.test_fraction, cfg.split.val_fraction) == ("image", 0.15, 0.2)
+
+
+def test_unknown_key_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntrain:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'train.epoch'"):
+        load_pipeline(bad)
+
+
+def test_bad_value_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nrender:\n  image_size: -1\n")
+    with pytest.raises(ConfigError, match="render.image_size"):
+        load_pipeline(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_pipeline(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_pipeline(tmp_path / "list.yaml")
+
+
+def test_overrides_merge_and_unknown_loss_weight() -> None:
+    cfg = load_pipeline(ROOT / "pipelines/quickstart.yaml", parse_overrides(["train.epochs=1", "render.image_size=32"]))
+    assert cfg.train.epochs == 1 and cfg.render.image_size == 32
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_overrides(["oops"])
+    with pytest.raises(ValueError, match="unknown loss weight"):
+        PipelineConfig(name="x", train={"loss_weights": {"gap": 1.0}})
+
+
+def test_config_hash_is_stable_and_sensitive() -> None:
+    a, b = PipelineConfig(name="x"), PipelineConfig(name="x")
+    assert a.config_hash() == b.config_hash()
+    b.render.seed = 1
+    assert a.config_hash() != b.config_hash()
+
+
+def test_settings_from_env_hide_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MP_API_KEY", "sekret-mp-key-123")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sekret-aws-456")
+    monkeypatch.setenv("CRYSTALVISION_HOME", str(tmp_path))
+    monkeypatch.setenv("CRYSTALVISION_OBJECT_STORE_URI", "s3://bucket/prefix")
+    s = Settings()
+    assert s.mp.api_key.get_secret_value() == "sekret-mp-key-123"
+    assert s.storage.object_store_uri == "s3://bucket/prefix"
+    assert s.tracking.mlflow_tracking_uri.startswith("sqlite:///") and str(tmp_path) in s.tracking.mlflow_tracking_uri
+    dumped = repr(s) + s.model_dump_json()
+    assert "sekret-mp-key-123" not in dumped and "sekret-aws-456" not in dumped
