@@ -1,0 +1,116 @@
+"""The rendered dataset: labels table, splits (by image or grouped by structure), image loading."""
+
+from __future__ import annotations
+
+import io
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from sklearn.model_selection import GroupShuffleSplit, train_test_split
+
+from crystalvision.config import SplitConfig
+from crystalvision.errors import ImageError, StorageError
+from crystalvision.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+LABEL_COLUMNS = (
+    "material_id",
+    "view",
+    "image_key",
+    "band_gap",
+    "energy_above_hull",
+    "crystal_system",
+    "spacegroup_symbol",
+    "crystal_system_id",
+    "spacegroup_id",
+)
+
+
+@dataclass
+class Splits:
+    """Train / validation / test frames of the labels table."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    protocol: str
+    seed: int
+
+    def items(self) -> list[tuple[str, pd.DataFrame]]:
+        return [("train", self.train), ("val", self.val), ("test", self.test)]
+
+    def describe(self) -> dict[str, Any]:
+        """Sizes in images and structures, for logging."""
+        out: dict[str, Any] = {"split_protocol": self.protocol, "split_seed": self.seed}
+        for name, df in self.items():
+            out[f"n_images_{name}"] = len(df)
+            out[f"n_structures_{name}"] = int(df["material_id"].nunique())
+        return out
+
+
+def load_labels(store: ObjectStore, labels_key: str) -> pd.DataFrame:
+    """Read the render stage's labels parquet and check its columns."""
+    try:
+        with store.fs.open_input_file(store.path(labels_key)) as fh:
+            df = pd.read_parquet(fh)
+    except FileNotFoundError as exc:
+        raise StorageError(f"labels table {store.uri(labels_key)} not found; run `crystalvision render`") from exc
+    missing = [c for c in LABEL_COLUMNS if c not in df.columns]
+    if missing:
+        raise StorageError(f"labels table {store.uri(labels_key)} lacks columns {missing}; render again")
+    return df.sort_values(["material_id", "view"]).reset_index(drop=True)
+
+
+def split_frame(df: pd.DataFrame, cfg: SplitConfig) -> Splits:
+    """Split images: ``image`` = the study's random split; ``grouped`` = whole structures on one side."""
+    if cfg.protocol == "image":
+        rest, test = train_test_split(df, test_size=cfg.test_fraction, random_state=cfg.seed)
+        train, val = train_test_split(rest, test_size=cfg.val_fraction, random_state=cfg.seed)
+    else:
+        if df["material_id"].nunique() < 3:
+            raise StorageError("a grouped split needs at least 3 structures; select more or use protocol: image")
+        rest, test = _group_split(df, cfg.test_fraction, cfg.seed)
+        train, val = _group_split(rest, cfg.val_fraction, cfg.seed)
+    splits = Splits(*(x.reset_index(drop=True) for x in (train, val, test)), protocol=cfg.protocol, seed=cfg.seed)
+    log.info("split %s", splits.describe())
+    return splits
+
+
+def _group_split(df: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    gss = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    keep, held = next(gss.split(df, groups=df["material_id"]))
+    if len(held) == 0 or len(keep) == 0:
+        raise StorageError(f"grouped split with fraction {fraction} left one side empty; change the fractions")
+    return df.iloc[keep], df.iloc[held]
+
+
+def decode_png(data: bytes, name: str, size: int | None = None) -> np.ndarray:
+    """PNG/JPEG bytes -> RGB uint8 HxWx3; a corrupt or wrongly sized image raises ImageError naming it."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageError(f"{name}: not a readable image ({exc}); render it again or pass a PNG") from exc
+    if size is not None and arr.shape[:2] != (size, size):
+        raise ImageError(f"{name}: image is {arr.shape[1]}x{arr.shape[0]} px, the model expects {size}x{size}")
+    return arr
+
+
+def load_images(store: ObjectStore, keys: list[str], size: int | None = None, threads: int = 8) -> np.ndarray:
+    """Read and decode images from the store into one uint8 NHWC array."""
+
+    def one(key: str) -> np.ndarray:
+        return decode_png(store.get_bytes(key), store.uri(key), size)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        arrays = list(pool.map(one, keys))
+    if not arrays:
+        return np.zeros((0, size or 0, size or 0, 3), dtype=np.uint8)
+    return np.stack(arrays)
