@@ -1,6 +1,7 @@
 import pytest
-from crystalvision.cli import app
 from typer.testing import CliRunner
+
+from crystalvision.cli import app
 
 runner = CliRunner()
 COMMANDS = [

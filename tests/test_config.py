@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from crystalvision.config import PipelineConfig, load_pipeline, parse_overrides
 from crystalvision.errors import ConfigError
 from crystalvision.settings import Settings

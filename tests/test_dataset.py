@@ -1,4 +1,5 @@
 import pytest
+
 from crystalvision.config import SplitConfig
 from crystalvision.dataset import decode_png, load_images, load_labels, split_frame
 from crystalvision.errors import ImageError

@@ -3,6 +3,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from crystalvision.config import SnapshotConfig
 from crystalvision.errors import SnapshotError, StructureError
 from crystalvision.snapshot import content_hash, load_snapshot, select, write_snapshot

@@ -90,13 +90,28 @@ def _group_split(df: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataF
     return df.iloc[keep], df.iloc[held]
 
 
+MAX_IMAGE_SIDE = 4096
+GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
 def decode_png(data: bytes, name: str, size: int | None = None) -> np.ndarray:
-    """PNG/JPEG bytes -> RGB uint8 HxWx3; a corrupt or wrongly sized image raises ImageError naming it."""
+    """PNG/JPEG bytes -> RGB uint8 HxWx3; a corrupt, grayscale, huge or wrongly sized image raises ImageError."""
     try:
         with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if max(width, height) > MAX_IMAGE_SIDE:
+                raise ImageError(
+                    f"{name}: image is {width}x{height} px, larger than {MAX_IMAGE_SIDE} px a side; "
+                    "resize it to the model's image size"
+                )
+            if img.mode in GRAYSCALE_MODES:
+                raise ImageError(
+                    f"{name}: grayscale image (mode {img.mode}); the model needs RGB renders, "
+                    "where colour encodes the element"
+                )
             img.load()
             arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(f"{name}: not a readable image ({exc}); render it again or pass a PNG") from exc
     if size is not None and arr.shape[:2] != (size, size):
         raise ImageError(f"{name}: image is {arr.shape[1]}x{arr.shape[0]} px, the model expects {size}x{size}")

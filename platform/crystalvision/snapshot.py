@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crystalvision import __version__
 from crystalvision.config import SnapshotConfig
@@ -54,6 +54,14 @@ class MaterialRecord(BaseModel):
     flags: list[str] = Field(default_factory=list)
     label_source: dict[str, str] = Field(default_factory=dict)
     structure: dict
+
+    @field_validator("material_id")
+    @classmethod
+    def _safe_id(cls, v: str) -> str:
+        """Ids become object keys: allow letters, digits, '-', '_' and '.', never '..' or '/'."""
+        if not v or ".." in v or not all(c.isalnum() or c in "-_." for c in v):
+            raise ValueError(f"material_id {v!r} is not a safe identifier (letters, digits, '-', '_', '.')")
+        return v
 
 
 class Manifest(BaseModel):

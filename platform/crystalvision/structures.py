@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from pymatgen.core import Element, Structure
@@ -16,6 +18,8 @@ SHORT_DISTANCE_FLAG = "short_interatomic_distance"
 # Shortest distance accepted between two atoms, in Å: below this no real oxide bond exists. The six flagged
 # structures of the bundled snapshot have metal-O 1.26-1.68 Å; the regular 62 have >= 1.78 Å (labels.md).
 MIN_DISTANCE = {"metal-anion": 1.72, "metal-metal": 2.3, "anion-anion": 2.0}
+MAX_CIF_BYTES = 20_000_000
+_CELL_LENGTH = re.compile(r"^_cell_length_([abc])\s+([-+0-9.eE]+)", re.MULTILINE)
 ANIONS = {"O", "F", "S", "Cl", "N", "Se", "Br", "I", "Te", "P"}
 
 
@@ -37,12 +41,38 @@ def parse_cif(text: str, name: str = "<cif>") -> Structure:
             warnings.simplefilter("ignore")
             structure = Structure.from_str(text, fmt="cif")
     except Exception as exc:  # pymatgen raises ValueError, KeyError, IndexError... on bad CIFs
+        _raise_if_degenerate_cell(text, name)
         raise StructureError(
             f"{name}: not a readable CIF ({type(exc).__name__}: {str(exc)[:200]}); "
             "export it again from the Materials Project, VESTA or pymatgen"
         ) from exc
     validate_structure(structure, name)
     return structure
+
+
+def _raise_if_degenerate_cell(text: str, name: str) -> None:
+    for axis, value in _CELL_LENGTH.findall(text):
+        try:
+            length = float(value)
+        except ValueError:
+            continue
+        if length <= 1e-6:
+            raise StructureError(f"{name}: cell length {axis} is {value} (zero-volume lattice); fix the cell")
+
+
+def read_cif_file(path: str | Path) -> Structure:
+    """Read and parse a CIF file; binary, oversized or unreadable files get one clear error naming the file."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_CIF_BYTES:
+            raise StructureError(f"{p}: {size} bytes is too large for a CIF (limit {MAX_CIF_BYTES})")
+        text = p.read_bytes().decode("utf-8")
+    except FileNotFoundError as exc:
+        raise StructureError(f"{p}: file not found; check the path") from exc
+    except UnicodeDecodeError as exc:
+        raise StructureError(f"{p}: binary data, not a CIF text file; pass a .cif from pymatgen or VESTA") from exc
+    return parse_cif(text, str(p))
 
 
 def structure_from_dict(data: dict, name: str = "<structure>") -> Structure:

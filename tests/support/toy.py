@@ -10,8 +10,9 @@ import io
 
 import numpy as np
 import pandas as pd
-from crystalvision.storage import ObjectStore
 from PIL import Image
+
+from crystalvision.storage import ObjectStore
 
 SYSTEMS = ["triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic"]
 SPACEGROUPS = ["P1", "P-1", "C2/m", "Pnma", "I4/mmm", "R-3m", "P6_3mc", "Fm-3m"]
