@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,17 @@ class PipelineResult:
     model_dir: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     registry: dict[str, Any] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Record the wall time of one stage."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[stage] = round(time.perf_counter() - start, 3)
+            log.info("stage %s took %.1f s", stage, self.stage_seconds[stage])
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -48,6 +62,7 @@ class PipelineResult:
             "model_dir": self.model_dir,
             "metrics": self.metrics,
             "registry": self.registry,
+            "stage_seconds": self.stage_seconds,
         }
 
 
@@ -91,7 +106,10 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> Pipeli
     from crystalvision.render.job import render_dataset
 
     store = open_store()
-    result.render = render_dataset(selection.records, snap.encoders, snap.manifest.content_sha256, cfg.render, store)
+    with result.timed("render"):
+        result.render = render_dataset(
+            selection.records, snap.encoders, snap.manifest.content_sha256, cfg.render, store
+        )
     if result.render.quarantined:
         log.warning(
             "%d structures quarantined by the renderer: %s", len(result.render.quarantined), result.render.quarantined
@@ -132,25 +150,28 @@ def _train_evaluate_register(
     with tracking.start_run(run_name=cfg.name, tags=tracking.pipeline_tags(cfg, snap)) as run:
         result.run_id = run.info.run_id
         tracking.log_pipeline_context(cfg, snap, selection, result.render, splits)
-        trained = train_model(cfg, splits, store, spec, run_id=run.info.run_id)
+        with result.timed("train"):
+            trained = train_model(cfg, splits, store, spec, run_id=run.info.run_id)
         result.model_dir = str(trained.model_dir)
         result.metrics.update(trained.metrics)
         model = load_model(trained.model_dir)
         if "evaluate" in stages:
             from crystalvision.evaluate import evaluate_model
 
-            with tempfile.TemporaryDirectory(prefix="crystalvision-eval-") as tmp:
+            with result.timed("evaluate"), tempfile.TemporaryDirectory(prefix="crystalvision-eval-") as tmp:
                 evaluated = evaluate_model(model, splits, store, cfg, Path(tmp))
                 mlflow.log_metrics(evaluated.metrics)
                 mlflow.log_artifacts(str(evaluated.artifacts_dir), artifact_path="evaluation")
             result.metrics.update(evaluated.metrics)
         from crystalvision.predict import log_model
 
-        log_model(trained.model_dir, splits, store)
+        with result.timed("log_model"):
+            log_model(trained.model_dir, splits, store)
     if "register" in stages and cfg.registry.enabled:
         from crystalvision.registry import register_and_promote
 
-        result.registry = register_and_promote(cfg, result.run_id)
+        with result.timed("register"):
+            result.registry = register_and_promote(cfg, result.run_id)
 
 
 def evaluate_run(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
