@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := libegl1 libgl1-mesa-dri libosmesa6 libgomp1
-PIP_FILTER := grep -v -e 'is ignored: it is neither a file nor a directory' || true
+PIP_FILTER := sed -e '/is ignored: it is neither a file nor a directory/d'
 STAMP := $(VENV)/.crystalvision-installed
 PIPELINE ?= pipelines/quickstart.yaml
 
