@@ -110,14 +110,10 @@ def explain_examples(
     targets = examples["crystal_system_id"].astype(int).tolist()
     log.info("SmoothGrad saliency: %d examples, %d samples each, noise %.3f", len(targets), samples, noise)
     maps = smoothgrad_maps(model, images, targets, noise, samples)
+    device = next(unwrap(model).parameters()).device
     with torch.no_grad():
-        logits = _PixelHead(unwrap(model)).eval()(
-            torch.from_numpy(np.ascontiguousarray(images))
-            .permute(0, 3, 1, 2)
-            .float()
-            .div(255.0)
-            .to(next(model.parameters()).device)
-        )
+        pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255.0)
+        logits = _PixelHead(unwrap(model)).to(device).eval()(pixels.to(device))
     predicted = [classes[k] for k in logits.argmax(-1).cpu().tolist()] if len(images) else []
     return SaliencyResult(
         classes=[classes[k] for k in targets],
