@@ -126,7 +126,8 @@ def class_report(level: Level, target: str, classes: list[str]) -> dict[str, Any
 def prediction_table(level: Level, split: str, spec_classes: dict[str, list[str]], threshold: float) -> pd.DataFrame:
     """Readable predictions: true and predicted value of every target, top class probability."""
     lab, pred = level.labels, level.outputs
-    keep = [c for c in ("material_id", "view", "image_key", "n_views", "formula") if c in lab]
+    per_image = ("view", "image_key") if "n_views" not in lab else ()
+    keep = [c for c in ("material_id", *per_image, "n_views", "formula") if c in lab]
     df = lab[keep].copy()
     df.insert(0, "split", split)
     for t in TARGETS_REGRESSION:
@@ -208,6 +209,17 @@ def label_sources(splits: Splits, model: CrystalNet) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------- driver
 
 
+def check_class_ids(splits: Splits, classes: Mapping[str, list[str]]) -> None:
+    """The labels table's class ids must index the model's heads (same snapshot encoders)."""
+    for t, names in classes.items():
+        for name, df in splits.items():
+            if len(df) and int(df[CLASS_ID[t]].max()) >= len(names):
+                raise ModelError(
+                    f"{name} split has {t} class id {int(df[CLASS_ID[t]].max())} but the model has {len(names)} "
+                    f"{t} classes; evaluate with renders of the snapshot the model was trained on"
+                )
+
+
 def evaluate_model(
     model: CrystalNet,
     splits: Splits,
@@ -230,6 +242,7 @@ def evaluate_model(
     out.mkdir(parents=True, exist_ok=True)
     spec = unwrap(model).spec
     classes = {"crystal_system": spec.crystal_system_classes, "spacegroup": spec.spacegroup_classes}
+    check_class_ids(splits, classes)
     levels = {"test": predict_split(model, splits.test, store, "test", ecfg.batch_size)}
     if ecfg.include_val and len(splits.val):
         levels["val"] = predict_split(model, splits.val, store, "val", ecfg.batch_size)
