@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from crystalvision.config import PipelineConfig, SplitConfig
 from crystalvision.dataset import load_images, load_labels, split_frame
 from crystalvision.model import CrystalNet, ModelSpec, preprocess, save_model

@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from crystalvision import metrics as M
 from sklearn import metrics as skm
+
+from crystalvision import metrics as M
 
 
 @pytest.fixture
