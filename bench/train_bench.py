@@ -69,6 +69,7 @@ def _labels(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 def plain_loop(size: int, steps: int) -> float:
     """Images/s of a hand-written PyTorch loop over in-memory uint8 batches (first step of a pass not timed)."""
     import torch
+
     from crystalvision.config import TrainConfig
     from crystalvision.model import CrystalNet
 
@@ -111,8 +112,9 @@ def _plain_pass(model, opt, images, labels, weights, steps: int) -> float:
 def _write_dataset(store, size: int, n: int):
     """PNGs + a labels frame split into train (n images) and a tiny val set."""
     import pandas as pd
-    from crystalvision.dataset import Splits
     from PIL import Image
+
+    from crystalvision.dataset import Splits
 
     imgs, labels = _images(n + 8, size, seed=1), _labels(n + 8, seed=1)
     rows = []

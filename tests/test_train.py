@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import mlflow
 import pytest
 import torch
+
+import mlflow
 from crystalvision.config import PipelineConfig
 from crystalvision.dataset import load_labels, split_frame
 from crystalvision.model import ModelSpec, load_model, predict_arrays
@@ -30,6 +31,7 @@ def _spec() -> ModelSpec:
 @pytest.fixture(scope="module")
 def ray_local():
     import ray
+
     from crystalvision.raycluster import ensure_ray
 
     ensure_ray()
