@@ -77,3 +77,11 @@ def ensure_backend() -> str:
         "(apt-get install libegl1 libgl1-mesa-dri) or OSMesa (apt-get install libosmesa6), or set "
         f"{ENV_VAR} to a working window class"
     )
+
+
+def assume_backend(window_class: str) -> None:
+    """Trust a check made by another process on the same machine (a Ray actor beside its driver)."""
+    global _checked
+    os.environ[ENV_VAR] = window_class
+    os.environ.setdefault("LP_NUM_THREADS", "1")
+    _checked = window_class

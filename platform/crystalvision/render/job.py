@@ -87,8 +87,22 @@ def image_key(prefix: str, material_id: str, view: int) -> str:
 class RenderBatch:
     """Class-based Ray Data UDF: one Renderer (one GL context) per actor, reused for every batch."""
 
-    def __init__(self, structures: dict[str, dict], cfg: dict, store_root: str, storage: StorageSettings | None):
+    def __init__(
+        self,
+        structures: dict[str, dict],
+        cfg: dict,
+        store_root: str,
+        storage: StorageSettings | None,
+        checked: tuple[str, str] | None = None,
+    ):
+        """``checked`` = (node id, window class) of a backend check made by the driver; reused on that node."""
+        import ray
+
+        from crystalvision.render.backend import assume_backend
         from crystalvision.render.scene import Renderer
+
+        if checked and ray.get_runtime_context().get_node_id() == checked[0]:
+            assume_backend(checked[1])
 
         self.cfg = RenderConfig.model_validate(cfg)
         self.store = ObjectStore(store_root, storage)
@@ -178,12 +192,15 @@ def _run_ray(rows: list[dict], records: list[Any], cfg: RenderConfig, store: Obj
 
     from crystalvision.raycluster import ensure_ray
 
+    from crystalvision.render.backend import ensure_backend
+
     t0 = time.time()
     ensure_ray()
+    checked = (ray.get_runtime_context().get_node_id(), ensure_backend())
     t_ray = time.time()
     wanted = {row["material_id"] for row in rows}
     structures = {r.material_id: r.structure for r in records if r.material_id in wanted}
-    n_blocks = max(1, min(len(rows) // BATCH_SIZE, 8 * cfg.num_workers))
+    n_blocks = min(len(rows), max(cfg.num_workers, min(-(-len(rows) // BATCH_SIZE), 8 * cfg.num_workers)))
     ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
     ds = ds.map_batches(
         RenderBatch,
@@ -196,6 +213,7 @@ def _run_ray(rows: list[dict], records: list[Any], cfg: RenderConfig, store: Obj
             "cfg": cfg.model_dump(mode="json"),
             "store_root": store.root,
             "storage": store.settings,
+            "checked": checked,
         },
     )
     out = ds.to_pandas()
