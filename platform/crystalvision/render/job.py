@@ -191,7 +191,6 @@ def _run_ray(rows: list[dict], records: list[Any], cfg: RenderConfig, store: Obj
     import ray
 
     from crystalvision.raycluster import ensure_ray
-
     from crystalvision.render.backend import ensure_backend
 
     t0 = time.time()
