@@ -89,13 +89,15 @@ class RenderBatch:
 
     def __init__(
         self,
-        structures: dict[str, dict],
+        structures: dict[str, dict] | list,
         cfg: dict,
         store_root: str,
         storage: StorageSettings | None,
         checked: tuple[str, str] | None = None,
     ):
-        """``checked`` = (node id, window class) of a backend check made by the driver; reused on that node."""
+        """``structures``: material_id -> Structure.as_dict(), or ``[ObjectRef]`` of that dict (keeps the actor's
+        constructor arguments small). ``checked`` = (node id, window class) of the driver's backend check, reused
+        by actors on the driver's node."""
         import ray
 
         from crystalvision.render.backend import assume_backend
@@ -106,7 +108,7 @@ class RenderBatch:
 
         self.cfg = RenderConfig.model_validate(cfg)
         self.store = ObjectStore(store_root, storage)
-        self.raw = structures
+        self.raw = ray.get(structures[0]) if isinstance(structures, list) else structures
         self.structures: dict[str, Any] = {}
         self.renderer = Renderer(self.cfg)
 
@@ -208,7 +210,7 @@ def _run_ray(rows: list[dict], records: list[Any], cfg: RenderConfig, store: Obj
         compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
         num_cpus=cfg.cpus_per_worker,
         fn_constructor_kwargs={
-            "structures": structures,
+            "structures": [ray.put(structures)],
             "cfg": cfg.model_dump(mode="json"),
             "store_root": store.root,
             "storage": store.settings,
