@@ -102,3 +102,13 @@ def test_s3_job_against_moto(bundled_snapshot, records, s3_server, ray_session) 
     before = _state(store)
     again = render_dataset(good[:2], encoders, sha, CFG, store)
     assert again.n_new == 0 and _state(store) == before
+
+
+def test_worker_storage_errors_reach_the_driver_as_storage_errors() -> None:
+    from crystalvision.errors import StorageError
+    from crystalvision.render.job import _user_error
+
+    ray_text = "ray::MapWorker.submit()\n  File x\ncrystalvision.errors.StorageError: cannot write s3://b/k; check it"
+    err = _user_error(RuntimeError(ray_text))
+    assert isinstance(err, StorageError) and str(err) == "cannot write s3://b/k; check it"
+    assert _user_error(RuntimeError("ValueError: nothing of ours")) is None

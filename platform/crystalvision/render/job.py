@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -120,24 +121,24 @@ class RenderBatch:
             self.structures = {material_id: structure_from_dict(self.raw[material_id], material_id)}
         return self.structures[material_id]
 
-    def _one(self, material_id: str, view: int, quat: np.ndarray, key: str) -> str:
+    def _image(self, material_id: str, quat: np.ndarray) -> tuple[bytes | None, str]:
+        """(PNG bytes, "") or (None, error message) for one view; only the structure's own problems are caught."""
         from crystalvision.render.scene import encode_png
 
-        image = self.renderer.render(self._structure(material_id), quat)
-        self.store.put_bytes(key, encode_png(image))
-        return ""
+        try:
+            return encode_png(self.renderer.render(self._structure(material_id), quat)), ""
+        except CrystalVisionError as exc:
+            return None, str(exc)
+        except Exception as exc:  # an odd structure must not take the batch down
+            return None, f"{type(exc).__name__}: {exc}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         errors, done = [], []
-        for mid, view, quat, key in zip(
-            batch["material_id"], batch["view"], batch["quaternion"], batch["image_key"], strict=True
-        ):
-            try:
-                errors.append(self._one(str(mid), int(view), np.asarray(quat, dtype=np.float64), str(key)))
-            except CrystalVisionError as exc:
-                errors.append(str(exc))
-            except Exception as exc:  # a bad structure must not take the batch down
-                errors.append(f"{type(exc).__name__}: {exc}")
+        for mid, quat, key in zip(batch["material_id"], batch["quaternion"], batch["image_key"], strict=True):
+            png, error = self._image(str(mid), np.asarray(quat, dtype=np.float64))
+            if png is not None:
+                self.store.put_bytes(str(key), png)  # a StorageError fails the job: it is not the structure's fault
+            errors.append(error)
             done.append(time.time())
         return {
             "material_id": batch["material_id"],
@@ -217,7 +218,13 @@ def _run_ray(rows: list[dict], records: list[Any], cfg: RenderConfig, store: Obj
             "checked": checked,
         },
     )
-    out = ds.to_pandas()
+    try:
+        out = ds.to_pandas()
+    except Exception as exc:
+        user_error = _user_error(exc)
+        if user_error is None:
+            raise
+        raise user_error from exc
     t_end = time.time()
     first, last = float(out["t_done"].min()), float(out["t_done"].max())
     steady = (len(out) - cfg.num_workers) / (last - first) if last > first and len(out) > cfg.num_workers else 0.0
@@ -229,6 +236,18 @@ def _run_ray(rows: list[dict], records: list[Any], cfg: RenderConfig, store: Obj
         "steady_images_per_s": steady,
     }
     return out, timings
+
+
+def _user_error(exc: BaseException) -> CrystalVisionError | None:
+    """A crystalvision error raised inside a Ray worker, re-created for the driver (Ray only keeps its text)."""
+    from crystalvision import errors
+
+    for line in reversed(str(exc).splitlines()):
+        match = re.match(r"\s*crystalvision\.errors\.(\w+): (.*)", line)
+        cls = getattr(errors, match.group(1), None) if match else None
+        if isinstance(cls, type) and issubclass(cls, CrystalVisionError):
+            return cls(match.group(2))
+    return None
 
 
 def _quarantine_from(out: pd.DataFrame) -> list[dict[str, str]]:
