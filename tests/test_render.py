@@ -6,6 +6,8 @@ import resource
 
 import numpy as np
 import pytest
+from pymatgen.core import DummySpecies, Lattice, Structure
+
 from crystalvision.config import RenderConfig
 from crystalvision.errors import RenderError
 from crystalvision.render import (
@@ -19,7 +21,6 @@ from crystalvision.render import (
 )
 from crystalvision.render.rotations import view_quaternions
 from crystalvision.structures import structure_from_dict
-from pymatgen.core import DummySpecies, Lattice, Structure
 
 MID = "mp-1177919"  # Li2Mn3NiO8, 56 atoms
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from crystalvision.config import RenderConfig
 from crystalvision.dataset import LABEL_COLUMNS, load_images, load_labels
 from crystalvision.render.job import RenderBatch, image_key, render_config_hash, render_dataset

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from crystalvision.settings import StorageSettings
 
 ACCESS_KEY = "testing-access-key"
