@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -69,7 +70,7 @@ def test_first_better_worse_tie(env) -> None:
     assert client.get_run(better_id).data.tags[registry.DECISION_TAG] == "promoted"
     assert client.get_model_version(name, "4").tags["promotion_decision"] == "kept_champion"
     path = mlflow.artifacts.download_artifacts(f"runs:/{better_id}/registry/decision-v2.json")
-    assert json.loads(open(path).read())["champion_version_before"] == "1"
+    assert json.loads(Path(path).read_text())["champion_version_before"] == "1"
 
 
 def test_min_improvement_and_missing_metric(env) -> None:
