@@ -1,0 +1,17 @@
+"""Render stage: crystal structures -> space-filling images (VTK offscreen) -> object store, via Ray Data."""
+
+from crystalvision.render.palette import COLOUR_SOURCE, RADIUS_SOURCE, element_colour, element_radius
+from crystalvision.render.rotations import view_quaternion, view_rotation
+from crystalvision.render.scene import Renderer, encode_png, prepare_scene
+
+__all__ = [
+    "COLOUR_SOURCE",
+    "RADIUS_SOURCE",
+    "Renderer",
+    "element_colour",
+    "element_radius",
+    "encode_png",
+    "prepare_scene",
+    "view_quaternion",
+    "view_rotation",
+]

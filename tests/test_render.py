@@ -1,0 +1,145 @@
+"""Renderer unit tests: determinism, views, shapes, colours, odd species, periodic images, no leaks."""
+
+from __future__ import annotations
+
+import resource
+
+import numpy as np
+import pytest
+from crystalvision.config import RenderConfig
+from crystalvision.errors import RenderError
+from crystalvision.render import (
+    Renderer,
+    backend,
+    element_colour,
+    encode_png,
+    prepare_scene,
+    view_quaternion,
+    view_rotation,
+)
+from crystalvision.render.rotations import view_quaternions
+from crystalvision.structures import structure_from_dict
+from pymatgen.core import DummySpecies, Lattice, Structure
+
+MID = "mp-1177919"  # Li2Mn3NiO8, 56 atoms
+
+
+@pytest.fixture(scope="module")
+def spinel(bundled_snapshot) -> Structure:
+    rec = next(r for r in bundled_snapshot.records if r.material_id == MID)
+    return structure_from_dict(rec.structure, MID)
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    with Renderer(RenderConfig(image_size=48)) as r:
+        yield r
+
+
+def test_same_seed_same_pixels_and_png(spinel, renderer) -> None:
+    rot = view_rotation(0, MID, 3)
+    a = renderer.render(spinel, rot)
+    with Renderer(RenderConfig(image_size=48)) as other:
+        b = other.render(spinel, view_quaternion(0, MID, 3))
+    assert np.array_equal(a, b)
+    assert encode_png(a) == encode_png(b)
+
+
+def test_views_differ_and_shape(spinel, renderer) -> None:
+    a, b = (renderer.render(spinel, view_rotation(0, MID, v)) for v in (0, 1))
+    assert a.shape == (48, 48, 3) and a.dtype == np.uint8
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 5
+    with Renderer(RenderConfig(image_size=32)) as small:
+        assert small.render(spinel).shape == (32, 32, 3)
+
+
+def test_view_seeds_are_independent_and_uniform() -> None:
+    q = view_quaternions(7, "mp-a", 3)
+    assert np.allclose(q, view_quaternions(7, "mp-a", 5)[:3])  # more views leave earlier ones alone
+    assert not np.allclose(q, view_quaternions(7, "mp-b", 3))
+    assert not np.allclose(q, view_quaternions(8, "mp-a", 3))
+    assert np.allclose(np.linalg.norm(q, axis=1), 1.0) and (q[:, 3] >= 0).all()
+    mats = np.stack([view_rotation(0, "mp-u", v).as_matrix() for v in range(1500)])
+    assert np.abs(mats.mean(axis=0)).max() < 0.06  # Haar measure: E[R] = 0
+
+
+def _one_atom(symbol) -> Structure:
+    return Structure(Lattice.cubic(3.0), [symbol], [[0.5, 0.5, 0.5]])
+
+
+def test_colours_distinguish_elements() -> None:
+    centres = {}
+    with Renderer(RenderConfig(image_size=32)) as r:
+        for el in ("Li", "Mn", "Ni", "O"):
+            centres[el] = r.render(_one_atom(el))[14:18, 14:18].reshape(-1, 3).mean(axis=0)
+    els = list(centres)
+    for i, a in enumerate(els):
+        for b in els[i + 1 :]:
+            assert np.abs(centres[a] - centres[b]).sum() > 60, (a, b, centres[a], centres[b])
+    assert centres["O"][0] > 2 * centres["O"][1]  # VESTA oxygen is red
+    assert element_colour("O") == (254, 3, 0)
+
+
+def test_odd_species_fail_with_clear_error(renderer) -> None:
+    dummy = Structure(Lattice.cubic(4.0), [DummySpecies("X"), "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    with pytest.raises(RenderError, match="site 0 has species 'X"):
+        renderer.render(dummy)
+    disordered = Structure(Lattice.cubic(4.0), [{"Mn": 0.5, "Ni": 0.5}, "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    with pytest.raises(RenderError, match="partially occupied"):
+        renderer.render(disordered)
+    with pytest.raises(RenderError, match="species 'Og', not a chemical element with a VESTA colour"):
+        renderer.render(_one_atom("Og"))
+    assert renderer.render(_one_atom("Li")).shape == (48, 48, 3)  # still usable afterwards
+
+
+def test_periodic_images_on_faces_edges_corners() -> None:
+    s = Structure(Lattice.cubic(4.0), ["Li", "O", "Ni", "Mn"], [[0, 0, 0], [0.5, 0, 0], [0.5, 0.5, 0], [0.5] * 3])
+    scene = prepare_scene(s, RenderConfig())
+    assert len(scene.positions) == 8 + 4 + 2 + 1
+    assert scene.symbols.count("Li") == 8
+    s2 = Structure(Lattice.cubic(4.0), ["Li"], [[0.9999999, 1.0, -1e-9]])  # rounding noise wraps to the corner
+    assert len(prepare_scene(s2, RenderConfig()).positions) == 8
+
+
+def test_options_change_pixels(spinel) -> None:
+    rot = view_rotation(0, MID, 0)
+    base = RenderConfig(image_size=48)
+    images = {}
+    for name, cfg in {
+        "base": base,
+        "impostor": base.model_copy(update={"method": "impostor"}),
+        "perspective": base.model_copy(update={"projection": "perspective"}),
+        "cell": base.model_copy(update={"show_cell": True}),
+        "black": base.model_copy(update={"background": (0.0, 0.0, 0.0)}),
+    }.items():
+        with Renderer(cfg) as r:
+            images[name] = r.render(spinel, rot).astype(int)
+    diff = {k: np.abs(v - images["base"]).mean() for k, v in images.items()}
+    assert diff["impostor"] < 6, "impostor spheres should look like mesh spheres"
+    assert diff["perspective"] > 1 and diff["cell"] > 0.2
+    assert (images["black"][0, 0] == 0).all() and (images["base"][0, 0] == 255).all()
+
+
+def test_closed_renderer_and_no_leak(spinel) -> None:
+    r = Renderer(RenderConfig(image_size=32))
+    for v in range(50):
+        r.render(spinel, view_rotation(0, MID, v))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for v in range(400):
+        r.render(spinel, view_rotation(0, MID, v))
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    r.close()
+    r.close()
+    assert grown_mb < 20, f"peak RSS grew {grown_mb:.1f} MB over 400 renders"
+    with pytest.raises(RenderError, match="closed"):
+        r.render(spinel)
+
+
+def test_backend_probe_reports_instead_of_crashing(monkeypatch) -> None:
+    ok, detail = backend.probe("vtkNoSuchRenderWindow")
+    assert not ok and detail
+    monkeypatch.setattr(backend, "_checked", None)
+    monkeypatch.setattr(backend, "CANDIDATES", ("vtkNoSuchRenderWindow",))
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    with pytest.raises(RenderError, match="no offscreen OpenGL backend works here.*libegl1"):
+        backend.ensure_backend()

@@ -1,0 +1,104 @@
+"""Ray Data render job: local store and S3 (moto), rerun writes nothing, bad structures are quarantined."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from crystalvision.config import RenderConfig
+from crystalvision.dataset import LABEL_COLUMNS, load_images, load_labels
+from crystalvision.render.job import RenderBatch, image_key, render_config_hash, render_dataset
+from crystalvision.render.rotations import view_quaternion
+from crystalvision.storage import ObjectStore
+
+from .support.s3 import s3_server  # noqa: F401  (fixture)
+
+CFG = RenderConfig(image_size=32, views_per_structure=2, num_workers=2, cpus_per_worker=0.5)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def records(bundled_snapshot):
+    good = [r for r in bundled_snapshot.records if not r.flags][:3]
+    bad = good[0].model_copy(deep=True)
+    bad.material_id = "mp-bad"
+    bad.structure["sites"][0]["species"][0]["element"] = "Xx"
+    return good, bad
+
+
+def _snapshot_facts(bundled_snapshot):
+    return bundled_snapshot.encoders, bundled_snapshot.manifest.content_sha256
+
+
+def _state(store: ObjectStore) -> dict[str, int]:
+    return {k: store.fs.get_file_info(store.path(k)).mtime_ns or 0 for k in store.list()}
+
+
+def test_local_job_quarantines_and_rerun_writes_nothing(tmp_path, bundled_snapshot, records, ray_session) -> None:
+    good, bad = records
+    store = ObjectStore(str(tmp_path / "store"))
+    encoders, sha = _snapshot_facts(bundled_snapshot)
+    result = render_dataset([*good, bad], encoders, sha, CFG, store)
+
+    assert result.n_images == result.n_new == 6 and result.n_skipped == 0
+    assert [q["material_id"] for q in result.quarantined] == ["mp-bad"]
+    assert "Xx" in result.quarantined[0]["error"]
+    assert json.loads(store.get_text(f"{result.prefix}/quarantine.json")) == result.quarantined
+    manifest = json.loads(store.get_text(f"{result.prefix}/manifest.json"))
+    assert manifest["render_config_hash"] == render_config_hash(CFG) and manifest["snapshot_sha256"] == sha
+    assert result.prefix == f"renders/{sha[:12]}-{render_config_hash(CFG)[:12]}"
+
+    df = load_labels(store, result.labels_key)
+    assert set(LABEL_COLUMNS) <= set(df.columns) and len(df) == 6
+    assert np.allclose(df["quaternion"][1], view_quaternion(CFG.seed, df["material_id"][1], 1))
+    images = load_images(store, list(df["image_key"]), size=32)
+    assert images.shape == (6, 32, 32, 3) and images.dtype == np.uint8
+    assert (images.reshape(6, -1).std(axis=1) > 10).all(), "every image shows atoms"
+    assert not any(".tmp-" in k for k in store.list())
+
+    before = _state(store)
+    again = render_dataset([*good, bad], encoders, sha, CFG.model_copy(update={"num_workers": 1}), store)
+    assert again.n_new == 0 and again.n_skipped == 6 and again.quarantined == result.quarantined
+    assert _state(store) == before, "a rerun must not write any object"
+
+
+def test_udf_keeps_rendering_after_a_bad_structure(tmp_path, records) -> None:
+    good, bad = records
+    store = ObjectStore(str(tmp_path / "store"))
+    structures = {r.material_id: r.structure for r in (bad, good[1])}
+    udf = RenderBatch(structures, CFG.model_dump(mode="json"), store.root, None)
+    mids = np.array(["mp-bad", good[1].material_id], dtype=object)
+    keys = np.array([image_key("p", m, 0) for m in mids], dtype=object)
+    batch = {"material_id": mids, "view": np.array([0, 0]), "quaternion": np.eye(4)[:2], "image_key": keys}
+    out = udf(batch)
+    assert "Xx" in out["error"][0] and out["error"][1] == ""
+    assert store.list("p") == [keys[1]]
+
+
+def test_s3_job_against_moto(bundled_snapshot, records, s3_server, ray_session) -> None:  # noqa: F811
+    good, _ = records
+    bucket = s3_server.make_bucket()
+    store = ObjectStore(f"s3://{bucket}/cv", s3_server.settings())
+    encoders, sha = _snapshot_facts(bundled_snapshot)
+    result = render_dataset(good[:2], encoders, sha, CFG, store)
+    assert result.n_new == 4 and not result.quarantined
+
+    listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix=f"cv/{result.prefix}/")
+    keys = sorted(o["Key"] for o in listed["Contents"])
+    assert sum(k.endswith(".png") for k in keys) == 4
+    assert {f"cv/{result.prefix}/{n}" for n in ("labels.parquet", "manifest.json", "quarantine.json")} <= set(keys)
+    df = load_labels(store, result.labels_key)
+    assert load_images(store, list(df["image_key"]), size=32).shape == (4, 32, 32, 3)
+
+    before = _state(store)
+    again = render_dataset(good[:2], encoders, sha, CFG, store)
+    assert again.n_new == 0 and _state(store) == before
