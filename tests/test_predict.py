@@ -121,3 +121,12 @@ def test_predict_files_and_cli(logged, tmp_path) -> None:
     assert result.exit_code == 1, result.output
     rows = json.loads(result.stdout)
     assert rows[0]["error"] is None and rows[1]["error"]
+
+
+def test_cif_through_the_pyfunc_with_the_real_renderer(logged) -> None:
+    uri, *_ = logged
+    frame = pd.DataFrame({"cif": [GOOD_CIF, "garbage"], "views": [2.0, 2.0], "name": ["mp-25284.cif", "bad.cif"]})
+    out = mlflow.pyfunc.load_model(uri).predict(frame)
+    assert pd.isna(out.loc[0, "error"]), out.loc[0, "error"]
+    assert np.isfinite(out.loc[0, "band_gap"]) and out.loc[0, "crystal_system"]
+    assert out.loc[1, "error"].startswith("bad.cif: not a readable CIF")

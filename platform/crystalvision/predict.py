@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "model"  # pyfunc name/artifact path in a run (registry registers runs:/<id>/model)
 MODEL_DIR_ARTIFACT = "model_dir"  # the raw model folder (weights.pt + model.json) in a run
 DEFAULT_VIEWS = 8
+PREDICT_VIEW_KEY = "predict"
 OUTPUT_COLUMNS = (
     "band_gap",
     "energy_above_hull",
@@ -75,19 +76,20 @@ ViewRenderer = Callable[[Any, dict, int], np.ndarray]
 
 
 def render_views(structure: Any, render_config: dict, views: int) -> np.ndarray:
-    """Render ``views`` views of a structure with the render stage's renderer (imported lazily)."""
+    """Render ``views`` seeded views of a structure with the render stage's renderer (imported lazily).
+
+    The views are the same for every structure (material key ``PREDICT_VIEW_KEY``), so predictions are repeatable.
+    """
     from crystalvision.config import RenderConfig
-    from crystalvision.render import rotations
+    from crystalvision.render.rotations import view_rotation
     from crystalvision.render.scene import Renderer
 
     cfg = RenderConfig.model_validate(render_config)
-    renderer = Renderer(cfg)
-    try:
-        return np.stack([renderer.render(structure, rot) for rot in rotations.view_rotations(views, seed=cfg.seed)])
-    finally:
-        close = getattr(renderer, "close", None)
-        if callable(close):
-            close()
+    with Renderer(cfg) as renderer:
+        scene = renderer.scene(structure)
+        return np.stack(
+            [renderer.render_scene(scene, view_rotation(cfg.seed, PREDICT_VIEW_KEY, v)) for v in range(views)]
+        )
 
 
 @dataclass
