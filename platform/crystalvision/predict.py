@@ -5,7 +5,7 @@ rendered into ``views`` views with the model's render config, predictions averag
 optional ``name`` used in error messages. Output: one row per input row with ``band_gap`` (eV),
 ``energy_above_hull`` (eV/atom), ``crystal_system``, ``spacegroup``, ``crystal_system_proba`` and
 ``spacegroup_proba`` (JSON objects class -> probability) and ``error`` (None, or one clear message for a bad item;
-the other rows are still predicted).
+the other rows are still predicted). Columns have object dtype so a bad row's values are None (JSON null).
 """
 
 from __future__ import annotations
@@ -168,7 +168,8 @@ def predict_frame(
         mean = {k: v[start:stop].mean(axis=0) for k, v in preds.items()}
         start = stop
         rows.append(_output_row(spec, mean))
-    return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+    # object dtype keeps None (not NaN) for missing values, so the REST answer is valid JSON with nulls
+    return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS), dtype=object)
 
 
 def _output_row(spec: ModelSpec, mean: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -263,7 +264,7 @@ def predict_files(paths: Sequence[str | Path], model_uri: str, views: int = DEFA
     paths = [Path(p) for p in paths]
     requests = [_file_row(p) for p in paths]
     readable = [(i, r) for i, r in enumerate(requests) if "error" not in r]
-    out = pd.DataFrame([dict.fromkeys(OUTPUT_COLUMNS) for _ in paths], columns=list(OUTPUT_COLUMNS))
+    out = pd.DataFrame([dict.fromkeys(OUTPUT_COLUMNS) for _ in paths], columns=list(OUTPUT_COLUMNS), dtype=object)
     out["error"] = [r.get("error") for r in requests]
     if readable:
         use_configured_tracking()
