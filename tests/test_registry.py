@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from .support.tiny import tiny_model_dir, toy_splits, use_test_tracking
 
-SPLIT = {"snapshot_sha256": "abc123", "split.protocol": "grouped", "split.seed": "0", "render.image_size": "32"}
+SPLIT = {"snapshot_sha256": "abc1", "cfg.split.protocol": "grouped", "cfg.split.seed": "0", "cfg.render.image_size": 32}
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_min_improvement_and_missing_metric(env) -> None:
 
 def test_other_split_reevaluates_the_champion(env) -> None:
     cfg = PipelineConfig(name="t", registry={"model_name": "resplit"})
-    registry.register_and_promote(cfg, env(0.90, {**SPLIT, "split.seed": "1"}))
+    registry.register_and_promote(cfg, env(0.90, {**SPLIT, "cfg.split.seed": "1"}))
     calls = []
 
     def evaluator(cfg_, champion, metric):
@@ -100,6 +100,6 @@ def test_other_split_reevaluates_the_champion(env) -> None:
     def broken(*_args):
         raise ImportError("no evaluate module")
 
-    fallback = registry.register_and_promote(cfg, env(0.55, {**SPLIT, "split.seed": "7"}), evaluator=broken)
+    fallback = registry.register_and_promote(cfg, env(0.55, {**SPLIT, "cfg.split.seed": "7"}), evaluator=broken)
     assert fallback["champion_value"] == pytest.approx(0.50) and fallback["promoted"]
     assert "re-evaluation failed" in fallback["comparison"]

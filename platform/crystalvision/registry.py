@@ -31,10 +31,11 @@ log = logging.getLogger(__name__)
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 DECISION_TAG = "crystalvision.registry.decision"
-# Run params/tags that identify the held-out test set: snapshot content, rendering and split parameters.
-_SPLIT_KEY_MARKERS = ("snapshot_sha256", "split")
-_RENDER_KEY_PREFIXES = ("render.", "render_")
-_RENDER_KEYS_IGNORED = ("num_workers", "cpus_per_worker")
+# Run params/tags that identify the held-out test set (as tracking.log_pipeline_context logs them): snapshot
+# content, which structures were selected, how they were rendered and split.
+_SPLIT_KEYS = ("snapshot_sha256", "render.prefix", "render.labels_key", "split.n_images_test")
+_SPLIT_PREFIXES = ("cfg.snapshot.", "cfg.render.", "cfg.split.")
+_SPLIT_IGNORED_SUFFIXES = ("num_workers", "cpus_per_worker")
 
 # (cfg, champion version, metric) -> champion's metric on the challenger's test split
 ChampionEvaluator = Callable[[PipelineConfig, ModelVersion, str], float]
@@ -46,8 +47,7 @@ def held_out_fingerprint(run: Run) -> dict[str, str]:
     return {
         k: v
         for k, v in sorted(items.items())
-        if any(m in k for m in _SPLIT_KEY_MARKERS)
-        or (k.startswith(_RENDER_KEY_PREFIXES) and not k.endswith(_RENDER_KEYS_IGNORED))
+        if (k in _SPLIT_KEYS or k.startswith(_SPLIT_PREFIXES)) and not k.endswith(_SPLIT_IGNORED_SUFFIXES)
     }
 
 
