@@ -1,0 +1,176 @@
+"""Model registry: one registered model per pipeline, aliases ``challenger`` (newest) and ``champion`` (best).
+
+:func:`register_and_promote` registers ``runs:/<run_id>/model`` and always points ``challenger`` at the new
+version. ``champion`` moves to it only when it beats the champion on ``cfg.registry.promote_metric`` (higher is
+better) by more than ``min_improvement`` on the same held-out split; a tie keeps the champion, the first version
+becomes champion. When the two runs were evaluated on different test sets (different snapshot, render or split
+parameters), the champion is re-evaluated on the challenger's test split first; if that is impossible the logged
+metrics are compared and the reason is recorded. Every decision is logged, tagged on the run and the model
+version, and written as ``registry/decision-v<version>.json`` into the challenger's run.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from crystalvision.config import PipelineConfig
+from crystalvision.errors import CrystalVisionError, ModelError
+
+log = logging.getLogger(__name__)
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+DECISION_TAG = "crystalvision.registry.decision"
+# Run params/tags that identify the held-out test set (as tracking.log_pipeline_context logs them): snapshot
+# content, which structures were selected, how they were rendered and split.
+_SPLIT_KEYS = ("snapshot_sha256", "render.prefix", "render.labels_key", "split.n_images_test")
+_SPLIT_PREFIXES = ("cfg.snapshot.", "cfg.render.", "cfg.split.")
+_SPLIT_IGNORED_SUFFIXES = ("num_workers", "cpus_per_worker")
+
+# (cfg, champion version, metric) -> champion's metric on the challenger's test split
+ChampionEvaluator = Callable[[PipelineConfig, ModelVersion, str], float]
+
+
+def held_out_fingerprint(run: Run) -> dict[str, str]:
+    """The params/tags of a run that determine its test set (empty when none were logged)."""
+    items = {**run.data.params, **run.data.tags}
+    return {
+        k: v
+        for k, v in sorted(items.items())
+        if (k in _SPLIT_KEYS or k.startswith(_SPLIT_PREFIXES)) and not k.endswith(_SPLIT_IGNORED_SUFFIXES)
+    }
+
+
+def decide(challenger: float | None, champion: float | None, min_improvement: float) -> tuple[bool, str]:
+    """Promote only when the challenger beats the champion by more than ``min_improvement`` (higher is better)."""
+    if challenger is None:
+        return False, "the challenger has no value for the promotion metric; evaluate it first"
+    if champion is None:
+        return False, "the champion has no value for the promotion metric on this split; keeping it"
+    if challenger > champion + min_improvement:
+        return True, f"challenger {challenger:.6g} > champion {champion:.6g} + min_improvement {min_improvement:g}"
+    return False, f"challenger {challenger:.6g} <= champion {champion:.6g} + min_improvement {min_improvement:g}"
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _metric(run: Run, metric: str) -> float | None:
+    value = run.data.metrics.get(metric)
+    return None if value is None else float(value)
+
+
+def evaluate_champion_on(cfg: PipelineConfig, champion: ModelVersion, metric: str) -> float:
+    """Re-evaluate the champion's model on the test split ``cfg`` describes (the challenger's split)."""
+    from crystalvision.dataset import load_labels, split_frame
+    from crystalvision.evaluate import evaluate_model
+    from crystalvision.model import load_model
+    from crystalvision.render.job import render_dataset
+    from crystalvision.settings import get_settings
+    from crystalvision.snapshot import load_snapshot, select
+    from crystalvision.storage import open_store
+
+    snap = load_snapshot(cfg.snapshot.uri or get_settings().data.snapshot_uri)
+    store = open_store()
+    records = select(snap, cfg.snapshot).records
+    rendered = render_dataset(records, snap.encoders, snap.manifest.content_sha256, cfg.render, store)
+    splits = split_frame(load_labels(store, rendered.labels_key), cfg.split)
+    with tempfile.TemporaryDirectory(prefix="crystalvision-champion-") as tmp:
+        folder = mlflow.artifacts.download_artifacts(f"runs:/{champion.run_id}/model_dir", dst_path=tmp)
+        model = load_model(folder)
+        if model.spec.image_size != cfg.render.image_size:
+            raise ModelError(
+                f"champion v{champion.version} expects {model.spec.image_size} px images, the challenger's test "
+                f"split has {cfg.render.image_size} px"
+            )
+        metrics = evaluate_model(model, splits, store, cfg, Path(tmp) / "eval").metrics
+    if metric not in metrics:
+        raise ModelError(f"evaluation produced no '{metric}'; set registry.promote_metric to one of {sorted(metrics)}")
+    return float(metrics[metric])
+
+
+def _champion_value(
+    cfg: PipelineConfig, champion: ModelVersion, champion_run: Run, challenger_run: Run, evaluator: ChampionEvaluator
+) -> tuple[float | None, dict[str, Any]]:
+    """The champion's metric on the challenger's held-out split, and how it was obtained."""
+    metric = cfg.registry.promote_metric
+    mine, theirs = held_out_fingerprint(challenger_run), held_out_fingerprint(champion_run)
+    logged = _metric(champion_run, metric)
+    if mine and mine == theirs and logged is not None:
+        return logged, {"same_split": True, "comparison": "logged metrics (same held-out split)"}
+    why = "different held-out split" if mine and theirs else "held-out split not logged on both runs"
+    if logged is None:
+        why = f"champion run has no '{metric}'"
+    try:
+        value = evaluator(cfg, champion, metric)
+    except (ImportError, CrystalVisionError, MlflowException, OSError) as exc:
+        log.warning("cannot re-evaluate champion v%s (%s); comparing logged metrics", champion.version, exc)
+        return logged, {
+            "same_split": False if mine and theirs else None,
+            "comparison": f"logged metrics ({why}; re-evaluation failed: {type(exc).__name__}: {exc})",
+        }
+    return value, {"same_split": False if mine and theirs else None, "comparison": f"champion re-evaluated ({why})"}
+
+
+def _record(client: MlflowClient, run_id: str, mv: ModelVersion, decision: dict[str, Any]) -> None:
+    verdict = "promoted" if decision["promoted"] else "kept_champion"
+    log.info("registry decision for %s v%s: %s", mv.name, mv.version, decision)
+    client.set_tag(run_id, DECISION_TAG, verdict)
+    client.set_model_version_tag(mv.name, mv.version, "promotion_decision", verdict)
+    client.set_model_version_tag(mv.name, mv.version, "promotion_reason", decision["reason"][:5000])
+    client.log_dict(run_id, decision, f"registry/decision-v{mv.version}.json")
+
+
+def register_and_promote(
+    cfg: PipelineConfig, run_id: str, evaluator: ChampionEvaluator | None = None
+) -> dict[str, Any]:
+    """Register the run's model, make it the challenger, promote it to champion only if it is better."""
+    from crystalvision.predict import MODEL_ARTIFACT, use_configured_tracking
+
+    use_configured_tracking()
+    client = MlflowClient()
+    name, metric = cfg.registry.model_name, cfg.registry.promote_metric
+    try:
+        challenger_run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise ModelError(f"MLflow run {run_id} not found ({exc}); pass the run id of a training run") from exc
+    mv = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name)
+    client.set_registered_model_alias(name, CHALLENGER, mv.version)
+    champion = _alias_version(client, name, CHAMPION)
+    decision: dict[str, Any] = {
+        "model_name": name,
+        "challenger_version": str(mv.version),
+        "challenger_run_id": run_id,
+        "champion_version_before": str(champion.version) if champion else None,
+        "metric": metric,
+        "min_improvement": cfg.registry.min_improvement,
+        "challenger_value": _metric(challenger_run, metric),
+        "champion_value": None,
+    }
+    if champion is None:
+        promoted, reason = True, "no champion yet: the first registered version becomes champion"
+    else:
+        champion_run = client.get_run(champion.run_id)
+        value, how = _champion_value(cfg, champion, champion_run, challenger_run, evaluator or evaluate_champion_on)
+        decision.update(how, champion_value=value)
+        promoted, reason = decide(decision["challenger_value"], value, cfg.registry.min_improvement)
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, mv.version)
+    final = mv.version if promoted else champion.version
+    decision.update(promoted=promoted, reason=reason, champion_version=str(final))
+    _record(client, run_id, mv, decision)
+    return decision

@@ -1,0 +1,363 @@
+"""Hyper-parameter sweep: Ray Tune over the Ray Train trainer (:func:`crystalvision.train.train_model`).
+
+Each Tune trial is a small driver that runs one ``TorchTrainer`` (Ray Train V2) and forwards its per-epoch reports
+to Tune with ``TuneReportCallback``. The search space is the learning rate (log-uniform) and the four loss weights
+(uniform in ``tune.loss_weight_range``); ASHA stops poor trials after ``grace_period`` epochs; Optuna proposes
+trials when ``tune.search == "optuna"``. Concurrency is bounded by the cluster's CPUs (and GPUs).
+
+MLflow: one parent run per sweep, each trial a nested child run (params, per-epoch metrics, the trained model as a
+pyfunc); the best trial's config and metrics go on the parent. The sweep is named after the config hash, so
+running the same config again resumes an interrupted sweep with ``Tuner.restore`` (and reuses its parent run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+
+from crystalvision.config import TARGETS, PipelineConfig
+from crystalvision.dataset import Splits
+from crystalvision.model import ModelSpec
+from crystalvision.settings import get_settings
+from crystalvision.storage import ObjectStore, filesystem_for, is_s3
+
+log = logging.getLogger(__name__)
+
+TRIAL_DRIVER_CPUS = 0.25  # a trial only drives its Train run; its workers hold the real resources
+PARENT_TAG = "tune_parent_of"
+SWEEP_TAG = "tune_sweep"
+TRIAL_TAG = "tune_trial_id"
+_TRIAL_PARAM_PREFIXES = ("cfg.train.lr", "cfg.train.loss_weights")
+# Settings every trial process needs (it may outlive or not share the driver's environment).
+_SETTINGS_ENV = {
+    "CRYSTALVISION_HOME": lambda s: str(s.paths.home),
+    "CRYSTALVISION_MLFLOW_TRACKING_URI": lambda s: s.tracking.mlflow_tracking_uri,
+    "CRYSTALVISION_MLFLOW_ARTIFACT_LOCATION": lambda s: s.tracking.mlflow_artifact_location,
+    "CRYSTALVISION_OBJECT_STORE_URI": lambda s: s.storage.object_store_uri,
+    "CRYSTALVISION_RAY_STORAGE_PATH": lambda s: s.ray.ray_storage_path,
+}
+
+
+def search_space(cfg: PipelineConfig) -> dict[str, Any]:
+    """lr log-uniform in [lr_min, lr_max]; ``w_<target>`` uniform in ``loss_weight_range`` for each head."""
+    from ray import tune
+
+    lo, hi = cfg.tune.loss_weight_range
+    return {"lr": tune.loguniform(cfg.tune.lr_min, cfg.tune.lr_max)} | {f"w_{t}": tune.uniform(lo, hi) for t in TARGETS}
+
+
+def trial_config(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
+    """The pipeline config of one trial: the sampled lr and loss weights put into ``train``."""
+    weights = {t: float(params[f"w_{t}"]) for t in TARGETS}
+    train = cfg.train.model_copy(update={"lr": float(params["lr"]), "loss_weights": weights})
+    return cfg.model_copy(update={"train": train})
+
+
+def max_concurrent_trials(cfg: PipelineConfig, resources: dict[str, float]) -> int:
+    """``tune.max_concurrent`` bounded by how many trials the cluster can run at once."""
+    per_trial_cpu = TRIAL_DRIVER_CPUS + cfg.train.num_workers * cfg.train.cpus_per_worker
+    bound = int(resources.get("CPU", 1) // per_trial_cpu)
+    if cfg.train.use_gpu:
+        bound = min(bound, int(resources.get("GPU", 0) // cfg.train.num_workers))
+    return max(1, min(cfg.tune.max_concurrent, bound))
+
+
+def sweep_name(cfg: PipelineConfig) -> str:
+    """Stable per config: the same config resumes the same sweep."""
+    return f"tune-{cfg.name}-{cfg.config_hash()[:10]}"
+
+
+def _storage(name: str) -> tuple[str, Any, str]:
+    """(storage path for RunConfig, pyarrow filesystem or None, full experiment path)."""
+    storage = get_settings().ray.ray_storage_path
+    if is_s3(storage):
+        fs, path = filesystem_for(storage)
+        return path, fs, f"{path}/{name}"
+    Path(storage).mkdir(parents=True, exist_ok=True)
+    return storage, None, str(Path(storage) / name)
+
+
+# ---- inside a trial (a Ray actor) ---------------------------------------------------------------------------------
+
+
+def _child_run(client: MlflowClient, ctx: dict[str, Any], trial_id: str, params: dict[str, Any]) -> str:
+    """The trial's nested MLflow run (reused when a restored sweep re-runs the trial)."""
+    found = client.search_runs(
+        [ctx["experiment_id"]],
+        f"tags.{SWEEP_TAG} = '{ctx['sweep']}' and tags.{TRIAL_TAG} = '{trial_id}'",
+        max_results=1,
+    )
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    tags = ctx["base_tags"] | {"mlflow.parentRunId": ctx["parent_run_id"], SWEEP_TAG: ctx["sweep"], TRIAL_TAG: trial_id}
+    run = client.create_run(ctx["experiment_id"], tags=tags, run_name=f"trial-{trial_id}")
+    trial_params = {"cfg.train.lr": params["lr"]} | {f"cfg.train.loss_weights.{t}": params[f"w_{t}"] for t in TARGETS}
+    from crystalvision.tracking import log_params_safe
+
+    log_params_safe(ctx["base_params"] | trial_params, run_id=run.info.run_id, tracking_uri=ctx["tracking_uri"])
+    return run.info.run_id
+
+
+def run_trial(params: dict[str, Any], ctx: dict[str, Any]) -> None:
+    """One Tune trial: train with the sampled params (reports reach Tune per epoch), log the model to MLflow."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from crystalvision.predict import log_model
+    from crystalvision.train import train_model
+
+    os.environ.update(ctx["env"])
+    get_settings.cache_clear()
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_config(PipelineConfig.model_validate(ctx["cfg"]), params)
+    mlflow.set_tracking_uri(ctx["tracking_uri"])
+    client = MlflowClient(ctx["tracking_uri"])
+    run_id = _child_run(client, ctx, trial_id, params)
+    name = f"{ctx['sweep']}-{trial_id}"
+    spec = ModelSpec.model_validate(ctx["spec"])
+    model_dir = Path(ctx["env"]["CRYSTALVISION_HOME"]) / "models" / name
+    splits, store = ctx["splits"], ctx["store"]
+    result = train_model(
+        cfg, splits, store, spec, run_id=run_id, name=name, callbacks=[TuneReportCallback()], model_dir=model_dir
+    )
+    with mlflow.start_run(run_id=run_id):
+        log_model(result.model_dir, splits, store)
+    client.set_terminated(run_id, "FINISHED")
+
+
+# ---- the driver -------------------------------------------------------------------------------------------------
+
+
+def _parent_run(client: MlflowClient, experiment_id: str, sweep: str) -> str | None:
+    found = client.search_runs([experiment_id], f"tags.{PARENT_TAG} = '{sweep}'", max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def _trial_context(cfg: PipelineConfig, splits: Splits, store: ObjectStore, spec: ModelSpec, parent: Any) -> dict:
+    settings = get_settings()
+    params = {k: v for k, v in parent.data.params.items() if not k.startswith(_TRIAL_PARAM_PREFIXES)}
+    tags = {k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.") and k != PARENT_TAG}
+    return {
+        "cfg": cfg.model_dump(mode="json"),
+        "spec": spec.model_dump(mode="json"),
+        "splits": splits,
+        "store": store,
+        "sweep": parent.data.tags[PARENT_TAG],
+        "parent_run_id": parent.info.run_id,
+        "experiment_id": parent.info.experiment_id,
+        "tracking_uri": settings.tracking.mlflow_tracking_uri,
+        "env": {k: get(settings) for k, get in _SETTINGS_ENV.items()},
+        "base_params": params,
+        "base_tags": tags,
+    }
+
+
+def _make_tuner(cfg: PipelineConfig, trainable: Any, sweep: str, resources: dict[str, float]) -> Any:
+    """A new Tuner, or the interrupted sweep of the same name restored."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    storage, fs, path = _storage(sweep)
+    if tune.Tuner.can_restore(path, storage_filesystem=fs):
+        log.info("resuming sweep %s from %s", sweep, path)
+        return tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
+    search_alg = None
+    if cfg.tune.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(metric=cfg.tune.metric, mode=cfg.tune.mode, seed=cfg.train.seed)
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=cfg.train.epochs,
+        grace_period=min(cfg.tune.grace_period, cfg.train.epochs),
+    )
+    concurrency = max_concurrent_trials(cfg, resources)
+    log.info("sweep %s: %d trials, %d at a time, search=%s", sweep, cfg.tune.num_samples, concurrency, cfg.tune.search)
+    return tune.Tuner(
+        trainable,
+        param_space=search_space(cfg),
+        tune_config=tune.TuneConfig(
+            metric=cfg.tune.metric,
+            mode=cfg.tune.mode,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=cfg.tune.num_samples,
+            max_concurrent_trials=concurrency,
+        ),
+        run_config=tune.RunConfig(name=sweep, storage_path=storage, storage_filesystem=fs, verbose=0),
+    )
+
+
+def _best_row(result: Any, metric: str, mode: str) -> dict[str, float]:
+    """The best reported epoch of a trial, numeric values only."""
+    df = result.metrics_dataframe
+    if df is None or df.empty or metric not in df:
+        return {}
+    row = df.loc[df[metric].idxmin() if mode == "min" else df[metric].idxmax()]
+    return {k: float(v) for k, v in row.items() if isinstance(v, int | float) and math.isfinite(float(v))}
+
+
+def _close_trial_runs(client: MlflowClient, experiment_id: str, sweep: str) -> list[dict[str, Any]]:
+    """Mark child runs of trials stopped by ASHA (still RUNNING) as KILLED; summary of every trial run."""
+    runs = client.search_runs([experiment_id], f"tags.{SWEEP_TAG} = '{sweep}'", max_results=1000)
+    out = []
+    for run in runs:
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "tune_outcome", "stopped_early_by_scheduler")
+            client.set_terminated(run.info.run_id, "KILLED")
+        out.append({"trial_id": run.data.tags.get(TRIAL_TAG), "run_id": run.info.run_id})
+    return out
+
+
+def _summarise(cfg: PipelineConfig, results: Any, client: MlflowClient, parent: Any) -> dict[str, Any]:
+    """Log the best trial's config and metrics on the parent run and return the sweep summary."""
+    metric, mode = cfg.tune.metric, cfg.tune.mode
+    sweep, experiment_id = parent.data.tags[PARENT_TAG], parent.info.experiment_id
+    trials = _close_trial_runs(client, experiment_id, sweep)
+    best = results.get_best_result(metric=metric, mode=mode, scope="all")
+    best_id = best.metrics.get("trial_id")
+    best_run = next((t["run_id"] for t in trials if t["trial_id"] == best_id), None)
+    best_metrics = _best_row(best, metric, mode)
+    params = {f"best.{k}": v for k, v in best.config.items()}
+    client.log_batch(
+        parent.info.run_id,
+        metrics=[mlflow.entities.Metric(f"best_{k}", v, 0, 0) for k, v in best_metrics.items() if "time" not in k],
+        params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()],
+    )
+    client.set_tag(parent.info.run_id, "best_trial_id", str(best_id))
+    client.set_tag(parent.info.run_id, "best_run_id", str(best_run))
+    with tempfile.TemporaryDirectory() as tmp:
+        table = Path(tmp) / "trials.csv"
+        results.get_dataframe(filter_metric=metric, filter_mode=mode).to_csv(table, index=False)
+        client.log_artifact(parent.info.run_id, str(table), "tune")
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    return {
+        "sweep": sweep,
+        "parent_run_id": parent.info.run_id,
+        "n_trials": len(results),
+        "n_errors": results.num_errors,
+        "best_trial_id": best_id,
+        "best_run_id": best_run,
+        "best_config": best.config,
+        "best_metrics": {k: best_metrics[k] for k in best_metrics if k.startswith(("val_", "train_", metric))},
+        "model_uri": f"runs:/{best_run}/model" if best_run else None,
+    }
+
+
+def tune_model(
+    cfg: PipelineConfig,
+    splits: Splits,
+    store: ObjectStore,
+    spec: ModelSpec,
+    tags: dict[str, str] | None = None,
+    context: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the sweep on prepared splits.
+
+    ``tags`` go on the parent run; ``context`` (optional) logs the pipeline context into it. Trials inherit both,
+    so the registry can tell which held-out split a trial's model was trained for.
+    """
+    import ray
+    from ray import tune
+
+    from crystalvision import tracking
+    from crystalvision.raycluster import ensure_ray
+
+    ensure_ray()
+    experiment_id = tracking.configure_mlflow()
+    client = MlflowClient()
+    sweep = sweep_name(cfg)
+    parent_id = _parent_run(client, experiment_id, sweep)
+    if parent_id is None:
+        with tracking.start_run(run_name=sweep, tags=(tags or {}) | {PARENT_TAG: sweep}) as run:
+            parent_id = run.info.run_id
+            if context is not None:
+                context()
+            else:
+                tracking.log_params_safe(tracking.flatten(cfg.model_dump(mode="json"), prefix="cfg"))
+    else:
+        client.update_run(parent_id, status="RUNNING")
+    parent = client.get_run(parent_id)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, ctx=_trial_context(cfg, splits, store, spec, parent)),
+        {"CPU": TRIAL_DRIVER_CPUS},
+    )
+    results = _make_tuner(cfg, trainable, sweep, ray.cluster_resources()).fit()
+    if results.num_terminated == 0 and results.num_errors:
+        client.set_terminated(parent_id, "FAILED")
+        raise RuntimeError(f"every trial of sweep {sweep} failed; first error: {results.errors[0]}")
+    summary = _summarise(cfg, results, client, parent)
+    log.info("sweep %s done: %s", sweep, json.dumps(summary, default=str))
+    return summary
+
+
+def _prepare(cfg: PipelineConfig) -> tuple[Any, Any, Any, Splits, ObjectStore, ModelSpec]:
+    """Snapshot -> render -> splits -> model spec, as the pipeline does before training."""
+    from crystalvision.dataset import load_labels, split_frame
+    from crystalvision.render.job import render_dataset
+    from crystalvision.snapshot import load_snapshot, select
+    from crystalvision.storage import open_store
+
+    snap = load_snapshot(cfg.snapshot.uri or get_settings().data.snapshot_uri)
+    selection = select(snap, cfg.snapshot)
+    store = open_store()
+    rendered = render_dataset(selection.records, snap.encoders, snap.manifest.content_sha256, cfg.render, store)
+    splits = split_frame(load_labels(store, rendered.labels_key), cfg.split)
+    spec = ModelSpec(
+        backbone=cfg.train.backbone,
+        crystal_system_classes=snap.encoders.crystal_system,
+        spacegroup_classes=snap.encoders.spacegroup,
+        image_size=cfg.render.image_size,
+        snapshot_sha256=snap.manifest.content_sha256,
+        snapshot_id=snap.manifest.snapshot_id,
+        label_source=snap.manifest.label_source,
+        render_config=cfg.render.model_dump(mode="json"),
+    )
+    return snap, selection, rendered, splits, store, spec
+
+
+def _evaluate_best(cfg: PipelineConfig, summary: dict, splits: Splits, store: ObjectStore) -> None:
+    """Evaluate the best trial's model on the test split and log the metrics into its run."""
+    from crystalvision.evaluate import evaluate_model
+    from crystalvision.model import load_model
+
+    run_id = summary["best_run_id"]
+    with tempfile.TemporaryDirectory(prefix="crystalvision-tune-eval-") as tmp:
+        folder = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model_dir", dst_path=tmp)
+        evaluated = evaluate_model(load_model(folder), splits, store, cfg, Path(tmp) / "eval")
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_metrics(evaluated.metrics)
+            mlflow.log_artifacts(str(evaluated.artifacts_dir), artifact_path="evaluation")
+    summary["test_metrics"] = evaluated.metrics
+
+
+def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
+    """``crystalvision tune``: prepare the data, sweep, then evaluate and register the best trial's model."""
+    from crystalvision import tracking
+
+    snap, selection, rendered, splits, store, spec = _prepare(cfg)
+    summary = tune_model(
+        cfg,
+        splits,
+        store,
+        spec,
+        tags=tracking.pipeline_tags(cfg, snap),
+        context=lambda: tracking.log_pipeline_context(cfg, snap, selection, rendered, splits),
+    )
+    if summary["best_run_id"] and "evaluate" in cfg.stages:
+        _evaluate_best(cfg, summary, splits, store)
+    if summary["best_run_id"] and "register" in cfg.stages and cfg.registry.enabled:
+        from crystalvision.registry import register_and_promote
+
+        summary["registry"] = register_and_promote(cfg, summary["best_run_id"])
+    return summary

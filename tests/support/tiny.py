@@ -1,0 +1,49 @@
+"""Tiny models and toy splits for registry / predict / serve tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from crystalvision.config import SplitConfig
+from crystalvision.dataset import Splits, load_labels, split_frame
+from crystalvision.model import CrystalNet, ModelSpec, save_model
+from crystalvision.storage import ObjectStore
+
+from .toy import SPACEGROUPS, SYSTEMS, write_toy_dataset
+
+SIZE = 32
+
+
+def toy_splits(store: ObjectStore, n_structures: int = 10, views: int = 2, size: int = SIZE) -> Splits:
+    """The toy dataset written into ``store`` and split by structure."""
+    labels_key = write_toy_dataset(store, n_structures=n_structures, views=views, size=size)
+    return split_frame(load_labels(store, labels_key), SplitConfig(test_fraction=0.3, val_fraction=0.3))
+
+
+def tiny_model_dir(folder: Path, seed: int = 0, size: int = SIZE) -> Path:
+    """An untrained CrystalNet saved as a model folder (weights.pt + model.json)."""
+    torch.manual_seed(seed)
+    spec = ModelSpec(
+        crystal_system_classes=SYSTEMS,
+        spacegroup_classes=SPACEGROUPS,
+        target_mean={"band_gap": 1.5, "energy_above_hull": 0.03},
+        target_std={"band_gap": 1.0, "energy_above_hull": 0.02},
+        image_size=size,
+        snapshot_sha256="toy",
+        render_config={"image_size": size, "views_per_structure": 2},
+    )
+    return save_model(CrystalNet(spec), folder)
+
+
+def use_test_tracking() -> str:
+    """Point MLflow at the test's CRYSTALVISION_HOME (sqlite db, artifacts folder); returns the tracking URI."""
+    import mlflow
+    from crystalvision.settings import get_settings
+
+    tracking = get_settings().tracking
+    mlflow.set_tracking_uri(tracking.mlflow_tracking_uri)
+    if mlflow.get_experiment_by_name(tracking.experiment_name) is None:
+        mlflow.create_experiment(tracking.experiment_name, artifact_location=tracking.mlflow_artifact_location)
+    mlflow.set_experiment(tracking.experiment_name)
+    return tracking.mlflow_tracking_uri

@@ -1,0 +1,105 @@
+"""Promotion gate against a real MLflow registry (sqlite in tmp): first, better, worse, tie, other split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from crystalvision import registry
+from crystalvision.config import PipelineConfig
+from crystalvision.predict import log_model
+from crystalvision.storage import ObjectStore
+from mlflow import MlflowClient
+
+from .support.tiny import tiny_model_dir, toy_splits, use_test_tracking
+
+SPLIT = {"snapshot_sha256": "abc1", "cfg.split.protocol": "grouped", "cfg.split.seed": "0", "cfg.render.image_size": 32}
+
+
+@pytest.fixture
+def env(cv_home, tmp_path):
+    """A function that logs a run with a tiny pyfunc model, params and ``test_score``; returns its run id."""
+    use_test_tracking()
+    store = ObjectStore(str(tmp_path / "store"))
+    splits = toy_splits(store, n_structures=6, views=1)
+    model_dir = tiny_model_dir(tmp_path / "model")
+
+    def make_run(score: float | None, params: dict | None = None) -> str:
+        with mlflow.start_run() as run:
+            mlflow.log_params(params or SPLIT)
+            if score is not None:
+                mlflow.log_metric("test_score", score)
+            log_model(model_dir, splits, store)
+        return run.info.run_id
+
+    return make_run
+
+
+def _aliases(name: str) -> dict[str, str]:
+    return {k: str(v) for k, v in MlflowClient().get_registered_model(name).aliases.items()}
+
+
+def _never_evaluate(*_args):
+    raise AssertionError("same split: the champion must not be re-evaluated")
+
+
+def test_first_better_worse_tie(env) -> None:
+    cfg = PipelineConfig(name="t")
+    name = cfg.registry.model_name
+    first = registry.register_and_promote(cfg, env(0.50), evaluator=_never_evaluate)
+    assert first["promoted"] and first["champion_version"] == first["challenger_version"] == "1"
+    assert _aliases(name) == {"challenger": "1", "champion": "1"}
+
+    better_id = env(0.60)
+    better = registry.register_and_promote(cfg, better_id, evaluator=_never_evaluate)
+    assert better["promoted"] and better["same_split"] and better["champion_value"] == pytest.approx(0.5)
+    assert _aliases(name) == {"challenger": "2", "champion": "2"}
+
+    worse = registry.register_and_promote(cfg, env(0.40), evaluator=_never_evaluate)
+    assert not worse["promoted"] and worse["champion_version"] == "2"
+    assert _aliases(name) == {"challenger": "3", "champion": "2"}
+
+    tie = registry.register_and_promote(cfg, env(0.60), evaluator=_never_evaluate)
+    assert not tie["promoted"] and "<=" in tie["reason"]
+    assert _aliases(name) == {"challenger": "4", "champion": "2"}
+
+    # every decision is recorded on the run and the model version
+    client = MlflowClient()
+    assert client.get_run(better_id).data.tags[registry.DECISION_TAG] == "promoted"
+    assert client.get_model_version(name, "4").tags["promotion_decision"] == "kept_champion"
+    path = mlflow.artifacts.download_artifacts(f"runs:/{better_id}/registry/decision-v2.json")
+    assert json.loads(Path(path).read_text())["champion_version_before"] == "1"
+
+
+def test_min_improvement_and_missing_metric(env) -> None:
+    cfg = PipelineConfig(name="t", registry={"model_name": "gate", "min_improvement": 0.05})
+    registry.register_and_promote(cfg, env(0.50), evaluator=_never_evaluate)
+    small = registry.register_and_promote(cfg, env(0.54), evaluator=_never_evaluate)
+    assert not small["promoted"]
+    unevaluated = registry.register_and_promote(cfg, env(None), evaluator=_never_evaluate)
+    assert not unevaluated["promoted"] and "evaluate it first" in unevaluated["reason"]
+    assert _aliases("gate")["champion"] == "1"
+
+
+def test_other_split_reevaluates_the_champion(env) -> None:
+    cfg = PipelineConfig(name="t", registry={"model_name": "resplit"})
+    registry.register_and_promote(cfg, env(0.90, {**SPLIT, "cfg.split.seed": "1"}))
+    calls = []
+
+    def evaluator(cfg_, champion, metric):
+        calls.append((str(champion.version), metric))
+        return 0.30  # the champion scores worse on the challenger's test split than its logged 0.90
+
+    decision = registry.register_and_promote(cfg, env(0.50), evaluator=evaluator)
+    assert calls == [("1", "test_score")]
+    assert decision["promoted"] and decision["same_split"] is False
+    assert decision["champion_value"] == pytest.approx(0.30) and "re-evaluated" in decision["comparison"]
+
+    def broken(*_args):
+        raise ImportError("no evaluate module")
+
+    fallback = registry.register_and_promote(cfg, env(0.55, {**SPLIT, "cfg.split.seed": "7"}), evaluator=broken)
+    assert fallback["champion_value"] == pytest.approx(0.50) and fallback["promoted"]
+    assert "re-evaluation failed" in fallback["comparison"]
