@@ -7,17 +7,18 @@ import io
 import json
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import mlflow
 from crystalvision import predict
 from crystalvision.cli import app
 from crystalvision.dataset import load_images
 from crystalvision.model import load_model, predict_arrays
 from crystalvision.storage import ObjectStore
-from PIL import Image
-from typer.testing import CliRunner
 
 from .support.tiny import SIZE, tiny_model_dir, toy_splits, use_test_tracking
 

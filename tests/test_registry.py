@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow
 import pytest
+
+import mlflow
 from crystalvision import registry
 from crystalvision.config import PipelineConfig
 from crystalvision.predict import log_model

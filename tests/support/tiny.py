@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from crystalvision.config import SplitConfig
 from crystalvision.dataset import Splits, load_labels, split_frame
 from crystalvision.model import CrystalNet, ModelSpec, save_model
