@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import threading
 import time
 from pathlib import Path
@@ -15,18 +14,10 @@ from crystalvision.snapshot import load_snapshot
 from crystalvision.watch import job_id, query_hash, watch_once
 
 from tests.support.mp_replay import ReplayServer, bundled_docs
+from tests.support.stages import STAGE_MODULES, stages_available
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "w" * 32
-STAGE_MODULES = ("crystalvision.render.job", "crystalvision.train", "crystalvision.evaluate", "crystalvision.registry")
-
-
-def stages_available() -> bool:
-    """Whether the render/train/evaluate/registry modules the real retrain needs are importable."""
-    try:
-        return all(importlib.util.find_spec(m) is not None for m in STAGE_MODULES)
-    except ModuleNotFoundError:
-        return False
 
 
 class Recorder:
