@@ -51,9 +51,9 @@ def wait_http(
         if alive is not None and not alive():
             raise RuntimeError(f"the server behind {url} exited before answering")
         try:
-            if requests.get(url, timeout=2).status_code in ok:
+            if requests.get(url, timeout=5).status_code in ok:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy starting
             pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} did not come up in {timeout}s")
