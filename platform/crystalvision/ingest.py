@@ -8,15 +8,15 @@ from pathlib import Path
 from crystalvision.config import IngestConfig
 from crystalvision.mp import fetch_records, query_dict
 from crystalvision.settings import get_settings
-from crystalvision.snapshot import write_snapshot
+from crystalvision.snapshot import MaterialRecord, write_snapshot
 
 log = logging.getLogger(__name__)
 
 
-def ingest_from_mp(query: IngestConfig, out: str | Path | None = None) -> Path:
-    """Fetch ``query`` with mp-api and write a snapshot under ``out`` (default: settings' snapshots root)."""
-    settings = get_settings()
-    records, db_version = fetch_records(query, settings.mp)
+def write_mp_snapshot(
+    records: list[MaterialRecord], db_version: str, query: IngestConfig, out: str | Path | None = None
+) -> Path:
+    """Write fetched Materials Project records as a snapshot under ``out`` (default: settings' snapshots root)."""
     flagged = sum(1 for r in records if r.flags)
     log.info(
         "%d of %d structures carry validation flags (kept in the snapshot, dropped at use by default)",
@@ -25,8 +25,14 @@ def ingest_from_mp(query: IngestConfig, out: str | Path | None = None) -> Path:
     )
     return write_snapshot(
         records,
-        out or settings.data.snapshots_root,
+        out or get_settings().data.snapshots_root,
         source="materials-project-api",
         db_version=db_version,
         query=query_dict(query),
     )
+
+
+def ingest_from_mp(query: IngestConfig, out: str | Path | None = None) -> Path:
+    """Fetch ``query`` with mp-api and write a snapshot under ``out`` (default: settings' snapshots root)."""
+    records, db_version = fetch_records(query, get_settings().mp)
+    return write_mp_snapshot(records, db_version, query, out)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+import re
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from crystalvision.config import IngestConfig
 from crystalvision.errors import MPError
@@ -12,6 +15,10 @@ from crystalvision.snapshot import MaterialRecord
 from crystalvision.structures import geometry_flags, symmetry_labels, validate_structure
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+HTTP_TIMEOUT_S = 20
+# mp-api reports HTTP failures only in exception messages: "error status code 503", "too many 429 error responses".
+_TRANSIENT_MESSAGE = re.compile(r"(?:status code|too many) (429|5\d\d)\b")
 
 SUMMARY_FIELDS = [
     "material_id",
@@ -29,30 +36,116 @@ MP_LABEL_SOURCE = {
 }
 
 
-def _rester(settings: MPSettings):
-    from mp_api.client import MPRester
+class _TransientHTTP(Exception):
+    """The API answered a status worth retrying (429 or 5xx)."""
 
+    def __init__(self, status: int):
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+def _endpoint(settings: MPSettings) -> str:
+    from mp_api.client.core.utils import validate_endpoint
+
+    return validate_endpoint(settings.endpoint)
+
+
+def _api_key(settings: MPSettings) -> str:
     if settings.api_key is None or not settings.api_key.get_secret_value():
         raise MPError(
             "no Materials Project API key: set MP_API_KEY (get one at https://materialsproject.org/api), "
             "or use the bundled snapshot offline"
         )
-    kwargs: dict[str, Any] = {"api_key": settings.api_key.get_secret_value(), "mute_progress_bars": True}
+    key = settings.api_key.get_secret_value()
+    if len(key) != 32:
+        raise MPError("MP_API_KEY is not a valid Materials Project API key (they are 32 characters); check it")
+    return key
+
+
+def _rester(settings: MPSettings):
+    from mp_api.client import MPRester
+
+    kwargs: dict[str, Any] = {"api_key": _api_key(settings), "mute_progress_bars": True}
     if settings.endpoint:
         kwargs["endpoint"] = settings.endpoint
     return MPRester(**kwargs)
 
 
-def database_version(settings: MPSettings | None = None) -> str:
-    """The Materials Project database version the API serves now."""
-    settings = settings or get_settings().mp
-    with _rester(settings) as mpr:
+def _probe_heartbeat(endpoint: str) -> None:
+    """GET the public heartbeat; raise :class:`_TransientHTTP` on 429/5xx (mp-api does not retry it)."""
+    import requests
+
+    resp = requests.get(endpoint + "heartbeat", timeout=HTTP_TIMEOUT_S)
+    if resp.status_code == 429 or resp.status_code >= 500:
+        raise _TransientHTTP(resp.status_code)
+
+
+def _transient_reason(exc: BaseException) -> str | None:
+    """Why ``exc`` is worth a retry (a 429/5xx status or a connection problem), or None."""
+    import requests
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, _TransientHTTP):
+            return f"HTTP {seen.status}"
+        if isinstance(seen, requests.ConnectionError | requests.Timeout):
+            return type(seen).__name__
+        match = _TRANSIENT_MESSAGE.search(str(seen))
+        if match:
+            return f"HTTP {match.group(1)}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _redacted(exc: BaseException, settings: MPSettings) -> str:
+    text = f"{type(exc).__name__}: {str(exc)[:300]}"
+    key = settings.api_key.get_secret_value() if settings.api_key else ""
+    return text.replace(key, "***") if key else text
+
+
+def _call(settings: MPSettings, what: str, fn: Callable[[Any], T]) -> T:
+    """Run ``fn(mpr)`` with a fresh MPRester, retrying with exponential back-off on 429/5xx."""
+    from mp_api.client.core.client import _Rester
+
+    _api_key(settings)  # fail fast, before any request, on a missing or malformed key
+    for attempt in range(settings.max_retries + 1):
         try:
-            version = mpr.get_database_version()
+            # mp-api caches the heartbeat (db_version) per endpoint for the life of the process: a long-lived
+            # scheduler must see new database versions, so clear it before every attempt.
+            _Rester._get_heartbeat_info.cache_clear()
+            _probe_heartbeat(_endpoint(settings))
+            with _rester(settings) as mpr:
+                return fn(mpr)
+        except MPError:
+            raise
         except Exception as exc:
-            raise MPError(f"cannot read the Materials Project database version ({type(exc).__name__})") from exc
+            reason = _transient_reason(exc)
+            if reason is None:
+                raise MPError(f"{what} failed ({_redacted(exc, settings)})") from exc
+            if attempt == settings.max_retries:
+                raise MPError(
+                    f"{what} failed after {attempt + 1} attempts (last: {reason}); the Materials Project is "
+                    "rate-limiting or unavailable, try again later or raise CRYSTALVISION_MAX_RETRIES"
+                ) from exc
+            delay = settings.retry_backoff_s * 2**attempt
+            log.warning(
+                "%s: Materials Project answered %s; retry %d/%d in %.1fs",
+                what,
+                reason,
+                attempt + 1,
+                settings.max_retries,
+                delay,
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def database_version(settings: MPSettings | None = None) -> str:
+    """The Materials Project database version the API serves now (mp-api's heartbeat ``db_version``)."""
+    settings = settings or get_settings().mp
+    version = _call(settings, "reading the Materials Project database version", lambda mpr: mpr.db_version)
     if not version:
-        raise MPError("the Materials Project returned no database version; try again later")
+        raise MPError("the Materials Project returned no database version (HTTP 403?); check MP_API_KEY")
     return str(version)
 
 
@@ -95,18 +188,29 @@ def _to_record(doc: Any, db_version: str) -> MaterialRecord:
     )
 
 
+def search_kwargs(cfg: IngestConfig) -> dict[str, Any]:
+    """The query as keyword arguments of ``MPRester().materials.summary.search``."""
+    kwargs: dict[str, Any] = {}
+    if cfg.chemsys:
+        kwargs["chemsys"] = cfg.chemsys
+    if cfg.elements:
+        kwargs["elements"] = sorted(cfg.elements)
+    if cfg.nelements:
+        kwargs["num_elements"] = cfg.nelements
+    return kwargs
+
+
 def fetch_records(cfg: IngestConfig, settings: MPSettings | None = None) -> tuple[list[MaterialRecord], str]:
     """Query the summary endpoint; returns (records, db_version). Bad entries are skipped and logged."""
     from crystalvision.errors import StructureError
 
     settings = settings or get_settings().mp
     query = query_dict(cfg)
-    with _rester(settings) as mpr:
-        db_version = str(mpr.get_database_version())
-        try:
-            docs = mpr.materials.summary.search(**query, fields=SUMMARY_FIELDS)
-        except Exception as exc:
-            raise MPError(f"Materials Project query {query} failed ({type(exc).__name__}: {str(exc)[:200]})") from exc
+
+    def search(mpr: Any) -> tuple[str, list[Any]]:
+        return str(mpr.db_version), mpr.materials.summary.search(**search_kwargs(cfg), fields=SUMMARY_FIELDS)
+
+    db_version, docs = _call(settings, f"Materials Project query {query}", search)
     if not docs:
         raise MPError(f"the Materials Project returned no materials for {query}; check the chemical system")
     records, bad = [], []

@@ -119,6 +119,7 @@ class MPSettings(_Base):
         description="API endpoint override (a replay server in tests); None means the public API.",
     )
     max_retries: int = Field(default=5, description="Retries with exponential back-off on 429/5xx.")
+    retry_backoff_s: float = Field(default=1.0, ge=0, description="First back-off delay; doubles each retry.")
 
 
 class Settings(_Base):

@@ -1,0 +1,22 @@
+"""Job: render if needed, then train with Ray Train and log to MLflow (no evaluation, no registration).
+
+    ray job submit --address http://HEAD:8265 --working-dir . --runtime-env jobs/runtime_env/train.yaml \
+        -- python -m jobs.train --config pipelines/quickstart.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from jobs._common import load_config, parser, run
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    from crystalvision.pipeline import run_pipeline
+
+    return run_pipeline(load_config(args), stages=["snapshot", "render", "train"]).summary()
+
+
+if __name__ == "__main__":
+    run(main, parser(__doc__.splitlines()[0]))

@@ -1,0 +1,127 @@
+"""Launch the MLflow tracking server in one of two modes.
+
+``embedded``    SQLite backend + local artifact folder under CRYSTALVISION_HOME (default .crystalvision), no auth.
+``production``  Postgres (any SQLAlchemy URI) backend, S3 artifact destination (MLFLOW_S3_ENDPOINT_URL for
+                MinIO/Ceph/moto), MLflow's basic-auth app with the admin password from MLFLOW_AUTH_ADMIN_PASSWORD.
+
+    python mlflow/launch.py embedded [--host 127.0.0.1] [--port 5000]
+    python mlflow/launch.py production --host 0.0.0.0 --port 5000
+
+Production reads (all required unless noted):
+    MLFLOW_BACKEND_STORE_URI       postgresql://user:pass@host:5432/mlflow
+    MLFLOW_AUTH_DATABASE_URI       postgresql://user:pass@host:5432/mlflow_auth (a separate database)
+    MLFLOW_ARTIFACTS_DESTINATION   s3://bucket/prefix
+    MLFLOW_AUTH_ADMIN_PASSWORD     first-start admin password
+    MLFLOW_FLASK_SERVER_SECRET_KEY CSRF key of the auth app (the same on every replica)
+    MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (optional: S3 endpoint and credentials)
+    MLFLOW_WORKERS (optional, default 2), MLFLOW_SERVER_ALLOWED_HOSTS (optional, e.g. "mlflow,mlflow.ns.svc")
+
+This file lives in ``mlflow/`` without an ``__init__.py`` on purpose: a package there would shadow mlflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import string
+import sys
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger("crystalvision.mlflow")
+HERE = Path(__file__).resolve().parent
+AUTH_TEMPLATE = HERE / "basic_auth.ini"
+PRODUCTION_REQUIRED = (
+    "MLFLOW_BACKEND_STORE_URI",
+    "MLFLOW_AUTH_DATABASE_URI",
+    "MLFLOW_ARTIFACTS_DESTINATION",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+)
+
+
+class LaunchError(Exception):
+    """A setting the launcher needs is missing or wrong (the message names it)."""
+
+
+def redact_uri(uri: str) -> str:
+    """``scheme://user:***@host/db``: the password of a URI hidden for logs."""
+    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", uri)
+
+
+def embedded_command(host: str, port: int, env: dict[str, str]) -> list[str]:
+    """``mlflow server`` arguments for the embedded mode (SQLite + local artifacts, no auth)."""
+    home = Path(env.get("CRYSTALVISION_HOME", ".crystalvision")).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return [
+        *_base(host, port),
+        "--backend-store-uri",
+        f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(home / "mlartifacts"),
+        "--serve-artifacts",
+        "--workers",
+        "1",
+    ]
+
+
+def production_command(host: str, port: int, env: dict[str, str], auth_dir: Path) -> list[str]:
+    """``mlflow server`` arguments for production; writes the rendered auth ini into ``auth_dir``."""
+    missing = [k for k in PRODUCTION_REQUIRED if not env.get(k)]
+    if missing:
+        raise LaunchError(f"production mode needs {', '.join(missing)} in the environment (see mlflow/launch.py)")
+    if not env["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://"):
+        raise LaunchError("MLFLOW_ARTIFACTS_DESTINATION must be an s3://bucket/prefix URI in production mode")
+    if not env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql"):
+        log.warning("MLFLOW_BACKEND_STORE_URI is not PostgreSQL; fine for tests, not for production")
+    ini = auth_dir / "basic_auth.ini"
+    ini.write_text(string.Template(AUTH_TEMPLATE.read_text()).substitute(env))
+    ini.chmod(0o600)
+    cmd = [
+        *_base(host, port),
+        "--app-name",
+        "basic-auth",
+        "--backend-store-uri",
+        env["MLFLOW_BACKEND_STORE_URI"],
+        "--artifacts-destination",
+        env["MLFLOW_ARTIFACTS_DESTINATION"],
+        "--serve-artifacts",
+        "--workers",
+        env.get("MLFLOW_WORKERS", "2"),
+    ]
+    if env.get("MLFLOW_SERVER_ALLOWED_HOSTS"):
+        cmd += ["--allowed-hosts", env["MLFLOW_SERVER_ALLOWED_HOSTS"]]
+    return cmd
+
+
+def _base(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments and replace this process with ``mlflow server``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("mode", choices=["embedded", "production"])
+    p.add_argument("--host", default=None, help="Bind address (embedded: 127.0.0.1, production: 0.0.0.0).")
+    p.add_argument("--port", type=int, default=5000)
+    args = p.parse_args(argv)
+    env = dict(os.environ)
+    try:
+        if args.mode == "embedded":
+            cmd = embedded_command(args.host or "127.0.0.1", args.port, env)
+        else:
+            auth_dir = Path(tempfile.mkdtemp(prefix="mlflow-auth-"))
+            cmd = production_command(args.host or "0.0.0.0", args.port, env, auth_dir)
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_dir / "basic_auth.ini")
+    except LaunchError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+    log.info("starting: %s", " ".join(redact_uri(c) for c in cmd[1:]))
+    os.execvpe(cmd[0], cmd, env)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Every manifest under infra/ and jobs/ parses, and every command, module and file it names exists here."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFESTS = sorted([*ROOT.glob("infra/**/*.yaml"), *ROOT.glob("jobs/**/*.yaml")])
+REPO_PATH = re.compile(r"^(pipelines|jobs|mlflow|infra|platform|tests|docs)/[\w./-]*[\w]$")
+IMAGE_ROOT = "/app/"  # the Dockerfile's WORKDIR: paths under it are repo paths
+THIRD_PARTY_MODULES = {"mlflow", "ray", "pip"}
+STAGE_JOBS = ("snapshot", "ingest", "render", "train", "evaluate", "register", "tune", "pipeline", "watch")
+
+
+def _strings(node: object) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+
+
+def _commands(node: object) -> Iterator[list[str]]:
+    """Container ``command + args`` lists and RayJob ``entrypoint`` strings, as argv lists."""
+    if isinstance(node, dict):
+        if isinstance(node.get("command"), list):
+            yield [*node["command"], *node.get("args", [])]
+        if isinstance(node.get("entrypoint"), str):
+            yield shlex.split(node["entrypoint"])
+        for v in node.values():
+            yield from _commands(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _commands(v)
+
+
+def _tokens(text: str) -> Iterator[str]:
+    for token in re.split(r"[\s,\"'\[\]{}=]+", text):
+        token = token.removeprefix(IMAGE_ROOT).rstrip(":")
+        if token:
+            yield token
+
+
+def _cli_commands() -> set[str]:
+    import typer.main
+    from crystalvision.cli import app
+
+    group = typer.main.get_command(app)
+    return set(group.commands)  # type: ignore[attr-defined]
+
+
+def _check_argv(argv: list[str], where: str) -> None:
+    exe = Path(argv[0]).name
+    if exe in ("python", "python3") and len(argv) > 2 and argv[1] == "-m":
+        module = argv[2]
+        if module.split(".")[0] not in THIRD_PARTY_MODULES:
+            assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), f"{where}: module {module} not in repo"
+    elif exe in ("python", "python3"):
+        assert (ROOT / argv[1].removeprefix(IMAGE_ROOT)).is_file(), f"{where}: script {argv[1]} not in repo"
+    elif exe == "crystalvision":
+        assert argv[1] in _cli_commands(), f"{where}: `crystalvision {argv[1]}` is not a CLI command"
+    else:
+        assert exe in {"ray", "mlflow", "bash", "sh"}, f"{where}: unknown executable {exe}"
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_manifest_references_exist(path: Path):
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    assert docs, f"{path} is empty"
+    text = path.read_text()
+    for token in _tokens(text):
+        if REPO_PATH.match(token) and not any(ch in token for ch in "*?"):
+            assert (ROOT / token).exists(), f"{path.name} names {token}, which is not in the repo"
+    for doc in docs:
+        for argv in _commands(doc):
+            _check_argv(argv, path.name)
+        for s in _strings(doc):
+            if "\n" in s and ":" in s:  # embedded YAML (RayJob runtimeEnvYAML) must parse too
+                assert isinstance(yaml.safe_load(s), dict), f"{path.name}: embedded YAML does not parse"
+
+
+def test_kubernetes_kinds_and_gpu_group():
+    kinds = {}
+    for path in ROOT.glob("infra/k8s/*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            kinds.setdefault(doc["kind"], []).append(doc)
+    assert {"RayCluster", "RayJob", "CronJob", "Deployment", "Service"} <= set(kinds)
+    groups = {g["groupName"]: g for g in kinds["RayCluster"][0]["spec"]["workerGroupSpecs"]}
+    gpu_limits = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert gpu_limits["nvidia.com/gpu"] == "1" and "nvidia.com/gpu" not in str(groups["cpu"])
+    cron = kinds["CronJob"][0]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+def test_every_stage_job_has_an_entrypoint_and_a_runtime_env():
+    for stage in STAGE_JOBS:
+        assert (ROOT / "jobs" / f"{stage}.py").is_file(), stage
+        env = yaml.safe_load((ROOT / "jobs" / "runtime_env" / f"{stage}.yaml").read_text())
+        assert all((ROOT / m).is_dir() for m in env["py_modules"]), stage
+        assert ".venv" in env["excludes"]
+
+
+def test_dockerfile_copies_existing_paths_and_installs_render_deps():
+    text = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
+    assert text.startswith("#") and "FROM python:3.11-slim" in text
+    for line in text.splitlines():
+        if line.startswith("COPY"):
+            for src in line.split()[1:-1]:
+                assert (ROOT / src).exists(), f"Dockerfile copies {src}, which is not in the repo"
+    assert all(pkg in text for pkg in ("libegl1", "libgl1-mesa-dri", 'pip install ".[server]"'))

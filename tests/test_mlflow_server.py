@@ -1,0 +1,110 @@
+"""The MLflow launcher: a real ``mlflow server`` process in embedded and production (basic-auth + S3) modes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.moto import CREDENTIALS, moto_s3, stop_group, wait_http
+from tests.support.raycluster import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = ROOT / "mlflow" / "launch.py"
+pytestmark = pytest.mark.slow
+
+
+@contextmanager
+def server(mode: str, env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """Run ``python mlflow/launch.py MODE`` on a free port; yield its URL; stop its process group."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(LAUNCH), mode, "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            cwd=log_path.parent,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", timeout=120, alive=lambda: proc.poll() is None)
+        yield url
+    finally:
+        stop_group(proc)
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+    return env | extra
+
+
+def _log_run(url: str, monkeypatch: pytest.MonkeyPatch, **auth: str) -> tuple[str, str]:
+    """Log a run with a param, a metric and an artifact over HTTP; return (run_id, artifact_uri)."""
+    import mlflow
+
+    for k, v in auth.items():
+        monkeypatch.setenv(k, v)
+    client = mlflow.MlflowClient(tracking_uri=url)
+    exp = client.create_experiment(f"exp-{secrets.token_hex(4)}")
+    run = client.create_run(exp)
+    client.log_param(run.info.run_id, "lr", "0.001")
+    client.log_metric(run.info.run_id, "val_loss", 0.5)
+    client.log_text(run.info.run_id, "hello", "notes/hello.txt")
+    client.set_terminated(run.info.run_id)
+    assert client.get_run(run.info.run_id).data.metrics == {"val_loss": 0.5}
+    return run.info.run_id, client.get_run(run.info.run_id).info.artifact_uri
+
+
+def test_embedded_mode_sqlite_and_local_artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    home = tmp_path / "home"
+    with server("embedded", _clean_env(CRYSTALVISION_HOME=str(home)), tmp_path / "mlflow.log") as url:
+        _log_run(url, monkeypatch)
+    assert (home / "mlflow.db").is_file()
+    assert list((home / "mlartifacts").rglob("hello.txt"))
+
+
+def test_production_mode_requires_auth_and_stores_artifacts_in_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    password = secrets.token_urlsafe(16)
+    with moto_s3() as s3:
+        env = _clean_env(
+            MLFLOW_BACKEND_STORE_URI=f"sqlite:///{tmp_path / 'tracking.db'}",
+            MLFLOW_AUTH_DATABASE_URI=f"sqlite:///{tmp_path / 'auth.db'}",
+            MLFLOW_ARTIFACTS_DESTINATION=f"s3://{s3.bucket}/mlflow",
+            MLFLOW_AUTH_ADMIN_PASSWORD=password,
+            MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
+            MLFLOW_S3_ENDPOINT_URL=s3.endpoint_url,
+            MLFLOW_WORKERS="1",
+            **CREDENTIALS,
+        )
+        log_path = tmp_path / "mlflow.log"
+        with server("production", env, log_path) as url:
+            search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+            assert requests.get(search, timeout=10).status_code == 401
+            assert requests.get(search, auth=("admin", "wrong"), timeout=10).status_code == 401
+            assert requests.get(search, auth=("admin", password), timeout=10).status_code == 200
+            run_id, artifact_uri = _log_run(
+                url, monkeypatch, MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password
+            )
+        assert artifact_uri.startswith("mlflow-artifacts:/")
+        assert any(k.endswith(f"{run_id}/artifacts/notes/hello.txt") for k in s3.keys("mlflow/"))
+    assert password not in log_path.read_text(errors="replace")
+
+
+def test_production_mode_names_missing_settings(tmp_path: Path):
+    done = subprocess.run(
+        [sys.executable, str(LAUNCH), "production", "--port", str(free_port())],
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "MLFLOW_AUTH_ADMIN_PASSWORD" in done.stderr

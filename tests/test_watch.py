@@ -1,0 +1,149 @@
+"""`watch`: detection, ingest, dedup and the quiet no-change path, against a replay of the Materials Project."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from crystalvision.config import PipelineConfig, load_pipeline
+from crystalvision.settings import get_settings
+from crystalvision.snapshot import load_snapshot
+from crystalvision.watch import job_id, query_hash, watch_once
+
+from tests.support.mp_replay import ReplayServer, bundled_docs
+from tests.support.stages import STAGE_MODULES, stages_available
+
+ROOT = Path(__file__).resolve().parents[1]
+API_KEY = "w" * 32
+
+
+class Recorder:
+    """A retrain step that remembers the configs it was given (thread-safe)."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False):
+        self.configs: list[PipelineConfig] = []
+        self.delay, self.fail = delay, fail
+        self._lock = threading.Lock()
+
+    def __call__(self, cfg: PipelineConfig) -> dict:
+        with self._lock:
+            self.configs.append(cfg)
+        time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("training blew up")
+        return {"run_id": f"run-{len(self.configs)}"}
+
+
+@pytest.fixture
+def mp_api(monkeypatch: pytest.MonkeyPatch, cv_home: Path):
+    with ReplayServer("2025.01.01", bundled_docs(4)) as server:
+        monkeypatch.setenv("MP_API_KEY", API_KEY)
+        monkeypatch.setenv("CRYSTALVISION_MP_ENDPOINT", server.url)
+        monkeypatch.setenv("CRYSTALVISION_RETRY_BACKOFF_S", "0.01")
+        get_settings.cache_clear()
+        yield server
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def cfg() -> PipelineConfig:
+    return load_pipeline(ROOT / "pipelines" / "watch.yaml")
+
+
+def _changed(docs: list[dict]) -> list[dict]:
+    docs = copy.deepcopy(docs)
+    docs[1]["band_gap"] = docs[1]["band_gap"] + 0.5
+    return docs
+
+
+def test_first_run_ingests_and_retrains_then_stays_quiet(mp_api, cfg):
+    retrain = Recorder()
+    first = watch_once(cfg, retrain=retrain)
+    assert first["status"] == "retrained" and first["job_id"] == job_id(query_hash(cfg), "2025.01.01")
+    assert len(retrain.configs) == 1
+    snap = load_snapshot(retrain.configs[0].snapshot.uri)
+    assert snap.manifest.db_version == "2025.01.01" and snap.manifest.n_records == 4
+    assert cfg.snapshot.uri is None  # the caller's config is not modified
+
+    n_before = len(mp_api.requests)
+    second = watch_once(cfg, retrain=retrain)
+    assert second["status"] == "unchanged" and len(retrain.configs) == 1
+    assert all(r.path == "/heartbeat" for r in mp_api.requests[n_before:])  # no query when the version is the same
+
+
+def test_new_version_with_changed_entry_retrains(mp_api, cfg):
+    retrain = Recorder()
+    watch_once(cfg, retrain=retrain)
+    mp_api.publish("2025.06.01", _changed(mp_api.docs))
+    result = watch_once(cfg, retrain=retrain)
+    assert result["status"] == "retrained" and result["previous_db_version"] == "2025.01.01"
+    assert result["job_id"].endswith("2025.06.01") and len(retrain.configs) == 2
+    old, new = (load_snapshot(c.snapshot.uri) for c in retrain.configs)
+    assert old.manifest.content_sha256 != new.manifest.content_sha256
+    assert new.records[1].band_gap == pytest.approx(old.records[1].band_gap + 0.5)
+    assert watch_once(cfg, retrain=retrain)["status"] == "unchanged"
+
+
+def test_new_version_with_identical_materials_does_not_retrain(mp_api, cfg):
+    retrain = Recorder()
+    watch_once(cfg, retrain=retrain)
+    mp_api.publish("2025.06.01", mp_api.docs)
+    result = watch_once(cfg, retrain=retrain)
+    assert result == result | {"status": "unchanged", "reason": "same materials"}
+    assert len(retrain.configs) == 1
+    assert watch_once(cfg, retrain=retrain)["reason"] == "same db_version"
+
+
+def test_force_retrains_without_a_change(mp_api, cfg):
+    retrain = Recorder()
+    watch_once(cfg, retrain=retrain)
+    assert watch_once(cfg, force=True, retrain=retrain)["status"] == "retrained"
+    assert len(retrain.configs) == 2
+
+
+def test_two_concurrent_watchers_retrain_once(mp_api, cfg):
+    retrain = Recorder(delay=1.0)
+    barrier = threading.Barrier(2)
+    results: list[dict] = []
+
+    def run() -> None:
+        barrier.wait()
+        results.append(watch_once(cfg, retrain=retrain))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(retrain.configs) == 1
+    assert sorted(r["status"] for r in results) in (["locked", "retrained"], ["already-done", "retrained"])
+    assert len({r["job_id"] for r in results}) == 1
+
+
+def test_failed_retrain_releases_the_lock_and_is_retried(mp_api, cfg, cv_home: Path):
+    with pytest.raises(RuntimeError, match="blew up"):
+        watch_once(cfg, retrain=Recorder(fail=True))
+    assert not list((cv_home / "watch").rglob("*.lock"))
+    retrain = Recorder()
+    assert watch_once(cfg, retrain=retrain)["status"] == "retrained"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not stages_available(), reason=f"needs the pipeline stages {STAGE_MODULES} (not merged yet)")
+def test_watch_end_to_end_retrains_with_the_real_pipeline(mp_api, cfg):
+    """The real retrain: render, train, evaluate and promote on a tiny config (runs once the stages exist)."""
+    tiny = cfg.model_copy(
+        update={
+            "render": cfg.render.model_copy(update={"image_size": 32, "views_per_structure": 2, "num_workers": 1}),
+            "train": cfg.train.model_copy(update={"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4}),
+            "evaluate": cfg.evaluate.model_copy(update={"saliency": False, "baselines": False}),
+            "registry": cfg.registry.model_copy(update={"model_name": "watch-e2e"}),
+        }
+    )
+    result = watch_once(tiny)
+    assert result["status"] == "retrained"
+    assert result["pipeline"]["run_id"] and result["pipeline"]["registry"]
+    assert watch_once(tiny)["status"] == "unchanged"
