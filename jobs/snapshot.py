@@ -15,6 +15,7 @@ from jobs._common import log, parser, run
 def verify_here(uri: str | None) -> dict[str, Any]:
     """Load ``uri`` (default: the configured snapshot) and check its content hash; runs in a Ray task."""
     import ray
+
     from crystalvision.settings import get_settings
     from crystalvision.snapshot import load_snapshot
 
@@ -24,6 +25,7 @@ def verify_here(uri: str | None) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     import ray
+
     from crystalvision.raycluster import ensure_ray
     from crystalvision.settings import get_settings
     from crystalvision.snapshot import load_snapshot

@@ -53,6 +53,7 @@ def _tokens(text: str) -> Iterator[str]:
 
 def _cli_commands() -> set[str]:
     import typer.main
+
     from crystalvision.cli import app
 
     group = typer.main.get_command(app)

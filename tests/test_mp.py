@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 
 import pytest
+
 from crystalvision.config import IngestConfig
 from crystalvision.errors import MPError
 from crystalvision.mp import database_version, fetch_records
 from crystalvision.settings import get_settings
-
 from tests.support.mp_replay import ReplayServer, bundled_docs
 
 API_KEY = "K3y" + "x" * 26 + "S3c"  # 32 characters, like a real key

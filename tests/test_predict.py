@@ -7,13 +7,13 @@ import io
 import json
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import mlflow
 from crystalvision import predict
 from crystalvision.cli import app
 from crystalvision.dataset import load_images

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 import mlflow
+import pytest
+from mlflow import MlflowClient
+
 from crystalvision import registry
 from crystalvision.config import PipelineConfig
 from crystalvision.predict import log_model
 from crystalvision.storage import ObjectStore
-from mlflow import MlflowClient
 
 from .support.tiny import tiny_model_dir, toy_splits, use_test_tracking
 

@@ -14,9 +14,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import pytest
 
-import mlflow
 from crystalvision.config import PipelineConfig
 from crystalvision.predict import log_model
 from crystalvision.registry import register_and_promote

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import mlflow
 import pytest
 
-import mlflow
 from crystalvision import tracking
 from crystalvision.config import PipelineConfig
 from crystalvision.settings import get_settings

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import mlflow
 import pytest
 import torch
 
-import mlflow
 from crystalvision.config import PipelineConfig
 from crystalvision.dataset import load_labels, split_frame
 from crystalvision.model import ModelSpec, load_model, predict_arrays

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+
 from crystalvision.config import PipelineConfig, load_pipeline
 from crystalvision.settings import get_settings
 from crystalvision.snapshot import load_snapshot
 from crystalvision.watch import job_id, query_hash, watch_once
-
 from tests.support.mp_replay import ReplayServer, bundled_docs
 from tests.support.stages import STAGE_MODULES, stages_available
 

@@ -346,6 +346,7 @@ def _configure_tracking() -> None:
         from crystalvision.tracking import configure_mlflow
     except ImportError:
         import mlflow
+
         from crystalvision.settings import get_settings
 
         mlflow.set_tracking_uri(get_settings().tracking.mlflow_tracking_uri)
@@ -356,6 +357,7 @@ def _configure_tracking() -> None:
 def find_model_folder(run_id: str, dst: Path) -> Path:
     """Download the run's model folder: artifact ``model_dir/``, else a folder with model.json under ``model/``."""
     import mlflow
+
     from crystalvision.model import SPEC_FILE, WEIGHTS_FILE
 
     for artifact in ("model_dir", "model"):
@@ -411,6 +413,7 @@ def evaluate_logged_run(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
     Artifacts go to ``evaluation/`` in the run.
     """
     import mlflow
+
     from crystalvision.model import load_model
     from crystalvision.storage import open_store
 

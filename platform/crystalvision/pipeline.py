@@ -129,6 +129,7 @@ def _train_evaluate_register(
     result: PipelineResult,
 ) -> None:
     import mlflow
+
     from crystalvision import tracking
     from crystalvision.dataset import load_labels, split_frame
     from crystalvision.model import ModelSpec, load_model

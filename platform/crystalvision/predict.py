@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-import mlflow
 from crystalvision.dataset import Splits, decode_png
 from crystalvision.errors import CrystalVisionError, ImageError, ModelError
 from crystalvision.model import SPEC_FILE, CrystalNet, ModelSpec, load_model, predict_arrays

@@ -17,14 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import mlflow
+from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-import mlflow
 from crystalvision.config import PipelineConfig
 from crystalvision.errors import CrystalVisionError, ModelError
-from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 

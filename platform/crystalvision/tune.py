@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow import MlflowClient
+
 from crystalvision.config import TARGETS, PipelineConfig
 from crystalvision.dataset import Splits
 from crystalvision.model import ModelSpec
 from crystalvision.settings import get_settings
 from crystalvision.storage import ObjectStore, filesystem_for, is_s3
-from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 

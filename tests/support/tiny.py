@@ -40,6 +40,7 @@ def tiny_model_dir(folder: Path, seed: int = 0, size: int = SIZE) -> Path:
 def use_test_tracking() -> str:
     """Point MLflow at the test's CRYSTALVISION_HOME (sqlite db, artifacts folder); returns the tracking URI."""
     import mlflow
+
     from crystalvision.settings import get_settings
 
     tracking = get_settings().tracking
