@@ -15,6 +15,7 @@ from crystalvision.errors import StructureError
 
 CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
 SHORT_DISTANCE_FLAG = "short_interatomic_distance"
+SYMMETRY_LABEL_SOURCE = "pymatgen SpacegroupAnalyzer(symprec=0.1) on the structure (spglib)"
 # Shortest distance accepted between two atoms, in Å: below this no real oxide bond exists. The six flagged
 # structures of the bundled snapshot have metal-O 1.26-1.68 Å; the regular 62 have >= 1.78 Å (labels.md).
 MIN_DISTANCE = {"metal-anion": 1.72, "metal-metal": 2.3, "anion-anion": 2.0}

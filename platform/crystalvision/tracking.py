@@ -24,6 +24,7 @@ import yaml
 from crystalvision import __version__
 from crystalvision.config import TARGETS, PipelineConfig
 from crystalvision.settings import PACKAGE_DIR, get_settings, secret_values
+from crystalvision.structures import SYMMETRY_LABEL_SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +125,24 @@ def log_pipeline_context(
         n_dropped_flagged=len(selection.dropped_flagged),
     )
     for target in TARGETS:
-        params[f"label_source.{target}"] = manifest.label_source.get(target, "unknown")
+        params[f"label_source.{target}"] = _label_source(manifest, target)
     if render_result is not None:
         params.update(flatten(render_result.summary(), prefix="render"))
     if splits is not None:
         params.update(flatten(splits.describe(), prefix="split"))
     log_params_safe(params)
-    mlflow.set_tags({f"label_source.{t}": manifest.label_source.get(t, "unknown") for t in TARGETS})
+    mlflow.set_tags({f"label_source.{t}": _label_source(manifest, t) for t in TARGETS})
     env = environment_info()
     mlflow.set_tags({f"env.{k}": v for k, v in env.items()})
     mlflow.log_dict(env, "environment.json")
     if selection.dropped_flagged:
         mlflow.log_dict({"dropped_flagged": list(selection.dropped_flagged)}, "data/dropped_flagged.json")
+
+
+def _label_source(manifest: Any, target: str) -> str:
+    """Where ``target``'s labels come from: the snapshot's record, or symmetry analysis for the class targets."""
+    default = SYMMETRY_LABEL_SOURCE if target in ("crystal_system", "spacegroup") else "unknown"
+    return manifest.label_source.get(target) or default
 
 
 def log_params_safe(params: Mapping[str, Any], run_id: str | None = None, tracking_uri: str | None = None) -> None:
