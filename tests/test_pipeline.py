@@ -1,0 +1,63 @@
+"""The quickstart end to end on the real bundled snapshot, through the CLI, at tiny size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from crystalvision.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "snapshot.max_structures=5",
+    "render.views_per_structure=3",
+    "render.image_size=32",
+    "split.test_fraction=0.3",
+    "train.epochs=1",
+    "train.max_steps_per_epoch=2",
+    "evaluate.saliency_samples=2",
+]
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(cv_home: Path) -> None:
+    args = ["pipeline", "run", str(ROOT / "pipelines/quickstart.yaml")]
+    for item in TINY:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
+
+    assert summary["n_structures"] == 5 and summary["n_dropped_flagged"] == 6
+    assert summary["render"]["render_n_images"] == 15
+    assert {"render", "train", "evaluate", "log_model", "register"} <= set(summary["stage_seconds"])
+    assert "test_score" in summary["metrics"]
+
+    mlflow.set_tracking_uri(f"sqlite:///{cv_home / 'mlflow.db'}")
+    client = MlflowClient()
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["snapshot_sha256"] == summary["snapshot_sha256"]
+    assert "CHGNet" in run.data.tags["label_source.energy_above_hull"]
+    assert "CGCNN" in run.data.tags["label_source.band_gap"]
+    assert run.data.params["cfg.train.epochs"] == "1"
+    assert "val_loss" in run.data.metrics and "test_r2_band_gap" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(summary["run_id"], "evaluation")}
+    assert {"evaluation/report.html", "evaluation/metrics.json", "evaluation/saliency.png"} <= artifacts
+
+    name = summary["registry"]["model_name"]
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert str(champion.version) == str(summary["registry"]["challenger_version"]) == "1"
+    assert summary["registry"]["promoted"] is True
+
+    # A second run reuses every rendered image and registers a second version as challenger.
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    second = json.loads(again.stdout[again.stdout.index("{") :])
+    assert second["render"]["render_n_new"] == 0 and second["render"]["render_n_skipped"] == 15
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
