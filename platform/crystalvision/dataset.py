@@ -114,3 +114,49 @@ def load_images(store: ObjectStore, keys: list[str], size: int | None = None, th
     if not arrays:
         return np.zeros((0, size or 0, size or 0, 3), dtype=np.uint8)
     return np.stack(arrays)
+
+
+# ---- Ray Data: the splits as datasets of decoded images for Ray Train ----------------------------------------
+
+RAY_COLUMNS = ("image", "band_gap", "energy_above_hull", "crystal_system_id", "spacegroup_id")
+MATERIALIZE_MAX_BYTES = 2 * 1024**3  # decoded images up to this size are cached in the Ray object store
+
+
+def decode_batch(batch: dict[str, np.ndarray], store: ObjectStore, size: int | None) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` function: image keys -> uint8 NHWC images; labels cast to training dtypes."""
+    keys = [str(k) for k in batch["image_key"]]
+    images = [decode_png(store.get_bytes(k), store.uri(k), size) for k in keys]
+    return {
+        "image": np.stack(images) if images else np.zeros((0, size or 0, size or 0, 3), np.uint8),
+        "band_gap": np.asarray(batch["band_gap"], dtype=np.float32),
+        "energy_above_hull": np.asarray(batch["energy_above_hull"], dtype=np.float32),
+        "crystal_system_id": np.asarray(batch["crystal_system_id"], dtype=np.int64),
+        "spacegroup_id": np.asarray(batch["spacegroup_id"], dtype=np.int64),
+    }
+
+
+def to_ray_dataset(
+    frame: pd.DataFrame,
+    store: ObjectStore,
+    size: int | None,
+    rows_per_block: int = 256,
+    materialize: bool | None = None,
+):
+    """A split's labels frame -> Ray Dataset with RAY_COLUMNS (PNGs decoded inside Ray Data).
+
+    ``materialize=None`` caches the decoded images in the object store when they fit in
+    :data:`MATERIALIZE_MAX_BYTES`, so epochs after the first do not decode again and training workers do not
+    compete with decode tasks for CPUs.
+    """
+    import ray.data
+
+    cols = ["image_key", "band_gap", "energy_above_hull", "crystal_system_id", "spacegroup_id"]
+    table = frame[cols].reset_index(drop=True)
+    n_blocks = max(1, -(-len(table) // rows_per_block))
+    parts = [table.iloc[i::n_blocks].reset_index(drop=True) for i in range(n_blocks)] if len(table) else [table]
+    ds = ray.data.from_pandas(parts).map_batches(
+        decode_batch, fn_kwargs={"store": store, "size": size}, batch_format="numpy", batch_size=64
+    )
+    if materialize is None:
+        materialize = len(table) * (size or 224) ** 2 * 3 <= MATERIALIZE_MAX_BYTES
+    return ds.materialize() if materialize else ds

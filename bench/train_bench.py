@@ -1,0 +1,201 @@
+"""Train-step throughput: a plain PyTorch loop vs Ray Train (1 and 2 workers), measured in the same run.
+
+Every configuration trains the same model (EfficientNet-B0 + four heads, Adam, batch 16, fp32 on CPU) on the same
+synthetic images with the same total number of CPU threads (2). The plain loop iterates over uint8 tensors already
+in memory; Ray Train reads Ray Data shards of decoded PNGs (``crystalvision.train.train_model``) and reports
+``train_images_per_s`` (global images/s of the training steps after each epoch's first, validation and
+checkpointing excluded). Ratios compare configurations from this run only.
+
+``python -m bench.train_bench [--quick]`` prints a table and writes ``bench/results/train.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "platform") not in sys.path:
+    sys.path.insert(0, str(ROOT / "platform"))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "platform"), os.environ.get("PYTHONPATH")]))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+log = logging.getLogger("bench.train")
+
+RESULTS = ROOT / "bench" / "results" / "train.json"
+BATCH = 16
+THREADS = 2
+SYSTEMS = ["triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic"]
+SPACEGROUPS = ["P1", "P-1", "C2/m", "Pnma", "I4/mmm", "R-3m", "P6_3mc", "Fm-3m"]
+
+
+def _row(benchmark: str, metric: str, value: float, unit: str, notes: str = "") -> dict[str, Any]:
+    return {"benchmark": benchmark, "metric": metric, "value": round(float(value), 3), "unit": unit, "notes": notes}
+
+
+def _spec(size: int):
+    from crystalvision.model import ModelSpec
+
+    return ModelSpec(crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=size)
+
+
+def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (n, 1, 1, 3))
+    return np.clip(base + rng.normal(0, 20, (n, size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def _labels(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "band_gap": rng.normal(size=n).astype(np.float32),
+        "energy_above_hull": rng.normal(size=n).astype(np.float32),
+        "crystal_system_id": rng.integers(0, len(SYSTEMS), n),
+        "spacegroup_id": rng.integers(0, len(SPACEGROUPS), n),
+    }
+
+
+def plain_loop(size: int, steps: int) -> float:
+    """Images/s of a hand-written PyTorch loop over in-memory uint8 batches (first step of a pass not timed)."""
+    import torch
+    from crystalvision.config import TrainConfig
+    from crystalvision.model import CrystalNet
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    weights = TrainConfig().loss_weights
+    model = CrystalNet(_spec(size)).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    images = torch.from_numpy(_images(BATCH * (steps + 1), size))
+    labels = {k: torch.from_numpy(v) for k, v in _labels(BATCH * (steps + 1)).items()}
+    best = 0.0
+    for _epoch in range(2):  # best of two passes, like the two Ray Train epochs
+        best = max(best, _plain_pass(model, opt, images, labels, weights, steps))
+    return best
+
+
+def _plain_pass(model, opt, images, labels, weights, steps: int) -> float:
+    from crystalvision.model import preprocess
+    from crystalvision.train import multitask_loss
+
+    start = 0.0
+    for step in range(steps + 1):
+        if step == 1:
+            start = time.perf_counter()
+        sl = slice(step * BATCH, (step + 1) * BATCH)
+        x = preprocess(images[sl]).contiguous()
+        targets = {
+            "band_gap": labels["band_gap"][sl],
+            "energy_above_hull": labels["energy_above_hull"][sl],
+            "crystal_system": labels["crystal_system_id"][sl],
+            "spacegroup": labels["spacegroup_id"][sl],
+        }
+        opt.zero_grad(set_to_none=True)
+        loss, _ = multitask_loss(model(x), targets, weights)
+        loss.backward()
+        opt.step()
+    return BATCH * steps / (time.perf_counter() - start)
+
+
+def _write_dataset(store, size: int, n: int):
+    """PNGs + a labels frame split into train (n images) and a tiny val set."""
+    import pandas as pd
+    from crystalvision.dataset import Splits
+    from PIL import Image
+
+    imgs, labels = _images(n + 8, size, seed=1), _labels(n + 8, seed=1)
+    rows = []
+    for i, img in enumerate(imgs):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        key = f"bench/{size}/{i:05d}.png"
+        store.put_bytes(key, buf.getvalue())
+        rows.append({"material_id": f"m{i}", "view": 0, "image_key": key, **{k: v[i] for k, v in labels.items()}})
+    df = pd.DataFrame(rows)
+    return Splits(df.iloc[:n].reset_index(drop=True), df.iloc[n:].reset_index(drop=True), df.iloc[:0], "image", 0)
+
+
+def ray_train(size: int, steps: int, workers: int, splits, store) -> float:
+    """Global train images/s reported by a Ray Train run (2 epochs; the best epoch counts)."""
+    from crystalvision.config import PipelineConfig
+    from crystalvision.train import train_model
+
+    cfg = PipelineConfig.model_validate(
+        {
+            "name": f"bench-{size}-{workers}w",
+            "train": {
+                "epochs": 2,
+                "batch_size": BATCH,
+                "num_workers": workers,
+                "cpus_per_worker": THREADS / workers,
+                "max_steps_per_epoch": steps + 1,
+                "max_failures": 0,
+            },
+        }
+    )
+    with tempfile.TemporaryDirectory() as out:
+        result = train_model(cfg, splits, store, _spec(size), name=f"{cfg.name}-{time.time_ns()}", model_dir=out)
+    return max(h["train_images_per_s"] for h in result.history)
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Images/s of plain PyTorch vs Ray Train with 1 and 2 workers at 64/128 (and 224) px, plus ratios."""
+    from crystalvision.raycluster import ensure_ray
+    from crystalvision.settings import get_settings
+    from crystalvision.storage import ObjectStore
+
+    sizes = [64, 128] if quick else [64, 128, 224]
+    steps = 10 if quick else 20
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="cv-train-bench-") as home:
+        os.environ["CRYSTALVISION_HOME"] = home
+        get_settings.cache_clear()
+        ensure_ray()
+        store = ObjectStore(str(Path(home) / "store"))
+        for size in sizes:
+            splits = _write_dataset(store, size, BATCH * (steps + 1))
+            speeds = {"plain": plain_loop(size, steps)}
+            for workers in (1, 2):
+                speeds[f"ray_{workers}w"] = ray_train(size, steps, workers, splits, store)
+            note = f"CPU, {THREADS} threads in total, batch {BATCH}, {steps} timed steps, fp32"
+            for name, value in speeds.items():
+                log.info("%d px %s: %.1f images/s", size, name, value)
+                rows.append(_row("train_step", f"images_per_s_{name}_{size}px", value, "images/s", note))
+            for name in ("ray_1w", "ray_2w"):
+                ratio = speeds[name] / speeds["plain"]
+                rows.append(_row("train_step", f"ratio_{name}_vs_plain_{size}px", ratio, "x", "target >= 0.9"))
+    return rows
+
+
+def _table(rows: list[dict]) -> str:
+    lines = [f"{'metric':<36} {'value':>10} {'unit':<9} notes"]
+    lines += [f"{r['metric']:<36} {r['value']:>10.3f} {r['unit']:<9} {r['notes']}" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="64 and 128 px only, fewer steps")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    rows = run(quick=args.quick)
+    print(_table(rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=1))
+    log.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Training: loss and shapes on a batch, a 2-worker CPU Ray Train run on the toy set, fault injection, resume."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+import torch
+from crystalvision.config import PipelineConfig
+from crystalvision.dataset import load_labels, split_frame
+from crystalvision.model import ModelSpec, load_model, predict_arrays
+from crystalvision.storage import ObjectStore
+from crystalvision.train import FAULT_ENV, EvalAccumulator, multitask_loss, train_model
+
+from .support.toy import SPACEGROUPS, SYSTEMS, write_toy_dataset
+
+SIZE = 32
+
+
+def _cfg(**train) -> PipelineConfig:
+    base = {"epochs": 3, "batch_size": 16, "lr": 2e-3, "num_workers": 2, "cpus_per_worker": 1.0, "patience": 10}
+    return PipelineConfig.model_validate(
+        {"name": "toy", "render": {"image_size": SIZE}, "split": {"protocol": "image"}, "train": base | train}
+    )
+
+
+def _spec() -> ModelSpec:
+    return ModelSpec(crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+    from crystalvision.raycluster import ensure_ray
+
+    ensure_ray()
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def toy(cv_home, tmp_path):
+    store = ObjectStore(str(tmp_path / "store"))
+    key = write_toy_dataset(store, n_structures=14, views=24, size=SIZE)
+    return store, split_frame(load_labels(store, key), _cfg().split)
+
+
+def test_loss_and_shapes_on_a_batch() -> None:
+    from crystalvision.model import CrystalNet
+
+    torch.manual_seed(0)
+    model = CrystalNet(_spec())
+    x = torch.randn(4, 3, SIZE, SIZE)
+    out = model(x)
+    assert out["band_gap"].shape == (4,) and out["energy_above_hull"].shape == (4,)
+    assert out["crystal_system"].shape == (4, len(SYSTEMS)) and out["spacegroup"].shape == (4, len(SPACEGROUPS))
+    targets = {
+        "band_gap": torch.randn(4),
+        "energy_above_hull": torch.randn(4),
+        "crystal_system": torch.tensor([0, 1, 2, 3]),
+        "spacegroup": torch.tensor([0, 1, 2, 3]),
+    }
+    weights = {"band_gap": 1.0, "energy_above_hull": 0.5, "crystal_system": 2.0, "spacegroup": 0.0}
+    total, parts = multitask_loss(out, targets, weights)
+    expected = parts["band_gap"] + 0.5 * parts["energy_above_hull"] + 2.0 * parts["crystal_system"]
+    assert torch.allclose(total, expected)
+    total.backward()
+    assert all(p.grad is not None for p in model.heads["crystal_system"].parameters())
+    assert model.heads["spacegroup"].weight.grad.abs().sum() == 0  # weight 0 -> no gradient
+    acc = EvalAccumulator(weights)
+    acc.add({k: v.detach() for k, v in out.items()}, targets)
+    m = acc.metrics()
+    assert m["val_n"] == 4 and 0 <= m["val_acc_crystal_system"] <= 1
+    assert m["val_loss"] == pytest.approx(float(total.detach()), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_two_worker_cpu_run_learns_the_toy_set_and_logs_to_mlflow(ray_local, toy, tmp_path) -> None:
+    from crystalvision import tracking
+
+    store, splits = toy
+    cfg, spec = _cfg(epochs=6), _spec()
+    tracking.configure_mlflow()
+    with tracking.start_run("toy-train", tags={"test": "1"}) as run:
+        result = train_model(cfg, splits, store, spec, run_id=run.info.run_id, model_dir=tmp_path / "model")
+    hist = result.history
+    assert [int(h["epoch"]) for h in hist] == list(range(6)) and hist[0]["world_size"] == 2
+    summary = [
+        (round(h["train_loss"], 2), round(h["val_loss"], 2), round(h["val_acc_crystal_system"], 2)) for h in hist
+    ]
+    assert hist[-1]["train_loss"] < 0.7 * hist[0]["train_loss"], summary
+    assert max(h["val_acc_crystal_system"] for h in hist) > 2.0 / len(SYSTEMS), summary  # twice chance (1/7)
+    assert spec.target_std["band_gap"] > 0 and result.best_epoch == int(result.metrics["best_epoch"])
+    model = load_model(result.model_dir)
+    assert model.spec.target_mean == spec.target_mean
+    pred = predict_arrays(model, torch.zeros(2, SIZE, SIZE, 3, dtype=torch.uint8).numpy())
+    assert pred["crystal_system_proba"].shape == (2, len(SYSTEMS))
+    client = mlflow.MlflowClient()
+    val_loss = client.get_metric_history(run.info.run_id, "val_loss")
+    assert sorted(m.step for m in val_loss) == list(range(6))  # rank 0 only: one value per epoch
+    assert "target_mean.band_gap" in client.get_run(run.info.run_id).data.params
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_checkpoint_and_relaunch_resumes(
+    ray_local, toy, cv_home, tmp_path, monkeypatch
+) -> None:
+    store, splits = toy
+    cfg = _cfg(epochs=4, max_steps_per_epoch=2, max_failures=1)
+    monkeypatch.setenv(FAULT_ENV, "rank=1,epoch=2,step=1")  # rank 1's process exits mid epoch 2, once
+    first = train_model(cfg, splits, store, _spec(), name="fault-run", model_dir=tmp_path / "m1")
+    assert (cv_home / "faults" / "fault-run.done").exists()  # the worker really died
+    assert [int(h["epoch"]) for h in first.history] == [0, 1, 2, 3]  # epochs continue, none repeated
+    assert first.history[-1]["resumes"] == 1 and first.history[0]["resumes"] == 0
+    assert first.checkpoint_path.endswith("epoch_00004") and (first.model_dir / "weights.pt").exists()
+    monkeypatch.delenv(FAULT_ENV)
+    # Same name, more epochs: the run continues from its latest checkpoint instead of starting over.
+    more = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 5})})
+    second = train_model(more, splits, store, _spec(), name="fault-run", model_dir=tmp_path / "m2")
+    assert [int(h["epoch"]) for h in second.history] == [0, 1, 2, 3, 4]
+    assert second.history[:4] == first.history and second.history[-1]["resumes"] == 2
