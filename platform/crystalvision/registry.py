@@ -139,9 +139,10 @@ def register_and_promote(
     cfg: PipelineConfig, run_id: str, evaluator: ChampionEvaluator | None = None
 ) -> dict[str, Any]:
     """Register the run's model, make it the challenger, promote it to champion only if it is better."""
-    from crystalvision.predict import MODEL_ARTIFACT, use_configured_tracking
+    from crystalvision.predict import MODEL_ARTIFACT
+    from crystalvision.tracking import configure_mlflow
 
-    use_configured_tracking()
+    configure_mlflow()
     client = MlflowClient()
     name, metric = cfg.registry.model_name, cfg.registry.promote_metric
     try:
