@@ -106,11 +106,18 @@ class TrainConfig(_Strict):
 class EvaluateConfig(_Strict):
     """Evaluation and explainability."""
 
-    stability_threshold: float = Field(default=0.025, description="e_hull (eV/atom) below which 'stable'.")
+    stability_threshold: float = Field(default=0.025, description="e_hull (eV/atom) at or below which 'stable'.")
     saliency: bool = True
-    saliency_noise: float = Field(default=0.05, ge=0, description="SmoothGrad noise level (the study's 0.05).")
-    saliency_samples: int = Field(default=16, ge=1)
+    saliency_noise: float = Field(
+        default=0.05, ge=0, description="SmoothGrad noise std in [0, 1] pixel units (the study's 0.05)."
+    )
+    saliency_samples: int = Field(default=16, ge=1, description="Noisy samples per SmoothGrad map.")
     baselines: bool = True
+    symmetry_symprec: float = Field(
+        default=0.1, gt=0, description="spglib tolerance (Å) of the symmetry baseline; the labels used 0.1."
+    )
+    batch_size: int = Field(default=64, ge=1, description="Images per inference batch.")
+    include_val: bool = Field(default=True, description="Also report metrics on the validation split.")
 
 
 class TuneConfig(_Strict):

@@ -1,0 +1,147 @@
+"""Baselines reported beside the model, all per structure on the same split:
+
+- ``dummy``: the train split's mean (regression) and majority class (classification);
+- ``1nn``: 1-nearest-neighbour on a simple structure descriptor (element fractions, sorted lattice lengths and
+  angles, volume per atom, density; standardised on the train structures);
+- ``symmetry``: spglib via pymatgen's ``SpacegroupAnalyzer`` on the structure itself, for crystal system and
+  space group. The bundled labels were made the same way (symprec 0.1), so at that tolerance this is the
+  ceiling of the classification heads (1.0 by construction), not a competitor.
+
+Under the ``image`` split protocol the same structure can sit in train and test; 1-NN then finds it exactly,
+which shows how much that protocol leaks.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+from pymatgen.core import Structure
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+from crystalvision.config import TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+from crystalvision.metrics import label_metrics, prefixed, regression_metrics, stability_metrics
+from crystalvision.snapshot import MaterialRecord
+
+log = logging.getLogger(__name__)
+
+CLASS_ID = {"crystal_system": "crystal_system_id", "spacegroup": "spacegroup_id"}
+CLASS_NAME = {"crystal_system": "crystal_system", "spacegroup": "spacegroup_symbol"}
+LABEL_METRICS = ("acc", "macro_f1", "weighted_f1")
+
+
+def structure_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per structure (labels are constant over views), sorted by material_id."""
+    cols = ["material_id", *TARGETS_REGRESSION, *CLASS_ID.values(), *CLASS_NAME.values()]
+    return (
+        df[list(dict.fromkeys(cols))].drop_duplicates("material_id").sort_values("material_id").reset_index(drop=True)
+    )
+
+
+def score(name: str, truth: pd.DataFrame, pred: pd.DataFrame, stability_threshold: float) -> dict[str, float]:
+    """``baseline_<name>_<metric>_<target>`` for the targets ``pred`` has columns for."""
+    out: dict[str, float] = {}
+    for t in TARGETS_REGRESSION:
+        if t in pred:
+            out |= prefixed(f"baseline_{name}", t, regression_metrics(truth[t], pred[t]))
+    if "energy_above_hull" in pred:
+        stab = stability_metrics(truth["energy_above_hull"], pred["energy_above_hull"], stability_threshold)
+        out |= {f"baseline_{name}_stability_{k}": stab[k] for k in ("acc", "f1")}
+    for t in TARGETS_CLASSIFICATION:
+        if CLASS_NAME[t] in pred:
+            m = label_metrics(truth[CLASS_NAME[t]].astype(str), pred[CLASS_NAME[t]].astype(str))
+            out |= prefixed(f"baseline_{name}", t, {k: m[k] for k in LABEL_METRICS if k in m})
+    return out
+
+
+def dummy_predict(train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """Train mean / majority class (over train structures) for every test structure."""
+    tr = structure_table(train)
+    pred = pd.DataFrame({"material_id": structure_table(test)["material_id"]})
+    for t in TARGETS_REGRESSION:
+        pred[t] = float(tr[t].mean())
+    for t in TARGETS_CLASSIFICATION:
+        pred[CLASS_NAME[t]] = tr[CLASS_NAME[t]].value_counts().sort_index().idxmax()
+    return pred
+
+
+def _structure(record: MaterialRecord) -> Structure:
+    return Structure.from_dict(record.structure)
+
+
+def descriptor(structure: Structure, elements: list[str]) -> np.ndarray:
+    """Element fractions, sorted a/b/c, sorted angles, volume per atom, density."""
+    comp = structure.composition.fractional_composition
+    lat = structure.lattice
+    return np.array(
+        [comp.get_atomic_fraction(el) for el in elements]
+        + sorted(lat.abc)
+        + sorted(lat.angles)
+        + [lat.volume / len(structure), float(structure.density)]
+    )
+
+
+def nn1_predict(records: Mapping[str, MaterialRecord], train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """Labels of the nearest train structure (Euclidean on the standardised descriptor)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    tr, te = structure_table(train), structure_table(test)
+    structures = {m: _structure(records[m]) for m in [*tr["material_id"], *te["material_id"]]}
+    elements = sorted({el.symbol for s in structures.values() for el in s.composition.elements})
+    x_tr = np.stack([descriptor(structures[m], elements) for m in tr["material_id"]])
+    x_te = np.stack([descriptor(structures[m], elements) for m in te["material_id"]])
+    mean, std = x_tr.mean(0), x_tr.std(0)
+    std[std == 0] = 1.0
+    nn = NearestNeighbors(n_neighbors=1).fit((x_tr - mean) / std)
+    idx = nn.kneighbors((x_te - mean) / std, return_distance=False)[:, 0]
+    pred = tr.iloc[idx].reset_index(drop=True)
+    return pred.assign(material_id=te["material_id"].to_numpy(), neighbour=tr["material_id"].to_numpy()[idx])
+
+
+def symmetry_predict(records: Mapping[str, MaterialRecord], test: pd.DataFrame, symprec: float) -> pd.DataFrame:
+    """Crystal system and space group straight from spglib on each test structure."""
+    rows = []
+    for m in structure_table(test)["material_id"]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sga = SpacegroupAnalyzer(_structure(records[m]), symprec=symprec)
+            rows.append(
+                {
+                    "material_id": m,
+                    "crystal_system": sga.get_crystal_system(),
+                    "spacegroup_symbol": sga.get_space_group_symbol(),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def run_baselines(
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    records: Mapping[str, MaterialRecord] | None,
+    *,
+    stability_threshold: float,
+    symprec: float = 0.1,
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """All baselines on the test structures: flat metrics and a per-structure prediction table."""
+    truth = structure_table(test)
+    preds = {"dummy": dummy_predict(train, test)}
+    needed = set(truth["material_id"]) | set(train["material_id"])
+    if records is None or not needed <= set(records):
+        missing = len(needed - set(records or {}))
+        log.info("structure baselines (1-NN, symmetry) skipped: %d split structures have no snapshot record", missing)
+    else:
+        log.info("baselines: 1-NN on structure descriptors, spglib symmetry (symprec %.3g)", symprec)
+        preds["1nn"] = nn1_predict(records, train, test)
+        preds["symmetry"] = symmetry_predict(records, test, symprec)
+    metrics: dict[str, float] = {}
+    table = truth[["material_id"]].copy()
+    for name, pred in preds.items():
+        pred = truth[["material_id"]].merge(pred, on="material_id", how="left")
+        metrics |= score(name, truth, pred, stability_threshold)
+        cols = [c for c in (*TARGETS_REGRESSION, *CLASS_NAME.values(), "neighbour") if c in pred]
+        table = table.join(pred[cols].add_prefix(f"{name}_"))
+    return metrics, table

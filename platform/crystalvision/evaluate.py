@@ -1,0 +1,440 @@
+"""Evaluate a trained CrystalNet: metrics per image and per structure, baselines, plots, saliency, HTML report.
+
+Metric names are ``<level>_<metric>_<target>`` with level ``test`` / ``val`` (per image, as the study) or
+``test_struct`` / ``val_struct`` (class probabilities and regression outputs averaged over a structure's views),
+e.g. ``test_r2_band_gap``, ``test_acc_crystal_system``, ``test_macro_f1_spacegroup``,
+``test_auc_macro_crystal_system``, ``test_struct_r2_band_gap``, ``test_stability_f1``,
+``baseline_1nn_r2_band_gap``. ``test_score`` is the mean of the two test R² and the two test accuracies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crystalvision import metrics as M
+from crystalvision import plots
+from crystalvision.config import TARGETS_CLASSIFICATION, TARGETS_REGRESSION, PipelineConfig, SplitConfig
+from crystalvision.dataset import Splits, load_images, load_labels, split_frame
+from crystalvision.errors import CrystalVisionError, ModelError, StorageError
+from crystalvision.model import CrystalNet, predict_arrays, unwrap
+from crystalvision.snapshot import MaterialRecord
+from crystalvision.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+CLASS_ID = {"crystal_system": "crystal_system_id", "spacegroup": "spacegroup_id"}
+CHUNK = 256  # images loaded and predicted at a time (bounded memory, progress logging)
+SCORE_PARTS = ("test_r2_band_gap", "test_r2_energy_above_hull", "test_acc_crystal_system", "test_acc_spacegroup")
+
+
+@dataclass
+class EvalResult:
+    """Flat finite metrics and the folder holding every artifact (metrics.json, CSVs, PNGs, report.html)."""
+
+    metrics: dict[str, float]
+    artifacts_dir: Path
+
+
+@dataclass
+class Level:
+    """Labels and model outputs at one level (per image or per structure) of one split."""
+
+    labels: pd.DataFrame
+    outputs: dict[str, np.ndarray]
+
+
+# --------------------------------------------------------------------------------------------- prediction
+
+
+def predict_split(model: CrystalNet, df: pd.DataFrame, store: ObjectStore, name: str, batch_size: int) -> Level:
+    """Load and predict a split's images in chunks, logging progress."""
+    size = unwrap(model).spec.image_size
+    parts: list[dict[str, np.ndarray]] = []
+    keys = df["image_key"].tolist()
+    for start in range(0, len(keys), CHUNK):
+        images = load_images(store, keys[start : start + CHUNK], size=size)
+        parts.append(predict_arrays(model, images, batch_size=batch_size))
+        log.info("evaluate: predicted %d/%d %s images", min(start + CHUNK, len(keys)), len(keys), name)
+    if not parts:
+        raise StorageError(f"the {name} split is empty; change the split fractions or select more structures")
+    outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return Level(df.reset_index(drop=True), outputs)
+
+
+def by_structure(level: Level) -> Level:
+    """Average regression outputs and class probabilities over each structure's views."""
+    ids = level.labels["material_id"].to_numpy()
+    outputs = {k: M.group_mean(ids, v)[1] for k, v in level.outputs.items()}
+    first = level.labels.drop_duplicates("material_id").set_index("material_id")
+    keys = M.group_mean(ids, np.zeros(len(ids)))[0]
+    labels = first.loc[keys].reset_index()
+    labels["n_views"] = pd.Series(ids).value_counts().loc[keys].to_numpy()
+    return Level(labels, outputs)
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def level_metrics(prefix: str, level: Level, stability_threshold: float) -> dict[str, float]:
+    """All scalar metrics of one level, named ``<prefix>_<metric>_<target>``."""
+    out: dict[str, float] = {}
+    lab, pred = level.labels, level.outputs
+    for t in TARGETS_REGRESSION:
+        out |= M.prefixed(prefix, t, M.regression_metrics(lab[t], pred[t]))
+    stab = M.stability_metrics(lab["energy_above_hull"], pred["energy_above_hull"], stability_threshold)
+    out |= {f"{prefix}_stability_{k}": v for k, v in stab.items()}
+    for t in TARGETS_CLASSIFICATION:
+        out |= M.prefixed(prefix, t, M.classification_metrics(lab[CLASS_ID[t]], pred[f"{t}_proba"]))
+    return out
+
+
+def test_score(metrics: Mapping[str, float]) -> float:
+    """Mean of the two test R² and the two test accuracies (NaN if one is missing)."""
+    parts = [metrics.get(k, math.nan) for k in SCORE_PARTS]
+    return float(np.mean(parts))
+
+
+def class_report(level: Level, target: str, classes: list[str]) -> dict[str, Any]:
+    """Classification report, per-class ROC AUC / AP (by class name) and confusion matrix of one head."""
+    y = level.labels[CLASS_ID[target]].to_numpy(dtype=int)
+    proba = level.outputs[f"{target}_proba"]
+    y_pred = proba.argmax(1)
+    labels = M.present_labels(y, y_pred)
+    return {
+        "report": M.classification_report_dict(y, y_pred, classes),
+        "report_text": M.classification_report_text(y, y_pred, classes),
+        "roc_auc": {classes[k]: v for k, v in M.roc_auc_per_class(y, proba).items()},
+        "average_precision": {classes[k]: v for k, v in M.average_precision_per_class(y, proba).items()},
+        "absent_classes": [c for k, c in enumerate(classes) if k not in set(y.tolist())],
+        "confusion_matrix": {"labels": [classes[k] for k in labels], "matrix": M.confusion(y, y_pred, labels).tolist()},
+    }
+
+
+# -------------------------------------------------------------------------------------------- tables/files
+
+
+def prediction_table(level: Level, split: str, spec_classes: dict[str, list[str]], threshold: float) -> pd.DataFrame:
+    """Readable predictions: true and predicted value of every target, top class probability."""
+    lab, pred = level.labels, level.outputs
+    per_image = ("view", "image_key") if "n_views" not in lab else ()
+    keep = [c for c in ("material_id", *per_image, "n_views", "formula") if c in lab]
+    df = lab[keep].copy()
+    df.insert(0, "split", split)
+    for t in TARGETS_REGRESSION:
+        df[t], df[f"{t}_pred"] = lab[t].to_numpy(), pred[t]
+    df["stable"] = lab["energy_above_hull"].to_numpy() <= threshold
+    df["stable_pred"] = pred["energy_above_hull"] <= threshold
+    for t in TARGETS_CLASSIFICATION:
+        proba = pred[f"{t}_proba"]
+        df[t] = [spec_classes[t][k] for k in lab[CLASS_ID[t]].astype(int)]
+        df[f"{t}_pred"] = [spec_classes[t][k] for k in proba.argmax(1)]
+        df[f"{t}_pred_proba"] = proba.max(1)
+    return df
+
+
+def make_plots(test: Level, struct: Level, classes: dict[str, list[str]], metrics: dict, out: Path) -> list[Path]:
+    """Parity, confusion (per image and per structure), ROC and PR figures of the test split."""
+    paths = []
+    for t in TARGETS_REGRESSION:
+        paths.append(
+            plots.parity_plot(
+                test.labels[t].to_numpy(),
+                test.outputs[t],
+                t,
+                out / f"parity_{t}.png",
+                struct_true=struct.labels[t].to_numpy(),
+                struct_pred=struct.outputs[t],
+                r2=metrics.get(f"test_r2_{t}"),
+            )
+        )
+    for t in TARGETS_CLASSIFICATION:
+        for name, level in (("image", test), ("structure", struct)):
+            y = level.labels[CLASS_ID[t]].to_numpy(dtype=int)
+            y_pred = level.outputs[f"{t}_proba"].argmax(1)
+            labels = M.present_labels(y, y_pred)
+            paths.append(
+                plots.confusion_plot(
+                    M.confusion(y, y_pred, labels),
+                    [classes[t][k] for k in labels],
+                    out / f"confusion_{t}_{name}.png",
+                    f"{t}, test, per {name}",
+                )
+            )
+        y, proba = test.labels[CLASS_ID[t]].to_numpy(dtype=int), test.outputs[f"{t}_proba"]
+        paths.append(plots.roc_plot(y, proba, classes[t], out / f"roc_{t}.png", f"ROC, {t} (test, per image)"))
+        paths.append(plots.pr_plot(y, proba, classes[t], out / f"pr_{t}.png", f"PR, {t} (test, per image)"))
+    return paths
+
+
+def load_records(cfg: PipelineConfig, model: CrystalNet) -> dict[str, MaterialRecord] | None:
+    """Snapshot records by material_id for the structure baselines; None (logged) when unavailable."""
+    from crystalvision.settings import get_settings
+    from crystalvision.snapshot import load_snapshot
+
+    try:
+        snap = load_snapshot(cfg.snapshot.uri or get_settings().data.snapshot_uri)
+    except CrystalVisionError as exc:
+        log.info("structure baselines skipped: snapshot not loadable (%s)", exc)
+        return None
+    trained_on = unwrap(model).spec.snapshot_sha256
+    if trained_on and trained_on != snap.manifest.content_sha256:
+        log.warning(
+            "model was trained on snapshot %s, baselines use %s", trained_on[:12], snap.manifest.content_sha256[:12]
+        )
+    return {r.material_id: r for r in snap.records}
+
+
+def label_sources(splits: Splits, model: CrystalNet) -> dict[str, str]:
+    """Where the regression labels come from: the labels table's columns, else the model spec."""
+    out = dict(unwrap(model).spec.label_source)
+    for t in TARGETS_REGRESSION:
+        col = f"label_source_{t}"
+        if col in splits.test:
+            values = sorted({str(v) for _, df in splits.items() for v in df[col].dropna().unique()})
+            if values:
+                out[t] = " | ".join(values)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- driver
+
+
+def check_class_ids(splits: Splits, classes: Mapping[str, list[str]]) -> None:
+    """The labels table's class ids must index the model's heads (same snapshot encoders)."""
+    for t, names in classes.items():
+        for name, df in splits.items():
+            if len(df) and int(df[CLASS_ID[t]].max()) >= len(names):
+                raise ModelError(
+                    f"{name} split has {t} class id {int(df[CLASS_ID[t]].max())} but the model has {len(names)} "
+                    f"{t} classes; evaluate with renders of the snapshot the model was trained on"
+                )
+
+
+def evaluate_model(
+    model: CrystalNet,
+    splits: Splits,
+    store: ObjectStore,
+    cfg: PipelineConfig,
+    out_dir: str | Path,
+    *,
+    records: Mapping[str, MaterialRecord] | None = None,
+) -> EvalResult:
+    """Evaluate on the test (and validation) split; write every artifact into ``out_dir``.
+
+    ``records`` (material_id -> MaterialRecord) feed the structure baselines; when None they are read from the
+    configured snapshot, and the 1-NN/symmetry baselines are skipped (logged) if the split's structures are
+    not in it.
+    """
+    from crystalvision.report import write_report
+
+    ecfg = cfg.evaluate
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = unwrap(model).spec
+    classes = {"crystal_system": spec.crystal_system_classes, "spacegroup": spec.spacegroup_classes}
+    check_class_ids(splits, classes)
+    levels = {"test": predict_split(model, splits.test, store, "test", ecfg.batch_size)}
+    if ecfg.include_val and len(splits.val):
+        levels["val"] = predict_split(model, splits.val, store, "val", ecfg.batch_size)
+    for name in list(levels):
+        levels[f"{name}_struct"] = by_structure(levels[name])
+
+    metrics: dict[str, float] = {}
+    for name, level in levels.items():
+        metrics |= level_metrics(name, level, ecfg.stability_threshold)
+    metrics["test_score"] = test_score(metrics)
+
+    notes: list[str] = []
+    baseline_table = None
+    if ecfg.baselines:
+        from crystalvision.baselines import run_baselines
+
+        recs = records if records is not None else load_records(cfg, model)
+        b_metrics, baseline_table = run_baselines(
+            splits.train,
+            splits.test,
+            recs,
+            stability_threshold=ecfg.stability_threshold,
+            symprec=ecfg.symmetry_symprec,
+        )
+        metrics |= b_metrics
+        if not any(k.startswith("baseline_1nn") for k in b_metrics):
+            notes.append("1-NN and symmetry baselines skipped: the split's structures are not in the snapshot.")
+        baseline_table.to_csv(out / "baseline_predictions.csv", index=False)
+
+    reports = {t: class_report(levels["test"], t, classes[t]) for t in TARGETS_CLASSIFICATION}
+    for t, rep in reports.items():
+        (out / f"classification_report_{t}.txt").write_text(rep["report_text"])
+        (out / f"classification_report_{t}.json").write_text(
+            json.dumps({k: v for k, v in rep.items() if k != "report_text"}, indent=1)
+        )
+
+    tables = [prediction_table(levels[n], n, classes, ecfg.stability_threshold) for n in levels if "struct" not in n]
+    pd.concat(tables).to_csv(out / "predictions.csv", index=False)
+    struct_tables = [
+        prediction_table(levels[n], n.removesuffix("_struct"), classes, ecfg.stability_threshold)
+        for n in levels
+        if "struct" in n
+    ]
+    pd.concat(struct_tables).to_csv(out / "predictions_by_structure.csv", index=False)
+
+    log.info("evaluate: plots")
+    figures = make_plots(levels["test"], levels["test_struct"], classes, metrics, out)
+    saliency = None
+    if ecfg.saliency:
+        saliency = run_saliency(model, splits, store, cfg, out)
+        if saliency is not None:
+            figures += [out / "saliency.png", out / "saliency_ssim.png"]
+
+    flat = M.finite(metrics)
+    skipped = sorted(set(metrics) - set(flat))
+    if skipped:
+        notes.append(f"undefined (NaN) and left out: {', '.join(skipped)}")
+    (out / "metrics.json").write_text(json.dumps(flat, indent=1, sort_keys=True))
+    write_report(
+        out / "report.html",
+        metrics=flat,
+        splits=splits.describe(),
+        label_source=label_sources(splits, model),
+        spec=spec,
+        cfg=ecfg,
+        reports={t: r["report_text"] for t, r in reports.items()},
+        absent={t: r["absent_classes"] for t, r in reports.items()},
+        figures=figures,
+        saliency=saliency,
+        notes=notes,
+    )
+    log.info("evaluate: test_score %.4f; artifacts in %s", flat.get("test_score", math.nan), out)
+    return EvalResult(metrics=flat, artifacts_dir=out)
+
+
+def run_saliency(model: CrystalNet, splits: Splits, store: ObjectStore, cfg: PipelineConfig, out: Path):
+    """SmoothGrad maps for one example per crystal system (test first, then val, then train) + SSIM matrix."""
+    from crystalvision.explain import explain_examples, pick_examples
+
+    examples = pick_examples([("test", splits.test), ("val", splits.val), ("train", splits.train)])
+    if examples.empty:
+        return None
+    images = load_images(store, examples["image_key"].tolist(), size=unwrap(model).spec.image_size)
+    result = explain_examples(model, examples, images, cfg.evaluate.saliency_noise, cfg.evaluate.saliency_samples)
+    titles = [
+        f"{c}\n{m} ({s})\npred: {p}"
+        for c, m, s, p in zip(result.classes, result.material_ids, result.splits, result.predicted, strict=True)
+    ]
+    plots.saliency_grid(result.images, result.maps, titles, out / "saliency.png")
+    plots.ssim_heatmap(result.ssim, result.classes, out / "saliency_ssim.png")
+    np.save(out / "saliency_maps.npy", result.maps)
+    pd.DataFrame(result.ssim, index=result.classes, columns=result.classes).to_csv(out / "saliency_ssim.csv")
+    return result
+
+
+# -------------------------------------------------------------------------------------- logged MLflow runs
+
+
+def _configure_tracking() -> None:
+    try:
+        from crystalvision.tracking import configure_mlflow
+    except ImportError:
+        import mlflow
+
+        from crystalvision.settings import get_settings
+
+        mlflow.set_tracking_uri(get_settings().tracking.mlflow_tracking_uri)
+    else:
+        configure_mlflow()
+
+
+def find_model_folder(run_id: str, dst: Path) -> Path:
+    """Download the run's model folder: artifact ``model_dir/``, else a folder with model.json under ``model/``."""
+    import mlflow
+
+    from crystalvision.model import SPEC_FILE, WEIGHTS_FILE
+
+    for artifact in ("model_dir", "model"):
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst)))
+        except Exception as exc:  # MLflow raises different types per store for a missing artifact
+            log.debug("run %s has no artifact %s (%s)", run_id, artifact, exc)
+            continue
+        for spec in sorted(local.rglob(SPEC_FILE)):
+            if (spec.parent / WEIGHTS_FILE).is_file():
+                return spec.parent
+    raise FileNotFoundError(f"no {SPEC_FILE} + {WEIGHTS_FILE} under artifacts model_dir/ or model/ of run {run_id}")
+
+
+def _param(params: Mapping[str, str], *names: str) -> str | None:
+    return next((params[n] for n in names if n in params), None)
+
+
+def split_config_from_params(params: Mapping[str, str], default: SplitConfig) -> SplitConfig:
+    """The split the run logged (``split.<field>`` or ``split_<field>`` params), else ``default``."""
+    values = default.model_dump()
+    for field in values:
+        raw = _param(params, f"split.{field}", f"split_{field}")
+        if raw is not None:
+            values[field] = raw
+    return SplitConfig.model_validate(values)
+
+
+def labels_key_for_run(cfg: PipelineConfig, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
+    """The run's labels table: a logged ``labels_key`` param/tag, else the (cached) render of its config."""
+    key = _param({**tags, **params}, "labels_key", "render.labels_key", "render_labels_key")
+    if key:
+        return key
+    log.info("run logged no labels_key; resolving it through the render stage (cached renders are reused)")
+    from crystalvision.render.job import render_dataset
+    from crystalvision.settings import get_settings
+    from crystalvision.snapshot import load_snapshot, select
+    from crystalvision.storage import open_store
+
+    snap = load_snapshot(cfg.snapshot.uri or get_settings().data.snapshot_uri)
+    selection = select(snap, cfg.snapshot)
+    return render_dataset(
+        selection.records, snap.encoders, snap.manifest.content_sha256, cfg.render, open_store()
+    ).labels_key
+
+
+def evaluate_logged_run(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
+    """Evaluate the model logged in MLflow run ``run_id`` on its own split; log metrics + artifacts into it.
+
+    Assumes the run holds the model folder (``weights.pt`` + ``model.json``) as artifact ``model_dir/`` or
+    inside the pyfunc artifact ``model/``; the split comes from the run's ``split.*`` / ``split_*`` params
+    (falling back to ``cfg.split``) and the labels table from a ``labels_key`` param/tag (or a cached render).
+    Artifacts go to ``evaluation/`` in the run.
+    """
+    import mlflow
+
+    from crystalvision.model import load_model
+    from crystalvision.storage import open_store
+
+    _configure_tracking()
+    run = mlflow.get_run(run_id)
+    params, tags = run.data.params, run.data.tags
+    with tempfile.TemporaryDirectory(prefix="crystalvision-eval-") as tmp:
+        try:
+            model = load_model(find_model_folder(run_id, Path(tmp) / "model"))
+        except ModelError as exc:
+            raise ModelError(f"run {run_id}: {exc}") from exc
+        store = open_store()
+        splits = split_frame(
+            load_labels(store, labels_key_for_run(cfg, params, tags)), split_config_from_params(params, cfg.split)
+        )
+        logged = _param(params, "n_images_test")
+        if logged is not None and int(float(logged)) != len(splits.test):
+            log.warning("rebuilt test split has %d images, the run logged %s", len(splits.test), logged)
+        result = evaluate_model(model, splits, store, cfg, Path(tmp) / "evaluation")
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_metrics(result.metrics)
+            mlflow.log_artifacts(str(result.artifacts_dir), artifact_path="evaluation")
+    log.info("logged %d metrics and the evaluation artifacts into run %s", len(result.metrics), run_id)
+    return {"run_id": run_id, "metrics": result.metrics, "artifact_path": "evaluation", "split": splits.describe()}

@@ -1,0 +1,155 @@
+"""A self-contained HTML report of an evaluation: tables, embedded PNGs, split protocol, label sources."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from crystalvision.config import EvaluateConfig
+from crystalvision.model import ModelSpec
+from crystalvision.mp import MP_LABEL_SOURCE
+
+# Rows of the comparison table: (label, metric prefix); columns: (header, metric name without the prefix).
+ROWS = [
+    ("model, per image", "test"),
+    ("model, per structure (mean of views)", "test_struct"),
+    ("model, validation per image", "val"),
+    ("dummy (train mean / majority)", "baseline_dummy"),
+    ("1-NN on structure descriptor", "baseline_1nn"),
+    ("symmetry analysis (spglib), ceiling", "baseline_symmetry"),
+]
+COLUMNS = [
+    ("R² gap", "r2_band_gap"),
+    ("MAE gap (eV)", "mae_band_gap"),
+    ("R² e_hull", "r2_energy_above_hull"),
+    ("MAE e_hull (eV/atom)", "mae_energy_above_hull"),
+    ("stability F1", "stability_f1"),
+    ("acc system", "acc_crystal_system"),
+    ("macro F1 system", "macro_f1_crystal_system"),
+    ("acc space group", "acc_spacegroup"),
+    ("macro F1 space group", "macro_f1_spacegroup"),
+]
+STUDY = {"R² gap": 0.9773, "R² e_hull": 0.9650, "acc system": 0.9945, "acc space group": 0.9927}
+CSS = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}.note{background:#fff3cd;border:1px solid #e0c060;
+padding:.8em;margin:1em 0}img{max-width:100%;border:1px solid #ddd;margin:4px}pre{background:#f7f7f7;padding:.6em;
+font-size:12px;overflow-x:auto}.figs{display:flex;flex-wrap:wrap}.figs figure{margin:4px;max-width:48%}"""
+
+
+def is_surrogate(label_source: Mapping[str, str]) -> bool:
+    """True unless every regression label source is the Materials Project database itself."""
+    prefixes = [v.split("{db}")[0] for v in MP_LABEL_SOURCE.values()]
+    values = [v for v in label_source.values() if v]
+    return not values or any(not any(v.startswith(p) for p in prefixes) for v in values)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def comparison_table(metrics: Mapping[str, float]) -> str:
+    """Model levels and baselines side by side (blank where a metric does not apply or was skipped)."""
+    rows = [["study (KAIST, image split, DFT labels)"] + [STUDY.get(h, "") for h, _ in COLUMNS]]
+    for label, prefix in ROWS:
+        cells = [metrics.get(f"{prefix}_{name}", "") for _, name in COLUMNS]
+        if any(c != "" for c in cells):
+            rows.append([label, *cells])
+    return _table(["", *[h for h, _ in COLUMNS]], rows)
+
+
+def _figure(path: Path) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    name = html.escape(Path(path).name)
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{name}"><figcaption>{name}</figcaption></figure>'
+
+
+def write_report(
+    path: str | Path,
+    *,
+    metrics: Mapping[str, float],
+    splits: Mapping[str, Any],
+    label_source: Mapping[str, str],
+    spec: ModelSpec,
+    cfg: EvaluateConfig,
+    reports: Mapping[str, str],
+    absent: Mapping[str, list[str]],
+    figures: Sequence[Path],
+    saliency: Any = None,
+    notes: Sequence[str] = (),
+) -> Path:
+    """Write ``report.html`` (PNGs embedded as data URIs, so the file stands alone)."""
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>crystalvision evaluation</title>"
+        f"<style>{CSS}</style></head><body><h1>crystalvision evaluation</h1>"
+    ]
+    if is_surrogate(label_source):
+        parts.append(
+            "<div class='note'><b>Surrogate labels.</b> The regression labels below are not the Materials "
+            "Project's DFT values (see label sources); these metrics are not a reproduction of the study's "
+            "numbers.</div>"
+        )
+    parts.append(
+        f"<p>test_score (mean of the two test R² and the two test accuracies): "
+        f"<b>{_fmt(metrics.get('test_score', 'n/a'))}</b></p>"
+    )
+    parts.append("<h2>Model and baselines (test split)</h2>" + comparison_table(metrics))
+    parts.append(
+        f"<p>Stability = e_above_hull &le; {cfg.stability_threshold} eV/atom. Baselines are per structure. "
+        f"The symmetry baseline uses spglib at symprec {cfg.symmetry_symprec}; the snapshot's labels come "
+        "from the same analysis, so it is the ceiling of the classification heads.</p>"
+    )
+    parts.append("<h2>Split protocol</h2>" + _table(["field", "value"], list(splits.items())))
+    parts.append("<h2>Label sources</h2>" + _table(["target", "source"], list(label_source.items())))
+    parts.append(
+        "<h2>Model</h2>"
+        + _table(
+            ["field", "value"],
+            [
+                ("backbone", spec.backbone),
+                ("image_size", spec.image_size),
+                ("snapshot_id", spec.snapshot_id or ""),
+                ("snapshot_sha256", spec.snapshot_sha256 or ""),
+                ("crystal system classes", len(spec.crystal_system_classes)),
+                ("space group classes", len(spec.spacegroup_classes)),
+            ],
+        )
+    )
+    if notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    parts.append(
+        "<h2>Figures</h2><div class='figs'>" + "".join(_figure(p) for p in figures if Path(p).is_file()) + "</div>"
+    )
+    if saliency is not None:
+        parts.append(
+            f"<h2>Saliency</h2><p>SmoothGrad (captum NoiseTunnel over Saliency), noise std "
+            f"{cfg.saliency_noise} of the pixel range, {cfg.saliency_samples} samples, one example per "
+            "crystal system, grey maps; SSIM between class maps:</p>"
+        )
+        parts.append(
+            _table(
+                ["", *saliency.classes],
+                [[c, *map(float, row)] for c, row in zip(saliency.classes, saliency.ssim, strict=True)],
+            )
+        )
+    parts.append("<h2>Classification reports (test, per image)</h2>")
+    for t, text in reports.items():
+        miss = ", ".join(absent.get(t, [])) or "none"
+        parts.append(
+            f"<h3>{html.escape(t)}</h3><p>classes absent from the test split: {html.escape(miss)}</p>"
+            f"<pre>{html.escape(text)}</pre>"
+        )
+    parts.append("<h2>All metrics</h2>" + _table(["metric", "value"], sorted(metrics.items())))
+    parts.append("</body></html>")
+    path = Path(path)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
