@@ -12,10 +12,12 @@ running the same config again resumes an interrupted sweep with ``Tuner.restore`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -305,7 +307,9 @@ def tune_model(
         tune.with_parameters(run_trial, ctx=_trial_context(cfg, splits, store, spec, parent)),
         {"CPU": TRIAL_DRIVER_CPUS},
     )
-    results = _make_tuner(cfg, trainable, sweep, ray.cluster_resources()).fit()
+    tuner = _make_tuner(cfg, trainable, sweep, ray.cluster_resources())
+    with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables on stdout; the CLI prints JSON there
+        results = tuner.fit()
     if results.num_terminated == 0 and results.num_errors:
         client.set_terminated(parent_id, "FAILED")
         raise RuntimeError(f"every trial of sweep {sweep} failed; first error: {results.errors[0]}")
@@ -357,7 +361,9 @@ def _evaluate_best(cfg: PipelineConfig, summary: dict, splits: Splits, store: Ob
 def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     """``crystalvision tune``: prepare the data, sweep, then evaluate and register the best trial's model."""
     from crystalvision import tracking
+    from crystalvision.raycluster import ensure_ray
 
+    ensure_ray(include_dashboard=True)  # before the render stage starts Ray without it
     snap, selection, rendered, splits, store, spec = _prepare(cfg)
     summary = tune_model(
         cfg,
