@@ -238,13 +238,6 @@ def log_model(model_dir: str | Path, splits: Splits, store: ObjectStore) -> str:
     return info.model_uri
 
 
-def use_configured_tracking() -> None:
-    """Point MLflow (tracking and registry) at the configured tracking URI."""
-    from crystalvision.settings import get_settings
-
-    mlflow.set_tracking_uri(get_settings().tracking.mlflow_tracking_uri)
-
-
 def _file_row(path: Path) -> dict[str, Any]:
     """A request row for one file, or {'error': ...} when it cannot be read or has an unknown type."""
     suffix = path.suffix.lower()
@@ -267,7 +260,9 @@ def predict_files(paths: Sequence[str | Path], model_uri: str, views: int = DEFA
     out = pd.DataFrame([dict.fromkeys(OUTPUT_COLUMNS) for _ in paths], columns=list(OUTPUT_COLUMNS), dtype=object)
     out["error"] = [r.get("error") for r in requests]
     if readable:
-        use_configured_tracking()
+        from crystalvision.tracking import configure_mlflow
+
+        configure_mlflow()
         try:
             model = mlflow.pyfunc.load_model(model_uri)
         except Exception as exc:  # MLflow raises MlflowException, OSError... for unknown models

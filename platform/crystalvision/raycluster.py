@@ -26,8 +26,12 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def ensure_ray() -> None:
-    """Initialise Ray once per process: connect to the configured cluster, or start a local one."""
+def ensure_ray(include_dashboard: bool = False) -> None:
+    """Initialise Ray once per process: connect to the configured cluster, or start a local one.
+
+    ``include_dashboard`` starts the dashboard with a local cluster: Ray's state API runs in it, and Ray Train V2
+    needs that API to free the resources of a run whose driver was killed (e.g. a Tune trial stopped by ASHA).
+    """
     import ray
 
     if ray.is_initialized():
@@ -35,7 +39,7 @@ def ensure_ray() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     settings = get_settings().ray
-    kwargs: dict = {"log_to_driver": True, "include_dashboard": False}
+    kwargs: dict = {"log_to_driver": True, "include_dashboard": include_dashboard}
     if settings.ray_address:
         kwargs["address"] = settings.ray_address
     else:

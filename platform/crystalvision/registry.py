@@ -33,7 +33,7 @@ CHAMPION = "champion"
 DECISION_TAG = "crystalvision.registry.decision"
 # Run params/tags that identify the held-out test set (as tracking.log_pipeline_context logs them): snapshot
 # content, which structures were selected, how they were rendered and split.
-_SPLIT_KEYS = ("snapshot_sha256", "render.prefix", "render.labels_key", "split.n_images_test")
+_SPLIT_KEYS = ("snapshot_sha256", "render.render_prefix", "render.render_config_hash", "split.n_images_test")
 _SPLIT_PREFIXES = ("cfg.snapshot.", "cfg.render.", "cfg.split.")
 _SPLIT_IGNORED_SUFFIXES = ("num_workers", "cpus_per_worker")
 
@@ -139,9 +139,10 @@ def register_and_promote(
     cfg: PipelineConfig, run_id: str, evaluator: ChampionEvaluator | None = None
 ) -> dict[str, Any]:
     """Register the run's model, make it the challenger, promote it to champion only if it is better."""
-    from crystalvision.predict import MODEL_ARTIFACT, use_configured_tracking
+    from crystalvision.predict import MODEL_ARTIFACT
+    from crystalvision.tracking import configure_mlflow
 
-    use_configured_tracking()
+    configure_mlflow()
     client = MlflowClient()
     name, metric = cfg.registry.model_name, cfg.registry.promote_metric
     try:

@@ -12,10 +12,12 @@ running the same config again resumes an interrupted sweep with ``Tuner.restore`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -176,9 +178,11 @@ def _make_tuner(cfg: PipelineConfig, trainable: Any, sweep: str, resources: dict
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = OptunaSearch(metric=cfg.tune.metric, mode=cfg.tune.mode, seed=cfg.train.seed)
+    # max_t beyond the last epoch: a trial that reaches it ends by itself (saving and logging its model) instead of
+    # being stopped by the scheduler right after its last report
     scheduler = ASHAScheduler(
         time_attr="training_iteration",
-        max_t=cfg.train.epochs,
+        max_t=cfg.train.epochs + 1,
         grace_period=min(cfg.tune.grace_period, cfg.train.epochs),
     )
     concurrency = max_concurrent_trials(cfg, resources)
@@ -207,35 +211,45 @@ def _best_row(result: Any, metric: str, mode: str) -> dict[str, float]:
     return {k: float(v) for k, v in row.items() if isinstance(v, int | float) and math.isfinite(float(v))}
 
 
-def _close_trial_runs(client: MlflowClient, experiment_id: str, sweep: str) -> list[dict[str, Any]]:
-    """Mark child runs of trials stopped by ASHA (still RUNNING) as KILLED; summary of every trial run."""
-    runs = client.search_runs([experiment_id], f"tags.{SWEEP_TAG} = '{sweep}'", max_results=1000)
-    out = []
-    for run in runs:
+def _close_trial_runs(client: MlflowClient, experiment_id: str, sweep: str) -> dict[str, Any]:
+    """Mark child runs of trials stopped by the scheduler (still RUNNING) as KILLED; trial id -> run."""
+    out = {}
+    for run in client.search_runs([experiment_id], f"tags.{SWEEP_TAG} = '{sweep}'", max_results=1000):
         if run.info.status == "RUNNING":
             client.set_tag(run.info.run_id, "tune_outcome", "stopped_early_by_scheduler")
             client.set_terminated(run.info.run_id, "KILLED")
-        out.append({"trial_id": run.data.tags.get(TRIAL_TAG), "run_id": run.info.run_id})
+            run = client.get_run(run.info.run_id)
+        out[run.data.tags.get(TRIAL_TAG)] = run
     return out
+
+
+def _pick_best(results: Any, runs: dict[str, Any], metric: str, mode: str) -> tuple[Any, Any, dict[str, float]]:
+    """(result, MLflow run, best epoch's metrics) of the best trial that finished and logged its model."""
+    scored = []
+    for result in results:
+        run = runs.get((result.metrics or {}).get("trial_id"))
+        row = _best_row(result, metric, mode)
+        if run is not None and run.info.status == "FINISHED" and metric in row:
+            scored.append((row[metric], result, run, row))
+    if not scored:
+        raise RuntimeError(f"no trial of the sweep finished with a '{metric}'; see the trial errors in the logs")
+    _value, result, run, row = (min if mode == "min" else max)(scored, key=lambda item: item[0])
+    return result, run, row
 
 
 def _summarise(cfg: PipelineConfig, results: Any, client: MlflowClient, parent: Any) -> dict[str, Any]:
     """Log the best trial's config and metrics on the parent run and return the sweep summary."""
     metric, mode = cfg.tune.metric, cfg.tune.mode
-    sweep, experiment_id = parent.data.tags[PARENT_TAG], parent.info.experiment_id
-    trials = _close_trial_runs(client, experiment_id, sweep)
-    best = results.get_best_result(metric=metric, mode=mode, scope="all")
-    best_id = best.metrics.get("trial_id")
-    best_run = next((t["run_id"] for t in trials if t["trial_id"] == best_id), None)
-    best_metrics = _best_row(best, metric, mode)
-    params = {f"best.{k}": v for k, v in best.config.items()}
+    sweep = parent.data.tags[PARENT_TAG]
+    runs = _close_trial_runs(client, parent.info.experiment_id, sweep)
+    best, best_run, best_metrics = _pick_best(results, runs, metric, mode)
+    best_id, best_run_id = best_run.data.tags[TRIAL_TAG], best_run.info.run_id
     client.log_batch(
         parent.info.run_id,
         metrics=[mlflow.entities.Metric(f"best_{k}", v, 0, 0) for k, v in best_metrics.items() if "time" not in k],
-        params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()],
+        params=[mlflow.entities.Param(f"best.{k}", str(v)) for k, v in best.config.items()],
+        tags=[mlflow.entities.RunTag("best_trial_id", best_id), mlflow.entities.RunTag("best_run_id", best_run_id)],
     )
-    client.set_tag(parent.info.run_id, "best_trial_id", str(best_id))
-    client.set_tag(parent.info.run_id, "best_run_id", str(best_run))
     with tempfile.TemporaryDirectory() as tmp:
         table = Path(tmp) / "trials.csv"
         results.get_dataframe(filter_metric=metric, filter_mode=mode).to_csv(table, index=False)
@@ -246,11 +260,12 @@ def _summarise(cfg: PipelineConfig, results: Any, client: MlflowClient, parent: 
         "parent_run_id": parent.info.run_id,
         "n_trials": len(results),
         "n_errors": results.num_errors,
+        "n_stopped_early": sum(1 for r in runs.values() if r.info.status == "KILLED"),
         "best_trial_id": best_id,
-        "best_run_id": best_run,
+        "best_run_id": best_run_id,
         "best_config": best.config,
-        "best_metrics": {k: best_metrics[k] for k in best_metrics if k.startswith(("val_", "train_", metric))},
-        "model_uri": f"runs:/{best_run}/model" if best_run else None,
+        "best_metrics": {k: v for k, v in best_metrics.items() if k.startswith(("val_", "train_", metric))},
+        "model_uri": f"runs:/{best_run_id}/model",
     }
 
 
@@ -273,7 +288,7 @@ def tune_model(
     from crystalvision import tracking
     from crystalvision.raycluster import ensure_ray
 
-    ensure_ray()
+    ensure_ray(include_dashboard=True)
     experiment_id = tracking.configure_mlflow()
     client = MlflowClient()
     sweep = sweep_name(cfg)
@@ -292,7 +307,9 @@ def tune_model(
         tune.with_parameters(run_trial, ctx=_trial_context(cfg, splits, store, spec, parent)),
         {"CPU": TRIAL_DRIVER_CPUS},
     )
-    results = _make_tuner(cfg, trainable, sweep, ray.cluster_resources()).fit()
+    tuner = _make_tuner(cfg, trainable, sweep, ray.cluster_resources())
+    with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables on stdout; the CLI prints JSON there
+        results = tuner.fit()
     if results.num_terminated == 0 and results.num_errors:
         client.set_terminated(parent_id, "FAILED")
         raise RuntimeError(f"every trial of sweep {sweep} failed; first error: {results.errors[0]}")
@@ -344,7 +361,9 @@ def _evaluate_best(cfg: PipelineConfig, summary: dict, splits: Splits, store: Ob
 def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     """``crystalvision tune``: prepare the data, sweep, then evaluate and register the best trial's model."""
     from crystalvision import tracking
+    from crystalvision.raycluster import ensure_ray
 
+    ensure_ray(include_dashboard=True)  # before the render stage starts Ray without it
     snap, selection, rendered, splits, store, spec = _prepare(cfg)
     summary = tune_model(
         cfg,

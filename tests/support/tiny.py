@@ -39,13 +39,9 @@ def tiny_model_dir(folder: Path, seed: int = 0, size: int = SIZE) -> Path:
 
 def use_test_tracking() -> str:
     """Point MLflow at the test's CRYSTALVISION_HOME (sqlite db, artifacts folder); returns the tracking URI."""
-    import mlflow
 
     from crystalvision.settings import get_settings
+    from crystalvision.tracking import configure_mlflow
 
-    tracking = get_settings().tracking
-    mlflow.set_tracking_uri(tracking.mlflow_tracking_uri)
-    if mlflow.get_experiment_by_name(tracking.experiment_name) is None:
-        mlflow.create_experiment(tracking.experiment_name, artifact_location=tracking.mlflow_artifact_location)
-    mlflow.set_experiment(tracking.experiment_name)
-    return tracking.mlflow_tracking_uri
+    configure_mlflow()
+    return get_settings().tracking.mlflow_tracking_uri
