@@ -377,10 +377,10 @@ def _param(params: Mapping[str, str], *names: str) -> str | None:
 
 
 def split_config_from_params(params: Mapping[str, str], default: SplitConfig) -> SplitConfig:
-    """The split the run logged (``split.<field>`` or ``split_<field>`` params), else ``default``."""
+    """The split the run logged (``cfg.split.<field>`` as tracking logs it, ``split.<field>``), else ``default``."""
     values = default.model_dump()
     for field in values:
-        raw = _param(params, f"split.{field}", f"split_{field}")
+        raw = _param(params, f"cfg.split.{field}", f"split.{field}", f"split_{field}")
         if raw is not None:
             values[field] = raw
     return SplitConfig.model_validate(values)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from crystalvision import __version__
-from crystalvision.config import TARGETS_REGRESSION
+from crystalvision.config import TARGETS_REGRESSION, PipelineConfig
 from crystalvision.errors import ModelError
 
 if TYPE_CHECKING:
@@ -44,6 +44,20 @@ class ModelSpec(BaseModel):
     label_source: dict[str, str] = Field(default_factory=dict)
     render_config: dict = Field(default_factory=dict)
     crystalvision_version: str = __version__
+
+
+def spec_for(cfg: PipelineConfig, snapshot: Any) -> ModelSpec:
+    """The spec of a model trained by pipeline ``cfg`` on ``snapshot`` (a :class:`~crystalvision.snapshot.Snapshot`)."""
+    return ModelSpec(
+        backbone=cfg.train.backbone,
+        crystal_system_classes=snapshot.encoders.crystal_system,
+        spacegroup_classes=snapshot.encoders.spacegroup,
+        image_size=cfg.render.image_size,
+        snapshot_sha256=snapshot.manifest.content_sha256,
+        snapshot_id=snapshot.manifest.snapshot_id,
+        label_source=snapshot.manifest.label_source,
+        render_config=cfg.render.model_dump(mode="json"),
+    )
 
 
 class CrystalNet(nn.Module):

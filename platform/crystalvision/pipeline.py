@@ -132,21 +132,12 @@ def _train_evaluate_register(
 
     from crystalvision import tracking
     from crystalvision.dataset import load_labels, split_frame
-    from crystalvision.model import ModelSpec, load_model
+    from crystalvision.model import load_model, spec_for
     from crystalvision.train import train_model
 
     labels = load_labels(store, result.render.labels_key)
     splits = split_frame(labels, cfg.split)
-    spec = ModelSpec(
-        backbone=cfg.train.backbone,
-        crystal_system_classes=snap.encoders.crystal_system,
-        spacegroup_classes=snap.encoders.spacegroup,
-        image_size=cfg.render.image_size,
-        snapshot_sha256=snap.manifest.content_sha256,
-        snapshot_id=snap.manifest.snapshot_id,
-        label_source=snap.manifest.label_source,
-        render_config=cfg.render.model_dump(mode="json"),
-    )
+    spec = spec_for(cfg, snap)
     tracking.configure_mlflow()
     with tracking.start_run(run_name=cfg.name, tags=tracking.pipeline_tags(cfg, snap)) as run:
         result.run_id = run.info.run_id

@@ -28,7 +28,7 @@ from mlflow import MlflowClient
 
 from crystalvision.config import TARGETS, PipelineConfig
 from crystalvision.dataset import Splits
-from crystalvision.model import ModelSpec
+from crystalvision.model import ModelSpec, spec_for
 from crystalvision.settings import get_settings
 from crystalvision.storage import ObjectStore, filesystem_for, is_s3
 
@@ -330,16 +330,7 @@ def _prepare(cfg: PipelineConfig) -> tuple[Any, Any, Any, Splits, ObjectStore, M
     store = open_store()
     rendered = render_dataset(selection.records, snap.encoders, snap.manifest.content_sha256, cfg.render, store)
     splits = split_frame(load_labels(store, rendered.labels_key), cfg.split)
-    spec = ModelSpec(
-        backbone=cfg.train.backbone,
-        crystal_system_classes=snap.encoders.crystal_system,
-        spacegroup_classes=snap.encoders.spacegroup,
-        image_size=cfg.render.image_size,
-        snapshot_sha256=snap.manifest.content_sha256,
-        snapshot_id=snap.manifest.snapshot_id,
-        label_source=snap.manifest.label_source,
-        render_config=cfg.render.model_dump(mode="json"),
-    )
+    spec = spec_for(cfg, snap)
     return snap, selection, rendered, splits, store, spec
 
 

@@ -60,6 +60,7 @@ class RenderResult:
         """Flat numbers for logging and MLflow."""
         return {
             "render_prefix": self.prefix,
+            "render_labels_key": self.labels_key,
             "render_n_images": self.n_images,
             "render_n_new": self.n_new,
             "render_n_skipped": self.n_skipped,
