@@ -43,3 +43,10 @@ def test_load_images_and_corrupt_image(toy) -> None:
         decode_png(b"\x89PNG garbage", "bad.png")
     with pytest.raises(ImageError, match="expects 64x64"):
         load_images(store, [df["image_key"][0]], size=64)
+
+
+def test_split_rows_are_shuffled_so_batches_mix_structures(toy) -> None:
+    store, key = toy
+    s = split_frame(load_labels(store, key), SplitConfig(protocol="grouped", seed=0))
+    first_batch = s.train["material_id"].iloc[:8]
+    assert first_batch.nunique() > 2, "a streaming shuffle buffer would otherwise see one structure at a time"

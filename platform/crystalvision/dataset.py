@@ -77,7 +77,9 @@ def split_frame(df: pd.DataFrame, cfg: SplitConfig) -> Splits:
             raise StorageError("a grouped split needs at least 3 structures; select more or use protocol: image")
         rest, test = _group_split(df, cfg.test_fraction, cfg.seed)
         train, val = _group_split(rest, cfg.val_fraction, cfg.seed)
-    splits = Splits(*(x.reset_index(drop=True) for x in (train, val, test)), protocol=cfg.protocol, seed=cfg.seed)
+    # Rows come sorted by structure; shuffle once so a streaming shuffle buffer sees every structure.
+    parts = (x.sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True) for x in (train, val, test))
+    splits = Splits(*parts, protocol=cfg.protocol, seed=cfg.seed)
     log.info("split %s", splits.describe())
     return splits
 
