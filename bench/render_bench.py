@@ -74,7 +74,7 @@ def per_worker(quick: bool) -> list[dict]:
 def memory(quick: bool) -> list[dict]:
     """Peak RSS growth over many renders with one Renderer (a leak shows as steady growth)."""
     structure = _structures()["56 atoms"]
-    n = 300 if quick else 3000
+    n = 300 if quick else 1500
     with Renderer(RenderConfig(image_size=224)) as r:
         for v in range(50):
             r.render(structure, view_rotation(0, CELL_56, v))
@@ -93,7 +93,7 @@ def ray_scaling(quick: bool) -> list[dict]:
 
     snap = load_snapshot(BUNDLED_SNAPSHOT)
     records = [r for r in snap.records if not r.flags][: 4 if quick else 12]
-    views = 16 if quick else 50
+    views = 16 if quick else 32
     t = time.time()
     ensure_ray()
     rows = [_row("ray data", "ray_init_s", time.time() - t, "s", "local cluster start")]

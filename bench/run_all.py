@@ -2,7 +2,8 @@
 
 Each ``bench/*_bench.py`` module exposes ``run(quick: bool) -> list[dict]`` with rows
 ``{"benchmark", "metric", "value", "unit", "notes"}``; this runner adds the end-to-end quickstart (wall time,
-peak memory of the whole process tree, per-stage times). Ratios are always measured within one run.
+peak memory of the whole process tree, per-stage times, evaluation time). Ratios are always measured within one
+run. The default run is sized to finish in about 15 minutes on 2 CPU cores; ``--quick`` in a few minutes.
 
     python -m bench.run_all [--quick] [--out bench/results/bench.json]
 """
@@ -23,8 +24,6 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
-
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_MODULES = ("render_bench", "train_bench")
@@ -34,11 +33,32 @@ def _row(benchmark: str, metric: str, value: float, unit: str, notes: str = "") 
     return {"benchmark": benchmark, "metric": metric, "value": value, "unit": unit, "notes": notes}
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            kids += [int(c) for c in (task / "children").read_text().split()]
+    return kids
+
+
+def _rss(pid: int) -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident memory of ``pid`` and all its descendants, from /proc (Linux; psutil is not a dependency)."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        total += _rss(p)
+        todo += _children(p)
     return total
 
 
@@ -52,13 +72,12 @@ def quickstart_e2e(quick: bool) -> list[dict]:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         peak = 0
-        ps = psutil.Process(proc.pid)
         done = threading.Event()
 
         def sample() -> None:
             nonlocal peak
             while not done.is_set():
-                peak = max(peak, _tree_rss(ps))
+                peak = max(peak, _tree_rss(proc.pid))
                 time.sleep(0.5)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -74,7 +93,11 @@ def quickstart_e2e(quick: bool) -> list[dict]:
         _row("quickstart", "wall time", round(wall, 1), "s", "fresh home, incl. Ray start-up"),
         _row("quickstart", "peak memory (process tree)", round(peak / 2**20), "MiB", "sampled every 0.5 s"),
     ]
-    rows += [_row("quickstart", f"stage {k}", v, "s") for k, v in summary.get("stage_seconds", {}).items()]
+    stages = summary.get("stage_seconds", {})
+    rows += [_row("quickstart", f"stage {k}", v, "s") for k, v in stages.items()]
+    if "evaluate" in stages:
+        note = "quickstart test split: metrics, plots, baselines, saliency"
+        rows.append(_row("evaluation", "wall time", stages["evaluate"], "s", note))
     return rows
 
 
@@ -98,30 +121,73 @@ def print_table(rows: list[dict]) -> None:
         sys.stdout.write("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)) + "\n")
 
 
+def _parts(only: list[str] | None) -> list[tuple[str, str | None]]:
+    """(bench module, function or None for its ``run``) for every part to run, in table order.
+
+    ``only`` names modules (``render_bench``), single functions of one (``render_bench.memory``) or ``quickstart``.
+    """
+    if not only:
+        return [(m, None) for m in BENCH_MODULES] + [("quickstart", None)]
+    parts = []
+    for name in only:
+        module, _, func = name.partition(".")
+        if module not in (*BENCH_MODULES, "quickstart"):
+            raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(BENCH_MODULES)}, quickstart")
+        parts.append((module, func or None))
+    return parts
+
+
+def _run_part(module: str, func: str | None, quick: bool) -> list[dict]:
+    """Run one part in its own Python process (VTK's GL libraries and torch's do not share a process safely, and
+    each part gets a fresh local Ray cluster); returns its rows."""
+    if module == "quickstart":
+        log.info("running the end-to-end quickstart")
+        return quickstart_e2e(quick)
+    name = f"{module}.{func}" if func else module
+    log.info("running bench.%s (quick=%s)", name, quick)
+    with tempfile.TemporaryDirectory(prefix="cv-bench-part-") as tmp:
+        rows_file = Path(tmp) / "rows.json"
+        cmd = [sys.executable, "-m", "bench.run_all", "--part", name, "--rows-out", str(rows_file)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), os.environ.get("PYTHONPATH", "")])}
+        done = subprocess.run([*cmd, *(["--quick"] if quick else [])], cwd=ROOT, env=env, check=False)
+        if done.returncode != 0 or not rows_file.exists():
+            log.error("bench.%s failed with exit code %d", name, done.returncode)
+            return [_row(name, "status", float(done.returncode), "exit code", "failed; see log")]
+        return json.loads(rows_file.read_text())
+
+
+def run_part_here(name: str, quick: bool, rows_out: Path) -> None:
+    """Child side of :func:`_run_part`: run ``module[.function]`` in this process and write its rows."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.path.insert(0, str(ROOT))
+    module, _, func = name.partition(".")
+    rows = getattr(importlib.import_module(f"bench.{module}"), func or "run")(quick=quick)
+    rows_out.write_text(json.dumps(rows))
+
+
 def main(
     out: Path = Path("bench/results/bench.json"), quick: bool = False, only: list[str] | None = None
 ) -> list[dict]:
-    """Run all benchmarks (or ``only`` those named), print the table, write JSON."""
+    """Run all benchmarks (or ``only`` those named), print the table, write JSON ``{"meta", "rows"}``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.path.insert(0, str(ROOT))
+    start, load = time.perf_counter(), os.getloadavg()[0]
     rows: list[dict] = []
-    for name in BENCH_MODULES:
-        if only and name not in only:
-            continue
-        log.info("running bench.%s (quick=%s)", name, quick)
-        module = importlib.import_module(f"bench.{name}")
-        rows += module.run(quick=quick)
-    if not only or "quickstart" in only:
-        log.info("running the end-to-end quickstart")
-        rows += quickstart_e2e(quick)
+    for module, func in _parts(only):
+        rows += _run_part(module, func, quick)
+    total = time.perf_counter() - start
+    rows.append(_row("bench", "total wall time", round(total, 1), "s", f"load avg at start {load:.1f}"))
     print_table(rows)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "machine": stdlib_platform.platform(),
         "cpus": os.cpu_count(),
+        "load_avg_at_start": round(load, 2),
         "gpu": _gpu_note(),
         "quick": quick,
+        "only": only or [],
+        "total_s": round(total, 1),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
@@ -133,6 +199,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smallest sizes (smoke run)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/bench.json"))
-    parser.add_argument("--only", nargs="*", help="bench modules to run (render_bench train_bench quickstart)")
+    parser.add_argument("--only", nargs="*", help="render_bench, train_bench, quickstart or MODULE.FUNCTION")
+    parser.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
+    parser.add_argument("--rows-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    main(args.out, args.quick, args.only)
+    if args.part:
+        run_part_here(args.part, args.quick, args.rows_out)
+    else:
+        main(args.out, args.quick, args.only)

@@ -1,4 +1,5 @@
-"""Train-step throughput: a plain PyTorch loop vs Ray Train (1 and 2 workers), measured in the same run.
+"""Train-step throughput: a plain PyTorch loop vs Ray Train (1 and 2 workers), measured in the same run;
+with a GPU also 224 px with AMP (plain loop and Ray Train, one worker).
 
 Every configuration trains the same model (EfficientNet-B0 + four heads, Adam, batch 16, fp32 on CPU) on the same
 synthetic images with the same total number of CPU threads (2). The plain loop iterates over uint8 tensors already
@@ -66,7 +67,7 @@ def _labels(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def plain_loop(size: int, steps: int) -> float:
+def plain_loop(size: int, steps: int, device: str = "cpu", amp: bool = False) -> float:
     """Images/s of a hand-written PyTorch loop over in-memory uint8 batches (first step of a pass not timed)."""
     import torch
 
@@ -76,26 +77,32 @@ def plain_loop(size: int, steps: int) -> float:
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     weights = TrainConfig().loss_weights
-    model = CrystalNet(_spec(size)).train()
+    model = CrystalNet(_spec(size)).train().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    images = torch.from_numpy(_images(BATCH * (steps + 1), size))
-    labels = {k: torch.from_numpy(v) for k, v in _labels(BATCH * (steps + 1)).items()}
+    images = torch.from_numpy(_images(BATCH * (steps + 1), size)).to(device)
+    labels = {k: torch.from_numpy(v).to(device) for k, v in _labels(BATCH * (steps + 1)).items()}
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     best = 0.0
     for _epoch in range(2):  # best of two passes, like the two Ray Train epochs
-        best = max(best, _plain_pass(model, opt, images, labels, weights, steps))
+        best = max(best, _plain_pass(model, opt, scaler, images, labels, weights, steps, amp))
     return best
 
 
-def _plain_pass(model, opt, images, labels, weights, steps: int) -> float:
+def _plain_pass(model, opt, scaler, images, labels, weights, steps: int, amp: bool) -> float:
+    import torch
+
     from crystalvision.model import preprocess
     from crystalvision.train import multitask_loss
 
+    cuda = images.device.type == "cuda"
     start = 0.0
     for step in range(steps + 1):
         if step == 1:
+            if cuda:
+                torch.cuda.synchronize()
             start = time.perf_counter()
         sl = slice(step * BATCH, (step + 1) * BATCH)
-        x = preprocess(images[sl]).contiguous()
+        x = preprocess(images[sl]).contiguous(memory_format=torch.channels_last if cuda else torch.contiguous_format)
         targets = {
             "band_gap": labels["band_gap"][sl],
             "energy_above_hull": labels["energy_above_hull"][sl],
@@ -103,9 +110,13 @@ def _plain_pass(model, opt, images, labels, weights, steps: int) -> float:
             "spacegroup": labels["spacegroup_id"][sl],
         }
         opt.zero_grad(set_to_none=True)
-        loss, _ = multitask_loss(model(x), targets, weights)
-        loss.backward()
-        opt.step()
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp and cuda):
+            loss, _ = multitask_loss(model(x), targets, weights)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    if cuda:
+        torch.cuda.synchronize()
     return BATCH * steps / (time.perf_counter() - start)
 
 
@@ -128,14 +139,14 @@ def _write_dataset(store, size: int, n: int):
     return Splits(df.iloc[:n].reset_index(drop=True), df.iloc[n:].reset_index(drop=True), df.iloc[:0], "image", 0)
 
 
-def ray_train(size: int, steps: int, workers: int, splits, store) -> float:
+def ray_train(size: int, steps: int, workers: int, splits, store, gpu: bool = False) -> float:
     """Global train images/s reported by a Ray Train run (2 epochs; the best epoch counts)."""
     from crystalvision.config import PipelineConfig
     from crystalvision.train import train_model
 
     cfg = PipelineConfig.model_validate(
         {
-            "name": f"bench-{size}-{workers}w",
+            "name": f"bench-{size}-{workers}w{'-gpu' if gpu else ''}",
             "train": {
                 "epochs": 2,
                 "batch_size": BATCH,
@@ -143,6 +154,8 @@ def ray_train(size: int, steps: int, workers: int, splits, store) -> float:
                 "cpus_per_worker": THREADS / workers,
                 "max_steps_per_epoch": steps + 1,
                 "max_failures": 0,
+                "use_gpu": gpu,
+                "amp": gpu,
             },
         }
     )
@@ -151,8 +164,30 @@ def ray_train(size: int, steps: int, workers: int, splits, store) -> float:
     return max(h["train_images_per_s"] for h in result.history)
 
 
+def gpu_rows(store, quick: bool) -> list[dict]:
+    """224 px with AMP on the first GPU: plain loop and Ray Train (1 worker); empty without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        log.info("no GPU: skipping the GPU rows")
+        return []
+    size, steps = 224, 20 if quick else 50
+    name = torch.cuda.get_device_name(0)
+    splits = _write_dataset(store, size, BATCH * (steps + 1))
+    speeds = {
+        "plain_gpu_amp": plain_loop(size, steps, device="cuda", amp=True),
+        "ray_1w_gpu_amp": ray_train(size, steps, 1, splits, store, gpu=True),
+    }
+    note = f"{name}, AMP fp16, batch {BATCH}, {steps} timed steps"
+    rows = [_row("train_step_gpu", f"images_per_s_{k}_{size}px", v, "images/s", note) for k, v in speeds.items()]
+    ratio = speeds["ray_1w_gpu_amp"] / speeds["plain_gpu_amp"]
+    rows.append(_row("train_step_gpu", f"ratio_ray_1w_vs_plain_gpu_{size}px", ratio, "x", note))
+    return rows
+
+
 def run(quick: bool = False) -> list[dict]:
-    """Images/s of plain PyTorch vs Ray Train with 1 and 2 workers at 64/128 (and 224) px, plus ratios."""
+    """Images/s of plain PyTorch vs Ray Train with 1 and 2 workers at 64/128 (and 224) px, plus ratios; GPU rows
+    (224 px, AMP) when a GPU is present."""
     from crystalvision.raycluster import ensure_ray
     from crystalvision.settings import get_settings
     from crystalvision.storage import ObjectStore
@@ -166,17 +201,19 @@ def run(quick: bool = False) -> list[dict]:
         ensure_ray()
         store = ObjectStore(str(Path(home) / "store"))
         for size in sizes:
-            splits = _write_dataset(store, size, BATCH * (steps + 1))
-            speeds = {"plain": plain_loop(size, steps)}
+            n = steps if size < 224 else 8  # 224 px on 2 CPU threads: ~4 s a step; keeps `make bench` ~15 min
+            splits = _write_dataset(store, size, BATCH * (n + 1))
+            speeds = {"plain": plain_loop(size, n)}
             for workers in (1, 2):
-                speeds[f"ray_{workers}w"] = ray_train(size, steps, workers, splits, store)
-            note = f"CPU, {THREADS} threads in total, batch {BATCH}, {steps} timed steps, fp32"
+                speeds[f"ray_{workers}w"] = ray_train(size, n, workers, splits, store)
+            note = f"CPU, {THREADS} threads in total, batch {BATCH}, {n} timed steps, fp32"
             for name, value in speeds.items():
                 log.info("%d px %s: %.1f images/s", size, name, value)
                 rows.append(_row("train_step", f"images_per_s_{name}_{size}px", value, "images/s", note))
             for name in ("ray_1w", "ray_2w"):
                 ratio = speeds[name] / speeds["plain"]
                 rows.append(_row("train_step", f"ratio_{name}_vs_plain_{size}px", ratio, "x", "target >= 0.9"))
+        rows += gpu_rows(store, quick)
     return rows
 
 

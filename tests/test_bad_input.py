@@ -10,6 +10,9 @@ from crystalvision.snapshot import MaterialRecord
 from crystalvision.storage import ObjectStore
 from crystalvision.structures import read_cif_file
 
+from .support.tiny import SIZE
+from .test_predict import logged  # noqa: F401  (fixture: a tiny model logged as a pyfunc)
+
 BAD = Path(__file__).parent / "data" / "bad"
 
 CIF_CASES = {
@@ -71,3 +74,84 @@ def test_material_ids_must_be_safe_keys(bad_id: str) -> None:
             energy_above_hull=0,
             structure={},
         )
+
+
+# ---- a batch never crashes: bad items are reported, good ones go through ------------------------------------------
+
+
+def _broken_copies(good: MaterialRecord) -> dict[str, tuple[MaterialRecord, str]]:
+    """The corpus's structure defects applied to a real record: id -> (record, expected error text)."""
+
+    def broken(suffix: str, change) -> MaterialRecord:
+        rec = good.model_copy(deep=True)
+        rec.material_id = f"{good.material_id}-{suffix}"
+        change(rec.structure)
+        return rec
+
+    def partial(s: dict) -> None:
+        s["sites"][0]["species"][0]["occu"] = 0.5
+
+    def unknown(s: dict) -> None:
+        s["sites"][0]["species"][0]["element"] = "Xq"
+
+    def flat(s: dict) -> None:
+        s["lattice"]["matrix"][2] = [0.0, 0.0, 0.0]
+
+    def garbage(s: dict) -> None:
+        s.clear()
+        s["sites"] = "garbage"
+
+    cases = {"partial": (partial, "partial occupancy"), "unknown": (unknown, "'Xq'")}
+    cases |= {"flat": (flat, "zero volume"), "garbage": (garbage, "stored structure is unreadable")}
+    return {f"{good.material_id}-{k}": (broken(k, change), text) for k, (change, text) in cases.items()}
+
+
+def test_render_batch_quarantines_corpus_defects_and_renders_the_rest(tmp_path: Path, bundled_snapshot) -> None:
+    import ray
+
+    from crystalvision.config import RenderConfig
+    from crystalvision.render.job import render_dataset
+
+    good = [r for r in bundled_snapshot.records if not r.flags][:2]
+    broken = _broken_copies(good[0])
+    cfg = RenderConfig(image_size=32, views_per_structure=2, num_workers=1, cpus_per_worker=0.5)
+    store = ObjectStore(str(tmp_path / "store"))
+    records = [good[0], *(rec for rec, _ in broken.values()), good[1]]
+    try:
+        result = render_dataset(
+            records, bundled_snapshot.encoders, bundled_snapshot.manifest.content_sha256, cfg, store
+        )
+    finally:
+        ray.shutdown()
+    errors = {q["material_id"]: q["error"] for q in result.quarantined}
+    assert sorted(errors) == sorted(broken)
+    for mid, (_, text) in broken.items():
+        assert errors[mid].startswith(mid) and text in errors[mid] and "\n" not in errors[mid]
+    assert result.n_images == result.n_new == 4
+    assert sorted({k.split("/")[-2] for k in store.list(f"{result.prefix}/images")}) == sorted(
+        r.material_id for r in good
+    )
+
+
+def test_predict_files_on_the_corpus_gives_one_error_row_per_bad_file(logged, tmp_path: Path) -> None:  # noqa: F811
+    import numpy as np
+    import pandas as pd
+
+    from crystalvision import predict
+
+    from .test_predict import GOOD_CIF, _png
+
+    uri, *_ = logged
+    good_png, good_cif = tmp_path / "good.png", tmp_path / "mp-25284.cif"
+    good_png.write_bytes(_png(SIZE))
+    good_cif.write_text(GOOD_CIF)
+    bad = sorted(BAD.iterdir())
+    files = [good_png, *bad, good_cif]
+    out = predict.predict_files(files, model_uri=uri, views=2)
+    assert list(out["file"]) == [str(f) for f in files]
+    for row in (out.iloc[0], out.iloc[-1]):
+        assert pd.isna(row["error"]) and np.isfinite(row["band_gap"]) and row["crystal_system"], row["error"]
+    expected = CIF_CASES | IMAGE_CASES | {"garbage.cif": "not a readable CIF"}
+    for path, error in zip(bad, out["error"][1:-1], strict=True):
+        assert isinstance(error, str) and path.name in error and expected[path.name] in error, (path.name, error)
+        assert pd.isna(out.loc[out["file"] == str(path), "band_gap"]).all()

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from tests.support.raycluster import RAY, Cluster, two_node_cluster
-from tests.support.stages import stages_available
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -69,7 +68,6 @@ def test_snapshot_job_with_the_cli_runs_on_both_nodes(cluster: Cluster):
     assert [j.status for j in jobs if j.entrypoint.endswith("jobs.snapshot")] == [JobStatus.SUCCEEDED]
 
 
-@pytest.mark.skipif(not stages_available(), reason="needs the render/train/evaluate/registry stages (not merged yet)")
 def test_quickstart_pipeline_job_logs_and_registers(cluster: Cluster, tmp_path: Path):
     import mlflow
     from ray.job_submission import JobStatus, JobSubmissionClient

@@ -14,7 +14,6 @@ from crystalvision.settings import get_settings
 from crystalvision.snapshot import load_snapshot
 from crystalvision.watch import job_id, query_hash, watch_once
 from tests.support.mp_replay import ReplayServer, bundled_docs
-from tests.support.stages import STAGE_MODULES, stages_available
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "w" * 32
@@ -132,9 +131,8 @@ def test_failed_retrain_releases_the_lock_and_is_retried(mp_api, cfg, cv_home: P
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not stages_available(), reason=f"needs the pipeline stages {STAGE_MODULES} (not merged yet)")
 def test_watch_end_to_end_retrains_with_the_real_pipeline(mp_api, cfg):
-    """The real retrain: render, train, evaluate and promote on a tiny config (runs once the stages exist)."""
+    """The real retrain: render, train, evaluate and promote on a tiny config."""
     tiny = cfg.model_copy(
         update={
             "render": cfg.render.model_copy(update={"image_size": 32, "views_per_structure": 2, "num_workers": 1}),

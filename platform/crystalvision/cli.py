@@ -190,12 +190,15 @@ def watch(
 def bench(
     out: Annotated[Path, typer.Option(help="JSON results file.")] = Path("bench/results/bench.json"),
     quick: Annotated[bool, typer.Option(help="Smallest sizes (smoke run).")] = False,
+    only: Annotated[
+        list[str] | None, typer.Option(help="Parts: render_bench, train_bench, quickstart, MODULE.FUNCTION.")
+    ] = None,
 ) -> None:
     """Run every benchmark in bench/, print one table and write JSON."""
     sys.path.insert(0, str(Path.cwd()))
     from bench.run_all import main as bench_main
 
-    bench_main(out=out, quick=quick)
+    bench_main(out=out, quick=quick, only=only or None)
 
 
 @pipeline_app.command("run")

@@ -63,6 +63,12 @@ class StorageSettings(_Base):
         validation_alias=AliasChoices("CRYSTALVISION_S3_REGION", "AWS_DEFAULT_REGION", "AWS_REGION"),
         description="S3 region.",
     )
+    s3_retry_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a store operation keeps retrying an unreachable S3 endpoint before a StorageError "
+        "(on top of the S3 client's own 5 attempts).",
+    )
     aws_access_key_id: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("CRYSTALVISION_AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"),

@@ -2,6 +2,10 @@
 
 Writes are atomic: local objects go to a temporary name and are renamed into place; an S3 PUT is atomic by
 itself. Credentials come from :class:`~crystalvision.settings.StorageSettings` and are never logged.
+
+An unreachable S3 endpoint (connection refused, timeouts, 5xx) is retried: the S3 client makes 5 attempts with
+back-off, and each store operation repeats that for up to ``s3_retry_timeout_s`` before it raises one
+:class:`~crystalvision.errors.StorageError` naming the endpoint. Missing objects and denied access fail at once.
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +26,26 @@ from crystalvision.errors import StorageError
 from crystalvision.settings import StorageSettings, get_settings
 
 log = logging.getLogger(__name__)
+
+# Markers of a transient failure in pyarrow's S3 error text (AWS SDK error names, curl and HTTP codes).
+TRANSIENT_MARKERS = (
+    "NETWORK_CONNECTION",
+    "curlCode: 7",
+    "curlCode: 28",
+    "Could not connect",
+    "Connection refused",
+    "timed out",
+    "SERVICE_UNAVAILABLE",
+    "SLOW_DOWN",
+    "INTERNAL_FAILURE",
+    "HTTP response code: 5",
+)
+MAX_BACKOFF_S = 4.0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when an S3 error means 'endpoint unreachable or overloaded', not 'missing' or 'denied'."""
+    return not isinstance(exc, FileNotFoundError) and any(m in str(exc) for m in TRANSIENT_MARKERS)
 
 
 def is_s3(uri: str) -> bool:
@@ -71,6 +97,36 @@ class ObjectStore:
     def local(self) -> bool:
         return not is_s3(self.root)
 
+    @property
+    def endpoint(self) -> str:
+        """The S3 endpoint in words, for error messages ('' for local stores)."""
+        if self.local:
+            return ""
+        settings = self.settings or get_settings().storage
+        return settings.s3_endpoint_url or f"AWS S3 ({settings.s3_region})"
+
+    def _retry(self, what: str, op: Callable[[], object]) -> object:
+        """Run ``op``; on S3 retry transient failures for up to ``s3_retry_timeout_s``, then a StorageError."""
+        if self.local:
+            return op()
+        budget = (self.settings or get_settings().storage).s3_retry_timeout_s
+        start, attempt, delay = time.monotonic(), 1, 0.5
+        while True:
+            try:
+                return op()
+            except OSError as exc:
+                elapsed = time.monotonic() - start
+                if not is_transient(exc):
+                    raise
+                if elapsed + delay > budget:
+                    raise StorageError(
+                        f"S3 endpoint {self.endpoint} is unreachable: cannot {what} after {attempt} attempts in "
+                        f"{elapsed:.0f} s ({str(exc)[:300]}); check the endpoint URL and that the service is up"
+                    ) from exc
+                log.warning("S3 endpoint %s unreachable (%s, attempt %d); retrying", self.endpoint, what, attempt)
+                time.sleep(delay)
+                attempt, delay = attempt + 1, min(delay * 2, MAX_BACKOFF_S)
+
     def path(self, key: str) -> str:
         """Filesystem path of ``key`` (rejects absolute keys and '..')."""
         norm = posixpath.normpath(key)
@@ -83,8 +139,9 @@ class ObjectStore:
         return f"s3://{self.path(key)}" if not self.local else self.path(key)
 
     def exists(self, key: str) -> bool:
+        path = self.path(key)
         try:
-            return self.fs.get_file_info(self.path(key)).type == pafs.FileType.File
+            return self._retry(f"check {self.uri(key)}", lambda: self.fs.get_file_info(path).type == pafs.FileType.File)
         except OSError as exc:
             raise StorageError(f"object store {self.root} is unreachable ({exc}); check the endpoint") from exc
 
@@ -99,16 +156,23 @@ class ObjectStore:
                     fh.write(data)
                 os.replace(tmp, target)
             else:
-                with self.fs.open_output_stream(target) as out:
-                    out.write(data)
+                self._retry(f"write {self.uri(key)}", lambda: self._put_s3(target, data))
         except OSError as exc:
             raise StorageError(f"cannot write {self.uri(key)} ({exc}); check the store URI and credentials") from exc
         return self.uri(key)
 
+    def _put_s3(self, target: str, data: bytes) -> None:
+        with self.fs.open_output_stream(target) as out:
+            out.write(data)
+
+    def _get(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as fh:
+            return fh.read()
+
     def get_bytes(self, key: str) -> bytes:
+        path = self.path(key)
         try:
-            with self.fs.open_input_stream(self.path(key)) as fh:
-                return fh.read()
+            return self._retry(f"read {self.uri(key)}", lambda: self._get(path))
         except FileNotFoundError as exc:
             raise StorageError(f"object {self.uri(key)} does not exist; run the stage that writes it") from exc
         except OSError as exc:
@@ -123,8 +187,9 @@ class ObjectStore:
     def list(self, prefix: str = "") -> list[str]:
         """Keys under ``prefix`` (recursive), relative to the root; temporary files are skipped."""
         base = self.path(prefix) if prefix else self.base
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
         try:
-            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+            infos = self._retry(f"list {self.root}/{prefix}", lambda: self.fs.get_file_info(selector))
         except OSError as exc:
             raise StorageError(f"cannot list {self.root}/{prefix} ({exc})") from exc
         keys = [i.path[len(self.base) + 1 :] for i in infos if i.type == pafs.FileType.File]

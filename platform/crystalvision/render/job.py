@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from crystalvision import __version__
 from crystalvision.config import RenderConfig
 from crystalvision.errors import CrystalVisionError, RenderError
 from crystalvision.render.rotations import view_quaternion
-from crystalvision.settings import StorageSettings
+from crystalvision.settings import StorageSettings, get_settings
 from crystalvision.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ RENDERER_VERSION = "1"  # bump when a code change alters pixels: it is part of t
 # Fields that change how work is scheduled, not what the images look like.
 NON_IMAGE_FIELDS = {"num_workers", "cpus_per_worker"}
 BATCH_SIZE = 16
+# Test hook: "after=N" makes the first render actor that has written N images exit hard, once per store prefix.
+FAULT_ENV = "CRYSTALVISION_RENDER_FAULT"
 
 
 @dataclass
@@ -96,10 +99,11 @@ class RenderBatch:
         store_root: str,
         storage: StorageSettings | None,
         checked: tuple[str, str] | None = None,
+        fault: dict[str, Any] | None = None,
     ):
         """``structures``: material_id -> Structure.as_dict(), or ``[ObjectRef]`` of that dict (keeps the actor's
         constructor arguments small). ``checked`` = (node id, window class) of the driver's backend check, reused
-        by actors on the driver's node."""
+        by actors on the driver's node. ``fault``: the fault-injection hook (:func:`parse_fault`)."""
         import ray
 
         from crystalvision.render.backend import assume_backend
@@ -113,6 +117,8 @@ class RenderBatch:
         self.raw = ray.get(structures[0]) if isinstance(structures, list) else structures
         self.structures: dict[str, Any] = {}
         self.renderer = Renderer(self.cfg)
+        self.fault = fault
+        self.n_written = 0
 
     def _structure(self, material_id: str) -> Any:
         if material_id not in self.structures:
@@ -139,6 +145,8 @@ class RenderBatch:
             png, error = self._image(str(mid), np.asarray(quat, dtype=np.float64))
             if png is not None:
                 self.store.put_bytes(str(key), png)  # a StorageError fails the job: it is not the structure's fault
+                self.n_written += 1
+                _maybe_fault(self.fault, self.n_written)
             errors.append(error)
             done.append(time.time())
         return {
@@ -152,6 +160,26 @@ class RenderBatch:
         renderer = getattr(self, "renderer", None)
         if renderer is not None:
             renderer.close()
+
+
+def parse_fault(value: str | None, prefix: str) -> dict[str, Any] | None:
+    """``"after=3"`` -> ``{"after": 3, "marker": <file>}``; the marker makes the fault fire once per prefix."""
+    if not value:
+        return None
+    fault: dict[str, Any] = {k.strip(): int(v) for k, v in (i.split("=", 1) for i in value.split(",") if i.strip())}
+    name = prefix.replace("/", "_")
+    fault["marker"] = str(get_settings().paths.home / "faults" / f"{name}.done")
+    return fault
+
+
+def _maybe_fault(fault: dict[str, Any] | None, n_written: int) -> None:
+    """Exit this actor's process hard mid-batch once ``after`` images are written (the test hook)."""
+    if not fault or n_written < fault.get("after", 1) or os.path.exists(fault["marker"]):
+        return
+    os.makedirs(os.path.dirname(fault["marker"]), exist_ok=True)
+    open(fault["marker"], "w").close()
+    log.warning("fault injection: render actor exits after writing %d images", n_written)
+    os._exit(1)
 
 
 # -- driver side -----------------------------------------------------------------------------------------------
@@ -190,7 +218,9 @@ def _todo_rows(records: list[Any], cfg: RenderConfig, prefix: str, existing: set
     return rows
 
 
-def _run_ray(rows: list[dict], records: list[Any], cfg: RenderConfig, store: ObjectStore) -> tuple[pd.DataFrame, dict]:
+def _run_ray(
+    rows: list[dict], records: list[Any], cfg: RenderConfig, store: ObjectStore, prefix: str
+) -> tuple[pd.DataFrame, dict]:
     """Render ``rows`` on ``cfg.num_workers`` Ray actors; returns per-row outcomes and timings."""
     import ray
 
@@ -217,6 +247,7 @@ def _run_ray(rows: list[dict], records: list[Any], cfg: RenderConfig, store: Obj
             "store_root": store.root,
             "storage": store.settings,
             "checked": checked,
+            "fault": parse_fault(os.environ.get(FAULT_ENV), prefix),
         },
     )
     try:
@@ -319,7 +350,7 @@ def render_dataset(
     )
     timings: dict[str, float] = {}
     if rows:
-        out, timings = _run_ray(rows, good, cfg, store)
+        out, timings = _run_ray(rows, good, cfg, store, prefix)
         failed = _quarantine_from(out)
         quarantined += failed
         bad_ids = {q["material_id"] for q in failed}

@@ -1,0 +1,245 @@
+"""Fault injection: a render actor killed mid-batch, a Tune driver killed mid-sweep, the MLflow server restarted
+while a run logs, the S3 endpoint unavailable. (A Ray Train worker killed mid-epoch: tests/test_train.py.)"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from crystalvision.config import RenderConfig
+from crystalvision.dataset import load_labels
+from crystalvision.errors import StorageError
+from crystalvision.render.job import FAULT_ENV, image_key, render_dataset
+from crystalvision.storage import ObjectStore
+from crystalvision.tracking import worker_logger
+
+from .support.raycluster import free_port
+from .support.s3 import FlakyEndpoint, moto_s3, stop_group, wait_http
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+# ---- render actor killed mid-batch -------------------------------------------------------------------------------
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_render_actor_killed_mid_batch_then_rerun_is_complete(cv_home, tmp_path, bundled_snapshot, monkeypatch):
+    import ray
+
+    records = [r for r in bundled_snapshot.records if not r.flags][:3]
+    cfg = RenderConfig(image_size=32, views_per_structure=4, num_workers=1, cpus_per_worker=0.5)
+    sha = bundled_snapshot.manifest.content_sha256
+    root = tmp_path / "store"
+    store = ObjectStore(str(root))
+    monkeypatch.setenv(FAULT_ENV, "after=3")  # the actor process exits after its 3rd image of a 12-image batch
+    try:
+        try:
+            render_dataset(records, bundled_snapshot.encoders, sha, cfg, store)  # Ray Data may retry on its own
+        except Exception as exc:  # or the job fails: the rerun below must then finish it
+            logging.getLogger(__name__).info("first run failed as allowed: %s", str(exc)[:200])
+        assert list((cv_home / "faults").glob("*.done")), "the render actor was not killed"
+        monkeypatch.delenv(FAULT_ENV)
+        result = render_dataset(records, bundled_snapshot.encoders, sha, cfg, store)
+    finally:
+        ray.shutdown()
+
+    assert not result.quarantined and result.n_images == 12
+    files = _files(root)
+    assert not [f for f in files if ".tmp-" in f], files
+    pngs = sorted(f for f in files if f.endswith(".png"))
+    expected = sorted(image_key(result.prefix, r.material_id, v) for r in records for v in range(4))
+    assert pngs == expected, "exactly one PNG per (material, view)"
+    for key in pngs:
+        with Image.open(io.BytesIO(store.get_bytes(key))) as img:
+            img.load()  # a partial file fails here
+            assert img.size == (32, 32) and img.mode == "RGB"
+    labels = load_labels(store, result.labels_key)
+    assert len(labels) == 12 and not labels.duplicated(["material_id", "view"]).any()
+    assert sorted(labels["image_key"]) == expected
+
+
+# ---- Tune driver killed -----------------------------------------------------------------------------------------
+
+TUNE_SCRIPT = """
+import json, logging, sys
+from crystalvision.config import load_pipeline
+from crystalvision.logs import setup_logging
+from crystalvision.tune import run_tune
+setup_logging()
+summary = run_tune(load_pipeline("pipelines/quickstart.yaml", json.loads(sys.argv[1])))
+print("SUMMARY " + json.dumps(summary, default=str), flush=True)
+"""
+TUNE_OVERRIDES = {
+    "stages": ["snapshot", "render", "train"],
+    "snapshot": {"max_structures": 6},
+    "render": {"image_size": 32, "views_per_structure": 2, "num_workers": 1},
+    "train": {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4, "max_failures": 0},
+    "tune": {"num_samples": 2, "max_concurrent": 1, "search": "random"},
+}
+
+
+def _tune_process(home: Path, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "CRYSTALVISION_HOME": str(home), "CRYSTALVISION_RAY_NUM_CPUS": "2"}
+    env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
+    for var in ("RAY_ADDRESS", "CRYSTALVISION_RAY_ADDRESS", "MLFLOW_TRACKING_URI", "CRYSTALVISION_OBJECT_STORE_URI"):
+        env.pop(var, None)
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", TUNE_SCRIPT, json.dumps(TUNE_OVERRIDES)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _first_report(sweep_dir: Path) -> bool:
+    """A trial has reported a result and the experiment state is saved."""
+    reported = any(p.stat().st_size > 0 for p in sweep_dir.glob("*/result.json"))
+    return reported and any(sweep_dir.glob("experiment_state*.json"))
+
+
+def test_killed_tune_driver_is_restored_and_finishes_every_trial(tmp_path):
+    from crystalvision.config import load_pipeline
+    from crystalvision.tune import sweep_name
+
+    home = tmp_path / "home"
+    sweep_dir = home / "ray_results" / sweep_name(load_pipeline(ROOT / "pipelines/quickstart.yaml", TUNE_OVERRIDES))
+    first = _tune_process(home, tmp_path / "first.log")
+    try:
+        deadline = time.monotonic() + 400
+        while not _first_report(sweep_dir):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no trial reported in time"
+            time.sleep(0.5)
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
+        first.wait(timeout=30)
+    finally:
+        stop_group(first)
+    assert "SUMMARY" not in (tmp_path / "first.log").read_text()
+
+    second = _tune_process(home, tmp_path / "second.log")
+    try:
+        second.wait(timeout=500)
+    finally:
+        stop_group(second)
+    out = (tmp_path / "second.log").read_text()
+    assert second.returncode == 0, out[-4000:]
+    assert f"resuming sweep {sweep_dir.name}" in out, "the second run must take the Tuner.restore path"
+    summary = json.loads(out.split("SUMMARY ", 1)[1].splitlines()[0])
+    assert summary["n_trials"] == 2 and summary["n_errors"] == 0 and summary["best_run_id"]
+
+
+# ---- MLflow server restarted mid-run ----------------------------------------------------------------------------
+
+
+def _mlflow_server(home: Path, port: int, log_path: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "mlflow/launch.py"), "embedded", "--host", "127.0.0.1", "--port", str(port)],
+            env=env | {"CRYSTALVISION_HOME": str(home)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    wait_http(f"http://127.0.0.1:{port}/health", timeout=180, alive=lambda: proc.poll() is None)
+    return proc
+
+
+def test_metrics_survive_an_mlflow_server_restart(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "8")  # 1+2+4+...+64 s of back-off: minutes of outage
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
+    port, home, log_path = free_port(), tmp_path / "home", tmp_path / "mlflow.log"
+    url = f"http://127.0.0.1:{port}"
+    procs = [_mlflow_server(home, port, log_path)]
+    n, restart_at = 24, 8
+    logged = threading.Event()
+    try:
+        client = mlflow.MlflowClient(url)
+        run_id = client.create_run(client.create_experiment("restart")).info.run_id
+        logger = worker_logger(url, run_id, rank=0)  # what Ray Train's rank 0 logs through
+
+        def restart() -> None:
+            logged.wait(timeout=120)
+            stop_group(procs[0])
+            time.sleep(1.0)
+            procs.append(_mlflow_server(home, port, log_path))  # same port, same SQLite backend
+
+        restarter = threading.Thread(target=restart, daemon=True)
+        restarter.start()
+        for step in range(n):
+            logger.log_metrics({"val_loss": 1.0 / (step + 1), "train_loss": float(step)}, step=step)
+            if step == restart_at:
+                logged.set()
+                time.sleep(1.5)  # the next calls hit a server that is down
+            time.sleep(0.1)
+        restarter.join(timeout=300)
+        assert len(procs) == 2, "the server was not restarted"
+        for key in ("val_loss", "train_loss"):
+            history = client.get_metric_history(run_id, key)
+            assert sorted(m.step for m in history) == list(range(n)), key
+    finally:
+        for proc in procs:
+            stop_group(proc)
+
+
+# ---- S3 endpoint unavailable ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moto():
+    with moto_s3() as server:
+        yield server
+
+
+def test_s3_outage_is_retried_until_the_endpoint_is_back(moto, caplog):
+    with FlakyEndpoint(moto.port) as proxy:
+        settings = moto.settings(proxy.url).model_copy(update={"s3_retry_timeout_s": 60})
+        store = ObjectStore(f"s3://{moto.bucket}/faults", settings)
+        store.put_bytes("before.txt", b"1")
+        proxy.down()
+        threading.Timer(10.0, proxy.up).start()  # longer than the S3 client's own retries (about 6 s)
+        start = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="crystalvision.storage"):
+            store.put_bytes("during.txt", b"2")
+        assert time.monotonic() - start >= 9.0, "the write cannot have succeeded while the endpoint was down"
+        assert store.get_bytes("during.txt") == b"2" and store.get_bytes("before.txt") == b"1"
+    assert "faults/during.txt" in moto.keys("faults/")
+    assert any("unreachable" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)
+
+
+def test_s3_endpoint_gone_gives_a_clear_error_in_bounded_time(moto):
+    with FlakyEndpoint(moto.port) as proxy:
+        settings = moto.settings(proxy.url).model_copy(update={"s3_retry_timeout_s": 5})
+        store = ObjectStore(f"s3://{moto.bucket}/faults", settings)
+        store.put_bytes("x.txt", b"1")
+        proxy.down()
+        start = time.monotonic()
+        for op in (lambda: store.get_bytes("x.txt"), lambda: store.put_bytes("y.txt", b"2")):
+            with pytest.raises(StorageError) as info:
+                op()
+            message = str(info.value)
+            assert f"S3 endpoint {proxy.url} is unreachable" in message and "attempts" in message
+            assert "check the endpoint URL" in message
+            assert settings.aws_secret_access_key.get_secret_value() not in message
+        assert time.monotonic() - start < 2 * (5 + 30), "retries must be bounded"
