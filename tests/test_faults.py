@@ -24,8 +24,8 @@ from crystalvision.render.job import FAULT_ENV, image_key, render_dataset
 from crystalvision.storage import ObjectStore
 from crystalvision.tracking import worker_logger
 
-from .support.raycluster import free_port
-from .support.s3 import FlakyEndpoint, moto_s3, stop_group, wait_http
+from .support.procs import free_port, stop_group, wait_http
+from .support.s3 import FlakyEndpoint, moto_s3
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

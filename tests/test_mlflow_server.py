@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.raycluster import free_port
-from tests.support.s3 import CREDENTIALS, moto_s3, stop_group, wait_http
+from tests.support.procs import free_port, stop_group, wait_http
+from tests.support.s3 import CREDENTIALS, moto_s3
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "mlflow" / "launch.py"

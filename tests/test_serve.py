@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,10 @@ from crystalvision.predict import log_model
 from crystalvision.registry import register_and_promote
 from crystalvision.storage import ObjectStore
 
+from .support.procs import free_port
 from .support.tiny import tiny_model_dir, toy_splits, use_test_tracking
 
 START_TIMEOUT_S = 150
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(proc: subprocess.Popen, url: str, log_path: Path) -> None:
@@ -57,7 +51,7 @@ def served(cv_home, tmp_path):
         log_model(tiny_model_dir(tmp_path / "model"), splits, store)
     cfg = PipelineConfig(name="serve")
     assert register_and_promote(cfg, run.info.run_id)["promoted"]
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{cfg.registry.model_name}@champion"]
     cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
     # the server execs `uvicorn` from PATH: put this interpreter's bin folder first

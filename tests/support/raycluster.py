@@ -10,25 +10,18 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.procs import free_port, stop_group
+
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -90,17 +83,6 @@ def _wait_for_nodes(dashboard_url: str, n: int, timeout: float = 120) -> None:
         time.sleep(1)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 @contextmanager
 def two_node_cluster(log_dir: Path) -> Iterator[Cluster]:
     """Start a head (with dashboard + job server) and one worker node; stop both on exit."""
@@ -129,6 +111,6 @@ def two_node_cluster(log_dir: Path) -> Iterator[Cluster]:
         yield cluster
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_group(proc)
         for d in temp_dirs:
             shutil.rmtree(d, ignore_errors=True)

@@ -5,65 +5,31 @@ in front of it that can take the endpoint down and bring it back (fault tests).
 * :func:`moto_s3` (context manager, server + one bucket) or :func:`start_moto` (you stop it)
 * :class:`FlakyEndpoint`: ``with FlakyEndpoint(server.port) as proxy: proxy.down(); proxy.up()``
 
-The helpers :func:`wait_http` and :func:`stop_group` are shared with the MLflow server tests.
+The process helpers live in :mod:`tests.support.procs`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
 from crystalvision.settings import StorageSettings
-from tests.support.raycluster import free_port
+from tests.support.procs import free_port, stop_group, wait_http
 
 ACCESS_KEY = "testing-access-key"
 SECRET_KEY = "testing-secret-key"
 REGION = "us-east-1"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": REGION}
-
-
-def wait_http(
-    url: str, timeout: float = 60, ok: tuple[int, ...] = (200,), alive: Callable[[], bool] | None = None
-) -> None:
-    """Poll ``url`` until it answers one of ``ok`` (fail early once ``alive()`` says the server died)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if alive is not None and not alive():
-            raise RuntimeError(f"the server behind {url} exited before answering")
-        try:
-            if requests.get(url, timeout=5).status_code in ok:
-                return
-        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy starting
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not come up in {timeout}s")
-        time.sleep(0.3)
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """Stop a process started with ``start_new_session=True`` and everything it spawned."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 @dataclass

@@ -1,0 +1,50 @@
+"""Process helpers for tests that start real servers: free ports, readiness polling, process-group teardown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from contextlib import closing
+
+import requests
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(
+    url: str, timeout: float = 60, ok: tuple[int, ...] = (200,), alive: Callable[[], bool] | None = None
+) -> None:
+    """Poll ``url`` until it answers one of ``ok`` (fail early once ``alive()`` says the server died)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if alive is not None and not alive():
+            raise RuntimeError(f"the server behind {url} exited before answering")
+        try:
+            if requests.get(url, timeout=5).status_code in ok:
+                return
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy starting
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not come up in {timeout}s")
+        time.sleep(0.3)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything it spawned."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
