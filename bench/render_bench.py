@@ -8,8 +8,6 @@ prints a table and writes ``bench/results/render.json``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import resource
@@ -25,6 +23,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "platform"), *filter(None
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from bench.common import module_main, row  # noqa: E402
 from crystalvision.config import RenderConfig  # noqa: E402
 from crystalvision.render import Renderer, encode_png, view_rotation  # noqa: E402
 from crystalvision.settings import BUNDLED_SNAPSHOT  # noqa: E402
@@ -34,10 +33,6 @@ from crystalvision.structures import structure_from_dict  # noqa: E402
 log = logging.getLogger("bench.render")
 CELL_56 = "mp-1177919"  # Li2Mn3NiO8 spinel, 56 atoms; its 2x2x2 supercell has 448
 RESULTS = ROOT / "bench" / "results" / "render.json"
-
-
-def _row(benchmark: str, metric: str, value: float, unit: str, notes: str = "") -> dict[str, Any]:
-    return {"benchmark": benchmark, "metric": metric, "value": round(float(value), 3), "unit": unit, "notes": notes}
 
 
 def _structures() -> dict[str, Any]:
@@ -65,8 +60,8 @@ def per_worker(quick: bool) -> list[dict]:
                 encode_png(img)
             png_s = time.perf_counter() - t
         bench = f"render {name} {size}px {method}"
-        rows.append(_row(bench, "images_per_s", n / render_s, "images/s", f"render only, n={n}"))
-        rows.append(_row(bench, "images_per_s_with_png", n / (render_s + png_s), "images/s", "render + PNG encode"))
+        rows.append(row(bench, "images_per_s", n / render_s, "images/s", f"render only, n={n}"))
+        rows.append(row(bench, "images_per_s_with_png", n / (render_s + png_s), "images/s", "render + PNG encode"))
         log.info("%s: %.0f images/s", bench, n / render_s)
     return rows
 
@@ -82,7 +77,7 @@ def memory(quick: bool) -> list[dict]:
         for v in range(n):
             encode_png(r.render(structure, view_rotation(1, CELL_56, v)))
         grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    return [_row("render memory 56 atoms 224px mesh", "peak_rss_growth", grown, "MB", f"over {n} images after warm-up")]
+    return [row("render memory 56 atoms 224px mesh", "peak_rss_growth", grown, "MB", f"over {n} images after warm-up")]
 
 
 def ray_scaling(quick: bool) -> list[dict]:
@@ -96,7 +91,7 @@ def ray_scaling(quick: bool) -> list[dict]:
     views = 16 if quick else 32
     t = time.time()
     ensure_ray()
-    rows = [_row("ray data", "ray_init_s", time.time() - t, "s", "local cluster start")]
+    rows = [row("ray data", "ray_init_s", time.time() - t, "s", "local cluster start")]
     rates = {}
     for workers in (1, 2):
         cfg = RenderConfig(image_size=224, views_per_structure=views, num_workers=workers, cpus_per_worker=0.5)
@@ -106,15 +101,13 @@ def ray_scaling(quick: bool) -> list[dict]:
         rates[workers] = tm["steady_images_per_s"]
         note = f"{result.n_new} images of {len(records)} structures, 224 px mesh"
         rows.append(
-            _row(f"ray data {workers} worker(s)", "steady_images_per_s", tm["steady_images_per_s"], "images/s", note)
+            row(f"ray data {workers} worker(s)", "steady_images_per_s", tm["steady_images_per_s"], "images/s", note)
         )
         rows.append(
-            _row(f"ray data {workers} worker(s)", "images_per_s_end_to_end", tm["images_per_s"], "images/s", note)
+            row(f"ray data {workers} worker(s)", "images_per_s_end_to_end", tm["images_per_s"], "images/s", note)
         )
-        rows.append(
-            _row(f"ray data {workers} worker(s)", "startup_s", tm["startup_s"], "s", "job start to first image")
-        )
-    rows.append(_row("ray data", "speedup_2_vs_1", rates[2] / max(rates[1], 1e-9), "x", "steady images/s ratio"))
+        rows.append(row(f"ray data {workers} worker(s)", "startup_s", tm["startup_s"], "s", "job start to first image"))
+    rows.append(row("ray data", "speedup_2_vs_1", rates[2] / max(rates[1], 1e-9), "x", "steady images/s ratio"))
     return rows
 
 
@@ -122,30 +115,10 @@ def run(quick: bool = False) -> list[dict]:
     """All render benchmarks; a list of {benchmark, metric, value, unit, notes} rows."""
     load = os.getloadavg()[0]
     rows = per_worker(quick) + memory(quick) + ray_scaling(quick)
-    for row in rows:
-        row["notes"] = f"{row['notes']}; load avg at start {load:.1f} on {os.cpu_count()} CPUs".lstrip("; ")
+    for r in rows:
+        r["notes"] = f"{r['notes']}; load avg at start {load:.1f} on {os.cpu_count()} CPUs".lstrip("; ")
     return rows
 
 
-def _table(rows: list[dict]) -> str:
-    width = max(len(r["benchmark"]) for r in rows)
-    lines = [f"{'benchmark':<{width}}  {'metric':<24} {'value':>10}  unit"]
-    lines += [f"{r['benchmark']:<{width}}  {r['metric']:<24} {r['value']:>10.2f}  {r['unit']}" for r in rows]
-    return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer images (a smoke run)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    rows = run(quick=args.quick)
-    print(_table(rows))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=1))
-    print(f"wrote {args.out}")
-
-
 if __name__ == "__main__":
-    main()
+    module_main(run, RESULTS, __doc__.splitlines()[0], "fewer images (a smoke run)")

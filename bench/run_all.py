@@ -24,13 +24,11 @@ import threading
 import time
 from pathlib import Path
 
+from bench.common import print_table, row
+
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_MODULES = ("render_bench", "train_bench")
-
-
-def _row(benchmark: str, metric: str, value: float, unit: str, notes: str = "") -> dict:
-    return {"benchmark": benchmark, "metric": metric, "value": value, "unit": unit, "notes": notes}
 
 
 def _children(pid: int) -> list[int]:
@@ -87,17 +85,17 @@ def quickstart_e2e(quick: bool) -> list[dict]:
         wall = time.perf_counter() - start
     if proc.returncode != 0:
         log.error("quickstart failed:\n%s", err[-3000:])
-        return [_row("quickstart", "status", float(proc.returncode), "exit code", "failed; see log")]
+        return [row("quickstart", "status", float(proc.returncode), "exit code", "failed; see log")]
     summary = json.loads(out[out.index("{") :])
     rows = [
-        _row("quickstart", "wall time", round(wall, 1), "s", "fresh home, incl. Ray start-up"),
-        _row("quickstart", "peak memory (process tree)", round(peak / 2**20), "MiB", "sampled every 0.5 s"),
+        row("quickstart", "wall time", round(wall, 1), "s", "fresh home, incl. Ray start-up"),
+        row("quickstart", "peak memory (process tree)", round(peak / 2**20), "MiB", "sampled every 0.5 s"),
     ]
     stages = summary.get("stage_seconds", {})
-    rows += [_row("quickstart", f"stage {k}", v, "s") for k, v in stages.items()]
+    rows += [row("quickstart", f"stage {k}", v, "s") for k, v in stages.items()]
     if "evaluate" in stages:
         note = "quickstart test split: metrics, plots, baselines, saliency"
-        rows.append(_row("evaluation", "wall time", stages["evaluate"], "s", note))
+        rows.append(row("evaluation", "wall time", stages["evaluate"], "s", note))
     return rows
 
 
@@ -108,17 +106,6 @@ def _gpu_note() -> str:
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     except Exception:  # pragma: no cover - torch always installed here
         return "unknown"
-
-
-def print_table(rows: list[dict]) -> None:
-    """Print rows as an aligned text table."""
-    headers = ["benchmark", "metric", "value", "unit", "notes"]
-    cells = [[str(r.get(h, "")) for h in headers] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    sys.stdout.write(line + "\n" + "-" * len(line) + "\n")
-    for c in cells:
-        sys.stdout.write("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)) + "\n")
 
 
 def _parts(only: list[str] | None) -> list[tuple[str, str | None]]:
@@ -152,7 +139,7 @@ def _run_part(module: str, func: str | None, quick: bool) -> list[dict]:
         done = subprocess.run([*cmd, *(["--quick"] if quick else [])], cwd=ROOT, env=env, check=False)
         if done.returncode != 0 or not rows_file.exists():
             log.error("bench.%s failed with exit code %d", name, done.returncode)
-            return [_row(name, "status", float(done.returncode), "exit code", "failed; see log")]
+            return [row(name, "status", float(done.returncode), "exit code", "failed; see log")]
         return json.loads(rows_file.read_text())
 
 
@@ -176,7 +163,7 @@ def main(
     for module, func in _parts(only):
         rows += _run_part(module, func, quick)
     total = time.perf_counter() - start
-    rows.append(_row("bench", "total wall time", round(total, 1), "s", f"load avg at start {load:.1f}"))
+    rows.append(row("bench", "total wall time", round(total, 1), "s", f"load avg at start {load:.1f}"))
     print_table(rows)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,16 +12,13 @@ checkpointing excluded). Ratios compare configurations from this run only.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import logging
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -32,6 +29,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "platform"),
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from bench.common import module_main, row  # noqa: E402
+
 log = logging.getLogger("bench.train")
 
 RESULTS = ROOT / "bench" / "results" / "train.json"
@@ -39,10 +38,6 @@ BATCH = 16
 THREADS = 2
 SYSTEMS = ["triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic"]
 SPACEGROUPS = ["P1", "P-1", "C2/m", "Pnma", "I4/mmm", "R-3m", "P6_3mc", "Fm-3m"]
-
-
-def _row(benchmark: str, metric: str, value: float, unit: str, notes: str = "") -> dict[str, Any]:
-    return {"benchmark": benchmark, "metric": metric, "value": round(float(value), 3), "unit": unit, "notes": notes}
 
 
 def _spec(size: int):
@@ -179,9 +174,9 @@ def gpu_rows(store, quick: bool) -> list[dict]:
         "ray_1w_gpu_amp": ray_train(size, steps, 1, splits, store, gpu=True),
     }
     note = f"{name}, AMP fp16, batch {BATCH}, {steps} timed steps"
-    rows = [_row("train_step_gpu", f"images_per_s_{k}_{size}px", v, "images/s", note) for k, v in speeds.items()]
+    rows = [row("train_step_gpu", f"images_per_s_{k}_{size}px", v, "images/s", note) for k, v in speeds.items()]
     ratio = speeds["ray_1w_gpu_amp"] / speeds["plain_gpu_amp"]
-    rows.append(_row("train_step_gpu", f"ratio_ray_1w_vs_plain_gpu_{size}px", ratio, "x", note))
+    rows.append(row("train_step_gpu", f"ratio_ray_1w_vs_plain_gpu_{size}px", ratio, "x", note))
     return rows
 
 
@@ -209,32 +204,13 @@ def run(quick: bool = False) -> list[dict]:
             note = f"CPU, {THREADS} threads in total, batch {BATCH}, {n} timed steps, fp32"
             for name, value in speeds.items():
                 log.info("%d px %s: %.1f images/s", size, name, value)
-                rows.append(_row("train_step", f"images_per_s_{name}_{size}px", value, "images/s", note))
+                rows.append(row("train_step", f"images_per_s_{name}_{size}px", value, "images/s", note))
             for name in ("ray_1w", "ray_2w"):
                 ratio = speeds[name] / speeds["plain"]
-                rows.append(_row("train_step", f"ratio_{name}_vs_plain_{size}px", ratio, "x", "target >= 0.9"))
+                rows.append(row("train_step", f"ratio_{name}_vs_plain_{size}px", ratio, "x", "target >= 0.9"))
         rows += gpu_rows(store, quick)
     return rows
 
 
-def _table(rows: list[dict]) -> str:
-    lines = [f"{'metric':<36} {'value':>10} {'unit':<9} notes"]
-    lines += [f"{r['metric']:<36} {r['value']:>10.3f} {r['unit']:<9} {r['notes']}" for r in rows]
-    return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="64 and 128 px only, fewer steps")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    rows = run(quick=args.quick)
-    print(_table(rows))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=1))
-    log.info("wrote %s", args.out)
-
-
 if __name__ == "__main__":
-    main()
+    module_main(run, RESULTS, __doc__.splitlines()[0], "64 and 128 px only, fewer steps")

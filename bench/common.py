@@ -1,0 +1,45 @@
+"""What every benchmark module shares: the row format, the table printer and the stand-alone entry point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+HEADERS = ("benchmark", "metric", "value", "unit", "notes")
+
+
+def row(benchmark: str, metric: str, value: float, unit: str, notes: str = "") -> dict:
+    """One result row."""
+    return {"benchmark": benchmark, "metric": metric, "value": value, "unit": unit, "notes": notes}
+
+
+def format_value(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def print_table(rows: list[dict]) -> None:
+    """Print rows as an aligned text table on stdout."""
+    cells = [[format_value(r.get(h, "")) for h in HEADERS] for r in rows]
+    widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(HEADERS)]
+    line = "  ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True))
+    sys.stdout.write(line + "\n" + "-" * len(line) + "\n")
+    for c in cells:
+        sys.stdout.write("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)) + "\n")
+
+
+def module_main(run: Callable[..., list[dict]], results: Path, description: str, quick_help: str) -> None:
+    """``python -m bench.X [--quick] [--out FILE]``: run, print the table, write the rows as JSON."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, default=results)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    rows = run(quick=args.quick)
+    print_table(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=1))
+    logging.getLogger("bench").info("wrote %s", args.out)
