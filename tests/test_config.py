@@ -62,6 +62,8 @@ def test_settings_from_env_hide_secrets(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sekret-aws-456")
     monkeypatch.setenv("CRYSTALVISION_HOME", str(tmp_path))
     monkeypatch.setenv("CRYSTALVISION_OBJECT_STORE_URI", "s3://bucket/prefix")
+    for var in ("MLFLOW_TRACKING_URI", "CRYSTALVISION_MLFLOW_TRACKING_URI"):  # mlflow.set_tracking_uri exports it
+        monkeypatch.delenv(var, raising=False)
     s = Settings()
     assert s.mp.api_key.get_secret_value() == "sekret-mp-key-123"
     assert s.storage.object_store_uri == "s3://bucket/prefix"

@@ -433,6 +433,7 @@ def evaluate_logged_run(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
         if logged is not None and int(float(logged)) != len(splits.test):
             log.warning("rebuilt test split has %d images, the run logged %s", len(splits.test), logged)
         result = evaluate_model(model, splits, store, cfg, Path(tmp) / "evaluation")
+        mlflow.set_experiment(experiment_id=run.info.experiment_id)  # the run may live in another experiment
         with mlflow.start_run(run_id=run_id):
             mlflow.log_metrics(result.metrics)
             mlflow.log_artifacts(str(result.artifacts_dir), artifact_path="evaluation")

@@ -15,13 +15,20 @@ class RedactSecrets(logging.Filter):
 
     def __init__(self, secrets: list[str] | None = None):
         super().__init__()
-        self.secrets = [s for s in (secrets if secrets is not None else secret_values()) if len(s) >= 4]
+        self._fixed = secrets
+
+    @property
+    def secrets(self) -> list[str]:
+        """The secrets to mask: the fixed list, else those configured now (settings can change after start-up)."""
+        values = self._fixed if self._fixed is not None else secret_values()
+        return [s for s in values if len(s) >= 4]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
+        secrets = self.secrets
+        if secrets:
             msg = record.getMessage()
             masked = msg
-            for s in self.secrets:
+            for s in secrets:
                 masked = masked.replace(s, "***")
             if masked != msg:
                 record.msg, record.args = masked, None
