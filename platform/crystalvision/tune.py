@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -211,6 +212,12 @@ def _best_row(result: Any, metric: str, mode: str) -> dict[str, float]:
     return {k: float(v) for k, v in row.items() if isinstance(v, int | float) and math.isfinite(float(v))}
 
 
+def _trial_id_from_path(path: str | None) -> str | None:
+    """Tune's trial id (e.g. ``9e8a8_00001``) from a trial folder name such as ``run_trial_9e8a8_00001_1_lr=...``."""
+    match = re.search(r"_([0-9a-f]{5}_\d{5})(?:_|$)", Path(path).name) if path else None
+    return match.group(1) if match else None
+
+
 def _close_trial_runs(client: MlflowClient, experiment_id: str, sweep: str) -> dict[str, Any]:
     """Mark child runs of trials stopped by the scheduler (still RUNNING) as KILLED; trial id -> run."""
     out = {}
@@ -227,8 +234,11 @@ def _pick_best(results: Any, runs: dict[str, Any], metric: str, mode: str) -> tu
     """(result, MLflow run, best epoch's metrics) of the best trial that finished and logged its model."""
     scored = []
     for result in results:
-        run = runs.get((result.metrics or {}).get("trial_id"))
+        run = runs.get((result.metrics or {}).get("trial_id") or _trial_id_from_path(result.path))
         row = _best_row(result, metric, mode)
+        if not row and run is not None:
+            # A trial restored at its last epoch reports nothing new to Tune; its MLflow run has the metrics.
+            row = {k: float(v) for k, v in run.data.metrics.items() if math.isfinite(float(v))}
         if run is not None and run.info.status == "FINISHED" and metric in row:
             scored.append((row[metric], result, run, row))
     if not scored:
