@@ -161,6 +161,14 @@ def query_dict(cfg: IngestConfig) -> dict[str, Any]:
     return q
 
 
+def search_kwargs(cfg: IngestConfig) -> dict[str, Any]:
+    """The query as keyword arguments of ``MPRester().materials.summary.search`` (mp-api says ``num_elements``)."""
+    kwargs = query_dict(cfg)
+    if "nelements" in kwargs:
+        kwargs["num_elements"] = kwargs.pop("nelements")
+    return kwargs
+
+
 def _to_record(doc: Any, db_version: str) -> MaterialRecord:
     get = doc.get if isinstance(doc, dict) else lambda k, d=None: getattr(doc, k, d)
     structure = get("structure")
@@ -186,18 +194,6 @@ def _to_record(doc: Any, db_version: str) -> MaterialRecord:
         label_source=source,
         structure=structure.as_dict(),
     )
-
-
-def search_kwargs(cfg: IngestConfig) -> dict[str, Any]:
-    """The query as keyword arguments of ``MPRester().materials.summary.search``."""
-    kwargs: dict[str, Any] = {}
-    if cfg.chemsys:
-        kwargs["chemsys"] = cfg.chemsys
-    if cfg.elements:
-        kwargs["elements"] = sorted(cfg.elements)
-    if cfg.nelements:
-        kwargs["num_elements"] = cfg.nelements
-    return kwargs
 
 
 def fetch_records(cfg: IngestConfig, settings: MPSettings | None = None) -> tuple[list[MaterialRecord], str]:
