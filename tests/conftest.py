@@ -21,6 +21,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 BUNDLED = PLATFORM / "crystalvision" / "data" / "snapshots" / "lmno"
 
 
+def _forget_mlflow_state() -> None:
+    """MLflow's fluent API keeps the active experiment of the previous test's database: forget it."""
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is not None and hasattr(fluent, "_active_experiment_id"):
+        fluent._active_experiment_id = None
+
+
 @pytest.fixture
 def cv_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh CRYSTALVISION_HOME (object store, MLflow db, Ray storage) for one test."""
@@ -28,8 +35,10 @@ def cv_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     home = tmp_path / "cvhome"
     monkeypatch.setenv("CRYSTALVISION_HOME", str(home))
-    for var in ("MLFLOW_TRACKING_URI", "CRYSTALVISION_MLFLOW_TRACKING_URI", "CRYSTALVISION_OBJECT_STORE_URI"):
+    for var in ("MLFLOW_TRACKING_URI", "CRYSTALVISION_MLFLOW_TRACKING_URI", "CRYSTALVISION_OBJECT_STORE_URI",
+                "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(var, raising=False)
+    _forget_mlflow_state()
     get_settings.cache_clear()
     yield home
     get_settings.cache_clear()
