@@ -178,11 +178,10 @@ def make_plots(test: Level, struct: Level, classes: dict[str, list[str]], metric
 
 def load_records(cfg: PipelineConfig, model: CrystalNet) -> dict[str, MaterialRecord] | None:
     """Snapshot records by material_id for the structure baselines; None (logged) when unavailable."""
-    from crystalvision.settings import get_settings
-    from crystalvision.snapshot import load_snapshot
+    from crystalvision.snapshot import configured_snapshot
 
     try:
-        snap = load_snapshot(cfg.snapshot.uri or get_settings().data.snapshot_uri)
+        snap = configured_snapshot(cfg.snapshot)
     except CrystalVisionError as exc:
         log.info("structure baselines skipped: snapshot not loadable (%s)", exc)
         return None
@@ -393,12 +392,10 @@ def labels_key_for_run(cfg: PipelineConfig, params: Mapping[str, str], tags: Map
         return key
     log.info("run logged no labels_key; resolving it through the render stage (cached renders are reused)")
     from crystalvision.render.job import render_dataset
-    from crystalvision.settings import get_settings
-    from crystalvision.snapshot import load_snapshot, select
+    from crystalvision.snapshot import load_selection
     from crystalvision.storage import open_store
 
-    snap = load_snapshot(cfg.snapshot.uri or get_settings().data.snapshot_uri)
-    selection = select(snap, cfg.snapshot)
+    snap, selection = load_selection(cfg.snapshot)
     return render_dataset(
         selection.records, snap.encoders, snap.manifest.content_sha256, cfg.render, open_store()
     ).labels_key

@@ -17,8 +17,7 @@ from typing import Any
 
 from crystalvision.config import PipelineConfig
 from crystalvision.errors import CrystalVisionError
-from crystalvision.settings import get_settings
-from crystalvision.snapshot import Selection, Snapshot, load_snapshot, select
+from crystalvision.snapshot import Selection, Snapshot, load_selection
 from crystalvision.storage import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
@@ -66,10 +65,9 @@ class PipelineResult:
         }
 
 
-def load_selection(cfg: PipelineConfig) -> tuple[Snapshot, Selection]:
+def logged_selection(cfg: PipelineConfig) -> tuple[Snapshot, Selection]:
     """The snapshot the config names (or the default) and the records it selects."""
-    snap = load_snapshot(cfg.snapshot.uri or get_settings().data.snapshot_uri)
-    selection = select(snap, cfg.snapshot)
+    snap, selection = load_selection(cfg.snapshot)
     log.info(
         "snapshot %s: %d of %d structures selected, %d flagged dropped; labels: %s",
         snap.manifest.snapshot_id,
@@ -85,7 +83,7 @@ def run_render_stage(cfg: PipelineConfig, store: ObjectStore | None = None):
     """Snapshot + render only; returns the render result."""
     from crystalvision.render.job import render_dataset
 
-    snap, selection = load_selection(cfg)
+    snap, selection = logged_selection(cfg)
     store = store or open_store()
     return render_dataset(selection.records, snap.encoders, snap.manifest.content_sha256, cfg.render, store)
 
@@ -93,7 +91,7 @@ def run_render_stage(cfg: PipelineConfig, store: ObjectStore | None = None):
 def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> PipelineResult:
     """Run the configured stages and return what they produced."""
     stages = list(stages or cfg.stages)
-    snap, selection = load_selection(cfg)
+    snap, selection = logged_selection(cfg)
     result = PipelineResult(
         name=cfg.name,
         snapshot_id=snap.manifest.snapshot_id,

@@ -80,13 +80,12 @@ def evaluate_champion_on(cfg: PipelineConfig, champion: ModelVersion, metric: st
     from crystalvision.evaluate import evaluate_model
     from crystalvision.model import load_model
     from crystalvision.render.job import render_dataset
-    from crystalvision.settings import get_settings
-    from crystalvision.snapshot import load_snapshot, select
+    from crystalvision.snapshot import load_selection
     from crystalvision.storage import open_store
 
-    snap = load_snapshot(cfg.snapshot.uri or get_settings().data.snapshot_uri)
+    snap, selection = load_selection(cfg.snapshot)
     store = open_store()
-    records = select(snap, cfg.snapshot).records
+    records = selection.records
     rendered = render_dataset(records, snap.encoders, snap.manifest.content_sha256, cfg.render, store)
     splits = split_frame(load_labels(store, rendered.labels_key), cfg.split)
     with tempfile.TemporaryDirectory(prefix="crystalvision-champion-") as tmp:

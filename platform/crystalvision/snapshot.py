@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from crystalvision import __version__
 from crystalvision.config import SnapshotConfig
 from crystalvision.errors import SnapshotError
+from crystalvision.settings import get_settings
 from crystalvision.structures import CRYSTAL_SYSTEMS
 
 log = logging.getLogger(__name__)
@@ -250,3 +251,14 @@ def _spread(records: list[MaterialRecord], n: int) -> list[MaterialRecord]:
             if group and len(picked) < n:
                 picked.append(group.pop(0))
     return sorted(picked, key=lambda r: r.material_id)
+
+
+def configured_snapshot(cfg: SnapshotConfig) -> Snapshot:
+    """The snapshot ``cfg.uri`` names, else the configured default (the bundled one)."""
+    return load_snapshot(cfg.uri or get_settings().data.snapshot_uri)
+
+
+def load_selection(cfg: SnapshotConfig) -> tuple[Snapshot, Selection]:
+    """The configured snapshot and the records ``cfg`` selects from it."""
+    snap = configured_snapshot(cfg)
+    return snap, select(snap, cfg)

@@ -332,11 +332,10 @@ def _prepare(cfg: PipelineConfig) -> tuple[Any, Any, Any, Splits, ObjectStore, M
     """Snapshot -> render -> splits -> model spec, as the pipeline does before training."""
     from crystalvision.dataset import load_labels, split_frame
     from crystalvision.render.job import render_dataset
-    from crystalvision.snapshot import load_snapshot, select
+    from crystalvision.snapshot import load_selection
     from crystalvision.storage import open_store
 
-    snap = load_snapshot(cfg.snapshot.uri or get_settings().data.snapshot_uri)
-    selection = select(snap, cfg.snapshot)
+    snap, selection = load_selection(cfg.snapshot)
     store = open_store()
     rendered = render_dataset(selection.records, snap.encoders, snap.manifest.content_sha256, cfg.render, store)
     splits = split_frame(load_labels(store, rendered.labels_key), cfg.split)
