@@ -1,0 +1,119 @@
+"""What a person sees: library output goes to the log file, progress reads well in a file, summary is short."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from rich.console import Console
+
+from crystalvision import progress
+from crystalvision.console import StageDisplay, milestone
+from crystalvision.summary import MAX_LINES, mlflow_pointer, summary_renderable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quiet_output_sends_library_and_child_output_to_the_log(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import logging, os, subprocess, sys
+        sys.path.insert(0, {str(ROOT / "platform")!r})
+        from pathlib import Path
+        from crystalvision.console import quiet_output
+        logging.basicConfig(level=logging.INFO)
+        with quiet_output(Path({str(tmp_path)!r}), "demo") as out:
+            logging.getLogger("ray").warning("PlacementGroupCleaner noise")
+            print("a library print")
+            os.write(2, b"core_worker.cc: C++ noise\\n")
+            subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('child noise\\\\n')"], check=True)
+            out.console.print("progress for people")
+            out.stdout.write('{{"json": 1}}\\n')
+        print("after the block")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "progress for people"
+    assert proc.stdout.splitlines() == ['{"json": 1}', "after the block"]
+    (log_file,) = (tmp_path / "logs").glob("*-demo-*.log")
+    text = log_file.read_text()
+    for noise in ("PlacementGroupCleaner noise", "a library print", "C++ noise", "child noise"):
+        assert noise in text
+    assert "progress for people" not in text
+
+
+def test_plain_progress_prints_milestones_without_carriage_returns() -> None:
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=False, width=100)
+    with StageDisplay(console) as display, progress.listening(display):
+        for n in range(0, 101, 5):
+            progress.emit("render", n, 100, unit="img")
+        for epoch in (1, 2, 3):
+            progress.emit("train", epoch, 3, unit="epoch", loss=1.0 / epoch, val_acc=0.5)
+        progress.finish("train", best_epoch=3)
+    out = buf.getvalue()
+    assert "\r" not in out
+    render_lines = [line for line in out.splitlines() if line.startswith("render")]
+    assert len(render_lines) == 5  # 0, 25, 50, 75, 100 %
+    assert "render    100/100 img" in render_lines[-1]
+    assert "train     3/3 epoch" in out and "val_acc 0.5" in out
+    assert "train     done in" in out and "best_epoch 3" in out
+
+
+def test_milestones_are_quarters() -> None:
+    assert [milestone(d, 8) for d in (0, 1, 2, 4, 6, 8, 9)] == [0, 0, 1, 2, 3, 4, 4]
+    assert milestone(7, None) == 7
+
+
+def test_listener_failure_never_breaks_a_stage() -> None:
+    def broken(event: progress.ProgressEvent) -> None:
+        raise RuntimeError("display broke")
+
+    with progress.listening(broken):
+        progress.emit("render", 1, 2)  # must not raise
+    assert not progress.active()
+
+
+def test_summary_fits_and_names_baselines_model_and_pointers() -> None:
+    metrics = {
+        "test_r2_band_gap": 0.31,
+        "baseline_dummy_r2_band_gap": -0.01,
+        "baseline_1nn_r2_band_gap": 0.2,
+        "test_acc_crystal_system": 0.52,
+        "baseline_dummy_acc_crystal_system": 0.4,
+        "baseline_1nn_acc_crystal_system": 0.45,
+        "test_acc_spacegroup": 0.3,
+        "test_r2_energy_above_hull": 0.1,
+        **{f"val_extra_{i}": float(i) for i in range(300)},
+    }
+    result = {
+        "pipeline": "quickstart",
+        "snapshot_id": "lmno-abc",
+        "n_structures": 54,
+        "n_dropped_flagged": 6,
+        "render": {"render_n_images": 432, "render_n_new": 0, "render_n_quarantined": 0},
+        "run_id": "r123",
+        "metrics": metrics,
+        "registry": {"model_name": "cv", "challenger_version": "2", "promoted": False, "champion_version": "1",
+                     "reason": "not better"},
+    }
+    buf = io.StringIO()
+    Console(file=buf, force_terminal=False, width=110).print(
+        summary_renderable(result, tracking_uri="sqlite:////tmp/x/mlflow.db", report_path="/tmp/r/report.html",
+                           log_path="/tmp/l.log", label_source="band gap: CGCNN surrogate")
+    )
+    text = buf.getvalue()
+    assert len(text.splitlines()) <= MAX_LINES
+    assert "val_extra" not in text
+    assert "0.310" in text and "-0.010" in text and "0.200" in text  # model, majority, 1-NN
+    assert "cv v2 -> challenger; champion stays v1" in text
+    assert "mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db" in text
+    assert "/tmp/r/report.html" in text and "/tmp/l.log" in text
+
+
+def test_mlflow_pointer_links_a_server_run() -> None:
+    assert mlflow_pointer("http://127.0.0.1:5000/", "3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
