@@ -11,10 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crystalvision.errors import ConfigError
-
-TARGETS_REGRESSION = ("band_gap", "energy_above_hull")
-TARGETS_CLASSIFICATION = ("crystal_system", "spacegroup")
-TARGETS = TARGETS_REGRESSION + TARGETS_CLASSIFICATION
+from crystalvision.targets import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION  # noqa: F401 (re-exported)
 
 
 class _Strict(BaseModel):

@@ -23,18 +23,17 @@ import pandas as pd
 
 from crystalvision import metrics as M
 from crystalvision import plots
-from crystalvision.config import TARGETS_CLASSIFICATION, TARGETS_REGRESSION, PipelineConfig, SplitConfig
+from crystalvision.config import PipelineConfig, SplitConfig
 from crystalvision.dataset import Splits, load_images, load_labels, split_frame
 from crystalvision.errors import CrystalVisionError, ModelError, StorageError
 from crystalvision.model import CrystalNet, predict_arrays, unwrap
 from crystalvision.snapshot import MaterialRecord
 from crystalvision.storage import ObjectStore
+from crystalvision.targets import CLASS_ID, SCORE_METRICS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
 
 log = logging.getLogger(__name__)
 
-CLASS_ID = {"crystal_system": "crystal_system_id", "spacegroup": "spacegroup_id"}
 CHUNK = 256  # images loaded and predicted at a time (bounded memory, progress logging)
-SCORE_PARTS = ("test_r2_band_gap", "test_r2_energy_above_hull", "test_acc_crystal_system", "test_acc_spacegroup")
 
 
 @dataclass
@@ -99,8 +98,8 @@ def level_metrics(prefix: str, level: Level, stability_threshold: float) -> dict
 
 
 def test_score(metrics: Mapping[str, float]) -> float:
-    """Mean of the two test R² and the two test accuracies (NaN if one is missing)."""
-    parts = [metrics.get(k, math.nan) for k in SCORE_PARTS]
+    """Mean of each regression head's test R² and each classification head's test accuracy (NaN if one is missing)."""
+    parts = [metrics.get(k, math.nan) for k in SCORE_METRICS]
     return float(np.mean(parts))
 
 
@@ -240,7 +239,7 @@ def evaluate_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec = unwrap(model).spec
-    classes = {"crystal_system": spec.crystal_system_classes, "spacegroup": spec.spacegroup_classes}
+    classes = spec.class_lists()
     check_class_ids(splits, classes)
     levels = {"test": predict_split(model, splits.test, store, "test", ecfg.batch_size)}
     if ecfg.include_val and len(splits.val):

@@ -11,6 +11,7 @@ from typing import Any
 from crystalvision.config import EvaluateConfig
 from crystalvision.model import ModelSpec
 from crystalvision.mp import MP_LABEL_SOURCE
+from crystalvision.targets import target
 
 # Rows of the comparison table: (label, metric prefix); columns: (header, metric name without the prefix).
 ROWS = [
@@ -119,8 +120,7 @@ def write_report(
                 ("image_size", spec.image_size),
                 ("snapshot_id", spec.snapshot_id or ""),
                 ("snapshot_sha256", spec.snapshot_sha256 or ""),
-                ("crystal system classes", len(spec.crystal_system_classes)),
-                ("space group classes", len(spec.spacegroup_classes)),
+                *((f"{target(t).title} classes", len(c)) for t, c in spec.class_lists().items()),
             ],
         )
     )

@@ -22,9 +22,10 @@ from typing import Any
 import yaml
 
 from crystalvision import __version__
-from crystalvision.config import TARGETS, PipelineConfig
+from crystalvision.config import PipelineConfig
 from crystalvision.settings import PACKAGE_DIR, get_settings, secret_values
 from crystalvision.structures import SYMMETRY_LABEL_SOURCE
+from crystalvision.targets import TARGETS, TARGETS_CLASSIFICATION
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def log_pipeline_context(
 
 def _label_source(manifest: Any, target: str) -> str:
     """Where ``target``'s labels come from: the snapshot's record, or symmetry analysis for the class targets."""
-    default = SYMMETRY_LABEL_SOURCE if target in ("crystal_system", "spacegroup") else "unknown"
+    default = SYMMETRY_LABEL_SOURCE if target in TARGETS_CLASSIFICATION else "unknown"
     return manifest.label_source.get(target) or default
 
 

@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crystalvision.config import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION, PipelineConfig, TrainConfig
+from crystalvision.config import PipelineConfig, TrainConfig
 from crystalvision.dataset import Splits, to_ray_dataset
 from crystalvision.model import CrystalNet, ModelSpec, preprocess, save_model, unwrap
 from crystalvision.settings import get_settings
 from crystalvision.storage import ObjectStore, filesystem_for, is_s3
+from crystalvision.targets import TARGET_COLUMNS, TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ STATE_FILE = "state.pt"
 BEST_FILE = "best_model.pt"
 # Test hook: "rank=1,epoch=2,step=1" makes that worker exit hard there, once per run name (a marker file).
 FAULT_ENV = "CRYSTALVISION_TRAIN_FAULT"
-LABEL_COLUMNS = {t: t for t in TARGETS_REGRESSION} | {t: f"{t}_id" for t in TARGETS_CLASSIFICATION}
 
 
 @dataclass
@@ -68,7 +68,7 @@ def multitask_loss(
 
 def batch_targets(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """Ray Data batch columns -> target tensors keyed by head name."""
-    return {t: batch[col].to(device, non_blocking=True) for t, col in LABEL_COLUMNS.items()}
+    return {t: batch[col].to(device, non_blocking=True) for t, col in TARGET_COLUMNS.items()}
 
 
 class EvalAccumulator:
@@ -81,7 +81,7 @@ class EvalAccumulator:
         self.sums = torch.zeros(len(self.names), dtype=torch.float64)
 
     def add(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> None:
-        vals: dict[str, float] = {"n": len(targets["band_gap"])}
+        vals: dict[str, float] = {"n": len(targets[TARGETS[0]])}
         loss = 0.0
         for t in TARGETS_REGRESSION:
             y, p = targets[t].double(), outputs[t].double()
