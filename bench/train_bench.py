@@ -137,6 +137,7 @@ def _write_dataset(store, size: int, n: int):
 def ray_train(size: int, steps: int, workers: int, splits, store, gpu: bool = False) -> float:
     """Global train images/s reported by a Ray Train run (2 epochs; the best epoch counts)."""
     from crystalvision.config import PipelineConfig
+    from crystalvision.prepare import Prepared
     from crystalvision.train import train_model
 
     cfg = PipelineConfig.model_validate(
@@ -155,7 +156,8 @@ def ray_train(size: int, steps: int, workers: int, splits, store, gpu: bool = Fa
         }
     )
     with tempfile.TemporaryDirectory() as out:
-        result = train_model(cfg, splits, store, _spec(size), name=f"{cfg.name}-{time.time_ns()}", model_dir=out)
+        prepared = Prepared(cfg, store, splits, _spec(size))
+        result = train_model(prepared, name=f"{cfg.name}-{time.time_ns()}", model_dir=out)
     return max(h["train_images_per_s"] for h in result.history)
 
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,12 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crystalvision.config import PipelineConfig, TrainConfig
+from crystalvision.config import TrainConfig
 from crystalvision.dataset import Splits, to_ray_dataset
+from crystalvision.faults import parse_fault
 from crystalvision.model import CrystalNet, ModelSpec, preprocess, save_model, unwrap
 from crystalvision.settings import get_settings
-from crystalvision.storage import ObjectStore, filesystem_for, is_s3
+from crystalvision.storage import filesystem_for, is_s3
 from crystalvision.targets import TARGET_COLUMNS, TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+
+if TYPE_CHECKING:
+    from crystalvision.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -333,24 +337,23 @@ def standardise_targets(splits: Splits, spec: ModelSpec) -> dict[str, pd.DataFra
     return frames
 
 
-def parse_fault(value: str | None, name: str) -> dict[str, Any] | None:
-    """``"rank=1,epoch=2,step=1"`` -> dict with a marker file per run name (the fault-injection test hook)."""
-    if not value:
-        return None
-    fault: dict[str, Any] = {k.strip(): int(v) for k, v in (i.split("=", 1) for i in value.split(",") if i.strip())}
-    fault["marker"] = str(get_settings().paths.home / "faults" / f"{name}.done")
-    return fault
+def ray_storage(name: str) -> tuple[str, Any, str]:
+    """Where Ray Train and Tune keep run ``name``: (storage path, pyarrow filesystem or None, full run path).
+
+    ``settings.ray.ray_storage_path`` is a local folder (created) or an ``s3://`` URI (with the store's filesystem).
+    """
+    storage = get_settings().ray.ray_storage_path
+    if is_s3(storage):
+        fs, path = filesystem_for(storage)
+        return path, fs, f"{path}/{name}"
+    Path(storage).mkdir(parents=True, exist_ok=True)
+    return storage, None, str(Path(storage) / name)
 
 
 def _run_config(name: str, tcfg: TrainConfig, callbacks: list | None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
-    storage = get_settings().ray.ray_storage_path
-    fs = None
-    if is_s3(storage):
-        fs, storage = filesystem_for(storage)
-    else:
-        Path(storage).mkdir(parents=True, exist_ok=True)
+    storage, fs, _ = ray_storage(name)
     return RunConfig(
         name=name,
         storage_path=storage,
@@ -361,22 +364,27 @@ def _run_config(name: str, tcfg: TrainConfig, callbacks: list | None):
     )
 
 
-def make_trainer(cfg: PipelineConfig, splits: Splits, store: ObjectStore, spec: ModelSpec, run_id, name, callbacks):
-    """The TorchTrainer for a run (datasets built and standardised; ``spec`` updated with target scaling)."""
+def make_trainer(
+    prepared: Prepared, run_id: str | None, name: str, callbacks: list | None, tracking_uri: str | None = None
+):
+    """The TorchTrainer for a run (datasets built and standardised; ``prepared.spec`` gets the target scaling).
+
+    Workers log into ``run_id`` at ``tracking_uri`` (default: the settings'), passed in the loop config.
+    """
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from crystalvision.raycluster import ensure_ray
 
     ensure_ray()
-    tcfg = cfg.train
-    frames = standardise_targets(splits, spec)
-    datasets = {k: to_ray_dataset(df, store, spec.image_size) for k, df in frames.items()}
+    tcfg, spec = prepared.cfg.train, prepared.spec
+    frames = standardise_targets(prepared.splits, spec)
+    datasets = {k: to_ray_dataset(df, prepared.store, spec.image_size) for k, df in frames.items()}
     resources = {"CPU": tcfg.cpus_per_worker} | ({"GPU": 1} if tcfg.use_gpu else {})
     loop_config = {
         "train": tcfg.model_dump(mode="json"),
         "spec": spec.model_dump(mode="json"),
-        "tracking_uri": get_settings().tracking.mlflow_tracking_uri if run_id else None,
+        "tracking_uri": (tracking_uri or get_settings().tracking.mlflow_tracking_uri) if run_id else None,
         "run_id": run_id,
         "threads_per_worker": max(1, int(tcfg.cpus_per_worker)),
         "fault": parse_fault(os.environ.get(FAULT_ENV), name),
@@ -394,24 +402,24 @@ def make_trainer(cfg: PipelineConfig, splits: Splits, store: ObjectStore, spec: 
 
 
 def train_model(
-    cfg: PipelineConfig,
-    splits: Splits,
-    store: ObjectStore,
-    spec: ModelSpec,
+    prepared: Prepared,
     run_id: str | None = None,
     *,
     name: str | None = None,
     callbacks: list | None = None,
     model_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
 ) -> TrainResult:
-    """Train with Ray Train and save the best model (lowest val loss) into ``model_dir``.
+    """Train on ``prepared`` (config, splits, store, spec) with Ray Train; save the best model into ``model_dir``.
 
     ``name`` identifies the Ray Train run under ``settings.ray.ray_storage_path``: the same name resumes from its
     latest checkpoint (default: derived from ``run_id``, or the pipeline name and time). Rank 0 logs per-epoch
     metrics into the MLflow run ``run_id``; ``callbacks`` (``ray.train.UserCallback``) go to ``RunConfig``.
     """
+    cfg, splits, spec = prepared.cfg, prepared.splits, prepared.spec
     name = name or (f"{cfg.name}-{run_id[:12]}" if run_id else f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    trainer = make_trainer(cfg, splits, store, spec, run_id, name, callbacks)
+    tracking_uri = tracking_uri or get_settings().tracking.mlflow_tracking_uri
+    trainer = make_trainer(prepared, run_id, name, callbacks, tracking_uri)
     log.info(
         "training %s: %d workers, gpu=%s, %d train / %d val images",
         name,
@@ -429,7 +437,7 @@ def train_model(
     model.load_state_dict(best)
     save_model(model, out)
     metrics = _final_metrics(state)
-    _log_driver_side(run_id, spec, metrics, name)
+    _log_driver_side(run_id, tracking_uri, spec, metrics, name)
     log.info("trained %s: best epoch %d, %s", name, state.best_epoch, metrics)
     return TrainResult(out, state.history, state.best_epoch, metrics, result.checkpoint.path, name)
 
@@ -449,12 +457,12 @@ def _final_metrics(state: LoopState) -> dict[str, float]:
     return out
 
 
-def _log_driver_side(run_id: str | None, spec: ModelSpec, metrics: dict[str, float], name: str) -> None:
+def _log_driver_side(run_id: str | None, tracking_uri: str, spec: ModelSpec, metrics: dict, name: str) -> None:
     if not run_id:
         return
     from crystalvision.tracking import worker_logger
 
-    mlog = worker_logger(get_settings().tracking.mlflow_tracking_uri, run_id, rank=0)
+    mlog = worker_logger(tracking_uri, run_id, rank=0)
     params = {f"target_mean.{t}": v for t, v in spec.target_mean.items()}
     params |= {f"target_std.{t}": v for t, v in spec.target_std.items()} | {"ray_train_run_name": name}
     mlog.log_params(params)

@@ -32,8 +32,9 @@ import pandas as pd
 from crystalvision import __version__
 from crystalvision.config import RenderConfig
 from crystalvision.errors import CrystalVisionError, RenderError
+from crystalvision.faults import parse_fault
 from crystalvision.render.rotations import view_quaternion
-from crystalvision.settings import StorageSettings, get_settings
+from crystalvision.settings import StorageSettings
 from crystalvision.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -160,16 +161,6 @@ class RenderBatch:
         renderer = getattr(self, "renderer", None)
         if renderer is not None:
             renderer.close()
-
-
-def parse_fault(value: str | None, prefix: str) -> dict[str, Any] | None:
-    """``"after=3"`` -> ``{"after": 3, "marker": <file>}``; the marker makes the fault fire once per prefix."""
-    if not value:
-        return None
-    fault: dict[str, Any] = {k.strip(): int(v) for k, v in (i.split("=", 1) for i in value.split(",") if i.strip())}
-    name = prefix.replace("/", "_")
-    fault["marker"] = str(get_settings().paths.home / "faults" / f"{name}.done")
-    return fault
 
 
 def _maybe_fault(fault: dict[str, Any] | None, n_written: int) -> None:
