@@ -38,7 +38,8 @@ from crystalvision.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-RENDERER_VERSION = "1"  # bump when a code change alters pixels: it is part of the config hash
+# Bump when a code change alters pixels: it is part of the config hash. 2: shared fast lighting, impostor default.
+RENDERER_VERSION = "2"
 # Fields that change how work is scheduled, not what the images look like.
 NON_IMAGE_FIELDS = {"num_workers", "cpus_per_worker"}
 BATCH_SIZE = 16
