@@ -175,3 +175,50 @@ def test_png_round_trip_and_size(spinel, renderer) -> None:
     assert len(encode_png(image)) < image.nbytes / 2
     with pytest.raises(ValueError, match="uint8"):
         encode_png(image.astype(np.float32))
+
+
+def test_trajectory_frames_are_one_continuous_rotation() -> None:
+    from crystalvision.render.rotations import frame_angles_deg, trajectory_quaternions
+
+    q = trajectory_quaternions(0, "mp-a", 40, 6.0)
+    angles = frame_angles_deg(q)
+    assert np.allclose(angles, 6.0, atol=1e-6)
+    assert np.allclose(q, trajectory_quaternions(0, "mp-a", 60, 6.0)[:40])  # more frames leave earlier ones alone
+    assert not np.allclose(q[0], trajectory_quaternions(0, "mp-b", 1, 6.0)[0])  # seeded start per structure
+    assert np.allclose(np.linalg.norm(q, axis=1), 1.0) and (q[:, 3] >= 0).all()
+    from scipy.spatial.transform import Rotation
+
+    rots = Rotation.from_quat(q)
+    axes = (rots[1:] * rots[:-1].inv()).as_rotvec()
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    turn = np.degrees(np.arccos(np.clip((axes[1:] * axes[:-1]).sum(axis=1), -1, 1)))
+    assert np.allclose(turn, turn[0], atol=1e-4) and 0 < turn[0] <= 1.5 + 1e-6, "smooth drift, <= 1/4 step a frame"
+    assert np.degrees(np.arccos(np.clip(axes[0] @ axes[-1], -1, 1))) > 20, "the axis does drift"
+    starts = np.stack(
+        [Rotation.from_quat(trajectory_quaternions(0, f"mp-{i}", 1, 6.0)[0]).as_matrix() for i in range(800)]
+    )
+    assert np.abs(starts.mean(axis=0)).max() < 0.08  # uniform start orientations
+
+
+def test_view_protocol_config_errors_name_the_key(tmp_path) -> None:
+    from crystalvision.config import load_pipeline
+    from crystalvision.errors import ConfigError
+
+    path = tmp_path / "p.yaml"
+    path.write_text("name: x\n")
+    for bad in (0, -3, 180, 270):
+        with pytest.raises(ConfigError, match=r"render.trajectory_step_deg.*open range \(0, 180\) degrees"):
+            load_pipeline(path, {"render": {"trajectory_step_deg": bad}})
+    with pytest.raises(ConfigError, match=r"render.views.*'uniform' or 'trajectory'"):
+        load_pipeline(path, {"render": {"views": "video"}})
+    assert load_pipeline(path, {"render": {"views": "trajectory", "trajectory_step_deg": 179.5}}).render.views
+
+
+def test_config_hash_covers_the_view_protocol() -> None:
+    from crystalvision.render.job import render_config_hash
+
+    uniform = RenderConfig()
+    trajectory = RenderConfig(views="trajectory")
+    assert render_config_hash(uniform) != render_config_hash(trajectory)
+    assert render_config_hash(trajectory) != render_config_hash(RenderConfig(views="trajectory", trajectory_step_deg=3))
+    assert render_config_hash(uniform) == render_config_hash(RenderConfig(trajectory_step_deg=3)), "unused by uniform"

@@ -113,3 +113,26 @@ def test_worker_storage_errors_reach_the_driver_as_storage_errors() -> None:
     err = _user_error(RuntimeError(ray_text))
     assert isinstance(err, StorageError) and str(err) == "cannot write s3://b/k; check it"
     assert _user_error(RuntimeError("ValueError: nothing of ours")) is None
+
+
+def test_paper_pipeline_renders_trajectory_frames_a_step_apart(tmp_path, bundled_snapshot, ray_session) -> None:
+    from pathlib import Path
+
+    from crystalvision.config import load_pipeline
+    from crystalvision.render.rotations import frame_angles_deg
+
+    root = Path(__file__).resolve().parents[1]
+    over = {"render": {"image_size": 32, "views_per_structure": 6, "num_workers": 1}}
+    cfg = load_pipeline(root / "pipelines/paper.yaml", over).render
+    assert cfg.views == "trajectory"
+    good = [r for r in bundled_snapshot.records if not r.flags][:2]
+    store = ObjectStore(str(tmp_path / "store"))
+    result = render_dataset(good, *_snapshot_facts(bundled_snapshot), cfg, store)
+    df = load_labels(store, result.labels_key)
+    assert len(df) == 12
+    for _, frames in df.sort_values("view").groupby("material_id"):
+        angles = frame_angles_deg(np.stack(frames["quaternion"].to_list()))
+        step = cfg.trajectory_step_deg
+        assert abs(np.median(angles) - step) <= 0.1 * step and angles.max() < 2 * step, angles
+    uniform = load_pipeline(root / "pipelines/paper-uniform.yaml", over).render
+    assert uniform.views == "uniform" and render_config_hash(uniform) != render_config_hash(cfg)

@@ -49,6 +49,12 @@ class RenderConfig(_Strict):
 
     image_size: int = Field(default=224, ge=16, le=2048)
     views_per_structure: int = Field(default=56, ge=1)
+    views: Literal["uniform", "trajectory"] = Field(
+        default="uniform",
+        description="uniform: independent random orientations; trajectory: frames of one continuous random "
+        "rotation per structure, trajectory_step_deg apart (the study's video frames).",
+    )
+    trajectory_step_deg: float = Field(default=6.0, description="Angle between consecutive trajectory frames.")
     seed: int = 0
     method: Literal["mesh", "impostor"] = Field(
         default="impostor",
@@ -62,6 +68,13 @@ class RenderConfig(_Strict):
     show_cell: bool = False
     num_workers: int = Field(default=2, ge=1, description="Render actors in the Ray Data job.")
     cpus_per_worker: float = Field(default=0.5, gt=0)
+
+    @field_validator("trajectory_step_deg")
+    @classmethod
+    def _step_in_range(cls, v: float) -> float:
+        if not 0 < v < 180:
+            raise ValueError(f"render.trajectory_step_deg must be in the open range (0, 180) degrees, got {v}")
+        return v
 
 
 class SplitConfig(_Strict):

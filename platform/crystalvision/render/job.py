@@ -32,7 +32,7 @@ import pandas as pd
 from crystalvision import __version__
 from crystalvision.config import RenderConfig
 from crystalvision.errors import CrystalVisionError, RenderError
-from crystalvision.render.rotations import view_quaternion
+from crystalvision.render.rotations import structure_quaternions
 from crystalvision.settings import StorageSettings, get_settings
 from crystalvision.storage import ObjectStore
 
@@ -77,6 +77,8 @@ class RenderResult:
 def render_config_hash(cfg: RenderConfig) -> str:
     """sha256 of everything that determines the pixels (config fields that do + the renderer version)."""
     fields = cfg.model_dump(mode="json", exclude=NON_IMAGE_FIELDS)
+    if cfg.views == "uniform":
+        fields.pop("trajectory_step_deg")  # only the trajectory protocol uses it
     blob = json.dumps({"renderer_version": RENDERER_VERSION, **fields}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
@@ -211,10 +213,10 @@ def _read_json(store: ObjectStore, key: str, default: Any) -> Any:
 def _todo_rows(records: list[Any], cfg: RenderConfig, prefix: str, existing: set[str]) -> list[dict]:
     rows = []
     for rec in records:
-        for view in range(cfg.views_per_structure):
+        quats = structure_quaternions(cfg, rec.material_id)
+        for view, quat in enumerate(quats):
             key = image_key(prefix, rec.material_id, view)
             if key not in existing:
-                quat = view_quaternion(cfg.seed, rec.material_id, view)
                 rows.append({"material_id": rec.material_id, "view": view, "quaternion": quat, "image_key": key})
     return rows
 
@@ -303,8 +305,7 @@ def _labels_frame(records: list[Any], encoders: Any, cfg: RenderConfig, prefix: 
             "label_source_band_gap": rec.label_source.get("band_gap", ""),
             "label_source_energy_above_hull": rec.label_source.get("energy_above_hull", ""),
         }
-        for view in range(cfg.views_per_structure):
-            quat = view_quaternion(cfg.seed, rec.material_id, view).tolist()
+        for view, quat in enumerate(structure_quaternions(cfg, rec.material_id).tolist()):
             key = image_key(prefix, rec.material_id, view)
             rows.append({"material_id": rec.material_id, "view": view, "quaternion": quat, "image_key": key, **base})
     return pd.DataFrame(rows)
