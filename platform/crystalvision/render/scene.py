@@ -20,7 +20,7 @@ from scipy.spatial.transform import Rotation
 
 from crystalvision.config import RenderConfig
 from crystalvision.errors import RenderError
-from crystalvision.render.backend import ensure_backend
+from crystalvision.render.backend import BackendError, ensure_backend
 from crystalvision.render.palette import site_style, species_symbols
 from crystalvision.render.png import encode_png  # noqa: F401  (re-exported: job and bench import it from here)
 from crystalvision.render.shading import LIGHT_DIRECTION, apply_shading
@@ -289,7 +289,10 @@ class Renderer:
         size = self.cfg.image_size
         self._window.Render()
         self._window.GetPixelData(0, 0, size - 1, size - 1, 0, self._pixels, 0)
-        return vtk_to_numpy(self._pixels).reshape(size, size, 3)[::-1].copy()
+        pixels = vtk_to_numpy(self._pixels)
+        if pixels.size != size * size * 3:
+            raise BackendError(f"the OpenGL context returned {pixels.size} values for a {size} px image")
+        return pixels.reshape(size, size, 3)[::-1].copy()
 
     # -- lifetime -----------------------------------------------------------------------------------------
     def close(self) -> None:
