@@ -97,11 +97,16 @@ def snapshot_info(
 
 @app.command()
 @handle_errors
-def render(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+def render(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+    retry_quarantined: Annotated[bool, typer.Option(help="Try quarantined structures again.")] = False,
+) -> None:
     """Render the selected structures into images + a labels table in the object store (Ray Data)."""
     from crystalvision.pipeline import run_render_stage
 
-    result = run_render_stage(_load(config, set_))
+    retry = ["render.retry_quarantined=true"] if retry_quarantined else []
+    result = run_render_stage(_load(config, [*(set_ or []), *retry]))
     _echo_json(result.summary())
 
 
