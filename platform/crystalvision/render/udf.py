@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 # Test hook: "after=N" makes the first render actor that has written N images exit hard, once per store prefix;
 # "crash=<material_id>" exits whenever that structure is drawn; "hang=<material_id>" sleeps while drawing it;
-# "simulate_ms=X" replaces each render by an X ms sleep (the benchmark's honest simulation of more workers than
-# cores: the scheduling, encoding and writes stay real, only the GL work is replaced by idle time).
+# "simulate_ms=X" replaces each render after an actor's first by an X ms sleep and that first image (the
+# benchmark's simulation of more workers than cores: scheduling, encoding and writes stay real, only the GL work
+# becomes idle time).
 FAULT_ENV = "CRYSTALVISION_RENDER_FAULT"
 MAX_CRASHES = 2  # crashes or timeouts of one structure's batch before it is quarantined
 TRANSIENT_RETRIES = 2  # extra attempts of one image after a memory/GL/storage error
@@ -134,11 +135,12 @@ class RenderBatch:
         self.pool = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="render-writer")
         self.watchdog = Watchdog(self.cfg.structure_timeout_s)
         self.n_written = 0
+        self.simulated: np.ndarray | None = None
 
     def _new_renderer(self) -> Any:
         from crystalvision.render.scene import Renderer
 
-        return None if "simulate_ms" in self.fault else Renderer(self.cfg)
+        return Renderer(self.cfg)
 
     def _structure(self, material_id: str) -> Any:
         if material_id not in self.structures:
@@ -155,10 +157,13 @@ class RenderBatch:
             os._exit(11)
         if self.fault.get("hang") == material_id:
             time.sleep(3600)
+        if "simulate_ms" in self.fault and self.simulated is not None:
+            time.sleep(self.fault["simulate_ms"] / 1000)  # the GL work as idle time; its image is the first real one
+            return self.simulated
+        image = self.renderer.render(self._structure(material_id), quat)
         if "simulate_ms" in self.fault:
-            time.sleep(self.fault["simulate_ms"] / 1000)
-            return np.full((self.cfg.image_size, self.cfg.image_size, 3), 255, np.uint8)
-        return self.renderer.render(self._structure(material_id), quat)
+            self.simulated = image
+        return image
 
     def _image(self, material_id: str, quat: np.ndarray) -> tuple[np.ndarray | None, str]:
         """(pixels, "") or (None, error) for one view. The structure's own problems become the error; memory and
@@ -170,7 +175,7 @@ class RenderBatch:
                 if attempt == TRANSIENT_RETRIES:
                     raise
                 log.warning("%s: %s while drawing; retrying (attempt %d)", material_id, exc, attempt + 2)
-                if isinstance(exc, BackendError) and self.renderer is not None:
+                if isinstance(exc, BackendError):
                     self.renderer.close()
                     self.renderer = self._new_renderer()
             except CrystalVisionError as exc:
