@@ -197,11 +197,10 @@ def _run_ray(
             raise
         raise user_error from exc
     t_end = time.time()
-    first, last = float(out["t_done"].min()), float(out["t_done"].max())
-    steady = (len(out) - workers) / (last - first) if last > first and len(out) > workers else 0.0
+    steady = steady_rate(out)
     timings = {
         "ray_init_s": t_ray - t0,
-        "startup_s": first - t_ray,
+        "startup_s": float(out["t_done"].min()) - t_ray,
         "render_s": t_end - t_ray,
         "images_per_s": len(out) / max(t_end - t_ray, 1e-9),
         "steady_images_per_s": steady,
@@ -209,6 +208,20 @@ def _run_ray(
         "batch_size": float(batch),
     }
     return out, timings
+
+
+def steady_rate(out: pd.DataFrame) -> float:
+    """Images/s while every actor was producing: completions between the last actor's first image and the first
+    actor's last image (actors start staggered, so a whole-job rate would count start-up); falls back to the
+    whole span when that window is too short to measure."""
+    t = out["t_done"].to_numpy()
+    spans = out.groupby("actor")["t_done"].agg(["min", "max"])
+    start, end = float(spans["min"].max()), float(spans["max"].min())
+    inside = int(((t > start) & (t <= end)).sum())
+    if end - start > 0.2 and inside >= 20:
+        return inside / (end - start)
+    first, last = float(t.min()), float(t.max())
+    return (len(t) - len(spans)) / (last - first) if last > first and len(t) > len(spans) else 0.0
 
 
 def _user_error(exc: BaseException) -> CrystalVisionError | None:

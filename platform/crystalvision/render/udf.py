@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 
 # Test hook: "after=N" makes the first render actor that has written N images exit hard, once per store prefix;
 # "crash=<material_id>" exits whenever that structure is drawn; "hang=<material_id>" sleeps while drawing it;
-# "simulate_ms=X" replaces each render after an actor's first by an X ms sleep and that first image (the
-# benchmark's simulation of more workers than cores: scheduling, encoding and writes stay real, only the GL work
-# becomes idle time).
+# "simulate_ms=X" replaces each render after an actor's first by an X ms sleep, and writes that first image's PNG
+# (the benchmark's simulation of more workers than cores: Ray Data's scheduling, the driver and the writes stay
+# real; rendering and encoding, which scale with cores, become idle time).
 FAULT_ENV = "CRYSTALVISION_RENDER_FAULT"
 MAX_CRASHES = 2  # crashes or timeouts of one structure's batch before it is quarantined
 TRANSIENT_RETRIES = 2  # extra attempts of one image after a memory/GL/storage error
@@ -136,6 +136,7 @@ class RenderBatch:
         self.watchdog = Watchdog(self.cfg.structure_timeout_s)
         self.n_written = 0
         self.simulated: np.ndarray | None = None
+        self.simulated_png: bytes | None = None
 
     def _new_renderer(self) -> Any:
         from crystalvision.render.scene import Renderer
@@ -188,7 +189,9 @@ class RenderBatch:
         """Encode and store one image (on a writer thread); storage errors are retried, then fail the task."""
         from crystalvision.render.png import encode_png
 
-        data = encode_png(image)
+        if "simulate_ms" in self.fault:  # the simulation encodes once: only scheduling and writes stay real
+            self.simulated_png = self.simulated_png or encode_png(image)
+        data = self.simulated_png or encode_png(image)
         for attempt in range(TRANSIENT_RETRIES + 1):
             try:
                 self.store.put_bytes(key, data)
@@ -253,6 +256,7 @@ class RenderBatch:
             "view": batch["view"],
             "error": np.asarray(errors, dtype=object),
             "t_done": done,
+            "actor": np.full(len(mids), os.getpid(), dtype=np.int64),
         }
 
     def _collect(
