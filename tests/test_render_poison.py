@@ -49,6 +49,8 @@ def test_too_many_atoms_are_refused_before_rendering(tmp_path, bundled_snapshot,
         assert f"draws {sizes[q['material_id']]} atoms" in q["error"] and f"render.max_atoms = {limit}" in q["error"]
     assert result.n_new == 2 * (len(good) - len(over))
     assert not any(m in k for m in over for k in store.list(f"{result.prefix}/images"))
+    raised = render_dataset(good, *_facts(bundled_snapshot), CFG, store)  # same prefix: max_atoms is not hashed
+    assert raised.prefix == result.prefix and not raised.quarantined and raised.n_new == 2 * len(over)
 
 
 def test_crashing_and_hanging_structures_are_quarantined_and_the_batch_goes_on(

@@ -237,9 +237,13 @@ def _user_error(exc: BaseException) -> CrystalVisionError | None:
 
 
 def _quarantine_from(out: pd.DataFrame) -> list[dict[str, str]]:
+    """One entry per structure that failed while rendering (its first error), marked ``stage: render``."""
     failed = out[out["error"].astype(str) != ""]
     first = failed.sort_values(["material_id", "view"]).groupby("material_id", sort=True).first()
-    return [{"material_id": str(mid), "error": _named(str(mid), str(row.error))} for mid, row in first.iterrows()]
+    return [
+        {"material_id": str(mid), "error": _named(str(mid), str(row.error)), "stage": "render"}
+        for mid, row in first.iterrows()
+    ]
 
 
 def _labels_frame(records: list[Any], encoders: Any, cfg: RenderConfig, prefix: str) -> pd.DataFrame:
@@ -300,7 +304,9 @@ def render_dataset(
     cfg_hash = render_config_hash(cfg)
     prefix = render_prefix(snapshot_sha256, cfg)
     quarantine_key = f"{prefix}/quarantine.json"
-    known_bad = {q["material_id"]: q for q in _read_json(store, quarantine_key, [])}
+    # Only failures found while rendering persist; the driver's checks (species, geometry, max_atoms) are cheap
+    # and rerun every time, so raising render.max_atoms lets a refused structure in without --retry-quarantined.
+    known_bad = {q["material_id"]: q for q in _read_json(store, quarantine_key, []) if q.get("stage") == "render"}
     if cfg.retry_quarantined if retry_quarantined is None else retry_quarantined:
         log.info("retrying %d quarantined structures under %s", len(known_bad), prefix)
         known_bad = {}
