@@ -46,7 +46,7 @@ def test_too_many_atoms_are_refused_before_rendering(tmp_path, bundled_snapshot,
     over = sorted(m for m, n in sizes.items() if n > limit)
     assert [q["material_id"] for q in result.quarantined] == over
     for q in result.quarantined:
-        assert f"draws {sizes[q['material_id']]} atoms" in q["error"] and f"render.max_atoms = {limit}" in q["error"]
+        assert q["error"].startswith(q["material_id"]) and f"more than render.max_atoms = {limit}" in q["error"]
     assert result.n_new == 2 * (len(good) - len(over))
     assert not any(m in k for m in over for k in store.list(f"{result.prefix}/images"))
     raised = render_dataset(good, *_facts(bundled_snapshot), CFG, store)  # same prefix: max_atoms is not hashed
@@ -113,3 +113,33 @@ def test_storage_errors_fail_the_task_not_the_structure(tmp_path, good, monkeypa
     udf.store.put_bytes = broken
     with pytest.raises(StorageError, match="cannot write"):
         udf(_batch(good[0].material_id))
+
+
+def test_drawn_atoms_count_periodic_images() -> None:
+    from types import SimpleNamespace
+
+    from pymatgen.core import Lattice, Structure
+
+    from crystalvision.render.job import _precheck
+
+    corner = Structure(Lattice.cubic(4.0), ["Li", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])  # draws 8 + 1 atoms
+    rec = SimpleNamespace(material_id="mp-corner", structure=corner.as_dict())
+    assert _precheck([rec], RenderConfig(max_atoms=9))[0] == [rec]
+    _, bad = _precheck([rec], RenderConfig(max_atoms=8))
+    assert "mp-corner draws 9 atoms (with periodic images), more than render.max_atoms = 8" in bad[0]["error"]
+
+
+def test_a_huge_structure_is_refused_from_its_site_count() -> None:
+    from types import SimpleNamespace
+
+    from pymatgen.core import Lattice, Structure
+
+    from crystalvision.render.job import _precheck
+
+    n = 12  # 12^3 * 2 = 3,456 sites, over the default limit of 2,000
+    frac = (np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"), -1).reshape(-1, 3) + 0.25) / n
+    big = Structure(Lattice.cubic(4.0 * n), ["Li"] * len(frac) + ["O"] * len(frac), np.vstack([frac, frac + 0.5 / n]))
+    rec = SimpleNamespace(material_id="mp-huge", structure=big.as_dict())
+    good, bad = _precheck([rec], RenderConfig())
+    assert not good and bad[0]["material_id"] == "mp-huge"
+    assert "3456 sites, more than render.max_atoms = 2000" in bad[0]["error"]

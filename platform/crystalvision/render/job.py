@@ -108,7 +108,13 @@ def _precheck(records: list[Any], cfg: RenderConfig) -> tuple[list[Any], list[di
     good, bad = [], []
     for rec in records:
         try:
-            scene = prepare_scene(structure_from_dict(rec.structure, rec.material_id), cfg)
+            structure = structure_from_dict(rec.structure, rec.material_id)
+            if len(structure) > cfg.max_atoms:  # drawn atoms >= sites: refuse before building the scene
+                raise RenderError(
+                    f"{rec.material_id} has {len(structure)} sites, more than render.max_atoms = {cfg.max_atoms}; "
+                    "raise the limit to render it"
+                )
+            scene = prepare_scene(structure, cfg)
             if len(scene.positions) > cfg.max_atoms:
                 raise RenderError(
                     f"{rec.material_id} draws {len(scene.positions)} atoms (with periodic images), more than "

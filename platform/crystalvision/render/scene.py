@@ -45,20 +45,21 @@ class SceneData:
     symbols: list[str]
 
 
+SHIFTS = np.array(list(itertools.product((0.0, 1.0), repeat=3)))  # the 8 cell corners, in product order
+
+
 def periodic_images(frac: np.ndarray, tol: float = FACE_TOL) -> tuple[np.ndarray, np.ndarray]:
     """Wrap fractional coordinates into [0, 1) and repeat atoms on faces, edges and corners as VESTA draws.
 
-    Returns (fractional coordinates of all drawn atoms, index of the site each one comes from).
+    Returns (fractional coordinates of all drawn atoms, index of the site each one comes from), atom by atom and
+    shift by shift in ``itertools.product`` order (no Python loop over atoms).
     """
     wrapped = frac - np.floor(frac + tol)
     wrapped[np.abs(wrapped) < tol] = 0.0
-    coords, owners = [], []
-    for i, f in enumerate(wrapped):
-        shifts = [(0.0, 1.0) if f[k] < tol else (0.0,) for k in range(3)]
-        for shift in itertools.product(*shifts):
-            coords.append(f + np.asarray(shift))
-            owners.append(i)
-    return np.asarray(coords, dtype=np.float64), np.asarray(owners, dtype=np.int64)
+    near = wrapped < tol  # (N, 3): on the face at 0, so also drawn on the face at 1
+    keep = np.all((SHIFTS[None, :, :] == 0.0) | near[:, None, :], axis=2)  # (N, 8)
+    owners, shift = np.nonzero(keep)
+    return (wrapped[owners] + SHIFTS[shift]).astype(np.float64), owners.astype(np.int64)
 
 
 def prepare_scene(structure: Any, cfg: RenderConfig) -> SceneData:
