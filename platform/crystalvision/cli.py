@@ -106,9 +106,14 @@ def snapshot_info(
 
 @app.command()
 @handle_errors
-def render(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+def render(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+    retry_quarantined: Annotated[bool, typer.Option(help="Try quarantined structures again.")] = False,
+) -> None:
     """Render the selected structures into images + a labels table in the object store (Ray Data)."""
-    _run("render", config, set_)
+    retry = ["render.retry_quarantined=true"] if retry_quarantined else []
+    _run("render", config, [*(set_ or []), *retry])
 
 
 @app.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -46,17 +46,43 @@ class RenderConfig(_Strict):
 
     image_size: int = Field(default=224, ge=16, le=2048)
     views_per_structure: int = Field(default=56, ge=1)
+    views: Literal["uniform", "trajectory"] = Field(
+        default="uniform",
+        description="uniform: independent random orientations; trajectory: frames of one continuous random "
+        "rotation per structure, trajectory_step_deg apart (the study's video frames).",
+    )
+    trajectory_step_deg: float = Field(default=6.0, description="Angle between consecutive trajectory frames.")
     seed: int = 0
     method: Literal["mesh", "impostor"] = Field(
-        default="mesh", description="mesh: tessellated spheres; impostor: VTK's exact sphere mapper (faster)."
+        default="impostor",
+        description="impostor: exact shaded spheres drawn per pixel (VTK's sphere mapper, 4-5x faster); "
+        "mesh: tessellated spheres (the same colours, radii and lighting).",
     )
     sphere_resolution: int = Field(default=16, ge=4, le=64, description="Tessellation of mesh spheres.")
     radius_scale: float = Field(default=1.0, gt=0)
     projection: Literal["orthographic", "perspective"] = "orthographic"
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     show_cell: bool = False
-    num_workers: int = Field(default=2, ge=1, description="Render actors in the Ray Data job.")
-    cpus_per_worker: float = Field(default=0.5, gt=0)
+    num_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default="auto", description="Render actors in the Ray Data job; auto: one per CPU of the Ray cluster."
+    )
+    cpus_per_worker: float = Field(
+        default=0.5, gt=0, description="CPUs reserved per actor (fractional leaves room for the read and writes)."
+    )
+    max_atoms: int = Field(default=2000, ge=1, description="Structures drawing more atoms are refused, not rendered.")
+    structure_timeout_s: float = Field(
+        default=300.0, gt=0, description="Time budget of one structure's views in a batch; exceeded twice: quarantined."
+    )
+    max_actor_restarts: int = Field(default=8, ge=0, description="Restarts of each render actor after a crash.")
+    max_task_retries: int = Field(default=8, ge=0, description="Retries of a render batch whose actor died.")
+    retry_quarantined: bool = Field(default=False, description="Try the quarantined structures again.")
+
+    @field_validator("trajectory_step_deg")
+    @classmethod
+    def _step_in_range(cls, v: float) -> float:  # one message that names the key and the allowed range
+        if not 0 < v < 180:
+            raise ValueError(f"render.trajectory_step_deg must be in the open range (0, 180) degrees, got {v}")
+        return v
 
 
 class SplitConfig(_Strict):

@@ -14,11 +14,15 @@ from crystalvision.settings import get_settings
 
 def parse_fault(value: str | None, name: str) -> dict[str, Any] | None:
     """``"rank=1,epoch=2,step=1"`` -> ``{"rank": 1, "epoch": 2, "step": 1, "marker": <file>}``; None when unset.
+    Integer values become ints, others stay text (``crash=mp-1``).
 
     ``name`` (a run name or store prefix; ``/`` becomes ``_``) makes the marker, so the fault fires once per run.
     """
     if not value:
         return None
-    fault: dict[str, Any] = {k.strip(): int(v) for k, v in (i.split("=", 1) for i in value.split(",") if i.strip())}
+    fault: dict[str, Any] = {}
+    for item in filter(None, (i.strip() for i in value.split(","))):
+        key, _, val = item.partition("=")
+        fault[key.strip()] = int(val) if val.strip().lstrip("-").isdigit() else val.strip()
     fault["marker"] = str(get_settings().paths.home / "faults" / f"{name.replace('/', '_')}.done")
     return fault
