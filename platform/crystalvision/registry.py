@@ -35,7 +35,15 @@ DECISION_TAG = "crystalvision.registry.decision"
 # content, which structures were selected, how they were rendered and split.
 _SPLIT_KEYS = ("snapshot_sha256", "render.render_prefix", "render.render_config_hash", "split.n_images_test")
 _SPLIT_PREFIXES = ("cfg.snapshot.", "cfg.render.", "cfg.split.")
-_SPLIT_IGNORED_SUFFIXES = ("num_workers", "cpus_per_worker")
+# Settings that change how fast or how robustly a render runs, never which images exist.
+_SPLIT_IGNORED_SUFFIXES = (
+    "num_workers",
+    "cpus_per_worker",
+    "structure_timeout_s",
+    "max_actor_restarts",
+    "max_task_retries",
+    "retry_quarantined",
+)
 
 # (cfg, champion version, metric) -> champion's metric on the challenger's test split
 ChampionEvaluator = Callable[[PipelineConfig, ModelVersion, str], float]
