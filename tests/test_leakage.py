@@ -107,3 +107,13 @@ def test_prepare_downsamples_by_area():
     t = prepare(img, 16)
     assert t.shape == (1, 1, 16, 16) and t.dtype == torch.float32
     assert t[0, 0, :8].mean().item() == pytest.approx(1.0, abs=1e-3) and t[0, 0, 8:].max().item() == 0
+
+
+def test_any_structure_search_is_a_pixel_nearest_neighbour():
+    train = np.stack([blobs(0, 0), blobs(90, 0), blobs(0, 1), blobs(90, 1)])
+    test = np.stack([blobs(6, 1)])  # a near-copy of structure 1's first view
+    x_tr, x_te = prepare(train, 48), prepare(test, 48)
+    from crystalvision.leakage import nearest_train_ssim
+
+    near = nearest_train_ssim(x_te, ["mp-1"], x_tr, ["mp-0", "mp-0", "mp-1", "mp-1"], same_structure=False)
+    assert near.index.tolist() == [2] and near.same_structure.tolist() == [True]

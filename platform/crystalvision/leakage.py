@@ -34,7 +34,8 @@ DEFAULT_BINS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 @dataclass
 class Nearest:
-    """Per test image: SSIM to the nearest training image, its index in the training array, and the scope."""
+    """Per test image: SSIM to the nearest training image, its index in the training array, and whether that
+    image shows the same structure."""
 
     ssim: np.ndarray
     index: np.ndarray
@@ -92,13 +93,20 @@ def nearest_train_ssim(
     train_groups: Sequence[str],
     *,
     candidates: int = 16,
+    same_structure: bool = True,
 ) -> Nearest:
-    """For each prepared test image, the most similar training image (same structure when it has any)."""
+    """For each prepared test image, the most similar training image (same structure when it has any).
+
+    ``same_structure=False`` searches every training image (the ``candidates`` nearest in pixel distance): the
+    nearest neighbour of an SSIM 1-NN classifier.
+    """
     test_groups, train_groups = np.asarray(test_groups), np.asarray(train_groups)
     ssim = np.full(len(test), np.nan)
     index = np.full(len(test), -1)
     same = np.zeros(len(test), dtype=bool)
     by_group = pd.Series(np.arange(len(train_groups))).groupby(train_groups).apply(np.asarray).to_dict()
+    if not same_structure:
+        by_group = {}
     orphans: list[int] = []
     for g, rows in pd.Series(np.arange(len(test_groups))).groupby(test_groups):
         rows = np.array(rows.to_numpy(), dtype=np.int64)
@@ -109,13 +117,14 @@ def nearest_train_ssim(
         s = pairwise_ssim(test[rows], train[pool])
         best = s.argmax(1)
         ssim[rows], index[rows], same[rows] = s.max(1).values.numpy(), pool[best.numpy()], True
-    if orphans and len(train):
-        rows = np.asarray(orphans)
+    for start in range(0, len(orphans) if len(train) else 0, 256):
+        rows = np.asarray(orphans[start : start + 256])
         cand = _candidates(test[rows], train, candidates)
         s = ssim_pairs(test[rows].repeat_interleave(cand.shape[1], 0), train[cand.reshape(-1)]).view(cand.shape)
         best = s.argmax(1)
         ssim[rows] = s.max(1).values.numpy()
         index[rows] = cand[torch.arange(len(rows)), best].numpy()
+        same[rows] = train_groups[index[rows]] == test_groups[rows]
     return Nearest(ssim=ssim, index=index, same_structure=same)
 
 
