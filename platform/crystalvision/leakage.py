@@ -162,10 +162,12 @@ def leakage_figure(
     protocols: Mapping[str, tuple[np.ndarray, Mapping[str, np.ndarray]]],
     path: str | Path,
     bins: Sequence[float] = DEFAULT_BINS,
+    min_count: int = 10,
 ) -> Path:
     """One figure: nearest-SSIM histogram per protocol (left), accuracy vs that SSIM per protocol/head (right).
 
-    ``protocols``: name -> (nearest SSIM per test image, {head: per-image correct flags}).
+    ``protocols``: name -> (nearest SSIM per test image, {head: per-image correct flags}); bins holding fewer than
+    ``min_count`` images are not drawn.
     """
     import matplotlib
 
@@ -184,6 +186,7 @@ def leakage_figure(
         colour = line[2][0].get_edgecolor()
         for j, (head, c) in enumerate(correct.items()):
             table = accuracy_by_similarity(ssim, c, bins)
+            table = table[table["n"] >= min_count]  # a bin of two images says nothing
             mid = (table["lo"] + table["hi"]) / 2
             ax2.plot(mid, table["acc"], styles[j % 4], marker="o", color=colour, label=f"{name}: {head}")
     ax1.set_xlabel("SSIM of each test image to its nearest training image")
@@ -193,7 +196,7 @@ def leakage_figure(
     ax2.set_xlabel("nearest-training-image SSIM (binned)")
     ax2.set_ylabel("test accuracy")
     ax2.set_ylim(-0.02, 1.02)
-    ax2.set_title("Accuracy rises with similarity")
+    ax2.set_title("Test accuracy by nearest-image similarity")
     ax2.legend(fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
