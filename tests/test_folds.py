@@ -106,3 +106,12 @@ def test_aggregate_folds_mean_std_skips_nan():
     assert agg["test_struct_r2_band_gap_n"] == 1 and agg["test_struct_r2_band_gap_mean"] == pytest.approx(0.1)
     assert mean_std_text(agg, "test_acc_crystal_system") == "0.600 ± 0.100"
     assert np.isfinite(list(agg.values())).all()
+
+
+def test_split_config_reads_back_from_logged_params():
+    """tracking logs cfg.split.* as strings; evaluate rebuilds the SplitConfig from them."""
+    logged = {k: str(v) for k, v in SplitConfig().model_dump().items()}
+    assert logged["folds"] == "None"
+    back = SplitConfig.model_validate(logged)
+    assert back.folds is None and back.leave_one_out is False
+    assert SplitConfig.model_validate({**logged, "folds": "5"}).folds == 5

@@ -76,6 +76,12 @@ class SplitConfig(_Strict):
     )
     leave_one_out: bool = Field(default=False, description="One fold per structure (grouped; small snapshots).")
 
+    @field_validator("folds", mode="before")
+    @classmethod
+    def _none_string(cls, v: object) -> object:
+        """MLflow logs None as "None": read it back as None (evaluate rebuilds splits from logged params)."""
+        return None if isinstance(v, str) and v.strip().lower() in ("none", "null", "") else v
+
 
 class AugmentConfig(_Strict):
     """Geometric training augmentation that keeps colour (colour encodes the element); see augment.py."""
