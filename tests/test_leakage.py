@@ -100,6 +100,15 @@ def test_figure_and_report_section(tmp_path):
     html = leakage_html({k: summary(v[0], v[1]) for k, v in protocols.items()}, fig)
     assert "data:image/png;base64" in html and "trajectory, split by image" in html
 
+    from crystalvision.config import EvaluateConfig
+    from crystalvision.model import ModelSpec
+    from crystalvision.report import write_report
+
+    spec = ModelSpec(crystal_system_classes=["a"], spacegroup_classes=["b"])
+    page = write_report(tmp_path / "report.html", metrics={}, splits={}, label_source={}, spec=spec,
+                        cfg=EvaluateConfig(), reports={}, absent={}, figures=[], sections=[html])
+    assert "Leakage: nearest training image" in page.read_text()
+
 
 def test_prepare_downsamples_by_area():
     img = np.zeros((1, 64, 64, 3), np.uint8)
