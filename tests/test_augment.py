@@ -39,9 +39,13 @@ def test_right_angle_rotation_is_exact_and_flips_are_mirrors():
 
 def test_any_angle_rotation_keeps_colour():
     x = disc_image(48)
-    out = augment_batch(x, AugmentConfig(enabled=True, rotate="any", flip=False, scale=(1, 1)))
+    g = torch.Generator().manual_seed(3)
+    out = augment_batch(x, AugmentConfig(enabled=True, rotate="any", flip=False, scale=(1, 1)), generator=g)
     red = lambda t: ((t[0, 0] > 200) & (t[0, 1] < 40)).sum().item()  # noqa: E731
-    assert red(out) == pytest.approx(red(x), rel=0.08)  # the centred disc keeps its pure colour and size
+    # the centred disc keeps its pure colour and size (only its rim is blended by bilinear resampling)
+    assert red(out) == pytest.approx(red(x), rel=0.15)
+    colour = lambda t: t.float().mean((0, 2, 3)).tolist()  # noqa: E731
+    assert colour(out) == pytest.approx(colour(x), abs=3.0)  # same colour balance
     assert not torch.equal(out, x)  # the blue square moved
 
 
