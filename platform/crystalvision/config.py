@@ -94,6 +94,34 @@ class SplitConfig(_Strict):
     test_fraction: float = Field(default=0.15, gt=0, lt=1)
     val_fraction: float = Field(default=0.2, gt=0, lt=1, description="Fraction of the non-test part.")
     seed: int = 0
+    folds: int | None = Field(
+        default=None, ge=2, description="K-fold: each structure (grouped) or image tested once; see folds.py."
+    )
+    leave_one_out: bool = Field(default=False, description="One fold per structure (grouped; small snapshots).")
+
+    @field_validator("folds", mode="before")
+    @classmethod
+    def _none_string(cls, v: object) -> object:
+        """MLflow logs None as "None": read it back as None (evaluate rebuilds splits from logged params)."""
+        return None if isinstance(v, str) and v.strip().lower() in ("none", "null", "") else v
+
+
+class AugmentConfig(_Strict):
+    """Geometric training augmentation that keeps colour (colour encodes the element); see augment.py."""
+
+    enabled: bool = False
+    rotate: Literal["none", "right_angles", "any"] = Field(
+        default="any", description="In-plane rotation: none, multiples of 90 degrees, or any angle."
+    )
+    flip: bool = Field(default=True, description="Random horizontal and vertical flips.")
+    scale: tuple[float, float] = Field(default=(0.9, 1.1), description="Random zoom range (1 = unchanged).")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {v}")
+        return v
 
 
 class TrainConfig(_Strict):
@@ -116,6 +144,11 @@ class TrainConfig(_Strict):
     max_failures: int = Field(default=1, ge=0, description="Worker failures tolerated (resume from checkpoint).")
     max_steps_per_epoch: int | None = Field(default=None, ge=1, description="Cap steps (tiny test runs).")
     seed: int = 0
+    pretrained: Literal["imagenet"] | None = Field(
+        default=None, description="imagenet: timm's own pretrained weights (from its cache; see augment/model)."
+    )
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig())
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Label smoothing of the class heads.")
 
     @field_validator("loss_weights")
     @classmethod

@@ -11,12 +11,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import timm
 import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
 from crystalvision import __version__
+from crystalvision.backbone import create_backbone
 from crystalvision.config import PipelineConfig
 from crystalvision.errors import ModelError
 from crystalvision.targets import TABLE, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
@@ -77,12 +77,18 @@ class CrystalNet(nn.Module):
     Regression outputs are in standardised units (see :meth:`denormalise`); classification outputs are logits.
     """
 
-    def __init__(self, spec: ModelSpec, pretrained_checkpoint: str | None = None, drop_rate: float = 0.2):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        pretrained_checkpoint: str | None = None,
+        drop_rate: float = 0.2,
+        pretrained: str | None = None,
+    ):
         super().__init__()
         self.spec = spec
-        self.backbone = timm.create_model(spec.backbone, pretrained=False, num_classes=0, drop_rate=drop_rate)
-        if pretrained_checkpoint:
-            load_backbone_weights(self.backbone, pretrained_checkpoint)
+        self.backbone = create_backbone(
+            spec.backbone, drop_rate=drop_rate, pretrained=pretrained, checkpoint=pretrained_checkpoint
+        )
         width = self.backbone.num_features
         self.heads = nn.ModuleDict(
             {t.name: nn.Linear(width, 1 if t.is_regression else len(spec.classes(t.name))) for t in TABLE}

@@ -87,8 +87,12 @@ def write_report(
     figures: Sequence[Path],
     saliency: Any = None,
     notes: Sequence[str] = (),
+    sections: Sequence[str] = (),
 ) -> Path:
-    """Write ``report.html`` (PNGs embedded as data URIs, so the file stands alone)."""
+    """Write ``report.html`` (PNGs embedded as data URIs, so the file stands alone).
+
+    ``sections`` are ready HTML fragments (e.g. :func:`crystalvision.leakage.leakage_html`) placed before the figures.
+    """
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>crystalvision evaluation</title>"
         f"<style>{CSS}</style></head><body><h1>crystalvision evaluation</h1>"
@@ -126,6 +130,7 @@ def write_report(
     )
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    parts.extend(sections)
     parts.append(
         "<h2>Figures</h2><div class='figs'>" + "".join(_figure(p) for p in figures if Path(p).is_file()) + "</div>"
     )
