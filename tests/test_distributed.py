@@ -10,8 +10,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from crystalvision.accel import DeviceData
 from crystalvision.config import TrainConfig
-from crystalvision.loop import DeviceData, Engine, EvalAccumulator, LoopState, fit, reduce_train
+from crystalvision.loop import Engine, EvalAccumulator, LoopState, fit, reduce_train
 from crystalvision.model import CrystalNet, ModelSpec
 
 from .support.toy import SPACEGROUPS, SYSTEMS

@@ -23,11 +23,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from crystalvision.accel import DeviceData
 from crystalvision.config import TARGETS_CLASSIFICATION, TARGETS_REGRESSION, PipelineConfig, TrainConfig
 from crystalvision.dataset import Splits, to_ray_dataset
 from crystalvision.errors import ConfigError
 from crystalvision.loop import (  # noqa: F401 - EvalAccumulator, multitask_loss: re-exported
-    DeviceData,
     Engine,
     EvalAccumulator,
     LoopState,
