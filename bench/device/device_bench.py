@@ -97,7 +97,9 @@ def plain(data, size: int, device: str, batch: int, steps: int, **train) -> dict
     }
 
 
-def plain_table(data, size: int, device: str, steps: int, smoke: bool, deadline: float) -> list[dict]:
+def plain_table(
+    data, size: int, device: str, steps: int, smoke: bool, deadline: float, focus: bool = False
+) -> list[dict]:
     rows = [
         (16, {"step_mode": "graphs"}),
         (16, {"step_mode": "eager"}),
@@ -112,6 +114,18 @@ def plain_table(data, size: int, device: str, steps: int, smoke: bool, deadline:
         (16, {"step_mode": "compile"}),
         (256, {"step_mode": "compile"}),
     ]
+    if focus:  # the second run: cuDNN autotuning off (the default), b256, compile
+        rows = [
+            (16, {"step_mode": "graphs"}),
+            (64, {"step_mode": "graphs"}),
+            (256, {"step_mode": "graphs"}),
+            (256, {"step_mode": "eager"}),
+            (256, {"step_mode": "eager", "channels_last": False}),
+            (256, {"step_mode": "eager", "_fp16": True}),
+            (16, {"step_mode": "eager"}),
+            (16, {"step_mode": "compile"}),
+            (256, {"step_mode": "graphs", "cudnn_benchmark": True}),
+        ]
     if smoke:
         rows = [(16, {"step_mode": "graphs"}), (16, {"step_mode": "eager", "channels_last": False})]
     out = []
@@ -264,26 +278,33 @@ def run(args) -> dict:
 
     ensure_ray()
     result["fail_fast"] = no_gpu_fails_fast()
-    with tempfile.TemporaryDirectory(prefix="cv-device-") as home:
-        os.environ["CRYSTALVISION_HOME"] = home
-        from crystalvision.settings import get_settings
 
-        get_settings.cache_clear()
-        store, splits = write_store(data, Path(home) / "store", repeat=2 if args.smoke else 9)
-        epochs = 2 if args.smoke else 3
-        extra = {"max_steps_per_epoch": 4} if args.smoke else {}
-        runs = []
-        for workers in [1] + ([torch.cuda.device_count()] if gpu and torch.cuda.device_count() > 1 else []):
-            try:
-                runs.append(ray_train(data, size, store, splits, workers, gpu, epochs, **extra))
-            except Exception as exc:  # keep the plain table
-                traceback.print_exc()
-                runs.append({"workers": workers, "error": f"{type(exc).__name__}: {exc}"[:1500]})
-        result["ray_train"] = runs
-        log.info("ray train %s", runs)
+    def ray_phase() -> list[dict]:
+        with tempfile.TemporaryDirectory(prefix="cv-device-") as home:
+            os.environ["CRYSTALVISION_HOME"] = home
+            from crystalvision.settings import get_settings
+
+            get_settings.cache_clear()
+            store, splits = write_store(data, Path(home) / "store", repeat=2 if args.smoke else 9)
+            epochs = 2 if args.smoke else 3
+            extra = {"max_steps_per_epoch": 4} if args.smoke else {}
+            runs = []
+            for workers in [1] + ([torch.cuda.device_count()] if gpu and torch.cuda.device_count() > 1 else []):
+                try:
+                    runs.append(ray_train(data, size, store, splits, workers, gpu, epochs, **extra))
+                except Exception as exc:  # keep the plain table
+                    traceback.print_exc()
+                    runs.append({"workers": workers, "error": f"{type(exc).__name__}: {exc}"[:1500]})
+            log.info("ray train %s", runs)
+            return runs
+
+    if not args.ray_last:
+        result["ray_train"] = runs = ray_phase()
         _save(result, args.out)
+    result["plain"] = plain_table(data, size, device, steps, args.smoke, args.start + args.budget, args.focus)
     _save(result, args.out)
-    result["plain"] = plain_table(data, size, device, steps, args.smoke, args.start + args.budget)
+    if args.ray_last:
+        result["ray_train"] = runs = ray_phase()
     ok = [r for r in result["plain"] if "images_per_s" in r]
     ref = next((r for r in ok if r["batch"] == 16), None)  # the first row: batch 16, what step_mode=auto picks
     if ref and "images_per_s" in runs[0]:
@@ -312,6 +333,8 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true", help="CPU, 32 px, a few steps (tests the script)")
     p.add_argument("--size", type=int)
     p.add_argument("--steps", type=int)
+    p.add_argument("--focus", action="store_true", help="the second run's table (b256, compile, cuDNN autotune)")
+    p.add_argument("--ray-last", action="store_true", help="Ray Train after the plain table")
     p.add_argument("--budget", type=float, default=300.0, help="seconds after which remaining variants are skipped")
     args = p.parse_args()
     args.start = time.monotonic()

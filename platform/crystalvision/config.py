@@ -97,6 +97,9 @@ class TrainConfig(_Strict):
         "graphs on one GPU without GradScaler, else eager; always eager on CPU)."
     )
     channels_last: bool = Field(default=True, description="Channels-last layout on GPU (ignored on CPU).")
+    cudnn_benchmark: bool = Field(
+        default=False, description="Autotune cuDNN convolutions on GPU (costs ~40 s at the first step per shape)."
+    )
     device_data: Literal["auto", "on", "off"] = Field(
         default="auto", description="Keep each worker's decoded uint8 images on the GPU after the first epoch "
         "(auto: on GPU when the split fits in 4 GiB per worker; CPU streams from Ray Data)."

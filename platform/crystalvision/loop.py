@@ -189,7 +189,7 @@ class Engine:
         self.label_columns = label_columns or DEFAULT_LABEL_COLUMNS
         self.consts = norm_constants(device)
         if self.cuda:
-            torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest convolution kernels
+            torch.backends.cudnn.benchmark = tcfg.cudnn_benchmark
         model = model.to(device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
