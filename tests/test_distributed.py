@@ -89,56 +89,52 @@ def _toy_batches(rank: int, n: int = 24) -> list[dict[str, torch.Tensor]]:
     ]
 
 
-def _worker(rank: int, world: int, folder: str, epochs: int, resume: bool) -> None:
+def _phase(rank: int, world: int, folder: str, epochs: int, resume: bool) -> None:
+    """Train to ``epochs`` with a fresh model (from the checkpoint when ``resume``: a relaunch); write the history."""
+    calls: list[tuple[str, torch.device, torch.dtype]] = []
+    real = dist.all_reduce
+
+    def spy(tensor, *args, **kwargs):
+        calls.append(("all_reduce", tensor.device, tensor.dtype))
+        return real(tensor, *args, **kwargs)
+
+    dist.all_reduce = spy
+    torch.manual_seed(0)
+    tcfg = TrainConfig(epochs=epochs, batch_size=8, lr=2e-3, patience=5, max_steps_per_epoch=2)
+    ddp = torch.nn.parallel.DistributedDataParallel
+    engine = Engine(CrystalNet(_spec()), tcfg, torch.device("cpu"), world=world, rank=rank, wrap=ddp)
+    state, best = LoopState(), None
+    ckpt = Path(folder) / "state.pt"
+    if resume:
+        state = engine.load(torch.load(ckpt, map_location="cpu", weights_only=True))
+        state.resumes += 1
+    columns = ["band_gap", "energy_above_hull", "crystal_system_id", "spacegroup_id"]
+    data = DeviceData(_toy_batches(rank), engine.device, columns)
+
+    def report(metrics, st, best_weights):
+        if rank == 0:
+            torch.save(engine.checkpoint(st), ckpt)
+
+    state, best = fit(engine, state, best, lambda e: data.batches(8, seed=e + rank), lambda: data.batches(16), report)
+    dist.all_reduce = real
+    out = {"history": state.history, "calls": [[c[0], str(c[1]), str(c[2])] for c in calls], "best": best is not None}
+    (Path(folder) / f"rank{rank}-{epochs}.json").write_text(json.dumps(out))
+    dist.barrier()  # rank 0's checkpoint is written before anyone resumes from it
+
+
+def _worker(rank: int, world: int, folder: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/pg-{epochs}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/pg", rank=rank, world_size=world)
     try:
-        calls: list[tuple[str, torch.device, torch.dtype]] = []
-        real = dist.all_reduce
-
-        def spy(tensor, *args, **kwargs):
-            calls.append(("all_reduce", tensor.device, tensor.dtype))
-            return real(tensor, *args, **kwargs)
-
-        dist.all_reduce = spy
-        torch.manual_seed(0)
-        tcfg = TrainConfig(epochs=epochs, batch_size=8, lr=2e-3, patience=5, max_steps_per_epoch=2)
-        engine = Engine(
-            CrystalNet(_spec()),
-            tcfg,
-            torch.device("cpu"),
-            world=world,
-            rank=rank,
-            wrap=lambda m: torch.nn.parallel.DistributedDataParallel(m),
-        )
-        state, best = LoopState(), None
-        ckpt = Path(folder) / "state.pt"
-        if resume:
-            state = engine.load(torch.load(ckpt, map_location="cpu", weights_only=True))
-            state.resumes += 1
-        data = DeviceData(
-            _toy_batches(rank), engine.device, ["band_gap", "energy_above_hull", "crystal_system_id", "spacegroup_id"]
-        )
-
-        def report(metrics, st, best_weights):
-            if rank == 0:
-                torch.save(engine.checkpoint(st), ckpt)
-
-        state, best = fit(
-            engine, state, best, lambda e: data.batches(8, seed=e + rank), lambda: data.batches(16), report
-        )
-        out = {
-            "history": state.history,
-            "calls": [[c[0], str(c[1]), str(c[2])] for c in calls],
-            "best": best is not None,
-        }
-        (Path(folder) / f"rank{rank}-{epochs}.json").write_text(json.dumps(out))
+        _phase(rank, world, folder, 2, resume=False)
+        _phase(rank, world, folder, 3, resume=True)
     finally:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_core_trains_under_a_plain_two_process_gloo_group_and_resumes(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, str(tmp_path), 2, False), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}-2.json").read_text()) for r in (0, 1)]
     h0, h1 = ranks[0]["history"], ranks[1]["history"]
     assert [int(h["epoch"]) for h in h0] == [0, 1] and h0[0]["world_size"] == 2
@@ -146,8 +142,7 @@ def test_core_trains_under_a_plain_two_process_gloo_group_and_resumes(tmp_path: 
     assert h0[0]["val_n"] == 48 and h0[0]["train_images"] == 32  # 2 ranks x 2 steps x batch 8
     assert all(c[1] == "cpu" and c[2] == "torch.float64" for c in ranks[0]["calls"]), ranks[0]["calls"]
     assert ranks[0]["best"]
-    blob = torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=True)  # plain contents only
-    assert blob["loop"]["epoch"] == 2 and set(blob) == {"model", "optimizer", "scaler", "loop"}
-    mp.spawn(_worker, args=(2, str(tmp_path), 3, True), nprocs=2, join=True)
     resumed = json.loads((tmp_path / "rank0-3.json").read_text())["history"]
     assert [int(h["epoch"]) for h in resumed] == [0, 1, 2] and resumed[:2] == h0 and resumed[2]["resumes"] == 1
+    blob = torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=True)  # plain contents only
+    assert blob["loop"]["epoch"] == 3 and set(blob) == {"model", "optimizer", "scaler", "loop"}
