@@ -292,11 +292,15 @@ def make_trainer(cfg: PipelineConfig, splits: Splits, store: ObjectStore, spec: 
 
 
 def _require_gpus(workers: int) -> None:
-    """Fail in seconds, naming cause and fix, when the Ray cluster has fewer GPUs than GPU workers asked for."""
+    """Fail in seconds, naming cause and fix, when a local Ray cluster has fewer GPUs than GPU workers asked for
+    (a remote cluster may scale a GPU group up from zero: there the run waits, with a warning)."""
     import ray
 
     gpus = ray.cluster_resources().get("GPU", 0)
-    if gpus < workers:
+    if gpus < workers and (get_settings().ray.ray_address or os.environ.get("RAY_ADDRESS")):
+        log.warning("%d GPU worker(s) asked for, the cluster has %g GPU(s) now: waiting for the autoscaler", workers,
+                    gpus)
+    elif gpus < workers:
         raise ConfigError(
             f"train.use_gpu=true asks for {workers} GPU worker(s) but the Ray cluster has {gpus:g} GPU(s) "
             f"(torch sees {torch.cuda.device_count()} here); run on GPU nodes (ray start --num-gpus), lower "
