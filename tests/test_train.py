@@ -121,3 +121,24 @@ def test_killed_worker_resumes_from_checkpoint_and_relaunch_resumes(
     second = train_model(Prepared(more, store, splits, _spec()), name="fault-run", model_dir=tmp_path / "m2")
     assert [int(h["epoch"]) for h in second.history] == [0, 1, 2, 3, 4]
     assert second.history[:4] == first.history and second.history[-1]["resumes"] == 2
+
+
+def test_gpu_run_without_gpus_fails_in_seconds_naming_the_fix(ray_local, toy, tmp_path) -> None:
+    import time
+
+    from crystalvision.errors import ConfigError
+
+    store, splits = toy
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"use_gpu=true asks for 2 GPU worker\(s\) but the Ray cluster has 0"):
+        train_model(_cfg(use_gpu=True), splits, store, _spec(), name="no-gpu", model_dir=tmp_path / "m")
+    assert time.perf_counter() - start < 60  # the datasets are not even built: no hang waiting for GPUs
+
+
+def test_gpu_worker_without_cuda_names_cause_and_fix() -> None:
+    from crystalvision.config import TrainConfig
+    from crystalvision.train import _check_device
+
+    with pytest.raises(RuntimeError, match=r"use_gpu=true but this Ray Train worker sees no CUDA.*use_gpu=false"):
+        _check_device(TrainConfig(use_gpu=True), torch.device("cpu"))
+    _check_device(TrainConfig(use_gpu=False), torch.device("cpu"))  # CPU runs pass

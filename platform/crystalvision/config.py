@@ -143,6 +143,18 @@ class TrainConfig(_Strict):
     amp: bool = Field(default=True, description="Mixed precision when on GPU (ignored on CPU).")
     max_failures: int = Field(default=1, ge=0, description="Worker failures tolerated (resume from checkpoint).")
     max_steps_per_epoch: int | None = Field(default=None, ge=1, description="Cap steps (tiny test runs).")
+    step_mode: Literal["auto", "eager", "graphs", "compile"] = Field(
+        default="auto", description="GPU train step: one CUDA graph per step, torch.compile, or eager (auto: "
+        "graphs on one GPU without GradScaler, else eager; always eager on CPU)."
+    )
+    channels_last: bool = Field(default=True, description="Channels-last layout on GPU (ignored on CPU).")
+    cudnn_benchmark: bool = Field(
+        default=False, description="Autotune cuDNN convolutions on GPU (costs ~40 s at the first step per shape)."
+    )
+    device_data: Literal["auto", "on", "off"] = Field(
+        default="auto", description="Keep each worker's decoded uint8 images on the GPU after the first epoch "
+        "(auto: on GPU when the split fits in 4 GiB per worker; CPU streams from Ray Data)."
+    )
     seed: int = 0
     pretrained: Literal["imagenet"] | None = Field(
         default=None, description="imagenet: timm's own pretrained weights (from its cache; see augment/model)."
