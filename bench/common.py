@@ -9,12 +9,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-HEADERS = ("benchmark", "metric", "value", "unit", "notes")
+HEADERS = ("benchmark", "metric", "value", "unit", "goal", "notes")
 
 
-def row(benchmark: str, metric: str, value: float, unit: str, notes: str = "") -> dict:
-    """One result row."""
-    return {"benchmark": benchmark, "metric": metric, "value": value, "unit": unit, "notes": notes}
+def row(benchmark: str, metric: str, value: float, unit: str, notes: str = "", goal: str = "") -> dict:
+    """One result row; ``goal`` is the target it is measured against (e.g. ">= 800"), "" for none."""
+    return {"benchmark": benchmark, "metric": metric, "value": value, "unit": unit, "goal": goal, "notes": notes}
 
 
 def format_value(value: object) -> str:

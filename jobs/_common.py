@@ -27,6 +27,13 @@ def load_config(args: argparse.Namespace):
     return load_pipeline(args.config, parse_overrides(args.overrides))
 
 
+def run_command(name: str, cfg: Any, **options: Any) -> Any:
+    """Command ``name`` of the table the CLI uses too (:mod:`crystalvision.commands`)."""
+    from crystalvision.commands import run as run_table_command
+
+    return run_table_command(name, cfg, **options)
+
+
 def run(main: Callable[[argparse.Namespace], Any], args: argparse.ArgumentParser) -> None:
     """Parse arguments, run ``main`` and write its result as one JSON line on stdout (exit 2 on user errors)."""
     from crystalvision.errors import CrystalVisionError

@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from jobs._common import load_config, parser, run
+from jobs._common import load_config, parser, run, run_command
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from crystalvision.pipeline import evaluate_run
-
-    return evaluate_run(load_config(args), args.run_id)
+    return run_command("evaluate", load_config(args), run_id=args.run_id)
 
 
 def build_parser() -> argparse.ArgumentParser:

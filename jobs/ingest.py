@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import argparse
 
-from jobs._common import load_config, parser, run
+from jobs._common import load_config, parser, run, run_command
 
 
 def main(args: argparse.Namespace) -> dict[str, str]:
-    from crystalvision.ingest import ingest_from_mp
-
-    return {"snapshot": str(ingest_from_mp(load_config(args).ingest, args.out))}
+    return run_command("ingest", load_config(args), out=args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:

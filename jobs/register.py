@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from jobs._common import load_config, parser, run
+from jobs._common import load_config, parser, run, run_command
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from crystalvision.registry import register_and_promote
-
-    return register_and_promote(load_config(args), args.run_id)
+    return run_command("register", load_config(args), run_id=args.run_id)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from jobs._common import load_config, parser, run
+from jobs._common import load_config, parser, run, run_command
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from crystalvision.pipeline import run_render_stage
-
-    return run_render_stage(load_config(args)).summary()
+    return run_command("render", load_config(args))
 
 
 if __name__ == "__main__":

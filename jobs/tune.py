@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from jobs._common import load_config, parser, run
+from jobs._common import load_config, parser, run, run_command
 
 
 def main(args: argparse.Namespace) -> Any:
-    from crystalvision.tune import run_tune
-
-    return run_tune(load_config(args))
+    return run_command("tune", load_config(args))
 
 
 if __name__ == "__main__":

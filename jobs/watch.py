@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from jobs._common import load_config, parser, run
+from jobs._common import load_config, parser, run, run_command
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from crystalvision.watch import watch_once
-
-    return watch_once(load_config(args), force=args.force)
+    return run_command("watch", load_config(args), force=args.force)
 
 
 def build_parser() -> argparse.ArgumentParser:

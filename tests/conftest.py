@@ -49,3 +49,22 @@ def bundled_snapshot():
     from crystalvision.snapshot import load_snapshot
 
     return load_snapshot(BUNDLED)
+
+
+MP_TEST_KEY = "K3y" + "x" * 26 + "S3c"  # 32 characters, like a real Materials Project key
+
+
+@pytest.fixture
+def mp_api(monkeypatch: pytest.MonkeyPatch, cv_home: Path):
+    """A local replay of the Materials Project (db 2025.01.01, four materials); settings point mp-api at it."""
+    from crystalvision.settings import get_settings
+    from tests.support.mp_replay import ReplayServer, bundled_docs
+
+    with ReplayServer("2025.01.01", bundled_docs(4)) as server:
+        monkeypatch.setenv("MP_API_KEY", MP_TEST_KEY)
+        monkeypatch.setenv("CRYSTALVISION_MP_ENDPOINT", server.url)
+        monkeypatch.setenv("CRYSTALVISION_RETRY_BACKOFF_S", "0.01")
+        monkeypatch.setenv("CRYSTALVISION_MAX_RETRIES", "5")
+        get_settings.cache_clear()
+        yield server
+    get_settings.cache_clear()

@@ -10,7 +10,7 @@ import pytest
 from bench import run_all
 
 pytestmark = pytest.mark.slow
-ROW_KEYS = {"benchmark", "metric", "value", "unit", "notes"}
+ROW_KEYS = {"benchmark", "metric", "value", "unit", "goal", "notes"}
 
 
 def test_quick_run_of_one_part_writes_the_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

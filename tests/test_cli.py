@@ -51,3 +51,28 @@ def test_ingest_without_key_names_the_fix(cv_home, monkeypatch) -> None:
     assert result.exit_code == 2
     assert "MP_API_KEY" in result.output
     assert not (cv_home / "snapshots").exists(), "nothing half-written"
+
+
+def test_bench_runs_from_any_directory_without_touching_sys_path(tmp_path, monkeypatch) -> None:
+    import json
+    import sys
+
+    monkeypatch.chdir(tmp_path)  # not the checkout: the runner is found beside the package, not in the cwd
+    before = list(sys.path)
+    result = runner.invoke(app, ["bench", "--quick", "--only", "render_bench.memory", "--out", "b.json"])
+    assert result.exit_code == 0, result.output
+    assert sys.path == before
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [r["metric"] for r in rows] == ["peak_rss_growth", "total wall time"]
+
+
+def test_cli_and_jobs_share_one_command_table() -> None:
+    import importlib
+
+    from crystalvision.commands import COMMANDS
+
+    for name in COMMANDS:
+        job = importlib.import_module(f"jobs.{name}")
+        assert "run_command" in job.main.__code__.co_names, name  # the job is a skin over the table
+    cli_names = {c.name or c.callback.__name__ for c in app.registered_commands}
+    assert set(COMMANDS) - {"pipeline"} <= cli_names

@@ -238,7 +238,7 @@ def test_surrogate_detection() -> None:
 def test_evaluate_logged_run(cv_home, toy_run) -> None:
     import mlflow
 
-    from crystalvision.evaluate import evaluate_logged_run
+    from crystalvision.runs import evaluate_logged_run
     from crystalvision.settings import get_settings
     from crystalvision.storage import open_store
 

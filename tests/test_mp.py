@@ -10,23 +10,9 @@ from crystalvision.config import IngestConfig
 from crystalvision.errors import MPError
 from crystalvision.mp import database_version, fetch_records
 from crystalvision.settings import get_settings
-from tests.support.mp_replay import ReplayServer, bundled_docs
+from tests.conftest import MP_TEST_KEY as API_KEY
 
-API_KEY = "K3y" + "x" * 26 + "S3c"  # 32 characters, like a real key
 QUERY = IngestConfig(chemsys="Li-Mn-Ni-O")
-
-
-@pytest.fixture
-def mp_api(monkeypatch: pytest.MonkeyPatch, cv_home):
-    """A replay server serving db 2025.01.01 with four materials; settings point mp-api at it."""
-    with ReplayServer("2025.01.01", bundled_docs(4)) as server:
-        monkeypatch.setenv("MP_API_KEY", API_KEY)
-        monkeypatch.setenv("CRYSTALVISION_MP_ENDPOINT", server.url)
-        monkeypatch.setenv("CRYSTALVISION_RETRY_BACKOFF_S", "0.01")
-        monkeypatch.setenv("CRYSTALVISION_MAX_RETRIES", "5")
-        get_settings.cache_clear()
-        yield server
-    get_settings.cache_clear()
 
 
 def test_fetch_records_and_version(mp_api):

@@ -55,6 +55,19 @@ def test_quickstart_end_to_end(cv_home: Path) -> None:
     assert str(champion.version) == str(summary["registry"]["challenger_version"]) == "1"
     assert summary["registry"]["promoted"] is True
 
+    # `evaluate --run-id` rebuilds the run's own labels table and split from what the run logged, whatever the
+    # config it is given says (here: other structures, image size and split seed).
+    other = ["snapshot.max_structures=6", "render.image_size=48", "split.seed=7", "evaluate.saliency=false"]
+    evaluated = CliRunner().invoke(
+        app, ["evaluate", "--run-id", summary["run_id"], *[x for item in other for x in ("--set", item)]]
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    re_eval = json.loads(evaluated.stdout[evaluated.stdout.index("{") :])
+    params = client.get_run(summary["run_id"]).data.params
+    assert re_eval["split"]["n_images_test"] == int(params["split.n_images_test"])
+    assert re_eval["split"]["n_images_train"] == int(params["split.n_images_train"])
+    assert re_eval["metrics"]["test_score"] == pytest.approx(summary["metrics"]["test_score"], abs=1e-6)
+
     # A second run reuses every rendered image and registers a second version as challenger.
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output

@@ -113,3 +113,41 @@ def test_worker_storage_errors_reach_the_driver_as_storage_errors() -> None:
     err = _user_error(RuntimeError(ray_text))
     assert isinstance(err, StorageError) and str(err) == "cannot write s3://b/k; check it"
     assert _user_error(RuntimeError("ValueError: nothing of ours")) is None
+
+
+def test_paper_pipeline_renders_trajectory_frames_a_step_apart(tmp_path, bundled_snapshot, ray_session) -> None:
+    from pathlib import Path
+
+    from crystalvision.config import load_pipeline
+    from crystalvision.render.rotations import frame_angles_deg
+
+    root = Path(__file__).resolve().parents[1]
+    over = {"render": {"image_size": 32, "views_per_structure": 6, "num_workers": 1}}
+    cfg = load_pipeline(root / "pipelines/paper.yaml", over).render
+    assert cfg.views == "trajectory"
+    good = [r for r in bundled_snapshot.records if not r.flags][:2]
+    store = ObjectStore(str(tmp_path / "store"))
+    result = render_dataset(good, *_snapshot_facts(bundled_snapshot), cfg, store)
+    df = load_labels(store, result.labels_key)
+    assert len(df) == 12
+    for _, frames in df.sort_values("view").groupby("material_id"):
+        angles = frame_angles_deg(np.stack(frames["quaternion"].to_list()))
+        step = cfg.trajectory_step_deg
+        assert abs(np.median(angles) - step) <= 0.1 * step and angles.max() < 2 * step, angles
+    uniform = load_pipeline(root / "pipelines/paper-uniform.yaml", over).render
+    assert uniform.views == "uniform" and render_config_hash(uniform) != render_config_hash(cfg)
+
+
+def test_steady_rate_counts_only_while_every_actor_works() -> None:
+    import pandas as pd
+
+    from crystalvision.render.job import plan, steady_rate
+
+    # actor 1 works from t=0 at 100/s; actor 2 starts at t=5 at 100/s; both stop at t=10
+    a = np.arange(0, 10, 0.01)
+    b = np.arange(5, 10, 0.01)
+    out = pd.DataFrame({"t_done": np.concatenate([a, b]), "actor": [1] * len(a) + [2] * len(b)})
+    assert steady_rate(out) == pytest.approx(200, rel=0.02)
+    assert plan(1000, RenderConfig(num_workers="auto"), 16.0) == (16, 0.5, 16)
+    assert plan(1000, RenderConfig(num_workers="auto"), 2.0)[:2] == (2, 0.5)
+    assert plan(5, RenderConfig(num_workers=4, cpus_per_worker=1.0), 2.0) == (4, 0.45, 8)

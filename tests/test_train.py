@@ -9,6 +9,7 @@ import torch
 from crystalvision.config import PipelineConfig
 from crystalvision.dataset import load_labels, split_frame
 from crystalvision.model import ModelSpec, load_model, predict_arrays
+from crystalvision.prepare import Prepared
 from crystalvision.storage import ObjectStore
 from crystalvision.train import FAULT_ENV, EvalAccumulator, multitask_loss, train_model
 
@@ -83,7 +84,7 @@ def test_two_worker_cpu_run_learns_the_toy_set_and_logs_to_mlflow(ray_local, toy
     cfg, spec = _cfg(epochs=6), _spec()
     tracking.configure_mlflow()
     with tracking.start_run("toy-train", tags={"test": "1"}) as run:
-        result = train_model(cfg, splits, store, spec, run_id=run.info.run_id, model_dir=tmp_path / "model")
+        result = train_model(Prepared(cfg, store, splits, spec), run_id=run.info.run_id, model_dir=tmp_path / "model")
     hist = result.history
     assert [int(h["epoch"]) for h in hist] == list(range(6)) and hist[0]["world_size"] == 2
     summary = [
@@ -109,7 +110,7 @@ def test_killed_worker_resumes_from_checkpoint_and_relaunch_resumes(
     store, splits = toy
     cfg = _cfg(epochs=4, max_steps_per_epoch=2, max_failures=1)
     monkeypatch.setenv(FAULT_ENV, "rank=1,epoch=2,step=1")  # rank 1's process exits mid epoch 2, once
-    first = train_model(cfg, splits, store, _spec(), name="fault-run", model_dir=tmp_path / "m1")
+    first = train_model(Prepared(cfg, store, splits, _spec()), name="fault-run", model_dir=tmp_path / "m1")
     assert (cv_home / "faults" / "fault-run.done").exists()  # the worker really died
     assert [int(h["epoch"]) for h in first.history] == [0, 1, 2, 3]  # epochs continue, none repeated
     assert first.history[-1]["resumes"] == 1 and first.history[0]["resumes"] == 0
@@ -117,6 +118,27 @@ def test_killed_worker_resumes_from_checkpoint_and_relaunch_resumes(
     monkeypatch.delenv(FAULT_ENV)
     # Same name, more epochs: the run continues from its latest checkpoint instead of starting over.
     more = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 5})})
-    second = train_model(more, splits, store, _spec(), name="fault-run", model_dir=tmp_path / "m2")
+    second = train_model(Prepared(more, store, splits, _spec()), name="fault-run", model_dir=tmp_path / "m2")
     assert [int(h["epoch"]) for h in second.history] == [0, 1, 2, 3, 4]
     assert second.history[:4] == first.history and second.history[-1]["resumes"] == 2
+
+
+def test_gpu_run_without_gpus_fails_in_seconds_naming_the_fix(ray_local, toy, tmp_path) -> None:
+    import time
+
+    from crystalvision.errors import ConfigError
+
+    store, splits = toy
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"use_gpu=true asks for 2 GPU worker\(s\) but the Ray cluster has 0"):
+        train_model(_cfg(use_gpu=True), splits, store, _spec(), name="no-gpu", model_dir=tmp_path / "m")
+    assert time.perf_counter() - start < 60  # the datasets are not even built: no hang waiting for GPUs
+
+
+def test_gpu_worker_without_cuda_names_cause_and_fix() -> None:
+    from crystalvision.config import TrainConfig
+    from crystalvision.train import _check_device
+
+    with pytest.raises(RuntimeError, match=r"use_gpu=true but this Ray Train worker sees no CUDA.*use_gpu=false"):
+        _check_device(TrainConfig(use_gpu=True), torch.device("cpu"))
+    _check_device(TrainConfig(use_gpu=False), torch.device("cpu"))  # CPU runs pass

@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 from crystalvision import tune as cvtune
 from crystalvision.config import PipelineConfig
 from crystalvision.model import ModelSpec
+from crystalvision.prepare import Prepared
 from crystalvision.storage import open_store
 
 from .support.tiny import SIZE, toy_splits
@@ -55,7 +56,8 @@ def test_tiny_sweep_logs_nested_runs_and_restores(ray_local) -> None:
     store = open_store()
     splits = toy_splits(store, n_structures=8, views=2)
     spec = ModelSpec(crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=SIZE)
-    summary = cvtune.tune_model(cfg, splits, store, spec)
+    prepared = Prepared(cfg, store, splits, spec)
+    summary = cvtune.tune_model(prepared)
     assert summary["n_trials"] == 2 and summary["n_errors"] == 0
     client = MlflowClient()
     parent = client.get_run(summary["parent_run_id"])
@@ -68,6 +70,6 @@ def test_tiny_sweep_logs_nested_runs_and_restores(ray_local) -> None:
     best = mlflow.pyfunc.load_model(summary["model_uri"])
     assert best.metadata.get_input_schema() is not None
 
-    again = cvtune.tune_model(cfg, splits, store, spec)  # same config: Tuner.restore, same parent, no new trials
+    again = cvtune.tune_model(prepared)  # same config: Tuner.restore, same parent, no new trials
     assert again["parent_run_id"] == summary["parent_run_id"] and again["best_run_id"] == summary["best_run_id"]
     assert len(client.search_runs([parent.info.experiment_id], f"tags.tune_sweep = '{summary['sweep']}'")) == 2

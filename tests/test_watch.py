@@ -10,13 +10,10 @@ from pathlib import Path
 import pytest
 
 from crystalvision.config import PipelineConfig, load_pipeline
-from crystalvision.settings import get_settings
 from crystalvision.snapshot import load_snapshot
 from crystalvision.watch import job_id, query_hash, watch_once
-from tests.support.mp_replay import ReplayServer, bundled_docs
 
 ROOT = Path(__file__).resolve().parents[1]
-API_KEY = "w" * 32
 
 
 class Recorder:
@@ -34,17 +31,6 @@ class Recorder:
         if self.fail:
             raise RuntimeError("training blew up")
         return {"run_id": f"run-{len(self.configs)}"}
-
-
-@pytest.fixture
-def mp_api(monkeypatch: pytest.MonkeyPatch, cv_home: Path):
-    with ReplayServer("2025.01.01", bundled_docs(4)) as server:
-        monkeypatch.setenv("MP_API_KEY", API_KEY)
-        monkeypatch.setenv("CRYSTALVISION_MP_ENDPOINT", server.url)
-        monkeypatch.setenv("CRYSTALVISION_RETRY_BACKOFF_S", "0.01")
-        get_settings.cache_clear()
-        yield server
-    get_settings.cache_clear()
 
 
 @pytest.fixture

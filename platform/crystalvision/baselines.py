@@ -22,14 +22,12 @@ import pandas as pd
 from pymatgen.core import Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from crystalvision.config import TARGETS_CLASSIFICATION, TARGETS_REGRESSION
 from crystalvision.metrics import label_metrics, prefixed, regression_metrics, stability_metrics
 from crystalvision.snapshot import MaterialRecord
+from crystalvision.targets import CLASS_ID, CLASS_NAME, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
 
 log = logging.getLogger(__name__)
 
-CLASS_ID = {"crystal_system": "crystal_system_id", "spacegroup": "spacegroup_id"}
-CLASS_NAME = {"crystal_system": "crystal_system", "spacegroup": "spacegroup_symbol"}
 LABEL_METRICS = ("acc", "macro_f1", "weighted_f1")
 
 

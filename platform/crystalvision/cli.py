@@ -1,7 +1,8 @@
 """The ``crystalvision`` command line: one sub-command per stage, plus ``pipeline run``.
 
-Commands are thin: they parse options, call into the stage modules and turn
-:class:`~crystalvision.errors.CrystalVisionError` into one clear message and exit code 2.
+Commands are thin: they parse options, call the command table (:mod:`crystalvision.commands`, which the Ray
+Jobs entrypoints in ``jobs/`` share) and turn :class:`~crystalvision.errors.CrystalVisionError` into one clear
+message and exit code 2.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -56,6 +59,13 @@ def _echo_json(data) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
+def _run(name: str, config: Path, overrides: list[str] | None, **options) -> None:
+    """Run command ``name`` of the command table on the loaded config and print its result as JSON."""
+    from crystalvision.commands import run
+
+    _echo_json(run(name, _load(config, overrides), **options))
+
+
 @app.command()
 @handle_errors
 def ingest(
@@ -67,7 +77,7 @@ def ingest(
     set_: SetOpt = None,
 ) -> None:
     """Query the Materials Project (needs MP_API_KEY) and write a versioned, content-hashed snapshot."""
-    from crystalvision.ingest import ingest_from_mp
+    from crystalvision.commands import run
 
     cfg = _load(config, set_)
     query = cfg.ingest.model_copy(
@@ -75,8 +85,7 @@ def ingest(
     )
     if elements:
         query = query.model_copy(update={"elements": elements.split(","), "chemsys": chemsys})
-    path = ingest_from_mp(query, out)
-    typer.echo(str(path))
+    typer.echo(run("ingest", cfg.model_copy(update={"ingest": query}), out=out)["snapshot"])
 
 
 @app.command("snapshot")
@@ -97,22 +106,21 @@ def snapshot_info(
 
 @app.command()
 @handle_errors
-def render(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+def render(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+    retry_quarantined: Annotated[bool, typer.Option(help="Try quarantined structures again.")] = False,
+) -> None:
     """Render the selected structures into images + a labels table in the object store (Ray Data)."""
-    from crystalvision.pipeline import run_render_stage
-
-    result = run_render_stage(_load(config, set_))
-    _echo_json(result.summary())
+    retry = ["render.retry_quarantined=true"] if retry_quarantined else []
+    _run("render", config, [*(set_ or []), *retry])
 
 
 @app.command()
 @handle_errors
 def train(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     """Render if needed, then train the multi-head EfficientNet-B0 with Ray Train and log to MLflow."""
-    from crystalvision.pipeline import run_pipeline
-
-    result = run_pipeline(_load(config, set_), stages=["snapshot", "render", "train"])
-    _echo_json(result.summary())
+    _run("train", config, set_)
 
 
 @app.command()
@@ -122,19 +130,15 @@ def evaluate(
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
 ) -> None:
-    """Evaluate a trained run on its test split: metrics, plots, baselines, saliency, HTML report."""
-    from crystalvision.pipeline import evaluate_run
-
-    _echo_json(evaluate_run(_load(config, set_), run_id))
+    """Evaluate a trained run on its own test split: metrics, plots, baselines, saliency, HTML report."""
+    _run("evaluate", config, set_, run_id=run_id)
 
 
 @app.command()
 @handle_errors
 def tune(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     """Sweep learning rate and loss weights with Ray Tune (ASHA); trials are nested MLflow runs."""
-    from crystalvision.tune import run_tune
-
-    _echo_json(run_tune(_load(config, set_)))
+    _run("tune", config, set_)
 
 
 @app.command()
@@ -145,9 +149,7 @@ def register(
     set_: SetOpt = None,
 ) -> None:
     """Register a run's model as the challenger and promote it to champion only if it is better."""
-    from crystalvision.registry import register_and_promote
-
-    _echo_json(register_and_promote(_load(config, set_), run_id))
+    _run("register", config, set_, run_id=run_id)
 
 
 @app.command()
@@ -180,9 +182,7 @@ def watch(
     force: Annotated[bool, typer.Option(help="Retrain even if nothing changed.")] = False,
 ) -> None:
     """Retrain when the Materials Project publishes a new database version (promotes only a better model)."""
-    from crystalvision.watch import watch_once
-
-    _echo_json(watch_once(_load(config, set_), force=force))
+    _run("watch", config, set_, force=force)
 
 
 @app.command()
@@ -194,11 +194,20 @@ def bench(
         list[str] | None, typer.Option(help="Parts: render_bench, train_bench, quickstart, MODULE.FUNCTION.")
     ] = None,
 ) -> None:
-    """Run every benchmark in bench/, print one table and write JSON."""
-    sys.path.insert(0, str(Path.cwd()))
-    from bench.run_all import main as bench_main
+    """Run every benchmark in bench/ (of this source checkout), print one table and write JSON."""
+    from crystalvision.settings import PACKAGE_DIR
 
-    bench_main(out=out, quick=quick, only=only or None)
+    root = PACKAGE_DIR.parents[1]  # platform/crystalvision -> the checkout that holds bench/
+    if not (root / "bench" / "run_all.py").is_file():
+        raise CrystalVisionError(
+            f"no bench/run_all.py next to {PACKAGE_DIR}; run `crystalvision bench` from a checkout"
+        )
+    cmd = [sys.executable, "-m", "bench.run_all", "--out", str(out.resolve()), *(["--quick"] if quick else [])]
+    path = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}  # this checkout's package in the runner and its parts
+    done = subprocess.run([*cmd, *(["--only", *only] if only else [])], cwd=root, env=env, check=False)
+    if done.returncode:
+        raise typer.Exit(code=done.returncode)
 
 
 @pipeline_app.command("run")
@@ -208,10 +217,7 @@ def pipeline_run(
     set_: SetOpt = None,
 ) -> None:
     """Run a whole pipeline: snapshot -> render -> train -> evaluate -> register."""
-    from crystalvision.pipeline import run_pipeline
-
-    result = run_pipeline(_load(config, set_))
-    _echo_json(result.summary())
+    _run("pipeline", config, set_)
 
 
 @pipeline_app.command("validate")

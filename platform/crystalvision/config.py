@@ -5,16 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crystalvision.errors import ConfigError
-
-TARGETS_REGRESSION = ("band_gap", "energy_above_hull")
-TARGETS_CLASSIFICATION = ("crystal_system", "spacegroup")
-TARGETS = TARGETS_REGRESSION + TARGETS_CLASSIFICATION
+from crystalvision.targets import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION  # noqa: F401 (re-exported)
 
 
 class _Strict(BaseModel):
@@ -49,17 +46,43 @@ class RenderConfig(_Strict):
 
     image_size: int = Field(default=224, ge=16, le=2048)
     views_per_structure: int = Field(default=56, ge=1)
+    views: Literal["uniform", "trajectory"] = Field(
+        default="uniform",
+        description="uniform: independent random orientations; trajectory: frames of one continuous random "
+        "rotation per structure, trajectory_step_deg apart (the study's video frames).",
+    )
+    trajectory_step_deg: float = Field(default=6.0, description="Angle between consecutive trajectory frames.")
     seed: int = 0
     method: Literal["mesh", "impostor"] = Field(
-        default="mesh", description="mesh: tessellated spheres; impostor: VTK's exact sphere mapper (faster)."
+        default="impostor",
+        description="impostor: exact shaded spheres drawn per pixel (VTK's sphere mapper, 4-5x faster); "
+        "mesh: tessellated spheres (the same colours, radii and lighting).",
     )
     sphere_resolution: int = Field(default=16, ge=4, le=64, description="Tessellation of mesh spheres.")
     radius_scale: float = Field(default=1.0, gt=0)
     projection: Literal["orthographic", "perspective"] = "orthographic"
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     show_cell: bool = False
-    num_workers: int = Field(default=2, ge=1, description="Render actors in the Ray Data job.")
-    cpus_per_worker: float = Field(default=0.5, gt=0)
+    num_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default="auto", description="Render actors in the Ray Data job; auto: one per CPU of the Ray cluster."
+    )
+    cpus_per_worker: float = Field(
+        default=0.5, gt=0, description="CPUs reserved per actor (fractional leaves room for the read and writes)."
+    )
+    max_atoms: int = Field(default=2000, ge=1, description="Structures drawing more atoms are refused, not rendered.")
+    structure_timeout_s: float = Field(
+        default=300.0, gt=0, description="Time budget of one structure's views in a batch; exceeded twice: quarantined."
+    )
+    max_actor_restarts: int = Field(default=8, ge=0, description="Restarts of each render actor after a crash.")
+    max_task_retries: int = Field(default=8, ge=0, description="Retries of a render batch whose actor died.")
+    retry_quarantined: bool = Field(default=False, description="Try the quarantined structures again.")
+
+    @field_validator("trajectory_step_deg")
+    @classmethod
+    def _step_in_range(cls, v: float) -> float:  # one message that names the key and the allowed range
+        if not 0 < v < 180:
+            raise ValueError(f"render.trajectory_step_deg must be in the open range (0, 180) degrees, got {v}")
+        return v
 
 
 class SplitConfig(_Strict):
@@ -71,6 +94,34 @@ class SplitConfig(_Strict):
     test_fraction: float = Field(default=0.15, gt=0, lt=1)
     val_fraction: float = Field(default=0.2, gt=0, lt=1, description="Fraction of the non-test part.")
     seed: int = 0
+    folds: int | None = Field(
+        default=None, ge=2, description="K-fold: each structure (grouped) or image tested once; see folds.py."
+    )
+    leave_one_out: bool = Field(default=False, description="One fold per structure (grouped; small snapshots).")
+
+    @field_validator("folds", mode="before")
+    @classmethod
+    def _none_string(cls, v: object) -> object:
+        """MLflow logs None as "None": read it back as None (evaluate rebuilds splits from logged params)."""
+        return None if isinstance(v, str) and v.strip().lower() in ("none", "null", "") else v
+
+
+class AugmentConfig(_Strict):
+    """Geometric training augmentation that keeps colour (colour encodes the element); see augment.py."""
+
+    enabled: bool = False
+    rotate: Literal["none", "right_angles", "any"] = Field(
+        default="any", description="In-plane rotation: none, multiples of 90 degrees, or any angle."
+    )
+    flip: bool = Field(default=True, description="Random horizontal and vertical flips.")
+    scale: tuple[float, float] = Field(default=(0.9, 1.1), description="Random zoom range (1 = unchanged).")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {v}")
+        return v
 
 
 class TrainConfig(_Strict):
@@ -92,7 +143,24 @@ class TrainConfig(_Strict):
     amp: bool = Field(default=True, description="Mixed precision when on GPU (ignored on CPU).")
     max_failures: int = Field(default=1, ge=0, description="Worker failures tolerated (resume from checkpoint).")
     max_steps_per_epoch: int | None = Field(default=None, ge=1, description="Cap steps (tiny test runs).")
+    step_mode: Literal["auto", "eager", "graphs", "compile"] = Field(
+        default="auto", description="GPU train step: one CUDA graph per step, torch.compile, or eager (auto: "
+        "graphs on one GPU without GradScaler, else eager; always eager on CPU)."
+    )
+    channels_last: bool = Field(default=True, description="Channels-last layout on GPU (ignored on CPU).")
+    cudnn_benchmark: bool = Field(
+        default=False, description="Autotune cuDNN convolutions on GPU (costs ~40 s at the first step per shape)."
+    )
+    device_data: Literal["auto", "on", "off"] = Field(
+        default="auto", description="Keep each worker's decoded uint8 images on the GPU after the first epoch "
+        "(auto: on GPU when the split fits in 4 GiB per worker; CPU streams from Ray Data)."
+    )
     seed: int = 0
+    pretrained: Literal["imagenet"] | None = Field(
+        default=None, description="imagenet: timm's own pretrained weights (from its cache; see augment/model)."
+    )
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig())
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Label smoothing of the class heads.")
 
     @field_validator("loss_weights")
     @classmethod

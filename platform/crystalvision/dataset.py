@@ -16,20 +16,12 @@ from sklearn.model_selection import GroupShuffleSplit, train_test_split
 from crystalvision.config import SplitConfig
 from crystalvision.errors import ImageError, StorageError
 from crystalvision.storage import ObjectStore
+from crystalvision.targets import TARGET_COLUMNS, TARGET_LABEL_COLUMNS, target
 
 log = logging.getLogger(__name__)
 
-LABEL_COLUMNS = (
-    "material_id",
-    "view",
-    "image_key",
-    "band_gap",
-    "energy_above_hull",
-    "crystal_system",
-    "spacegroup_symbol",
-    "crystal_system_id",
-    "spacegroup_id",
-)
+# the columns a labels table must have: identity of each image, then every target's label columns
+LABEL_COLUMNS = ("material_id", "view", "image_key", *TARGET_LABEL_COLUMNS)
 
 
 @dataclass
@@ -135,7 +127,7 @@ def load_images(store: ObjectStore, keys: list[str], size: int | None = None, th
 
 # ---- Ray Data: the splits as datasets of decoded images for Ray Train ----------------------------------------
 
-RAY_COLUMNS = ("image", "band_gap", "energy_above_hull", "crystal_system_id", "spacegroup_id")
+RAY_COLUMNS = ("image", *TARGET_COLUMNS.values())
 MATERIALIZE_MAX_BYTES = 2 * 1024**3  # decoded images up to this size are cached in the Ray object store
 
 
@@ -143,13 +135,10 @@ def decode_batch(batch: dict[str, np.ndarray], store: ObjectStore, size: int | N
     """Ray Data ``map_batches`` function: image keys -> uint8 NHWC images; labels cast to training dtypes."""
     keys = [str(k) for k in batch["image_key"]]
     images = [decode_png(store.get_bytes(k), store.uri(k), size) for k in keys]
-    return {
-        "image": np.stack(images) if images else np.zeros((0, size or 0, size or 0, 3), np.uint8),
-        "band_gap": np.asarray(batch["band_gap"], dtype=np.float32),
-        "energy_above_hull": np.asarray(batch["energy_above_hull"], dtype=np.float32),
-        "crystal_system_id": np.asarray(batch["crystal_system_id"], dtype=np.int64),
-        "spacegroup_id": np.asarray(batch["spacegroup_id"], dtype=np.int64),
-    }
+    out = {"image": np.stack(images) if images else np.zeros((0, size or 0, size or 0, 3), np.uint8)}
+    for name, col in TARGET_COLUMNS.items():
+        out[col] = np.asarray(batch[col], dtype=np.float32 if target(name).is_regression else np.int64)
+    return out
 
 
 def to_ray_dataset(
@@ -167,7 +156,7 @@ def to_ray_dataset(
     """
     import ray.data
 
-    cols = ["image_key", "band_gap", "energy_above_hull", "crystal_system_id", "spacegroup_id"]
+    cols = ["image_key", *TARGET_COLUMNS.values()]
     table = frame[cols].reset_index(drop=True)
     n_blocks = max(1, -(-len(table) // rows_per_block))
     parts = [table.iloc[i::n_blocks].reset_index(drop=True) for i in range(n_blocks)] if len(table) else [table]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +22,17 @@ import pandas as pd
 
 from crystalvision import metrics as M
 from crystalvision import plots
-from crystalvision.config import TARGETS_CLASSIFICATION, TARGETS_REGRESSION, PipelineConfig, SplitConfig
-from crystalvision.dataset import Splits, load_images, load_labels, split_frame
+from crystalvision.config import EvaluateConfig, PipelineConfig
+from crystalvision.dataset import Splits, load_images
 from crystalvision.errors import CrystalVisionError, ModelError, StorageError
-from crystalvision.model import CrystalNet, predict_arrays, unwrap
+from crystalvision.model import CrystalNet, ModelSpec, predict_arrays, unwrap
 from crystalvision.snapshot import MaterialRecord
 from crystalvision.storage import ObjectStore
+from crystalvision.targets import CLASS_ID, SCORE_METRICS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
 
 log = logging.getLogger(__name__)
 
-CLASS_ID = {"crystal_system": "crystal_system_id", "spacegroup": "spacegroup_id"}
 CHUNK = 256  # images loaded and predicted at a time (bounded memory, progress logging)
-SCORE_PARTS = ("test_r2_band_gap", "test_r2_energy_above_hull", "test_acc_crystal_system", "test_acc_spacegroup")
 
 
 @dataclass
@@ -56,9 +54,11 @@ class Level:
 # --------------------------------------------------------------------------------------------- prediction
 
 
-def predict_split(model: CrystalNet, df: pd.DataFrame, store: ObjectStore, name: str, batch_size: int) -> Level:
-    """Load and predict a split's images in chunks, logging progress."""
-    size = unwrap(model).spec.image_size
+def predict_split(
+    model: CrystalNet, df: pd.DataFrame, store: ObjectStore, name: str, batch_size: int, size: int | None = None
+) -> Level:
+    """Load and predict a split's images (``size`` px, default the model's) in chunks, logging progress."""
+    size = size or unwrap(model).spec.image_size
     parts: list[dict[str, np.ndarray]] = []
     keys = df["image_key"].tolist()
     for start in range(0, len(keys), CHUNK):
@@ -99,8 +99,8 @@ def level_metrics(prefix: str, level: Level, stability_threshold: float) -> dict
 
 
 def test_score(metrics: Mapping[str, float]) -> float:
-    """Mean of the two test R² and the two test accuracies (NaN if one is missing)."""
-    parts = [metrics.get(k, math.nan) for k in SCORE_PARTS]
+    """Mean of each regression head's test R² and each classification head's test accuracy (NaN if one is missing)."""
+    parts = [metrics.get(k, math.nan) for k in SCORE_METRICS]
     return float(np.mean(parts))
 
 
@@ -176,7 +176,7 @@ def make_plots(test: Level, struct: Level, classes: dict[str, list[str]], metric
     return paths
 
 
-def load_records(cfg: PipelineConfig, model: CrystalNet) -> dict[str, MaterialRecord] | None:
+def load_records(cfg: PipelineConfig, spec: ModelSpec) -> dict[str, MaterialRecord] | None:
     """Snapshot records by material_id for the structure baselines; None (logged) when unavailable."""
     from crystalvision.snapshot import configured_snapshot
 
@@ -185,7 +185,7 @@ def load_records(cfg: PipelineConfig, model: CrystalNet) -> dict[str, MaterialRe
     except CrystalVisionError as exc:
         log.info("structure baselines skipped: snapshot not loadable (%s)", exc)
         return None
-    trained_on = unwrap(model).spec.snapshot_sha256
+    trained_on = spec.snapshot_sha256
     if trained_on and trained_on != snap.manifest.content_sha256:
         log.warning(
             "model was trained on snapshot %s, baselines use %s", trained_on[:12], snap.manifest.content_sha256[:12]
@@ -193,9 +193,9 @@ def load_records(cfg: PipelineConfig, model: CrystalNet) -> dict[str, MaterialRe
     return {r.material_id: r for r in snap.records}
 
 
-def label_sources(splits: Splits, model: CrystalNet) -> dict[str, str]:
+def label_sources(splits: Splits, spec: ModelSpec) -> dict[str, str]:
     """Where the regression labels come from: the labels table's columns, else the model spec."""
-    out = dict(unwrap(model).spec.label_source)
+    out = dict(spec.label_source)
     for t in TARGETS_REGRESSION:
         col = f"label_source_{t}"
         if col in splits.test:
@@ -219,6 +219,57 @@ def check_class_ids(splits: Splits, classes: Mapping[str, list[str]]) -> None:
                 )
 
 
+def predict_levels(model: CrystalNet, splits: Splits, store: ObjectStore, spec: ModelSpec, ecfg: EvaluateConfig):
+    """Model outputs per image on test (and val), and their per-structure means: ``{level name: Level}``."""
+    levels = {"test": predict_split(model, splits.test, store, "test", ecfg.batch_size, spec.image_size)}
+    if ecfg.include_val and len(splits.val):
+        levels["val"] = predict_split(model, splits.val, store, "val", ecfg.batch_size, spec.image_size)
+    for name in list(levels):
+        levels[f"{name}_struct"] = by_structure(levels[name])
+    return levels
+
+
+def model_metrics(levels: Mapping[str, Level], threshold: float) -> dict[str, float]:
+    """Every level's metrics plus ``test_score``."""
+    metrics: dict[str, float] = {}
+    for name, level in levels.items():
+        metrics |= level_metrics(name, level, threshold)
+    metrics["test_score"] = test_score(metrics)
+    return metrics
+
+
+def baseline_metrics(
+    splits: Splits, records: Mapping[str, MaterialRecord] | None, ecfg: EvaluateConfig, out: Path, notes: list[str]
+) -> dict[str, float]:
+    """Dummy, 1-NN and symmetry baselines on the test split (``baseline_predictions.csv``)."""
+    from crystalvision.baselines import run_baselines
+
+    b_metrics, table = run_baselines(
+        splits.train, splits.test, records, stability_threshold=ecfg.stability_threshold, symprec=ecfg.symmetry_symprec
+    )
+    if not any(k.startswith("baseline_1nn") for k in b_metrics):
+        notes.append("1-NN and symmetry baselines skipped: the split's structures are not in the snapshot.")
+    table.to_csv(out / "baseline_predictions.csv", index=False)
+    return b_metrics
+
+
+def write_tables(levels: Mapping[str, Level], classes: dict[str, list[str]], threshold: float, out: Path) -> dict:
+    """Classification reports of the test split and prediction CSVs (per image, per structure); the reports."""
+    reports = {t: class_report(levels["test"], t, classes[t]) for t in TARGETS_CLASSIFICATION}
+    for t, rep in reports.items():
+        (out / f"classification_report_{t}.txt").write_text(rep["report_text"])
+        (out / f"classification_report_{t}.json").write_text(
+            json.dumps({k: v for k, v in rep.items() if k != "report_text"}, indent=1)
+        )
+    tables = [prediction_table(levels[n], n, classes, threshold) for n in levels if "struct" not in n]
+    pd.concat(tables).to_csv(out / "predictions.csv", index=False)
+    struct_tables = [
+        prediction_table(levels[n], n.removesuffix("_struct"), classes, threshold) for n in levels if "struct" in n
+    ]
+    pd.concat(struct_tables).to_csv(out / "predictions_by_structure.csv", index=False)
+    return reports
+
+
 def evaluate_model(
     model: CrystalNet,
     splits: Splits,
@@ -236,64 +287,23 @@ def evaluate_model(
     """
     from crystalvision.report import write_report
 
-    ecfg = cfg.evaluate
+    ecfg, spec = cfg.evaluate, unwrap(model).spec
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    spec = unwrap(model).spec
-    classes = {"crystal_system": spec.crystal_system_classes, "spacegroup": spec.spacegroup_classes}
+    classes = spec.class_lists()
     check_class_ids(splits, classes)
-    levels = {"test": predict_split(model, splits.test, store, "test", ecfg.batch_size)}
-    if ecfg.include_val and len(splits.val):
-        levels["val"] = predict_split(model, splits.val, store, "val", ecfg.batch_size)
-    for name in list(levels):
-        levels[f"{name}_struct"] = by_structure(levels[name])
-
-    metrics: dict[str, float] = {}
-    for name, level in levels.items():
-        metrics |= level_metrics(name, level, ecfg.stability_threshold)
-    metrics["test_score"] = test_score(metrics)
-
+    levels = predict_levels(model, splits, store, spec, ecfg)
+    metrics = model_metrics(levels, ecfg.stability_threshold)
     notes: list[str] = []
-    baseline_table = None
     if ecfg.baselines:
-        from crystalvision.baselines import run_baselines
-
-        recs = records if records is not None else load_records(cfg, model)
-        b_metrics, baseline_table = run_baselines(
-            splits.train,
-            splits.test,
-            recs,
-            stability_threshold=ecfg.stability_threshold,
-            symprec=ecfg.symmetry_symprec,
-        )
-        metrics |= b_metrics
-        if not any(k.startswith("baseline_1nn") for k in b_metrics):
-            notes.append("1-NN and symmetry baselines skipped: the split's structures are not in the snapshot.")
-        baseline_table.to_csv(out / "baseline_predictions.csv", index=False)
-
-    reports = {t: class_report(levels["test"], t, classes[t]) for t in TARGETS_CLASSIFICATION}
-    for t, rep in reports.items():
-        (out / f"classification_report_{t}.txt").write_text(rep["report_text"])
-        (out / f"classification_report_{t}.json").write_text(
-            json.dumps({k: v for k, v in rep.items() if k != "report_text"}, indent=1)
-        )
-
-    tables = [prediction_table(levels[n], n, classes, ecfg.stability_threshold) for n in levels if "struct" not in n]
-    pd.concat(tables).to_csv(out / "predictions.csv", index=False)
-    struct_tables = [
-        prediction_table(levels[n], n.removesuffix("_struct"), classes, ecfg.stability_threshold)
-        for n in levels
-        if "struct" in n
-    ]
-    pd.concat(struct_tables).to_csv(out / "predictions_by_structure.csv", index=False)
-
+        recs = records if records is not None else load_records(cfg, spec)
+        metrics |= baseline_metrics(splits, recs, ecfg, out, notes)
+    reports = write_tables(levels, classes, ecfg.stability_threshold, out)
     log.info("evaluate: plots")
     figures = make_plots(levels["test"], levels["test_struct"], classes, metrics, out)
-    saliency = None
-    if ecfg.saliency:
-        saliency = run_saliency(model, splits, store, cfg, out)
-        if saliency is not None:
-            figures += [out / "saliency.png", out / "saliency_ssim.png"]
+    saliency = run_saliency(model, splits, store, cfg, out, spec) if ecfg.saliency else None
+    if saliency is not None:
+        figures += [out / "saliency.png", out / "saliency_ssim.png"]
 
     flat = M.finite(metrics)
     skipped = sorted(set(metrics) - set(flat))
@@ -304,7 +314,7 @@ def evaluate_model(
         out / "report.html",
         metrics=flat,
         splits=splits.describe(),
-        label_source=label_sources(splits, model),
+        label_source=label_sources(splits, spec),
         spec=spec,
         cfg=ecfg,
         reports={t: r["report_text"] for t, r in reports.items()},
@@ -317,14 +327,16 @@ def evaluate_model(
     return EvalResult(metrics=flat, artifacts_dir=out)
 
 
-def run_saliency(model: CrystalNet, splits: Splits, store: ObjectStore, cfg: PipelineConfig, out: Path):
+def run_saliency(
+    model: CrystalNet, splits: Splits, store: ObjectStore, cfg: PipelineConfig, out: Path, spec: ModelSpec | None = None
+):
     """SmoothGrad maps for one example per crystal system (test first, then val, then train) + SSIM matrix."""
     from crystalvision.explain import explain_examples, pick_examples
 
     examples = pick_examples([("test", splits.test), ("val", splits.val), ("train", splits.train)])
     if examples.empty:
         return None
-    images = load_images(store, examples["image_key"].tolist(), size=unwrap(model).spec.image_size)
+    images = load_images(store, examples["image_key"].tolist(), size=(spec or unwrap(model).spec).image_size)
     result = explain_examples(model, examples, images, cfg.evaluate.saliency_noise, cfg.evaluate.saliency_samples)
     titles = [
         f"{c}\n{m} ({s})\npred: {p}"
@@ -335,104 +347,3 @@ def run_saliency(model: CrystalNet, splits: Splits, store: ObjectStore, cfg: Pip
     np.save(out / "saliency_maps.npy", result.maps)
     pd.DataFrame(result.ssim, index=result.classes, columns=result.classes).to_csv(out / "saliency_ssim.csv")
     return result
-
-
-# -------------------------------------------------------------------------------------- logged MLflow runs
-
-
-def _configure_tracking() -> None:
-    try:
-        from crystalvision.tracking import configure_mlflow
-    except ImportError:
-        import mlflow
-
-        from crystalvision.settings import get_settings
-
-        mlflow.set_tracking_uri(get_settings().tracking.mlflow_tracking_uri)
-    else:
-        configure_mlflow()
-
-
-def find_model_folder(run_id: str, dst: Path) -> Path:
-    """Download the run's model folder: artifact ``model_dir/``, else a folder with model.json under ``model/``."""
-    import mlflow
-
-    from crystalvision.model import SPEC_FILE, WEIGHTS_FILE
-
-    for artifact in ("model_dir", "model"):
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst)))
-        except Exception as exc:  # MLflow raises different types per store for a missing artifact
-            log.debug("run %s has no artifact %s (%s)", run_id, artifact, exc)
-            continue
-        for spec in sorted(local.rglob(SPEC_FILE)):
-            if (spec.parent / WEIGHTS_FILE).is_file():
-                return spec.parent
-    raise FileNotFoundError(f"no {SPEC_FILE} + {WEIGHTS_FILE} under artifacts model_dir/ or model/ of run {run_id}")
-
-
-def _param(params: Mapping[str, str], *names: str) -> str | None:
-    return next((params[n] for n in names if n in params), None)
-
-
-def split_config_from_params(params: Mapping[str, str], default: SplitConfig) -> SplitConfig:
-    """The split the run logged (``cfg.split.<field>`` as tracking logs it, ``split.<field>``), else ``default``."""
-    values = default.model_dump()
-    for field in values:
-        raw = _param(params, f"cfg.split.{field}", f"split.{field}", f"split_{field}")
-        if raw is not None:
-            values[field] = raw
-    return SplitConfig.model_validate(values)
-
-
-def labels_key_for_run(cfg: PipelineConfig, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
-    """The run's labels table: a logged ``labels_key`` param/tag, else the (cached) render of its config."""
-    key = _param({**tags, **params}, "labels_key", "render.labels_key", "render_labels_key")
-    if key:
-        return key
-    log.info("run logged no labels_key; resolving it through the render stage (cached renders are reused)")
-    from crystalvision.render.job import render_dataset
-    from crystalvision.snapshot import load_selection
-    from crystalvision.storage import open_store
-
-    snap, selection = load_selection(cfg.snapshot)
-    return render_dataset(
-        selection.records, snap.encoders, snap.manifest.content_sha256, cfg.render, open_store()
-    ).labels_key
-
-
-def evaluate_logged_run(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
-    """Evaluate the model logged in MLflow run ``run_id`` on its own split; log metrics + artifacts into it.
-
-    Assumes the run holds the model folder (``weights.pt`` + ``model.json``) as artifact ``model_dir/`` or
-    inside the pyfunc artifact ``model/``; the split comes from the run's ``split.*`` / ``split_*`` params
-    (falling back to ``cfg.split``) and the labels table from a ``labels_key`` param/tag (or a cached render).
-    Artifacts go to ``evaluation/`` in the run.
-    """
-    import mlflow
-
-    from crystalvision.model import load_model
-    from crystalvision.storage import open_store
-
-    _configure_tracking()
-    run = mlflow.get_run(run_id)
-    params, tags = run.data.params, run.data.tags
-    with tempfile.TemporaryDirectory(prefix="crystalvision-eval-") as tmp:
-        try:
-            model = load_model(find_model_folder(run_id, Path(tmp) / "model"))
-        except ModelError as exc:
-            raise ModelError(f"run {run_id}: {exc}") from exc
-        store = open_store()
-        splits = split_frame(
-            load_labels(store, labels_key_for_run(cfg, params, tags)), split_config_from_params(params, cfg.split)
-        )
-        logged = _param(params, "n_images_test")
-        if logged is not None and int(float(logged)) != len(splits.test):
-            log.warning("rebuilt test split has %d images, the run logged %s", len(splits.test), logged)
-        result = evaluate_model(model, splits, store, cfg, Path(tmp) / "evaluation")
-        mlflow.set_experiment(experiment_id=run.info.experiment_id)  # the run may live in another experiment
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_metrics(result.metrics)
-            mlflow.log_artifacts(str(result.artifacts_dir), artifact_path="evaluation")
-    log.info("logged %d metrics and the evaluation artifacts into run %s", len(result.metrics), run_id)
-    return {"run_id": run_id, "metrics": result.metrics, "artifact_path": "evaluation", "split": splits.describe()}

@@ -11,14 +11,15 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import timm
 import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
 from crystalvision import __version__
-from crystalvision.config import TARGETS_REGRESSION, PipelineConfig
+from crystalvision.backbone import create_backbone
+from crystalvision.config import PipelineConfig
 from crystalvision.errors import ModelError
+from crystalvision.targets import TABLE, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,7 +32,10 @@ STD = (0.229, 0.224, 0.225)
 
 
 class ModelSpec(BaseModel):
-    """Everything needed to rebuild a model and interpret its outputs."""
+    """Everything needed to rebuild a model and interpret its outputs.
+
+    Each classification target of :mod:`crystalvision.targets` has a ``<name>_classes`` field (index = class id).
+    """
 
     backbone: str = "efficientnet_b0"
     crystal_system_classes: list[str]
@@ -45,13 +49,20 @@ class ModelSpec(BaseModel):
     render_config: dict = Field(default_factory=dict)
     crystalvision_version: str = __version__
 
+    def classes(self, target: str) -> list[str]:
+        """Class names of a classification target (index = class id)."""
+        return getattr(self, f"{target}_classes")
+
+    def class_lists(self) -> dict[str, list[str]]:
+        """Classification target -> class names."""
+        return {t: self.classes(t) for t in TARGETS_CLASSIFICATION}
+
 
 def spec_for(cfg: PipelineConfig, snapshot: Any) -> ModelSpec:
     """The spec of a model trained by pipeline ``cfg`` on ``snapshot`` (a :class:`~crystalvision.snapshot.Snapshot`)."""
     return ModelSpec(
         backbone=cfg.train.backbone,
-        crystal_system_classes=snapshot.encoders.crystal_system,
-        spacegroup_classes=snapshot.encoders.spacegroup,
+        **{f"{t}_classes": list(getattr(snapshot.encoders, t)) for t in TARGETS_CLASSIFICATION},
         image_size=cfg.render.image_size,
         snapshot_sha256=snapshot.manifest.content_sha256,
         snapshot_id=snapshot.manifest.snapshot_id,
@@ -66,20 +77,21 @@ class CrystalNet(nn.Module):
     Regression outputs are in standardised units (see :meth:`denormalise`); classification outputs are logits.
     """
 
-    def __init__(self, spec: ModelSpec, pretrained_checkpoint: str | None = None, drop_rate: float = 0.2):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        pretrained_checkpoint: str | None = None,
+        drop_rate: float = 0.2,
+        pretrained: str | None = None,
+    ):
         super().__init__()
         self.spec = spec
-        self.backbone = timm.create_model(spec.backbone, pretrained=False, num_classes=0, drop_rate=drop_rate)
-        if pretrained_checkpoint:
-            load_backbone_weights(self.backbone, pretrained_checkpoint)
+        self.backbone = create_backbone(
+            spec.backbone, drop_rate=drop_rate, pretrained=pretrained, checkpoint=pretrained_checkpoint
+        )
         width = self.backbone.num_features
         self.heads = nn.ModuleDict(
-            {
-                "band_gap": nn.Linear(width, 1),
-                "energy_above_hull": nn.Linear(width, 1),
-                "crystal_system": nn.Linear(width, len(spec.crystal_system_classes)),
-                "spacegroup": nn.Linear(width, len(spec.spacegroup_classes)),
-            }
+            {t.name: nn.Linear(width, 1 if t.is_regression else len(spec.classes(t.name))) for t in TABLE}
         )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -165,6 +177,6 @@ def predict_arrays(model: CrystalNet, images: np.ndarray, batch_size: int = 64) 
         out = model(preprocess(images[start : start + batch_size]).to(device))
         for t in TARGETS_REGRESSION:
             chunks.setdefault(t, []).append(model.denormalise(t, out[t].float()).cpu().numpy())
-        for t in ("crystal_system", "spacegroup"):
+        for t in TARGETS_CLASSIFICATION:
             chunks.setdefault(f"{t}_proba", []).append(out[t].float().softmax(-1).cpu().numpy())
     return {k: np.concatenate(v) for k, v in chunks.items()}

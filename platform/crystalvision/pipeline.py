@@ -7,18 +7,18 @@ One MLflow run covers one pipeline run; every stage logs into it.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from crystalvision import prepare
 from crystalvision.config import PipelineConfig
-from crystalvision.errors import CrystalVisionError
-from crystalvision.snapshot import Selection, Snapshot, load_selection
 from crystalvision.storage import ObjectStore, open_store
+
+if TYPE_CHECKING:
+    from crystalvision.render.job import RenderResult
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class PipelineResult:
     snapshot_sha256: str
     n_structures: int
     dropped_flagged: list[str]
-    render: Any = None
+    render: RenderResult | None = None
     run_id: str | None = None
     model_dir: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -65,33 +65,16 @@ class PipelineResult:
         }
 
 
-def logged_selection(cfg: PipelineConfig) -> tuple[Snapshot, Selection]:
-    """The snapshot the config names (or the default) and the records it selects."""
-    snap, selection = load_selection(cfg.snapshot)
-    log.info(
-        "snapshot %s: %d of %d structures selected, %d flagged dropped; labels: %s",
-        snap.manifest.snapshot_id,
-        len(selection.records),
-        len(snap.records),
-        len(selection.dropped_flagged),
-        snap.manifest.label_source,
-    )
-    return snap, selection
-
-
-def run_render_stage(cfg: PipelineConfig, store: ObjectStore | None = None):
+def run_render_stage(cfg: PipelineConfig, store: ObjectStore | None = None) -> RenderResult:
     """Snapshot + render only; returns the render result."""
-    from crystalvision.render.job import render_dataset
-
-    snap, selection = logged_selection(cfg)
-    store = store or open_store()
-    return render_dataset(selection.records, snap.encoders, snap.manifest.content_sha256, cfg.render, store)
+    snap, selection = prepare.select_records(cfg)
+    return prepare.render(cfg, snap, selection, store or open_store())
 
 
 def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> PipelineResult:
     """Run the configured stages and return what they produced."""
     stages = list(stages or cfg.stages)
-    snap, selection = logged_selection(cfg)
+    snap, selection = prepare.select_records(cfg)
     result = PipelineResult(
         name=cfg.name,
         snapshot_id=snap.manifest.snapshot_id,
@@ -101,62 +84,38 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> Pipeli
     )
     if "render" not in stages and "train" not in stages:
         return result
-    from crystalvision.render.job import render_dataset
-
     store = open_store()
     with result.timed("render"):
-        result.render = render_dataset(
-            selection.records, snap.encoders, snap.manifest.content_sha256, cfg.render, store
-        )
-    if result.render.quarantined:
-        log.warning(
-            "%d structures quarantined by the renderer: %s", len(result.render.quarantined), result.render.quarantined
-        )
+        result.render = prepare.render(cfg, snap, selection, store)
     if "train" not in stages:
         return result
-    _train_evaluate_register(cfg, stages, snap, selection, store, result)
+    _train_evaluate_register(prepare.assemble(cfg, snap, selection, result.render, store), stages, result)
     return result
 
 
-def _train_evaluate_register(
-    cfg: PipelineConfig,
-    stages: list[str],
-    snap: Snapshot,
-    selection: Selection,
-    store: ObjectStore,
-    result: PipelineResult,
-) -> None:
-    import mlflow
-
+def _train_evaluate_register(prepared: prepare.Prepared, stages: list[str], result: PipelineResult) -> None:
     from crystalvision import tracking
-    from crystalvision.dataset import load_labels, split_frame
-    from crystalvision.model import load_model, spec_for
+    from crystalvision.model import load_model
+    from crystalvision.predict import log_model
     from crystalvision.train import train_model
 
-    labels = load_labels(store, result.render.labels_key)
-    splits = split_frame(labels, cfg.split)
-    spec = spec_for(cfg, snap)
+    cfg, snap = prepared.cfg, prepared.snapshot
     tracking.configure_mlflow()
     with tracking.start_run(run_name=cfg.name, tags=tracking.pipeline_tags(cfg, snap)) as run:
         result.run_id = run.info.run_id
-        tracking.log_pipeline_context(cfg, snap, selection, result.render, splits)
+        tracking.log_pipeline_context(cfg, snap, prepared.selection, prepared.render, prepared.splits)
         with result.timed("train"):
-            trained = train_model(cfg, splits, store, spec, run_id=run.info.run_id)
+            trained = train_model(prepared, run_id=run.info.run_id)
         result.model_dir = str(trained.model_dir)
         result.metrics.update(trained.metrics)
-        model = load_model(trained.model_dir)
         if "evaluate" in stages:
-            from crystalvision.evaluate import evaluate_model
+            from crystalvision.runs import evaluate_into_run
 
-            with result.timed("evaluate"), tempfile.TemporaryDirectory(prefix="crystalvision-eval-") as tmp:
-                evaluated = evaluate_model(model, splits, store, cfg, Path(tmp))
-                mlflow.log_metrics(evaluated.metrics)
-                mlflow.log_artifacts(str(evaluated.artifacts_dir), artifact_path="evaluation")
+            with result.timed("evaluate"):
+                evaluated = evaluate_into_run(load_model(trained.model_dir), prepared)
             result.metrics.update(evaluated.metrics)
-        from crystalvision.predict import log_model
-
         with result.timed("log_model"):
-            log_model(trained.model_dir, splits, store)
+            log_model(trained.model_dir, prepared.splits, prepared.store)
     if "register" in stages and cfg.registry.enabled:
         from crystalvision.registry import register_and_promote
 
@@ -165,10 +124,7 @@ def _train_evaluate_register(
 
 
 def evaluate_run(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
-    """Evaluate an existing training run's model on its test split and log the results into that run."""
-    from crystalvision.evaluate import evaluate_logged_run
+    """Evaluate an existing training run's model on its own test split and log the results into that run."""
+    from crystalvision.runs import evaluate_logged_run
 
-    try:
-        return evaluate_logged_run(cfg, run_id)
-    except FileNotFoundError as exc:
-        raise CrystalVisionError(f"run {run_id} has no model to evaluate ({exc}); train first") from exc
+    return evaluate_logged_run(cfg, run_id)

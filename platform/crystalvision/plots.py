@@ -13,8 +13,8 @@ import numpy as np
 from sklearn import metrics as skm
 
 from crystalvision.metrics import one_hot, scorable_classes
+from crystalvision.targets import UNITS  # regression head -> unit
 
-UNITS = {"band_gap": "eV", "energy_above_hull": "eV/atom"}
 DPI = 110
 
 

@@ -28,6 +28,7 @@ from mlflow.types import ColSpec, Schema
 from crystalvision.dataset import Splits, decode_png
 from crystalvision.errors import CrystalVisionError, ImageError, ModelError
 from crystalvision.model import SPEC_FILE, CrystalNet, ModelSpec, load_model, predict_arrays
+from crystalvision.targets import PREDICTION_COLUMNS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
 
 if TYPE_CHECKING:
     from crystalvision.storage import ObjectStore
@@ -38,15 +39,7 @@ MODEL_ARTIFACT = "model"  # pyfunc name/artifact path in a run (registry registe
 MODEL_DIR_ARTIFACT = "model_dir"  # the raw model folder (weights.pt + model.json) in a run
 DEFAULT_VIEWS = 8
 PREDICT_VIEW_KEY = "predict"
-OUTPUT_COLUMNS = (
-    "band_gap",
-    "energy_above_hull",
-    "crystal_system",
-    "spacegroup",
-    "crystal_system_proba",
-    "spacegroup_proba",
-    "error",
-)
+OUTPUT_COLUMNS = (*PREDICTION_COLUMNS, "error")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 CIF_SUFFIXES = {".cif"}
 
@@ -173,16 +166,12 @@ def predict_frame(
 
 
 def _output_row(spec: ModelSpec, mean: dict[str, np.ndarray]) -> dict[str, Any]:
-    cs, sg = mean["crystal_system_proba"], mean["spacegroup_proba"]
-    return {
-        "band_gap": float(mean["band_gap"]),
-        "energy_above_hull": float(mean["energy_above_hull"]),
-        "crystal_system": spec.crystal_system_classes[int(cs.argmax())],
-        "spacegroup": spec.spacegroup_classes[int(sg.argmax())],
-        "crystal_system_proba": _proba_json(spec.crystal_system_classes, cs),
-        "spacegroup_proba": _proba_json(spec.spacegroup_classes, sg),
-        "error": None,
-    }
+    row: dict[str, Any] = {t: float(mean[t]) for t in TARGETS_REGRESSION}
+    for t in TARGETS_CLASSIFICATION:
+        row[t] = spec.classes(t)[int(mean[f"{t}_proba"].argmax())]
+    for t in TARGETS_CLASSIFICATION:
+        row[f"{t}_proba"] = _proba_json(spec.classes(t), mean[f"{t}_proba"])
+    return row | {"error": None}
 
 
 class CrystalVisionPyfunc(mlflow.pyfunc.PythonModel):

@@ -35,7 +35,15 @@ DECISION_TAG = "crystalvision.registry.decision"
 # content, which structures were selected, how they were rendered and split.
 _SPLIT_KEYS = ("snapshot_sha256", "render.render_prefix", "render.render_config_hash", "split.n_images_test")
 _SPLIT_PREFIXES = ("cfg.snapshot.", "cfg.render.", "cfg.split.")
-_SPLIT_IGNORED_SUFFIXES = ("num_workers", "cpus_per_worker")
+# Settings that change how fast or how robustly a render runs, never which images exist.
+_SPLIT_IGNORED_SUFFIXES = (
+    "num_workers",
+    "cpus_per_worker",
+    "structure_timeout_s",
+    "max_actor_restarts",
+    "max_task_retries",
+    "retry_quarantined",
+)
 
 # (cfg, champion version, metric) -> champion's metric on the challenger's test split
 ChampionEvaluator = Callable[[PipelineConfig, ModelVersion, str], float]
@@ -76,27 +84,20 @@ def _metric(run: Run, metric: str) -> float | None:
 
 def evaluate_champion_on(cfg: PipelineConfig, champion: ModelVersion, metric: str) -> float:
     """Re-evaluate the champion's model on the test split ``cfg`` describes (the challenger's split)."""
-    from crystalvision.dataset import load_labels, split_frame
     from crystalvision.evaluate import evaluate_model
-    from crystalvision.model import load_model
-    from crystalvision.render.job import render_dataset
-    from crystalvision.snapshot import load_selection
-    from crystalvision.storage import open_store
+    from crystalvision.prepare import prepare
+    from crystalvision.runs import load_run_model
 
-    snap, selection = load_selection(cfg.snapshot)
-    store = open_store()
-    records = selection.records
-    rendered = render_dataset(records, snap.encoders, snap.manifest.content_sha256, cfg.render, store)
-    splits = split_frame(load_labels(store, rendered.labels_key), cfg.split)
+    prepared = prepare(cfg)
     with tempfile.TemporaryDirectory(prefix="crystalvision-champion-") as tmp:
-        folder = mlflow.artifacts.download_artifacts(f"runs:/{champion.run_id}/model_dir", dst_path=tmp)
-        model = load_model(folder)
+        model = load_run_model(champion.run_id, Path(tmp) / "model")
         if model.spec.image_size != cfg.render.image_size:
             raise ModelError(
                 f"champion v{champion.version} expects {model.spec.image_size} px images, the challenger's test "
                 f"split has {cfg.render.image_size} px"
             )
-        metrics = evaluate_model(model, splits, store, cfg, Path(tmp) / "eval").metrics
+        out = Path(tmp) / "eval"
+        metrics = evaluate_model(model, prepared.splits, prepared.store, cfg, out, records=prepared.records).metrics
     if metric not in metrics:
         raise ModelError(f"evaluation produced no '{metric}'; set registry.promote_metric to one of {sorted(metrics)}")
     return float(metrics[metric])

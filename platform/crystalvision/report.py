@@ -11,6 +11,7 @@ from typing import Any
 from crystalvision.config import EvaluateConfig
 from crystalvision.model import ModelSpec
 from crystalvision.mp import MP_LABEL_SOURCE
+from crystalvision.targets import target
 
 # Rows of the comparison table: (label, metric prefix); columns: (header, metric name without the prefix).
 ROWS = [
@@ -86,8 +87,12 @@ def write_report(
     figures: Sequence[Path],
     saliency: Any = None,
     notes: Sequence[str] = (),
+    sections: Sequence[str] = (),
 ) -> Path:
-    """Write ``report.html`` (PNGs embedded as data URIs, so the file stands alone)."""
+    """Write ``report.html`` (PNGs embedded as data URIs, so the file stands alone).
+
+    ``sections`` are ready HTML fragments (e.g. :func:`crystalvision.leakage.leakage_html`) placed before the figures.
+    """
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>crystalvision evaluation</title>"
         f"<style>{CSS}</style></head><body><h1>crystalvision evaluation</h1>"
@@ -119,13 +124,13 @@ def write_report(
                 ("image_size", spec.image_size),
                 ("snapshot_id", spec.snapshot_id or ""),
                 ("snapshot_sha256", spec.snapshot_sha256 or ""),
-                ("crystal system classes", len(spec.crystal_system_classes)),
-                ("space group classes", len(spec.spacegroup_classes)),
+                *((f"{target(t).title} classes", len(c)) for t, c in spec.class_lists().items()),
             ],
         )
     )
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    parts.extend(sections)
     parts.append(
         "<h2>Figures</h2><div class='figs'>" + "".join(_figure(p) for p in figures if Path(p).is_file()) + "</div>"
     )

@@ -22,9 +22,10 @@ from typing import Any
 import yaml
 
 from crystalvision import __version__
-from crystalvision.config import TARGETS, PipelineConfig
+from crystalvision.config import PipelineConfig
 from crystalvision.settings import PACKAGE_DIR, get_settings, secret_values
 from crystalvision.structures import SYMMETRY_LABEL_SOURCE
+from crystalvision.targets import TARGETS, TARGETS_CLASSIFICATION
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,65 @@ def start_run(run_name: str, tags: Mapping[str, Any] | None = None, nested: bool
         yield run
 
 
+# ---- a sweep: one parent run, one nested child run per trial (tune.py) ------------------------------------------
+
+PARENT_TAG = "tune_parent_of"
+SWEEP_TAG = "tune_sweep"
+TRIAL_TAG = "tune_trial_id"
+
+
+def find_parent_run(client: Any, experiment_id: str, sweep: str) -> str | None:
+    """The parent run of ``sweep`` (a restored sweep reuses it), or None."""
+    found = client.search_runs([experiment_id], f"tags.{PARENT_TAG} = '{sweep}'", max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def start_parent_run(
+    client: Any, experiment_id: str, sweep: str, tags: Mapping[str, Any] | None, log_context: Any = None
+) -> str:
+    """The sweep's parent run: reused (set RUNNING) when it exists, else started with ``tags`` and ``log_context()``."""
+    parent_id = find_parent_run(client, experiment_id, sweep)
+    if parent_id is not None:
+        client.update_run(parent_id, status="RUNNING")
+        return parent_id
+    with start_run(run_name=sweep, tags=dict(tags or {}) | {PARENT_TAG: sweep}) as run:
+        if log_context is not None:
+            log_context()
+        return run.info.run_id
+
+
+def child_run(client: Any, parent: Any, trial_id: str, params: Mapping[str, Any], inherited: Mapping) -> str:
+    """A trial's nested run under ``parent`` (reused when a restored sweep re-runs the trial).
+
+    ``inherited`` holds the parent's ``params`` and ``tags`` that the child repeats (the held-out fingerprint).
+    """
+    sweep, experiment_id = parent.data.tags[PARENT_TAG], parent.info.experiment_id
+    found = client.search_runs(
+        [experiment_id], f"tags.{SWEEP_TAG} = '{sweep}' and tags.{TRIAL_TAG} = '{trial_id}'", max_results=1
+    )
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    tags = dict(inherited["tags"]) | {"mlflow.parentRunId": parent.info.run_id, SWEEP_TAG: sweep, TRIAL_TAG: trial_id}
+    run = client.create_run(
+        experiment_id, tags={k: _redact(str(v)) for k, v in tags.items()}, run_name=f"trial-{trial_id}"
+    )
+    log_params_safe(dict(inherited["params"]) | dict(params), run_id=run.info.run_id, tracking_uri=client.tracking_uri)
+    return run.info.run_id
+
+
+def close_child_runs(client: Any, experiment_id: str, sweep: str) -> dict[str, Any]:
+    """Mark child runs of trials stopped by the scheduler (still RUNNING) as KILLED; trial id -> run."""
+    out = {}
+    for run in client.search_runs([experiment_id], f"tags.{SWEEP_TAG} = '{sweep}'", max_results=1000):
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "tune_outcome", "stopped_early_by_scheduler")
+            client.set_terminated(run.info.run_id, "KILLED")
+            run = client.get_run(run.info.run_id)
+        out[run.data.tags.get(TRIAL_TAG)] = run
+    return out
+
+
 def pipeline_tags(cfg: PipelineConfig, snapshot: Any) -> dict[str, str]:
     """Tags that identify a pipeline run: pipeline, config hash, snapshot id/sha/db_version, git commit."""
     manifest = snapshot.manifest
@@ -141,7 +201,7 @@ def log_pipeline_context(
 
 def _label_source(manifest: Any, target: str) -> str:
     """Where ``target``'s labels come from: the snapshot's record, or symmetry analysis for the class targets."""
-    default = SYMMETRY_LABEL_SOURCE if target in ("crystal_system", "spacegroup") else "unknown"
+    default = SYMMETRY_LABEL_SOURCE if target in TARGETS_CLASSIFICATION else "unknown"
     return manifest.label_source.get(target) or default
 
 

@@ -9,36 +9,48 @@ launching again with the same ``name`` and storage path resumes the run the same
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from crystalvision.config import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION, PipelineConfig, TrainConfig
+from crystalvision.accel import DeviceData
+from crystalvision.config import TrainConfig
 from crystalvision.dataset import Splits, to_ray_dataset
-from crystalvision.model import CrystalNet, ModelSpec, preprocess, save_model, unwrap
+from crystalvision.errors import ConfigError
+from crystalvision.faults import parse_fault
+from crystalvision.loop import (  # noqa: F401 - EvalAccumulator, multitask_loss: re-exported
+    Engine,
+    EvalAccumulator,
+    LoopState,
+    dist_ready,
+    fit,
+    multitask_loss,
+)
+from crystalvision.model import CrystalNet, ModelSpec, save_model
 from crystalvision.settings import get_settings
-from crystalvision.storage import ObjectStore, filesystem_for, is_s3
+from crystalvision.storage import filesystem_for, is_s3
+from crystalvision.targets import TARGET_COLUMNS, TARGETS_REGRESSION
+
+if TYPE_CHECKING:
+    from crystalvision.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
+NCCL_TIMEOUT_S = 120  # collectives that wait longer fail instead of hanging (Ray's default is 30 minutes)
 BEST_FILE = "best_model.pt"
 # Test hook: "rank=1,epoch=2,step=1" makes that worker exit hard there, once per run name (a marker file).
 FAULT_ENV = "CRYSTALVISION_TRAIN_FAULT"
-LABEL_COLUMNS = {t: t for t in TARGETS_REGRESSION} | {t: f"{t}_id" for t in TARGETS_CLASSIFICATION}
 
 
 @dataclass
@@ -53,91 +65,9 @@ class TrainResult:
     name: str = ""
 
 
-# ---- loss and metrics ------------------------------------------------------------------------------------------
+# ---- the Ray Train harness around the core (crystalvision.loop) ------------------------------------------------
 
-
-def multitask_loss(
-    outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], weights: dict[str, float]
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted sum of MSE (standardised regression) and cross-entropy (classification); also the parts."""
-    parts = {t: F.mse_loss(outputs[t].float(), targets[t].float()) for t in TARGETS_REGRESSION}
-    parts |= {t: F.cross_entropy(outputs[t].float(), targets[t].long()) for t in TARGETS_CLASSIFICATION}
-    total = sum(weights.get(t, 1.0) * parts[t] for t in TARGETS)
-    return total, parts  # type: ignore[return-value]
-
-
-def batch_targets(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Ray Data batch columns -> target tensors keyed by head name."""
-    return {t: batch[col].to(device, non_blocking=True) for t, col in LABEL_COLUMNS.items()}
-
-
-class EvalAccumulator:
-    """Sums of per-sample losses, squared errors and correct predictions; all-reduced across workers."""
-
-    def __init__(self, weights: dict[str, float]):
-        self.weights = weights
-        self.names = ["n", "loss"] + [f"{t}.{s}" for t in TARGETS_REGRESSION for s in ("sse", "sum", "sum2")]
-        self.names += [f"{t}.{s}" for t in TARGETS_CLASSIFICATION for s in ("correct", "ce")]
-        self.sums = torch.zeros(len(self.names), dtype=torch.float64)
-
-    def add(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> None:
-        vals: dict[str, float] = {"n": len(targets["band_gap"])}
-        loss = 0.0
-        for t in TARGETS_REGRESSION:
-            y, p = targets[t].double(), outputs[t].double()
-            sse = float(((p - y) ** 2).sum())
-            vals |= {f"{t}.sse": sse, f"{t}.sum": float(y.sum()), f"{t}.sum2": float((y**2).sum())}
-            loss += self.weights[t] * sse
-        for t in TARGETS_CLASSIFICATION:
-            logits = outputs[t].float()
-            ce = float(F.cross_entropy(logits, targets[t].long(), reduction="sum"))
-            vals |= {f"{t}.correct": float((logits.argmax(-1) == targets[t]).sum()), f"{t}.ce": ce}
-            loss += self.weights[t] * ce
-        vals["loss"] = loss
-        self.sums += torch.tensor([vals[k] for k in self.names], dtype=torch.float64)
-
-    def all_reduce(self) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(self.sums)
-
-    def metrics(self, prefix: str = "val") -> dict[str, float]:
-        """Mean loss, R² per regression head, accuracy per classification head."""
-        s = dict(zip(self.names, self.sums.tolist(), strict=True))
-        n = max(s["n"], 1.0)
-        out = {f"{prefix}_loss": s["loss"] / n, f"{prefix}_n": s["n"]}
-        for t in TARGETS_REGRESSION:
-            sst = s[f"{t}.sum2"] - s[f"{t}.sum"] ** 2 / n
-            out[f"{prefix}_r2_{t}"] = 1.0 - s[f"{t}.sse"] / sst if sst > 1e-12 else 0.0
-            out[f"{prefix}_mse_{t}"] = s[f"{t}.sse"] / n
-        for t in TARGETS_CLASSIFICATION:
-            out[f"{prefix}_acc_{t}"] = s[f"{t}.correct"] / n
-            out[f"{prefix}_ce_{t}"] = s[f"{t}.ce"] / n
-        return out
-
-
-# ---- the per-worker training loop -----------------------------------------------------------------------------
-
-
-@dataclass
-class LoopState:
-    """Training progress carried in every checkpoint."""
-
-    epoch: int = 0  # next epoch to run
-    best_val_loss: float = math.inf
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    stopped: bool = False
-    resumes: int = 0  # times this run continued from a checkpoint (worker restarts and re-launches)
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-def _prepare_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = preprocess(images.to(device, non_blocking=True))
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
-
-
-def _autocast(device: torch.device, amp: bool):
-    return torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp and device.type == "cuda")
+DEVICE_DATA_MAX_BYTES = 4 * 1024**3  # device_data=auto keeps a worker's split on its GPU up to this size
 
 
 def _maybe_fault(fault: dict[str, Any] | None, rank: int, epoch: int, step: int) -> None:
@@ -152,99 +82,27 @@ def _maybe_fault(fault: dict[str, Any] | None, rank: int, epoch: int, step: int)
         os._exit(1)
 
 
-def _train_epoch(model, optimizer, scaler, shard, tcfg: TrainConfig, device, ctx: dict) -> dict[str, float]:
-    """One pass over this worker's shard; returns summed train loss and images/s (after the first step)."""
-    model.train()
-    channels_last = device.type == "cuda"
-    total, n_seen, steps, t_start, n_timed = 0.0, 0, 0, 0.0, 0
-    batches = shard.iter_torch_batches(
-        batch_size=tcfg.batch_size,
-        local_shuffle_buffer_size=4 * tcfg.batch_size,
-        local_shuffle_seed=tcfg.seed + 1000 * ctx["epoch"] + ctx["rank"],
-        prefetch_batches=2,
-    )
-    for batch in batches:
-        _maybe_fault(ctx["fault"], ctx["rank"], ctx["epoch"], steps)
-        x = _prepare_input(batch["image"], device, channels_last)
-        targets = batch_targets(batch, device)
-        optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, tcfg.amp):
-            loss, _ = multitask_loss(model(x), targets, tcfg.loss_weights)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        total += float(loss.detach()) * len(x)
-        n_seen += len(x)
-        steps += 1
-        if steps == 1:
-            t_start = time.perf_counter()
-        else:
-            n_timed += len(x)
-        if tcfg.max_steps_per_epoch and steps >= tcfg.max_steps_per_epoch:
-            break
-    elapsed = time.perf_counter() - t_start
-    return {"loss_sum": total, "n": n_seen, "steps": steps, "timed_images": n_timed, "elapsed": elapsed}
-
-
-@torch.no_grad()
-def _validate(model, shard, tcfg: TrainConfig, device) -> dict[str, float]:
-    net = unwrap(model)
-    net.eval()
-    acc = EvalAccumulator(tcfg.loss_weights)
-    for batch in shard.iter_torch_batches(batch_size=max(tcfg.batch_size, 64)):
-        x = _prepare_input(batch["image"], device, device.type == "cuda")
-        with _autocast(device, tcfg.amp):
-            outputs = net(x)
-        acc.add(
-            {k: v.float().cpu() for k, v in outputs.items()},
-            {k: v.cpu() for k, v in batch_targets(batch, device).items()},
+def _check_device(tcfg: TrainConfig, device: torch.device) -> None:
+    """Fail at once, naming cause and fix, when a GPU run has no GPU or its NCCL group cannot communicate."""
+    if tcfg.use_gpu and (device.type != "cuda" or not torch.cuda.is_available()):
+        raise RuntimeError(
+            f"train.use_gpu=true but this Ray Train worker sees no CUDA device (device {device}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, torch {torch.__version__}); "
+            "install a CUDA build of torch on the GPU nodes, or set train.use_gpu=false"
         )
-    acc.all_reduce()
-    return acc.metrics("val")
+    if device.type == "cuda" and dist_ready():
+        try:
+            probe = torch.ones(1, device=device)
+            torch.distributed.all_reduce(probe)
+            torch.cuda.synchronize(device)
+        except Exception as exc:
+            raise RuntimeError(
+                f"NCCL process group cannot communicate ({type(exc).__name__}: {exc}); check that every worker "
+                "has its own GPU, NCCL_SOCKET_IFNAME/NCCL_IB_DISABLE for the network, or set train.use_gpu=false"
+            ) from exc
 
 
-def _reduce_train(stats: dict[str, float]) -> dict[str, float]:
-    """Global train loss and images/s across workers."""
-    t = torch.tensor([stats["loss_sum"], stats["n"], stats["timed_images"], stats["elapsed"]], dtype=torch.float64)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        elapsed = t[3:].clone()
-        torch.distributed.all_reduce(t)
-        torch.distributed.all_reduce(elapsed, op=torch.distributed.ReduceOp.MAX)
-        t[3] = elapsed[0]
-    return {
-        "train_loss": float(t[0] / max(t[1], 1.0)),
-        "train_images": float(t[1]),
-        "train_images_per_s": float(t[2] / t[3]) if t[3] > 0 and t[2] > 0 else 0.0,
-    }
-
-
-def _save_checkpoint(folder: Path, model, optimizer, scaler, state: LoopState, best_state: dict | None) -> None:
-    torch.save(
-        {
-            "model": unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "loop": state.__dict__,
-        },
-        folder / STATE_FILE,
-    )
-    if best_state is not None:
-        torch.save(best_state, folder / BEST_FILE)
-    (folder / "history.json").write_text(json.dumps(state.history, indent=1))
-
-
-def _load_checkpoint(checkpoint, model, optimizer, scaler) -> tuple[LoopState, dict | None]:
-    with checkpoint.as_directory() as d:
-        blob = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
-        best = Path(d) / BEST_FILE
-        best_state = torch.load(best, map_location="cpu", weights_only=True) if best.exists() else None
-    unwrap(model).load_state_dict(blob["model"])
-    optimizer.load_state_dict(blob["optimizer"])
-    scaler.load_state_dict(blob["scaler"])
-    return LoopState(**blob["loop"]), best_state
-
-
-def _setup_worker(config: dict[str, Any]):
+def _setup_worker(config: dict[str, Any]) -> tuple[int, Engine]:
     import ray.train
     import ray.train.torch
 
@@ -255,61 +113,102 @@ def _setup_worker(config: dict[str, Any]):
     tcfg = TrainConfig.model_validate(config["train"])
     spec = ModelSpec.model_validate(config["spec"])
     device = ray.train.torch.get_device()
-    model = CrystalNet(spec, tcfg.pretrained_checkpoint)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=tcfg.amp and device.type == "cuda")
-    return rank, world, tcfg, device, model, optimizer, scaler
+    _check_device(tcfg, device)
+    model = CrystalNet(spec, tcfg.pretrained_checkpoint, pretrained=tcfg.pretrained)
+    wrap = ray.train.torch.prepare_model if world > 1 else None
+    engine = Engine(model, tcfg, device, world=world, rank=rank, wrap=wrap, label_columns=TARGET_COLUMNS)
+    return rank, engine
+
+
+def _data_sources(config: dict[str, Any], engine: Engine):
+    """Per-epoch train batches and validation batches of this worker's Ray Data shards (kept on the GPU when
+    ``device_data`` says so, else streamed with pinned host memory)."""
+    import ray.train
+
+    tcfg, device, rank = engine.tcfg, engine.device, engine.rank
+    shards = {k: ray.train.get_dataset_shard(k) for k in ("train", "val")}
+    per_worker = config["n_images"] * config["spec"]["image_size"] ** 2 * 3 / engine.world
+    on_device = tcfg.device_data == "on" or (
+        tcfg.device_data == "auto" and engine.cuda and per_worker <= DEVICE_DATA_MAX_BYTES
+    )
+    columns = ["image", *TARGET_COLUMNS.values()]
+    cache: dict[str, DeviceData] = {}
+
+    def stream(name: str, **kw):
+        return shards[name].iter_torch_batches(device=device, pin_memory=engine.cuda, prefetch_batches=2, **kw)
+
+    def held(name: str) -> DeviceData:
+        if name not in cache:
+            cache[name] = DeviceData(stream(name, batch_size=256), device, columns[1:])
+        return cache[name]
+
+    def train_batches(epoch: int):
+        seed = tcfg.seed + 1000 * epoch + rank
+        if on_device:
+            return held("train").batches(tcfg.batch_size, seed=seed)
+        return stream("train", batch_size=tcfg.batch_size, local_shuffle_buffer_size=4 * tcfg.batch_size,
+                      local_shuffle_seed=seed)
+
+    def val_batches():
+        size = max(tcfg.batch_size, 64)
+        return held("val").batches(size) if on_device else stream("val", batch_size=size)
+
+    return train_batches, val_batches
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker function (``config`` from :func:`train_model`)."""
+    """Ray Train worker function (``config`` from :func:`train_model`): the core's :func:`~crystalvision.loop.fit`
+    with Ray Data shards, ``ray.train.report`` checkpoints and rank-0 MLflow logging."""
     import ray.train
 
-    from crystalvision.tracking import worker_logger
-
-    rank, world, tcfg, device, model, optimizer, scaler = _setup_worker(config)
+    rank, engine = _setup_worker(config)
     state, best_state = LoopState(), None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        state, best_state = _load_checkpoint(checkpoint, model, optimizer, scaler)
+        state, best_state = _load_checkpoint(checkpoint, engine)
         state.resumes += 1
         log.info(
             "rank %d resumes at epoch %d (best %.4f at %d)", rank, state.epoch, state.best_val_loss, state.best_epoch
         )
-    mlog = worker_logger(config["tracking_uri"], config["run_id"], rank)
-    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
-    while state.epoch < tcfg.epochs and not state.stopped:
-        epoch = state.epoch
-        torch.manual_seed(tcfg.seed + 1000 * epoch + rank)
-        ctx = {"epoch": epoch, "rank": rank, "fault": config.get("fault")}
-        train_stats = _reduce_train(_train_epoch(model, optimizer, scaler, train_shard, tcfg, device, ctx))
-        metrics = {"epoch": float(epoch), **train_stats, **_validate(model, val_shard, tcfg, device)}
-        if metrics["val_loss"] < state.best_val_loss:
-            state.best_val_loss, state.best_epoch, state.bad_epochs = metrics["val_loss"], epoch, 0
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()})
-        else:
-            state.bad_epochs += 1
-        state.stopped = state.bad_epochs >= tcfg.patience
-        state.epoch = epoch + 1
-        metrics |= {"best_val_loss": state.best_val_loss, "best_epoch": float(state.best_epoch)}
-        metrics |= {"early_stop_counter": float(state.bad_epochs), "world_size": float(world), "resumes": state.resumes}
-        state.history.append(metrics)
-        mlog.log_metrics({k: v for k, v in metrics.items() if k not in ("epoch", "world_size")}, step=epoch)
-        _report(metrics, rank, model, optimizer, scaler, state, best_state)
-    if state.stopped:
-        log.info("early stopping after epoch %d (best epoch %d)", state.epoch - 1, state.best_epoch)
+    mlog = None
+    if config["run_id"] and rank == 0:  # MLflow stays out of the worker unless a run is tracked
+        from crystalvision.tracking import worker_logger
+
+        mlog = worker_logger(config["tracking_uri"], config["run_id"], rank)
+    train_batches, val_batches = _data_sources(config, engine)
+
+    def report(metrics: dict[str, float], st: LoopState, best: dict | None) -> None:
+        if mlog is not None:
+            mlog.log_metrics({k: v for k, v in metrics.items() if k not in ("epoch", "world_size")}, step=st.epoch - 1)
+        _report(metrics, rank, engine, st, best)
+
+    fault = config.get("fault")
+    fit(engine, state, best_state, train_batches, val_batches, report,
+        on_step=(lambda epoch, step: _maybe_fault(fault, rank, epoch, step)) if fault else None)
 
 
-def _report(metrics, rank, model, optimizer, scaler, state: LoopState, best_state) -> None:
+def _save_checkpoint(folder: Path, engine: Engine, state: LoopState, best_state: dict | None) -> None:
+    torch.save(engine.checkpoint(state), folder / STATE_FILE)
+    if best_state is not None:
+        torch.save(best_state, folder / BEST_FILE)
+    (folder / "history.json").write_text(json.dumps(state.history, indent=1))
+
+
+def _load_checkpoint(checkpoint, engine: Engine) -> tuple[LoopState, dict | None]:
+    with checkpoint.as_directory() as d:
+        blob = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        best = Path(d) / BEST_FILE
+        best_state = torch.load(best, map_location="cpu", weights_only=True) if best.exists() else None
+    return engine.load(blob), best_state
+
+
+def _report(metrics, rank: int, engine: Engine, state: LoopState, best_state) -> None:
     import ray.train
 
     with tempfile.TemporaryDirectory(prefix="cv-ckpt-") as tmp:
         checkpoint = None
         if rank == 0:
-            _save_checkpoint(Path(tmp), model, optimizer, scaler, state, best_state)
+            _save_checkpoint(Path(tmp), engine, state, best_state)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{state.epoch:05d}")
 
@@ -333,24 +232,23 @@ def standardise_targets(splits: Splits, spec: ModelSpec) -> dict[str, pd.DataFra
     return frames
 
 
-def parse_fault(value: str | None, name: str) -> dict[str, Any] | None:
-    """``"rank=1,epoch=2,step=1"`` -> dict with a marker file per run name (the fault-injection test hook)."""
-    if not value:
-        return None
-    fault: dict[str, Any] = {k.strip(): int(v) for k, v in (i.split("=", 1) for i in value.split(",") if i.strip())}
-    fault["marker"] = str(get_settings().paths.home / "faults" / f"{name}.done")
-    return fault
+def ray_storage(name: str) -> tuple[str, Any, str]:
+    """Where Ray Train and Tune keep run ``name``: (storage path, pyarrow filesystem or None, full run path).
+
+    ``settings.ray.ray_storage_path`` is a local folder (created) or an ``s3://`` URI (with the store's filesystem).
+    """
+    storage = get_settings().ray.ray_storage_path
+    if is_s3(storage):
+        fs, path = filesystem_for(storage)
+        return path, fs, f"{path}/{name}"
+    Path(storage).mkdir(parents=True, exist_ok=True)
+    return storage, None, str(Path(storage) / name)
 
 
 def _run_config(name: str, tcfg: TrainConfig, callbacks: list | None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
-    storage = get_settings().ray.ray_storage_path
-    fs = None
-    if is_s3(storage):
-        fs, storage = filesystem_for(storage)
-    else:
-        Path(storage).mkdir(parents=True, exist_ok=True)
+    storage, fs, _ = ray_storage(name)
     return RunConfig(
         name=name,
         storage_path=storage,
@@ -361,24 +259,32 @@ def _run_config(name: str, tcfg: TrainConfig, callbacks: list | None):
     )
 
 
-def make_trainer(cfg: PipelineConfig, splits: Splits, store: ObjectStore, spec: ModelSpec, run_id, name, callbacks):
-    """The TorchTrainer for a run (datasets built and standardised; ``spec`` updated with target scaling)."""
+def make_trainer(
+    prepared: Prepared, run_id: str | None, name: str, callbacks: list | None, tracking_uri: str | None = None
+):
+    """The TorchTrainer for a run (datasets built and standardised; ``prepared.spec`` gets the target scaling).
+
+    Workers log into ``run_id`` at ``tracking_uri`` (default: the settings'), passed in the loop config.
+    """
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from crystalvision.raycluster import ensure_ray
 
     ensure_ray()
-    tcfg = cfg.train
-    frames = standardise_targets(splits, spec)
-    datasets = {k: to_ray_dataset(df, store, spec.image_size) for k, df in frames.items()}
+    tcfg, spec = prepared.cfg.train, prepared.spec
+    if tcfg.use_gpu:
+        _require_gpus(tcfg.num_workers)
+    frames = standardise_targets(prepared.splits, spec)
+    datasets = {k: to_ray_dataset(df, prepared.store, spec.image_size) for k, df in frames.items()}
     resources = {"CPU": tcfg.cpus_per_worker} | ({"GPU": 1} if tcfg.use_gpu else {})
     loop_config = {
         "train": tcfg.model_dump(mode="json"),
         "spec": spec.model_dump(mode="json"),
-        "tracking_uri": get_settings().tracking.mlflow_tracking_uri if run_id else None,
+        "tracking_uri": (tracking_uri or get_settings().tracking.mlflow_tracking_uri) if run_id else None,
         "run_id": run_id,
         "threads_per_worker": max(1, int(tcfg.cpus_per_worker)),
+        "n_images": len(frames["train"]) + len(frames["val"]),
         "fault": parse_fault(os.environ.get(FAULT_ENV), name),
     }
     return TorchTrainer(
@@ -387,31 +293,48 @@ def make_trainer(cfg: PipelineConfig, splits: Splits, store: ObjectStore, spec: 
         scaling_config=ScalingConfig(
             num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu, resources_per_worker=resources
         ),
-        torch_config=TorchConfig(backend="nccl" if tcfg.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if tcfg.use_gpu else "gloo", timeout_s=NCCL_TIMEOUT_S),
         run_config=_run_config(name, tcfg, callbacks),
         datasets=datasets,
     )
 
 
+def _require_gpus(workers: int) -> None:
+    """Fail in seconds, naming cause and fix, when a local Ray cluster has fewer GPUs than GPU workers asked for
+    (a remote cluster may scale a GPU group up from zero: there the run waits, with a warning)."""
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus < workers and (get_settings().ray.ray_address or os.environ.get("RAY_ADDRESS")):
+        log.warning("%d GPU worker(s) asked for, the cluster has %g GPU(s) now: waiting for the autoscaler", workers,
+                    gpus)
+    elif gpus < workers:
+        raise ConfigError(
+            f"train.use_gpu=true asks for {workers} GPU worker(s) but the Ray cluster has {gpus:g} GPU(s) "
+            f"(torch sees {torch.cuda.device_count()} here); run on GPU nodes (ray start --num-gpus), lower "
+            "train.num_workers, or set train.use_gpu=false"
+        )
+
+
 def train_model(
-    cfg: PipelineConfig,
-    splits: Splits,
-    store: ObjectStore,
-    spec: ModelSpec,
+    prepared: Prepared,
     run_id: str | None = None,
     *,
     name: str | None = None,
     callbacks: list | None = None,
     model_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
 ) -> TrainResult:
-    """Train with Ray Train and save the best model (lowest val loss) into ``model_dir``.
+    """Train on ``prepared`` (config, splits, store, spec) with Ray Train; save the best model into ``model_dir``.
 
     ``name`` identifies the Ray Train run under ``settings.ray.ray_storage_path``: the same name resumes from its
     latest checkpoint (default: derived from ``run_id``, or the pipeline name and time). Rank 0 logs per-epoch
     metrics into the MLflow run ``run_id``; ``callbacks`` (``ray.train.UserCallback``) go to ``RunConfig``.
     """
+    cfg, splits, spec = prepared.cfg, prepared.splits, prepared.spec
     name = name or (f"{cfg.name}-{run_id[:12]}" if run_id else f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    trainer = make_trainer(cfg, splits, store, spec, run_id, name, callbacks)
+    tracking_uri = tracking_uri or get_settings().tracking.mlflow_tracking_uri
+    trainer = make_trainer(prepared, run_id, name, callbacks, tracking_uri)
     log.info(
         "training %s: %d workers, gpu=%s, %d train / %d val images",
         name,
@@ -429,14 +352,14 @@ def train_model(
     model.load_state_dict(best)
     save_model(model, out)
     metrics = _final_metrics(state)
-    _log_driver_side(run_id, spec, metrics, name)
+    _log_driver_side(run_id, tracking_uri, spec, metrics, name)
     log.info("trained %s: best epoch %d, %s", name, state.best_epoch, metrics)
     return TrainResult(out, state.history, state.best_epoch, metrics, result.checkpoint.path, name)
 
 
 def _read_final_checkpoint(checkpoint) -> tuple[LoopState, dict]:
     with checkpoint.as_directory() as d:
-        blob = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+        blob = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
         best = torch.load(Path(d) / BEST_FILE, map_location="cpu", weights_only=True)
     return LoopState(**blob["loop"]), best
 
@@ -449,12 +372,12 @@ def _final_metrics(state: LoopState) -> dict[str, float]:
     return out
 
 
-def _log_driver_side(run_id: str | None, spec: ModelSpec, metrics: dict[str, float], name: str) -> None:
+def _log_driver_side(run_id: str | None, tracking_uri: str, spec: ModelSpec, metrics: dict, name: str) -> None:
     if not run_id:
         return
     from crystalvision.tracking import worker_logger
 
-    mlog = worker_logger(get_settings().tracking.mlflow_tracking_uri, run_id, rank=0)
+    mlog = worker_logger(tracking_uri, run_id, rank=0)
     params = {f"target_mean.{t}": v for t, v in spec.target_mean.items()}
     params |= {f"target_std.{t}": v for t, v in spec.target_std.items()} | {"ray_train_run_name": name}
     mlog.log_params(params)

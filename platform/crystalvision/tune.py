@@ -28,22 +28,18 @@ import mlflow
 from mlflow import MlflowClient
 
 from crystalvision.config import TARGETS, PipelineConfig
-from crystalvision.dataset import Splits
-from crystalvision.model import ModelSpec, spec_for
+from crystalvision.prepare import Prepared, prepare
 from crystalvision.settings import get_settings
-from crystalvision.storage import ObjectStore, filesystem_for, is_s3
+from crystalvision.tracking import PARENT_TAG, TRIAL_TAG, child_run, close_child_runs, start_parent_run
+from crystalvision.train import ray_storage
 
 log = logging.getLogger(__name__)
 
 TRIAL_DRIVER_CPUS = 0.25  # a trial only drives its Train run; its workers hold the real resources
-PARENT_TAG = "tune_parent_of"
-SWEEP_TAG = "tune_sweep"
-TRIAL_TAG = "tune_trial_id"
 _TRIAL_PARAM_PREFIXES = ("cfg.train.lr", "cfg.train.loss_weights")
 # Settings every trial process needs (it may outlive or not share the driver's environment).
 _SETTINGS_ENV = {
     "CRYSTALVISION_HOME": lambda s: str(s.paths.home),
-    "CRYSTALVISION_MLFLOW_TRACKING_URI": lambda s: s.tracking.mlflow_tracking_uri,
     "CRYSTALVISION_MLFLOW_ARTIFACT_LOCATION": lambda s: s.tracking.mlflow_artifact_location,
     "CRYSTALVISION_OBJECT_STORE_URI": lambda s: s.storage.object_store_uri,
     "CRYSTALVISION_RAY_STORAGE_PATH": lambda s: s.ray.ray_storage_path,
@@ -79,36 +75,7 @@ def sweep_name(cfg: PipelineConfig) -> str:
     return f"tune-{cfg.name}-{cfg.config_hash()[:10]}"
 
 
-def _storage(name: str) -> tuple[str, Any, str]:
-    """(storage path for RunConfig, pyarrow filesystem or None, full experiment path)."""
-    storage = get_settings().ray.ray_storage_path
-    if is_s3(storage):
-        fs, path = filesystem_for(storage)
-        return path, fs, f"{path}/{name}"
-    Path(storage).mkdir(parents=True, exist_ok=True)
-    return storage, None, str(Path(storage) / name)
-
-
 # ---- inside a trial (a Ray actor) ---------------------------------------------------------------------------------
-
-
-def _child_run(client: MlflowClient, ctx: dict[str, Any], trial_id: str, params: dict[str, Any]) -> str:
-    """The trial's nested MLflow run (reused when a restored sweep re-runs the trial)."""
-    found = client.search_runs(
-        [ctx["experiment_id"]],
-        f"tags.{SWEEP_TAG} = '{ctx['sweep']}' and tags.{TRIAL_TAG} = '{trial_id}'",
-        max_results=1,
-    )
-    if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
-    tags = ctx["base_tags"] | {"mlflow.parentRunId": ctx["parent_run_id"], SWEEP_TAG: ctx["sweep"], TRIAL_TAG: trial_id}
-    run = client.create_run(ctx["experiment_id"], tags=tags, run_name=f"trial-{trial_id}")
-    trial_params = {"cfg.train.lr": params["lr"]} | {f"cfg.train.loss_weights.{t}": params[f"w_{t}"] for t in TARGETS}
-    from crystalvision.tracking import log_params_safe
-
-    log_params_safe(ctx["base_params"] | trial_params, run_id=run.info.run_id, tracking_uri=ctx["tracking_uri"])
-    return run.info.run_id
 
 
 def run_trial(params: dict[str, Any], ctx: dict[str, Any]) -> None:
@@ -122,46 +89,41 @@ def run_trial(params: dict[str, Any], ctx: dict[str, Any]) -> None:
     os.environ.update(ctx["env"])
     get_settings.cache_clear()
     trial_id = tune.get_context().get_trial_id()
-    cfg = trial_config(PipelineConfig.model_validate(ctx["cfg"]), params)
+    base: Prepared = ctx["prepared"]
+    prepared = base.with_config(trial_config(base.cfg, params)).with_spec_copy()
     mlflow.set_tracking_uri(ctx["tracking_uri"])
     client = MlflowClient(ctx["tracking_uri"])
-    run_id = _child_run(client, ctx, trial_id, params)
+    trial_params = {"cfg.train.lr": params["lr"]} | {f"cfg.train.loss_weights.{t}": params[f"w_{t}"] for t in TARGETS}
+    run_id = child_run(client, client.get_run(ctx["parent_run_id"]), trial_id, trial_params, ctx["inherited"])
     name = f"{ctx['sweep']}-{trial_id}"
-    spec = ModelSpec.model_validate(ctx["spec"])
     model_dir = Path(ctx["env"]["CRYSTALVISION_HOME"]) / "models" / name
-    splits, store = ctx["splits"], ctx["store"]
     result = train_model(
-        cfg, splits, store, spec, run_id=run_id, name=name, callbacks=[TuneReportCallback()], model_dir=model_dir
+        prepared,
+        run_id=run_id,
+        name=name,
+        callbacks=[TuneReportCallback()],
+        model_dir=model_dir,
+        tracking_uri=ctx["tracking_uri"],
     )
     with mlflow.start_run(run_id=run_id):
-        log_model(result.model_dir, splits, store)
+        log_model(result.model_dir, prepared.splits, prepared.store)
     client.set_terminated(run_id, "FINISHED")
 
 
 # ---- the driver -------------------------------------------------------------------------------------------------
 
 
-def _parent_run(client: MlflowClient, experiment_id: str, sweep: str) -> str | None:
-    found = client.search_runs([experiment_id], f"tags.{PARENT_TAG} = '{sweep}'", max_results=1)
-    return found[0].info.run_id if found else None
-
-
-def _trial_context(cfg: PipelineConfig, splits: Splits, store: ObjectStore, spec: ModelSpec, parent: Any) -> dict:
+def _trial_context(prepared: Prepared, parent: Any) -> dict:
     settings = get_settings()
     params = {k: v for k, v in parent.data.params.items() if not k.startswith(_TRIAL_PARAM_PREFIXES)}
     tags = {k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.") and k != PARENT_TAG}
     return {
-        "cfg": cfg.model_dump(mode="json"),
-        "spec": spec.model_dump(mode="json"),
-        "splits": splits,
-        "store": store,
+        "prepared": prepared.for_workers(),
         "sweep": parent.data.tags[PARENT_TAG],
         "parent_run_id": parent.info.run_id,
-        "experiment_id": parent.info.experiment_id,
         "tracking_uri": settings.tracking.mlflow_tracking_uri,
         "env": {k: get(settings) for k, get in _SETTINGS_ENV.items()},
-        "base_params": params,
-        "base_tags": tags,
+        "inherited": {"params": params, "tags": tags},
     }
 
 
@@ -170,7 +132,7 @@ def _make_tuner(cfg: PipelineConfig, trainable: Any, sweep: str, resources: dict
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    storage, fs, path = _storage(sweep)
+    storage, fs, path = ray_storage(sweep)
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         log.info("resuming sweep %s from %s", sweep, path)
         return tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
@@ -218,18 +180,6 @@ def _trial_id_from_path(path: str | None) -> str | None:
     return match.group(1) if match else None
 
 
-def _close_trial_runs(client: MlflowClient, experiment_id: str, sweep: str) -> dict[str, Any]:
-    """Mark child runs of trials stopped by the scheduler (still RUNNING) as KILLED; trial id -> run."""
-    out = {}
-    for run in client.search_runs([experiment_id], f"tags.{SWEEP_TAG} = '{sweep}'", max_results=1000):
-        if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "tune_outcome", "stopped_early_by_scheduler")
-            client.set_terminated(run.info.run_id, "KILLED")
-            run = client.get_run(run.info.run_id)
-        out[run.data.tags.get(TRIAL_TAG)] = run
-    return out
-
-
 def _pick_best(results: Any, runs: dict[str, Any], metric: str, mode: str) -> tuple[Any, Any, dict[str, float]]:
     """(result, MLflow run, best epoch's metrics) of the best trial that finished and logged its model."""
     scored = []
@@ -251,7 +201,7 @@ def _summarise(cfg: PipelineConfig, results: Any, client: MlflowClient, parent: 
     """Log the best trial's config and metrics on the parent run and return the sweep summary."""
     metric, mode = cfg.tune.metric, cfg.tune.mode
     sweep = parent.data.tags[PARENT_TAG]
-    runs = _close_trial_runs(client, parent.info.experiment_id, sweep)
+    runs = close_child_runs(client, parent.info.experiment_id, sweep)
     best, best_run, best_metrics = _pick_best(results, runs, metric, mode)
     best_id, best_run_id = best_run.data.tags[TRIAL_TAG], best_run.info.run_id
     client.log_batch(
@@ -280,14 +230,11 @@ def _summarise(cfg: PipelineConfig, results: Any, client: MlflowClient, parent: 
 
 
 def tune_model(
-    cfg: PipelineConfig,
-    splits: Splits,
-    store: ObjectStore,
-    spec: ModelSpec,
+    prepared: Prepared,
     tags: dict[str, str] | None = None,
     context: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the sweep on prepared splits.
+    """Run (or resume) the sweep on ``prepared`` (config, splits, store, spec).
 
     ``tags`` go on the parent run; ``context`` (optional) logs the pipeline context into it. Trials inherit both,
     so the registry can tell which held-out split a trial's model was trained for.
@@ -299,22 +246,15 @@ def tune_model(
     from crystalvision.raycluster import ensure_ray
 
     ensure_ray(include_dashboard=True)
+    cfg = prepared.cfg
     experiment_id = tracking.configure_mlflow()
     client = MlflowClient()
     sweep = sweep_name(cfg)
-    parent_id = _parent_run(client, experiment_id, sweep)
-    if parent_id is None:
-        with tracking.start_run(run_name=sweep, tags=(tags or {}) | {PARENT_TAG: sweep}) as run:
-            parent_id = run.info.run_id
-            if context is not None:
-                context()
-            else:
-                tracking.log_params_safe(tracking.flatten(cfg.model_dump(mode="json"), prefix="cfg"))
-    else:
-        client.update_run(parent_id, status="RUNNING")
+    context = context or (lambda: tracking.log_params_safe(tracking.flatten(cfg.model_dump(mode="json"), prefix="cfg")))
+    parent_id = start_parent_run(client, experiment_id, sweep, tags, context)
     parent = client.get_run(parent_id)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, ctx=_trial_context(cfg, splits, store, spec, parent)),
+        tune.with_parameters(run_trial, ctx=_trial_context(prepared, parent)),
         {"CPU": TRIAL_DRIVER_CPUS},
     )
     tuner = _make_tuner(cfg, trainable, sweep, ray.cluster_resources())
@@ -328,53 +268,26 @@ def tune_model(
     return summary
 
 
-def _prepare(cfg: PipelineConfig) -> tuple[Any, Any, Any, Splits, ObjectStore, ModelSpec]:
-    """Snapshot -> render -> splits -> model spec, as the pipeline does before training."""
-    from crystalvision.dataset import load_labels, split_frame
-    from crystalvision.render.job import render_dataset
-    from crystalvision.snapshot import load_selection
-    from crystalvision.storage import open_store
-
-    snap, selection = load_selection(cfg.snapshot)
-    store = open_store()
-    rendered = render_dataset(selection.records, snap.encoders, snap.manifest.content_sha256, cfg.render, store)
-    splits = split_frame(load_labels(store, rendered.labels_key), cfg.split)
-    spec = spec_for(cfg, snap)
-    return snap, selection, rendered, splits, store, spec
-
-
-def _evaluate_best(cfg: PipelineConfig, summary: dict, splits: Splits, store: ObjectStore) -> None:
-    """Evaluate the best trial's model on the test split and log the metrics into its run."""
-    from crystalvision.evaluate import evaluate_model
-    from crystalvision.model import load_model
-
-    run_id = summary["best_run_id"]
-    with tempfile.TemporaryDirectory(prefix="crystalvision-tune-eval-") as tmp:
-        folder = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model_dir", dst_path=tmp)
-        evaluated = evaluate_model(load_model(folder), splits, store, cfg, Path(tmp) / "eval")
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_metrics(evaluated.metrics)
-            mlflow.log_artifacts(str(evaluated.artifacts_dir), artifact_path="evaluation")
-    summary["test_metrics"] = evaluated.metrics
-
-
 def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     """``crystalvision tune``: prepare the data, sweep, then evaluate and register the best trial's model."""
     from crystalvision import tracking
     from crystalvision.raycluster import ensure_ray
 
     ensure_ray(include_dashboard=True)  # before the render stage starts Ray without it
-    snap, selection, rendered, splits, store, spec = _prepare(cfg)
+    prepared = prepare(cfg)
     summary = tune_model(
-        cfg,
-        splits,
-        store,
-        spec,
-        tags=tracking.pipeline_tags(cfg, snap),
-        context=lambda: tracking.log_pipeline_context(cfg, snap, selection, rendered, splits),
+        prepared,
+        tags=tracking.pipeline_tags(cfg, prepared.snapshot),
+        context=lambda: tracking.log_pipeline_context(
+            cfg, prepared.snapshot, prepared.selection, prepared.render, prepared.splits
+        ),
     )
     if summary["best_run_id"] and "evaluate" in cfg.stages:
-        _evaluate_best(cfg, summary, splits, store)
+        from crystalvision.runs import evaluate_into_run, load_run_model
+
+        with tempfile.TemporaryDirectory(prefix="crystalvision-tune-eval-") as tmp:
+            model = load_run_model(summary["best_run_id"], Path(tmp))
+        summary["test_metrics"] = evaluate_into_run(model, prepared, summary["best_run_id"]).metrics
     if summary["best_run_id"] and "register" in cfg.stages and cfg.registry.enabled:
         from crystalvision.registry import register_and_promote
 

@@ -1,7 +1,7 @@
 """Render stage: crystal structures -> space-filling images (VTK offscreen) -> object store, via Ray Data."""
 
 from crystalvision.render.palette import COLOUR_SOURCE, RADIUS_SOURCE, element_colour, element_radius
-from crystalvision.render.rotations import view_quaternion, view_rotation
+from crystalvision.render.rotations import structure_quaternions, view_quaternion, view_rotation
 from crystalvision.render.scene import Renderer, encode_png, prepare_scene
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "element_radius",
     "encode_png",
     "prepare_scene",
+    "structure_quaternions",
     "view_quaternion",
     "view_rotation",
 ]

@@ -35,6 +35,10 @@ rw.Finalize()
 _checked: str | None = None
 
 
+class BackendError(RenderError):
+    """The offscreen OpenGL backend is missing or failed: not the structure's fault (retried, never quarantined)."""
+
+
 def _candidates() -> list[str]:
     preferred = os.environ.get(ENV_VAR)
     return [preferred, *[c for c in CANDIDATES if c != preferred]] if preferred else list(CANDIDATES)
@@ -72,7 +76,7 @@ def ensure_backend() -> str:
             log.debug("offscreen backend %s works (%s)", window_class, detail)
             return window_class
         tried.append(f"{window_class}: {detail}")
-    raise RenderError(
+    raise BackendError(
         "no offscreen OpenGL backend works here (" + "; ".join(tried) + "): install EGL "
         "(apt-get install libegl1 libgl1-mesa-dri) or OSMesa (apt-get install libosmesa6), or set "
         f"{ENV_VAR} to a working window class"

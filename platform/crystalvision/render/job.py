@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,18 +33,27 @@ import pandas as pd
 from crystalvision import __version__
 from crystalvision.config import RenderConfig
 from crystalvision.errors import CrystalVisionError, RenderError
-from crystalvision.render.rotations import view_quaternion
-from crystalvision.settings import StorageSettings, get_settings
+from crystalvision.faults import parse_fault
+from crystalvision.render.rotations import structure_quaternions
+from crystalvision.render.udf import FAULT_ENV, RenderBatch
 from crystalvision.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-RENDERER_VERSION = "1"  # bump when a code change alters pixels: it is part of the config hash
+# Bump when a code change alters pixels: it is part of the config hash. 2: shared fast lighting, impostor default.
+RENDERER_VERSION = "2"
 # Fields that change how work is scheduled, not what the images look like.
-NON_IMAGE_FIELDS = {"num_workers", "cpus_per_worker"}
-BATCH_SIZE = 16
-# Test hook: "after=N" makes the first render actor that has written N images exit hard, once per store prefix.
-FAULT_ENV = "CRYSTALVISION_RENDER_FAULT"
+NON_IMAGE_FIELDS = {
+    "num_workers",
+    "cpus_per_worker",
+    "max_atoms",
+    "structure_timeout_s",
+    "max_actor_restarts",
+    "max_task_retries",
+    "retry_quarantined",
+}
+MIN_BATCH, MAX_BATCH, BATCHES_PER_ACTOR = 8, 64, 4
+__all__ = ["FAULT_ENV", "RenderBatch", "RenderResult", "image_key", "render_config_hash", "render_dataset"]
 
 
 @dataclass
@@ -76,6 +86,8 @@ class RenderResult:
 def render_config_hash(cfg: RenderConfig) -> str:
     """sha256 of everything that determines the pixels (config fields that do + the renderer version)."""
     fields = cfg.model_dump(mode="json", exclude=NON_IMAGE_FIELDS)
+    if cfg.views == "uniform":
+        fields.pop("trajectory_step_deg")  # only the trajectory protocol uses it
     blob = json.dumps({"renderer_version": RENDERER_VERSION, **fields}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
@@ -88,100 +100,6 @@ def image_key(prefix: str, material_id: str, view: int) -> str:
     return f"{prefix}/images/{material_id}/{view:04d}.png"
 
 
-# -- the Ray Data UDF ------------------------------------------------------------------------------------------
-class RenderBatch:
-    """Class-based Ray Data UDF: one Renderer (one GL context) per actor, reused for every batch."""
-
-    def __init__(
-        self,
-        structures: dict[str, dict] | list,
-        cfg: dict,
-        store_root: str,
-        storage: StorageSettings | None,
-        checked: tuple[str, str] | None = None,
-        fault: dict[str, Any] | None = None,
-    ):
-        """``structures``: material_id -> Structure.as_dict(), or ``[ObjectRef]`` of that dict (keeps the actor's
-        constructor arguments small). ``checked`` = (node id, window class) of the driver's backend check, reused
-        by actors on the driver's node. ``fault``: the fault-injection hook (:func:`parse_fault`)."""
-        import ray
-
-        from crystalvision.render.backend import assume_backend
-        from crystalvision.render.scene import Renderer
-
-        if checked and ray.get_runtime_context().get_node_id() == checked[0]:
-            assume_backend(checked[1])
-
-        self.cfg = RenderConfig.model_validate(cfg)
-        self.store = ObjectStore(store_root, storage)
-        self.raw = ray.get(structures[0]) if isinstance(structures, list) else structures
-        self.structures: dict[str, Any] = {}
-        self.renderer = Renderer(self.cfg)
-        self.fault = fault
-        self.n_written = 0
-
-    def _structure(self, material_id: str) -> Any:
-        if material_id not in self.structures:
-            from crystalvision.structures import structure_from_dict
-
-            # keep only the current structure: rows arrive grouped by material
-            self.structures = {material_id: structure_from_dict(self.raw[material_id], material_id)}
-        return self.structures[material_id]
-
-    def _image(self, material_id: str, quat: np.ndarray) -> tuple[bytes | None, str]:
-        """(PNG bytes, "") or (None, error message) for one view; only the structure's own problems are caught."""
-        from crystalvision.render.scene import encode_png
-
-        try:
-            return encode_png(self.renderer.render(self._structure(material_id), quat)), ""
-        except CrystalVisionError as exc:
-            return None, str(exc)
-        except Exception as exc:  # an odd structure must not take the batch down
-            return None, f"{type(exc).__name__}: {exc}"
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        errors, done = [], []
-        for mid, quat, key in zip(batch["material_id"], batch["quaternion"], batch["image_key"], strict=True):
-            png, error = self._image(str(mid), np.asarray(quat, dtype=np.float64))
-            if png is not None:
-                self.store.put_bytes(str(key), png)  # a StorageError fails the job: it is not the structure's fault
-                self.n_written += 1
-                _maybe_fault(self.fault, self.n_written)
-            errors.append(error)
-            done.append(time.time())
-        return {
-            "material_id": batch["material_id"],
-            "view": batch["view"],
-            "error": np.asarray(errors, dtype=object),
-            "t_done": np.asarray(done, dtype=np.float64),
-        }
-
-    def __del__(self) -> None:
-        renderer = getattr(self, "renderer", None)
-        if renderer is not None:
-            renderer.close()
-
-
-def parse_fault(value: str | None, prefix: str) -> dict[str, Any] | None:
-    """``"after=3"`` -> ``{"after": 3, "marker": <file>}``; the marker makes the fault fire once per prefix."""
-    if not value:
-        return None
-    fault: dict[str, Any] = {k.strip(): int(v) for k, v in (i.split("=", 1) for i in value.split(",") if i.strip())}
-    name = prefix.replace("/", "_")
-    fault["marker"] = str(get_settings().paths.home / "faults" / f"{name}.done")
-    return fault
-
-
-def _maybe_fault(fault: dict[str, Any] | None, n_written: int) -> None:
-    """Exit this actor's process hard mid-batch once ``after`` images are written (the test hook)."""
-    if not fault or n_written < fault.get("after", 1) or os.path.exists(fault["marker"]):
-        return
-    os.makedirs(os.path.dirname(fault["marker"]), exist_ok=True)
-    open(fault["marker"], "w").close()
-    log.warning("fault injection: render actor exits after writing %d images", n_written)
-    os._exit(1)
-
-
 # -- driver side -----------------------------------------------------------------------------------------------
 def _precheck(records: list[Any], cfg: RenderConfig) -> tuple[list[Any], list[dict[str, str]]]:
     """Parse every structure and check its species on the driver; bad ones go to quarantine right away."""
@@ -191,7 +109,18 @@ def _precheck(records: list[Any], cfg: RenderConfig) -> tuple[list[Any], list[di
     good, bad = [], []
     for rec in records:
         try:
-            prepare_scene(structure_from_dict(rec.structure, rec.material_id), cfg)
+            structure = structure_from_dict(rec.structure, rec.material_id)
+            if len(structure) > cfg.max_atoms:  # drawn atoms >= sites: refuse before building the scene
+                raise RenderError(
+                    f"{rec.material_id} has {len(structure)} sites, more than render.max_atoms = {cfg.max_atoms}; "
+                    "raise the limit to render it"
+                )
+            scene = prepare_scene(structure, cfg)
+            if len(scene.positions) > cfg.max_atoms:
+                raise RenderError(
+                    f"{rec.material_id} draws {len(scene.positions)} atoms (with periodic images), more than "
+                    f"render.max_atoms = {cfg.max_atoms}; raise the limit to render it"
+                )
             good.append(rec)
         except CrystalVisionError as exc:
             bad.append({"material_id": rec.material_id, "error": _named(rec.material_id, str(exc))})
@@ -210,18 +139,30 @@ def _read_json(store: ObjectStore, key: str, default: Any) -> Any:
 def _todo_rows(records: list[Any], cfg: RenderConfig, prefix: str, existing: set[str]) -> list[dict]:
     rows = []
     for rec in records:
-        for view in range(cfg.views_per_structure):
+        quats = structure_quaternions(cfg, rec.material_id)
+        for view, quat in enumerate(quats):
             key = image_key(prefix, rec.material_id, view)
             if key not in existing:
-                quat = view_quaternion(cfg.seed, rec.material_id, view)
                 rows.append({"material_id": rec.material_id, "view": view, "quaternion": quat, "image_key": key})
     return rows
+
+
+def plan(n_rows: int, cfg: RenderConfig, cluster_cpus: float) -> tuple[int, float, int]:
+    """(actors, CPUs per actor, batch size) from the cluster's CPUs: one actor per CPU unless configured, each
+    reserving at most 90% of its share (the read and the writes need some), and at least
+    ``BATCHES_PER_ACTOR`` batches per actor so the pool stays balanced."""
+    cpus = max(cluster_cpus, 1.0)
+    workers = int(cpus) if cfg.num_workers == "auto" else cfg.num_workers
+    workers = max(1, min(workers, n_rows))
+    per_worker = min(cfg.cpus_per_worker, 0.9 * cpus / workers)
+    batch = int(np.clip(-(-n_rows // (workers * BATCHES_PER_ACTOR)), MIN_BATCH, MAX_BATCH))
+    return workers, per_worker, batch
 
 
 def _run_ray(
     rows: list[dict], records: list[Any], cfg: RenderConfig, store: ObjectStore, prefix: str
 ) -> tuple[pd.DataFrame, dict]:
-    """Render ``rows`` on ``cfg.num_workers`` Ray actors; returns per-row outcomes and timings."""
+    """Render ``rows`` on a pool of Ray actors sized by :func:`plan`; returns per-row outcomes and timings."""
     import ray
 
     from crystalvision.raycluster import ensure_ray
@@ -231,25 +172,30 @@ def _run_ray(
     ensure_ray()
     checked = (ray.get_runtime_context().get_node_id(), ensure_backend())
     t_ray = time.time()
+    workers, per_worker, batch = plan(len(rows), cfg, ray.cluster_resources().get("CPU", 1.0))
     wanted = {row["material_id"] for row in rows}
     structures = {r.material_id: r.structure for r in records if r.material_id in wanted}
-    n_blocks = min(len(rows), max(cfg.num_workers, min(-(-len(rows) // BATCH_SIZE), 8 * cfg.num_workers)))
-    ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
-    ds = ds.map_batches(
-        RenderBatch,
-        batch_size=BATCH_SIZE,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
-        num_cpus=cfg.cpus_per_worker,
-        fn_constructor_kwargs={
-            "structures": [ray.put(structures)],
-            "cfg": cfg.model_dump(mode="json"),
-            "store_root": store.root,
-            "storage": store.settings,
-            "checked": checked,
-            "fault": parse_fault(os.environ.get(FAULT_ENV), prefix),
-        },
-    )
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch)))
+    with warnings.catch_warnings():  # max_restarts/max_task_retries have no named parameter in Ray 2.60
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        ds = ds.map_batches(
+            RenderBatch,
+            batch_size=batch,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=per_worker,
+            max_restarts=cfg.max_actor_restarts,  # Ray Data's default is unbounded: a poison structure would loop
+            max_task_retries=cfg.max_task_retries,
+            fn_constructor_kwargs={
+                "structures": [ray.put(structures)],
+                "cfg": cfg.model_dump(mode="json"),
+                "store_root": store.root,
+                "storage": store.settings,
+                "checked": checked,
+                "fault": parse_fault(os.environ.get(FAULT_ENV), prefix),
+                "prefix": prefix,
+            },
+        )
     try:
         out = ds.to_pandas()
     except Exception as exc:
@@ -258,16 +204,31 @@ def _run_ray(
             raise
         raise user_error from exc
     t_end = time.time()
-    first, last = float(out["t_done"].min()), float(out["t_done"].max())
-    steady = (len(out) - cfg.num_workers) / (last - first) if last > first and len(out) > cfg.num_workers else 0.0
+    steady = steady_rate(out)
     timings = {
         "ray_init_s": t_ray - t0,
-        "startup_s": first - t_ray,
+        "startup_s": float(out["t_done"].min()) - t_ray,
         "render_s": t_end - t_ray,
         "images_per_s": len(out) / max(t_end - t_ray, 1e-9),
         "steady_images_per_s": steady,
+        "workers": float(workers),
+        "batch_size": float(batch),
     }
     return out, timings
+
+
+def steady_rate(out: pd.DataFrame) -> float:
+    """Images/s while every actor was producing: completions between the last actor's first image and the first
+    actor's last image (actors start staggered, so a whole-job rate would count start-up); falls back to the
+    whole span when that window is too short to measure."""
+    t = out["t_done"].to_numpy()
+    spans = out.groupby("actor")["t_done"].agg(["min", "max"])
+    start, end = float(spans["min"].max()), float(spans["max"].min())
+    inside = int(((t > start) & (t <= end)).sum())
+    if end - start > 0.2 and inside >= 20:
+        return inside / (end - start)
+    first, last = float(t.min()), float(t.max())
+    return (len(t) - len(spans)) / (last - first) if last > first and len(t) > len(spans) else 0.0
 
 
 def _user_error(exc: BaseException) -> CrystalVisionError | None:
@@ -283,9 +244,13 @@ def _user_error(exc: BaseException) -> CrystalVisionError | None:
 
 
 def _quarantine_from(out: pd.DataFrame) -> list[dict[str, str]]:
+    """One entry per structure that failed while rendering (its first error), marked ``stage: render``."""
     failed = out[out["error"].astype(str) != ""]
     first = failed.sort_values(["material_id", "view"]).groupby("material_id", sort=True).first()
-    return [{"material_id": str(mid), "error": _named(str(mid), str(row.error))} for mid, row in first.iterrows()]
+    return [
+        {"material_id": str(mid), "error": _named(str(mid), str(row.error)), "stage": "render"}
+        for mid, row in first.iterrows()
+    ]
 
 
 def _labels_frame(records: list[Any], encoders: Any, cfg: RenderConfig, prefix: str) -> pd.DataFrame:
@@ -302,8 +267,7 @@ def _labels_frame(records: list[Any], encoders: Any, cfg: RenderConfig, prefix: 
             "label_source_band_gap": rec.label_source.get("band_gap", ""),
             "label_source_energy_above_hull": rec.label_source.get("energy_above_hull", ""),
         }
-        for view in range(cfg.views_per_structure):
-            quat = view_quaternion(cfg.seed, rec.material_id, view).tolist()
+        for view, quat in enumerate(structure_quaternions(cfg, rec.material_id).tolist()):
             key = image_key(prefix, rec.material_id, view)
             rows.append({"material_id": rec.material_id, "view": view, "quaternion": quat, "image_key": key, **base})
     return pd.DataFrame(rows)
@@ -323,17 +287,37 @@ def _put_if_changed(store: ObjectStore, key: str, data: bytes) -> bool:
     return True
 
 
+def _forget_quarantine(store: ObjectStore, prefix: str) -> None:
+    """--retry-quarantined: drop the attempt markers so crashed structures get their two tries again."""
+    for key in store.list(f"{prefix}/attempts"):
+        store.fs.delete_file(store.path(key))
+
+
 def render_dataset(
-    records: list[Any], encoders: Any, snapshot_sha256: str, cfg: RenderConfig, store: ObjectStore
+    records: list[Any],
+    encoders: Any,
+    snapshot_sha256: str,
+    cfg: RenderConfig,
+    store: ObjectStore,
+    retry_quarantined: bool | None = None,
 ) -> RenderResult:
-    """Render ``views_per_structure`` images of each record into ``store`` and write the labels table."""
+    """Render ``views_per_structure`` images of each record into ``store`` and write the labels table.
+
+    Structures quarantined by an earlier run under the same prefix are skipped unless ``retry_quarantined``
+    (default: ``cfg.retry_quarantined``)."""
     if not records:
         raise RenderError("no structures to render; check the snapshot selection")
     t0 = time.time()
     cfg_hash = render_config_hash(cfg)
     prefix = render_prefix(snapshot_sha256, cfg)
     quarantine_key = f"{prefix}/quarantine.json"
-    known_bad = {q["material_id"]: q for q in _read_json(store, quarantine_key, [])}
+    # Only failures found while rendering persist; the driver's checks (species, geometry, max_atoms) are cheap
+    # and rerun every time, so raising render.max_atoms lets a refused structure in without --retry-quarantined.
+    known_bad = {q["material_id"]: q for q in _read_json(store, quarantine_key, []) if q.get("stage") == "render"}
+    if cfg.retry_quarantined if retry_quarantined is None else retry_quarantined:
+        log.info("retrying %d quarantined structures under %s", len(known_bad), prefix)
+        known_bad = {}
+        _forget_quarantine(store, prefix)
     good, bad = _precheck([r for r in records if r.material_id not in known_bad], cfg)
     quarantined = [known_bad[r.material_id] for r in records if r.material_id in known_bad] + bad
     existing = set(store.list(f"{prefix}/images"))

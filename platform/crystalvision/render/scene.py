@@ -10,20 +10,20 @@ one structure is drawn at the same scale and nothing is cropped.
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from crystalvision.config import RenderConfig
 from crystalvision.errors import RenderError
-from crystalvision.render.backend import ensure_backend
+from crystalvision.render.backend import BackendError, ensure_backend
 from crystalvision.render.palette import site_style, species_symbols
+from crystalvision.render.png import encode_png  # noqa: F401  (re-exported: job and bench import it from here)
+from crystalvision.render.shading import LIGHT_DIRECTION, apply_shading
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,6 @@ FACE_TOL = 1e-3  # fractional distance from a cell face within which an atom is 
 MARGIN = 1.03  # free border around the bounding sphere
 PERSPECTIVE_ANGLE = 30.0  # degrees
 CELL_EDGES = ((0, 1), (0, 2), (0, 4), (1, 3), (1, 5), (2, 3), (2, 6), (3, 7), (4, 5), (4, 6), (5, 7), (6, 7))
-LIGHT_DIRECTION = (-1.0, 1.0, 1.5)  # towards the light, camera frame: upper left, in front
 
 
 @dataclass
@@ -46,20 +45,21 @@ class SceneData:
     symbols: list[str]
 
 
+SHIFTS = np.array(list(itertools.product((0.0, 1.0), repeat=3)))  # the 8 cell corners, in product order
+
+
 def periodic_images(frac: np.ndarray, tol: float = FACE_TOL) -> tuple[np.ndarray, np.ndarray]:
     """Wrap fractional coordinates into [0, 1) and repeat atoms on faces, edges and corners as VESTA draws.
 
-    Returns (fractional coordinates of all drawn atoms, index of the site each one comes from).
+    Returns (fractional coordinates of all drawn atoms, index of the site each one comes from), atom by atom and
+    shift by shift in ``itertools.product`` order (no Python loop over atoms).
     """
     wrapped = frac - np.floor(frac + tol)
     wrapped[np.abs(wrapped) < tol] = 0.0
-    coords, owners = [], []
-    for i, f in enumerate(wrapped):
-        shifts = [(0.0, 1.0) if f[k] < tol else (0.0,) for k in range(3)]
-        for shift in itertools.product(*shifts):
-            coords.append(f + np.asarray(shift))
-            owners.append(i)
-    return np.asarray(coords, dtype=np.float64), np.asarray(owners, dtype=np.int64)
+    near = wrapped < tol  # (N, 3): on the face at 0, so also drawn on the face at 1
+    keep = np.all((SHIFTS[None, :, :] == 0.0) | near[:, None, :], axis=2)  # (N, 8)
+    owners, shift = np.nonzero(keep)
+    return (wrapped[owners] + SHIFTS[shift]).astype(np.float64), owners.astype(np.int64)
 
 
 def prepare_scene(structure: Any, cfg: RenderConfig) -> SceneData:
@@ -96,13 +96,6 @@ def as_rotation(rotation: Rotation | np.ndarray | None) -> Rotation:
     raise RenderError(f"rotation of shape {arr.shape} is neither a quaternion (4,) nor a matrix (3, 3)")
 
 
-def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
-    """PNG bytes of an RGB uint8 image (deterministic for identical pixels; level 1: 1.3x faster than 3, +9% size)."""
-    buf = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
-
-
 class Renderer:
     """Space-filling offscreen renderer; one per process. Use as a context manager or call :meth:`close`."""
 
@@ -110,7 +103,6 @@ class Renderer:
         self.cfg = cfg or RenderConfig()
         self.backend = ensure_backend()
         self._last: tuple[Any, SceneData] | None = None
-        self._n_points = -1
         self._build()
 
     # -- construction -------------------------------------------------------------------------------------
@@ -127,7 +119,8 @@ class Renderer:
         self._atom_actor = vtkActor()
         self._atom_actor.SetMapper(self._sphere_mapper())
         prop = self._atom_actor.GetProperty()
-        prop.SetAmbient(0.25), prop.SetDiffuse(0.75), prop.SetSpecular(0.25), prop.SetSpecularPower(30.0)
+        prop.SetAmbient(0.25), prop.SetDiffuse(0.75), prop.SetSpecular(0.25)
+        apply_shading(self._atom_actor, cfg.method, cfg.projection == "orthographic")
         # Closed spheres seen from outside: culling back faces gives the same pixels 1.6x faster on software GL.
         prop.SetBackfaceCulling(cfg.method == "mesh")
 
@@ -183,12 +176,15 @@ class Renderer:
         return mapper
 
     def _cell_actor(self) -> Any:
+        from vtkmodules.util.numpy_support import numpy_to_vtk
         from vtkmodules.vtkCommonCore import vtkPoints
         from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
         from vtkmodules.vtkRenderingCore import vtkActor, vtkPolyDataMapper
 
         self._cell_points = vtkPoints()
-        self._cell_points.SetNumberOfPoints(8)
+        self._cell_xyz = np.zeros((8, 3), np.float32)
+        self._cell_vtk = numpy_to_vtk(self._cell_xyz, deep=False)
+        self._cell_points.SetData(self._cell_vtk)
         lines = vtkCellArray()
         for a, b in CELL_EDGES:
             lines.InsertNextCell(2)
@@ -215,25 +211,47 @@ class Renderer:
         self._last = (structure, data)
         return data
 
-    def _set_atoms(self, coords: np.ndarray, radii: np.ndarray, colours: np.ndarray) -> None:
+    def _load(self, data: SceneData) -> None:
+        """Point arrays for a new structure: float32/uint8 numpy buffers shared with VTK (no copy per view)."""
         from vtkmodules.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray
         from vtkmodules.vtkCommonDataModel import vtkCellArray
 
-        self._points.SetData(numpy_to_vtk(coords.astype(np.float32), deep=True))
-        radius = numpy_to_vtk(radii.astype(np.float32), deep=True)
-        radius.SetName("radius")
-        rgb = numpy_to_vtk(np.ascontiguousarray(colours, dtype=np.uint8), deep=True)
-        rgb.SetName("rgb")
+        n = len(data.positions)
+        self._buf = {
+            "xyz": np.zeros((n, 3), np.float32),
+            "radius": np.ascontiguousarray(data.radii, np.float32),
+            "rgb": np.ascontiguousarray(data.colours, np.uint8),
+        }
+        self._vtk = {k: numpy_to_vtk(v, deep=False) for k, v in self._buf.items()}  # views of the numpy buffers
+        self._points.SetData(self._vtk["xyz"])
+        self._vtk["radius"].SetName("radius")
+        self._vtk["rgb"].SetName("rgb")
         point_data = self._atoms.GetPointData()
-        point_data.AddArray(radius)
-        point_data.SetScalars(rgb)
-        n = len(coords)
-        if n != self._n_points:
-            verts = vtkCellArray()
-            offsets = numpy_to_vtkIdTypeArray(np.arange(n + 1), deep=True)
-            verts.SetData(offsets, numpy_to_vtkIdTypeArray(np.arange(n), deep=True))
-            self._atoms.SetVerts(verts)
-            self._n_points = n
+        point_data.AddArray(self._vtk["radius"])
+        point_data.SetScalars(self._vtk["rgb"])
+        verts = vtkCellArray()
+        verts.SetData(
+            numpy_to_vtkIdTypeArray(np.arange(n + 1), deep=True), numpy_to_vtkIdTypeArray(np.arange(n), deep=True)
+        )
+        self._atoms.SetVerts(verts)
+        self._loaded = data
+
+    def _place(self, data: SceneData, matrix: np.ndarray) -> None:
+        """Rotate the atoms: in place in the shared buffers (impostors), or new sorted arrays (mesh)."""
+        coords = data.positions @ matrix.T
+        if self.cfg.method == "mesh":
+            # Mesh spheres are drawn front to back so the early depth test skips hidden fragments: 1.4x faster on
+            # software GL, same pixels. (Impostors write their own depth, so order does not help them.) The glyph
+            # mapper only sees new arrays, not in-place changes, so the sorted arrays are fresh each view.
+            order = np.argsort(-coords[:, 2], kind="stable")
+            data = SceneData(coords[order], data.radii[order], data.colours[order], data.corners, data.extent, [])
+            self._load(data)
+            self._buf["xyz"][:] = data.positions
+            return
+        if getattr(self, "_loaded", None) is not data:
+            self._load(data)
+        self._buf["xyz"][:] = coords
+        self._vtk["xyz"].Modified()
         self._atoms.Modified()
 
     def _frame(self, data: SceneData) -> None:
@@ -250,18 +268,13 @@ class Renderer:
 
     def render_scene(self, data: SceneData, rotation: Rotation | np.ndarray | None = None) -> np.ndarray:
         """Draw prepared scene data from ``rotation``; returns an (H, W, 3) uint8 image."""
-        from vtkmodules.util.numpy_support import numpy_to_vtk
-
         if getattr(self, "_framed", None) is not data:
             self._frame(data)
-        rot = as_rotation(rotation)
-        coords = rot.apply(data.positions)
-        # Mesh spheres are drawn front to back so the early depth test skips hidden fragments: 1.4x faster on
-        # software GL, same pixels. (Impostors write their own depth, so order does not help them.)
-        order = np.argsort(-coords[:, 2], kind="stable") if self.cfg.method == "mesh" else slice(None)
-        self._set_atoms(coords[order], data.radii[order], data.colours[order])
+        matrix = as_rotation(rotation).as_matrix()
+        self._place(data, matrix)
         if self.cfg.show_cell:
-            self._cell_points.SetData(numpy_to_vtk(rot.apply(data.corners).astype(np.float32), deep=True))
+            self._cell_xyz[:] = data.corners @ matrix.T
+            self._cell_vtk.Modified()
             self._cell.Modified()
         return self._grab()
 
@@ -277,7 +290,10 @@ class Renderer:
         size = self.cfg.image_size
         self._window.Render()
         self._window.GetPixelData(0, 0, size - 1, size - 1, 0, self._pixels, 0)
-        return vtk_to_numpy(self._pixels).reshape(size, size, 3)[::-1].copy()
+        pixels = vtk_to_numpy(self._pixels)
+        if pixels.size != size * size * 3:
+            raise BackendError(f"the OpenGL context returned {pixels.size} values for a {size} px image")
+        return pixels.reshape(size, size, 3)[::-1].copy()
 
     # -- lifetime -----------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -289,6 +305,7 @@ class Renderer:
             self._renderer = None
             self._last = None
             self._framed = None
+            self._loaded = None
 
     def __enter__(self) -> Renderer:
         return self

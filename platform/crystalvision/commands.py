@@ -1,0 +1,89 @@
+"""One table of commands: name -> function(cfg, **options) -> JSON-able result.
+
+The two front doors are thin skins over it: ``cli.py`` (Typer: parse options, print the result as JSON) and
+``jobs/*.py`` (Ray Jobs entrypoints: argparse, one JSON line on stdout). Stage modules are imported lazily so
+``crystalvision --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from crystalvision.config import PipelineConfig
+
+TRAIN_STAGES = ["snapshot", "render", "train"]
+
+
+def ingest(cfg: PipelineConfig, out: str | Path | None = None) -> dict[str, str]:
+    """Query the Materials Project (``cfg.ingest``) and write a snapshot; its folder."""
+    from crystalvision.ingest import ingest_from_mp
+
+    return {"snapshot": str(ingest_from_mp(cfg.ingest, out))}
+
+
+def render(cfg: PipelineConfig) -> dict[str, Any]:
+    """Snapshot + render; the render summary."""
+    from crystalvision.pipeline import run_render_stage
+
+    return run_render_stage(cfg).summary()
+
+
+def train(cfg: PipelineConfig) -> dict[str, Any]:
+    """Render if needed, then train (no evaluation or registration); the pipeline summary."""
+    from crystalvision.pipeline import run_pipeline
+
+    return run_pipeline(cfg, stages=TRAIN_STAGES).summary()
+
+
+def pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    """The configured stages end to end; the pipeline summary."""
+    from crystalvision.pipeline import run_pipeline
+
+    return run_pipeline(cfg).summary()
+
+
+def evaluate(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
+    """Evaluate a logged run on its own split and log the results into it."""
+    from crystalvision.runs import evaluate_logged_run
+
+    return evaluate_logged_run(cfg, run_id)
+
+
+def tune(cfg: PipelineConfig) -> dict[str, Any]:
+    """The sweep, then evaluate and register its best trial (as ``cfg.stages`` says)."""
+    from crystalvision.tune import run_tune
+
+    return run_tune(cfg)
+
+
+def register(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
+    """Register a run's model as challenger; promote it only if better. The decision."""
+    from crystalvision.registry import register_and_promote
+
+    return register_and_promote(cfg, run_id)
+
+
+def watch(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
+    """One watch cycle: retrain on a new Materials Project release."""
+    from crystalvision.watch import watch_once
+
+    return watch_once(cfg, force=force)
+
+
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "ingest": ingest,
+    "render": render,
+    "train": train,
+    "pipeline": pipeline,
+    "evaluate": evaluate,
+    "tune": tune,
+    "register": register,
+    "watch": watch,
+}
+
+
+def run(name: str, cfg: PipelineConfig, **options: Any) -> Any:
+    """Run command ``name`` on ``cfg``; its JSON-able result."""
+    return COMMANDS[name](cfg, **options)

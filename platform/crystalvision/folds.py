@@ -1,0 +1,184 @@
+"""K-fold splits of the labels table and the mean ± std of per-fold metrics.
+
+``split.folds: K`` with ``protocol: grouped`` gives K folds grouped by structure: every structure is in exactly
+one test fold, and each fold's validation structures are carved (grouped) from its training structures.
+Folds are stratified by crystal system where the class sizes allow it (scikit-learn's ``StratifiedGroupKFold``;
+classes with fewer than K structures are pooled into one stratum), otherwise ``GroupKFold``.
+``split.leave_one_out: true`` makes one fold per structure (small snapshots). With ``protocol: image`` the folds
+are plain stratified k-fold over images (the study's leaky protocol, for comparison).
+
+Classes present in a fold's test part but absent from its training part are logged and kept on the fold
+(:attr:`FoldSplits.unseen_classes`): the model cannot predict them there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, StratifiedGroupKFold, StratifiedKFold
+
+from crystalvision.config import SplitConfig
+from crystalvision.dataset import Splits
+from crystalvision.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CLASS_COLUMNS = ("crystal_system", "spacegroup_symbol")
+RARE = "__rare__"
+
+
+@dataclass
+class FoldSplits(Splits):
+    """One fold: a :class:`~crystalvision.dataset.Splits` plus its index and the test classes unseen in training."""
+
+    fold: int = 0
+    n_folds: int = 1
+    stratified: bool = False
+    unseen_classes: dict[str, list[str]] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out |= {"fold": self.fold, "n_folds": self.n_folds, "fold_stratified": self.stratified}
+        for col, classes in self.unseen_classes.items():
+            out[f"n_unseen_test_classes_{col}"] = len(classes)
+        return out
+
+
+def n_folds_for(cfg: SplitConfig, n_structures: int, n_images: int) -> int:
+    """The number of folds ``cfg`` asks for; a ConfigError names the key when it cannot be met."""
+    if cfg.leave_one_out:
+        if cfg.protocol != "grouped":
+            raise ConfigError("split.leave_one_out needs split.protocol: grouped (it leaves out one structure)")
+        if n_structures < 3:
+            raise ConfigError(f"split.leave_one_out needs at least 3 structures, the selection has {n_structures}")
+        return n_structures
+    k = cfg.folds or 0
+    limit = n_structures if cfg.protocol == "grouped" else n_images
+    unit = "structures" if cfg.protocol == "grouped" else "images"
+    if k < 2 or k > limit:
+        raise ConfigError(
+            f"split.folds = {cfg.folds} is outside its allowed range 2..{limit} (the number of {unit} selected); "
+            "lower split.folds, use split.leave_one_out, or select more structures"
+        )
+    return k
+
+
+def stratum(labels: Sequence[str], k: int) -> np.ndarray | None:
+    """Stratification labels: classes with fewer than ``k`` members pooled; None when stratifying is impossible."""
+    y = pd.Series(np.asarray(labels, dtype=object))
+    counts = y.value_counts()
+    pooled = y.where(y.map(counts) >= k, RARE)
+    pooled_counts = pooled.value_counts()
+    if RARE in pooled_counts and pooled_counts[RARE] < k and len(pooled_counts) > 1:
+        largest = pooled_counts.drop(RARE).idxmax()
+        pooled = pooled.replace(RARE, largest)
+    return pooled.to_numpy() if pooled.nunique() >= 2 else None
+
+
+def _test_indices(keys: pd.DataFrame, k: int, seed: int, grouped: bool) -> tuple[list[np.ndarray], bool]:
+    """Row indices of ``keys`` in each test fold, and whether the folds are stratified."""
+    y = stratum(keys["crystal_system"], k)
+    x = np.zeros(len(keys))
+    if y is not None:
+        cls = StratifiedGroupKFold if grouped else StratifiedKFold
+        splitter = cls(n_splits=k, shuffle=True, random_state=seed)
+        groups = keys["material_id"].to_numpy() if grouped else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            folds = [test for _, test in splitter.split(x, y, groups=groups)]
+        if all(len(f) for f in folds):
+            return folds, True
+    if grouped:
+        splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        return [test for _, test in splitter.split(x, groups=keys["material_id"].to_numpy())], False
+    return [test for _, test in KFold(n_splits=k, shuffle=True, random_state=seed).split(x)], False
+
+
+def _carve_val(rest: pd.DataFrame, cfg: SplitConfig, seed: int, grouped: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validation part of a fold's training rows: whole structures when grouped."""
+    if grouped:
+        if rest["material_id"].nunique() < 2:
+            raise ConfigError("a grouped fold needs at least 2 training structures; lower split.folds")
+        gss = GroupShuffleSplit(n_splits=1, test_size=cfg.val_fraction, random_state=seed)
+        keep, held = next(gss.split(rest, groups=rest["material_id"]))
+    else:
+        idx = np.random.default_rng(seed).permutation(len(rest))
+        n_val = min(len(rest) - 1, max(1, round(cfg.val_fraction * len(rest))))
+        keep, held = idx[n_val:], idx[:n_val]
+    return rest.iloc[keep], rest.iloc[held]
+
+
+def unseen_classes(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, list[str]]:
+    """Per class column: classes in ``test`` with no training example."""
+    return {
+        col: sorted(set(test[col].astype(str)) - set(train[col].astype(str)))
+        for col in CLASS_COLUMNS
+        if col in test and col in train
+    }
+
+
+def fold_splits(df: pd.DataFrame, cfg: SplitConfig) -> list[FoldSplits]:
+    """The labels table -> one :class:`FoldSplits` per fold (``split.folds`` or ``split.leave_one_out``)."""
+    grouped = cfg.protocol == "grouped"
+    if grouped:
+        keys = df.drop_duplicates("material_id")[["material_id", "crystal_system"]].reset_index(drop=True)
+    else:
+        keys = df[["material_id", "crystal_system"]].reset_index(drop=True)
+    k = n_folds_for(cfg, df["material_id"].nunique(), len(df))
+    if cfg.leave_one_out:
+        tests, stratified = [np.array([i]) for i in range(len(keys))], False
+    else:
+        tests, stratified = _test_indices(keys, k, cfg.seed, grouped)
+    out: list[FoldSplits] = []
+    for i, test_idx in enumerate(tests):
+        if grouped:
+            in_test = df["material_id"].isin(set(keys["material_id"].iloc[test_idx]))
+        else:
+            in_test = pd.Series(False, index=df.index)
+            in_test.iloc[test_idx] = True
+        test, rest = df[in_test.to_numpy()], df[~in_test.to_numpy()]
+        train, val = _carve_val(rest, cfg, cfg.seed + i, grouped)
+        parts = [x.sample(frac=1.0, random_state=cfg.seed + i).reset_index(drop=True) for x in (train, val, test)]
+        unseen = unseen_classes(parts[0], parts[2])
+        for col, classes in unseen.items():
+            if classes:
+                log.warning("fold %d/%d: test %s classes with no training example: %s", i + 1, k, col, classes)
+        fold = FoldSplits(*parts, protocol=cfg.protocol, seed=cfg.seed, fold=i, n_folds=k, stratified=stratified)
+        fold.unseen_classes = unseen
+        out.append(fold)
+    log.info("%d %s folds (%s)", k, cfg.protocol, "stratified by crystal system" if stratified else "unstratified")
+    return out
+
+
+def aggregate_folds(per_fold: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per-fold metric dicts -> ``<name>_mean``, ``<name>_std`` (population std over folds), ``<name>_n``.
+
+    Non-finite values (e.g. R² of a fold with one test structure) are left out of that metric's statistics;
+    ``<name>_n`` says over how many folds each mean is. Metric names keep their level (``test_``, ``test_struct_``),
+    so per-image and per-structure numbers are both aggregated.
+    """
+    values: dict[str, list[float]] = {}
+    for metrics in per_fold:
+        for name, v in metrics.items():
+            if v is not None and math.isfinite(float(v)):
+                values.setdefault(name, []).append(float(v))
+    out: dict[str, float] = {"n_folds": float(len(per_fold))}
+    for name, vs in values.items():
+        out[f"{name}_mean"] = float(np.mean(vs))
+        out[f"{name}_std"] = float(np.std(vs))
+        out[f"{name}_n"] = float(len(vs))
+    return out
+
+
+def mean_std_text(aggregated: Mapping[str, float], name: str, digits: int = 3) -> str:
+    """``"0.412 ± 0.051"`` for metric ``name`` of :func:`aggregate_folds` output ("n/a" when absent)."""
+    if f"{name}_mean" not in aggregated:
+        return "n/a"
+    return f"{aggregated[f'{name}_mean']:.{digits}f} ± {aggregated[f'{name}_std']:.{digits}f}"

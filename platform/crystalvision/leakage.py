@@ -1,0 +1,245 @@
+"""Leakage, measured: how similar is each test image to its nearest training image?
+
+Under the study's split by image, frames of one structure land on both sides; when the views are frames of a
+continuous rotation, almost every test image has a near-copy in training. This module measures that with SSIM
+(the structural similarity of scikit-image's ``structural_similarity``: 7x7 uniform window, sample covariance,
+K1 = 0.01, K2 = 0.03, border of 3 px cropped) on downsampled renders, vectorised in torch so thousands of images
+take seconds on a CPU; ``tests/test_leakage.py`` checks it against scikit-image itself.
+
+Scope: the nearest training image *of the same structure* when the structure has training images (image split),
+otherwise (grouped split) the nearest training image of any structure, pre-selected by pixel distance.
+Arrays in, arrays / frames / figures out; :func:`leakage_html` gives a report section.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+WIN = 7
+K1, K2 = 0.01, 0.03
+GREY = (0.2125, 0.7154, 0.0721)  # scikit-image's rgb2gray weights
+DEFAULT_BINS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+
+@dataclass
+class Nearest:
+    """Per test image: SSIM to the nearest training image, its index in the training array, and whether that
+    image shows the same structure."""
+
+    ssim: np.ndarray
+    index: np.ndarray
+    same_structure: np.ndarray
+
+
+def prepare(images: np.ndarray, size: int = 64, grey: bool = True) -> torch.Tensor:
+    """uint8 NHWC -> float32 (N, C, size, size) in [0, 1] (area downsampling; C = 1 grey or 3)."""
+    t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    if grey:
+        t = (t * torch.tensor(GREY).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    if t.shape[-1] != size:
+        t = F.interpolate(t, size=(size, size), mode="area")
+    return t
+
+
+def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local (valid 7x7 window) means of x and x² for (N, C, H, W)."""
+    return F.avg_pool2d(x, WIN, stride=1), F.avg_pool2d(x * x, WIN, stride=1)
+
+
+def ssim_pairs(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Mean SSIM of aligned pairs ``x[i]``, ``y[i]`` of (N, C, H, W) images (mean over channels), shape (N,)."""
+    ux, uxx = _stats(x)
+    uy, uyy = _stats(y)
+    uxy = F.avg_pool2d(x * y, WIN, stride=1)
+    norm = WIN * WIN / (WIN * WIN - 1)
+    vx, vy, vxy = norm * (uxx - ux * ux), norm * (uyy - uy * uy), norm * (uxy - ux * uy)
+    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
+    s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.mean(dim=(1, 2, 3))
+
+
+def pairwise_ssim(x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """SSIM of every pair (x[i], y[j]), shape (len(x), len(y))."""
+    ii, jj = torch.meshgrid(torch.arange(len(x)), torch.arange(len(y)), indexing="ij")
+    ii, jj = ii.reshape(-1), jj.reshape(-1)
+    out = torch.cat([ssim_pairs(x[ii[s : s + chunk]], y[jj[s : s + chunk]]) for s in range(0, len(ii), chunk)])
+    return out.view(len(x), len(y))
+
+
+def _candidates(x: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` training images nearest in pixel distance (16 px thumbnails), shape (len(x), k)."""
+    small = 16 if x.shape[-1] >= 16 else x.shape[-1]
+    fx = F.interpolate(x, size=(small, small), mode="area").flatten(1)
+    fy = F.interpolate(y, size=(small, small), mode="area").flatten(1)
+    return torch.cdist(fx, fy).topk(min(k, len(y)), largest=False).indices
+
+
+@torch.no_grad()
+def nearest_train_ssim(
+    test: torch.Tensor,
+    test_groups: Sequence[str],
+    train: torch.Tensor,
+    train_groups: Sequence[str],
+    *,
+    candidates: int = 16,
+    same_structure: bool = True,
+) -> Nearest:
+    """For each prepared test image, the most similar training image (same structure when it has any).
+
+    ``same_structure=False`` searches every training image (the ``candidates`` nearest in pixel distance): the
+    nearest neighbour of an SSIM 1-NN classifier.
+    """
+    test_groups, train_groups = np.asarray(test_groups), np.asarray(train_groups)
+    ssim = np.full(len(test), np.nan)
+    index = np.full(len(test), -1)
+    same = np.zeros(len(test), dtype=bool)
+    by_group = pd.Series(np.arange(len(train_groups))).groupby(train_groups).apply(np.asarray).to_dict()
+    if not same_structure:
+        by_group = {}
+    orphans: list[int] = []
+    for g, rows in pd.Series(np.arange(len(test_groups))).groupby(test_groups):
+        rows = np.array(rows.to_numpy(), dtype=np.int64)
+        pool = None if g not in by_group else np.array(by_group[g], dtype=np.int64)
+        if pool is None or len(pool) == 0:
+            orphans.extend(rows.tolist())
+            continue
+        s = pairwise_ssim(test[rows], train[pool])
+        best = s.argmax(1)
+        ssim[rows], index[rows], same[rows] = s.max(1).values.numpy(), pool[best.numpy()], True
+    for start in range(0, len(orphans) if len(train) else 0, 256):
+        rows = np.asarray(orphans[start : start + 256])
+        cand = _candidates(test[rows], train, candidates)
+        s = ssim_pairs(test[rows].repeat_interleave(cand.shape[1], 0), train[cand.reshape(-1)]).view(cand.shape)
+        best = s.argmax(1)
+        ssim[rows] = s.max(1).values.numpy()
+        index[rows] = cand[torch.arange(len(rows)), best].numpy()
+        same[rows] = train_groups[index[rows]] == test_groups[rows]
+    return Nearest(ssim=ssim, index=index, same_structure=same)
+
+
+def accuracy_by_similarity(ssim: np.ndarray, correct: np.ndarray, bins: Sequence[float] = DEFAULT_BINS) -> pd.DataFrame:
+    """Accuracy of the test images in each SSIM bin: columns lo, hi, n, acc (NaN for empty bins)."""
+    ssim, correct = np.asarray(ssim, float), np.asarray(correct, bool)
+    edges = np.asarray(bins, float)
+    which = np.clip(np.digitize(ssim, edges[1:-1]), 0, len(edges) - 2)
+    rows = []
+    for b in range(len(edges) - 1):
+        m = (which == b) & np.isfinite(ssim)
+        rows.append(
+            {"lo": edges[b], "hi": edges[b + 1], "n": int(m.sum()), "acc": correct[m].mean() if m.any() else np.nan}
+        )
+    return pd.DataFrame(rows)
+
+
+def summary(ssim: np.ndarray, correct: Mapping[str, np.ndarray] | None = None, near: float = 0.9) -> dict[str, float]:
+    """Distribution of nearest-SSIM (median, quartiles, fraction above ``near``) and accuracy per head."""
+    s = np.asarray(ssim, float)
+    s = s[np.isfinite(s)]
+    out = {
+        "leakage_n": float(len(s)),
+        "leakage_ssim_median": float(np.median(s)) if len(s) else np.nan,
+        "leakage_ssim_q25": float(np.quantile(s, 0.25)) if len(s) else np.nan,
+        "leakage_ssim_q75": float(np.quantile(s, 0.75)) if len(s) else np.nan,
+        f"leakage_frac_ssim_ge_{near:g}": float((s >= near).mean()) if len(s) else np.nan,
+    }
+    for head, c in (correct or {}).items():
+        out[f"leakage_acc_{head}"] = float(np.mean(c)) if len(c) else np.nan
+    return out
+
+
+def leakage_figure(
+    protocols: Mapping[str, tuple[np.ndarray, Mapping[str, np.ndarray]]],
+    path: str | Path,
+    bins: Sequence[float] = DEFAULT_BINS,
+    min_count: int = 10,
+) -> Path:
+    """One figure: nearest-SSIM histogram per protocol (left), accuracy vs that SSIM per protocol/head (right).
+
+    ``protocols``: name -> (nearest SSIM per test image, {head: per-image correct flags}); bins holding fewer than
+    ``min_count`` images are not drawn.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    hist_bins = np.linspace(0, 1, 41)
+    styles = ["-", "--", ":", "-."]
+    for name, (ssim, correct) in protocols.items():
+        s = np.asarray(ssim, float)
+        s = s[np.isfinite(s)]
+        line = ax1.hist(
+            s, bins=hist_bins, density=True, histtype="step", lw=2, label=f"{name} (median {np.median(s):.2f})"
+        )
+        colour = line[2][0].get_edgecolor()
+        for j, (head, c) in enumerate(correct.items()):
+            table = accuracy_by_similarity(ssim, c, bins)
+            table = table[table["n"] >= min_count]  # a bin of two images says nothing
+            mid = (table["lo"] + table["hi"]) / 2
+            ax2.plot(mid, table["acc"], styles[j % 4], marker="o", color=colour, label=f"{name}: {head}")
+    ax1.set_xlabel("SSIM of each test image to its nearest training image")
+    ax1.set_ylabel("density")
+    ax1.set_title("How close is the nearest training image?")
+    ax1.legend(fontsize=7)
+    ax2.set_xlabel("nearest-training-image SSIM (binned)")
+    ax2.set_ylabel("test accuracy")
+    ax2.set_ylim(-0.02, 1.02)
+    ax2.set_title("Test accuracy by nearest-image similarity")
+    ax2.legend(fontsize=7)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def leakage_html(summaries: Mapping[str, Mapping[str, float]], figure: str | Path | None = None) -> str:
+    """A report section (for ``report.write_report(sections=...)``): the figure and a per-protocol table."""
+    from crystalvision.report import _figure, _table
+
+    keys = sorted({k for s in summaries.values() for k in s})
+    rows = [[name, *[s.get(k, "") for k in keys]] for name, s in summaries.items()]
+    fig = _figure(Path(figure)) if figure is not None and Path(figure).is_file() else ""
+    return (
+        "<h2>Leakage: nearest training image</h2><p>SSIM (scikit-image definition, grey, downsampled) of every test "
+        "image to its nearest training image of the same structure, or of any structure when the split keeps "
+        "structures apart. Under a split by image, frames of a rotation video have near-copies in training: that "
+        "similarity, not the network, explains most of the accuracy.</p>"
+        + fig
+        + _table(["protocol", *[html.escape(k.removeprefix("leakage_")) for k in keys]], rows)
+    )
+
+
+def measure_split(
+    train_images: np.ndarray,
+    train_ids: Sequence[str],
+    test_images: np.ndarray,
+    test_ids: Sequence[str],
+    *,
+    size: int = 64,
+    grey: bool = True,
+) -> Nearest:
+    """uint8 NHWC train/test images and their material ids -> :class:`Nearest` per test image."""
+    log.info("leakage: SSIM of %d test images against %d training images at %d px", len(test_ids), len(train_ids), size)
+    return nearest_train_ssim(prepare(test_images, size, grey), test_ids, prepare(train_images, size, grey), train_ids)
+
+
+def load_prepared(store, keys: Sequence[str], size: int = 64, grey: bool = True, chunk: int = 256) -> torch.Tensor:
+    """Read images from an object store in chunks, downsampled on the way (memory stays small)."""
+    from crystalvision.dataset import load_images
+
+    parts = [prepare(load_images(store, list(keys[s : s + chunk])), size, grey) for s in range(0, len(keys), chunk)]
+    return torch.cat(parts) if parts else torch.zeros((0, 1 if grey else 3, size, size))

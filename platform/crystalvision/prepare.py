@@ -1,0 +1,117 @@
+"""The road from a pipeline config to the prepared inputs of every later stage.
+
+``prepare(cfg)`` = :func:`select_records` (snapshot + selection) -> :func:`render` (Ray Data, cached) ->
+:func:`assemble` (labels table, splits, model spec, store), returned as one :class:`Prepared`. Train, tune,
+evaluate and the registry take a ``Prepared``; nobody else loads a snapshot or renders to find its inputs.
+The split is made in :func:`make_splits` only, so k-fold splits are one change there (each fold a ``Splits``,
+trained with ``prepared.with_splits(fold)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from crystalvision.config import PipelineConfig, SplitConfig
+from crystalvision.dataset import Splits, load_labels, split_frame
+from crystalvision.model import ModelSpec, spec_for
+from crystalvision.snapshot import Selection, Snapshot, load_selection
+from crystalvision.storage import ObjectStore, open_store
+
+if TYPE_CHECKING:
+    from crystalvision.render.job import RenderResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """Everything a training, evaluation or registration step needs, prepared once from a config.
+
+    ``snapshot``, ``selection`` and ``render`` are None when the inputs were not made by :func:`prepare`
+    (e.g. a logged run rebuilt from its labels table, or a test's toy dataset). ``spec`` is the model spec
+    before training (classes, image size, provenance); training sets the target scaling on its own copy.
+    """
+
+    cfg: PipelineConfig
+    store: ObjectStore
+    splits: Splits
+    spec: ModelSpec
+    snapshot: Snapshot | None = None
+    selection: Selection | None = None
+    render: RenderResult | None = None
+    labels_key: str | None = None
+
+    def with_config(self, cfg: PipelineConfig) -> Prepared:
+        """The same data under another config (a Tune trial's sampled hyper-parameters)."""
+        return dataclasses.replace(self, cfg=cfg)
+
+    def with_splits(self, splits: Splits) -> Prepared:
+        """The same data with another split (one fold of a k-fold run)."""
+        return dataclasses.replace(self, splits=splits)
+
+    def with_spec_copy(self) -> Prepared:
+        """The same inputs with a copy of the spec (training sets its target scaling; trials must not share it)."""
+        return dataclasses.replace(self, spec=self.spec.model_copy(deep=True))
+
+    def for_workers(self) -> Prepared:
+        """What a remote trial needs (config, store, splits, spec), without the snapshot's structures."""
+        return dataclasses.replace(self, snapshot=None, selection=None)
+
+    @property
+    def records(self) -> dict[str, Any] | None:
+        """Snapshot records by material_id (for the structure baselines), when the snapshot is known."""
+        return {r.material_id: r for r in self.snapshot.records} if self.snapshot is not None else None
+
+
+def select_records(cfg: PipelineConfig) -> tuple[Snapshot, Selection]:
+    """The snapshot the config names (or the default) and the records it selects, logged."""
+    snap, selection = load_selection(cfg.snapshot)
+    log.info(
+        "snapshot %s: %d of %d structures selected, %d flagged dropped; labels: %s",
+        snap.manifest.snapshot_id,
+        len(selection.records),
+        len(snap.records),
+        len(selection.dropped_flagged),
+        snap.manifest.label_source,
+    )
+    return snap, selection
+
+
+def render(cfg: PipelineConfig, snap: Snapshot, selection: Selection, store: ObjectStore) -> RenderResult:
+    """Render the selection (finished images are reused) and report quarantined structures."""
+    from crystalvision.render.job import render_dataset
+
+    result = render_dataset(selection.records, snap.encoders, snap.manifest.content_sha256, cfg.render, store)
+    if result.quarantined:
+        log.warning("%d structures quarantined by the renderer: %s", len(result.quarantined), result.quarantined)
+    return result
+
+
+def make_splits(store: ObjectStore, labels_key: str, split: SplitConfig) -> Splits:
+    """The labels table split as ``split`` says (the one place a split is made)."""
+    return split_frame(load_labels(store, labels_key), split)
+
+
+def assemble(
+    cfg: PipelineConfig, snap: Snapshot, selection: Selection, rendered: RenderResult, store: ObjectStore
+) -> Prepared:
+    """Labels table -> splits, plus the model spec of the snapshot: the prepared inputs."""
+    splits = make_splits(store, rendered.labels_key, cfg.split)
+    return Prepared(cfg, store, splits, spec_for(cfg, snap), snap, selection, rendered, rendered.labels_key)
+
+
+def prepare(cfg: PipelineConfig, store: ObjectStore | None = None) -> Prepared:
+    """Snapshot -> selection -> render -> splits -> model spec, as every stage after rendering needs them."""
+    store = store or open_store()
+    snap, selection = select_records(cfg)
+    return assemble(cfg, snap, selection, render(cfg, snap, selection, store), store)
+
+
+def from_labels(
+    cfg: PipelineConfig, store: ObjectStore, labels_key: str, spec: ModelSpec, split: SplitConfig | None = None
+) -> Prepared:
+    """Prepared inputs from an existing labels table (a logged run's), split by ``split`` (default ``cfg.split``)."""
+    return Prepared(cfg, store, make_splits(store, labels_key, split or cfg.split), spec, labels_key=labels_key)

@@ -1,0 +1,269 @@
+"""The Ray Data render UDF: one Renderer (one GL context) per actor; PNG encoding and writes overlap rendering.
+
+Per batch the actor renders on its own thread and hands each image to a small thread pool that encodes the PNG
+and writes it (zlib and the store's I/O release the GIL), so the next render starts while the last image is
+still being written.
+
+Poison structures (docs/architecture.md, failure table):
+
+- errors of the structure itself (parsing, species, geometry, an exception while drawing it) become that row's
+  error, and the driver quarantines the structure;
+- a structure whose render crashes the actor process, or exceeds ``render.structure_timeout_s`` (a watchdog ends
+  the process), is counted in an attempt marker ``<prefix>/attempts/<material_id>-<first view>`` of its batch; Ray
+  retries the batch on a restarted actor (both bounded), and once the marker counts
+  :data:`MAX_CRASHES` the structure's rows come back as errors without rendering, so the batch goes on;
+- memory, GL-backend and storage errors are not the structure's fault: the image is retried
+  (:data:`TRANSIENT_RETRIES` times, with a fresh GL context for GL errors) and then the task fails loudly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from crystalvision.config import RenderConfig
+from crystalvision.errors import CrystalVisionError, StorageError
+from crystalvision.render.backend import BackendError
+from crystalvision.settings import StorageSettings
+from crystalvision.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+# Test hook: "after=N" makes the first render actor that has written N images exit hard, once per store prefix;
+# "crash=<material_id>" exits whenever that structure is drawn; "hang=<material_id>" sleeps while drawing it;
+# "simulate_ms=X" replaces each render after an actor's first by an X ms sleep, and writes that first image's PNG
+# (the benchmark's simulation of more workers than cores: Ray Data's scheduling, the driver and the writes stay
+# real; rendering and encoding, which scale with cores, become idle time).
+FAULT_ENV = "CRYSTALVISION_RENDER_FAULT"
+MAX_CRASHES = 2  # crashes or timeouts of one structure's batch before it is quarantined
+TRANSIENT_RETRIES = 2  # extra attempts of one image after a memory/GL/storage error
+TRANSIENT = (MemoryError, BackendError, StorageError)
+WRITER_THREADS = 2
+
+
+def _maybe_fault(fault: dict[str, Any] | None, n_written: int) -> None:
+    """Exit this actor's process hard mid-batch once ``after`` images are written (the test hook)."""
+    if not fault or "after" not in fault or n_written < fault["after"] or os.path.exists(fault["marker"]):
+        return
+    os.makedirs(os.path.dirname(fault["marker"]), exist_ok=True)
+    open(fault["marker"], "w").close()
+    log.warning("fault injection: render actor exits after writing %d images", n_written)
+    os._exit(1)
+
+
+def attempt_key(prefix: str, material_id: str, first_view: int) -> str:
+    return f"{prefix}/attempts/{material_id}-{first_view:04d}"
+
+
+class Watchdog:
+    """Ends the actor process when one structure's views take longer than the budget (the crash path then counts
+    it): GL calls cannot be interrupted from Python."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.deadline: float | None = None
+        self.what = ""
+        threading.Thread(target=self._watch, daemon=True, name="render-watchdog").start()
+
+    def arm(self, what: str) -> None:
+        self.what, self.deadline = what, time.monotonic() + self.budget_s
+
+    def disarm(self) -> None:
+        self.deadline = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(0.5, self.budget_s / 4))
+            deadline = self.deadline
+            if deadline is not None and time.monotonic() > deadline:
+                log.error("%s exceeded its render time budget of %.0f s; ending this actor", self.what, self.budget_s)
+                os._exit(3)
+
+
+class RenderBatch:
+    """Class-based Ray Data UDF: one Renderer per actor, reused for every batch."""
+
+    def __init__(
+        self,
+        structures: dict[str, dict] | list,
+        cfg: dict,
+        store_root: str,
+        storage: StorageSettings | None,
+        checked: tuple[str, str] | None = None,
+        fault: dict[str, Any] | None = None,
+        prefix: str = "",
+    ):
+        """``structures``: material_id -> Structure.as_dict(), or ``[ObjectRef]`` of that dict (keeps the actor's
+        constructor arguments small). ``checked`` = (node id, window class) of the driver's backend check, reused
+        by actors on the driver's node. ``fault``: the test hook (:func:`parse_fault`). ``prefix``: the render
+        prefix, for attempt markers ("" disables them)."""
+        import ray
+
+        from crystalvision.render.backend import assume_backend
+
+        if checked and ray.is_initialized() and ray.get_runtime_context().get_node_id() == checked[0]:
+            assume_backend(checked[1])
+
+        self.cfg = RenderConfig.model_validate(cfg)
+        self.store = ObjectStore(store_root, storage)
+        self.raw = ray.get(structures[0]) if isinstance(structures, list) else structures
+        self.structures: dict[str, Any] = {}
+        self.fault = fault or {}
+        self.prefix = prefix
+        self.renderer = self._new_renderer()
+        self.pool = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="render-writer")
+        self.watchdog = Watchdog(self.cfg.structure_timeout_s)
+        self.n_written = 0
+        self.simulated: np.ndarray | None = None
+        self.simulated_png: bytes | None = None
+
+    def _new_renderer(self) -> Any:
+        from crystalvision.render.scene import Renderer
+
+        return Renderer(self.cfg)
+
+    def _structure(self, material_id: str) -> Any:
+        if material_id not in self.structures:
+            from crystalvision.structures import structure_from_dict
+
+            # keep only the current structure: rows arrive grouped by material
+            self.structures = {material_id: structure_from_dict(self.raw[material_id], material_id)}
+        return self.structures[material_id]
+
+    # -- one image --------------------------------------------------------------------------------------------
+    def _draw(self, material_id: str, quat: np.ndarray) -> np.ndarray:
+        if self.fault.get("crash") == material_id:
+            log.warning("fault injection: render actor crashes on %s", material_id)
+            os._exit(11)
+        if self.fault.get("hang") == material_id:
+            time.sleep(3600)
+        if "simulate_ms" in self.fault and self.simulated is not None:
+            time.sleep(self.fault["simulate_ms"] / 1000)  # the GL work as idle time; its image is the first real one
+            return self.simulated
+        image = self.renderer.render(self._structure(material_id), quat)
+        if "simulate_ms" in self.fault:
+            self.simulated = image
+        return image
+
+    def _image(self, material_id: str, quat: np.ndarray) -> tuple[np.ndarray | None, str]:
+        """(pixels, "") or (None, error) for one view. The structure's own problems become the error; memory and
+        GL errors are retried with a fresh renderer, then raised (they fail the task, which Ray retries)."""
+        for attempt in range(TRANSIENT_RETRIES + 1):
+            try:
+                return self._draw(material_id, quat), ""
+            except TRANSIENT as exc:
+                if attempt == TRANSIENT_RETRIES:
+                    raise
+                log.warning("%s: %s while drawing; retrying (attempt %d)", material_id, exc, attempt + 2)
+                if isinstance(exc, BackendError):
+                    self.renderer.close()
+                    self.renderer = self._new_renderer()
+            except CrystalVisionError as exc:
+                return None, str(exc)
+            except Exception as exc:  # an odd structure must not take the batch down
+                return None, f"{type(exc).__name__}: {exc}"
+        raise AssertionError("unreachable")
+
+    def _write(self, key: str, image: np.ndarray) -> None:
+        """Encode and store one image (on a writer thread); storage errors are retried, then fail the task."""
+        from crystalvision.render.png import encode_png
+
+        if "simulate_ms" in self.fault:  # the simulation encodes once: only scheduling and writes stay real
+            self.simulated_png = self.simulated_png or encode_png(image)
+        data = self.simulated_png or encode_png(image)
+        for attempt in range(TRANSIENT_RETRIES + 1):
+            try:
+                self.store.put_bytes(key, data)
+                return
+            except StorageError:
+                if attempt == TRANSIENT_RETRIES:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+
+    # -- poison structures ------------------------------------------------------------------------------------
+    def _start(self, material_id: str, first_view: int) -> str:
+        """Count an attempt at this structure's part of the batch; "" to go on, or the quarantine reason."""
+        self.watchdog.arm(f"{material_id} (views from {first_view})")
+        if not self.prefix:
+            return ""
+        key = attempt_key(self.prefix, material_id, first_view)
+        crashes = int(self.store.get_text(key)) if self.store.exists(key) else 0
+        if crashes >= MAX_CRASHES:
+            return (
+                f"its render crashed or exceeded the {self.cfg.structure_timeout_s:.0f} s time budget "
+                f"(render.structure_timeout_s) {crashes} times; rerun with --retry-quarantined to try again"
+            )
+        self.store.put_text(key, str(crashes + 1))
+        return ""
+
+    def _finish(self, material_id: str, first_view: int, reason: str) -> None:
+        self.watchdog.disarm()
+        if self.prefix and not reason:
+            with contextlib.suppress(OSError, StorageError):
+                self.store.fs.delete_file(self.store.path(attempt_key(self.prefix, material_id, first_view)))
+
+    # -- the batch --------------------------------------------------------------------------------------------
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        mids = [str(m) for m in batch["material_id"]]
+        errors: list[str] = [""] * len(mids)
+        done = np.zeros(len(mids), dtype=np.float64)
+        pending: list[tuple[int, Future]] = []
+        current, first_view, reason = None, 0, ""
+        for i, (mid, quat, key, view) in enumerate(
+            zip(mids, batch["quaternion"], batch["image_key"], batch["view"], strict=True)
+        ):
+            if mid != current:
+                if current is not None:
+                    self._finish(current, first_view, reason)
+                current, first_view = mid, int(view)
+                reason = self._start(mid, first_view)
+            if reason:
+                errors[i] = reason
+                done[i] = time.time()
+                continue
+            image, errors[i] = self._image(mid, np.asarray(quat, dtype=np.float64))
+            if image is None:
+                done[i] = time.time()
+            else:
+                pending.append((i, self.pool.submit(self._write, str(key), image)))
+            pending = self._collect(pending, done, wait=len(pending) > 2 * WRITER_THREADS)
+        if current is not None:
+            self._collect(pending, done, wait=True, all_=True)
+            self._finish(current, first_view, reason)
+        return {
+            "material_id": batch["material_id"],
+            "view": batch["view"],
+            "error": np.asarray(errors, dtype=object),
+            "t_done": done,
+            "actor": np.full(len(mids), os.getpid(), dtype=np.int64),
+        }
+
+    def _collect(
+        self, pending: list[tuple[int, Future]], done: np.ndarray, wait: bool, all_: bool = False
+    ) -> list[tuple[int, Future]]:
+        """Reap finished writes (a write error re-raises here and fails the task); bound the queue when ``wait``."""
+        left = []
+        for n, (i, fut) in enumerate(pending):
+            if fut.done() or all_ or (wait and n == 0):
+                fut.result()
+                done[i] = time.time()
+                self.n_written += 1
+                _maybe_fault(self.fault, self.n_written)
+            else:
+                left.append((i, fut))
+        return left
+
+    def __del__(self) -> None:
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)  # __call__ already waited for its writes
+        renderer = getattr(self, "renderer", None)
+        if renderer is not None:
+            renderer.close()

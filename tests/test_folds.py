@@ -1,0 +1,117 @@
+"""Grouped k-fold splits and fold aggregation (folds.py)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crystalvision.config import SplitConfig
+from crystalvision.dataset import Splits
+from crystalvision.errors import ConfigError
+from crystalvision.folds import aggregate_folds, fold_splits, mean_std_text, stratum
+
+
+def labels(n_structures: int = 20, views: int = 4, systems: dict[str, int] | None = None) -> pd.DataFrame:
+    systems = systems or {"monoclinic": 9, "triclinic": 6, "trigonal": 4, "cubic": 1}
+    names = [s for s, n in systems.items() for _ in range(n)][:n_structures]
+    rows = [
+        {
+            "material_id": f"mp-{i}",
+            "view": v,
+            "crystal_system": names[i],
+            "spacegroup_symbol": f"sg{i % 7}",
+            "band_gap": float(i),
+        }
+        for i in range(len(names))
+        for v in range(views)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_grouped_folds_test_each_structure_once_and_never_leak():
+    df = labels()
+    folds = fold_splits(df, SplitConfig(protocol="grouped", folds=5, seed=1))
+    assert len(folds) == 5 and all(isinstance(f, Splits) for f in folds)
+    tested = [m for f in folds for m in f.test["material_id"].unique()]
+    assert sorted(tested) == sorted(df["material_id"].unique())  # each structure tested exactly once
+    for f in folds:
+        tr, va, te = (set(x["material_id"]) for x in (f.train, f.val, f.test))
+        assert not (tr & va) and not (tr & te) and not (va & te)  # grouped: structures on one side only
+        assert len(f.train) + len(f.val) + len(f.test) == len(df)
+        assert va, "validation is carved from the training structures"
+        assert f.describe()["n_folds"] == 5
+
+
+def test_folds_are_stratified_when_class_sizes_allow():
+    df = labels(systems={"monoclinic": 10, "triclinic": 10})
+    folds = fold_splits(df, SplitConfig(protocol="grouped", folds=5, seed=0))
+    assert all(f.stratified for f in folds)
+    for f in folds:  # 2 of each class in every test fold
+        counts = f.test.drop_duplicates("material_id")["crystal_system"].value_counts()
+        assert counts.to_dict() == {"monoclinic": 2, "triclinic": 2}
+
+
+def test_rare_classes_are_pooled_for_stratification():
+    y = ["a"] * 10 + ["b"] * 6 + ["c"] * 2 + ["d"] * 1
+    s = stratum(y, 5)
+    assert list(s[-3:]) == ["a", "a", "a"]  # c + d pooled (3 < 5), too few alone: merged into the largest class
+    assert set(stratum(y + ["e"] * 2, 5)) == {"a", "b", "__rare__"}  # c + d + e = 5: their own stratum
+    assert stratum(["a"] * 3 + ["b"], 5) is None  # nothing can be stratified
+
+
+def test_unseen_test_classes_are_logged(caplog):
+    df = labels(systems={"monoclinic": 9, "cubic": 1})
+    with caplog.at_level(logging.WARNING, logger="crystalvision.folds"):
+        folds = fold_splits(df, SplitConfig(protocol="grouped", folds=3, seed=0))
+    fold = next(f for f in folds if "cubic" in set(f.test["crystal_system"]))
+    assert fold.unseen_classes["crystal_system"] == ["cubic"]
+    assert "cubic" in caplog.text
+
+
+def test_leave_one_out_gives_one_fold_per_structure():
+    df = labels(n_structures=6)
+    folds = fold_splits(df, SplitConfig(protocol="grouped", leave_one_out=True))
+    assert len(folds) == 6
+    assert all(f.test["material_id"].nunique() == 1 for f in folds)
+    assert sorted(f.test["material_id"].iloc[0] for f in folds) == sorted(df["material_id"].unique())
+
+
+def test_image_folds_cover_every_image_once():
+    df = labels(n_structures=10, views=5)
+    folds = fold_splits(df, SplitConfig(protocol="image", folds=4))
+    keys = sorted((m, v) for f in folds for m, v in zip(f.test["material_id"], f.test["view"], strict=True))
+    assert keys == sorted(zip(df["material_id"], df["view"], strict=True))
+
+
+def test_too_many_folds_is_a_config_error_naming_the_key():
+    df = labels(n_structures=6)
+    with pytest.raises(ConfigError, match=r"split\.folds = 7 .*2\.\.6"):
+        fold_splits(df, SplitConfig(protocol="grouped", folds=7))
+    with pytest.raises(ConfigError, match="split.leave_one_out"):
+        fold_splits(df, SplitConfig(protocol="image", leave_one_out=True))
+
+
+def test_aggregate_folds_mean_std_skips_nan():
+    per_fold = [
+        {"test_acc_crystal_system": 0.5, "test_struct_r2_band_gap": 0.1},
+        {"test_acc_crystal_system": 0.7, "test_struct_r2_band_gap": float("nan")},
+    ]
+    agg = aggregate_folds(per_fold)
+    assert agg["n_folds"] == 2
+    assert agg["test_acc_crystal_system_mean"] == pytest.approx(0.6)
+    assert agg["test_acc_crystal_system_std"] == pytest.approx(0.1)
+    assert agg["test_struct_r2_band_gap_n"] == 1 and agg["test_struct_r2_band_gap_mean"] == pytest.approx(0.1)
+    assert mean_std_text(agg, "test_acc_crystal_system") == "0.600 ± 0.100"
+    assert np.isfinite(list(agg.values())).all()
+
+
+def test_split_config_reads_back_from_logged_params():
+    """tracking logs cfg.split.* as strings; evaluate rebuilds the SplitConfig from them."""
+    logged = {k: str(v) for k, v in SplitConfig().model_dump().items()}
+    assert logged["folds"] == "None"
+    back = SplitConfig.model_validate(logged)
+    assert back.folds is None and back.leave_one_out is False
+    assert SplitConfig.model_validate({**logged, "folds": "5"}).folds == 5
