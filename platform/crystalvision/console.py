@@ -75,8 +75,8 @@ def quiet_output(home: Path, command: str, verbose: bool = False) -> Iterator[Ou
     sys.stderr.flush()
     saved_out, saved_err = os.dup(1), os.dup(2)
     logfile = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed in finally
-    terminal_err = os.fdopen(os.dup(saved_err), "w", buffering=1, encoding="utf-8")
-    terminal_out = os.fdopen(os.dup(saved_out), "w", buffering=1, encoding="utf-8")
+    terminal_out, own_out = _terminal(sys.stdout, saved_out)
+    terminal_err, own_err = _terminal(sys.stderr, saved_err)
     os.dup2(logfile.fileno(), 1)
     os.dup2(logfile.fileno(), 2)
     logging.captureWarnings(True)
@@ -89,9 +89,22 @@ def quiet_output(home: Path, command: str, verbose: bool = False) -> Iterator[Ou
         os.dup2(saved_err, 2)
         for fd in (saved_out, saved_err):
             os.close(fd)
-        for stream in (terminal_out, terminal_err, logfile):
-            stream.close()
+        for stream, own in ((terminal_out, own_out), (terminal_err, own_err), (logfile, True)):
+            if own:
+                stream.close()
         logging.captureWarnings(False)
+
+
+def _terminal(stream: IO[str], saved_fd: int) -> tuple[IO[str], bool]:
+    """What stays on the terminal: a copy of the saved descriptor, or the stream itself when it writes elsewhere
+    (a test runner's buffer); the flag says whether the caller must close it."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return stream, False
+    if fd not in (1, 2):
+        return stream, False
+    return os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding="utf-8"), True
 
 
 def _flush(stream: IO[str]) -> None:

@@ -1,0 +1,79 @@
+"""Training progress on the driver: Ray Train's controller reports each epoch into a Ray queue, and a driver thread
+turns the reports into :mod:`crystalvision.progress` events (epoch k/N, train loss, validation accuracy).
+
+Ray Train V2 runs ``UserCallback``s in its controller actor, not in the driver, hence the queue. Nothing is set up
+when nobody listens (jobs, Tune, tests that do not ask).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from crystalvision import progress
+
+log = logging.getLogger(__name__)
+SHOWN = {"train_loss": "loss", "val_loss": "val_loss", "val_acc_crystal_system": "val_acc_system",
+         "val_acc_spacegroup": "val_acc_sg"}
+
+
+def _callback_class() -> type:
+    from ray.train import UserCallback
+
+    class EpochReports(UserCallback):
+        """Puts rank 0's metrics of every report on the driver's queue (never blocks training)."""
+
+        def __init__(self, queue: Any):
+            self.queue = queue
+
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            if not metrics:
+                return
+            row = {k: v for k, v in metrics[0].items() if k == "epoch" or k in SHOWN}
+            try:
+                self.queue.put_nowait(row)
+            except Exception:  # a full or gone queue only costs a progress line
+                log.debug("progress queue refused a report", exc_info=True)
+
+    return EpochReports
+
+
+def epoch_event(row: dict[str, Any], epochs: int) -> None:
+    """One progress event from one epoch report (``epoch`` counts from 0 in the reports)."""
+    info = {SHOWN[k]: float(v) for k, v in row.items() if k in SHOWN and v is not None}
+    progress.emit("train", int(row.get("epoch", 0)) + 1, epochs, unit="epoch", **info)
+
+
+@contextmanager
+def reporting(epochs: int) -> Iterator[list[Any]]:
+    """Callbacks to pass to Ray Train (empty when nobody listens); a driver thread emits their reports."""
+    if not progress.active():
+        yield []
+        return
+    from ray.util.queue import Empty, Queue
+
+    queue = Queue(maxsize=1000, actor_options={"num_cpus": 0})
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.is_set():
+            try:
+                epoch_event(queue.get(timeout=0.5), epochs)
+            except Empty:
+                continue
+            except Exception:  # the queue actor went away with the cluster
+                return
+
+    thread = threading.Thread(target=pump, name="train-progress", daemon=True)
+    thread.start()
+    try:
+        yield [_callback_class()(queue)]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        while not queue.empty():
+            epoch_event(queue.get_nowait(), epochs)
+        queue.shutdown()
