@@ -98,9 +98,10 @@ def _transient_reason(exc: BaseException) -> str | None:
 
 
 def _redacted(exc: BaseException, settings: MPSettings) -> str:
-    text = f"{type(exc).__name__}: {str(exc)[:300]}"
+    from crystalvision.logs import mask
+
     key = settings.api_key.get_secret_value() if settings.api_key else ""
-    return text.replace(key, "***") if key else text
+    return mask(mask(f"{type(exc).__name__}: {str(exc)[:300]}"), [key] if key else [])
 
 
 def _call(settings: MPSettings, what: str, fn: Callable[[Any], T]) -> T:

@@ -59,12 +59,40 @@ def s3_filesystem(settings: StorageSettings) -> pafs.S3FileSystem:
         scheme, _, host = settings.s3_endpoint_url.partition("://")
         kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
         kwargs.update(connect_timeout=5, request_timeout=30)
-    if settings.aws_access_key_id and settings.aws_secret_access_key:
-        kwargs.update(
-            access_key=settings.aws_access_key_id.get_secret_value(),
-            secret_key=settings.aws_secret_access_key.get_secret_value(),
-        )
+    kwargs.update(_explicit_credentials(settings))
     return pafs.S3FileSystem(**kwargs)
+
+
+def _explicit_credentials(settings: StorageSettings) -> dict[str, str]:
+    """Keys to hand pyarrow, or {} when the AWS default chain (``AWS_*`` env, profile, role) finds them itself.
+
+    A filesystem built without explicit keys pickles without them, so the filesystems and stores that Ray ships to
+    tasks, actors and Train workers carry no credentials: each worker reads its own environment or role.
+    """
+    if not settings.aws_access_key_id:
+        settings = get_settings().storage  # shipped without keys: this process's own environment
+    if not (settings.aws_access_key_id and settings.aws_secret_access_key):
+        return {}
+    creds = {
+        "access_key": settings.aws_access_key_id.get_secret_value(),
+        "secret_key": settings.aws_secret_access_key.get_secret_value(),
+    }
+    if settings.aws_session_token:
+        creds["session_token"] = settings.aws_session_token.get_secret_value()
+    from_env = {
+        "access_key": os.environ.get("AWS_ACCESS_KEY_ID"),
+        "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        "session_token": os.environ.get("AWS_SESSION_TOKEN"),
+    }
+    return {} if all(from_env[k] == v for k, v in creds.items()) else creds
+
+
+def without_credentials(settings: StorageSettings | None) -> StorageSettings | None:
+    """``settings`` minus the S3 keys: what may travel in Ray task and actor arguments."""
+    if settings is None:
+        return None
+    return settings.model_copy(update={"aws_access_key_id": None, "aws_secret_access_key": None,
+                                       "aws_session_token": None})
 
 
 def filesystem_for(uri: str, settings: StorageSettings | None = None) -> tuple[pafs.FileSystem, str]:
@@ -80,6 +108,11 @@ class ObjectStore:
 
     root: str
     settings: StorageSettings | None = None
+
+    def __getstate__(self) -> dict:
+        """Pickle (Ray task/actor arguments) without credentials or the live filesystem: the receiving worker
+        reads its own credentials (environment or role) when it first touches the store."""
+        return {"root": self.root, "settings": without_credentials(self.settings)}
 
     @cached_property
     def _fs_and_base(self) -> tuple[pafs.FileSystem, str]:

@@ -34,7 +34,7 @@ from crystalvision.config import RenderConfig
 from crystalvision.errors import CrystalVisionError, RenderError
 from crystalvision.render.rotations import view_quaternion
 from crystalvision.settings import StorageSettings, get_settings
-from crystalvision.storage import ObjectStore
+from crystalvision.storage import ObjectStore, without_credentials
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def _run_ray(
             "structures": [ray.put(structures)],
             "cfg": cfg.model_dump(mode="json"),
             "store_root": store.root,
-            "storage": store.settings,
+            "storage": without_credentials(store.settings),
             "checked": checked,
             "fault": parse_fault(os.environ.get(FAULT_ENV), prefix),
         },
