@@ -73,6 +73,48 @@ def test_render_actor_killed_mid_batch_then_rerun_is_complete(cv_home, tmp_path,
     assert sorted(labels["image_key"]) == expected
 
 
+
+def test_torn_png_is_rendered_again_not_trained_on(cv_home, tmp_path, bundled_snapshot):
+    """A PNG cut short after the job (a torn write, a bad disk) is not 'done': the rerun renders it again."""
+    import ray
+
+    records = [r for r in bundled_snapshot.records if not r.flags][:2]
+    cfg = RenderConfig(image_size=32, views_per_structure=2, num_workers=1, cpus_per_worker=0.5)
+    sha = bundled_snapshot.manifest.content_sha256
+    store = ObjectStore(str(tmp_path / "store"))
+    try:
+        first = render_dataset(records, bundled_snapshot.encoders, sha, cfg, store)
+        torn = image_key(first.prefix, records[0].material_id, 1)
+        whole = store.get_bytes(torn)
+        Path(store.path(torn)).write_bytes(whole[: len(whole) // 2])
+        second = render_dataset(records, bundled_snapshot.encoders, sha, cfg, store)
+    finally:
+        ray.shutdown()
+    assert (first.n_new, second.n_new, second.n_skipped) == (4, 1, 3)
+    with Image.open(io.BytesIO(store.get_bytes(torn))) as img:
+        img.load()
+    assert store.exists_verified(torn, len(whole), __import__("hashlib").sha256(whole).hexdigest())
+    assert not store.exists_verified(torn, len(whole) - 1, "0" * 64)
+
+
+def test_local_writes_are_fsynced_and_leave_no_temp_file_on_failure(tmp_path, monkeypatch):
+    store = ObjectStore(str(tmp_path / "store"))
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    store.put_bytes("a/b.bin", b"data")
+    target = store.path("a/b.bin")
+    assert len(synced) == 2 and ".tmp-" in synced[0] and synced[1] == os.path.dirname(target), synced
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(StorageError, match="cannot write"):
+        store.put_bytes("a/c.bin", b"more")
+    assert sorted(p.name for p in (tmp_path / "store" / "a").iterdir()) == ["b.bin"], "no temp file is left"
+
+
 # ---- Tune driver killed -----------------------------------------------------------------------------------------
 
 TUNE_SCRIPT = """

@@ -140,7 +140,7 @@ class RenderBatch:
             return None, f"{type(exc).__name__}: {exc}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        errors, done = [], []
+        errors, done, sums = [], [], []
         for mid, quat, key in zip(batch["material_id"], batch["quaternion"], batch["image_key"], strict=True):
             png, error = self._image(str(mid), np.asarray(quat, dtype=np.float64))
             if png is not None:
@@ -148,10 +148,13 @@ class RenderBatch:
                 self.n_written += 1
                 _maybe_fault(self.fault, self.n_written)
             errors.append(error)
+            sums.append(f"{len(png)}:{hashlib.sha256(png).hexdigest()}" if png is not None else "")
             done.append(time.time())
         return {
             "material_id": batch["material_id"],
             "view": batch["view"],
+            "image_key": batch["image_key"],
+            "checksum": np.asarray(sums, dtype=object),
             "error": np.asarray(errors, dtype=object),
             "t_done": np.asarray(done, dtype=np.float64),
         }
@@ -201,6 +204,11 @@ def _precheck(records: list[Any], cfg: RenderConfig) -> tuple[list[Any], list[di
 
 def _named(material_id: str, message: str) -> str:
     return message if message.startswith(material_id) else f"{material_id}: {message}"
+
+
+def _size_sha(checksum: str) -> tuple[int, str]:
+    size, _, sha = checksum.partition(":")
+    return int(size), sha
 
 
 def _read_json(store: ObjectStore, key: str, default: Any) -> Any:
@@ -336,7 +344,12 @@ def render_dataset(
     known_bad = {q["material_id"]: q for q in _read_json(store, quarantine_key, [])}
     good, bad = _precheck([r for r in records if r.material_id not in known_bad], cfg)
     quarantined = [known_bad[r.material_id] for r in records if r.material_id in known_bad] + bad
-    existing = set(store.list(f"{prefix}/images"))
+    checksums_key = f"{prefix}/images.json"  # image key -> "size:sha256": an image counts as done only if it matches
+    checksums = _read_json(store, checksums_key, {})
+    existing = {
+        k for k in store.list(f"{prefix}/images")
+        if k in checksums and store.exists_verified(k, *_size_sha(checksums[k]))
+    }
     rows = _todo_rows(good, cfg, prefix, existing)
     n_total = len(good) * cfg.views_per_structure
     log.info(
@@ -351,6 +364,8 @@ def render_dataset(
     timings: dict[str, float] = {}
     if rows:
         out, timings = _run_ray(rows, good, cfg, store, prefix)
+        written = out[out["checksum"].astype(str) != ""]
+        checksums |= dict(zip(written["image_key"].astype(str), written["checksum"].astype(str), strict=True))
         failed = _quarantine_from(out)
         quarantined += failed
         bad_ids = {q["material_id"] for q in failed}
@@ -363,6 +378,7 @@ def render_dataset(
     labels_key = f"{prefix}/labels.parquet"
     wrote = _put_if_changed(store, labels_key, _parquet_bytes(labels))
     wrote |= _put_if_changed(store, quarantine_key, json.dumps(quarantined, indent=1).encode())
+    wrote |= _put_if_changed(store, checksums_key, json.dumps(checksums, sort_keys=True).encode())
     timings["total_s"] = time.time() - t0
     manifest = {
         "render_config_hash": cfg_hash,
