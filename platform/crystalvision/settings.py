@@ -145,8 +145,11 @@ class MPSettings(_Base):
         validation_alias=AliasChoices("CRYSTALVISION_MP_ENDPOINT", "MP_API_ENDPOINT"),
         description="API endpoint override (a replay server in tests); None means the public API.",
     )
-    max_retries: int = Field(default=5, description="Retries with exponential back-off on 429/5xx.")
-    retry_backoff_s: float = Field(default=1.0, ge=0, description="First back-off delay; doubles each retry.")
+    max_retries: int = Field(default=5, ge=0, le=20, description="Retries with exponential back-off on 429/5xx.")
+    retry_backoff_s: float = Field(
+        default=1.0, ge=0, le=60, description="First back-off delay; doubles each retry (with jitter)."
+    )
+    retry_max_backoff_s: float = Field(default=60.0, gt=0, le=600, description="Cap on one back-off delay.")
 
 
 class Settings(_Base):

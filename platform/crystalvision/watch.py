@@ -161,7 +161,8 @@ def _run_job(
 ) -> dict[str, Any]:
     from crystalvision.ingest import write_mp_snapshot
 
-    records, fetched_version = fetch_records(cfg.ingest, get_settings().mp)
+    quarantine: list[dict[str, str]] = []
+    records, fetched_version = fetch_records(cfg.ingest, get_settings().mp, quarantine)
     digest = data_digest(records)
     if not force and state.get("data_digest") == digest:
         log.info(
@@ -173,7 +174,7 @@ def _run_job(
         result = {"status": "unchanged", "reason": "same materials", **base}
         _record(folder, base["job_id"], state | {"db_version": base["db_version"]}, result)
         return result
-    snapshot = write_mp_snapshot(records, fetched_version, cfg.ingest)
+    snapshot = write_mp_snapshot(records, fetched_version, cfg.ingest, quarantine=quarantine)
     run_cfg = cfg.model_copy(deep=True)
     run_cfg.snapshot.uri = str(snapshot)
     log.info("retraining job %s on snapshot %s (%d materials)", base["job_id"], snapshot, len(records))
