@@ -215,7 +215,7 @@ def test_metrics_survive_an_mlflow_server_restart(tmp_path, monkeypatch):
     url = f"http://127.0.0.1:{port}"
     procs = [_mlflow_server(home, port, log_path)]
     n, restart_at = 24, 8
-    logged = threading.Event()
+    logged, down = threading.Event(), threading.Event()
     try:
         client = mlflow.MlflowClient(url)
         run_id = client.create_run(client.create_experiment("restart")).info.run_id
@@ -224,7 +224,7 @@ def test_metrics_survive_an_mlflow_server_restart(tmp_path, monkeypatch):
         def restart() -> None:
             logged.wait(timeout=120)
             stop_group(procs[0])
-            time.sleep(1.0)
+            down.set()  # events, not sleeps: the next call surely hits a stopped server, however busy the machine
             procs.append(_mlflow_server(home, port, log_path))  # same port, same SQLite backend
 
         restarter = threading.Thread(target=restart, daemon=True)
@@ -233,8 +233,8 @@ def test_metrics_survive_an_mlflow_server_restart(tmp_path, monkeypatch):
             logger.log_metrics({"val_loss": 1.0 / (step + 1), "train_loss": float(step)}, step=step)
             if step == restart_at:
                 logged.set()
-                time.sleep(1.5)  # the next calls hit a server that is down
-            time.sleep(0.1)
+                assert down.wait(timeout=120), "the server was not stopped"
+                assert len(procs) == 1, "the next call is made while the server is down"
         restarter.join(timeout=300)
         assert len(procs) == 2, "the server was not restarted"
         for key in ("val_loss", "train_loss"):
@@ -260,11 +260,27 @@ def test_s3_outage_is_retried_until_the_endpoint_is_back(moto, caplog):
         store = ObjectStore(f"s3://{moto.bucket}/faults", settings)
         store.put_bytes("before.txt", b"1")
         proxy.down()
-        threading.Timer(10.0, proxy.up).start()  # longer than the S3 client's own retries (about 6 s)
-        start = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="crystalvision.storage"):
-            store.put_bytes("during.txt", b"2")
-        assert time.monotonic() - start >= 9.0, "the write cannot have succeeded while the endpoint was down"
+        retrying, came_up = threading.Event(), threading.Event()
+
+        class OnRetry(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if "retrying" in record.getMessage():
+                    retrying.set()
+
+        def up_after_first_retry() -> None:  # an event, not a wall-clock guess: the S3 client has given up once
+            if retrying.wait(timeout=120):
+                came_up.set()
+                proxy.up()
+
+        handler = OnRetry()
+        logging.getLogger("crystalvision.storage").addHandler(handler)
+        threading.Thread(target=up_after_first_retry, daemon=True).start()
+        try:
+            with caplog.at_level(logging.WARNING, logger="crystalvision.storage"):
+                store.put_bytes("during.txt", b"2")
+        finally:
+            logging.getLogger("crystalvision.storage").removeHandler(handler)
+        assert came_up.is_set(), "the write cannot have succeeded while the endpoint was down"
         assert store.get_bytes("during.txt") == b"2" and store.get_bytes("before.txt") == b"1"
     assert "faults/during.txt" in moto.keys("faults/")
     assert any("unreachable" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)
