@@ -125,7 +125,7 @@ def validate_structure(structure: Structure, name: str = "<structure>") -> None:
         raise StructureError(f"{name}: the structure has no atoms")
     _raise_if_too_many_atoms(len(structure), name)
     lattice = structure.lattice
-    if not np.all(np.isfinite(lattice.matrix)) or not np.all(np.isfinite([*lattice.abc, *lattice.angles])):
+    if not np.all(np.isfinite(lattice.matrix)):  # NaN/inf cell lengths or angles (a flat cell is caught below)
         raise StructureError(
             f"{name}: the cell has non-finite parameters (a, b, c = {lattice.abc}, angles = {lattice.angles}); "
             "fix the cell lengths and angles"
