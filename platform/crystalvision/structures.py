@@ -109,21 +109,23 @@ def read_cif_file(path: str | Path) -> Structure:
     return parse_cif(text, str(p))
 
 
-def structure_from_dict(data: dict, name: str = "<structure>") -> Structure:
-    """Rebuild a Structure from ``Structure.as_dict()`` output, with a clear error on failure."""
+def structure_from_dict(data: dict, name: str = "<structure>", max_atoms: int | None = MAX_ATOMS) -> Structure:
+    """Rebuild a Structure from ``Structure.as_dict()`` output, with a clear error on failure. ``max_atoms``:
+    the site limit (None: the caller applies its own, as the render stage does with ``render.max_atoms``)."""
     try:
         structure = Structure.from_dict(data)
     except Exception as exc:
         raise StructureError(f"{name}: stored structure is unreadable ({type(exc).__name__}: {exc})") from exc
-    validate_structure(structure, name)
+    validate_structure(structure, name, max_atoms)
     return structure
 
 
-def validate_structure(structure: Structure, name: str = "<structure>") -> None:
+def validate_structure(structure: Structure, name: str = "<structure>", max_atoms: int | None = MAX_ATOMS) -> None:
     """Reject structures nothing downstream can handle: no sites, unknown species, partial occupancy, no volume."""
     if len(structure) == 0:
         raise StructureError(f"{name}: the structure has no atoms")
-    _raise_if_too_many_atoms(len(structure), name)
+    if max_atoms is not None:
+        _raise_if_too_many_atoms(len(structure), name)
     lattice = structure.lattice
     if not np.all(np.isfinite(lattice.matrix)):  # NaN/inf cell lengths or angles (a flat cell is caught below)
         raise StructureError(

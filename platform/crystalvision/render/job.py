@@ -109,7 +109,7 @@ def _precheck(records: list[Any], cfg: RenderConfig) -> tuple[list[Any], list[di
     good, bad = [], []
     for rec in records:
         try:
-            structure = structure_from_dict(rec.structure, rec.material_id)
+            structure = structure_from_dict(rec.structure, rec.material_id, max_atoms=None)
             if len(structure) > cfg.max_atoms:  # drawn atoms >= sites: refuse before building the scene
                 raise RenderError(
                     f"{rec.material_id} has {len(structure)} sites, more than render.max_atoms = {cfg.max_atoms}; "
