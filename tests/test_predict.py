@@ -11,17 +11,21 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
 from crystalvision import predict
 from crystalvision.cli import app
+from crystalvision.config import PipelineConfig
 from crystalvision.dataset import load_images
-from crystalvision.model import load_model, predict_arrays
+from crystalvision.hierarchy import joint_symmetry, system_of
+from crystalvision.model import load_model, predict_arrays, spec_for
 from crystalvision.storage import ObjectStore
 
 from .support.tiny import SIZE, tiny_model_dir, toy_splits, use_test_tracking
 
+QUICKSTART = Path(__file__).parents[1] / "pipelines/quickstart.yaml"
 GOOD_CIF = (Path(__file__).parents[1] / "platform/crystalvision/data/snapshots/lmno/cif/mp-25284.cif").read_text()
 
 
@@ -69,14 +73,17 @@ def test_pyfunc_round_trip_matches_the_model_and_reports_bad_items(logged) -> No
     expected = predict_arrays(load_model(model_dir), images)
     assert out.loc[[0, 5], "band_gap"].to_numpy() == pytest.approx(expected["band_gap"], rel=1e-4)
     assert out["error"][[0, 5]].isna().all()
-    errors = list(out["error"][1:5])
-    assert "not a readable image" in errors[0]
-    assert f"model expects {SIZE}x{SIZE}" in errors[1]
-    assert "not valid base64" in errors[2]
-    assert "row 4" in errors[3] and "CIF" in errors[3]
+    assert out["error"][[1, 3, 4]].notna().all() and pd.isna(out.loc[2, "error"])
+    assert "not a readable image" in out.loc[1, "error"]
+    assert "not valid base64" in out.loc[3, "error"]
+    assert "row 4" in out.loc[4, "error"] and "CIF" in out.loc[4, "error"]
+    # an image of another size than the model's is resized, with a warning saying so
+    assert f"the model was trained on {SIZE}x{SIZE}" in json.loads(out.loc[2, "warnings"])[0]
     proba = json.loads(out.loc[0, "crystal_system_proba"])
-    assert max(proba, key=proba.get) == out.loc[0, "crystal_system"]
     assert sum(proba.values()) == pytest.approx(1.0, abs=1e-4)
+    top3 = json.loads(out.loc[0, "spacegroup_top3"])
+    assert len(top3) == 3 and top3[0][1] >= top3[1][1] >= top3[2][1]
+    assert 0 < out.loc[0, "crystal_system_probability"] <= 1 and 0 < out.loc[0, "spacegroup_probability"] <= 1
     names = [f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "model_dir")]
     assert sorted(names) == ["model_dir/model.json", "model_dir/weights.pt"]
 
@@ -122,6 +129,12 @@ def test_predict_files_and_cli(logged, tmp_path) -> None:
     assert result.exit_code == 1, result.output
     rows = json.loads(result.stdout)
     assert rows[0]["error"] is None and rows[1]["error"]
+    assert sum(rows[0]["spacegroup_proba"].values()) == pytest.approx(1.0, abs=1e-4)  # full distributions kept
+
+    table = CliRunner().invoke(app, ["predict", str(good), "--model", uri])
+    assert table.exit_code == 0, table.output
+    assert "{" not in table.stdout and "top-3 space groups" in table.stdout
+    assert out.loc[0, "spacegroup"] in table.stdout
 
 
 def test_cif_through_the_pyfunc_with_the_real_renderer(logged) -> None:
@@ -131,3 +144,51 @@ def test_cif_through_the_pyfunc_with_the_real_renderer(logged) -> None:
     assert pd.isna(out.loc[0, "error"]), out.loc[0, "error"]
     assert np.isfinite(out.loc[0, "band_gap"]) and out.loc[0, "crystal_system"]
     assert out.loc[1, "error"].startswith("bad.cif: not a readable CIF")
+
+
+def test_logged_pyfunc_is_code_with_its_requirements(logged) -> None:
+    """Models-from-code: no pickled python_model; the package travels as code; requirements name its imports."""
+    uri, *_ = logged
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    conf = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert conf.get("model_code_path") and "python_model" not in conf, conf
+    assert not list(local.rglob("*.pkl")) and (local / "code/crystalvision/predict.py").is_file()
+    reqs = {line.split("==")[0] for line in (local / "requirements.txt").read_text().split()}
+    assert {"vtk", "pyvista", "scipy", "pymatgen", "torch", "timm"} <= reqs and "crystalvision" not in reqs
+
+
+def test_cli_predict_defaults_to_the_model_the_quickstart_registers() -> None:
+    name = yaml.safe_load(QUICKSTART.read_text())["registry"]["model_name"]
+    assert predict.default_model_uri(QUICKSTART) == f"models:/{name}@champion"
+
+
+def test_joint_symmetry_is_consistent_and_flags_heads_that_disagree() -> None:
+    systems, groups = ["triclinic", "trigonal", "cubic"], ["P-1", "R-3m", "Fm-3m"]
+    # crystal-system head: triclinic; space-group head: R-3m (trigonal) -> disagreement
+    sym = joint_symmetry(systems, groups, {}, np.array([0.5, 0.4, 0.1]), np.array([0.2, 0.7, 0.1]))
+    assert system_of(sym.spacegroup, {}) == sym.crystal_system == "trigonal"
+    assert sym.crystal_system_probability == pytest.approx(0.28 / (0.1 + 0.28 + 0.01))
+    assert [s for s, _ in sym.top3] == ["R-3m", "P-1", "Fm-3m"]
+    assert "triclinic" in sym.disagreement and "R-3m" in sym.disagreement
+    agree = joint_symmetry(systems, groups, {}, np.array([0.1, 0.8, 0.1]), np.array([0.2, 0.7, 0.1]))
+    assert agree.disagreement is None and agree.spacegroup == "R-3m"
+
+
+def test_out_of_domain_inputs_are_warned_about(tmp_path) -> None:
+    model = load_model(tiny_model_dir(tmp_path / "m"))
+    model.spec = model.spec.model_copy(update={"training_elements": ["Li", "O"], "max_training_sites": 5})
+
+    def renderer(structure, render_config, views):
+        return np.full((views, SIZE, SIZE, 3), 90, dtype=np.uint8)
+
+    frame = pd.DataFrame({"cif": [GOOD_CIF], "views": [1.0], "name": ["mp-25284.cif"]})
+    warnings = json.loads(predict.predict_frame(model, frame, renderer=renderer).loc[0, "warnings"])
+    assert any("element(s) Mn, Ni never seen in training" in w for w in warnings), warnings
+    assert any("20 sites, far more than the largest training structure (5 sites)" in w for w in warnings), warnings
+
+
+def test_model_metadata_carries_the_training_domain(bundled_snapshot) -> None:
+    spec = spec_for(PipelineConfig(name="domain"), bundled_snapshot)
+    assert spec.training_elements == ["Li", "Mn", "Ni", "O"]
+    assert spec.max_training_sites == max(r.nsites for r in bundled_snapshot.records)
+    assert spec.spacegroup_crystal_system["R-3m"] == "trigonal"

@@ -44,6 +44,10 @@ class ModelSpec(BaseModel):
     label_source: dict[str, str] = Field(default_factory=dict)
     render_config: dict = Field(default_factory=dict)
     crystalvision_version: str = __version__
+    # the training domain, for out-of-domain warnings at prediction (empty/None in models saved before them)
+    training_elements: list[str] = Field(default_factory=list)
+    max_training_sites: int | None = None
+    spacegroup_crystal_system: dict[str, str] = Field(default_factory=dict)
 
 
 def spec_for(cfg: PipelineConfig, snapshot: Any) -> ModelSpec:
@@ -57,7 +61,20 @@ def spec_for(cfg: PipelineConfig, snapshot: Any) -> ModelSpec:
         snapshot_id=snapshot.manifest.snapshot_id,
         label_source=snapshot.manifest.label_source,
         render_config=cfg.render.model_dump(mode="json"),
+        **training_domain(snapshot.records),
     )
+
+
+def training_domain(records: list[Any]) -> dict[str, Any]:
+    """Elements, largest site count and space group -> crystal system of the training records (MaterialRecord)."""
+    from pymatgen.core import Composition
+
+    elements = {el.symbol for r in records for el in Composition(r.formula).elements}
+    return {
+        "training_elements": sorted(elements),
+        "max_training_sites": max((r.nsites for r in records), default=None),
+        "spacegroup_crystal_system": {r.spacegroup_symbol: r.crystal_system for r in records},
+    }
 
 
 class CrystalNet(nn.Module):
