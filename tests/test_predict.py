@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import mlflow
@@ -15,10 +17,11 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from crystalvision import predict
+from crystalvision import predict, predict_input
 from crystalvision.cli import app
 from crystalvision.config import PipelineConfig
 from crystalvision.dataset import load_images
+from crystalvision.errors import CrystalVisionError
 from crystalvision.hierarchy import joint_symmetry, system_of
 from crystalvision.model import load_model, predict_arrays, spec_for
 from crystalvision.storage import ObjectStore
@@ -192,3 +195,88 @@ def test_model_metadata_carries_the_training_domain(bundled_snapshot) -> None:
     assert spec.training_elements == ["Li", "Mn", "Ni", "O"]
     assert spec.max_training_sites == max(r.nsites for r in bundled_snapshot.records)
     assert spec.spacegroup_crystal_system["R-3m"] == "trigonal"
+
+
+def _image_bytes(fmt: str, mode: str = "RGB", size: int = SIZE) -> bytes:
+    buf = io.BytesIO()
+    img = Image.fromarray(np.full((size, size, 3), 120, dtype=np.uint8))
+    (img.convert(mode) if mode != "RGB" else img).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def decompression_bomb_png(side: int = 40_000) -> bytes:
+    """A valid PNG header announcing side x side pixels (over Pillow's limit) with almost no data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def huge_cif(n_atoms: int) -> str:
+    """A P1 CIF with ``n_atoms`` Li atoms (issue 14: a CIF of 20,000 atoms)."""
+    head = "data_huge\n_symmetry_space_group_name_H-M 'P 1'\n"
+    head += "".join(f"_cell_length_{a} 100.0\n" for a in "abc") + "".join(
+        f"_cell_angle_{a} 90\n" for a in ("alpha", "beta", "gamma")
+    )
+    head += (
+        "loop_\n_atom_site_type_symbol\n_atom_site_label\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n"
+    )
+    rng = np.random.default_rng(0)
+    return head + "".join(f"Li Li{i} {x:.5f} {y:.5f} {z:.5f}\n" for i, (x, y, z) in enumerate(rng.random((n_atoms, 3))))
+
+
+def test_prediction_input_is_bounded_and_each_bad_row_gets_its_own_error(tmp_path) -> None:
+    model = load_model(tiny_model_dir(tmp_path / "m"))
+    model.spec = model.spec.model_copy(update={"render_config": {**model.spec.render_config, "max_atoms": 10}})
+
+    def renderer(structure, render_config, views):
+        if len(structure) == 6:
+            raise RuntimeError("GL context lost")  # any exception, not only CrystalVisionError
+        return np.full((views, SIZE, SIZE, 3), 90, dtype=np.uint8)
+
+    small = huge_cif(6)
+    p_png = _image_bytes("PNG", "P")
+    cases = {
+        "good": ({"image": _b64(_png(SIZE))}, None),
+        "views0": ({"cif": small, "views": 0.0}, "views must be a whole number from 1 to 64"),
+        "views65": ({"cif": small, "views": 65.0}, "views must be a whole number from 1 to 64"),
+        "views2.5": ({"cif": small, "views": 2.5}, "views must be a whole number from 1 to 64"),
+        "big-text": ({"cif": "#" * 20_000_001}, "more than the 20000000 byte limit"),
+        "20k-atoms": ({"cif": huge_cif(20_000)}, "more than a structure of at most 10 atoms needs"),
+        "over-limit": ({"cif": GOOD_CIF}, "20 atoms, more than the limit of 10"),
+        "crash": ({"cif": small, "views": 1.0}, "RuntimeError: GL context lost"),
+        "big-b64": ({"image": "A" * (predict_input.MAX_IMAGE_B64_CHARS + 4)}, "more than the limit"),
+        "tiff": ({"image": _b64(_image_bytes("TIFF"))}, "the image is TIFF, not PNG or JPEG"),
+        "bomb": ({"image": _b64(decompression_bomb_png())}, "decompression bomb"),
+        "palette": ({"image": _b64(p_png)}, None),
+        "jpeg": ({"image": _b64(_image_bytes("JPEG"))}, None),
+    }
+    frame = pd.DataFrame(
+        [{"image": None, "cif": None, "views": None, **row, "name": n} for n, (row, _) in cases.items()]
+    )
+    out = predict.predict_frame(model, frame, renderer=renderer)
+    for (name, (_, message)), error in zip(cases.items(), out["error"], strict=True):
+        if message is None:
+            assert pd.isna(error), (name, error)
+        else:
+            assert isinstance(error, str) and error.startswith(name) and message in error, (name, error)
+    # a palette PNG is read through its palette: the same prediction as the RGB image it shows
+    rgb = np.asarray(Image.open(io.BytesIO(p_png)).convert("RGB"))
+    expected = predict_arrays(model, rgb[None])["band_gap"][0]
+    assert out.loc[list(cases).index("palette"), "band_gap"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_predict_files_refuses_oversized_and_mislabelled_files(logged, tmp_path) -> None:
+    uri, *_ = logged
+    tiff = tmp_path / "photo.png"
+    tiff.write_bytes(_image_bytes("TIFF"))
+    big = tmp_path / "big.cif"
+    with big.open("wb") as f:
+        f.truncate(20_000_001)  # sparse: never read into memory
+    out = predict.predict_files([tiff, big], model_uri=uri, views=1)
+    assert "the image is TIFF, not PNG or JPEG" in out.loc[0, "error"]
+    assert "20000001 bytes, more than the 20000000 byte limit" in out.loc[1, "error"]
+    with pytest.raises(CrystalVisionError, match="views must be a whole number from 1 to 64"):
+        predict.predict_files([tiff], model_uri=uri, views=65)
