@@ -280,3 +280,19 @@ def test_predict_files_refuses_oversized_and_mislabelled_files(logged, tmp_path)
     assert "20000001 bytes, more than the 20000000 byte limit" in out.loc[1, "error"]
     with pytest.raises(CrystalVisionError, match="views must be a whole number from 1 to 64"):
         predict.predict_files([tiff], model_uri=uri, views=65)
+
+
+def test_a_row_that_breaks_the_model_fails_alone(tmp_path, monkeypatch) -> None:
+    model = load_model(tiny_model_dir(tmp_path / "m"))
+    real = predict.predict_arrays
+
+    def poisoned(m, images, **kw):
+        if (images == 7).all(axis=(1, 2, 3)).any():
+            raise RuntimeError("CUDA error: an illegal memory access")
+        return real(m, images, **kw)
+
+    monkeypatch.setattr(predict, "predict_arrays", poisoned)
+    frame = pd.DataFrame({"image": [_b64(_png(SIZE)), _b64(_png(SIZE, colour=7)), _b64(_png(SIZE, colour=200))]})
+    out = predict.predict_frame(model, frame)
+    assert out.loc[1, "error"] == "row 1: RuntimeError: CUDA error: an illegal memory access"
+    assert out["error"][[0, 2]].isna().all() and np.isfinite(out.loc[[0, 2], "band_gap"].astype(float)).all()

@@ -152,25 +152,48 @@ def predict_frame(
     """Predict every row of ``frame``; a bad row gets an ``error`` message, the others are still predicted."""
     spec = model.spec
     renderer = renderer or render_views
-    items = []
+    items, names = [], []
     for i, (_, row) in enumerate(frame.iterrows()):
-        name = str(_cell(row, "name") or f"row {i}")
-        items.append(_prepare_row(row, name, spec, renderer, default_views))
+        names.append(str(_cell(row, "name") or f"row {i}"))
+        items.append(_prepare_row(row, names[-1], spec, renderer, default_views))
         if items[-1].error:
             log.warning("prediction input rejected: %s", items[-1].error)
-    good = [it.images for it in items if it.images is not None]
-    preds = predict_arrays(model, np.concatenate(good)) if good else {}
-    rows, start = [], 0
-    for it in items:
-        if it.images is None:
-            rows.append(dict.fromkeys(OUTPUT_COLUMNS) | {"error": it.error})
-            continue
-        stop = start + len(it.images)
-        mean = {k: v[start:stop].mean(axis=0) for k, v in preds.items()}
-        start = stop
-        rows.append(_output_row(spec, mean, it.warnings))
+    means = _predict_items(model, [it for it in items if it.images is not None])
+    rows = []
+    for name, it in zip(names, items, strict=True):
+        try:
+            if it.images is None:
+                raise ModelError(it.error or f"{name}: no images")
+            mean = means[id(it)]
+            if isinstance(mean, Exception):
+                raise mean
+            rows.append(_output_row(spec, mean, it.warnings))
+        except Exception as exc:  # a row's failure is that row's error
+            rows.append(dict.fromkeys(OUTPUT_COLUMNS) | {"error": it.error or f"{name}: {type(exc).__name__}: {exc}"})
     # object dtype keeps None (not NaN) for missing values, so the REST answer is valid JSON with nulls
     return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS), dtype=object)
+
+
+def _predict_items(model: CrystalNet, items: list[_Item]) -> dict[int, dict[str, np.ndarray] | Exception]:
+    """Mean per-head outputs per item: one batch for all rows; when it fails, row by row (errors kept per row)."""
+    try:
+        preds = predict_arrays(model, np.concatenate([it.images for it in items])) if items else {}
+    except Exception:
+        log.exception("batched prediction failed; predicting row by row")
+        return {id(it): _predict_one(model, it) for it in items}
+    means, start = {}, 0
+    for it in items:
+        stop = start + len(it.images)
+        means[id(it)] = {k: v[start:stop].mean(axis=0) for k, v in preds.items()}
+        start = stop
+    return means
+
+
+def _predict_one(model: CrystalNet, item: _Item) -> dict[str, np.ndarray] | Exception:
+    try:
+        return {k: v.mean(axis=0) for k, v in predict_arrays(model, item.images).items()}
+    except Exception as exc:
+        return exc
 
 
 def _output_row(spec: ModelSpec, mean: dict[str, np.ndarray], warnings: list[str]) -> dict[str, Any]:
