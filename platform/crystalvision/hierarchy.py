@@ -1,9 +1,10 @@
 """Space group -> crystal system: one consistent symmetry answer from the crystal-system and space-group heads.
 
 Each space group belongs to exactly one crystal system. The two heads are combined as a product of experts over
-space groups, ``p(sg) ∝ p_sg(sg) · p_cs(system(sg))``; the reported crystal system is the most probable system of
-that joint distribution (its marginal), and the reported space group the most probable one inside that system, so the
-two never contradict each other. When the heads' own answers disagree, a warning says so.
+space groups, ``p(sg) ∝ p_sg(sg) · p_cs(system(sg))``; the reported space group is the most probable one of that joint
+distribution and the reported crystal system the one it implies, with the system's marginal probability (the sum
+over its space groups), so the two never contradict each other. When the heads' own answers disagree, a warning
+says so.
 """
 
 from __future__ import annotations
@@ -56,14 +57,11 @@ def joint_symmetry(
     prior = np.where(owner >= 0, cs_proba[np.clip(owner, 0, None)], 1.0 / max(len(systems), 1))
     joint = sg_proba * prior
     joint = joint / joint.sum() if joint.sum() > 0 else sg_proba
-    marginal = np.array([joint[owner == i].sum() for i in range(len(systems))])
-    if marginal.sum() > 0:
-        best_sys = int(marginal.argmax())
-        inside = np.where(owner == best_sys, joint, -1.0)
-        best_sg = int(inside.argmax())
-        system, system_p = systems[best_sys], float(marginal[best_sys])
-    else:  # no space group maps to a known system: fall back to the heads' own answers
-        best_sg = int(joint.argmax())
+    best_sg = int(joint.argmax())
+    if owner[best_sg] >= 0:  # the system the joint answer implies, with its marginal probability
+        system = systems[owner[best_sg]]
+        system_p = float(joint[owner == owner[best_sg]].sum())
+    else:  # a space group of unknown system: fall back to the crystal-system head
         system, system_p = systems[int(cs_proba.argmax())], float(cs_proba.max())
     order = np.argsort(-joint)[:3]
     return Symmetry(

@@ -167,7 +167,7 @@ def predict_frame(
             mean = means[id(it)]
             if isinstance(mean, Exception):
                 raise mean
-            rows.append(_output_row(spec, mean, it.warnings))
+            rows.append(_output_row(spec, mean, it.warnings, name))
         except Exception as exc:  # a row's failure is that row's error
             rows.append(dict.fromkeys(OUTPUT_COLUMNS) | {"error": it.error or f"{name}: {type(exc).__name__}: {exc}"})
     # object dtype keeps None (not NaN) for missing values, so the REST answer is valid JSON with nulls
@@ -196,11 +196,11 @@ def _predict_one(model: CrystalNet, item: _Item) -> dict[str, np.ndarray] | Exce
         return exc
 
 
-def _output_row(spec: ModelSpec, mean: dict[str, np.ndarray], warnings: list[str]) -> dict[str, Any]:
+def _output_row(spec: ModelSpec, mean: dict[str, np.ndarray], warnings: list[str], name: str) -> dict[str, Any]:
     cs, sg = mean["crystal_system_proba"], mean["spacegroup_proba"]
     sym = joint_symmetry(spec.crystal_system_classes, spec.spacegroup_classes, spec.spacegroup_crystal_system, cs, sg)
     if sym.disagreement:
-        warnings = [*warnings, sym.disagreement]
+        warnings = [*warnings, f"{name}: {sym.disagreement}"]
     return {
         "band_gap": float(mean["band_gap"]),
         "energy_above_hull": float(mean["energy_above_hull"]),

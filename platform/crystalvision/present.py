@@ -51,7 +51,7 @@ def _top3(value: Any) -> str:
 
 def prediction_table(frame: pd.DataFrame) -> Table:
     """The rich table of predictions; rows with an error show 'error' and leave the values empty."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for header, justify in (
         ("input", "left"),
         ("band gap eV", "right"),
