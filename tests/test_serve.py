@@ -97,27 +97,24 @@ def _invoke(url: str, records: list[dict], timeout: float = 120) -> list[dict]:
         return json.loads(resp.read())["predictions"]
 
 
-def test_served_champion_answers_invocations(served) -> None:
+def test_served_champion_answers_images_and_cifs_and_bounds_every_row(served) -> None:
+    """One served process (outside the checkout): images and a CIF are predicted, each bad row gets its own error."""
     url, store, splits = served
     image = base64.b64encode(store.get_bytes(str(splits.test["image_key"].iloc[0]))).decode()
-    good, bad = _invoke(url, [{"image": image}, {"image": "bm90IGEgcG5n"}])
-    assert good["error"] is None and isinstance(good["band_gap"], float)
-    assert good["crystal_system"] in json.loads(good["crystal_system_proba"])
-    assert "not a readable image" in bad["error"]
-
-
-def test_served_model_renders_a_cif_and_bounds_every_row(served) -> None:
-    """A CIF over REST is rendered by the served process; bad rows get their error, the request still succeeds."""
-    url, *_ = served
     tiff = io.BytesIO()
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tiff, format="TIFF")
     rows = [
+        {"image": image},
+        {"image": "bm90IGEgcG5n"},
         {"cif": GOOD_CIF, "views": 2, "name": "mp-25284.cif"},
         {"cif": GOOD_CIF, "views": 65, "name": "too-many-views"},
         {"image": base64.b64encode(tiff.getvalue()).decode(), "name": "photo.png"},
         {"image": base64.b64encode(decompression_bomb_png()).decode(), "name": "bomb.png"},
     ]
-    cif, views, tiff_row, bomb = _invoke(url, rows)
+    good, bad, cif, views, tiff_row, bomb = _invoke(url, rows)
+    assert good["error"] is None and isinstance(good["band_gap"], float)
+    assert good["spacegroup"] in json.loads(good["spacegroup_proba"])
+    assert "not a readable image" in bad["error"]
     assert cif["error"] is None, cif["error"]
     assert isinstance(cif["band_gap"], float) and cif["crystal_system"] and len(json.loads(cif["spacegroup_top3"])) == 3
     assert "views must be a whole number from 1 to 64" in views["error"]

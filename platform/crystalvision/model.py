@@ -2,7 +2,7 @@
 
 A trained model is saved as a folder (like MatGL): ``weights.pt`` (state dict) and ``model.json``
 (:class:`ModelSpec`: architecture, classes, target scaling, image size, training-data snapshot and label
-sources), so a model can be rebuilt anywhere without the training code's state.
+sources, training domain), so a model can be rebuilt anywhere without the training code's state.
 """
 
 from __future__ import annotations
