@@ -237,7 +237,7 @@ def pip_requirements() -> list[str]:
     reqs = []
     for pkg in SERVING_PACKAGES:
         try:
-            reqs.append(f"{pkg}=={version(pkg)}")
+            reqs.append(f"{pkg}=={version(pkg).split('+')[0]}")  # no local label (+cu130, +cpu): PyPI has none
         except PackageNotFoundError:
             reqs.append(pkg)
     return reqs
