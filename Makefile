@@ -1,10 +1,18 @@
 # crystalvision: `make run` installs everything and runs the quickstart pipeline; `make test` runs the tests.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
-PYTHON ?= python3.11
+# The interpreter for the virtual environment: Python 3.11 to 3.13 (what the pinned torch/Ray/VTK wheels cover).
+# `python3` when it is one of those, else the newest python3.13/3.12/3.11 on PATH; override with PYTHON=...
+PY_OK := import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))
+ifndef PYTHON
+PYTHON := $(shell for p in python3 python3.13 python3.12 python3.11; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c '$(PY_OK)' 2>/dev/null && { echo $$p; break; }; done)
+endif
+# CPU-only torch: `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu` (about 1 GB less; see README)
+TORCH_INDEX ?=
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := libegl1 libgl1-mesa-dri libosmesa6 libgomp1
+APT_PACKAGES := libegl1 libgl1-mesa-dri libosmesa6 libgomp1 postgresql
 PIP_FILTER := sed -e '/is ignored: it is neither a file nor a directory/d'
 STAMP := $(VENV)/.crystalvision-installed
 PIPELINE ?= pipelines/quickstart.yaml
@@ -16,15 +24,25 @@ setup: system-deps $(STAMP)
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing apt packages:$$missing"; \
+	  echo "installing apt packages:$$missing (offscreen OpenGL for VTK rendering, OpenMP for torch)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "installing Python packages into $(VENV) (first time: a few minutes)"
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 2>&1 | $(PIP_FILTER)
+	@if [ ! -x $(BIN)/python ]; then \
+	  if [ -z "$(PYTHON)" ] || ! $(PYTHON) -c '$(PY_OK)' 2>/dev/null; then \
+	    echo "error: crystalvision needs Python 3.11, 3.12 or 3.13; $(if $(PYTHON),$(PYTHON) is $$($(PYTHON) -V 2>/dev/null || echo 'not runnable'),none is on PATH)."; \
+	    echo "  install one, e.g. 'sudo apt-get install python3.12 python3.12-venv' or 'pyenv install 3.12',"; \
+	    echo "  or point at it: make run PYTHON=/path/to/python3.12"; exit 1; \
+	  fi; \
+	  echo "using $(PYTHON) ($$($(PYTHON) -c 'import sys; print(sys.version.split()[0])')) for $(VENV)"; \
+	  $(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; install its venv module (Debian: python3.X-venv)"; exit 1; }; \
+	fi
+	@echo "installing Python packages into $(VENV): about 7 GB of wheels, most of it torch 2.14.1 with its CUDA"
+	@echo "  libraries, then Ray, MLflow, VTK, pymatgen (first time: minutes, depending on the network)."
+	@echo "  CPU-only machine? 'make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu' (see README)."
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) 2>&1 | $(PIP_FILTER)
 	$(BIN)/pip install -q -e ".[test]" 2>&1 | $(PIP_FILTER)
 	@touch $(STAMP)
 

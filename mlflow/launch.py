@@ -48,7 +48,7 @@ class LaunchError(Exception):
 
 def redact_uri(uri: str) -> str:
     """``scheme://user:***@host/db``: the password of a URI hidden for logs."""
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", uri)
+    return re.sub(r"(//[^:/@\s]+:)[^@\s]*@", r"\1***@", uri)
 
 
 def embedded_command(host: str, port: int, env: dict[str, str]) -> list[str]:
@@ -79,12 +79,12 @@ def production_command(host: str, port: int, env: dict[str, str], auth_dir: Path
     ini = auth_dir / "basic_auth.ini"
     ini.write_text(string.Template(AUTH_TEMPLATE.read_text()).substitute(env))
     ini.chmod(0o600)
+    # The backend URI holds the database password: `mlflow server` reads it from MLFLOW_BACKEND_STORE_URI in the
+    # environment, never from the command line (which every local user can read in /proc or `ps`).
     cmd = [
         *_base(host, port),
         "--app-name",
         "basic-auth",
-        "--backend-store-uri",
-        env["MLFLOW_BACKEND_STORE_URI"],
         "--artifacts-destination",
         env["MLFLOW_ARTIFACTS_DESTINATION"],
         "--serve-artifacts",

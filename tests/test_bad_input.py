@@ -22,12 +22,17 @@ CIF_CASES = {
     "partial_occupancy.cif": "partial occupancy",
     "unknown_element.cif": "unknown element 'Xq'",
     "zero_volume.cif": "zero-volume lattice",
+    "nan_cell_angle.cif": "the cell has non-finite parameters",
+    "atoms_20000.cif": "20000 atoms, more than the limit of 2000",
 }
 IMAGE_CASES = {
     "garbage.png": "not a readable image",
     "truncated.png": "not a readable image",
     "grayscale.png": "grayscale image",
     "oversize.png": "larger than 4096 px",
+    "decompression_bomb.png": "could be decompression bomb",
+    "tiff_named.png": "a TIFF image, not PNG or JPEG",
+    "palette_grey.png": "grayscale image (mode P)",
 }
 
 
@@ -60,8 +65,9 @@ def test_object_keys_cannot_escape_the_store(tmp_path: Path, key: str) -> None:
     assert not (tmp_path / "escape.png").exists()
 
 
-@pytest.mark.parametrize("bad_id", ["../mp-1", "mp/1", "", "mp 1"])
+@pytest.mark.parametrize("bad_id", ["../mp-1", "mp/1", "", "mp 1", ".", "..."])
 def test_material_ids_must_be_safe_keys(bad_id: str) -> None:
+    """Ids become object keys: '.', '..' or a path would collapse or escape (tests/data/bad/dot_material_id.json)."""
     with pytest.raises(ValueError, match="not a safe identifier"):
         MaterialRecord(
             material_id=bad_id,
@@ -145,7 +151,7 @@ def test_predict_files_on_the_corpus_gives_one_error_row_per_bad_file(logged, tm
     good_png, good_cif = tmp_path / "good.png", tmp_path / "mp-25284.cif"
     good_png.write_bytes(_png(SIZE))
     good_cif.write_text(GOOD_CIF)
-    bad = sorted(BAD.iterdir())
+    bad = sorted(p for p in BAD.iterdir() if p.suffix in (".cif", ".png"))  # dot_material_id.json: test_mp
     files = [good_png, *bad, good_cif]
     out = predict.predict_files(files, model_uri=uri, views=2)
     assert list(out["file"]) == [str(f) for f in files]

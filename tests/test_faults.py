@@ -73,6 +73,48 @@ def test_render_actor_killed_mid_batch_then_rerun_is_complete(cv_home, tmp_path,
     assert sorted(labels["image_key"]) == expected
 
 
+
+def test_torn_png_is_rendered_again_not_trained_on(cv_home, tmp_path, bundled_snapshot):
+    """A PNG cut short after the job (a torn write, a bad disk) is not 'done': the rerun renders it again."""
+    import ray
+
+    records = [r for r in bundled_snapshot.records if not r.flags][:2]
+    cfg = RenderConfig(image_size=32, views_per_structure=2, num_workers=1, cpus_per_worker=0.5)
+    sha = bundled_snapshot.manifest.content_sha256
+    store = ObjectStore(str(tmp_path / "store"))
+    try:
+        first = render_dataset(records, bundled_snapshot.encoders, sha, cfg, store)
+        torn = image_key(first.prefix, records[0].material_id, 1)
+        whole = store.get_bytes(torn)
+        Path(store.path(torn)).write_bytes(whole[: len(whole) // 2])
+        second = render_dataset(records, bundled_snapshot.encoders, sha, cfg, store)
+    finally:
+        ray.shutdown()
+    assert (first.n_new, second.n_new, second.n_skipped) == (4, 1, 3)
+    with Image.open(io.BytesIO(store.get_bytes(torn))) as img:
+        img.load()
+    assert store.exists_verified(torn, len(whole), __import__("hashlib").sha256(whole).hexdigest())
+    assert not store.exists_verified(torn, len(whole) - 1, "0" * 64)
+
+
+def test_local_writes_are_fsynced_and_leave_no_temp_file_on_failure(tmp_path, monkeypatch):
+    store = ObjectStore(str(tmp_path / "store"))
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    store.put_bytes("a/b.bin", b"data")
+    target = store.path("a/b.bin")
+    assert len(synced) == 2 and ".tmp-" in synced[0] and synced[1] == os.path.dirname(target), synced
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(StorageError, match="cannot write"):
+        store.put_bytes("a/c.bin", b"more")
+    assert sorted(p.name for p in (tmp_path / "store" / "a").iterdir()) == ["b.bin"], "no temp file is left"
+
+
 # ---- Tune driver killed -----------------------------------------------------------------------------------------
 
 TUNE_SCRIPT = """
@@ -173,7 +215,7 @@ def test_metrics_survive_an_mlflow_server_restart(tmp_path, monkeypatch):
     url = f"http://127.0.0.1:{port}"
     procs = [_mlflow_server(home, port, log_path)]
     n, restart_at = 24, 8
-    logged = threading.Event()
+    logged, down = threading.Event(), threading.Event()
     try:
         client = mlflow.MlflowClient(url)
         run_id = client.create_run(client.create_experiment("restart")).info.run_id
@@ -182,7 +224,7 @@ def test_metrics_survive_an_mlflow_server_restart(tmp_path, monkeypatch):
         def restart() -> None:
             logged.wait(timeout=120)
             stop_group(procs[0])
-            time.sleep(1.0)
+            down.set()  # events, not sleeps: the next call surely hits a stopped server, however busy the machine
             procs.append(_mlflow_server(home, port, log_path))  # same port, same SQLite backend
 
         restarter = threading.Thread(target=restart, daemon=True)
@@ -191,8 +233,8 @@ def test_metrics_survive_an_mlflow_server_restart(tmp_path, monkeypatch):
             logger.log_metrics({"val_loss": 1.0 / (step + 1), "train_loss": float(step)}, step=step)
             if step == restart_at:
                 logged.set()
-                time.sleep(1.5)  # the next calls hit a server that is down
-            time.sleep(0.1)
+                assert down.wait(timeout=120), "the server was not stopped"
+                assert len(procs) == 1, "the next call is made while the server is down"
         restarter.join(timeout=300)
         assert len(procs) == 2, "the server was not restarted"
         for key in ("val_loss", "train_loss"):
@@ -218,11 +260,27 @@ def test_s3_outage_is_retried_until_the_endpoint_is_back(moto, caplog):
         store = ObjectStore(f"s3://{moto.bucket}/faults", settings)
         store.put_bytes("before.txt", b"1")
         proxy.down()
-        threading.Timer(10.0, proxy.up).start()  # longer than the S3 client's own retries (about 6 s)
-        start = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="crystalvision.storage"):
-            store.put_bytes("during.txt", b"2")
-        assert time.monotonic() - start >= 9.0, "the write cannot have succeeded while the endpoint was down"
+        retrying, came_up = threading.Event(), threading.Event()
+
+        class OnRetry(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if "retrying" in record.getMessage():
+                    retrying.set()
+
+        def up_after_first_retry() -> None:  # an event, not a wall-clock guess: the S3 client has given up once
+            if retrying.wait(timeout=120):
+                came_up.set()
+                proxy.up()
+
+        handler = OnRetry()
+        logging.getLogger("crystalvision.storage").addHandler(handler)
+        threading.Thread(target=up_after_first_retry, daemon=True).start()
+        try:
+            with caplog.at_level(logging.WARNING, logger="crystalvision.storage"):
+                store.put_bytes("during.txt", b"2")
+        finally:
+            logging.getLogger("crystalvision.storage").removeHandler(handler)
+        assert came_up.is_set(), "the write cannot have succeeded while the endpoint was down"
         assert store.get_bytes("during.txt") == b"2" and store.get_bytes("before.txt") == b"1"
     assert "faults/during.txt" in moto.keys("faults/")
     assert any("unreachable" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)

@@ -119,3 +119,96 @@ def test_dockerfile_copies_existing_paths_and_installs_render_deps():
             for src in line.split()[1:-1]:
                 assert (ROOT / src).exists(), f"Dockerfile copies {src}, which is not in the repo"
     assert all(pkg in text for pkg in ("libegl1", "libgl1-mesa-dri", 'pip install ".[server]"'))
+
+
+def _k8s_docs() -> list[dict]:
+    return [d for p in sorted(ROOT.glob("infra/k8s/*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+
+
+def _containers(node: object) -> Iterator[dict]:
+    if isinstance(node, dict):
+        if isinstance(node.get("containers"), list):
+            yield from node["containers"]
+        for v in node.values():
+            yield from _containers(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _containers(v)
+
+
+def _secret_names(container: dict) -> set[str]:
+    names = {e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e}
+    names |= {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", []) if "valueFrom" in e}
+    return names
+
+
+def test_ray_pods_and_submitters_use_token_auth_and_only_their_secrets():
+    docs = {d["kind"]: d for d in _k8s_docs() if d["kind"] in ("RayCluster", "RayJob", "CronJob", "NetworkPolicy")}
+    cluster = docs["RayCluster"]
+    ray_containers = {"head": next(_containers(cluster["spec"]["headGroupSpec"]))}
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        ray_containers[group["groupName"]] = next(_containers(group))
+    submitters = {"rayjob": next(_containers(docs["RayJob"])), "cron": next(_containers(docs["CronJob"]))}
+    for name, c in {**ray_containers, **submitters}.items():
+        env = {e["name"]: e for e in c.get("env", [])}
+        assert env["RAY_AUTH_MODE"]["value"] == "token", name
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "crystalvision-ray-token",
+                                                                      "key": "auth_token"}, name
+    # The MP key only where ingest runs (job drivers on the head, the watch CronJob); no Ray pod gets the MLflow
+    # server's own secrets.
+    assert "crystalvision-mp" in _secret_names(ray_containers["head"])
+    assert all("crystalvision-mp" not in _secret_names(ray_containers[g]) for g in ("cpu", "gpu"))
+    assert all("mlflow-secrets" not in _secret_names(c) for c in ray_containers.values())
+    policy = docs["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"ray.io/cluster": "crystalvision"}
+    client_rule = next(r for r in policy["ingress"] if "ports" in r)
+    assert {p["port"] for p in client_rule["ports"]} == {8265, 10001}
+    for kind in ("RayJob", "CronJob"):
+        labels = [n for n in _walk_labels(docs[kind])]
+        assert {"crystalvision/ray-client": "true"} in labels, kind
+
+
+def _walk_labels(node: object) -> Iterator[dict]:
+    if isinstance(node, dict):
+        if isinstance(node.get("metadata"), dict) and "labels" in node["metadata"]:
+            yield node["metadata"]["labels"]
+        for v in node.values():
+            yield from _walk_labels(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk_labels(v)
+
+
+def test_every_secret_the_manifests_use_is_documented():
+    readme = (ROOT / "README.md").read_text()
+    used = {n for d in _k8s_docs() for c in _containers(d) for n in _secret_names(c)}
+    assert used and all(f"`{name}`" in readme for name in used), used
+
+
+_AUTH_PROBE = """
+import json, sys, requests, ray
+from crystalvision.raycluster import ensure_ray
+ensure_ray(include_dashboard=True)
+from ray._raylet import AuthenticationMode, get_authentication_mode
+url = ray._private.worker._global_node.webui_url
+anonymous = requests.get(f"http://{url}/api/jobs/", timeout=30).status_code
+print(json.dumps({"token": get_authentication_mode() == AuthenticationMode.TOKEN, "anonymous": anonymous,
+                  "task": ray.get(ray.remote(lambda: 1).remote())}))
+ray.shutdown()
+"""
+
+
+def test_local_cluster_keeps_ray_token_auth_on(tmp_path: Path):
+    """The library never turns Ray's token auth off: a local cluster demands the token (tests turn it off)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(tmp_path), CRYSTALVISION_HOME=str(tmp_path / "cv"), RAY_USAGE_STATS_ENABLED="0")
+    out = subprocess.run([sys.executable, "-c", _AUTH_PROBE], env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"token": True, "anonymous": 401, "task": 1}, result
+    assert (tmp_path / ".ray" / "auth_token").is_file()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.postgres import PostgresServer, postgres  # noqa: F401  (fixture)
 from tests.support.procs import free_port, stop_group, wait_http
 from tests.support.s3 import CREDENTIALS, moto_s3
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 @contextmanager
-def server(mode: str, env: dict[str, str], log_path: Path) -> Iterator[str]:
+def server(mode: str, env: dict[str, str], log_path: Path, procs: list | None = None) -> Iterator[str]:
     """Run ``python mlflow/launch.py MODE`` on a free port; yield its URL; stop its process group."""
     port = free_port()
     with log_path.open("wb") as log:
@@ -35,6 +36,8 @@ def server(mode: str, env: dict[str, str], log_path: Path) -> Iterator[str]:
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
+    if procs is not None:
+        procs.append(proc)
     try:
         wait_http(f"{url}/health", timeout=120, alive=lambda: proc.poll() is None)
         yield url
@@ -72,12 +75,29 @@ def test_embedded_mode_sqlite_and_local_artifacts(tmp_path: Path, monkeypatch: p
     assert list((home / "mlartifacts").rglob("hello.txt"))
 
 
-def test_production_mode_requires_auth_and_stores_artifacts_in_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def _session_cmdlines(sid: int) -> list[str]:
+    """Command lines of every process in session ``sid`` (the launcher, mlflow server, its uvicorn workers)."""
+    lines = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.getsid(int(proc.name)) == sid:
+                lines.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except (OSError, ProcessLookupError):
+            continue
+    return lines
+
+
+def test_production_mode_on_postgres_requires_auth_and_stores_artifacts_in_s3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres: PostgresServer  # noqa: F811
+):
+    """Production mode against a real PostgreSQL server (tracking and auth databases) and moto S3; the database
+    password never appears on any process's command line or in the log."""
     password = secrets.token_urlsafe(16)
+    tracking_uri = postgres.create_database("mlflow")
     with moto_s3() as s3:
         env = _clean_env(
-            MLFLOW_BACKEND_STORE_URI=f"sqlite:///{tmp_path / 'tracking.db'}",
-            MLFLOW_AUTH_DATABASE_URI=f"sqlite:///{tmp_path / 'auth.db'}",
+            MLFLOW_BACKEND_STORE_URI=tracking_uri,
+            MLFLOW_AUTH_DATABASE_URI=postgres.create_database("mlflow_auth"),
             MLFLOW_ARTIFACTS_DESTINATION=f"s3://{s3.bucket}/mlflow",
             MLFLOW_AUTH_ADMIN_PASSWORD=password,
             MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
@@ -85,18 +105,24 @@ def test_production_mode_requires_auth_and_stores_artifacts_in_s3(tmp_path: Path
             MLFLOW_WORKERS="1",
             **CREDENTIALS,
         )
-        log_path = tmp_path / "mlflow.log"
-        with server("production", env, log_path) as url:
+        log_path, procs = tmp_path / "mlflow.log", []
+        with server("production", env, log_path, procs) as url:
+            cmdlines = _session_cmdlines(procs[0].pid)
+            assert cmdlines and any("mlflow" in c for c in cmdlines)
+            assert not [c for c in cmdlines if postgres.password in c], "the database password is on a command line"
             search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
-            assert requests.get(search, timeout=10).status_code == 401
-            assert requests.get(search, auth=("admin", "wrong"), timeout=10).status_code == 401
-            assert requests.get(search, auth=("admin", password), timeout=10).status_code == 200
+            assert requests.get(search, timeout=60).status_code == 401  # a busy machine is slow, not wrong
+            assert requests.get(search, auth=("admin", "wrong"), timeout=60).status_code == 401
+            assert requests.get(search, auth=("admin", password), timeout=60).status_code == 200
             run_id, artifact_uri = _log_run(
                 url, monkeypatch, MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password
             )
         assert artifact_uri.startswith("mlflow-artifacts:/")
         assert any(k.endswith(f"{run_id}/artifacts/notes/hello.txt") for k in s3.keys("mlflow/"))
-    assert password not in log_path.read_text(errors="replace")
+    assert postgres.query("mlflow", "SELECT run_uuid FROM runs") == [(run_id,)], "the run lives in PostgreSQL"
+    assert postgres.query("mlflow_auth", "SELECT username FROM users") == [("admin",)]
+    log_text = log_path.read_text(errors="replace")
+    assert password not in log_text and postgres.password not in log_text
 
 
 def test_production_mode_names_missing_settings(tmp_path: Path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from crystalvision.mp import database_version, fetch_records
 from crystalvision.settings import get_settings
 from tests.conftest import MP_TEST_KEY as API_KEY
 
+BAD = Path(__file__).parent / "data" / "bad"
 QUERY = IngestConfig(chemsys="Li-Mn-Ni-O")
 
 
@@ -68,3 +70,92 @@ def test_key_is_sent_as_header_and_never_logged(mp_api, caplog: pytest.LogCaptur
     assert summary and all(r.headers.get("x-api-key") == API_KEY for r in summary)
     assert all(API_KEY not in str(r.params) for r in mp_api.requests)
     assert caplog.records and not [r for r in caplog.records if API_KEY in r.getMessage()]
+
+
+def test_odd_records_are_quarantined_with_a_reason_and_the_fetch_goes_on(mp_api, tmp_path: Path):
+    import copy
+    import json
+
+    from crystalvision.ingest import QUARANTINE_FILE, ingest_from_mp
+    from crystalvision.snapshot import load_snapshot
+
+    good = mp_api.docs
+    dot = json.loads((BAD / "dot_material_id.json").read_text())  # material id '.'
+    garbage = copy.deepcopy(good[0]) | {"material_id": "mp-990001", "structure": {"sites": "garbage"}}
+    unknown = copy.deepcopy(good[1]) | {"material_id": "mp-990002"}
+    unknown["structure"]["sites"][0]["species"][0]["element"] = "Xq"
+    mp_api.publish("2025.01.01", [dot, garbage, *good, unknown])
+    quarantine: list[dict] = []
+    records, _ = fetch_records(QUERY, quarantine=quarantine)
+    assert [r.material_id for r in records] == [d["material_id"] for d in good]
+    reasons = {q["material_id"]: q["reason"] for q in quarantine}
+    assert sorted(reasons) == [".", "mp-990001", "mp-990002"]
+    assert "not a safe identifier" in reasons["."] and "unreadable" in reasons["mp-990001"]
+    assert "mp-990002" in reasons["mp-990002"] and "Xq" in reasons["mp-990002"]
+    snap = ingest_from_mp(QUERY, tmp_path / "snaps")
+    assert len(load_snapshot(snap).records) == 4
+    assert {q["material_id"] for q in json.loads((snap / QUARANTINE_FILE).read_text())} == set(reasons)
+
+
+def test_missing_labels_stay_missing_flagged_and_left_out(mp_api, tmp_path: Path):
+    """No band gap / no energy above hull is never 0.0 (which would read as 'metal' / 'stable')."""
+    import copy
+
+    from crystalvision.config import SnapshotConfig
+    from crystalvision.ingest import ingest_from_mp
+    from crystalvision.snapshot import load_snapshot, select
+
+    docs = copy.deepcopy(mp_api.docs)
+    docs[0]["band_gap"] = None
+    docs[1]["energy_above_hull"] = None
+    mp_api.publish("2025.01.01", docs)
+    records = {r.material_id: r for r in fetch_records(QUERY)[0]}
+    first, second = records[docs[0]["material_id"]], records[docs[1]["material_id"]]
+    assert first.band_gap is None and "missing_band_gap" in first.flags
+    assert second.energy_above_hull is None and "missing_energy_above_hull" in second.flags
+    assert first.energy_above_hull == docs[0]["energy_above_hull"]
+    snap = load_snapshot(ingest_from_mp(QUERY, tmp_path / "snaps"))
+    kept = select(snap, SnapshotConfig(include_flagged=True)).records
+    assert {r.material_id for r in kept} == {d["material_id"] for d in docs[2:]}
+
+
+@pytest.mark.parametrize(("var", "value"), [("CRYSTALVISION_MAX_RETRIES", "1000"),
+                                            ("CRYSTALVISION_MAX_RETRIES", "-1"),
+                                            ("CRYSTALVISION_RETRY_BACKOFF_S", "1e9")])
+def test_retry_settings_are_validated(monkeypatch: pytest.MonkeyPatch, var: str, value: str):
+    from pydantic import ValidationError
+
+    from crystalvision.settings import MPSettings
+
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValidationError, match=var.removeprefix("CRYSTALVISION_").lower()):
+        MPSettings()
+
+
+def test_backoff_is_capped_and_jittered():
+    from crystalvision.mp import backoff_delay
+    from crystalvision.settings import MPSettings
+
+    settings = MPSettings(max_retries=20, retry_backoff_s=1.0, retry_max_backoff_s=8.0)
+    delays = [backoff_delay(settings, 19) for _ in range(50)]
+    assert all(4.0 <= d <= 8.0 for d in delays) and len(set(delays)) > 40
+    assert all(0.5 <= backoff_delay(settings, 0) <= 1.0 for _ in range(20))
+
+
+def test_geometry_check_scales_to_thousands_of_atoms(bundled_snapshot, monkeypatch: pytest.MonkeyPatch):
+    """A neighbour list, not an N x N distance matrix and Python loop (minutes for 12,096 atoms): checked on a
+    6x6x6 supercell, and the short-distance flags of the bundled snapshot are unchanged."""
+    from pymatgen.core import Structure
+
+    from crystalvision.structures import SHORT_DISTANCE_FLAG, geometry_flags, structure_from_dict
+
+    for rec in bundled_snapshot.records:
+        assert (SHORT_DISTANCE_FLAG in geometry_flags(structure_from_dict(rec.structure))) == bool(rec.flags)
+    regular = next(r for r in bundled_snapshot.records if not r.flags)
+    big = structure_from_dict(regular.structure) * (6, 6, 6)
+
+    def no_matrix(self):
+        raise AssertionError(f"an N x N distance matrix of {len(self)} atoms")
+
+    monkeypatch.setattr(Structure, "distance_matrix", property(no_matrix))
+    assert len(big) > 10_000 and geometry_flags(big) == []

@@ -5,23 +5,30 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from crystalvision import predict
+from crystalvision import predict, predict_input
 from crystalvision.cli import app
+from crystalvision.config import PipelineConfig
 from crystalvision.dataset import load_images
-from crystalvision.model import load_model, predict_arrays
+from crystalvision.errors import CrystalVisionError
+from crystalvision.hierarchy import joint_symmetry, system_of
+from crystalvision.model import load_model, predict_arrays, spec_for
 from crystalvision.storage import ObjectStore
 
 from .support.tiny import SIZE, tiny_model_dir, toy_splits, use_test_tracking
 
+QUICKSTART = Path(__file__).parents[1] / "pipelines/quickstart.yaml"
 GOOD_CIF = (Path(__file__).parents[1] / "platform/crystalvision/data/snapshots/lmno/cif/mp-25284.cif").read_text()
 
 
@@ -69,14 +76,17 @@ def test_pyfunc_round_trip_matches_the_model_and_reports_bad_items(logged) -> No
     expected = predict_arrays(load_model(model_dir), images)
     assert out.loc[[0, 5], "band_gap"].to_numpy() == pytest.approx(expected["band_gap"], rel=1e-4)
     assert out["error"][[0, 5]].isna().all()
-    errors = list(out["error"][1:5])
-    assert "not a readable image" in errors[0]
-    assert f"model expects {SIZE}x{SIZE}" in errors[1]
-    assert "not valid base64" in errors[2]
-    assert "row 4" in errors[3] and "CIF" in errors[3]
+    assert out["error"][[1, 3, 4]].notna().all() and pd.isna(out.loc[2, "error"])
+    assert "not a readable image" in out.loc[1, "error"]
+    assert "not valid base64" in out.loc[3, "error"]
+    assert "row 4" in out.loc[4, "error"] and "CIF" in out.loc[4, "error"]
+    # an image of another size than the model's is resized, with a warning saying so
+    assert f"the model was trained on {SIZE}x{SIZE}" in json.loads(out.loc[2, "warnings"])[0]
     proba = json.loads(out.loc[0, "crystal_system_proba"])
-    assert max(proba, key=proba.get) == out.loc[0, "crystal_system"]
     assert sum(proba.values()) == pytest.approx(1.0, abs=1e-4)
+    top3 = json.loads(out.loc[0, "spacegroup_top3"])
+    assert len(top3) == 3 and top3[0][1] >= top3[1][1] >= top3[2][1]
+    assert 0 < out.loc[0, "crystal_system_probability"] <= 1 and 0 < out.loc[0, "spacegroup_probability"] <= 1
     names = [f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "model_dir")]
     assert sorted(names) == ["model_dir/model.json", "model_dir/weights.pt"]
 
@@ -122,6 +132,12 @@ def test_predict_files_and_cli(logged, tmp_path) -> None:
     assert result.exit_code == 1, result.output
     rows = json.loads(result.stdout)
     assert rows[0]["error"] is None and rows[1]["error"]
+    assert sum(rows[0]["spacegroup_proba"].values()) == pytest.approx(1.0, abs=1e-4)  # full distributions kept
+
+    table = CliRunner().invoke(app, ["predict", str(good), "--model", uri])
+    assert table.exit_code == 0, table.output
+    assert "{" not in table.stdout and "top-3 space groups" in table.stdout
+    assert out.loc[0, "spacegroup"] in table.stdout
 
 
 def test_cif_through_the_pyfunc_with_the_real_renderer(logged) -> None:
@@ -131,3 +147,152 @@ def test_cif_through_the_pyfunc_with_the_real_renderer(logged) -> None:
     assert pd.isna(out.loc[0, "error"]), out.loc[0, "error"]
     assert np.isfinite(out.loc[0, "band_gap"]) and out.loc[0, "crystal_system"]
     assert out.loc[1, "error"].startswith("bad.cif: not a readable CIF")
+
+
+def test_logged_pyfunc_is_code_with_its_requirements(logged) -> None:
+    """Models-from-code: no pickled python_model; the package travels as code; requirements name its imports."""
+    uri, *_ = logged
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    conf = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert conf.get("model_code_path") and "python_model" not in conf, conf
+    assert not list(local.rglob("*.pkl")) and (local / "code/crystalvision/predict.py").is_file()
+    reqs = {line.split("==")[0] for line in (local / "requirements.txt").read_text().split()}
+    assert {"vtk", "pyvista", "scipy", "pymatgen", "torch", "timm"} <= reqs and "crystalvision" not in reqs
+
+
+def test_cli_predict_defaults_to_the_model_the_quickstart_registers() -> None:
+    name = yaml.safe_load(QUICKSTART.read_text())["registry"]["model_name"]
+    assert predict.default_model_uri(QUICKSTART) == f"models:/{name}@champion"
+
+
+def test_joint_symmetry_is_consistent_and_flags_heads_that_disagree() -> None:
+    systems, groups = ["triclinic", "trigonal", "cubic"], ["P-1", "R-3m", "Fm-3m"]
+    # crystal-system head: triclinic; space-group head: R-3m (trigonal) -> disagreement
+    sym = joint_symmetry(systems, groups, {}, np.array([0.5, 0.4, 0.1]), np.array([0.2, 0.7, 0.1]))
+    assert system_of(sym.spacegroup, {}) == sym.crystal_system == "trigonal"
+    assert sym.crystal_system_probability == pytest.approx(0.28 / (0.1 + 0.28 + 0.01))
+    assert [s for s, _ in sym.top3] == ["R-3m", "P-1", "Fm-3m"]
+    assert "triclinic" in sym.disagreement and "R-3m" in sym.disagreement
+    agree = joint_symmetry(systems, groups, {}, np.array([0.1, 0.8, 0.1]), np.array([0.2, 0.7, 0.1]))
+    assert agree.disagreement is None and agree.spacegroup == "R-3m"
+
+
+def test_out_of_domain_inputs_are_warned_about(tmp_path) -> None:
+    model = load_model(tiny_model_dir(tmp_path / "m"))
+    model.spec = model.spec.model_copy(update={"training_elements": ["Li", "O"], "max_training_sites": 5})
+
+    def renderer(structure, render_config, views):
+        return np.full((views, SIZE, SIZE, 3), 90, dtype=np.uint8)
+
+    frame = pd.DataFrame({"cif": [GOOD_CIF], "views": [1.0], "name": ["mp-25284.cif"]})
+    warnings = json.loads(predict.predict_frame(model, frame, renderer=renderer).loc[0, "warnings"])
+    assert any("element(s) Mn, Ni never seen in training" in w for w in warnings), warnings
+    assert any("20 sites, far more than the largest training structure (5 sites)" in w for w in warnings), warnings
+
+
+def test_model_metadata_carries_the_training_domain(bundled_snapshot) -> None:
+    spec = spec_for(PipelineConfig(name="domain"), bundled_snapshot)
+    assert spec.training_elements == ["Li", "Mn", "Ni", "O"]
+    assert spec.max_training_sites == max(r.nsites for r in bundled_snapshot.records)
+    assert spec.spacegroup_crystal_system["R-3m"] == "trigonal"
+
+
+def _image_bytes(fmt: str, mode: str = "RGB", size: int = SIZE) -> bytes:
+    buf = io.BytesIO()
+    img = Image.fromarray(np.full((size, size, 3), 120, dtype=np.uint8))
+    (img.convert(mode) if mode != "RGB" else img).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def decompression_bomb_png(side: int = 40_000) -> bytes:
+    """A valid PNG header announcing side x side pixels (over Pillow's limit) with almost no data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def huge_cif(n_atoms: int) -> str:
+    """A P1 CIF with ``n_atoms`` Li atoms (issue 14: a CIF of 20,000 atoms)."""
+    head = "data_huge\n_symmetry_space_group_name_H-M 'P 1'\n"
+    head += "".join(f"_cell_length_{a} 100.0\n" for a in "abc") + "".join(
+        f"_cell_angle_{a} 90\n" for a in ("alpha", "beta", "gamma")
+    )
+    head += (
+        "loop_\n_atom_site_type_symbol\n_atom_site_label\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n"
+    )
+    rng = np.random.default_rng(0)
+    return head + "".join(f"Li Li{i} {x:.5f} {y:.5f} {z:.5f}\n" for i, (x, y, z) in enumerate(rng.random((n_atoms, 3))))
+
+
+def test_prediction_input_is_bounded_and_each_bad_row_gets_its_own_error(tmp_path) -> None:
+    model = load_model(tiny_model_dir(tmp_path / "m"))
+    model.spec = model.spec.model_copy(update={"render_config": {**model.spec.render_config, "max_atoms": 10}})
+
+    def renderer(structure, render_config, views):
+        if len(structure) == 6:
+            raise RuntimeError("GL context lost")  # any exception, not only CrystalVisionError
+        return np.full((views, SIZE, SIZE, 3), 90, dtype=np.uint8)
+
+    small = huge_cif(6)
+    p_png = _image_bytes("PNG", "P")
+    cases = {
+        "good": ({"image": _b64(_png(SIZE))}, None),
+        "views0": ({"cif": small, "views": 0.0}, "views must be a whole number from 1 to 64"),
+        "views65": ({"cif": small, "views": 65.0}, "views must be a whole number from 1 to 64"),
+        "views2.5": ({"cif": small, "views": 2.5}, "views must be a whole number from 1 to 64"),
+        "big-text": ({"cif": "#" * 20_000_001}, "more than the 20000000 byte limit"),
+        "20k-atoms": ({"cif": huge_cif(20_000)}, "more than a structure of at most 10 atoms needs"),
+        "over-limit": ({"cif": GOOD_CIF}, "20 atoms, more than the limit of 10"),
+        "crash": ({"cif": small, "views": 1.0}, "RuntimeError: GL context lost"),
+        "big-b64": ({"image": "A" * (predict_input.MAX_IMAGE_B64_CHARS + 4)}, "more than the limit"),
+        "tiff": ({"image": _b64(_image_bytes("TIFF"))}, "the image is TIFF, not PNG or JPEG"),
+        "bomb": ({"image": _b64(decompression_bomb_png())}, "decompression bomb"),
+        "palette": ({"image": _b64(p_png)}, None),
+        "jpeg": ({"image": _b64(_image_bytes("JPEG"))}, None),
+    }
+    frame = pd.DataFrame(
+        [{"image": None, "cif": None, "views": None, **row, "name": n} for n, (row, _) in cases.items()]
+    )
+    out = predict.predict_frame(model, frame, renderer=renderer)
+    for (name, (_, message)), error in zip(cases.items(), out["error"], strict=True):
+        if message is None:
+            assert pd.isna(error), (name, error)
+        else:
+            assert isinstance(error, str) and error.startswith(name) and message in error, (name, error)
+    # a palette PNG is read through its palette: the same prediction as the RGB image it shows
+    rgb = np.asarray(Image.open(io.BytesIO(p_png)).convert("RGB"))
+    expected = predict_arrays(model, rgb[None])["band_gap"][0]
+    assert out.loc[list(cases).index("palette"), "band_gap"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_predict_files_refuses_oversized_and_mislabelled_files(logged, tmp_path) -> None:
+    uri, *_ = logged
+    tiff = tmp_path / "photo.png"
+    tiff.write_bytes(_image_bytes("TIFF"))
+    big = tmp_path / "big.cif"
+    with big.open("wb") as f:
+        f.truncate(20_000_001)  # sparse: never read into memory
+    out = predict.predict_files([tiff, big], model_uri=uri, views=1)
+    assert "the image is TIFF, not PNG or JPEG" in out.loc[0, "error"]
+    assert "20000001 bytes, more than the 20000000 byte limit" in out.loc[1, "error"]
+    with pytest.raises(CrystalVisionError, match="views must be a whole number from 1 to 64"):
+        predict.predict_files([tiff], model_uri=uri, views=65)
+
+
+def test_a_row_that_breaks_the_model_fails_alone(tmp_path, monkeypatch) -> None:
+    model = load_model(tiny_model_dir(tmp_path / "m"))
+    real = predict.predict_arrays
+
+    def poisoned(m, images, **kw):
+        if (images == 7).all(axis=(1, 2, 3)).any():
+            raise RuntimeError("CUDA error: an illegal memory access")
+        return real(m, images, **kw)
+
+    monkeypatch.setattr(predict, "predict_arrays", poisoned)
+    frame = pd.DataFrame({"image": [_b64(_png(SIZE)), _b64(_png(SIZE, colour=7)), _b64(_png(SIZE, colour=200))]})
+    out = predict.predict_frame(model, frame)
+    assert out.loc[1, "error"] == "row 1: RuntimeError: CUDA error: an illegal memory access"
+    assert out["error"][[0, 2]].isna().all() and np.isfinite(out.loc[[0, 2], "band_gap"].astype(float)).all()

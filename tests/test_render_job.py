@@ -20,11 +20,20 @@ CFG = RenderConfig(image_size=32, views_per_structure=2, num_workers=2, cpus_per
 
 @pytest.fixture(scope="module")
 def ray_session():
+    """The Ray cluster this module's jobs start; its workers read moto's credentials from their own environment
+    (stores are shipped to them without credentials)."""
     import ray
 
-    yield
-    if ray.is_initialized():
+    from .support.s3 import CREDENTIALS
+
+    if ray.is_initialized():  # started by an earlier module without these credentials
         ray.shutdown()
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in CREDENTIALS.items():
+            mp.setenv(name, value)
+        yield
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 @pytest.fixture(scope="module")

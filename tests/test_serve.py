@@ -1,8 +1,14 @@
-"""`mlflow models serve -m models:/NAME@champion` as a real process on 127.0.0.1 answers a REST request."""
+"""`mlflow models serve -m models:/NAME@champion` as a real process on 127.0.0.1 answers REST requests.
+
+The server runs outside the checkout: its working folder is a temporary one, and a ``sitecustomize`` drops every
+``sys.path`` entry that holds a ``crystalvision`` package (the editable install, PYTHONPATH), so the model loads only
+with what it carries (its code and requirements).
+"""
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import signal
@@ -14,7 +20,9 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
+from PIL import Image
 
 from crystalvision.config import PipelineConfig
 from crystalvision.predict import log_model
@@ -23,8 +31,12 @@ from crystalvision.storage import ObjectStore
 
 from .support.procs import free_port
 from .support.tiny import tiny_model_dir, toy_splits, use_test_tracking
+from .test_predict import GOOD_CIF, decompression_bomb_png
 
 START_TIMEOUT_S = 150
+HIDE_CHECKOUT = """import os, sys
+sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "crystalvision"))]
+"""
 
 
 def _wait_ready(proc: subprocess.Popen, url: str, log_path: Path) -> None:
@@ -56,10 +68,15 @@ def served(cv_home, tmp_path):
     cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
     # the server execs `uvicorn` from PATH: put this interpreter's bin folder first
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "sitecustomize.py").write_text(HIDE_CHECKOUT)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path, "PYTHONPATH": str(outside)}
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=outside, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         _wait_ready(proc, f"http://127.0.0.1:{port}", log_path)
         yield f"http://127.0.0.1:{port}", store, splits
@@ -73,14 +90,33 @@ def served(cv_home, tmp_path):
                 proc.wait()
 
 
-def test_served_champion_answers_invocations(served) -> None:
+def _invoke(url: str, records: list[dict], timeout: float = 120) -> list[dict]:
+    body = json.dumps({"dataframe_records": records}).encode()
+    req = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())["predictions"]
+
+
+def test_served_champion_answers_images_and_cifs_and_bounds_every_row(served) -> None:
+    """One served process (outside the checkout): images and a CIF are predicted, each bad row gets its own error."""
     url, store, splits = served
     image = base64.b64encode(store.get_bytes(str(splits.test["image_key"].iloc[0]))).decode()
-    body = json.dumps({"dataframe_records": [{"image": image}, {"image": "bm90IGEgcG5n"}]}).encode()
-    req = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        answer = json.loads(resp.read())
-    good, bad = answer["predictions"]
+    tiff = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tiff, format="TIFF")
+    rows = [
+        {"image": image},
+        {"image": "bm90IGEgcG5n"},
+        {"cif": GOOD_CIF, "views": 2, "name": "mp-25284.cif"},
+        {"cif": GOOD_CIF, "views": 65, "name": "too-many-views"},
+        {"image": base64.b64encode(tiff.getvalue()).decode(), "name": "photo.png"},
+        {"image": base64.b64encode(decompression_bomb_png()).decode(), "name": "bomb.png"},
+    ]
+    good, bad, cif, views, tiff_row, bomb = _invoke(url, rows)
     assert good["error"] is None and isinstance(good["band_gap"], float)
-    assert good["crystal_system"] in json.loads(good["crystal_system_proba"])
+    assert good["spacegroup"] in json.loads(good["spacegroup_proba"])
     assert "not a readable image" in bad["error"]
+    assert cif["error"] is None, cif["error"]
+    assert isinstance(cif["band_gap"], float) and cif["crystal_system"] and len(json.loads(cif["spacegroup_top3"])) == 3
+    assert "views must be a whole number from 1 to 64" in views["error"]
+    assert tiff_row["error"].startswith("photo.png: the image is TIFF, not PNG or JPEG")
+    assert bomb["error"].startswith("bomb.png") and "decompression bomb" in bomb["error"]

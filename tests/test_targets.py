@@ -6,10 +6,11 @@ import numpy as np
 import torch
 
 from crystalvision import config, targets
+from crystalvision.config import TrainConfig
 from crystalvision.dataset import LABEL_COLUMNS, RAY_COLUMNS, decode_batch
+from crystalvision.loop import Engine
 from crystalvision.model import CrystalNet, ModelSpec
 from crystalvision.predict import OUTPUT_COLUMNS
-from crystalvision.train import batch_targets
 
 
 def _spec() -> ModelSpec:
@@ -48,5 +49,7 @@ def test_training_batch_reads_every_head_from_its_column() -> None:
     for t in targets.TABLE:
         col = t.train_column
         assert decoded[col].dtype == (np.float32 if t.is_regression else np.int64)
-    got = batch_targets({k: torch.as_tensor(v) for k, v in decoded.items()}, torch.device("cpu"))
+    batch = {k: torch.as_tensor(v) for k, v in decoded.items()} | {"image": torch.zeros(3, 8, 8, 3, dtype=torch.uint8)}
+    engine = Engine(CrystalNet(_spec()), TrainConfig(), torch.device("cpu"))
+    _, got = engine.inputs(batch)
     assert set(got) == set(targets.TARGETS)

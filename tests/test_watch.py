@@ -131,3 +131,111 @@ def test_watch_end_to_end_retrains_with_the_real_pipeline(mp_api, cfg):
     assert result["status"] == "retrained"
     assert result["pipeline"]["run_id"] and result["pipeline"]["registry"]
     assert watch_once(tiny)["status"] == "unchanged"
+
+
+_HELD_WATCHER = """
+import sys, threading
+from pathlib import Path
+from crystalvision.config import load_pipeline
+from crystalvision.watch import watch_once
+
+def retrain(cfg):
+    Path(sys.argv[1]).write_text("started")
+    threading.Event().wait()  # hold the lock until killed
+
+watch_once(load_pipeline(sys.argv[2]), retrain=retrain)
+"""
+
+
+def _start_holder(tmp_path: Path, lease_s: str = "300"):
+    """A watcher in its own process that takes the job lock and then blocks in its retrain step."""
+    import os
+    import subprocess
+    import sys
+
+    marker = tmp_path / "started"
+    env = dict(os.environ, CRYSTALVISION_WATCH_LEASE_S=lease_s)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HELD_WATCHER, str(marker), str(ROOT / "pipelines" / "watch.yaml")],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists():  # the holder's own signal that it owns the lock
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the holder never reached its retrain step"
+        time.sleep(0.05)
+    return proc
+
+
+def test_sigkilled_watcher_lock_is_taken_over(mp_api, cfg, cv_home: Path, tmp_path: Path):
+    import signal
+
+    proc = _start_holder(tmp_path)
+    try:
+        assert watch_once(cfg, retrain=Recorder())["status"] == "locked"  # a live holder keeps it
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert list((cv_home / "watch").rglob("*.lock")), "SIGKILL leaves the lock behind"
+    retrain = Recorder()
+    assert watch_once(cfg, retrain=retrain)["status"] == "retrained"
+    assert len(retrain.configs) == 1 and not list((cv_home / "watch").rglob("*.lock"))
+
+
+def test_sigterm_releases_the_lock(mp_api, cfg, cv_home: Path, tmp_path: Path):
+    import signal
+
+    proc = _start_holder(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not list((cv_home / "watch").rglob("*.lock")), "the clean-up ran on SIGTERM"
+
+
+def test_expired_lease_of_another_host_is_taken_over(mp_api, cfg, cv_home: Path):
+    import json
+
+    jid = job_id(query_hash(cfg), "2025.01.01")
+    lock = cv_home / "watch" / query_hash(cfg) / "jobs" / f"{jid}.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": "gone-node", "pid": 1, "token": "t", "expires_at": time.time() - 1}))
+    assert watch_once(cfg, retrain=Recorder())["status"] == "retrained"
+
+
+def test_hung_holder_past_its_lease_exits_non_zero_with_a_clear_message(mp_api, cfg, cv_home: Path):
+    import json
+    import os
+
+    from typer.testing import CliRunner
+
+    from crystalvision.cli import app
+
+    jid = job_id(query_hash(cfg), "2025.01.01")
+    lock = cv_home / "watch" / query_hash(cfg) / "jobs" / f"{jid}.lock"
+    lock.parent.mkdir(parents=True)
+    import socket
+
+    held = {"host": socket.gethostname(), "pid": os.getpid(), "token": "t", "started_at": "2025-01-01T00:00:00",
+            "expires_at": time.time() - 5}
+    lock.write_text(json.dumps(held))
+    result = CliRunner().invoke(app, ["watch", "--config", str(ROOT / "pipelines" / "watch.yaml")])
+    assert result.exit_code != 0
+    assert "hung" in result.output and "lease expired" in result.output and str(os.getpid()) in result.output
+    assert lock.exists(), "a live holder's lock is never taken"
+
+
+def test_corrupt_state_is_reported_and_recovered(mp_api, cfg, cv_home: Path, caplog: pytest.LogCaptureFixture):
+    retrain = Recorder()
+    assert watch_once(cfg, retrain=retrain)["status"] == "retrained"
+    state = cv_home / "watch" / query_hash(cfg) / "state.json"
+    state.write_text('{"db_version": "2025.01')  # torn write
+    result = watch_once(cfg, force=True, retrain=retrain)
+    assert result["status"] == "retrained"
+    assert "state.json is corrupt" in caplog.text
+    assert list(state.parent.glob("state.json.corrupt-*")) and json_ok(state)
+    assert watch_once(cfg, retrain=retrain)["status"] == "unchanged"
+
+
+def json_ok(path: Path) -> bool:
+    import json
+
+    return isinstance(json.loads(path.read_text()), dict)

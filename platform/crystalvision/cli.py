@@ -155,21 +155,20 @@ def register(
 @app.command()
 @handle_errors
 def predict(
-    files: Annotated[list[Path], typer.Argument(help="CIF or PNG files.")],
-    model: Annotated[str, typer.Option(help="Model URI, e.g. models:/lmno-efficientnet-b0@champion.")] = (
-        "models:/lmno-efficientnet-b0@champion"
-    ),
-    views: Annotated[int, typer.Option(help="Views rendered per CIF (predictions averaged).")] = 8,
-    output: Annotated[str, typer.Option(help="table or json")] = "table",
+    files: Annotated[list[Path], typer.Argument(help="CIF or PNG/JPEG files.")],
+    model: Annotated[
+        str | None, typer.Option(help="Model URI; default: the champion that --config's pipeline registers.")
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    views: Annotated[int, typer.Option(min=1, max=64, help="Views rendered per CIF (predictions averaged).")] = 8,
+    output: Annotated[str, typer.Option(help="table or json (json keeps the full distributions)")] = "table",
 ) -> None:
     """Predict band gap, e_above_hull, crystal system and space group for CIF or image files."""
-    from crystalvision.predict import predict_files
+    from crystalvision.predict import default_model_uri, predict_files
+    from crystalvision.present import print_predictions
 
-    frame = predict_files(files, model_uri=model, views=views)
-    if output == "json":
-        typer.echo(frame.to_json(orient="records", indent=2))
-    else:
-        typer.echo(frame.to_string(index=False))
+    frame = predict_files(files, model_uri=model or default_model_uri(config), views=views)
+    print_predictions(frame, output)
     if "error" in frame and frame["error"].notna().any():
         raise typer.Exit(code=1)
 

@@ -98,7 +98,10 @@ def decode_png(data: bytes, name: str, size: int | None = None) -> np.ndarray:
                     f"{name}: image is {width}x{height} px, larger than {MAX_IMAGE_SIDE} px a side; "
                     "resize it to the model's image size"
                 )
-            if img.mode in GRAYSCALE_MODES:
+            if img.format not in ("PNG", "JPEG"):
+                raise ImageError(f"{name}: a {img.format} image, not PNG or JPEG; convert it to PNG")
+            palette = img.getpalette() if img.mode == "P" else None
+            if img.mode in GRAYSCALE_MODES or (palette and palette[0::3] == palette[1::3] == palette[2::3]):
                 raise ImageError(
                     f"{name}: grayscale image (mode {img.mode}); the model needs RGB renders, "
                     "where colour encodes the element"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -11,28 +12,39 @@ from crystalvision.settings import get_settings
 from crystalvision.snapshot import MaterialRecord, write_snapshot
 
 log = logging.getLogger(__name__)
+QUARANTINE_FILE = "quarantine.json"
 
 
 def write_mp_snapshot(
-    records: list[MaterialRecord], db_version: str, query: IngestConfig, out: str | Path | None = None
+    records: list[MaterialRecord],
+    db_version: str,
+    query: IngestConfig,
+    out: str | Path | None = None,
+    quarantine: list[dict[str, str]] | None = None,
 ) -> Path:
-    """Write fetched Materials Project records as a snapshot under ``out`` (default: settings' snapshots root)."""
+    """Write fetched Materials Project records as a snapshot under ``out`` (default: settings' snapshots root);
+    the records quarantined during the fetch go to ``quarantine.json`` beside it, each with its reason."""
     flagged = sum(1 for r in records if r.flags)
     log.info(
         "%d of %d structures carry validation flags (kept in the snapshot, dropped at use by default)",
         flagged,
         len(records),
     )
-    return write_snapshot(
+    path = write_snapshot(
         records,
         out or get_settings().data.snapshots_root,
         source="materials-project-api",
         db_version=db_version,
         query=query_dict(query),
     )
+    if quarantine:
+        (path / QUARANTINE_FILE).write_text(json.dumps(quarantine, indent=1))
+        log.warning("%d records quarantined during the fetch: see %s", len(quarantine), path / QUARANTINE_FILE)
+    return path
 
 
 def ingest_from_mp(query: IngestConfig, out: str | Path | None = None) -> Path:
     """Fetch ``query`` with mp-api and write a snapshot under ``out`` (default: settings' snapshots root)."""
-    records, db_version = fetch_records(query, get_settings().mp)
-    return write_mp_snapshot(records, db_version, query, out)
+    quarantine: list[dict[str, str]] = []
+    records, db_version = fetch_records(query, get_settings().mp, quarantine)
+    return write_mp_snapshot(records, db_version, query, out, quarantine)

@@ -1,37 +1,50 @@
-"""Logging set-up for the CLI and jobs, with a filter that masks every configured secret."""
+"""Logging set-up for the CLI and jobs, and the one secret-masking function everything calls (:func:`mask`)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+from collections.abc import Iterable
 
 from crystalvision.settings import secret_values
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+MASK = "***"
+# scheme://user:password@host -> scheme://user:***@host (a password inside any URI, configured or not)
+_URI_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)[^@\s]+@")
+
+
+def mask(text: str, secrets: Iterable[str] | None = None) -> str:
+    """``text`` with every configured secret and every password inside a URI replaced by ``***``.
+
+    ``secrets`` defaults to those configured now (:func:`settings.secret_values`: MP key, S3 keys and session
+    token, MLflow tracking password/token, MLflow admin password). Tracking, logs and mp all call this.
+    """
+    values = secret_values() if secrets is None else list(secrets)
+    for secret in sorted((s for s in values if len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return _URI_PASSWORD.sub(rf"\g<head>{MASK}@", text)
 
 
 class RedactSecrets(logging.Filter):
-    """Replace any configured secret (MP key, S3 credentials) in a log record with '***'."""
+    """Mask secrets (:func:`mask`) in a log record's message, its traceback text and its stack text."""
 
     def __init__(self, secrets: list[str] | None = None):
         super().__init__()
         self._fixed = secrets
 
-    @property
-    def secrets(self) -> list[str]:
-        """The secrets to mask: the fixed list, else those configured now (settings can change after start-up)."""
-        values = self._fixed if self._fixed is not None else secret_values()
-        return [s for s in values if len(s) >= 4]
-
     def filter(self, record: logging.LogRecord) -> bool:
-        secrets = self.secrets
-        if secrets:
-            msg = record.getMessage()
-            masked = msg
-            for s in secrets:
-                masked = masked.replace(s, "***")
-            if masked != msg:
-                record.msg, record.args = masked, None
+        msg = record.getMessage()
+        masked = mask(msg, self._fixed)
+        if masked != msg:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask(record.exc_text, self._fixed)
+        if record.stack_info:
+            record.stack_info = mask(record.stack_info, self._fixed)
         return True
 
 

@@ -30,10 +30,11 @@ from crystalvision.accel import GraphStep, amp_dtype, norm_constants, normalise,
 from crystalvision.augment import augment_batch, classification_loss
 from crystalvision.config import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION, TrainConfig
 from crystalvision.model import unwrap
+from crystalvision.targets import TARGET_COLUMNS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LABEL_COLUMNS = {t: t for t in TARGETS_REGRESSION} | {t: f"{t}_id" for t in TARGETS_CLASSIFICATION}
+DEFAULT_LABEL_COLUMNS = TARGET_COLUMNS  # head -> training column, from the targets table
 Batch = dict[str, torch.Tensor]
 
 

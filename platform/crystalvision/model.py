@@ -2,7 +2,7 @@
 
 A trained model is saved as a folder (like MatGL): ``weights.pt`` (state dict) and ``model.json``
 (:class:`ModelSpec`: architecture, classes, target scaling, image size, training-data snapshot and label
-sources), so a model can be rebuilt anywhere without the training code's state.
+sources, training domain), so a model can be rebuilt anywhere without the training code's state.
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ class ModelSpec(BaseModel):
     label_source: dict[str, str] = Field(default_factory=dict)
     render_config: dict = Field(default_factory=dict)
     crystalvision_version: str = __version__
+    # the training domain, for out-of-domain warnings at prediction (empty/None in models saved before them)
+    training_elements: list[str] = Field(default_factory=list)
+    max_training_sites: int | None = None
+    spacegroup_crystal_system: dict[str, str] = Field(default_factory=dict)
 
     def classes(self, target: str) -> list[str]:
         """Class names of a classification target (index = class id)."""
@@ -68,7 +72,20 @@ def spec_for(cfg: PipelineConfig, snapshot: Any) -> ModelSpec:
         snapshot_id=snapshot.manifest.snapshot_id,
         label_source=snapshot.manifest.label_source,
         render_config=cfg.render.model_dump(mode="json"),
+        **training_domain(snapshot.records),
     )
+
+
+def training_domain(records: list[Any]) -> dict[str, Any]:
+    """Elements, largest site count and space group -> crystal system of the training records (MaterialRecord)."""
+    from pymatgen.core import Composition
+
+    elements = {el.symbol for r in records for el in Composition(r.formula).elements}
+    return {
+        "training_elements": sorted(elements),
+        "max_training_sites": max((r.nsites for r in records), default=None),
+        "spacegroup_crystal_system": {r.spacegroup_symbol: r.crystal_system for r in records},
+    }
 
 
 class CrystalNet(nn.Module):

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import logging
+import math
+import random
 import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from crystalvision.config import IngestConfig
-from crystalvision.errors import MPError
+from crystalvision.errors import MPError, StructureError
+from crystalvision.logs import mask
 from crystalvision.settings import MPSettings, get_settings
 from crystalvision.snapshot import MaterialRecord
-from crystalvision.structures import geometry_flags, symmetry_labels, validate_structure
+from crystalvision.structures import (
+    MISSING_LABEL_FLAG,
+    geometry_flags,
+    structure_from_dict,
+    symmetry_labels,
+    validate_structure,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,7 +74,9 @@ def _api_key(settings: MPSettings) -> str:
 def _rester(settings: MPSettings):
     from mp_api.client import MPRester
 
-    kwargs: dict[str, Any] = {"api_key": _api_key(settings), "mute_progress_bars": True}
+    # Plain dicts, not emmet document models: one malformed record (a bad id) would otherwise fail the whole page
+    # inside mp-api; _to_record validates each record itself and quarantines the bad ones.
+    kwargs: dict[str, Any] = {"api_key": _api_key(settings), "mute_progress_bars": True, "use_document_model": False}
     if settings.endpoint:
         kwargs["endpoint"] = settings.endpoint
     return MPRester(**kwargs)
@@ -98,9 +109,10 @@ def _transient_reason(exc: BaseException) -> str | None:
 
 
 def _redacted(exc: BaseException, settings: MPSettings) -> str:
-    text = f"{type(exc).__name__}: {str(exc)[:300]}"
+    from crystalvision.logs import mask
+
     key = settings.api_key.get_secret_value() if settings.api_key else ""
-    return text.replace(key, "***") if key else text
+    return mask(mask(f"{type(exc).__name__}: {str(exc)[:300]}"), [key] if key else [])
 
 
 def _call(settings: MPSettings, what: str, fn: Callable[[Any], T]) -> T:
@@ -127,7 +139,7 @@ def _call(settings: MPSettings, what: str, fn: Callable[[Any], T]) -> T:
                     f"{what} failed after {attempt + 1} attempts (last: {reason}); the Materials Project is "
                     "rate-limiting or unavailable, try again later or raise CRYSTALVISION_MAX_RETRIES"
                 ) from exc
-            delay = settings.retry_backoff_s * 2**attempt
+            delay = backoff_delay(settings, attempt)
             log.warning(
                 "%s: Materials Project answered %s; retry %d/%d in %.1fs",
                 what,
@@ -138,6 +150,13 @@ def _call(settings: MPSettings, what: str, fn: Callable[[Any], T]) -> T:
             )
             time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def backoff_delay(settings: MPSettings, attempt: int) -> float:
+    """Exponential back-off capped at ``retry_max_backoff_s``, with full jitter in its upper half (so that many
+    schedulers retrying together spread out)."""
+    capped = min(settings.retry_max_backoff_s, settings.retry_backoff_s * 2 ** min(attempt, 30))
+    return capped * random.uniform(0.5, 1.0)
 
 
 def database_version(settings: MPSettings | None = None) -> str:
@@ -169,17 +188,33 @@ def search_kwargs(cfg: IngestConfig) -> dict[str, Any]:
     return kwargs
 
 
+def _label(get: Callable[..., Any], name: str, mid: str) -> float | None:
+    """A regression label as a float, or None when the record has none (never 0.0: 0 eV above hull is 'stable')."""
+    value = get(name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise StructureError(f"{mid}: {name} is {value!r}, not a number") from exc
+    if not math.isfinite(number):
+        return None
+    return number
+
+
 def _to_record(doc: Any, db_version: str) -> MaterialRecord:
     get = doc.get if isinstance(doc, dict) else lambda k, d=None: getattr(doc, k, d)
-    structure = get("structure")
-    if isinstance(structure, dict):
-        from pymatgen.core import Structure
-
-        structure = Structure.from_dict(structure)
     mid = str(get("material_id"))
+    structure = get("structure")
+    if structure is None:
+        raise StructureError(f"{mid}: the record has no structure")
+    if isinstance(structure, dict):
+        structure = structure_from_dict(structure, mid)
     validate_structure(structure, mid)
     labels = symmetry_labels(structure)
     source = {k: v.format(db=db_version) for k, v in MP_LABEL_SOURCE.items()}
+    values = {name: _label(get, name, mid) for name in ("band_gap", "energy_above_hull")}
+    missing = [MISSING_LABEL_FLAG.format(name) for name, v in values.items() if v is None]
     return MaterialRecord(
         material_id=mid,
         formula=str(get("formula_pretty") or structure.composition.reduced_formula),
@@ -187,19 +222,27 @@ def _to_record(doc: Any, db_version: str) -> MaterialRecord:
         crystal_system=labels.crystal_system,
         spacegroup_symbol=labels.spacegroup_symbol,
         spacegroup_number=labels.spacegroup_number,
-        band_gap=float(get("band_gap") or 0.0),
-        energy_above_hull=float(get("energy_above_hull") or 0.0),
+        **values,
         formation_energy_per_atom=get("formation_energy_per_atom"),
-        flags=geometry_flags(structure),
+        flags=geometry_flags(structure) + missing,
         label_source=source,
         structure=structure.as_dict(),
     )
 
 
-def fetch_records(cfg: IngestConfig, settings: MPSettings | None = None) -> tuple[list[MaterialRecord], str]:
-    """Query the summary endpoint; returns (records, db_version). Bad entries are skipped and logged."""
-    from crystalvision.errors import StructureError
+def _doc_id(doc: Any) -> str:
+    value = doc.get("material_id") if isinstance(doc, dict) else getattr(doc, "material_id", None)
+    return str(value) if value is not None else "<no material_id>"
 
+
+def fetch_records(
+    cfg: IngestConfig, settings: MPSettings | None = None, quarantine: list[dict[str, str]] | None = None
+) -> tuple[list[MaterialRecord], str]:
+    """Query the summary endpoint; returns (records, db_version).
+
+    A record that fails for any reason of its own (bad id, unreadable structure, symmetry failure, bad label) is
+    quarantined, ``{"material_id", "reason"}`` appended to ``quarantine``, and the fetch goes on.
+    """
     settings = settings or get_settings().mp
     query = query_dict(cfg)
 
@@ -211,11 +254,22 @@ def fetch_records(cfg: IngestConfig, settings: MPSettings | None = None) -> tupl
         raise MPError(f"the Materials Project returned no materials for {query}; check the chemical system")
     records, bad = [], []
     for doc in docs:
+        mid = _doc_id(doc)
         try:
             records.append(_to_record(doc, db_version))
-        except StructureError as exc:
-            bad.append(str(exc))
-    for msg in bad:
-        log.warning("skipped: %s", msg)
-    log.info("fetched %d materials for %s from db %s (%d skipped)", len(records), query, db_version, len(bad))
+        except Exception as exc:  # one odd record must not stop the fetch
+            reason = str(exc) if isinstance(exc, StructureError) else f"{mid}: {type(exc).__name__}: {exc}"
+            reason = " ".join(reason.split()).split(" For further information")[0]  # pydantic's doc link
+            bad.append({"material_id": mid, "reason": mask(reason[:500])})
+    for item in bad:
+        log.warning("quarantined %s: %s", item["material_id"], item["reason"])
+    if quarantine is not None:
+        quarantine.extend(bad)
+    if not records:
+        raise MPError(f"all {len(bad)} materials for {query} were quarantined (first: {bad[0]['reason']})")
+    n_missing = sum(1 for r in records if any(f.startswith("missing_") for f in r.flags))
+    log.info(
+        "fetched %d materials for %s from db %s (%d quarantined, %d without a label: flagged, left out of it)",
+        len(records), query, db_version, len(bad), n_missing,
+    )
     return records, db_version

@@ -1,21 +1,23 @@
-"""Prediction: an MLflow pyfunc over a saved model folder, for images (base64 PNG) or CIF text.
+"""Prediction: an MLflow pyfunc over a saved model folder, for images (base64 PNG/JPEG) or CIF text.
 
-Input: a DataFrame with, per row, either ``image`` (base64 PNG/JPEG of ``image_size``² px) or ``cif`` (CIF text;
-rendered into ``views`` views with the model's render config, predictions averaged), an optional ``views`` and an
-optional ``name`` used in error messages. Output: one row per input row with ``band_gap`` (eV),
-``energy_above_hull`` (eV/atom), ``crystal_system``, ``spacegroup``, ``crystal_system_proba`` and
-``spacegroup_proba`` (JSON objects class -> probability) and ``error`` (None, or one clear message for a bad item;
-the other rows are still predicted). Columns have object dtype so a bad row's values are None (JSON null).
+Input: a DataFrame with, per row, either ``image`` (base64 PNG/JPEG) or ``cif`` (CIF text; rendered into ``views``
+views with the model's render config, predictions averaged), an optional ``views`` (1 to 64) and an optional
+``name`` used in messages. Every row is bounded (:mod:`crystalvision.predict_input`). Output: one row per input row
+with ``band_gap`` (eV), ``energy_above_hull`` (eV/atom), the joint symmetry answer of both classification heads
+(:mod:`crystalvision.hierarchy`: ``crystal_system`` and ``spacegroup`` with their probabilities, ``spacegroup_top3``
+as a JSON list of [symbol, probability]), each head's full distribution (``crystal_system_proba``,
+``spacegroup_proba``: JSON objects class -> probability), ``warnings`` (JSON list: out-of-domain input, heads that
+disagree) and ``error`` (None, or one clear message for a bad row; the other rows are still predicted). Columns
+have object dtype so a bad row's values are None (JSON null).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +27,11 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from crystalvision.dataset import Splits, decode_png
-from crystalvision.errors import CrystalVisionError, ImageError, ModelError
+from crystalvision import predict_input
+from crystalvision.dataset import Splits
+from crystalvision.errors import ImageError, ModelError
+from crystalvision.hierarchy import joint_symmetry
 from crystalvision.model import SPEC_FILE, CrystalNet, ModelSpec, load_model, predict_arrays
-from crystalvision.targets import PREDICTION_COLUMNS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
 
 if TYPE_CHECKING:
     from crystalvision.storage import ObjectStore
@@ -37,11 +40,30 @@ log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"  # pyfunc name/artifact path in a run (registry registers runs:/<id>/model)
 MODEL_DIR_ARTIFACT = "model_dir"  # the raw model folder (weights.pt + model.json) in a run
+MODEL_CODE = Path(__file__).with_name("pyfunc_code.py")  # the pyfunc, logged as code (models-from-code)
 DEFAULT_VIEWS = 8
 PREDICT_VIEW_KEY = "predict"
-OUTPUT_COLUMNS = (*PREDICTION_COLUMNS, "error")
+FLOAT_COLUMNS = ("band_gap", "energy_above_hull", "crystal_system_probability", "spacegroup_probability")
+OUTPUT_COLUMNS = (
+    "band_gap",
+    "energy_above_hull",
+    "crystal_system",
+    "crystal_system_probability",
+    "spacegroup",
+    "spacegroup_probability",
+    "spacegroup_top3",
+    "crystal_system_proba",
+    "spacegroup_proba",
+    "warnings",
+    "error",
+)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 CIF_SUFFIXES = {".cif"}
+# what the logged model imports (crystalvision itself travels as code_paths): `mlflow models serve` installs these
+SERVING_PACKAGES = (
+    "mlflow", "torch", "torchvision", "timm", "numpy", "pandas", "pillow", "pymatgen", "spglib", "scipy",
+    "scikit-learn", "vtk", "pyvista", "pyarrow", "pydantic", "pydantic-settings", "pyyaml",
+)  # fmt: skip
 
 INPUT_SCHEMA = Schema(
     [
@@ -52,15 +74,7 @@ INPUT_SCHEMA = Schema(
     ]
 )
 OUTPUT_SCHEMA = Schema(
-    [
-        ColSpec("double", "band_gap"),
-        ColSpec("double", "energy_above_hull"),
-        ColSpec("string", "crystal_system"),
-        ColSpec("string", "spacegroup"),
-        ColSpec("string", "crystal_system_proba"),
-        ColSpec("string", "spacegroup_proba"),
-        ColSpec("string", "error"),
-    ]
+    [ColSpec("double" if c in FLOAT_COLUMNS else "string", c, required=False) for c in OUTPUT_COLUMNS]
 )
 SIGNATURE = ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA)
 
@@ -87,10 +101,11 @@ def render_views(structure: Any, render_config: dict, views: int) -> np.ndarray:
 
 @dataclass
 class _Item:
-    """Images prepared for one input row, or the error that row raised."""
+    """Images prepared for one input row (with its warnings), or the error that row raised."""
 
     images: np.ndarray | None = None
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def _cell(row: pd.Series, column: str) -> Any:
@@ -100,32 +115,25 @@ def _cell(row: pd.Series, column: str) -> Any:
     return value
 
 
-def _decode_b64_image(text: str, name: str, size: int) -> np.ndarray:
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ImageError(f"{name}: the image is not valid base64 ({exc}); send base64-encoded PNG bytes") from exc
-    return decode_png(data, name, size)[None]
-
-
 def _prepare_row(row: pd.Series, name: str, spec: ModelSpec, renderer: ViewRenderer, default_views: int) -> _Item:
-    from crystalvision.structures import parse_cif
-
+    """Decode or render one row within the input bounds; any exception becomes the row's error."""
     image, cif = _cell(row, "image"), _cell(row, "cif")
     try:
         if image is not None and cif is not None:
             raise ImageError(f"{name}: give either an image or a CIF, not both")
         if image is not None:
-            return _Item(images=_decode_b64_image(str(image), name, spec.image_size))
+            decoded = predict_input.decode_image(str(image), name)
+            fitted, warnings = predict_input.fit_image(decoded, name, spec.image_size)
+            return _Item(images=fitted[None], warnings=warnings)
         if cif is not None:
-            views = int(_cell(row, "views") or default_views)
-            if views < 1:
-                raise ImageError(f"{name}: views must be at least 1, got {views}")
-            structure = parse_cif(str(cif), name)
-            return _Item(images=_check_rendered(renderer(structure, spec.render_config, views), name, spec))
+            views = predict_input.check_views(_cell(row, "views"), default_views, name)
+            structure = predict_input.read_cif(str(cif), name, predict_input.max_atoms(spec))
+            images = _check_rendered(renderer(structure, spec.render_config, views), name, spec)
+            return _Item(images=images, warnings=predict_input.structure_warnings(structure, spec, name))
         raise ImageError(f"{name}: the row has neither an 'image' (base64 PNG) nor a 'cif' (CIF text)")
-    except CrystalVisionError as exc:
-        return _Item(error=str(exc))
+    except Exception as exc:  # one bad row never fails the request: its error is its answer
+        message = str(exc) if str(exc).startswith(name) else f"{name}: {type(exc).__name__}: {exc}"
+        return _Item(error=message.splitlines()[0] if message else name)
 
 
 def _check_rendered(images: np.ndarray, name: str, spec: ModelSpec) -> np.ndarray:
@@ -144,34 +152,68 @@ def predict_frame(
     """Predict every row of ``frame``; a bad row gets an ``error`` message, the others are still predicted."""
     spec = model.spec
     renderer = renderer or render_views
-    items = []
+    items, names = [], []
     for i, (_, row) in enumerate(frame.iterrows()):
-        name = str(_cell(row, "name") or f"row {i}")
-        items.append(_prepare_row(row, name, spec, renderer, default_views))
+        names.append(str(_cell(row, "name") or f"row {i}"))
+        items.append(_prepare_row(row, names[-1], spec, renderer, default_views))
         if items[-1].error:
             log.warning("prediction input rejected: %s", items[-1].error)
-    good = [it.images for it in items if it.images is not None]
-    preds = predict_arrays(model, np.concatenate(good)) if good else {}
-    rows, start = [], 0
-    for it in items:
-        if it.images is None:
-            rows.append(dict.fromkeys(OUTPUT_COLUMNS) | {"error": it.error})
-            continue
-        stop = start + len(it.images)
-        mean = {k: v[start:stop].mean(axis=0) for k, v in preds.items()}
-        start = stop
-        rows.append(_output_row(spec, mean))
+    means = _predict_items(model, [it for it in items if it.images is not None])
+    rows = []
+    for name, it in zip(names, items, strict=True):
+        try:
+            if it.images is None:
+                raise ModelError(it.error or f"{name}: no images")
+            mean = means[id(it)]
+            if isinstance(mean, Exception):
+                raise mean
+            rows.append(_output_row(spec, mean, it.warnings, name))
+        except Exception as exc:  # a row's failure is that row's error
+            rows.append(dict.fromkeys(OUTPUT_COLUMNS) | {"error": it.error or f"{name}: {type(exc).__name__}: {exc}"})
     # object dtype keeps None (not NaN) for missing values, so the REST answer is valid JSON with nulls
     return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS), dtype=object)
 
 
-def _output_row(spec: ModelSpec, mean: dict[str, np.ndarray]) -> dict[str, Any]:
-    row: dict[str, Any] = {t: float(mean[t]) for t in TARGETS_REGRESSION}
-    for t in TARGETS_CLASSIFICATION:
-        row[t] = spec.classes(t)[int(mean[f"{t}_proba"].argmax())]
-    for t in TARGETS_CLASSIFICATION:
-        row[f"{t}_proba"] = _proba_json(spec.classes(t), mean[f"{t}_proba"])
-    return row | {"error": None}
+def _predict_items(model: CrystalNet, items: list[_Item]) -> dict[int, dict[str, np.ndarray] | Exception]:
+    """Mean per-head outputs per item: one batch for all rows; when it fails, row by row (errors kept per row)."""
+    try:
+        preds = predict_arrays(model, np.concatenate([it.images for it in items])) if items else {}
+    except Exception:
+        log.exception("batched prediction failed; predicting row by row")
+        return {id(it): _predict_one(model, it) for it in items}
+    means, start = {}, 0
+    for it in items:
+        stop = start + len(it.images)
+        means[id(it)] = {k: v[start:stop].mean(axis=0) for k, v in preds.items()}
+        start = stop
+    return means
+
+
+def _predict_one(model: CrystalNet, item: _Item) -> dict[str, np.ndarray] | Exception:
+    try:
+        return {k: v.mean(axis=0) for k, v in predict_arrays(model, item.images).items()}
+    except Exception as exc:
+        return exc
+
+
+def _output_row(spec: ModelSpec, mean: dict[str, np.ndarray], warnings: list[str], name: str) -> dict[str, Any]:
+    cs, sg = mean["crystal_system_proba"], mean["spacegroup_proba"]
+    sym = joint_symmetry(spec.crystal_system_classes, spec.spacegroup_classes, spec.spacegroup_crystal_system, cs, sg)
+    if sym.disagreement:
+        warnings = [*warnings, f"{name}: {sym.disagreement}"]
+    return {
+        "band_gap": float(mean["band_gap"]),
+        "energy_above_hull": float(mean["energy_above_hull"]),
+        "crystal_system": sym.crystal_system,
+        "crystal_system_probability": round(sym.crystal_system_probability, 6),
+        "spacegroup": sym.spacegroup,
+        "spacegroup_probability": round(sym.spacegroup_probability, 6),
+        "spacegroup_top3": json.dumps([[s, round(p, 6)] for s, p in sym.top3]),
+        "crystal_system_proba": _proba_json(spec.crystal_system_classes, cs),
+        "spacegroup_proba": _proba_json(spec.spacegroup_classes, sg),
+        "warnings": json.dumps(warnings),
+        "error": None,
+    }
 
 
 class CrystalVisionPyfunc(mlflow.pyfunc.PythonModel):
@@ -188,13 +230,14 @@ class CrystalVisionPyfunc(mlflow.pyfunc.PythonModel):
         return predict_frame(self.model, model_input)
 
 
-def _pip_requirements() -> list[str]:
+def pip_requirements() -> list[str]:
+    """Pinned requirements of everything the logged model imports (the package itself travels as code)."""
     from importlib.metadata import PackageNotFoundError, version
 
     reqs = []
-    for pkg in ("crystalvision", "torch", "timm", "mlflow", "pandas", "numpy", "pillow", "pymatgen"):
+    for pkg in SERVING_PACKAGES:
         try:
-            reqs.append(f"{pkg}=={version(pkg)}")
+            reqs.append(f"{pkg}=={version(pkg).split('+')[0]}")  # no local label (+cu130, +cpu): PyPI has none
         except PackageNotFoundError:
             reqs.append(pkg)
     return reqs
@@ -210,17 +253,22 @@ def _input_example(splits: Splits, store: ObjectStore) -> pd.DataFrame | None:
 
 
 def log_model(model_dir: str | Path, splits: Splits, store: ObjectStore) -> str:
-    """Log the pyfunc (artifact path ``model``) and the raw folder (``model_dir/``) into the active run."""
+    """Log the pyfunc (artifact path ``model``) and the raw folder (``model_dir/``) into the active run.
+
+    The pyfunc is logged from code (``pyfunc_code.py``, MLflow models-from-code) with the ``crystalvision`` package
+    as ``code_paths``: loading it runs that code, it never unpickles an object from storage.
+    """
     model_dir = Path(model_dir)
     if not (model_dir / SPEC_FILE).is_file():
         raise ModelError(f"{model_dir} is not a crystalvision model folder ({SPEC_FILE} missing)")
     info = mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT,
-        python_model=CrystalVisionPyfunc(),
+        python_model=str(MODEL_CODE),
+        code_paths=[str(MODEL_CODE.parent)],
         artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
         signature=SIGNATURE,
         input_example=_input_example(splits, store),
-        pip_requirements=_pip_requirements(),
+        pip_requirements=pip_requirements(),
     )
     mlflow.log_artifacts(str(model_dir), artifact_path=MODEL_DIR_ARTIFACT)
     log.info("logged pyfunc model %s", info.model_uri)
@@ -232,7 +280,11 @@ def _file_row(path: Path) -> dict[str, Any]:
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES | CIF_SUFFIXES:
         return {"error": f"{path}: unknown file type '{suffix}'; pass .cif, .png or .jpg files"}
+    limit = predict_input.MAX_CIF_BYTES if suffix in CIF_SUFFIXES else predict_input.MAX_IMAGE_BYTES
     try:
+        size = path.stat().st_size
+        if size > limit:
+            return {"error": f"{path}: {size} bytes, more than the {limit} byte limit for a {suffix} file"}
         data = path.read_bytes()
     except OSError as exc:
         return {"error": f"{path}: cannot read the file ({exc.strerror or exc})"}
@@ -243,6 +295,7 @@ def _file_row(path: Path) -> dict[str, Any]:
 
 def predict_files(paths: Sequence[str | Path], model_uri: str, views: int = DEFAULT_VIEWS) -> pd.DataFrame:
     """Predict CIF and image files with a logged/registered pyfunc; one row per file, bad files get ``error``."""
+    views = predict_input.check_views(views, DEFAULT_VIEWS, "--views")
     paths = [Path(p) for p in paths]
     requests = [_file_row(p) for p in paths]
     readable = [(i, r) for i, r in enumerate(requests) if "error" not in r]
@@ -264,3 +317,11 @@ def predict_files(paths: Sequence[str | Path], model_uri: str, views: int = DEFA
             out.loc[i, list(OUTPUT_COLUMNS)] = [row[c] for c in OUTPUT_COLUMNS]
     out.insert(0, "file", [str(p) for p in paths])
     return out
+
+
+def default_model_uri(config: str | Path) -> str:
+    """The champion of the pipeline ``config`` registers (``make run`` registers pipelines/quickstart.yaml's)."""
+    from crystalvision.config import load_pipeline
+    from crystalvision.registry import CHAMPION
+
+    return f"models:/{load_pipeline(Path(config)).registry.model_name}@{CHAMPION}"

@@ -36,7 +36,8 @@ def ensure_ray(include_dashboard: bool = False) -> None:
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray's token auth stays as Ray sets it (on for a local cluster since 2.59: ray.init() writes a token to
+    # ~/.ray/auth_token); only tests turn it off. A remote cluster needs RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     settings = get_settings().ray
     kwargs: dict = {"log_to_driver": True, "include_dashboard": include_dashboard}

@@ -79,6 +79,11 @@ class StorageSettings(_Base):
         validation_alias=AliasChoices("CRYSTALVISION_AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"),
         description="S3 secret key (secret; never logged).",
     )
+    aws_session_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CRYSTALVISION_AWS_SESSION_TOKEN", "AWS_SESSION_TOKEN"),
+        description="S3 session token of temporary credentials (secret; never logged).",
+    )
 
 
 class TrackingSettings(_Base):
@@ -94,6 +99,22 @@ class TrackingSettings(_Base):
         description="Artifact root for experiments created here (local folder or s3://).",
     )
     experiment_name: str = Field(default="crystalvision", description="Default MLflow experiment.")
+    # MLflow reads these itself; they are here so that they are masked like every other secret.
+    mlflow_tracking_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_PASSWORD"),
+        description="Basic-auth password of the tracking server (secret; never logged).",
+    )
+    mlflow_tracking_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_TOKEN"),
+        description="Bearer token of the tracking server (secret; never logged).",
+    )
+    mlflow_admin_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_AUTH_ADMIN_PASSWORD"),
+        description="The MLflow server's first-start admin password (secret; never logged).",
+    )
 
 
 class RaySettings(_Base):
@@ -124,8 +145,11 @@ class MPSettings(_Base):
         validation_alias=AliasChoices("CRYSTALVISION_MP_ENDPOINT", "MP_API_ENDPOINT"),
         description="API endpoint override (a replay server in tests); None means the public API.",
     )
-    max_retries: int = Field(default=5, description="Retries with exponential back-off on 429/5xx.")
-    retry_backoff_s: float = Field(default=1.0, ge=0, description="First back-off delay; doubles each retry.")
+    max_retries: int = Field(default=5, ge=0, le=20, description="Retries with exponential back-off on 429/5xx.")
+    retry_backoff_s: float = Field(
+        default=1.0, ge=0, le=60, description="First back-off delay; doubles each retry (with jitter)."
+    )
+    retry_max_backoff_s: float = Field(default=60.0, gt=0, le=600, description="Cap on one back-off delay.")
 
 
 class Settings(_Base):
@@ -148,5 +172,13 @@ def get_settings() -> Settings:
 def secret_values(settings: Settings | None = None) -> list[str]:
     """Every secret currently configured, for redaction and for tests that check nothing leaks."""
     s = settings or get_settings()
-    secrets = [s.mp.api_key, s.storage.aws_access_key_id, s.storage.aws_secret_access_key]
+    secrets = [
+        s.mp.api_key,
+        s.storage.aws_access_key_id,
+        s.storage.aws_secret_access_key,
+        s.storage.aws_session_token,
+        s.tracking.mlflow_tracking_password,
+        s.tracking.mlflow_tracking_token,
+        s.tracking.mlflow_admin_password,
+    ]
     return [v.get_secret_value() for v in secrets if v is not None and v.get_secret_value()]

@@ -49,8 +49,8 @@ class MaterialRecord(BaseModel):
     crystal_system: str
     spacegroup_symbol: str
     spacegroup_number: int
-    band_gap: float
-    energy_above_hull: float
+    band_gap: float | None  # None: missing upstream (flagged missing_band_gap), never 0.0
+    energy_above_hull: float | None
     formation_energy_per_atom: float | None = None
     flags: list[str] = Field(default_factory=list)
     label_source: dict[str, str] = Field(default_factory=dict)
@@ -60,7 +60,7 @@ class MaterialRecord(BaseModel):
     @classmethod
     def _safe_id(cls, v: str) -> str:
         """Ids become object keys: allow letters, digits, '-', '_' and '.', never '..' or '/'."""
-        if not v or ".." in v or not all(c.isalnum() or c in "-_." for c in v):
+        if not v.strip(".") or ".." in v or not all(c.isalnum() or c in "-_." for c in v):
             raise ValueError(f"material_id {v!r} is not a safe identifier (letters, digits, '-', '_', '.')")
         return v
 
@@ -229,6 +229,10 @@ def select(snapshot: Snapshot, cfg: SnapshotConfig) -> Selection:
         if missing:
             raise SnapshotError(f"material ids {sorted(missing)} are not in snapshot {snapshot.manifest.snapshot_id}")
         records = [r for r in records if r.material_id in wanted]
+    unlabelled = [r.material_id for r in records if r.band_gap is None or r.energy_above_hull is None]
+    if unlabelled:  # a missing label is never read as 0.0; the trainers need every label (issue 14, point 13)
+        log.info("left out %d structures without a band gap or energy above hull: %s", len(unlabelled), unlabelled)
+        records = [r for r in records if r.material_id not in set(unlabelled)]
     dropped = [] if cfg.include_flagged else [r.material_id for r in records if r.flags]
     records = [r for r in records if cfg.include_flagged or not r.flags]
     if dropped:

@@ -1,7 +1,9 @@
 """Object storage behind one small interface: a local folder or ``s3://bucket/prefix`` (pyarrow.fs).
 
-Writes are atomic: local objects go to a temporary name and are renamed into place; an S3 PUT is atomic by
-itself. Credentials come from :class:`~crystalvision.settings.StorageSettings` and are never logged.
+Writes are atomic and durable: local objects go to a uuid-named temporary file that is fsynced, renamed into place,
+and the folder fsynced (the temp file is removed on failure); an S3 PUT is atomic by itself.
+:meth:`ObjectStore.exists_verified` counts an object as present only when its size and sha256 match.
+Credentials come from :class:`~crystalvision.settings.StorageSettings` and are never logged.
 
 An unreachable S3 endpoint (connection refused, timeouts, 5xx) is retried: the S3 client makes 5 attempts with
 back-off, and each store operation repeats that for up to ``s3_retry_timeout_s`` before it raises one
@@ -10,6 +12,8 @@ back-off, and each store operation repeats that for up to ``s3_retry_timeout_s``
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import posixpath
@@ -59,12 +63,40 @@ def s3_filesystem(settings: StorageSettings) -> pafs.S3FileSystem:
         scheme, _, host = settings.s3_endpoint_url.partition("://")
         kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
         kwargs.update(connect_timeout=5, request_timeout=30)
-    if settings.aws_access_key_id and settings.aws_secret_access_key:
-        kwargs.update(
-            access_key=settings.aws_access_key_id.get_secret_value(),
-            secret_key=settings.aws_secret_access_key.get_secret_value(),
-        )
+    kwargs.update(_explicit_credentials(settings))
     return pafs.S3FileSystem(**kwargs)
+
+
+def _explicit_credentials(settings: StorageSettings) -> dict[str, str]:
+    """Keys to hand pyarrow, or {} when the AWS default chain (``AWS_*`` env, profile, role) finds them itself.
+
+    A filesystem built without explicit keys pickles without them, so the filesystems and stores that Ray ships to
+    tasks, actors and Train workers carry no credentials: each worker reads its own environment or role.
+    """
+    if not settings.aws_access_key_id:
+        settings = get_settings().storage  # shipped without keys: this process's own environment
+    if not (settings.aws_access_key_id and settings.aws_secret_access_key):
+        return {}
+    creds = {
+        "access_key": settings.aws_access_key_id.get_secret_value(),
+        "secret_key": settings.aws_secret_access_key.get_secret_value(),
+    }
+    if settings.aws_session_token:
+        creds["session_token"] = settings.aws_session_token.get_secret_value()
+    from_env = {
+        "access_key": os.environ.get("AWS_ACCESS_KEY_ID"),
+        "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        "session_token": os.environ.get("AWS_SESSION_TOKEN"),
+    }
+    return {} if all(from_env[k] == v for k, v in creds.items()) else creds
+
+
+def without_credentials(settings: StorageSettings | None) -> StorageSettings | None:
+    """``settings`` minus the S3 keys: what may travel in Ray task and actor arguments."""
+    if settings is None:
+        return None
+    return settings.model_copy(update={"aws_access_key_id": None, "aws_secret_access_key": None,
+                                       "aws_session_token": None})
 
 
 def filesystem_for(uri: str, settings: StorageSettings | None = None) -> tuple[pafs.FileSystem, str]:
@@ -80,6 +112,11 @@ class ObjectStore:
 
     root: str
     settings: StorageSettings | None = None
+
+    def __getstate__(self) -> dict:
+        """Pickle (Ray task/actor arguments) without credentials or the live filesystem: the receiving worker
+        reads its own credentials (environment or role) when it first touches the store."""
+        return {"root": self.root, "settings": without_credentials(self.settings)}
 
     @cached_property
     def _fs_and_base(self) -> tuple[pafs.FileSystem, str]:
@@ -150,11 +187,7 @@ class ObjectStore:
         target = self.path(key)
         try:
             if self.local:
-                os.makedirs(posixpath.dirname(target), exist_ok=True)
-                tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, target)
+                _write_durably(target, data)
             else:
                 self._retry(f"write {self.uri(key)}", lambda: self._put_s3(target, data))
         except OSError as exc:
@@ -178,6 +211,24 @@ class ObjectStore:
         except OSError as exc:
             raise StorageError(f"cannot read {self.uri(key)} ({exc}); check the store URI and credentials") from exc
 
+    def size(self, key: str) -> int | None:
+        """Size in bytes of ``key``, or None when it does not exist."""
+        path = self.path(key)
+        info = self._retry(f"check {self.uri(key)}", lambda: self.fs.get_file_info(path))
+        return info.size if info.type == pafs.FileType.File else None
+
+    def exists_verified(self, key: str, size: int, sha256: str) -> bool:
+        """True only when ``key`` exists with exactly ``size`` bytes and this sha256 (a torn or foreign object
+        counts as missing, so the stage that writes it runs again)."""
+        try:
+            if self.size(key) != size:
+                return False
+            return hashlib.sha256(self.get_bytes(key)).hexdigest() == sha256
+        except StorageError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"object store {self.root} is unreachable ({exc}); check the endpoint") from exc
+
     def put_text(self, key: str, text: str) -> str:
         return self.put_bytes(key, text.encode())
 
@@ -194,6 +245,29 @@ class ObjectStore:
             raise StorageError(f"cannot list {self.root}/{prefix} ({exc})") from exc
         keys = [i.path[len(self.base) + 1 :] for i in infos if i.type == pafs.FileType.File]
         return sorted(k for k in keys if ".tmp-" not in k)
+
+
+def _write_durably(target: str, data: bytes) -> None:
+    """Write ``target`` atomically and durably: a uuid-named temp file, fsync, rename, fsync of the folder.
+    The temp file is removed when any step fails, so a crash or a full disk leaves no partial object."""
+    folder = posixpath.dirname(target)
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def open_store(uri: str | None = None) -> ObjectStore:

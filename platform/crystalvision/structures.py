@@ -20,6 +20,9 @@ SYMMETRY_LABEL_SOURCE = "pymatgen SpacegroupAnalyzer(symprec=0.1) on the structu
 # structures of the bundled snapshot have metal-O 1.26-1.68 Å; the regular 62 have >= 1.78 Å (labels.md).
 MIN_DISTANCE = {"metal-anion": 1.72, "metal-metal": 2.3, "anion-anion": 2.0}
 MAX_CIF_BYTES = 20_000_000
+# Most atoms a structure may have (in the cell as given); render.max_atoms may refuse fewer drawn atoms.
+MAX_ATOMS = 2_000
+MISSING_LABEL_FLAG = "missing_{}"  # e.g. missing_band_gap: the label is absent upstream, never read as 0.0
 _CELL_LENGTH = re.compile(r"^_cell_length_([abc])\s+([-+0-9.eE]+)", re.MULTILINE)
 ANIONS = {"O", "F", "S", "Cl", "N", "Se", "Br", "I", "Te", "P"}
 
@@ -37,6 +40,7 @@ def parse_cif(text: str, name: str = "<cif>") -> Structure:
     """Parse CIF text into one ordered Structure, with one clear error naming ``name`` on failure."""
     if not text or not text.strip():
         raise StructureError(f"{name}: the CIF is empty; pass a CIF file with one crystal structure")
+    _raise_if_too_many_atoms(_count_atom_rows(text), name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -49,6 +53,35 @@ def parse_cif(text: str, name: str = "<cif>") -> Structure:
         ) from exc
     validate_structure(structure, name)
     return structure
+
+
+def _count_atom_rows(text: str) -> int:
+    """Rows of the CIF's ``_atom_site_`` loop, counted before pymatgen parses (and expands) anything."""
+    rows, in_header, in_atoms = 0, False, False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("loop_"):
+            in_header, in_atoms = True, False
+        elif line.startswith("_"):
+            if in_header and line.startswith("_atom_site_") and not line.startswith("_atom_site_aniso"):
+                in_atoms = True
+            elif not in_header:
+                in_atoms = False
+        elif line.startswith("data_"):
+            in_header = in_atoms = False
+        else:
+            in_header = False
+            rows += in_atoms
+    return rows
+
+
+def _raise_if_too_many_atoms(n_atoms: int, name: str) -> None:
+    if n_atoms > MAX_ATOMS:
+        raise StructureError(
+            f"{name}: {n_atoms} atoms, more than the limit of {MAX_ATOMS}; pass a primitive or smaller cell"
+        )
 
 
 def _raise_if_degenerate_cell(text: str, name: str) -> None:
@@ -76,20 +109,31 @@ def read_cif_file(path: str | Path) -> Structure:
     return parse_cif(text, str(p))
 
 
-def structure_from_dict(data: dict, name: str = "<structure>") -> Structure:
-    """Rebuild a Structure from ``Structure.as_dict()`` output, with a clear error on failure."""
+def structure_from_dict(data: dict, name: str = "<structure>", max_atoms: int | None = MAX_ATOMS) -> Structure:
+    """Rebuild a Structure from ``Structure.as_dict()`` output, with a clear error on failure. ``max_atoms``:
+    the site limit (None: the caller applies its own, as the render stage does with ``render.max_atoms``)."""
     try:
         structure = Structure.from_dict(data)
     except Exception as exc:
         raise StructureError(f"{name}: stored structure is unreadable ({type(exc).__name__}: {exc})") from exc
-    validate_structure(structure, name)
+    validate_structure(structure, name, max_atoms)
     return structure
 
 
-def validate_structure(structure: Structure, name: str = "<structure>") -> None:
+def validate_structure(structure: Structure, name: str = "<structure>", max_atoms: int | None = MAX_ATOMS) -> None:
     """Reject structures nothing downstream can handle: no sites, unknown species, partial occupancy, no volume."""
     if len(structure) == 0:
         raise StructureError(f"{name}: the structure has no atoms")
+    if max_atoms is not None:
+        _raise_if_too_many_atoms(len(structure), name)
+    lattice = structure.lattice
+    if not np.all(np.isfinite(lattice.matrix)):  # NaN/inf cell lengths or angles (a flat cell is caught below)
+        raise StructureError(
+            f"{name}: the cell has non-finite parameters (a, b, c = {lattice.abc}, angles = {lattice.angles}); "
+            "fix the cell lengths and angles"
+        )
+    if not np.all(np.isfinite(structure.frac_coords)):
+        raise StructureError(f"{name}: some atom coordinates are not finite (NaN or inf); fix the atom positions")
     for site in structure:
         for species in site.species:
             symbol = getattr(species, "symbol", str(species))
@@ -105,25 +149,21 @@ def validate_structure(structure: Structure, name: str = "<structure>") -> None:
         raise StructureError(f"{name}: the lattice has zero volume ({volume:.3g} Å^3); check the cell parameters")
 
 
-def _pair_kind(a: str, b: str) -> str:
-    na, nb = a in ANIONS, b in ANIONS
-    if na and nb:
-        return "anion-anion"
-    if na or nb:
-        return "metal-anion"
-    return "metal-metal"
-
-
 def geometry_flags(structure: Structure) -> list[str]:
-    """Soft checks whose failure flags a structure instead of rejecting it."""
-    dm = structure.distance_matrix
-    np.fill_diagonal(dm, np.inf)
-    symbols = [site.specie.symbol for site in structure]
-    for i in range(len(structure)):
-        for j in range(i + 1, len(structure)):
-            if dm[i, j] < MIN_DISTANCE[_pair_kind(symbols[i], symbols[j])]:
-                return [SHORT_DISTANCE_FLAG]
-    return []
+    """Soft checks whose failure flags a structure instead of rejecting it.
+
+    Pairs closer than the widest limit come from a periodic neighbour list (pymatgen's cell-list search), so the
+    check scales with the number of atoms, not its square, and sees periodic images too.
+    """
+    cutoff = max(MIN_DISTANCE.values())
+    centers, neighbors, _, distances = structure.get_neighbor_list(r=cutoff)
+    if len(distances) == 0:
+        return []
+    anion = np.array([site.specie.symbol in ANIONS for site in structure])
+    a, b = anion[centers], anion[neighbors]
+    limits = np.where(a & b, MIN_DISTANCE["anion-anion"], np.where(a | b, MIN_DISTANCE["metal-anion"],
+                                                                    MIN_DISTANCE["metal-metal"]))
+    return [SHORT_DISTANCE_FLAG] if bool(np.any(distances < limits)) else []
 
 
 def symmetry_labels(structure: Structure, symprec: float = 0.1) -> SymmetryLabels:

@@ -23,7 +23,7 @@ import yaml
 
 from crystalvision import __version__
 from crystalvision.config import PipelineConfig
-from crystalvision.settings import PACKAGE_DIR, get_settings, secret_values
+from crystalvision.settings import PACKAGE_DIR, get_settings
 from crystalvision.structures import SYMMETRY_LABEL_SOURCE
 from crystalvision.targets import TARGETS, TARGETS_CLASSIFICATION
 
@@ -329,10 +329,9 @@ def _truncate(value: str) -> str:
 
 
 def _redact(text: str) -> str:
-    for secret in secret_values():
-        if len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
+    from crystalvision.logs import mask
+
+    return mask(text)
 
 
 def _redact_obj(obj: Any) -> Any:

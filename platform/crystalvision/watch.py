@@ -5,7 +5,8 @@
 1. read the database version from mp-api's heartbeat; if it equals the one of the last successful
    retrain of this query, exit quietly (status ``unchanged``) without querying anything else;
 2. otherwise derive the job id from (query hash, db_version) and skip if that job is already done or
-   running (a lock file created with ``O_CREAT | O_EXCL``: two schedulers never run the same retrain);
+   running (a lease lock, :mod:`crystalvision.lease`: two schedulers never run the same retrain, a lock whose
+   holder died or whose lease expired is taken over, a hung holder is an error; SIGTERM releases the lock);
 3. fetch the query; if its materials are identical to the last snapshot's, record the new version and stop;
 4. write the snapshot, then retrain: ``run_pipeline`` (render, train, evaluate, champion/challenger promotion)
    with ``cfg.snapshot.uri`` set to the new snapshot; record the result.
@@ -22,13 +23,16 @@ import json
 import logging
 import os
 import re
-import socket
+import signal
+import threading
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from crystalvision.config import PipelineConfig
+from crystalvision.lease import lease_lock
 from crystalvision.mp import database_version, fetch_records, query_dict
 from crystalvision.settings import get_settings
 from crystalvision.snapshot import MaterialRecord, content_hash
@@ -60,34 +64,52 @@ def _now() -> str:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str))
     os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when missing. A corrupt file is reported, moved aside and read as missing
+    (the next successful run writes a good one), so one torn write is never fatal forever."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        return data
     except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as exc:
+        aside = path.with_name(f"{path.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}")
+        with contextlib.suppress(OSError):
+            os.replace(path, aside)
+        log.error("%s is corrupt (%s); moved it to %s and carry on without it", path, exc, aside.name)
         return None
 
 
 @contextlib.contextmanager
 def job_lock(jobs_dir: Path, jid: str) -> Iterator[bool]:
-    """Yield True when this process now owns ``jid`` (atomic O_EXCL create), False when someone else does."""
-    jobs_dir.mkdir(parents=True, exist_ok=True)
-    lock = jobs_dir / f"{jid}.lock"
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        yield False
+    """Yield True when this process now owns ``jid`` (a lease lock, :mod:`crystalvision.lease`), False when a live
+    holder does. A stale lock (dead holder, expired lease) is taken over; a hung holder raises."""
+    with lease_lock(jobs_dir / f"{jid}.lock") as owned:
+        yield owned
+
+
+@contextlib.contextmanager
+def _sigterm_runs_cleanup() -> Iterator[None]:
+    """Turn SIGTERM (a CronJob deadline, ``kill``) into SystemExit, so ``finally`` blocks release the lock."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"host": socket.gethostname(), "pid": os.getpid(), "started_at": _now()}, fh)
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
     try:
-        yield True
+        yield
     finally:
-        lock.unlink(missing_ok=True)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def default_retrain(cfg: PipelineConfig) -> dict[str, Any]:
@@ -117,7 +139,7 @@ def watch_once(
         return {"status": "unchanged", "reason": "same db_version", **base}
     if not force and _already_done(folder, jid):
         return {"status": "already-done", **base}
-    with job_lock(folder / "jobs", jid) as owned:
+    with _sigterm_runs_cleanup(), job_lock(folder / "jobs", jid) as owned:
         if not owned:
             log.info("job %s is running in another scheduler; skipping", jid)
             return {"status": "locked", **base}
@@ -139,7 +161,8 @@ def _run_job(
 ) -> dict[str, Any]:
     from crystalvision.ingest import write_mp_snapshot
 
-    records, fetched_version = fetch_records(cfg.ingest, get_settings().mp)
+    quarantine: list[dict[str, str]] = []
+    records, fetched_version = fetch_records(cfg.ingest, get_settings().mp, quarantine)
     digest = data_digest(records)
     if not force and state.get("data_digest") == digest:
         log.info(
@@ -151,7 +174,7 @@ def _run_job(
         result = {"status": "unchanged", "reason": "same materials", **base}
         _record(folder, base["job_id"], state | {"db_version": base["db_version"]}, result)
         return result
-    snapshot = write_mp_snapshot(records, fetched_version, cfg.ingest)
+    snapshot = write_mp_snapshot(records, fetched_version, cfg.ingest, quarantine=quarantine)
     run_cfg = cfg.model_copy(deep=True)
     run_cfg.snapshot.uri = str(snapshot)
     log.info("retraining job %s on snapshot %s (%d materials)", base["job_id"], snapshot, len(records))

@@ -36,7 +36,7 @@ from crystalvision.errors import CrystalVisionError, RenderError
 from crystalvision.faults import parse_fault
 from crystalvision.render.rotations import structure_quaternions
 from crystalvision.render.udf import FAULT_ENV, RenderBatch
-from crystalvision.storage import ObjectStore
+from crystalvision.storage import ObjectStore, without_credentials
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def _precheck(records: list[Any], cfg: RenderConfig) -> tuple[list[Any], list[di
     good, bad = [], []
     for rec in records:
         try:
-            structure = structure_from_dict(rec.structure, rec.material_id)
+            structure = structure_from_dict(rec.structure, rec.material_id, max_atoms=None)
             if len(structure) > cfg.max_atoms:  # drawn atoms >= sites: refuse before building the scene
                 raise RenderError(
                     f"{rec.material_id} has {len(structure)} sites, more than render.max_atoms = {cfg.max_atoms}; "
@@ -130,6 +130,11 @@ def _precheck(records: list[Any], cfg: RenderConfig) -> tuple[list[Any], list[di
 
 def _named(material_id: str, message: str) -> str:
     return message if message.startswith(material_id) else f"{material_id}: {message}"
+
+
+def _size_sha(checksum: str) -> tuple[int, str]:
+    size, _, sha = checksum.partition(":")
+    return int(size), sha
 
 
 def _read_json(store: ObjectStore, key: str, default: Any) -> Any:
@@ -190,7 +195,7 @@ def _run_ray(
                 "structures": [ray.put(structures)],
                 "cfg": cfg.model_dump(mode="json"),
                 "store_root": store.root,
-                "storage": store.settings,
+                "storage": without_credentials(store.settings),
                 "checked": checked,
                 "fault": parse_fault(os.environ.get(FAULT_ENV), prefix),
                 "prefix": prefix,
@@ -320,7 +325,12 @@ def render_dataset(
         _forget_quarantine(store, prefix)
     good, bad = _precheck([r for r in records if r.material_id not in known_bad], cfg)
     quarantined = [known_bad[r.material_id] for r in records if r.material_id in known_bad] + bad
-    existing = set(store.list(f"{prefix}/images"))
+    checksums_key = f"{prefix}/images.json"  # image key -> "size:sha256": an image counts as done only if it matches
+    checksums = _read_json(store, checksums_key, {})
+    existing = {
+        k for k in store.list(f"{prefix}/images")
+        if k in checksums and store.exists_verified(k, *_size_sha(checksums[k]))
+    }
     rows = _todo_rows(good, cfg, prefix, existing)
     n_total = len(good) * cfg.views_per_structure
     log.info(
@@ -335,6 +345,8 @@ def render_dataset(
     timings: dict[str, float] = {}
     if rows:
         out, timings = _run_ray(rows, good, cfg, store, prefix)
+        written = out[out["checksum"].astype(str) != ""]
+        checksums |= dict(zip(written["image_key"].astype(str), written["checksum"].astype(str), strict=True))
         failed = _quarantine_from(out)
         quarantined += failed
         bad_ids = {q["material_id"] for q in failed}
@@ -347,6 +359,7 @@ def render_dataset(
     labels_key = f"{prefix}/labels.parquet"
     wrote = _put_if_changed(store, labels_key, _parquet_bytes(labels))
     wrote |= _put_if_changed(store, quarantine_key, json.dumps(quarantined, indent=1).encode())
+    wrote |= _put_if_changed(store, checksums_key, json.dumps(checksums, sort_keys=True).encode())
     timings["total_s"] = time.time() - t0
     manifest = {
         "render_config_hash": cfg_hash,

@@ -19,6 +19,7 @@ Poison structures (docs/architecture.md, failure table):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import threading
@@ -171,8 +172,9 @@ class RenderBatch:
                 return None, f"{type(exc).__name__}: {exc}"
         raise AssertionError("unreachable")
 
-    def _write(self, key: str, image: np.ndarray) -> None:
-        """Encode and store one image (on a writer thread); storage errors are retried, then fail the task."""
+    def _write(self, key: str, image: np.ndarray) -> str:
+        """Encode and store one image (on a writer thread); storage errors are retried, then fail the task.
+        Returns ``"size:sha256"`` of the stored bytes (the render manifest's check that an image is whole)."""
         from crystalvision.render.png import encode_png
 
         if "simulate_ms" in self.fault:  # the simulation encodes once: only scheduling and writes stay real
@@ -181,7 +183,7 @@ class RenderBatch:
         for attempt in range(TRANSIENT_RETRIES + 1):
             try:
                 self.store.put_bytes(key, data)
-                return
+                return f"{len(data)}:{hashlib.sha256(data).hexdigest()}"
             except StorageError:
                 if attempt == TRANSIENT_RETRIES:
                     raise
@@ -213,6 +215,7 @@ class RenderBatch:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         mids = [str(m) for m in batch["material_id"]]
         errors: list[str] = [""] * len(mids)
+        sums: list[str] = [""] * len(mids)
         done = np.zeros(len(mids), dtype=np.float64)
         pending: list[tuple[int, Future]] = []
         current, first_view, reason = None, 0, ""
@@ -233,26 +236,28 @@ class RenderBatch:
                 done[i] = time.time()
             else:
                 pending.append((i, self.pool.submit(self._write, str(key), image)))
-            pending = self._collect(pending, done, wait=len(pending) > 2 * WRITER_THREADS)
+            pending = self._collect(pending, done, sums, wait=len(pending) > 2 * WRITER_THREADS)
         if current is not None:
-            self._collect(pending, done, wait=True, all_=True)
+            self._collect(pending, done, sums, wait=True, all_=True)
             self._finish(current, first_view, reason)
         return {
             "material_id": batch["material_id"],
             "view": batch["view"],
+            "image_key": batch["image_key"],
+            "checksum": np.asarray(sums, dtype=object),
             "error": np.asarray(errors, dtype=object),
             "t_done": done,
             "actor": np.full(len(mids), os.getpid(), dtype=np.int64),
         }
 
     def _collect(
-        self, pending: list[tuple[int, Future]], done: np.ndarray, wait: bool, all_: bool = False
+        self, pending: list[tuple[int, Future]], done: np.ndarray, sums: list[str], wait: bool, all_: bool = False
     ) -> list[tuple[int, Future]]:
         """Reap finished writes (a write error re-raises here and fails the task); bound the queue when ``wait``."""
         left = []
         for n, (i, fut) in enumerate(pending):
             if fut.done() or all_ or (wait and n == 0):
-                fut.result()
+                sums[i] = fut.result()
                 done[i] = time.time()
                 self.n_written += 1
                 _maybe_fault(self.fault, self.n_written)
