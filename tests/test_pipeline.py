@@ -26,7 +26,7 @@ TINY = [
 
 @pytest.mark.slow
 def test_quickstart_end_to_end(cv_home: Path) -> None:
-    args = ["pipeline", "run", str(ROOT / "pipelines/quickstart.yaml")]
+    args = ["pipeline", "run", str(ROOT / "pipelines/quickstart.yaml"), "--json"]
     for item in TINY:
         args += ["--set", item]
     result = CliRunner().invoke(app, args)

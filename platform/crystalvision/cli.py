@@ -66,6 +66,49 @@ def _run(name: str, config: Path, overrides: list[str] | None, **options) -> Non
     _echo_json(run(name, _load(config, overrides), **options))
 
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the full result as JSON (for machines).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray and MLflow logs on the terminal.")]
+
+
+def _run_long(name: str, config: Path, overrides: list[str] | None, json_out: bool, verbose: bool, **options) -> None:
+    """Run a long command: library logs go to a file, stages show progress, the end is a short summary (or the
+    full JSON with ``--json``)."""
+    from crystalvision import progress
+    from crystalvision.commands import run
+    from crystalvision.console import StageDisplay, quiet_output
+    from crystalvision.settings import get_settings
+
+    cfg = _load(config, overrides)
+    with quiet_output(get_settings().paths.home, name, verbose=verbose) as out:
+        if out.log_path:
+            out.console.print(f"logs: {out.log_path}", highlight=False)
+        try:
+            with StageDisplay(out.console) as display, progress.listening(display):
+                result = run(name, cfg, **options)
+        except BaseException:
+            if out.log_path:
+                out.console.print(f"failed; the whole log is in {out.log_path}", highlight=False)
+            raise
+        if json_out or not isinstance(result, dict) or "pipeline" not in result:
+            out.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+            return
+        out.console.print(_summary(result, out.log_path))
+
+
+def _summary(result: dict, log_path: Path | None):
+    from crystalvision.settings import get_settings
+    from crystalvision.summary import summary_renderable
+
+    return summary_renderable(
+        result,
+        tracking_uri=get_settings().tracking.mlflow_tracking_uri,
+        experiment_id=result.get("experiment_id"),
+        label_source=result.get("label_source"),
+        report_path=result.get("report_path"),
+        log_path=str(log_path) if log_path else None,
+    )
+
+
 @app.command()
 @handle_errors
 def ingest(
@@ -110,17 +153,21 @@ def render(
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
     retry_quarantined: Annotated[bool, typer.Option(help="Try quarantined structures again.")] = False,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Render the selected structures into images + a labels table in the object store (Ray Data)."""
     retry = ["render.retry_quarantined=true"] if retry_quarantined else []
-    _run("render", config, [*(set_ or []), *retry])
+    _run_long("render", config, [*(set_ or []), *retry], json_out, verbose)
 
 
 @app.command()
 @handle_errors
-def train(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+def train(
+    config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, json_out: JsonOpt = False, verbose: VerboseOpt = False
+) -> None:
     """Render if needed, then train the multi-head EfficientNet-B0 with Ray Train and log to MLflow."""
-    _run("train", config, set_)
+    _run_long("train", config, set_, json_out, verbose)
 
 
 @app.command()
@@ -136,9 +183,11 @@ def evaluate(
 
 @app.command()
 @handle_errors
-def tune(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+def tune(
+    config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, json_out: JsonOpt = False, verbose: VerboseOpt = False
+) -> None:
     """Sweep learning rate and loss weights with Ray Tune (ASHA); trials are nested MLflow runs."""
-    _run("tune", config, set_)
+    _run_long("tune", config, set_, json_out, verbose)
 
 
 @app.command()
@@ -214,9 +263,11 @@ def bench(
 def pipeline_run(
     config: Annotated[Path, typer.Argument(help="Pipeline YAML, e.g. pipelines/quickstart.yaml.")],
     set_: SetOpt = None,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Run a whole pipeline: snapshot -> render -> train -> evaluate -> register."""
-    _run("pipeline", config, set_)
+    """Run a whole pipeline: snapshot -> render -> train -> evaluate -> register; ends with a short summary."""
+    _run_long("pipeline", config, set_, json_out, verbose)
 
 
 @pipeline_app.command("validate")

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from crystalvision import prepare
+from crystalvision import prepare, progress, rundocs
 from crystalvision.config import PipelineConfig
 from crystalvision.storage import ObjectStore, open_store
 
@@ -38,16 +38,20 @@ class PipelineResult:
     metrics: dict[str, float] = field(default_factory=dict)
     registry: dict[str, Any] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    report_path: str | None = None
+    experiment_id: str | None = None
+    label_source: str | None = None
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
-        """Record the wall time of one stage."""
+        """Record the wall time of one stage (and tell progress listeners when it is over)."""
         start = time.perf_counter()
         try:
             yield
         finally:
             self.stage_seconds[stage] = round(time.perf_counter() - start, 3)
             log.info("stage %s took %.1f s", stage, self.stage_seconds[stage])
+        progress.finish(stage)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -62,6 +66,9 @@ class PipelineResult:
             "metrics": self.metrics,
             "registry": self.registry,
             "stage_seconds": self.stage_seconds,
+            "report_path": self.report_path,
+            "experiment_id": self.experiment_id,
+            "label_source": self.label_source,
         }
 
 
@@ -81,7 +88,9 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> Pipeli
         snapshot_sha256=snap.manifest.content_sha256,
         n_structures=len(selection.records),
         dropped_flagged=selection.dropped_flagged,
+        label_source="; ".join(f"{t}: {v}" for t, v in snap.manifest.label_source.items()) or None,
     )
+    progress.emit("snapshot", len(selection.records), len(selection.records), unit="structures")
     if "render" not in stages and "train" not in stages:
         return result
     store = open_store()
@@ -102,8 +111,9 @@ def _train_evaluate_register(prepared: prepare.Prepared, stages: list[str], resu
     cfg, snap = prepared.cfg, prepared.snapshot
     tracking.configure_mlflow()
     with tracking.start_run(run_name=cfg.name, tags=tracking.pipeline_tags(cfg, snap)) as run:
-        result.run_id = run.info.run_id
+        result.run_id, result.experiment_id = run.info.run_id, run.info.experiment_id
         tracking.log_pipeline_context(cfg, snap, prepared.selection, prepared.render, prepared.splits)
+        _log_datasets(prepared)
         with result.timed("train"):
             trained = train_model(prepared, run_id=run.info.run_id)
         result.model_dir = str(trained.model_dir)
@@ -111,16 +121,36 @@ def _train_evaluate_register(prepared: prepare.Prepared, stages: list[str], resu
         if "evaluate" in stages:
             from crystalvision.runs import evaluate_into_run
 
+            progress.emit("evaluate", 0, None)
             with result.timed("evaluate"):
                 evaluated = evaluate_into_run(load_model(trained.model_dir), prepared)
             result.metrics.update(evaluated.metrics)
+            result.report_path = str(evaluated.artifacts_dir / "report.html")
         with result.timed("log_model"):
             log_model(trained.model_dir, prepared.splits, prepared.store)
+        rundocs.describe_run(result.run_id, rundocs.run_description(cfg, snap, prepared.splits.describe(),
+                                                                    result.metrics))
     if "register" in stages and cfg.registry.enabled:
         from crystalvision.registry import register_and_promote
 
+        progress.emit("register", 0, None)
         with result.timed("register"):
             result.registry = register_and_promote(cfg, result.run_id)
+            rundocs.describe_model(cfg.registry.model_name, str(result.registry["challenger_version"]), cfg, snap,
+                                   prepared.splits.describe(), result.metrics, result.registry)
+
+
+def _log_datasets(prepared: prepare.Prepared) -> None:
+    """The snapshot and the rendered labels table as MLflow datasets of the active run (best effort)."""
+    from crystalvision.dataset import load_labels
+
+    try:
+        labels = load_labels(prepared.store, prepared.labels_key)
+        digest = (prepared.render.manifest.get("render_config_hash", "") if prepared.render else "")[:32] or None
+        rundocs.log_datasets(prepared.snapshot, prepared.selection, labels, prepared.store.uri(prepared.labels_key),
+                             digest)
+    except Exception:  # provenance for the UI must never fail a training run
+        log.warning("could not log the datasets of this run", exc_info=True)
 
 
 def evaluate_run(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:

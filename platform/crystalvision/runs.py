@@ -10,7 +10,9 @@ only place that evaluates a model and logs the result under ``evaluation/`` of a
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -112,14 +114,24 @@ def log_evaluation(result: EvalResult, run_id: str | None = None) -> None:
     client.log_artifacts(run_id, str(result.artifacts_dir), EVALUATION_ARTIFACT)
 
 
+def report_dir(run_id: str | None) -> Path:
+    """Where a run's evaluation artifacts stay on this machine: ``<home>/reports/<run id>/evaluation``."""
+    from crystalvision.settings import get_settings
+
+    active = mlflow.active_run()
+    name = run_id or (active.info.run_id if active else time.strftime("%Y%m%dT%H%M%S"))
+    return get_settings().paths.home / "reports" / name / EVALUATION_ARTIFACT
+
+
 def evaluate_into_run(model: CrystalNet, prepared: Prepared, run_id: str | None = None) -> EvalResult:
-    """Evaluate ``model`` on ``prepared``'s split and log metrics + ``evaluation/`` artifacts into the run."""
-    with tempfile.TemporaryDirectory(prefix="crystalvision-eval-") as tmp:
-        result = evaluate_model(
-            model, prepared.splits, prepared.store, prepared.cfg, Path(tmp) / EVALUATION_ARTIFACT,
-            records=prepared.records,
-        )  # fmt: skip
-        log_evaluation(result, run_id)
+    """Evaluate ``model`` on ``prepared``'s split and log metrics + ``evaluation/`` artifacts into the run (the
+    active one when ``run_id`` is None); the artifacts also stay in :func:`report_dir` (the HTML report a person
+    opens)."""
+    out = report_dir(run_id)
+    if out.exists():
+        shutil.rmtree(out)
+    result = evaluate_model(model, prepared.splits, prepared.store, prepared.cfg, out, records=prepared.records)
+    log_evaluation(result, run_id)
     return result
 
 

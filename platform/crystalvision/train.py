@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from crystalvision import trainprogress
 from crystalvision.accel import DeviceData
 from crystalvision.config import TrainConfig
 from crystalvision.dataset import Splits, to_ray_dataset
@@ -334,7 +335,6 @@ def train_model(
     cfg, splits, spec = prepared.cfg, prepared.splits, prepared.spec
     name = name or (f"{cfg.name}-{run_id[:12]}" if run_id else f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     tracking_uri = tracking_uri or get_settings().tracking.mlflow_tracking_uri
-    trainer = make_trainer(prepared, run_id, name, callbacks, tracking_uri)
     log.info(
         "training %s: %d workers, gpu=%s, %d train / %d val images",
         name,
@@ -343,7 +343,8 @@ def train_model(
         len(splits.train),
         len(splits.val),
     )
-    result = trainer.fit()
+    with trainprogress.reporting(cfg.train.epochs) as shown:
+        result = make_trainer(prepared, run_id, name, [*(callbacks or []), *shown], tracking_uri).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} reported no checkpoint")
     out = Path(model_dir) if model_dir else get_settings().paths.home / "models" / name

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crystalvision import __version__
+from crystalvision import __version__, progress
 from crystalvision.config import RenderConfig
 from crystalvision.errors import CrystalVisionError, RenderError
 from crystalvision.faults import parse_fault
@@ -202,7 +202,7 @@ def _run_ray(
             },
         )
     try:
-        out = ds.to_pandas()
+        out = _collect(ds, len(rows))
     except Exception as exc:
         user_error = _user_error(exc)
         if user_error is None:
@@ -220,6 +220,17 @@ def _run_ray(
         "batch_size": float(batch),
     }
     return out, timings
+
+
+def _collect(ds: Any, total: int) -> pd.DataFrame:
+    """Run the Ray Data pipeline, reporting images done as blocks complete (``progress`` stage ``render``)."""
+    parts, done = [], 0
+    progress.emit("render", 0, total, unit="img")
+    for part in ds.iter_batches(batch_size=None, batch_format="pandas"):
+        parts.append(part)
+        done += len(part)
+        progress.emit("render", done, total, unit="img")
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def steady_rate(out: pd.DataFrame) -> float:
