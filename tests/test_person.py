@@ -3,6 +3,7 @@ and the registered model in the real MLflow UI (a real server process, its REST 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -74,11 +75,13 @@ def test_quiet_run_summary_and_a_self_explaining_mlflow_ui(tmp_path: Path, mlflo
     done = _run_pipeline(tmp_path / "home", mlflow_server)
     assert done.returncode == 0, done.stdout + done.stderr
     screen = done.stdout + done.stderr
+    (tmp_path / "screen.txt").write_text(screen)
 
     # The terminal: short, no carriage-return frames, Ray's internals in the log file, a summary at the end.
     lines = screen.splitlines()
     assert len(lines) <= 60, screen
     assert "\r" not in screen
+    assert lines[-1].startswith("log ")  # nothing after the summary (Ray stopped inside the quiet block)
     for noise in ("PlacementGroupCleaner", "core_worker", "Running Dataset", "DeprecationWarning", "(pid="):
         assert noise not in screen, noise
     assert any(line.startswith("render") for line in lines) and any(line.startswith("train") for line in lines)
@@ -102,7 +105,7 @@ def test_quiet_run_summary_and_a_self_explaining_mlflow_ui(tmp_path: Path, mlflo
     assert set(contexts) == {"snapshot", "training"}
     snapshot_id = tags["snapshot_id"]
     assert contexts["snapshot"]["name"] == snapshot_id and contexts["snapshot"]["digest"]
-    assert contexts["training"]["source"].endswith("labels.parquet")
+    assert json.loads(contexts["training"]["source"])["uri"].endswith("labels.parquet")
     metric_keys = {m["key"] for m in run["data"]["metrics"]}
     assert any(k.startswith("system/cpu") for k in metric_keys), sorted(metric_keys)[:20]
     model = _api(mlflow_server, "registered-models/get", name=MODEL)["registered_model"]

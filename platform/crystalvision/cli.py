@@ -85,6 +85,7 @@ def _run_long(name: str, config: Path, overrides: list[str] | None, json_out: bo
         try:
             with StageDisplay(out.console) as display, progress.listening(display):
                 result = run(name, cfg, **options)
+            _stop_ray()  # Ray's log monitor would print into the terminal once the output is restored
         except BaseException:
             if out.log_path:
                 out.console.print(f"failed; the whole log is in {out.log_path}", highlight=False)
@@ -93,6 +94,14 @@ def _run_long(name: str, config: Path, overrides: list[str] | None, json_out: bo
             out.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
             return
         out.console.print(_summary(result, out.log_path))
+
+
+def _stop_ray() -> None:
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 def _summary(result: dict, log_path: Path | None):

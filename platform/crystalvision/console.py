@@ -66,7 +66,7 @@ def log_file_path(home: Path, command: str) -> Path:
 def quiet_output(home: Path, command: str, verbose: bool = False) -> Iterator[Output]:
     """Route stdout/stderr (file descriptors 1 and 2, so children too) to a log file unless ``verbose``."""
     if verbose:
-        yield Output(Console(stderr=True), sys.stdout, None)
+        yield Output(_console(sys.stderr), sys.stdout, None)
         return
     path = log_file_path(home, command)
     for key, value in QUIET_ENV.items():
@@ -81,7 +81,7 @@ def quiet_output(home: Path, command: str, verbose: bool = False) -> Iterator[Ou
     os.dup2(logfile.fileno(), 2)
     logging.captureWarnings(True)
     try:
-        yield Output(Console(file=terminal_err), terminal_out, path)
+        yield Output(_console(terminal_err), terminal_out, path)
     finally:
         for stream in (sys.stdout, sys.stderr, terminal_out, terminal_err):
             _flush(stream)
@@ -105,6 +105,14 @@ def _terminal(stream: IO[str], saved_fd: int) -> tuple[IO[str], bool]:
     if fd not in (1, 2):
         return stream, False
     return os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding="utf-8"), True
+
+
+def _console(stream: IO[str]) -> Console:
+    """A rich console on ``stream``; off a terminal (CI, job logs) lines are never wrapped, so paths stay whole."""
+    console = Console(file=stream)
+    if not console.is_terminal:
+        console = Console(file=stream, width=1000, soft_wrap=True)
+    return console
 
 
 def _flush(stream: IO[str]) -> None:
@@ -173,8 +181,11 @@ class StageDisplay:
         if step <= self._printed.get(event.stage, -1):
             return
         self._printed[event.stage] = step
+        if not event.total and not event.done:
+            self.console.print(f"{event.stage:<9} started", highlight=False)
+            return
         count = f"{event.done:g}/{event.total:g}" if event.total else f"{event.done:g}"
-        rate = f" ({event.done / elapsed:.1f} {event.unit}/s)" if event.unit and elapsed > 0 and event.done else ""
+        rate = f" ({event.done / elapsed:.1f} {event.unit}/s)" if event.unit and elapsed >= 1 and event.done else ""
         self.console.print(f"{event.stage:<9} {count} {event.unit}{rate} {info}".rstrip(), highlight=False)
 
 

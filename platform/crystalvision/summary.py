@@ -35,8 +35,8 @@ def metrics_table(metrics: dict[str, Any]) -> Table | None:
     if not rows:
         return None
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for name in ("test", "model", "majority", "1-NN"):
-        table.add_column(name, justify="left" if name == "test" else "right")
+    for name in ("test set", "model", "majority", "1-NN"):
+        table.add_column(name, justify="left" if name == "test set" else "right")
     for label, key, kind, target in rows:
         table.add_row(
             label,
@@ -84,7 +84,8 @@ def summary_renderable(
     snapshot += f", {dropped} flagged dropped)" if dropped else ")"
     parts.append(Text(snapshot))
     if label_source:
-        parts.append(Text(f"labels    {label_source[:100]}"))
+        short = label_source if len(label_source) <= 100 else label_source[:99].rstrip() + "…"
+        parts.append(Text(f"labels    {short}"))
     render = result.get("render") or {}
     if render:
         parts.append(
