@@ -1,5 +1,6 @@
 # crystalvision: `make run` installs everything and runs the quickstart pipeline; `make test` runs the tests.
 SHELL := /bin/bash
+, := ,
 .SHELLFLAGS := -eo pipefail -c
 # The interpreter for the virtual environment: Python 3.11 to 3.13 (what the pinned torch/Ray/VTK wheels cover).
 # `python3` when it is one of those, else the newest python3.13/3.12/3.11 on PATH; override with PYTHON=...
@@ -12,22 +13,32 @@ endif
 TORCH_INDEX ?=
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := libegl1 libgl1-mesa-dri libosmesa6 libgomp1 postgresql
+APT_PACKAGES := libegl1 libgl1-mesa-dri libosmesa6 libgomp1
+# Only the tests need these: a PostgreSQL server (production MLflow test) and a real headless browser (MLflow UI test).
+TEST_APT_PACKAGES := postgresql chromium chromium-driver
 PIP_FILTER := sed -e '/is ignored: it is neither a file nor a directory/d'
 STAMP := $(VENV)/.crystalvision-installed
 PIPELINE ?= pipelines/quickstart.yaml
 
-.PHONY: setup system-deps run test lint bench clean
+.PHONY: setup system-deps test-deps run test lint bench clean
 
 setup: system-deps $(STAMP)
 
-system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# apt-install the packages of $(1) that are missing; $(2) says what they are for.
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing apt packages:$$missing (offscreen OpenGL for VTK rendering, OpenMP for torch)"; \
+	  echo "installing apt packages:$$missing ($(2))"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
+endef
+
+system-deps:
+	$(call apt_install,$(APT_PACKAGES),offscreen OpenGL for VTK rendering$(,) OpenMP for torch)
+
+test-deps:
+	$(call apt_install,$(TEST_APT_PACKAGES),for the tests: PostgreSQL server$(,) headless Chromium + driver)
 
 $(STAMP): pyproject.toml
 	@if [ ! -x $(BIN)/python ]; then \
@@ -49,7 +60,7 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/crystalvision pipeline run $(PIPELINE)
 
-test: setup
+test: setup test-deps
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
