@@ -25,7 +25,7 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from crystalvision.dataset import Splits, decode_png
+from crystalvision.dataset import Splits, decode_png, image_png
 from crystalvision.errors import CrystalVisionError, ImageError, ModelError
 from crystalvision.model import SPEC_FILE, CrystalNet, ModelSpec, load_model, predict_arrays
 from crystalvision.targets import PREDICTION_COLUMNS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
@@ -206,7 +206,7 @@ def _input_example(splits: Splits, store: ObjectStore) -> pd.DataFrame | None:
     if not len(source):
         return None
     key = str(source["image_key"].iloc[0])
-    return pd.DataFrame({"image": [base64.b64encode(store.get_bytes(key)).decode()]})
+    return pd.DataFrame({"image": [base64.b64encode(image_png(store, key)).decode()]})
 
 
 def log_model(model_dir: str | Path, splits: Splits, store: ObjectStore) -> str:
