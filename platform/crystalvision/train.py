@@ -271,7 +271,8 @@ def make_trainer(
 
     from crystalvision.raycluster import ensure_ray
 
-    ensure_ray()
+    splits = prepared.splits
+    ensure_ray(data_bytes=sum(len(df) for _, df in splits.items()) * prepared.spec.image_size**2 * 3)
     tcfg, spec = prepared.cfg.train, prepared.spec
     if tcfg.use_gpu:
         _require_gpus(tcfg.num_workers)

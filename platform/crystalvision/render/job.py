@@ -177,7 +177,7 @@ def _run_ray(
     from crystalvision.render.backend import ensure_backend
 
     t0 = time.time()
-    ensure_ray()
+    ensure_ray(data_bytes=len(records) * cfg.views_per_structure * cfg.image_size**2 * 3)  # what training will cache
     checked = (ray.get_runtime_context().get_node_id(), ensure_backend())
     t_ray = time.time()
     workers, per_worker, batch = plan(len(rows), cfg, ray.cluster_resources().get("CPU", 1.0))
