@@ -160,7 +160,7 @@ class TrainConfig(_Strict):
     )
     device_data: Literal["auto", "on", "off"] = Field(
         default="auto", description="Keep each worker's decoded uint8 images on the GPU after the first epoch "
-        "(auto: on GPU when the split fits in 4 GiB per worker; CPU streams from Ray Data)."
+        "(auto: on GPU when the split fits in 4 GiB per worker, in host memory on CPU up to 1 GiB; else streamed)."
     )
     seed: int = 0
     pretrained: Literal["imagenet"] | None = Field(

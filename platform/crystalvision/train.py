@@ -68,6 +68,7 @@ class TrainResult:
 # ---- the Ray Train harness around the core (crystalvision.loop) ------------------------------------------------
 
 DEVICE_DATA_MAX_BYTES = 4 * 1024**3  # device_data=auto keeps a worker's split on its GPU up to this size
+HOST_DATA_MAX_BYTES = 1024**3  # ... and on a CPU worker in its own memory up to this size (later epochs skip Ray Data)
 
 
 def _maybe_fault(fault: dict[str, Any] | None, rank: int, epoch: int, step: int) -> None:
@@ -121,16 +122,16 @@ def _setup_worker(config: dict[str, Any]) -> tuple[int, Engine]:
 
 
 def _data_sources(config: dict[str, Any], engine: Engine):
-    """Per-epoch train batches and validation batches of this worker's Ray Data shards (kept on the GPU when
-    ``device_data`` says so, else streamed with pinned host memory)."""
+    """Per-epoch train batches and validation batches of this worker's Ray Data shards: read once and then held
+    (on the GPU, or in host memory on CPU workers, up to :data:`HOST_DATA_MAX_BYTES`) when ``device_data`` says so,
+    so later epochs do no Ray Data work at all; else streamed (prefetched, pinned host memory on CUDA)."""
     import ray.train
 
     tcfg, device, rank = engine.tcfg, engine.device, engine.rank
     shards = {k: ray.train.get_dataset_shard(k) for k in ("train", "val")}
     per_worker = config["n_images"] * config["spec"]["image_size"] ** 2 * 3 / engine.world
-    on_device = tcfg.device_data == "on" or (
-        tcfg.device_data == "auto" and engine.cuda and per_worker <= DEVICE_DATA_MAX_BYTES
-    )
+    budget = DEVICE_DATA_MAX_BYTES if engine.cuda else HOST_DATA_MAX_BYTES
+    on_device = tcfg.device_data == "on" or (tcfg.device_data == "auto" and per_worker <= budget)
     columns = ["image", *TARGET_COLUMNS.values()]
     cache: dict[str, DeviceData] = {}
 
