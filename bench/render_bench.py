@@ -278,10 +278,85 @@ def ray_scaling(quick: bool) -> list[dict]:
     return rows
 
 
+def _io_images(n: int) -> list:
+    """``n`` distinct real 224 px renders of the 56-atom cell (repeats would flatter zstd across images)."""
+    cell = _structures()["56 atoms"]
+    with Renderer(RenderConfig(image_size=224, method="impostor")) as r:
+        return [r.render(cell, view_quaternion(0, CELL_56, v)) for v in range(n)]
+
+
+def _layout_io(store: Any, images: list, layout: str) -> dict[str, float]:
+    """Write then read ``images`` in one layout: objects/s and MB/s each way (8 threads, like the writers)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pandas as pd
+
+    from crystalvision import shards
+    from crystalvision.dataset import load_images
+
+    n = len(images)
+    t = time.perf_counter()
+    if layout == "files":
+        keys = [f"bench/files/{i:05d}.png" for i in range(n)]
+        pngs = [encode_png(img) for img in images]  # encoded on the render side in the real job, timed here too
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(store.put_bytes, keys, pngs))
+        nbytes = sum(len(p) for p in pngs)
+        objects = n
+    else:
+        per = max(1, n // 2)  # two shards
+        keys, objects, nbytes = [], 0, 0
+        for s0 in range(0, n, per):
+            key = f"bench/shards/{s0:05d}.parquet"
+            part = [shards.image_ref(key, f"m{i}", 0) for i in range(s0, min(n, s0 + per))]
+            frame = pd.DataFrame({"material_id": [f"m{i}" for i in range(s0, s0 + len(part))], "image_key": part})
+            entry = shards.write(store, key, frame, [images[i].tobytes() for i in range(s0, s0 + len(part))])
+            keys += part
+            objects, nbytes = objects + 2, nbytes + entry["size"]  # shard + sidecar
+    write_s = time.perf_counter() - t
+    shards._cache.clear()
+    shards._verified.clear()
+    t = time.perf_counter()
+    got = load_images(store, keys, size=224)
+    read_s = time.perf_counter() - t
+    assert got.shape[0] == n
+    return {"write_s": write_s, "read_s": read_s, "objects": objects, "mb": nbytes / 1e6}
+
+
+def layout_io(quick: bool) -> list[dict]:
+    """Both image layouts written and read back (decoded) on local disk and on moto S3 (127.0.0.1), same images."""
+    import tempfile
+
+    from crystalvision.storage import ObjectStore
+    from tests.support.s3 import start_moto
+
+    n = 256 if quick else 1024
+    images = _io_images(n)
+    rows = []
+    server = start_moto()
+    try:
+        with tempfile.TemporaryDirectory(prefix="cv-layout-") as tmp:
+            stores = {"local disk": ObjectStore(tmp), "moto S3": None}
+            stores["moto S3"] = ObjectStore(f"s3://{server.make_bucket()}", server.settings())
+            for where, store in stores.items():
+                for layout in ("files", "shards"):
+                    m = _layout_io(store, images, layout)
+                    bench, note = f"layout {layout} {where}", f"{n} images 224 px, {m['objects']} objects"
+                    for way in ("write", "read"):
+                        secs = m[f"{way}_s"]
+                        rows.append(row(bench, f"{way}_images_per_s", n / secs, "images/s", note + ", read = decoded"))
+                        rows.append(row(bench, f"{way}_objects_per_s", m["objects"] / secs, "objects/s", note))
+                        rows.append(row(bench, f"{way}_mb_per_s", m["mb"] / secs, "MB/s", note))
+                    rows.append(row(bench, "stored_mb", m["mb"], "MB", note))
+    finally:
+        server.stop()
+    return rows
+
+
 def run(quick: bool = False) -> list[dict]:
     """All render benchmarks; a list of {benchmark, metric, value, unit, notes} rows."""
     load = os.getloadavg()[0]
-    rows = headline(quick) + look(quick) + per_worker(quick) + memory(quick) + ray_scaling(quick)
+    rows = headline(quick) + look(quick) + per_worker(quick) + memory(quick) + ray_scaling(quick) + layout_io(quick)
     for r in rows:
         r["notes"] = f"{r['notes']}; load avg at start {load:.1f} on {os.cpu_count()} CPUs".lstrip("; ")
     return rows

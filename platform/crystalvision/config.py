@@ -76,6 +76,13 @@ class RenderConfig(_Strict):
     max_actor_restarts: int = Field(default=8, ge=0, description="Restarts of each render actor after a crash.")
     max_task_retries: int = Field(default=8, ge=0, description="Retries of a render batch whose actor died.")
     retry_quarantined: bool = Field(default=False, description="Try the quarantined structures again.")
+    layout: Literal["files", "shards"] = Field(
+        default="files",
+        description="files: one PNG object per image; shards: parquet shards of raw pixels + labels (far fewer "
+        "objects, read directly by Ray Data for training).",
+    )
+    shard_mb: float = Field(default=128.0, gt=0, description="Target size of one image shard (layout: shards).")
+    export_png: bool = Field(default=False, description="layout: shards also writes each image as a PNG to look at.")
 
     @field_validator("trajectory_step_deg")
     @classmethod
@@ -153,7 +160,7 @@ class TrainConfig(_Strict):
     )
     device_data: Literal["auto", "on", "off"] = Field(
         default="auto", description="Keep each worker's decoded uint8 images on the GPU after the first epoch "
-        "(auto: on GPU when the split fits in 4 GiB per worker; CPU streams from Ray Data)."
+        "(auto: on GPU when the split fits in 4 GiB per worker, in host memory on CPU up to 1 GiB; else streamed)."
     )
     seed: int = 0
     pretrained: Literal["imagenet"] | None = Field(

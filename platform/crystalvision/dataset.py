@@ -13,6 +13,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
+from crystalvision import shards
 from crystalvision.config import SplitConfig
 from crystalvision.errors import ImageError, StorageError
 from crystalvision.storage import ObjectStore
@@ -116,7 +117,9 @@ def decode_png(data: bytes, name: str, size: int | None = None) -> np.ndarray:
 
 
 def load_images(store: ObjectStore, keys: list[str], size: int | None = None, threads: int = 8) -> np.ndarray:
-    """Read and decode images from the store into one uint8 NHWC array."""
+    """Read and decode images (PNG objects or shard references) from the store into one uint8 NHWC array."""
+    if keys and shards.is_ref(str(keys[0])):
+        return np.stack(shards.load_refs(store, [str(k) for k in keys], size))
 
     def one(key: str) -> np.ndarray:
         return decode_png(store.get_bytes(key), store.uri(key), size)
@@ -126,6 +129,15 @@ def load_images(store: ObjectStore, keys: list[str], size: int | None = None, th
     if not arrays:
         return np.zeros((0, size or 0, size or 0, 3), dtype=np.uint8)
     return np.stack(arrays)
+
+
+def image_png(store: ObjectStore, key: str) -> bytes:
+    """PNG bytes of one image: the object itself, or a shard image encoded (for request examples)."""
+    if not shards.is_ref(key):
+        return store.get_bytes(key)
+    from crystalvision.render.png import encode_png
+
+    return encode_png(shards.load_refs(store, [key])[0])
 
 
 # ---- Ray Data: the splits as datasets of decoded images for Ray Train ----------------------------------------
@@ -159,6 +171,9 @@ def to_ray_dataset(
     """
     import ray.data
 
+    if len(frame) and shards.is_ref(str(frame["image_key"].iloc[0])):
+        ds = _shard_dataset(frame, store, size, seed=len(frame))
+        return ds.materialize() if materialize is not False else ds
     cols = ["image_key", *TARGET_COLUMNS.values()]
     table = frame[cols].reset_index(drop=True)
     n_blocks = max(1, -(-len(table) // rows_per_block))
@@ -169,3 +184,33 @@ def to_ray_dataset(
     if materialize is None:
         materialize = len(table) * (size or 224) ** 2 * 3 <= MATERIALIZE_MAX_BYTES
     return ds.materialize() if materialize else ds
+
+
+def decode_shard_batch(batch: dict[str, np.ndarray], labels: pd.DataFrame, size: int | None) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` function on shard rows: keep this split's images, raw pixels -> uint8 NHWC, labels
+    (already standardised) from ``labels`` (indexed by image key)."""
+    keys = [str(k) for k in batch["image_key"]]
+    keep = [i for i, k in enumerate(keys) if k in labels.index]
+    images = [shards.pixels(batch["image"][i], size) for i in keep]
+    out = {"image": np.stack(images) if images else np.zeros((0, size or 0, size or 0, 3), np.uint8)}
+    rows = labels.loc[[keys[i] for i in keep]]
+    for name, col in TARGET_COLUMNS.items():
+        out[col] = rows[col].to_numpy(dtype=np.float32 if target(name).is_regression else np.int64)
+    return out
+
+
+def _shard_dataset(frame: pd.DataFrame, store: ObjectStore, size: int | None, seed: int):
+    """A split read straight from its shards (``read_parquet``; each shard checked against its sidecar first, so a
+    bad shard fails here with its name, not mid-training), rows of other splits dropped, then shuffled once so a
+    streaming shuffle buffer sees every structure (shards hold structures in id order)."""
+    import ray.data
+
+    keys = sorted({shards.split_ref(str(k))[0] for k in frame["image_key"]})
+    shards.verify(store, keys)
+    labels = frame.set_index(frame["image_key"].astype(str))[list(TARGET_COLUMNS.values())]
+    paths = [store.path(k) for k in keys]
+    ds = ray.data.read_parquet(paths, filesystem=store.fs).select_columns(["image_key", "image"])
+    ds = ds.map_batches(
+        decode_shard_batch, fn_kwargs={"labels": labels, "size": size}, batch_format="numpy", batch_size=256
+    )
+    return ds.random_shuffle(seed=seed)

@@ -28,7 +28,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from crystalvision import predict_input
-from crystalvision.dataset import Splits
+from crystalvision.dataset import Splits, image_png
 from crystalvision.errors import ImageError, ModelError
 from crystalvision.hierarchy import joint_symmetry
 from crystalvision.model import SPEC_FILE, CrystalNet, ModelSpec, load_model, predict_arrays
@@ -249,7 +249,7 @@ def _input_example(splits: Splits, store: ObjectStore) -> pd.DataFrame | None:
     if not len(source):
         return None
     key = str(source["image_key"].iloc[0])
-    return pd.DataFrame({"image": [base64.b64encode(store.get_bytes(key)).decode()]})
+    return pd.DataFrame({"image": [base64.b64encode(image_png(store, key)).decode()]})
 
 
 def log_model(model_dir: str | Path, splits: Splits, store: ObjectStore) -> str:

@@ -26,11 +26,34 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def ensure_ray(include_dashboard: bool = False) -> None:
+MIN_OBJECT_STORE = 256 * 1024**2
+OBJECT_STORE_FACTOR = 3  # the cached splits, a shuffled copy of the training split, and room for blocks in flight
+# A local cluster runs only what a job needs: no worker processes started ahead of tasks (each is a Python process
+# with Ray's core, ~100 MB), and idle ones are reaped quickly.
+LEAN_SYSTEM_ENV = {"RAY_prestart_worker_first_driver": "0", "RAY_enable_worker_prestart": "0"}
+
+
+def object_store_bytes(data_bytes: int | None) -> int | None:
+    """Object store size of a local cluster for a job whose decoded images take ``data_bytes``: a few times that,
+    at least :data:`MIN_OBJECT_STORE`, at most Ray's own default (30% of memory); None (Ray's default) without a
+    size or with ``CRYSTALVISION_RAY_OBJECT_STORE_MB`` set to 0."""
+    configured = os.environ.get("CRYSTALVISION_RAY_OBJECT_STORE_MB")
+    if configured is not None:
+        return int(float(configured) * 1024**2) or None
+    if data_bytes is None:
+        return None
+    import psutil
+
+    return int(min(max(OBJECT_STORE_FACTOR * data_bytes, MIN_OBJECT_STORE), 0.3 * psutil.virtual_memory().total))
+
+
+def ensure_ray(include_dashboard: bool = False, data_bytes: int | None = None) -> None:
     """Initialise Ray once per process: connect to the configured cluster, or start a local one.
 
     ``include_dashboard`` starts the dashboard with a local cluster: Ray's state API runs in it, and Ray Train V2
     needs that API to free the resources of a run whose driver was killed (e.g. a Tune trial stopped by ASHA).
+    ``data_bytes`` (decoded images of the job) sizes a local cluster's object store (:func:`object_store_bytes`);
+    the first stage to start Ray sizes it.
     """
     import ray
 
@@ -45,6 +68,9 @@ def ensure_ray(include_dashboard: bool = False) -> None:
         kwargs["address"] = settings.ray_address
     else:
         kwargs["num_cpus"] = settings.ray_num_cpus
+        kwargs["object_store_memory"] = object_store_bytes(data_bytes)
+        for key, value in LEAN_SYSTEM_ENV.items():
+            os.environ.setdefault(key, value)
         kwargs["runtime_env"] = {"env_vars": worker_env()}
     ray.init(**kwargs)
     log.info("Ray ready: %s", ray.cluster_resources())

@@ -69,6 +69,7 @@ class TrainResult:
 # ---- the Ray Train harness around the core (crystalvision.loop) ------------------------------------------------
 
 DEVICE_DATA_MAX_BYTES = 4 * 1024**3  # device_data=auto keeps a worker's split on its GPU up to this size
+HOST_DATA_MAX_BYTES = 1024**3  # ... and on a CPU worker in its own memory up to this size (later epochs skip Ray Data)
 
 
 def _maybe_fault(fault: dict[str, Any] | None, rank: int, epoch: int, step: int) -> None:
@@ -122,16 +123,16 @@ def _setup_worker(config: dict[str, Any]) -> tuple[int, Engine]:
 
 
 def _data_sources(config: dict[str, Any], engine: Engine):
-    """Per-epoch train batches and validation batches of this worker's Ray Data shards (kept on the GPU when
-    ``device_data`` says so, else streamed with pinned host memory)."""
+    """Per-epoch train batches and validation batches of this worker's Ray Data shards: read once and then held
+    (on the GPU, or in host memory on CPU workers, up to :data:`HOST_DATA_MAX_BYTES`) when ``device_data`` says so,
+    so later epochs do no Ray Data work at all; else streamed (prefetched, pinned host memory on CUDA)."""
     import ray.train
 
     tcfg, device, rank = engine.tcfg, engine.device, engine.rank
     shards = {k: ray.train.get_dataset_shard(k) for k in ("train", "val")}
     per_worker = config["n_images"] * config["spec"]["image_size"] ** 2 * 3 / engine.world
-    on_device = tcfg.device_data == "on" or (
-        tcfg.device_data == "auto" and engine.cuda and per_worker <= DEVICE_DATA_MAX_BYTES
-    )
+    budget = DEVICE_DATA_MAX_BYTES if engine.cuda else HOST_DATA_MAX_BYTES
+    on_device = tcfg.device_data == "on" or (tcfg.device_data == "auto" and per_worker <= budget)
     columns = ["image", *TARGET_COLUMNS.values()]
     cache: dict[str, DeviceData] = {}
 
@@ -267,12 +268,13 @@ def make_trainer(
 
     Workers log into ``run_id`` at ``tracking_uri`` (default: the settings'), passed in the loop config.
     """
-    from ray.train import ScalingConfig
+    from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from crystalvision.raycluster import ensure_ray
 
-    ensure_ray()
+    splits = prepared.splits
+    ensure_ray(data_bytes=sum(len(df) for _, df in splits.items()) * prepared.spec.image_size**2 * 3)
     tcfg, spec = prepared.cfg.train, prepared.spec
     if tcfg.use_gpu:
         _require_gpus(tcfg.num_workers)
@@ -297,6 +299,8 @@ def make_trainer(
         torch_config=TorchConfig(backend="nccl" if tcfg.use_gpu else "gloo", timeout_s=NCCL_TIMEOUT_S),
         run_config=_run_config(name, tcfg, callbacks),
         datasets=datasets,
+        # one worker reads the whole split: no streaming_split, so no SplitCoordinator actor per dataset (~200 MB)
+        dataset_config=DataConfig(datasets_to_split=[] if tcfg.num_workers == 1 else "all"),
     )
 
 

@@ -51,7 +51,9 @@ NON_IMAGE_FIELDS = {
     "max_actor_restarts",
     "max_task_retries",
     "retry_quarantined",
+    "export_png",
 }
+LAYOUT_FIELDS = ("layout", "shard_mb")  # in the hash only for layout: shards (files hashes stay as they were)
 MIN_BATCH, MAX_BATCH, BATCHES_PER_ACTOR = 8, 64, 4
 __all__ = ["FAULT_ENV", "RenderBatch", "RenderResult", "image_key", "render_config_hash", "render_dataset"]
 
@@ -88,6 +90,9 @@ def render_config_hash(cfg: RenderConfig) -> str:
     fields = cfg.model_dump(mode="json", exclude=NON_IMAGE_FIELDS)
     if cfg.views == "uniform":
         fields.pop("trajectory_step_deg")  # only the trajectory protocol uses it
+    if cfg.layout == "files":
+        for name in LAYOUT_FIELDS:
+            fields.pop(name)
     blob = json.dumps({"renderer_version": RENDERER_VERSION, **fields}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
@@ -165,16 +170,19 @@ def plan(n_rows: int, cfg: RenderConfig, cluster_cpus: float) -> tuple[int, floa
 
 
 def _run_ray(
-    rows: list[dict], records: list[Any], cfg: RenderConfig, store: ObjectStore, prefix: str
+    rows: list[dict], records: list[Any], cfg: RenderConfig, store: ObjectStore, prefix: str, consume: Any = None
 ) -> tuple[pd.DataFrame, dict]:
-    """Render ``rows`` on a pool of Ray actors sized by :func:`plan`; returns per-row outcomes and timings."""
+    """Render ``rows`` on a pool of Ray actors sized by :func:`plan`; returns per-row outcomes and timings.
+
+    ``consume``: the shard layout's callback; it gets each output batch (with the ``image`` column of raw pixels)
+    as it streams out and returns the batch without that column."""
     import ray
 
     from crystalvision.raycluster import ensure_ray
     from crystalvision.render.backend import ensure_backend
 
     t0 = time.time()
-    ensure_ray()
+    ensure_ray(data_bytes=len(records) * cfg.views_per_structure * cfg.image_size**2 * 3)  # what training will cache
     checked = (ray.get_runtime_context().get_node_id(), ensure_backend())
     t_ray = time.time()
     workers, per_worker, batch = plan(len(rows), cfg, ray.cluster_resources().get("CPU", 1.0))
@@ -199,10 +207,11 @@ def _run_ray(
                 "checked": checked,
                 "fault": parse_fault(os.environ.get(FAULT_ENV), prefix),
                 "prefix": prefix,
+                "return_images": consume is not None,
             },
         )
     try:
-        out = _collect(ds, len(rows))
+        out = _collect(ds, len(rows), consume)
     except Exception as exc:
         user_error = _user_error(exc)
         if user_error is None:
@@ -222,12 +231,13 @@ def _run_ray(
     return out, timings
 
 
-def _collect(ds: Any, total: int) -> pd.DataFrame:
-    """Run the Ray Data pipeline, reporting images done as blocks complete (``progress`` stage ``render``)."""
+def _collect(ds: Any, total: int, consume: Any = None) -> pd.DataFrame:
+    """Run the Ray Data pipeline, reporting images done as blocks complete (``progress`` stage ``render``);
+    ``consume`` (the shard layout) turns each output batch into the rows kept."""
     parts, done = [], 0
     progress.emit("render", 0, total, unit="img")
     for part in ds.iter_batches(batch_size=None, batch_format="pandas"):
-        parts.append(part)
+        parts.append(consume(part) if consume is not None else part)
         done += len(part)
         progress.emit("render", done, total, unit="img")
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
@@ -269,7 +279,9 @@ def _quarantine_from(out: pd.DataFrame) -> list[dict[str, str]]:
     ]
 
 
-def _labels_frame(records: list[Any], encoders: Any, cfg: RenderConfig, prefix: str) -> pd.DataFrame:
+def _labels_frame(records: list[Any], encoders: Any, cfg: RenderConfig, prefix: str, keys: Any = None) -> pd.DataFrame:
+    """One row per image; ``keys(material_id, view)`` names each image (default: its PNG key)."""
+    keys = keys or (lambda mid, view: image_key(prefix, mid, view))
     rows = []
     for rec in records:
         base = {
@@ -284,7 +296,7 @@ def _labels_frame(records: list[Any], encoders: Any, cfg: RenderConfig, prefix: 
             "label_source_energy_above_hull": rec.label_source.get("energy_above_hull", ""),
         }
         for view, quat in enumerate(structure_quaternions(cfg, rec.material_id).tolist()):
-            key = image_key(prefix, rec.material_id, view)
+            key = keys(rec.material_id, view)
             rows.append({"material_id": rec.material_id, "view": view, "quaternion": quat, "image_key": key, **base})
     return pd.DataFrame(rows)
 
@@ -336,37 +348,49 @@ def render_dataset(
         _forget_quarantine(store, prefix)
     good, bad = _precheck([r for r in records if r.material_id not in known_bad], cfg)
     quarantined = [known_bad[r.material_id] for r in records if r.material_id in known_bad] + bad
+    n_total = len(good) * cfg.views_per_structure
+    timings: dict[str, float] = {}
     checksums_key = f"{prefix}/images.json"  # image key -> "size:sha256": an image counts as done only if it matches
     checksums = _read_json(store, checksums_key, {})
-    existing = {
-        k for k in store.list(f"{prefix}/images")
-        if k in checksums and store.exists_verified(k, *_size_sha(checksums[k]))
-    }
-    rows = _todo_rows(good, cfg, prefix, existing)
-    n_total = len(good) * cfg.views_per_structure
-    log.info(
-        "render %s: %d structures x %d views, %d images to render, %d already in %s",
-        prefix,
-        len(good),
-        cfg.views_per_structure,
-        len(rows),
-        n_total - len(rows),
-        store.root,
-    )
-    timings: dict[str, float] = {}
-    if rows:
-        out, timings = _run_ray(rows, good, cfg, store, prefix)
-        written = out[out["checksum"].astype(str) != ""]
-        checksums |= dict(zip(written["image_key"].astype(str), written["checksum"].astype(str), strict=True))
+    shard_entries: list[dict[str, Any]] | None = None
+    if cfg.layout == "shards":
+        from crystalvision.render.shardjob import render_shards
+
+        run = render_shards([r.material_id for r in records], good, encoders, cfg, store, prefix)
+        out, timings, n_todo, shard_entries = run.out, run.timings, run.n_rendered_rows, run.entries
+    else:
+        existing = {
+            k for k in store.list(f"{prefix}/images")
+            if k in checksums and store.exists_verified(k, *_size_sha(checksums[k]))
+        }  # fmt: skip
+        rows = _todo_rows(good, cfg, prefix, existing)
+        n_todo = len(rows)
+        log.info(
+            "render %s: %d structures x %d views, %d images to render, %d already in %s",
+            prefix,
+            len(good),
+            cfg.views_per_structure,
+            n_todo,
+            n_total - n_todo,
+            store.root,
+        )
+        out = None
+        if rows:
+            out, timings = _run_ray(rows, good, cfg, store, prefix)
+            written = out[out["checksum"].astype(str) != ""]
+            checksums |= dict(zip(written["image_key"].astype(str), written["checksum"].astype(str), strict=True))
+    n_new = 0
+    if out is not None:
         failed = _quarantine_from(out)
         quarantined += failed
         bad_ids = {q["material_id"] for q in failed}
         good = [r for r in good if r.material_id not in bad_ids]
         n_new = int(((out["error"].astype(str) == "") & ~out["material_id"].isin(bad_ids)).sum())
-    else:
-        n_new = 0
     quarantined = sorted(quarantined, key=lambda q: q["material_id"])
-    labels = _labels_frame(good, encoders, cfg, prefix)
+    if shard_entries is None:
+        labels = _labels_frame(good, encoders, cfg, prefix)
+    else:
+        labels = run.labels.sort_values(["material_id", "view"]).reset_index(drop=True)
     labels_key = f"{prefix}/labels.parquet"
     wrote = _put_if_changed(store, labels_key, _parquet_bytes(labels))
     wrote |= _put_if_changed(store, quarantine_key, json.dumps(quarantined, indent=1).encode())
@@ -380,16 +404,18 @@ def render_dataset(
         "crystalvision_version": __version__,
         "n_structures": len(good),
         "n_images": len(labels),
+        "layout": cfg.layout,
+        **({"shards": shard_entries, "shard_codec": "raw-uint8+zstd"} if shard_entries is not None else {}),
         "n_quarantined": len(quarantined),
         "labels_key": labels_key,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "last_run": {"n_new": n_new, "n_skipped": n_total - len(rows), "timings": timings},
+        "last_run": {"n_new": n_new, "n_skipped": n_total - n_todo, "timings": timings},
     }
     manifest_key = f"{prefix}/manifest.json"
     if wrote or n_new or not store.exists(manifest_key):
         store.put_text(manifest_key, json.dumps(manifest, indent=1))
     else:
         manifest = _read_json(store, manifest_key, manifest)
-    result = RenderResult(prefix, labels_key, len(labels), n_new, n_total - len(rows), quarantined, manifest, timings)
+    result = RenderResult(prefix, labels_key, len(labels), n_new, n_total - n_todo, quarantined, manifest, timings)
     log.info("render done: %s", result.summary())
     return result

@@ -100,11 +100,13 @@ class RenderBatch:
         checked: tuple[str, str] | None = None,
         fault: dict[str, Any] | None = None,
         prefix: str = "",
+        return_images: bool = False,
     ):
         """``structures``: material_id -> Structure.as_dict(), or ``[ObjectRef]`` of that dict (keeps the actor's
         constructor arguments small). ``checked`` = (node id, window class) of the driver's backend check, reused
         by actors on the driver's node. ``fault``: the test hook (:func:`parse_fault`). ``prefix``: the render
-        prefix, for attempt markers ("" disables them)."""
+        prefix, for attempt markers ("" disables them). ``return_images``: each row's raw pixels come back in an
+        ``image`` column (the shard layout); a PNG is then written only for rows with a non-empty ``image_key``."""
         import ray
 
         from crystalvision.render.backend import assume_backend
@@ -118,6 +120,7 @@ class RenderBatch:
         self.structures: dict[str, Any] = {}
         self.fault = fault or {}
         self.prefix = prefix
+        self.return_images = return_images
         self.renderer = self._new_renderer()
         self.pool = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="render-writer")
         self.watchdog = Watchdog(self.cfg.structure_timeout_s)
@@ -216,6 +219,7 @@ class RenderBatch:
         mids = [str(m) for m in batch["material_id"]]
         errors: list[str] = [""] * len(mids)
         sums: list[str] = [""] * len(mids)
+        pixels: list[bytes] = [b""] * len(mids)
         done = np.zeros(len(mids), dtype=np.float64)
         pending: list[tuple[int, Future]] = []
         current, first_view, reason = None, 0, ""
@@ -232,15 +236,21 @@ class RenderBatch:
                 done[i] = time.time()
                 continue
             image, errors[i] = self._image(mid, np.asarray(quat, dtype=np.float64))
-            if image is None:
+            if image is not None and self.return_images:
+                pixels[i] = np.ascontiguousarray(image).tobytes()
+            if image is None or (self.return_images and not str(key)):
                 done[i] = time.time()
+                self.n_written += image is not None
+                _maybe_fault(self.fault, self.n_written)
             else:
                 pending.append((i, self.pool.submit(self._write, str(key), image)))
             pending = self._collect(pending, done, sums, wait=len(pending) > 2 * WRITER_THREADS)
         if current is not None:
             self._collect(pending, done, sums, wait=True, all_=True)
             self._finish(current, first_view, reason)
+        extra = {"image": np.asarray(pixels, dtype=object)} if self.return_images else {}
         return {
+            **extra,
             "material_id": batch["material_id"],
             "view": batch["view"],
             "image_key": batch["image_key"],

@@ -1,0 +1,120 @@
+"""The render job's shard layout (``render.layout: shards``): rendered pixels stream back from the Ray Data
+actors to the driver, which writes each shard (whole structures, :mod:`crystalvision.shards`) as soon as all its
+images are in, so the driver holds about one shard of pixels at a time. Reruns render only the shards that are
+missing, truncated, fail their checksum, or lack a structure that should be in them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from crystalvision import shards
+from crystalvision.config import RenderConfig
+from crystalvision.render.job import _labels_frame, _run_ray, image_key
+from crystalvision.render.rotations import structure_quaternions
+from crystalvision.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardRun:
+    """What the shard layout produced: the labels of every image in a good shard, per-row outcomes of this run."""
+
+    labels: pd.DataFrame
+    out: pd.DataFrame | None
+    timings: dict[str, float]
+    n_rendered_rows: int
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    key: str
+    labels: pd.DataFrame  # the shard's rows for every structure sent to render
+    expected: int
+    pixels: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+    received: int = 0
+
+
+def _done(store: ObjectStore, key: str, want: set[str]) -> dict[str, Any] | None:
+    """The shard's sidecar when the shard is complete and intact, else None (with the reason logged)."""
+    entry = shards.entry_of(store, key)
+    if entry is None:
+        return None
+    why = shards.problem(store, key, entry)
+    if not why and not want <= set(entry["material_ids"]):
+        why = f"lacks {sorted(want - set(entry['material_ids']))[:3]}"
+    if why:
+        log.warning("image shard %s is %s; rendering it again", store.uri(key), why)
+        return None
+    return entry
+
+
+def render_shards(
+    all_ids: list[str], good: list[Any], encoders: Any, cfg: RenderConfig, store: ObjectStore, prefix: str
+) -> ShardRun:
+    """Render the shards of ``good`` records that are not done. Shard membership is planned on ``all_ids`` (every
+    selected structure, quarantined ones included) so that it does not move when the quarantine changes."""
+    by_id = {r.material_id: r for r in good}
+    pending: dict[str, _Pending] = {}
+    owner: dict[str, str] = {}
+    labels, entries, rows = [], [], []
+    for index, members in enumerate(shards.plan(all_ids, cfg.views_per_structure, cfg.image_size, cfg.shard_mb)):
+        key = shards.shard_key(prefix, index, members)
+        recs = [by_id[m] for m in members if m in by_id]
+        if not recs:
+            continue
+        frame = _labels_frame(recs, encoders, cfg, prefix, keys=lambda mid, v, k=key: shards.image_ref(k, mid, v))
+        entry = _done(store, key, {r.material_id for r in recs})
+        if entry is not None:
+            labels.append(frame[frame["material_id"].isin(entry["material_ids"])])
+            entries.append(entry)
+            continue
+        pending[key] = _Pending(key, frame, len(frame))
+        for rec in recs:
+            owner[rec.material_id] = key
+            for view, quat in enumerate(structure_quaternions(cfg, rec.material_id)):
+                png = image_key(prefix, rec.material_id, view) if cfg.export_png else ""
+                rows.append({"material_id": rec.material_id, "view": view, "quaternion": quat, "image_key": png})
+    log.info("shards under %s: %d done, %d to render", prefix, len(entries), len(pending))
+    if not rows:
+        return ShardRun(_concat(labels), None, {}, 0, entries)
+
+    def consume(batch: pd.DataFrame) -> pd.DataFrame:
+        cols = (batch["material_id"], batch["view"], batch["error"], batch["image"])
+        for mid, view, err, img in zip(*cols, strict=True):
+            part = pending[owner[str(mid)]]
+            if str(err):
+                part.failed.add(str(mid))
+            part.pixels[(str(mid), int(view))] = img
+            part.received += 1
+            if part.received == part.expected:
+                labels.append(_write(store, part, entries))
+        return batch.drop(columns=["image"])
+
+    out, timings = _run_ray(rows, good, cfg, store, prefix, consume=consume)
+    left = [p.key for p in pending.values() if p.received < p.expected]
+    if left:  # every row comes back (errors included), so this is a bug, not bad input
+        raise RuntimeError(f"render job ended with incomplete shards {left[:3]}")
+    return ShardRun(_concat(labels), out, timings, len(rows), entries)
+
+
+def _write(store: ObjectStore, part: _Pending, entries: list[dict[str, Any]]) -> pd.DataFrame:
+    """Write one complete shard without its failed structures; returns its labels rows."""
+    frame = part.labels[~part.labels["material_id"].isin(part.failed)].reset_index(drop=True)
+    images = [bytes(part.pixels[(m, int(v))]) for m, v in zip(frame["material_id"], frame["view"], strict=True)]
+    if len(frame):
+        entries.append(shards.write(store, part.key, frame, images))
+        log.info("wrote shard %s: %d images, %.1f MB", part.key, len(images), entries[-1]["size"] / 1e6)
+    part.pixels.clear()
+    return frame
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
