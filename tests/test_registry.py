@@ -104,3 +104,33 @@ def test_other_split_reevaluates_the_champion(env) -> None:
     fallback = registry.register_and_promote(cfg, env(0.55, {**SPLIT, "cfg.split.seed": "7"}), evaluator=broken)
     assert fallback["champion_value"] == pytest.approx(0.50) and fallback["promoted"]
     assert "re-evaluation failed" in fallback["comparison"]
+
+
+def test_registering_the_same_run_twice_keeps_one_version(env) -> None:
+    """A relaunched pipeline (or a retried `register`) registers the run once and returns its recorded decision."""
+    cfg = PipelineConfig(name="t", registry={"model_name": "idem"})
+    run_id = env(0.50)
+    first = registry.register_and_promote(cfg, run_id, evaluator=_never_evaluate)
+    again = registry.register_and_promote(cfg, run_id, evaluator=_never_evaluate)
+    versions = MlflowClient().search_model_versions("name='idem'")
+    assert [v.version for v in versions] == ["1"] or [str(v.version) for v in versions] == ["1"]
+    assert again["challenger_version"] == first["challenger_version"] == "1" and again["already_registered"]
+    assert _aliases("idem") == {"challenger": "1", "champion": "1"}
+
+
+def test_champion_moved_meanwhile_is_not_overwritten(env) -> None:
+    """Compare-and-set: another registration moves the champion while this one re-evaluates; this one refuses."""
+    cfg = PipelineConfig(name="t", registry={"model_name": "cas"})
+    registry.register_and_promote(cfg, env(0.30, {**SPLIT, "cfg.split.seed": "1"}))  # v1 champion
+    rival = env(0.40)
+    client = MlflowClient()
+    rival_version = mlflow.register_model(f"runs:/{rival}/model", "cas").version  # v2, registered meanwhile
+
+    def evaluator(cfg_, champion, metric):
+        client.set_registered_model_alias("cas", "champion", rival_version)  # the other registration wins first
+        return 0.10
+
+    decision = registry.register_and_promote(cfg, env(0.90), evaluator=evaluator)
+    assert not decision["promoted"] and decision["conflict"] and "moved from v1 to v2" in decision["reason"]
+    assert _aliases("cas")["champion"] == str(rival_version) and decision["champion_version"] == "2"
+    assert client.get_model_version("cas", "3").tags["promotion_decision"] == "kept_champion"

@@ -135,10 +135,50 @@ def _record(client: MlflowClient, run_id: str, mv: ModelVersion, decision: dict[
     client.log_dict(run_id, decision, f"registry/decision-v{mv.version}.json")
 
 
+def _existing_version(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    """The version already registered from ``run_id`` under ``name`` (registration is idempotent), or None."""
+    try:
+        found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except MlflowException:  # no such registered model yet
+        return None
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def _recorded_decision(client: MlflowClient, run_id: str, mv: ModelVersion) -> dict[str, Any] | None:
+    """The decision already recorded for ``mv`` (a finished earlier registration of the same run), or None."""
+    if "promotion_decision" not in (mv.tags or {}):
+        return None
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/registry/decision-v{mv.version}.json")
+    except (MlflowException, OSError) as exc:
+        log.warning("v%s has a decision tag but no readable decision file (%s); deciding again", mv.version, exc)
+        return None
+
+
+def _version_of(mv: ModelVersion | None) -> str | None:
+    return None if mv is None else str(mv.version)
+
+
+def move_alias(client: MlflowClient, name: str, alias: str, expected: str | None, new: str) -> str | None:
+    """Compare-and-set: point ``alias`` at ``new`` only if it still points at ``expected`` (re-read just before
+    the write, checked again after it). Returns None on success, else the version that moved it meanwhile."""
+    current = _version_of(_alias_version(client, name, alias))
+    if current != expected:
+        return current
+    client.set_registered_model_alias(name, alias, new)
+    after = _version_of(_alias_version(client, name, alias))
+    return None if after == new else after
+
+
 def register_and_promote(
     cfg: PipelineConfig, run_id: str, evaluator: ChampionEvaluator | None = None
 ) -> dict[str, Any]:
-    """Register the run's model, make it the challenger, promote it to champion only if it is better."""
+    """Register the run's model, make it the challenger, promote it to champion only if it is better.
+
+    Idempotent per run: a run already registered under the model name keeps its version (and its recorded
+    decision, when there is one). The champion alias moves compare-and-set: when another registration moved it
+    while this one decided, nothing is overwritten and the refusal is recorded (``promoted: false``,
+    ``conflict: true``)."""
     from crystalvision.predict import MODEL_ARTIFACT
     from crystalvision.tracking import configure_mlflow
 
@@ -149,14 +189,21 @@ def register_and_promote(
         challenger_run = client.get_run(run_id)
     except MlflowException as exc:
         raise ModelError(f"MLflow run {run_id} not found ({exc}); pass the run id of a training run") from exc
-    mv = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name)
+    mv = _existing_version(client, name, run_id)
+    if mv is not None:
+        done = _recorded_decision(client, run_id, mv)
+        if done is not None:
+            log.info("run %s is already registered as %s v%s; not registering again", run_id, name, mv.version)
+            return done | {"already_registered": True}
+    else:
+        mv = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name)
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
     champion = _alias_version(client, name, CHAMPION)
     decision: dict[str, Any] = {
         "model_name": name,
         "challenger_version": str(mv.version),
         "challenger_run_id": run_id,
-        "champion_version_before": str(champion.version) if champion else None,
+        "champion_version_before": _version_of(champion),
         "metric": metric,
         "min_improvement": cfg.registry.min_improvement,
         "challenger_value": _metric(challenger_run, metric),
@@ -164,14 +211,26 @@ def register_and_promote(
     }
     if champion is None:
         promoted, reason = True, "no champion yet: the first registered version becomes champion"
+    elif str(champion.version) == str(mv.version):
+        promoted, reason = True, "this version is already the champion"
     else:
         champion_run = client.get_run(champion.run_id)
         value, how = _champion_value(cfg, champion, champion_run, challenger_run, evaluator or evaluate_champion_on)
         decision.update(how, champion_value=value)
         promoted, reason = decide(decision["challenger_value"], value, cfg.registry.min_improvement)
+    final = _version_of(champion)
     if promoted:
-        client.set_registered_model_alias(name, CHAMPION, mv.version)
-    final = mv.version if promoted else champion.version
-    decision.update(promoted=promoted, reason=reason, champion_version=str(final))
+        moved = move_alias(client, name, CHAMPION, _version_of(champion), str(mv.version))
+        if moved is None:
+            final = str(mv.version)
+        else:
+            promoted, final = False, moved
+            reason = (
+                f"refused: {CHAMPION} moved from v{_version_of(champion)} to v{moved} while v{mv.version} was "
+                f"being decided (another registration); run `crystalvision register` again to compare against v{moved}"
+            )
+            decision["conflict"] = True
+            log.warning("%s %s", name, reason)
+    decision.update(promoted=promoted, reason=reason, champion_version=final)
     _record(client, run_id, mv, decision)
     return decision
