@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from crystalvision.loop import (  # noqa: F401 - EvalAccumulator, multitask_loss
     Engine,
     EvalAccumulator,
     LoopState,
+    NonFiniteLossError,
     dist_ready,
     fit,
     multitask_loss,
@@ -343,7 +345,13 @@ def train_model(
         len(splits.train),
         len(splits.val),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray wraps the worker's error; surface a diverged run as its own clear error
+        diverged = re.search(r"training diverged: [^\n]*", str(exc))
+        if diverged:
+            raise NonFiniteLossError(f"run {name}: {diverged.group(0)}") from exc
+        raise
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} reported no checkpoint")
     out = Path(model_dir) if model_dir else get_settings().paths.home / "models" / name
