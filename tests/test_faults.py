@@ -194,6 +194,7 @@ def test_metrics_survive_an_mlflow_server_restart(tmp_path, monkeypatch):
                 time.sleep(1.5)  # the next calls hit a server that is down
             time.sleep(0.1)
         restarter.join(timeout=300)
+        assert logger.close(timeout=300) == 0  # the buffered logger sends what the outage held back
         assert len(procs) == 2, "the server was not restarted"
         for key in ("val_loss", "train_loss"):
             history = client.get_metric_history(run_id, key)

@@ -10,10 +10,10 @@ import torch
 
 from crystalvision.config import PipelineConfig
 from crystalvision.dataset import load_labels, split_frame
+from crystalvision.loop import Engine, LoopState, NonFiniteLossError, fit
 from crystalvision.model import ModelSpec, load_model, predict_arrays
 from crystalvision.prepare import Prepared
 from crystalvision.storage import ObjectStore
-from crystalvision.loop import Engine, LoopState, NonFiniteLossError, fit
 from crystalvision.targets import TARGET_COLUMNS
 from crystalvision.train import FAULT_ENV, EvalAccumulator, multitask_loss, train_model
 
@@ -159,7 +159,7 @@ def test_nan_validation_loss_ends_training_naming_the_epoch() -> None:
     """A diverged run fails at the epoch where the validation loss is NaN, not later on a missing best model."""
     torch.manual_seed(0)
     tcfg = _cfg(epochs=3).train
-    engine = Engine(CrystalNet_(), tcfg, torch.device("cpu"), label_columns=TARGET_COLUMNS)
+    engine = Engine(_tiny_net(), tcfg, torch.device("cpu"), label_columns=TARGET_COLUMNS)
     epochs = []
 
     def val_batches():  # finite in epoch 0, NaN from epoch 1 on (a label poisoned, or weights blown up)
@@ -184,7 +184,7 @@ def test_nan_validation_loss_fails_the_ray_train_run_with_the_epoch(ray_local, t
         train_model(Prepared(cfg, store, bad, _spec()), name="nan-run", model_dir=tmp_path / "m")
 
 
-def CrystalNet_():  # noqa: N802 - a tiny model of the toy spec
+def _tiny_net():
     from crystalvision.model import CrystalNet
 
     return CrystalNet(_spec())
