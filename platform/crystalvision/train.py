@@ -341,7 +341,7 @@ def run_name(prepared: Prepared) -> str:
     parts = [cfg.config_hash(), snapshot or prepared.spec.snapshot_sha256 or "", prepared.labels_key or ""]
     parts += [splits.protocol, str(splits.seed), str(fold)]
     for _, df in splits.items():
-        keys = df["image_key"] if "image_key" in df else df.index
+        keys = df.get("image_key", df.index)
         parts.append(hashlib.sha256("\n".join(sorted(map(str, keys))).encode()).hexdigest())
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     return f"{cfg.name}-{digest}" + (f"-fold{fold}" if fold is not None else "")
@@ -359,8 +359,9 @@ def train_model(
     """Train on ``prepared`` (config, splits, store, spec) with Ray Train; save the best model into ``model_dir``.
 
     ``name`` identifies the Ray Train run under ``settings.ray.ray_storage_path``: the same name resumes from its
-    latest checkpoint (default: :func:`run_name`, from the content, so a relaunched pipeline resumes). Rank 0 logs per-epoch
-    metrics into the MLflow run ``run_id``; ``callbacks`` (``ray.train.UserCallback``) go to ``RunConfig``.
+    latest checkpoint (default: :func:`run_name`, from the content, so a relaunched pipeline resumes). Rank 0 logs
+    per-epoch metrics (best-effort, buffered) into the MLflow run ``run_id``; ``callbacks``
+    (``ray.train.UserCallback``) go to ``RunConfig``.
     """
     cfg, splits, spec = prepared.cfg, prepared.splits, prepared.spec
     name = name or run_name(prepared)
