@@ -82,7 +82,8 @@ def test_relaunched_pipeline_resumes_the_crashed_training(cv_home, ray_local, mo
     relaunched = run_pipeline(cfg, ["render", "train"])  # a new MLflow run, the same content
 
     client = mlflow.MlflowClient()
-    runs = client.search_runs(client.get_experiment_by_name(cfg.name).experiment_id, order_by=["start_time ASC"])
+    experiment = client.get_run(relaunched.run_id).info.experiment_id
+    runs = client.search_runs([experiment], order_by=["start_time ASC"])
     assert [r.info.status for r in runs] == ["FAILED", "FINISHED"] and runs[1].info.run_id == relaunched.run_id
     # epoch 0 ran in the crashed run only; the relaunch continued from its checkpoint with epochs 1 and 2
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [0]
