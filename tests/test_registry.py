@@ -134,3 +134,34 @@ def test_champion_moved_meanwhile_is_not_overwritten(env) -> None:
     assert not decision["promoted"] and decision["conflict"] and "moved from v1 to v2" in decision["reason"]
     assert _aliases("cas")["champion"] == str(rival_version) and decision["champion_version"] == "2"
     assert client.get_model_version("cas", "3").tags["promotion_decision"] == "kept_champion"
+
+
+def test_champion_reevaluation_aligns_class_ids_by_name(cv_home, tmp_path) -> None:
+    """The new snapshot's space-group list gained a class in front: every id shifted by one. The registered
+    champion is scored against its own classes by name, so its metrics do not move; an unseen class is named."""
+    import dataclasses
+
+    from crystalvision.errors import ModelError
+    from crystalvision.model import load_model
+    from crystalvision.prepare import Prepared
+
+    use_test_tracking()
+    store = ObjectStore(str(tmp_path / "store"))
+    splits = toy_splits(store, n_structures=10, views=2)
+    model_dir = tiny_model_dir(tmp_path / "model")
+    with mlflow.start_run() as run:
+        log_model(model_dir, splits, store)
+    champion = mlflow.register_model(f"runs:/{run.info.run_id}/model", "align")
+    cfg = PipelineConfig(name="t", render={"image_size": 32}, evaluate={"saliency": False})
+    spec = load_model(model_dir).spec
+    metric = "test_auc_micro_spacegroup"
+    before = registry.evaluate_champion_on(cfg, champion, metric, Prepared(cfg, store, splits, spec))
+    new_classes = ["P2_1/c", *spec.spacegroup_classes]  # the changed class list of the new snapshot
+    renumbered = {p: d.assign(spacegroup_id=d["spacegroup_symbol"].map(new_classes.index)) for p, d in splits.items()}
+    shifted = dataclasses.replace(splits, **renumbered)
+    assert (shifted.test["spacegroup_id"] != splits.test["spacegroup_id"]).all()
+    after = registry.evaluate_champion_on(cfg, champion, metric, Prepared(cfg, store, shifted, spec))
+    assert after == pytest.approx(before)
+    unseen = dataclasses.replace(shifted, test=shifted.test.assign(spacegroup_symbol="P2_1/c", spacegroup_id=0))
+    with pytest.raises(ModelError, match="P2_1/c"):
+        registry.evaluate_champion_on(cfg, champion, metric, Prepared(cfg, store, unseen, spec))

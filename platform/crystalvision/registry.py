@@ -11,11 +11,12 @@ version, and written as ``registry/decision-v<version>.json`` into the challenge
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -25,6 +26,9 @@ from mlflow.exceptions import MlflowException
 
 from crystalvision.config import PipelineConfig
 from crystalvision.errors import CrystalVisionError, ModelError
+
+if TYPE_CHECKING:
+    from crystalvision.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +86,38 @@ def _metric(run: Run, metric: str) -> float | None:
     return None if value is None else float(value)
 
 
-def evaluate_champion_on(cfg: PipelineConfig, champion: ModelVersion, metric: str) -> float:
-    """Re-evaluate the champion's model on the test split ``cfg`` describes (the challenger's split)."""
+def align_class_ids(splits: Any, classes: dict[str, list[str]]) -> Any:
+    """The splits with every class-id column re-derived from the class *name* through ``classes`` (the model's
+    class lists), so a snapshot whose class list changed (a space group added, ids shifted) is scored against the
+    model's own classes. A class the model does not know raises :class:`ModelError` naming it."""
+    from crystalvision.targets import CLASS_ID, CLASS_NAME
+
+    frames = {}
+    for part, df in splits.items():
+        df = df.copy()
+        for target, names in classes.items():
+            index = {name: i for i, name in enumerate(names)}
+            unknown = sorted(set(map(str, df[CLASS_NAME[target]])) - set(index))
+            if unknown:
+                raise ModelError(
+                    f"the champion has no {target} class {unknown} that the {part} split contains; it cannot be "
+                    "re-evaluated on this snapshot (its logged metrics are compared instead)"
+                )
+            df[CLASS_ID[target]] = df[CLASS_NAME[target]].astype(str).map(index).astype(int)
+        frames[part] = df
+    return dataclasses.replace(splits, **frames)
+
+
+def evaluate_champion_on(
+    cfg: PipelineConfig, champion: ModelVersion, metric: str, prepared: Prepared | None = None
+) -> float:
+    """Re-evaluate the champion's model on the test split ``cfg`` describes (the challenger's split; ``prepared``
+    when given), with class ids aligned to the champion's class lists by name."""
     from crystalvision.evaluate import evaluate_model
     from crystalvision.prepare import prepare
     from crystalvision.runs import load_run_model
 
-    prepared = prepare(cfg)
+    prepared = prepared or prepare(cfg)
     with tempfile.TemporaryDirectory(prefix="crystalvision-champion-") as tmp:
         model = load_run_model(champion.run_id, Path(tmp) / "model")
         if model.spec.image_size != cfg.render.image_size:
@@ -96,8 +125,9 @@ def evaluate_champion_on(cfg: PipelineConfig, champion: ModelVersion, metric: st
                 f"champion v{champion.version} expects {model.spec.image_size} px images, the challenger's test "
                 f"split has {cfg.render.image_size} px"
             )
+        splits = align_class_ids(prepared.splits, model.spec.class_lists())
         out = Path(tmp) / "eval"
-        metrics = evaluate_model(model, prepared.splits, prepared.store, cfg, out, records=prepared.records).metrics
+        metrics = evaluate_model(model, splits, prepared.store, cfg, out, records=prepared.records).metrics
     if metric not in metrics:
         raise ModelError(f"evaluation produced no '{metric}'; set registry.promote_metric to one of {sorted(metrics)}")
     return float(metrics[metric])
