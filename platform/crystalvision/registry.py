@@ -14,16 +14,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Run
+from mlflow.entities import Metric, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from crystalvision import gate
 from crystalvision.config import PipelineConfig
 from crystalvision.errors import CrystalVisionError, ModelError
 
@@ -156,6 +158,26 @@ def _champion_value(
     return value, {"same_split": False if mine and theirs else None, "comparison": f"champion re-evaluated ({why})"}
 
 
+def _per_target_gate(client: MlflowClient, run_id: str, champion_run: Run, how: dict) -> dict[str, Any] | None:
+    """The per-target bootstrap gate when both runs logged test predictions per structure on the same held-out
+    split (else None: the ``promote_metric`` comparison decides); improvement and noise logged on the run."""
+    if not how.get("same_split"):
+        return None
+    mine, theirs = gate.structure_table(run_id), gate.structure_table(champion_run.info.run_id)
+    if mine is None or theirs is None:
+        return None
+    try:
+        result = gate.per_target_gate(mine, theirs)
+    except (ValueError, KeyError) as exc:
+        log.warning("per-target gate impossible (%s); comparing the promotion metric", exc)
+        return None
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"gate_{k}_{t}", float(v[k]), now, 0) for t, v in result["targets"].items()
+               for k in ("improvement", "noise") if v[k] == v[k]]  # fmt: skip
+    client.log_batch(run_id, metrics=metrics)
+    return result
+
+
 def _record(client: MlflowClient, run_id: str, mv: ModelVersion, decision: dict[str, Any]) -> None:
     verdict = "promoted" if decision["promoted"] else "kept_champion"
     log.info("registry decision for %s v%s: %s", mv.name, mv.version, decision)
@@ -248,6 +270,10 @@ def register_and_promote(
         value, how = _champion_value(cfg, champion, champion_run, challenger_run, evaluator or evaluate_champion_on)
         decision.update(how, champion_value=value)
         promoted, reason = decide(decision["challenger_value"], value, cfg.registry.min_improvement)
+        per_target = _per_target_gate(client, run_id, champion_run, how)
+        if per_target is not None:  # the gate per target decides; the promote_metric comparison stays recorded
+            decision["gate"], decision["metric_decision"] = per_target, {"promoted": promoted, "reason": reason}
+            promoted, reason = per_target["promote"], gate.describe(per_target)
     final = _version_of(champion)
     if promoted:
         moved = move_alias(client, name, CHAMPION, _version_of(champion), str(mv.version))
