@@ -165,3 +165,46 @@ def test_champion_reevaluation_aligns_class_ids_by_name(cv_home, tmp_path) -> No
     unseen = dataclasses.replace(shifted, test=shifted.test.assign(spacegroup_symbol="P2_1/c", spacegroup_id=0))
     with pytest.raises(ModelError, match="P2_1/c"):
         registry.evaluate_champion_on(cfg, champion, metric, Prepared(cfg, store, unseen, spec))
+
+
+def _structure_table(rng, n: int, correct: int, gap_noise: float):
+    """Test predictions per structure as evaluation logs them: ``correct`` of ``n`` classes right."""
+    import numpy as np
+    import pandas as pd
+
+    truth = rng.normal(1.5, 1.0, n)
+    df = pd.DataFrame({"split": "test", "material_id": [f"mp-{i}" for i in range(n)]})
+    df["band_gap"], df["band_gap_pred"] = truth, truth + rng.normal(0, gap_noise, n)
+    df["energy_above_hull"], df["energy_above_hull_pred"] = truth / 10, truth / 10 + rng.normal(0, 0.05, n)
+    for t in ("crystal_system", "spacegroup"):
+        df[t] = "cubic" if t == "crystal_system" else "Fm-3m"
+        df[f"{t}_pred"] = np.where(np.arange(n) < correct, df[t], "other")
+    return df
+
+
+def test_per_target_gate_promotes_only_beyond_the_noise(env, tmp_path) -> None:
+    """Same split, per-structure predictions logged: a better `test_score` inside the bootstrap noise keeps the
+    champion (one more right structure of 40); a clear gain on the class heads with no loss elsewhere promotes."""
+    import numpy as np
+
+    cfg = PipelineConfig(name="t", registry={"model_name": "noise"})
+
+    def run_with_table(score: float, correct: int) -> str:
+        run_id = env(score)
+        path = tmp_path / run_id / "predictions_by_structure.csv"
+        path.parent.mkdir()
+        _structure_table(np.random.default_rng(0), 40, correct, 0.3).to_csv(path, index=False)
+        MlflowClient().log_artifact(run_id, str(path), "evaluation")
+        return run_id
+
+    registry.register_and_promote(cfg, run_with_table(0.50, 20), evaluator=_never_evaluate)
+    within = registry.register_and_promote(cfg, run_with_table(0.51, 21), evaluator=_never_evaluate)
+    assert within["metric_decision"]["promoted"]  # the mean score alone would have promoted it
+    cls = within["gate"]["targets"]["crystal_system"]
+    assert not within["promoted"] and cls["verdict"] == "same" and 0 < cls["improvement"] < 2 * cls["noise"]
+    assert within["gate"]["targets"]["band_gap"]["verdict"] == "same"  # same predictions: no change
+    clear_id = run_with_table(0.60, 38)
+    clear = registry.register_and_promote(cfg, clear_id, evaluator=_never_evaluate)
+    assert clear["promoted"] and clear["gate"]["targets"]["spacegroup"]["verdict"] == "better"
+    logged = MlflowClient().get_run(clear_id).data.metrics
+    assert logged["gate_improvement_spacegroup"] == pytest.approx(0.45) and logged["gate_noise_spacegroup"] > 0
