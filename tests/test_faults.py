@@ -236,6 +236,7 @@ def test_metrics_survive_an_mlflow_server_restart(tmp_path, monkeypatch):
                 assert down.wait(timeout=120), "the server was not stopped"
                 assert len(procs) == 1, "the next call is made while the server is down"
         restarter.join(timeout=300)
+        assert logger.close(timeout=300) == 0  # the buffered logger sends what the outage held back
         assert len(procs) == 2, "the server was not restarted"
         for key in ("val_loss", "train_loss"):
             history = client.get_metric_history(run_id, key)

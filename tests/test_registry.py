@@ -104,3 +104,107 @@ def test_other_split_reevaluates_the_champion(env) -> None:
     fallback = registry.register_and_promote(cfg, env(0.55, {**SPLIT, "cfg.split.seed": "7"}), evaluator=broken)
     assert fallback["champion_value"] == pytest.approx(0.50) and fallback["promoted"]
     assert "re-evaluation failed" in fallback["comparison"]
+
+
+def test_registering_the_same_run_twice_keeps_one_version(env) -> None:
+    """A relaunched pipeline (or a retried `register`) registers the run once and returns its recorded decision."""
+    cfg = PipelineConfig(name="t", registry={"model_name": "idem"})
+    run_id = env(0.50)
+    first = registry.register_and_promote(cfg, run_id, evaluator=_never_evaluate)
+    again = registry.register_and_promote(cfg, run_id, evaluator=_never_evaluate)
+    versions = MlflowClient().search_model_versions("name='idem'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert again["challenger_version"] == first["challenger_version"] == "1" and again["already_registered"]
+    assert _aliases("idem") == {"challenger": "1", "champion": "1"}
+
+
+def test_champion_moved_meanwhile_is_not_overwritten(env) -> None:
+    """Compare-and-set: another registration moves the champion while this one re-evaluates; this one refuses."""
+    cfg = PipelineConfig(name="t", registry={"model_name": "cas"})
+    registry.register_and_promote(cfg, env(0.30, {**SPLIT, "cfg.split.seed": "1"}))  # v1 champion
+    rival = env(0.40)
+    client = MlflowClient()
+    rival_version = mlflow.register_model(f"runs:/{rival}/model", "cas").version  # v2, registered meanwhile
+
+    def evaluator(cfg_, champion, metric):
+        client.set_registered_model_alias("cas", "champion", rival_version)  # the other registration wins first
+        return 0.10
+
+    decision = registry.register_and_promote(cfg, env(0.90), evaluator=evaluator)
+    assert not decision["promoted"] and decision["conflict"] and "moved from v1 to v2" in decision["reason"]
+    assert _aliases("cas")["champion"] == str(rival_version) and decision["champion_version"] == "2"
+    assert client.get_model_version("cas", "3").tags["promotion_decision"] == "kept_champion"
+
+
+def test_champion_reevaluation_aligns_class_ids_by_name(cv_home, tmp_path) -> None:
+    """The new snapshot's space-group list gained a class in front: every id shifted by one. The registered
+    champion is scored against its own classes by name, so its metrics do not move; an unseen class is named."""
+    import dataclasses
+
+    from crystalvision.errors import ModelError
+    from crystalvision.model import load_model
+    from crystalvision.prepare import Prepared
+
+    use_test_tracking()
+    store = ObjectStore(str(tmp_path / "store"))
+    splits = toy_splits(store, n_structures=10, views=2)
+    model_dir = tiny_model_dir(tmp_path / "model")
+    with mlflow.start_run() as run:
+        log_model(model_dir, splits, store)
+    champion = mlflow.register_model(f"runs:/{run.info.run_id}/model", "align")
+    cfg = PipelineConfig(name="t", render={"image_size": 32}, evaluate={"saliency": False})
+    spec = load_model(model_dir).spec
+    metric = "test_auc_micro_spacegroup"
+    before = registry.evaluate_champion_on(cfg, champion, metric, Prepared(cfg, store, splits, spec))
+    new_classes = ["P2_1/c", *spec.spacegroup_classes]  # the changed class list of the new snapshot
+    renumbered = {p: d.assign(spacegroup_id=d["spacegroup_symbol"].map(new_classes.index)) for p, d in splits.items()}
+    shifted = dataclasses.replace(splits, **renumbered)
+    assert (shifted.test["spacegroup_id"] != splits.test["spacegroup_id"]).all()
+    after = registry.evaluate_champion_on(cfg, champion, metric, Prepared(cfg, store, shifted, spec))
+    assert after == pytest.approx(before)
+    unseen = dataclasses.replace(shifted, test=shifted.test.assign(spacegroup_symbol="P2_1/c", spacegroup_id=0))
+    with pytest.raises(ModelError, match="P2_1/c"):
+        registry.evaluate_champion_on(cfg, champion, metric, Prepared(cfg, store, unseen, spec))
+
+
+def _structure_table(rng, n: int, correct: int, gap_noise: float):
+    """Test predictions per structure as evaluation logs them: ``correct`` of ``n`` classes right."""
+    import numpy as np
+    import pandas as pd
+
+    truth = rng.normal(1.5, 1.0, n)
+    df = pd.DataFrame({"split": "test", "material_id": [f"mp-{i}" for i in range(n)]})
+    df["band_gap"], df["band_gap_pred"] = truth, truth + rng.normal(0, gap_noise, n)
+    df["energy_above_hull"], df["energy_above_hull_pred"] = truth / 10, truth / 10 + rng.normal(0, 0.05, n)
+    for t in ("crystal_system", "spacegroup"):
+        df[t] = "cubic" if t == "crystal_system" else "Fm-3m"
+        df[f"{t}_pred"] = np.where(np.arange(n) < correct, df[t], "other")
+    return df
+
+
+def test_per_target_gate_promotes_only_beyond_the_noise(env, tmp_path) -> None:
+    """Same split, per-structure predictions logged: a better `test_score` inside the bootstrap noise keeps the
+    champion (one more right structure of 40); a clear gain on the class heads with no loss elsewhere promotes."""
+    import numpy as np
+
+    cfg = PipelineConfig(name="t", registry={"model_name": "noise"})
+
+    def run_with_table(score: float, correct: int) -> str:
+        run_id = env(score)
+        path = tmp_path / run_id / "predictions_by_structure.csv"
+        path.parent.mkdir()
+        _structure_table(np.random.default_rng(0), 40, correct, 0.3).to_csv(path, index=False)
+        MlflowClient().log_artifact(run_id, str(path), "evaluation")
+        return run_id
+
+    registry.register_and_promote(cfg, run_with_table(0.50, 20), evaluator=_never_evaluate)
+    within = registry.register_and_promote(cfg, run_with_table(0.51, 21), evaluator=_never_evaluate)
+    assert within["metric_decision"]["promoted"]  # the mean score alone would have promoted it
+    cls = within["gate"]["targets"]["crystal_system"]
+    assert not within["promoted"] and cls["verdict"] == "same" and 0 < cls["improvement"] < 2 * cls["noise"]
+    assert within["gate"]["targets"]["band_gap"]["verdict"] == "same"  # same predictions: no change
+    clear_id = run_with_table(0.60, 38)
+    clear = registry.register_and_promote(cfg, clear_id, evaluator=_never_evaluate)
+    assert clear["promoted"] and clear["gate"]["targets"]["spacegroup"]["verdict"] == "better"
+    logged = MlflowClient().get_run(clear_id).data.metrics
+    assert logged["gate_improvement_spacegroup"] == pytest.approx(0.45) and logged["gate_noise_spacegroup"] > 0

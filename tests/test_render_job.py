@@ -105,7 +105,8 @@ def test_s3_job_against_moto(bundled_snapshot, records, s3_server, ray_session) 
     listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix=f"cv/{result.prefix}/")
     keys = sorted(o["Key"] for o in listed["Contents"])
     assert sum(k.endswith(".png") for k in keys) == 4
-    assert {f"cv/{result.prefix}/{n}" for n in ("labels.parquet", "manifest.json", "quarantine.json")} <= set(keys)
+    assert {f"cv/{result.prefix}/{n}" for n in ("manifest.json", "quarantine.json")} <= set(keys)
+    assert f"cv/{result.labels_key}" in keys
     df = load_labels(store, result.labels_key)
     assert load_images(store, list(df["image_key"]), size=32).shape == (4, 32, 32, 3)
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import mlflow
 import pytest
 import torch
 
 from crystalvision.config import PipelineConfig
 from crystalvision.dataset import load_labels, split_frame
+from crystalvision.loop import Engine, LoopState, NonFiniteLossError, fit
 from crystalvision.model import ModelSpec, load_model, predict_arrays
 from crystalvision.prepare import Prepared
 from crystalvision.storage import ObjectStore
+from crystalvision.targets import TARGET_COLUMNS
 from crystalvision.train import FAULT_ENV, EvalAccumulator, multitask_loss, train_model
 
 from .support.toy import SPACEGROUPS, SYSTEMS, write_toy_dataset
@@ -142,3 +146,45 @@ def test_gpu_worker_without_cuda_names_cause_and_fix() -> None:
     with pytest.raises(RuntimeError, match=r"use_gpu=true but this Ray Train worker sees no CUDA.*use_gpu=false"):
         _check_device(TrainConfig(use_gpu=True), torch.device("cpu"))
     _check_device(TrainConfig(use_gpu=False), torch.device("cpu"))  # CPU runs pass
+
+
+def _batch(n: int, band_gap: float) -> dict[str, torch.Tensor]:
+    batch = {"image": torch.randint(0, 255, (n, SIZE, SIZE, 3), dtype=torch.uint8)}
+    for target, column in TARGET_COLUMNS.items():
+        batch[column] = torch.full((n,), band_gap) if target == "band_gap" else torch.zeros(n, dtype=torch.long)
+    return batch
+
+
+def test_nan_validation_loss_ends_training_naming_the_epoch() -> None:
+    """A diverged run fails at the epoch where the validation loss is NaN, not later on a missing best model."""
+    torch.manual_seed(0)
+    tcfg = _cfg(epochs=3).train
+    engine = Engine(_tiny_net(), tcfg, torch.device("cpu"), label_columns=TARGET_COLUMNS)
+    epochs = []
+
+    def val_batches():  # finite in epoch 0, NaN from epoch 1 on (a label poisoned, or weights blown up)
+        return [_batch(4, 0.5 if len(epochs) < 1 else float("nan"))]
+
+    def report(metrics, state, best):
+        epochs.append(int(metrics["epoch"]))
+
+    with pytest.raises(NonFiniteLossError, match="validation loss is nan at epoch 1"):
+        fit(engine, LoopState(), None, lambda epoch: [_batch(4, 0.5)], val_batches, report)
+    assert epochs == [0]  # epoch 0 was reported (and checkpointed); epoch 1 never reached report
+
+
+@pytest.mark.slow
+def test_nan_validation_loss_fails_the_ray_train_run_with_the_epoch(ray_local, toy, tmp_path) -> None:
+    store, splits = toy
+    val = splits.val.copy()
+    val["band_gap"] = float("nan")
+    bad = dataclasses.replace(splits, val=val)
+    cfg = _cfg(epochs=2, max_steps_per_epoch=1, max_failures=0)
+    with pytest.raises(NonFiniteLossError, match="at epoch 0"):
+        train_model(Prepared(cfg, store, bad, _spec()), name="nan-run", model_dir=tmp_path / "m")
+
+
+def _tiny_net():
+    from crystalvision.model import CrystalNet
+
+    return CrystalNet(_spec())

@@ -29,6 +29,7 @@ from torch import nn
 from crystalvision.accel import GraphStep, amp_dtype, norm_constants, normalise, resolve_step_mode
 from crystalvision.augment import augment_batch, classification_loss
 from crystalvision.config import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION, TrainConfig
+from crystalvision.errors import CrystalVisionError
 from crystalvision.model import unwrap
 from crystalvision.targets import TARGET_COLUMNS
 
@@ -171,6 +172,22 @@ class LoopState:
         self.stopped = self.bad_epochs >= patience
         self.epoch = epoch + 1
         return best
+
+
+class NonFiniteLossError(CrystalVisionError):
+    """Training diverged: the validation loss is NaN or infinite (no best model exists to save)."""
+
+
+def check_finite(epoch: int, metrics: dict[str, float]) -> None:
+    """Raise :class:`NonFiniteLossError` naming the epoch when the validation loss is NaN or infinite."""
+    val_loss = float(metrics["val_loss"])
+    if math.isfinite(val_loss):
+        return
+    train_loss = metrics.get("train_loss", float("nan"))
+    raise NonFiniteLossError(
+        f"training diverged: validation loss is {val_loss} at epoch {epoch} (train loss {train_loss:.6g}); "
+        "lower train.lr or check the labels for NaN/inf values"
+    )
 
 
 # ---- the engine ---------------------------------------------------------------------------------------------------
@@ -369,6 +386,7 @@ def fit(
         stats = engine.train_epoch(train_batches(epoch), hook)
         metrics = {"epoch": float(epoch), **train_metrics(reduce_train(stats, engine.device))}
         metrics |= engine.validate(val_batches())
+        check_finite(epoch, metrics)
         if state.update(epoch, metrics["val_loss"], tcfg.patience):
             best = engine.weights()
         metrics |= {"best_val_loss": state.best_val_loss, "best_epoch": float(state.best_epoch)}

@@ -11,20 +11,26 @@ version, and written as ``registry/decision-v<version>.json`` into the challenge
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Run
+from mlflow.entities import Metric, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from crystalvision import gate
 from crystalvision.config import PipelineConfig
 from crystalvision.errors import CrystalVisionError, ModelError
+
+if TYPE_CHECKING:
+    from crystalvision.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +88,38 @@ def _metric(run: Run, metric: str) -> float | None:
     return None if value is None else float(value)
 
 
-def evaluate_champion_on(cfg: PipelineConfig, champion: ModelVersion, metric: str) -> float:
-    """Re-evaluate the champion's model on the test split ``cfg`` describes (the challenger's split)."""
+def align_class_ids(splits: Any, classes: dict[str, list[str]]) -> Any:
+    """The splits with every class-id column re-derived from the class *name* through ``classes`` (the model's
+    class lists), so a snapshot whose class list changed (a space group added, ids shifted) is scored against the
+    model's own classes. A class the model does not know raises :class:`ModelError` naming it."""
+    from crystalvision.targets import CLASS_ID, CLASS_NAME
+
+    frames = {}
+    for part, df in splits.items():
+        df = df.copy()
+        for target, names in classes.items():
+            index = {name: i for i, name in enumerate(names)}
+            unknown = sorted(set(map(str, df[CLASS_NAME[target]])) - set(index))
+            if unknown:
+                raise ModelError(
+                    f"the champion has no {target} class {unknown} that the {part} split contains; it cannot be "
+                    "re-evaluated on this snapshot (its logged metrics are compared instead)"
+                )
+            df[CLASS_ID[target]] = df[CLASS_NAME[target]].astype(str).map(index).astype(int)
+        frames[part] = df
+    return dataclasses.replace(splits, **frames)
+
+
+def evaluate_champion_on(
+    cfg: PipelineConfig, champion: ModelVersion, metric: str, prepared: Prepared | None = None
+) -> float:
+    """Re-evaluate the champion's model on the test split ``cfg`` describes (the challenger's split; ``prepared``
+    when given), with class ids aligned to the champion's class lists by name."""
     from crystalvision.evaluate import evaluate_model
     from crystalvision.prepare import prepare
     from crystalvision.runs import load_run_model
 
-    prepared = prepare(cfg)
+    prepared = prepared or prepare(cfg)
     with tempfile.TemporaryDirectory(prefix="crystalvision-champion-") as tmp:
         model = load_run_model(champion.run_id, Path(tmp) / "model")
         if model.spec.image_size != cfg.render.image_size:
@@ -96,8 +127,9 @@ def evaluate_champion_on(cfg: PipelineConfig, champion: ModelVersion, metric: st
                 f"champion v{champion.version} expects {model.spec.image_size} px images, the challenger's test "
                 f"split has {cfg.render.image_size} px"
             )
+        splits = align_class_ids(prepared.splits, model.spec.class_lists())
         out = Path(tmp) / "eval"
-        metrics = evaluate_model(model, prepared.splits, prepared.store, cfg, out, records=prepared.records).metrics
+        metrics = evaluate_model(model, splits, prepared.store, cfg, out, records=prepared.records).metrics
     if metric not in metrics:
         raise ModelError(f"evaluation produced no '{metric}'; set registry.promote_metric to one of {sorted(metrics)}")
     return float(metrics[metric])
@@ -126,6 +158,26 @@ def _champion_value(
     return value, {"same_split": False if mine and theirs else None, "comparison": f"champion re-evaluated ({why})"}
 
 
+def _per_target_gate(client: MlflowClient, run_id: str, champion_run: Run, how: dict) -> dict[str, Any] | None:
+    """The per-target bootstrap gate when both runs logged test predictions per structure on the same held-out
+    split (else None: the ``promote_metric`` comparison decides); improvement and noise logged on the run."""
+    if not how.get("same_split"):
+        return None
+    mine, theirs = gate.structure_table(run_id), gate.structure_table(champion_run.info.run_id)
+    if mine is None or theirs is None:
+        return None
+    try:
+        result = gate.per_target_gate(mine, theirs)
+    except (ValueError, KeyError) as exc:
+        log.warning("per-target gate impossible (%s); comparing the promotion metric", exc)
+        return None
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"gate_{k}_{t}", float(v[k]), now, 0) for t, v in result["targets"].items()
+               for k in ("improvement", "noise") if v[k] == v[k]]  # fmt: skip
+    client.log_batch(run_id, metrics=metrics)
+    return result
+
+
 def _record(client: MlflowClient, run_id: str, mv: ModelVersion, decision: dict[str, Any]) -> None:
     verdict = "promoted" if decision["promoted"] else "kept_champion"
     log.info("registry decision for %s v%s: %s", mv.name, mv.version, decision)
@@ -135,10 +187,50 @@ def _record(client: MlflowClient, run_id: str, mv: ModelVersion, decision: dict[
     client.log_dict(run_id, decision, f"registry/decision-v{mv.version}.json")
 
 
+def _existing_version(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    """The version already registered from ``run_id`` under ``name`` (registration is idempotent), or None."""
+    try:
+        found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except MlflowException:  # no such registered model yet
+        return None
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def _recorded_decision(client: MlflowClient, run_id: str, mv: ModelVersion) -> dict[str, Any] | None:
+    """The decision already recorded for ``mv`` (a finished earlier registration of the same run), or None."""
+    if "promotion_decision" not in (mv.tags or {}):
+        return None
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/registry/decision-v{mv.version}.json")
+    except (MlflowException, OSError) as exc:
+        log.warning("v%s has a decision tag but no readable decision file (%s); deciding again", mv.version, exc)
+        return None
+
+
+def _version_of(mv: ModelVersion | None) -> str | None:
+    return None if mv is None else str(mv.version)
+
+
+def move_alias(client: MlflowClient, name: str, alias: str, expected: str | None, new: str) -> str | None:
+    """Compare-and-set: point ``alias`` at ``new`` only if it still points at ``expected`` (re-read just before
+    the write, checked again after it). Returns None on success, else the version that moved it meanwhile."""
+    current = _version_of(_alias_version(client, name, alias))
+    if current != expected:
+        return current
+    client.set_registered_model_alias(name, alias, new)
+    after = _version_of(_alias_version(client, name, alias))
+    return None if after == new else after
+
+
 def register_and_promote(
     cfg: PipelineConfig, run_id: str, evaluator: ChampionEvaluator | None = None
 ) -> dict[str, Any]:
-    """Register the run's model, make it the challenger, promote it to champion only if it is better."""
+    """Register the run's model, make it the challenger, promote it to champion only if it is better.
+
+    Idempotent per run: a run already registered under the model name keeps its version (and its recorded
+    decision, when there is one). The champion alias moves compare-and-set: when another registration moved it
+    while this one decided, nothing is overwritten and the refusal is recorded (``promoted: false``,
+    ``conflict: true``)."""
     from crystalvision.predict import MODEL_ARTIFACT
     from crystalvision.tracking import configure_mlflow
 
@@ -149,14 +241,21 @@ def register_and_promote(
         challenger_run = client.get_run(run_id)
     except MlflowException as exc:
         raise ModelError(f"MLflow run {run_id} not found ({exc}); pass the run id of a training run") from exc
-    mv = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name)
+    mv = _existing_version(client, name, run_id)
+    if mv is not None:
+        done = _recorded_decision(client, run_id, mv)
+        if done is not None:
+            log.info("run %s is already registered as %s v%s; not registering again", run_id, name, mv.version)
+            return done | {"already_registered": True}
+    else:
+        mv = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name)
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
     champion = _alias_version(client, name, CHAMPION)
     decision: dict[str, Any] = {
         "model_name": name,
         "challenger_version": str(mv.version),
         "challenger_run_id": run_id,
-        "champion_version_before": str(champion.version) if champion else None,
+        "champion_version_before": _version_of(champion),
         "metric": metric,
         "min_improvement": cfg.registry.min_improvement,
         "challenger_value": _metric(challenger_run, metric),
@@ -164,14 +263,30 @@ def register_and_promote(
     }
     if champion is None:
         promoted, reason = True, "no champion yet: the first registered version becomes champion"
+    elif str(champion.version) == str(mv.version):
+        promoted, reason = True, "this version is already the champion"
     else:
         champion_run = client.get_run(champion.run_id)
         value, how = _champion_value(cfg, champion, champion_run, challenger_run, evaluator or evaluate_champion_on)
         decision.update(how, champion_value=value)
         promoted, reason = decide(decision["challenger_value"], value, cfg.registry.min_improvement)
+        per_target = _per_target_gate(client, run_id, champion_run, how)
+        if per_target is not None:  # the gate per target decides; the promote_metric comparison stays recorded
+            decision["gate"], decision["metric_decision"] = per_target, {"promoted": promoted, "reason": reason}
+            promoted, reason = per_target["promote"], gate.describe(per_target)
+    final = _version_of(champion)
     if promoted:
-        client.set_registered_model_alias(name, CHAMPION, mv.version)
-    final = mv.version if promoted else champion.version
-    decision.update(promoted=promoted, reason=reason, champion_version=str(final))
+        moved = move_alias(client, name, CHAMPION, _version_of(champion), str(mv.version))
+        if moved is None:
+            final = str(mv.version)
+        else:
+            promoted, final = False, moved
+            reason = (
+                f"refused: {CHAMPION} moved from v{_version_of(champion)} to v{moved} while v{mv.version} was "
+                f"being decided (another registration); run `crystalvision register` again to compare against v{moved}"
+            )
+            decision["conflict"] = True
+            log.warning("%s %s", name, reason)
+    decision.update(promoted=promoted, reason=reason, champion_version=final)
     _record(client, run_id, mv, decision)
     return decision

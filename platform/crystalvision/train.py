@@ -9,9 +9,11 @@ launching again with the same ``name`` and storage path resumes the run the same
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from crystalvision.loop import (  # noqa: F401 - EvalAccumulator, multitask_loss
     Engine,
     EvalAccumulator,
     LoopState,
+    NonFiniteLossError,
     dist_ready,
     fit,
     multitask_loss,
@@ -52,6 +55,9 @@ NCCL_TIMEOUT_S = 120  # collectives that wait longer fail instead of hanging (Ra
 BEST_FILE = "best_model.pt"
 # Test hook: "rank=1,epoch=2,step=1" makes that worker exit hard there, once per run name (a marker file).
 FAULT_ENV = "CRYSTALVISION_TRAIN_FAULT"
+# How long the end of training waits for MLflow logging held back by an outage (seconds; env overrides).
+MLFLOW_FLUSH_TIMEOUT_S = 60.0
+FLUSH_TIMEOUT_ENV = "CRYSTALVISION_MLFLOW_FLUSH_TIMEOUT_S"
 
 
 @dataclass
@@ -185,8 +191,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _report(metrics, rank, engine, st, best)
 
     fault = config.get("fault")
-    fit(engine, state, best_state, train_batches, val_batches, report,
-        on_step=(lambda epoch, step: _maybe_fault(fault, rank, epoch, step)) if fault else None)
+    try:
+        fit(engine, state, best_state, train_batches, val_batches, report,
+            on_step=(lambda epoch, step: _maybe_fault(fault, rank, epoch, step)) if fault else None)
+    finally:
+        if mlog is not None:  # send what an MLflow outage held back; training's result never depends on it
+            mlog.close(timeout=config.get("mlflow_flush_timeout_s", MLFLOW_FLUSH_TIMEOUT_S))
 
 
 def _save_checkpoint(folder: Path, engine: Engine, state: LoopState, best_state: dict | None) -> None:
@@ -289,6 +299,7 @@ def make_trainer(
         "threads_per_worker": max(1, int(tcfg.cpus_per_worker)),
         "n_images": len(frames["train"]) + len(frames["val"]),
         "fault": parse_fault(os.environ.get(FAULT_ENV), name),
+        "mlflow_flush_timeout_s": _flush_timeout(),
     }
     return TorchTrainer(
         train_loop_per_worker,
@@ -302,6 +313,10 @@ def make_trainer(
         # one worker reads the whole split: no streaming_split, so no SplitCoordinator actor per dataset (~200 MB)
         dataset_config=DataConfig(datasets_to_split=[] if tcfg.num_workers == 1 else "all"),
     )
+
+
+def _flush_timeout() -> float:
+    return float(os.environ.get(FLUSH_TIMEOUT_ENV, MLFLOW_FLUSH_TIMEOUT_S))
 
 
 def _require_gpus(workers: int) -> None:
@@ -321,6 +336,22 @@ def _require_gpus(workers: int) -> None:
         )
 
 
+def run_name(prepared: Prepared) -> str:
+    """The Ray Train run name of ``prepared``'s training, derived from its content: config hash, snapshot sha,
+    labels table, the split's images and the fold. A relaunch of the same pipeline after a crash gets the same
+    name and resumes from its latest checkpoint; any change in content starts a new run."""
+    cfg, splits = prepared.cfg, prepared.splits
+    snapshot = prepared.snapshot.manifest.content_sha256 if prepared.snapshot is not None else None
+    fold = getattr(splits, "fold", None)
+    parts = [cfg.config_hash(), snapshot or prepared.spec.snapshot_sha256 or "", prepared.labels_key or ""]
+    parts += [splits.protocol, str(splits.seed), str(fold)]
+    for _, df in splits.items():
+        keys = df.get("image_key", df.index)
+        parts.append(hashlib.sha256("\n".join(sorted(map(str, keys))).encode()).hexdigest())
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return f"{cfg.name}-{digest}" + (f"-fold{fold}" if fold is not None else "")
+
+
 def train_model(
     prepared: Prepared,
     run_id: str | None = None,
@@ -333,11 +364,12 @@ def train_model(
     """Train on ``prepared`` (config, splits, store, spec) with Ray Train; save the best model into ``model_dir``.
 
     ``name`` identifies the Ray Train run under ``settings.ray.ray_storage_path``: the same name resumes from its
-    latest checkpoint (default: derived from ``run_id``, or the pipeline name and time). Rank 0 logs per-epoch
-    metrics into the MLflow run ``run_id``; ``callbacks`` (``ray.train.UserCallback``) go to ``RunConfig``.
+    latest checkpoint (default: :func:`run_name`, from the content, so a relaunched pipeline resumes). Rank 0 logs
+    per-epoch metrics (best-effort, buffered) into the MLflow run ``run_id``; ``callbacks``
+    (``ray.train.UserCallback``) go to ``RunConfig``.
     """
     cfg, splits, spec = prepared.cfg, prepared.splits, prepared.spec
-    name = name or (f"{cfg.name}-{run_id[:12]}" if run_id else f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    name = name or run_name(prepared)
     tracking_uri = tracking_uri or get_settings().tracking.mlflow_tracking_uri
     log.info(
         "training %s: %d workers, gpu=%s, %d train / %d val images",
@@ -347,8 +379,14 @@ def train_model(
         len(splits.train),
         len(splits.val),
     )
-    with trainprogress.reporting(cfg.train.epochs) as shown:
-        result = make_trainer(prepared, run_id, name, [*(callbacks or []), *shown], tracking_uri).fit()
+    try:
+        with trainprogress.reporting(cfg.train.epochs) as shown:
+            result = make_trainer(prepared, run_id, name, [*(callbacks or []), *shown], tracking_uri).fit()
+    except Exception as exc:  # Ray wraps the worker's error; surface a diverged run as its own clear error
+        diverged = re.search(r"training diverged: [^\n]*", str(exc))
+        if diverged:
+            raise NonFiniteLossError(f"run {name}: {diverged.group(0)}") from exc
+        raise
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} reported no checkpoint")
     out = Path(model_dir) if model_dir else get_settings().paths.home / "models" / name
@@ -387,6 +425,7 @@ def _log_driver_side(run_id: str | None, tracking_uri: str, spec: ModelSpec, met
     params |= {f"target_std.{t}": v for t, v in spec.target_std.items()} | {"ray_train_run_name": name}
     mlog.log_params(params)
     mlog.log_metrics({f"final_{k}": v for k, v in metrics.items()}, step=int(metrics["epochs_trained"]))
+    mlog.close(timeout=_flush_timeout())
 
 
 def count_parameters(model: nn.Module) -> int:

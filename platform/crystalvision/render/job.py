@@ -101,6 +101,19 @@ def render_prefix(snapshot_sha256: str, cfg: RenderConfig) -> str:
     return f"renders/{snapshot_sha256[:12]}-{render_config_hash(cfg)[:12]}"
 
 
+def selection_hash(records: list[Any]) -> str:
+    """Hash of which structures a render covers (sorted material ids): the labels table is keyed by it, so two
+    runs that select different structures from one snapshot never read each other's table."""
+    ids = "\n".join(sorted(str(r.material_id) for r in records))
+    return hashlib.sha256(ids.encode()).hexdigest()
+
+
+def labels_key_for(prefix: str, records: list[Any]) -> str:
+    """``<prefix>/labels-<selection hash[:12]>.parquet``: one labels table per (snapshot, render config,
+    selection); the images under ``<prefix>/images`` are shared."""
+    return f"{prefix}/labels-{selection_hash(records)[:12]}.parquet"
+
+
 def image_key(prefix: str, material_id: str, view: int) -> str:
     return f"{prefix}/images/{material_id}/{view:04d}.png"
 
@@ -391,7 +404,7 @@ def render_dataset(
         labels = _labels_frame(good, encoders, cfg, prefix)
     else:
         labels = run.labels.sort_values(["material_id", "view"]).reset_index(drop=True)
-    labels_key = f"{prefix}/labels.parquet"
+    labels_key = labels_key_for(prefix, records)
     wrote = _put_if_changed(store, labels_key, _parquet_bytes(labels))
     wrote |= _put_if_changed(store, quarantine_key, json.dumps(quarantined, indent=1).encode())
     wrote |= _put_if_changed(store, checksums_key, json.dumps(checksums, sort_keys=True).encode())

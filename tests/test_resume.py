@@ -1,0 +1,165 @@
+"""Runs that resume and right labels (issue 14, points 8 and 9) with the real Ray, MLflow server and render job.
+
+- a relaunched pipeline (new MLflow run) resumes the crashed Ray Train run instead of training again;
+- the worker's MLflow logger survives a dead server and sends what it held back once the server is back;
+- a Ray Train run whose MLflow server is dead still finishes;
+- two selections of one snapshot rendered with one config get two labels tables.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from crystalvision.config import RenderConfig, load_pipeline
+from crystalvision.dataset import load_labels, split_frame
+from crystalvision.model import ModelSpec
+from crystalvision.prepare import Prepared
+from crystalvision.render.job import render_dataset
+from crystalvision.storage import ObjectStore
+from crystalvision.tracking import worker_logger
+from crystalvision.train import FAULT_ENV, FLUSH_TIMEOUT_ENV, run_name, train_model
+
+from .support.procs import free_port, stop_group, wait_http
+from .support.toy import SPACEGROUPS, SYSTEMS, write_toy_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "snapshot": {"max_structures": 5},
+    "render": {"views_per_structure": 2, "image_size": 32, "num_workers": 1},
+    "split": {"test_fraction": 0.3},
+    "train": {"epochs": 3, "max_steps_per_epoch": 1, "num_workers": 1, "max_failures": 0, "patience": 10},
+}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray cluster whose workers give up on an unreachable MLflow after one retry (so that the old,
+    unbuffered logger fails in seconds, not minutes)."""
+    import ray
+
+    from crystalvision.raycluster import ensure_ray
+
+    old = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
+    ensure_ray()
+    yield
+    ray.shutdown()
+    if old is None:
+        os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+    else:
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = old
+
+
+def _mlflow_server(home: Path, port: int, log_path: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "mlflow/launch.py"), "embedded", "--host", "127.0.0.1", "--port", str(port)],
+            env=env | {"CRYSTALVISION_HOME": str(home)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    wait_http(f"http://127.0.0.1:{port}/health", timeout=180, alive=lambda: proc.poll() is None)
+    return proc
+
+
+@pytest.mark.slow
+def test_relaunched_pipeline_resumes_the_crashed_training(cv_home, ray_local, monkeypatch) -> None:
+    from crystalvision.pipeline import run_pipeline
+
+    cfg = load_pipeline(ROOT / "pipelines/quickstart.yaml", TINY)
+    monkeypatch.setenv(FAULT_ENV, "rank=0,epoch=1,step=0")  # the worker dies in epoch 1, once per Ray Train run name
+    with pytest.raises(Exception, match="(?i)train|worker"):
+        run_pipeline(cfg, ["render", "train"])
+    assert len(list((cv_home / "faults").glob("*.done"))) == 1
+    relaunched = run_pipeline(cfg, ["render", "train"])  # a new MLflow run, the same content
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_run(relaunched.run_id).info.experiment_id
+    runs = client.search_runs([experiment], order_by=["start_time ASC"])
+    assert [r.info.status for r in runs] == ["FAILED", "FINISHED"] and runs[1].info.run_id == relaunched.run_id
+    # epoch 0 ran in the crashed run only; the relaunch continued from its checkpoint with epochs 1 and 2
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [0]
+    resumed = client.get_metric_history(relaunched.run_id, "resumes")
+    assert sorted(m.step for m in resumed) == [1, 2] and {m.value for m in resumed} == {1.0}
+    assert relaunched.metrics["epochs_trained"] == 3.0
+    assert runs[1].data.params["ray_train_run_name"].startswith(f"{cfg.name}-")
+
+
+def test_run_name_follows_content(cv_home, tmp_path) -> None:
+    store = ObjectStore(str(tmp_path / "store"))
+    key = write_toy_dataset(store, n_structures=8, views=2, size=32)
+    cfg = load_pipeline(ROOT / "pipelines/quickstart.yaml", TINY)
+    spec = ModelSpec(crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=32)
+    splits = split_frame(load_labels(store, key), cfg.split)
+    base = run_name(Prepared(cfg, store, splits, spec, labels_key=key))
+    assert base == run_name(Prepared(cfg, store, splits, spec.model_copy(), labels_key=key))  # relaunch: same
+    other_seed = split_frame(load_labels(store, key), cfg.split.model_copy(update={"seed": 5}))
+    more_epochs = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 9})})
+    assert len({base, run_name(Prepared(cfg, store, other_seed, spec, labels_key=key)),
+                run_name(Prepared(more_epochs, store, splits, spec, labels_key=key)),
+                run_name(Prepared(cfg, store, splits, spec, labels_key="other.parquet"))}) == 4  # fmt: skip
+
+
+def test_worker_logger_outlives_an_mlflow_outage(tmp_path, monkeypatch) -> None:
+    """The server is stopped mid-run: logging neither raises nor blocks for long, and what was held back is
+    sent once the server is back (same port, same backend)."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    port, home, log_path = free_port(), tmp_path / "home", tmp_path / "mlflow.log"
+    url = f"http://127.0.0.1:{port}"
+    procs = [_mlflow_server(home, port, log_path)]
+    try:
+        client = mlflow.MlflowClient(url)
+        run_id = client.create_run(client.create_experiment("outage")).info.run_id
+        logger = worker_logger(url, run_id, rank=0, wait_s=0.5)
+        logger.log_metrics({"val_loss": 1.0}, step=0)
+        assert logger.pending == 0  # healthy server: sent before the call returns
+        stop_group(procs[0])
+        for step in (1, 2, 3):
+            logger.log_metrics({"val_loss": 1.0 / (step + 1)}, step=step)  # must not raise
+        logger.log_params({"after_outage": "yes"})
+        assert logger.pending >= 1 and logger.failures >= 1
+        procs.append(_mlflow_server(home, port, log_path))
+        assert logger.close(timeout=120) == 0
+        assert sorted(m.step for m in client.get_metric_history(run_id, "val_loss")) == [0, 1, 2, 3]
+        assert client.get_run(run_id).data.params["after_outage"] == "yes"
+    finally:
+        for proc in procs:
+            stop_group(proc)
+
+
+@pytest.mark.slow
+def test_training_finishes_when_mlflow_is_dead(cv_home, ray_local, tmp_path, monkeypatch) -> None:
+    store = ObjectStore(str(tmp_path / "store"))
+    key = write_toy_dataset(store, n_structures=8, views=4, size=32)
+    cfg = load_pipeline(ROOT / "pipelines/quickstart.yaml", TINY)
+    spec = ModelSpec(crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=32)
+    monkeypatch.setenv(FLUSH_TIMEOUT_ENV, "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = train_model(
+        Prepared(cfg, store, split_frame(load_labels(store, key), cfg.split), spec, labels_key=key),
+        run_id="0" * 32, tracking_uri=dead, model_dir=tmp_path / "model",
+    )  # fmt: skip
+    assert [int(h["epoch"]) for h in result.history] == [0, 1, 2] and (result.model_dir / "weights.pt").exists()
+
+
+def test_two_selections_get_two_labels_tables(tmp_path, bundled_snapshot, ray_local) -> None:
+    """Same snapshot, same render config, different `max_structures`: neither run reads the other's table."""
+    good = [r for r in bundled_snapshot.records if not r.flags][:3]
+    cfg = RenderConfig(image_size=32, views_per_structure=1, num_workers=1)
+    store = ObjectStore(str(tmp_path / "store"))
+    sha, encoders = bundled_snapshot.manifest.content_sha256, bundled_snapshot.encoders
+    small = render_dataset(good[:2], encoders, sha, cfg, store)
+    large = render_dataset(good, encoders, sha, cfg, store)
+    assert small.prefix == large.prefix and large.n_new == 1  # images are shared
+    assert small.labels_key != large.labels_key
+    assert sorted(load_labels(store, small.labels_key)["material_id"]) == sorted(r.material_id for r in good[:2])
+    assert len(load_labels(store, large.labels_key)) == 3
