@@ -7,9 +7,15 @@ fault creates the marker first, so a restarted or re-launched run does not fire 
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 from crystalvision.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 
 def parse_fault(value: str | None, name: str) -> dict[str, Any] | None:
@@ -26,3 +32,38 @@ def parse_fault(value: str | None, name: str) -> dict[str, Any] | None:
         fault[key.strip()] = int(val) if val.strip().lstrip("-").isdigit() else val.strip()
     fault["marker"] = str(get_settings().paths.home / "faults" / f"{name.replace('/', '_')}.done")
     return fault
+
+
+def train_fault(value: str | None, name: str, storage: tuple[str, Any, str]) -> dict[str, Any] | None:
+    """The training fault hook for Ray Train run ``name`` (``storage`` = ``train.ray_storage(name)``), with the local
+    run folder whose checkpoint snapshot the worker watches before it exits (None for remote storage)."""
+    fault = parse_fault(value, name)
+    if fault is not None:
+        _, fs, run_dir = storage
+        fault["run_dir"] = run_dir if fs is None else None
+    return fault
+
+
+def maybe_exit_worker(fault: dict[str, Any] | None, rank: int, epoch: int, step: int) -> None:
+    """Exit the worker process hard at the configured point (test hook; once, guarded by a marker file)."""
+    if not fault or Path(fault["marker"]).exists():
+        return
+    if rank == fault.get("rank", 0) and epoch == fault.get("epoch", 0) and step >= fault.get("step", 0):
+        Path(fault["marker"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(fault["marker"]).touch()
+        log.warning("fault injection: rank %d exits at epoch %d step %d", rank, epoch, step)
+        _wait_for_registered_checkpoint(fault.get("run_dir"), epoch)
+        os._exit(1)
+
+
+def _wait_for_registered_checkpoint(run_dir: str | None, epoch: int, timeout_s: float = 120.0) -> None:
+    """Block until Ray Train's controller has recorded the checkpoint of the epoch before ``epoch`` in its snapshot
+    file (an event, not a guess at how long a busy machine needs); bounded, and skipped for remote storage."""
+    if not run_dir or epoch < 1:
+        return
+    snapshot, wanted = Path(run_dir) / "checkpoint_manager_snapshot.json", f"epoch_{epoch:05d}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if snapshot.exists() and wanted in snapshot.read_text(errors="replace"):
+            return
+        time.sleep(0.1)

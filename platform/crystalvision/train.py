@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +29,7 @@ from crystalvision.accel import DeviceData
 from crystalvision.config import TrainConfig
 from crystalvision.dataset import Splits, to_ray_dataset
 from crystalvision.errors import ConfigError
-from crystalvision.faults import parse_fault
+from crystalvision.faults import maybe_exit_worker, train_fault
 from crystalvision.loop import (  # noqa: F401 - EvalAccumulator, multitask_loss: re-exported
     Engine,
     EvalAccumulator,
@@ -76,18 +75,6 @@ class TrainResult:
 
 DEVICE_DATA_MAX_BYTES = 4 * 1024**3  # device_data=auto keeps a worker's split on its GPU up to this size
 HOST_DATA_MAX_BYTES = 1024**3  # ... and on a CPU worker in its own memory up to this size (later epochs skip Ray Data)
-
-
-def _maybe_fault(fault: dict[str, Any] | None, rank: int, epoch: int, step: int) -> None:
-    """Exit the worker process hard at the configured point (test hook; once, guarded by a marker file)."""
-    if not fault or Path(fault["marker"]).exists():
-        return
-    if rank == fault.get("rank", 0) and epoch == fault.get("epoch", 0) and step >= fault.get("step", 0):
-        Path(fault["marker"]).parent.mkdir(parents=True, exist_ok=True)
-        Path(fault["marker"]).touch()
-        log.warning("fault injection: rank %d exits at epoch %d step %d", rank, epoch, step)
-        time.sleep(1.0)  # let the controller register the previous epoch's checkpoint first
-        os._exit(1)
 
 
 def _check_device(tcfg: TrainConfig, device: torch.device) -> None:
@@ -193,7 +180,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     fault = config.get("fault")
     try:
         fit(engine, state, best_state, train_batches, val_batches, report,
-            on_step=(lambda epoch, step: _maybe_fault(fault, rank, epoch, step)) if fault else None)
+            on_step=(lambda epoch, step: maybe_exit_worker(fault, rank, epoch, step)) if fault else None)
     finally:
         if mlog is not None:  # send what an MLflow outage held back; training's result never depends on it
             mlog.close(timeout=config.get("mlflow_flush_timeout_s", MLFLOW_FLUSH_TIMEOUT_S))
@@ -298,7 +285,7 @@ def make_trainer(
         "run_id": run_id,
         "threads_per_worker": max(1, int(tcfg.cpus_per_worker)),
         "n_images": len(frames["train"]) + len(frames["val"]),
-        "fault": parse_fault(os.environ.get(FAULT_ENV), name),
+        "fault": train_fault(os.environ.get(FAULT_ENV), name, ray_storage(name)),
         "mlflow_flush_timeout_s": _flush_timeout(),
     }
     return TorchTrainer(
