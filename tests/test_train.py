@@ -135,7 +135,7 @@ def test_gpu_run_without_gpus_fails_in_seconds_naming_the_fix(ray_local, toy, tm
     store, splits = toy
     start = time.perf_counter()
     with pytest.raises(ConfigError, match=r"use_gpu=true asks for 2 GPU worker\(s\) but the Ray cluster has 0"):
-        train_model(_cfg(use_gpu=True), splits, store, _spec(), name="no-gpu", model_dir=tmp_path / "m")
+        train_model(Prepared(_cfg(use_gpu=True), store, splits, _spec()), name="no-gpu", model_dir=tmp_path / "m")
     assert time.perf_counter() - start < 60  # the datasets are not even built: no hang waiting for GPUs
 
 
