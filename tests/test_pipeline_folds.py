@@ -94,3 +94,14 @@ def test_grouped_kfold_pipeline(cv_home: Path, tmp_path: Path) -> None:
     )
     assert evaluated.exit_code == 0, evaluated.output
     assert _json(evaluated.stdout)["split"]["n_images_test"] == int(child.data.params["split.n_images_test"])
+
+
+@pytest.mark.slow
+def test_too_many_folds_is_one_config_error_before_training(cv_home: Path) -> None:
+    args = ["pipeline", "run", str(ROOT / "pipelines/paper-grouped.yaml")]
+    for item in [*TINY, "split.folds=7"]:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "split.folds = 7" in result.output and "2..6" in result.output
+    assert not (cv_home / "ray_results").exists()  # failed before any training started
