@@ -70,15 +70,19 @@ def rows(label: str, summary: dict, cap: int | None) -> list[str]:
     m = summary["metrics"]
     leak = cell(m, "leakage_ssim_median")
     out = []
+    train_s = sum(v for k, v in summary.get("stage_seconds", {}).items() if k.startswith("train"))
+    wall = f"; train {train_s / 60:.0f} min" if train_s else ""
     for model, prefix, ep in (
-        ("EfficientNet-B0, per image", "test", epochs(m, cap)),
+        ("EfficientNet-B0, per image", "test", epochs(m, cap) + wall),
         ("EfficientNet-B0, per structure (views averaged)", "test_struct", ""),
         ("CGCNN graph baseline, per structure", "cgcnn_test", ""),
         ("1-NN on structure descriptor", "baseline_1nn", ""),
         ("majority class / train mean", "baseline_dummy", ""),
     ):
         cells = [cell(m, f"{prefix}_{c}") for c in COLUMNS]
-        out.append(f"| {label} | {model} | {ep} | " + " | ".join(cells) + f" | {leak if prefix == 'test' else ''} |")
+        first = prefix == "test"
+        shown = f"**{label}**" if first else ""
+        out.append(f"| {shown} | {model} | {ep} | " + " | ".join(cells) + f" | {leak if first else ''} |")
     return out
 
 
