@@ -7,8 +7,9 @@ table: the study's reported numbers, the earlier H200 measurements quoted in iss
 protocol the image model (per image and per structure), the CGCNN graph baseline, the 1-NN descriptor and majority
 baselines, and the leakage (median SSIM of each test image to its nearest training image).
 
-Usage: ``python docs/study/results_table.py docs/study/records`` (the folder holding paper.json,
-paper-uniform.json, paper-grouped.json and the commands that made them, ``<name>.cmd``).
+Usage: ``python docs/study/results_table.py docs/study/records [--readme README.md]`` (the folder holding paper.json,
+paper-uniform.json, paper-grouped.json and the commands that made them, ``<name>.cmd``); ``--readme`` rewrites
+the table between README's ``results-table`` markers.
 """
 
 from __future__ import annotations
@@ -98,5 +99,22 @@ def table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
+
+
+def write_readme(readme: Path, text: str) -> None:
+    """Replace the table between README's ``results-table`` markers."""
+    doc = readme.read_text()
+    head, rest = doc.split(START, 1)
+    readme.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")
+
+
 if __name__ == "__main__":
-    print(table(Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "records")))
+    args = sys.argv[1:]
+    readme = Path(args.pop(args.index("--readme") + 1)) if "--readme" in args else None
+    if readme is not None:
+        args.remove("--readme")
+    result = table(Path(args[0]) if args else Path(__file__).parent / "records")
+    if readme is not None:
+        write_readme(readme, result)
+    print(result)
