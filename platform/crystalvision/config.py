@@ -193,6 +193,14 @@ class EvaluateConfig(_Strict):
     )
     batch_size: int = Field(default=64, ge=1, description="Images per inference batch.")
     include_val: bool = Field(default=True, description="Also report metrics on the validation split.")
+    leakage: bool = Field(
+        default=True, description="Report section: SSIM of each test image to its nearest training image (leakage.py)."
+    )
+    leakage_size: int = Field(default=32, ge=8, le=256, description="Pixels (grey, downsampled) of the leakage SSIM.")
+    graph_baseline: bool = Field(
+        default=False, description="Also train the CGCNN graph baseline (graphnet.py) on the same split and report it."
+    )
+    graph_epochs: int = Field(default=300, ge=1, description="Epoch cap of the graph baseline (early stopping).")
 
 
 class TuneConfig(_Strict):

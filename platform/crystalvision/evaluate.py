@@ -253,6 +253,35 @@ def baseline_metrics(
     return b_metrics
 
 
+def graph_metrics(
+    splits: Splits,
+    records: Mapping[str, MaterialRecord] | None,
+    ecfg: EvaluateConfig,
+    classes: Mapping[str, list[str]],
+    notes: list[str],
+) -> dict[str, float]:
+    """The CGCNN graph baseline (graphnet.py) trained and scored on this split (``cgcnn_*`` metrics)."""
+    from crystalvision.graphnet import GraphConfig, train_graph_baseline
+
+    ids = {m for _, df in splits.items() for m in df["material_id"]}
+    if records is None or not ids <= set(records):
+        notes.append("graph baseline skipped: the split's structures are not in the snapshot.")
+        return {}
+    log.info("evaluate: graph baseline (CGCNN, up to %d epochs)", ecfg.graph_epochs)
+    gcfg = GraphConfig(epochs=ecfg.graph_epochs, stability_threshold=ecfg.stability_threshold)
+    return train_graph_baseline(records, splits, gcfg, n_classes={t: len(c) for t, c in classes.items()})
+
+
+def leakage_metrics(splits: Splits, store: ObjectStore, cfg: PipelineConfig, out: Path) -> tuple[dict, str]:
+    """Nearest-training-image SSIM of every test image, next to its correctness in ``predictions.csv``."""
+    from crystalvision.leakage import report_section
+
+    pred = pd.read_csv(out / "predictions.csv")
+    test = pred[pred["split"] == "test"].reset_index(drop=True)
+    name = f"{cfg.render.views} views, split {'by image' if splits.protocol == 'image' else 'by structure'}"
+    return report_section(store, splits.train, test, out, size=cfg.evaluate.leakage_size, name=name)
+
+
 def write_tables(levels: Mapping[str, Level], classes: dict[str, list[str]], threshold: float, out: Path) -> dict:
     """Classification reports of the test split and prediction CSVs (per image, per structure); the reports."""
     reports = {t: class_report(levels["test"], t, classes[t]) for t in TARGETS_CLASSIFICATION}
@@ -294,13 +323,23 @@ def evaluate_model(
     check_class_ids(splits, classes)
     levels = predict_levels(model, splits, store, spec, ecfg)
     metrics = model_metrics(levels, ecfg.stability_threshold)
+    figures: list[Path] = []
     notes: list[str] = []
-    if ecfg.baselines:
+    recs = None
+    if ecfg.baselines or ecfg.graph_baseline:
         recs = records if records is not None else load_records(cfg, spec)
+    if ecfg.baselines:
         metrics |= baseline_metrics(splits, recs, ecfg, out, notes)
+    if ecfg.graph_baseline:
+        metrics |= graph_metrics(splits, recs, ecfg, classes, notes)
     reports = write_tables(levels, classes, ecfg.stability_threshold, out)
+    sections: list[str] = []
+    if ecfg.leakage and len(splits.train):
+        leak, section = leakage_metrics(splits, store, cfg, out)
+        metrics |= leak
+        sections.append(section)
     log.info("evaluate: plots")
-    figures = make_plots(levels["test"], levels["test_struct"], classes, metrics, out)
+    figures += make_plots(levels["test"], levels["test_struct"], classes, metrics, out)
     saliency = run_saliency(model, splits, store, cfg, out, spec) if ecfg.saliency else None
     if saliency is not None:
         figures += [out / "saliency.png", out / "saliency_ssim.png"]
@@ -322,6 +361,7 @@ def evaluate_model(
         figures=figures,
         saliency=saliency,
         notes=notes,
+        sections=sections,
     )
     log.info("evaluate: test_score %.4f; artifacts in %s", flat.get("test_score", math.nan), out)
     return EvalResult(metrics=flat, artifacts_dir=out)

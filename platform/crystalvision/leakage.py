@@ -243,3 +243,40 @@ def load_prepared(store, keys: Sequence[str], size: int = 64, grey: bool = True,
 
     parts = [prepare(load_images(store, list(keys[s : s + chunk])), size, grey) for s in range(0, len(keys), chunk)]
     return torch.cat(parts) if parts else torch.zeros((0, 1 if grey else 3, size, size))
+
+
+HEADS = ("crystal_system", "spacegroup")
+
+
+def report_section(
+    store, train: pd.DataFrame, test_predictions: pd.DataFrame, out: Path, *, size: int = 32, name: str = "this split"
+) -> tuple[dict[str, float], str]:
+    """The leakage section of an evaluation: metrics, ``leakage.csv``, ``leakage.png`` and the report HTML.
+
+    ``test_predictions`` are the test rows of ``predictions.csv`` (image_key, material_id, true and predicted class
+    per head); ``train`` is the split's training frame. Images are read downsampled to ``size`` px (cheap).
+    """
+    nearest = nearest_train_ssim(
+        load_prepared(store, test_predictions["image_key"].tolist(), size),
+        test_predictions["material_id"].to_numpy(),
+        load_prepared(store, train["image_key"].tolist(), size),
+        train["material_id"].to_numpy(),
+    )
+    correct = {
+        h: (test_predictions[h].astype(str) == test_predictions[f"{h}_pred"].astype(str)).to_numpy()
+        for h in HEADS
+        if h in test_predictions
+    }
+    metrics = summary(nearest.ssim, correct)
+    same = float(nearest.same_structure.mean()) if len(nearest.ssim) else np.nan
+    metrics["leakage_frac_nearest_same_structure"] = same
+    table = test_predictions[["material_id", "image_key"]].copy()
+    table["nearest_ssim"], table["nearest_same_structure"] = nearest.ssim, nearest.same_structure
+    idx = np.clip(nearest.index, 0, None)
+    table["nearest_train_image"] = np.where(nearest.index >= 0, train["image_key"].to_numpy()[idx], "")
+    for h, c in correct.items():
+        table[f"correct_{h}"] = c
+    table.to_csv(out / "leakage.csv", index=False)
+    figure = leakage_figure({name: (nearest.ssim, correct)}, out / "leakage.png", min_count=5) if len(table) else None
+    log.info("leakage: median nearest SSIM %.3f over %d test images", metrics["leakage_ssim_median"], len(table))
+    return metrics, leakage_html({name: metrics}, figure)

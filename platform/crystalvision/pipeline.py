@@ -1,11 +1,15 @@
 """Run a pipeline config stage by stage: snapshot -> render -> train -> evaluate -> register.
 
 This module and ``cli.py`` sit on top: they call into the stage modules, which never import upward.
-One MLflow run covers one pipeline run; every stage logs into it.
+One MLflow run covers one pipeline run; every stage logs into it. With ``split.folds`` (or
+``split.leave_one_out``) that run is a parent: each fold trains and evaluates in a nested child run, and the parent
+holds the folds' mean ± std (``folds.aggregate_folds``) and ``evaluation/folds_report.html``. A k-fold run is an
+evaluation protocol: nothing is registered (train a plain split of the same config to register a model).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -98,7 +102,11 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> Pipeli
         result.render = prepare.render(cfg, snap, selection, store)
     if "train" not in stages:
         return result
-    _train_evaluate_register(prepare.assemble(cfg, snap, selection, result.render, store), stages, result)
+    prepared = prepare.assemble(cfg, snap, selection, result.render, store)
+    if prepare.is_kfold(cfg.split):
+        _run_folds(prepared, stages, result)
+    else:
+        _train_evaluate_register(prepared, stages, result)
     return result
 
 
@@ -151,6 +159,96 @@ def _log_datasets(prepared: prepare.Prepared) -> None:
                              digest)
     except Exception:  # provenance for the UI must never fail a training run
         log.warning("could not log the datasets of this run", exc_info=True)
+
+
+# ------------------------------------------------------------------------------------------------- k-fold
+
+KFOLD_REGISTRY_NOTE = "k-fold runs are an evaluation protocol: no model registered (run the config without folds)"
+
+
+def _run_folds(prepared: prepare.Prepared, stages: list[str], result: PipelineResult) -> None:
+    """Parent MLflow run; one child run per fold (train + evaluate); folds' mean ± std logged on the parent."""
+    from crystalvision import tracking
+    from crystalvision.folds import aggregate_folds
+
+    cfg, snap = prepared.cfg, prepared.snapshot
+    folds = prepare.fold_inputs(prepared)
+    tracking.configure_mlflow()
+    with tracking.start_run(run_name=cfg.name, tags=tracking.pipeline_tags(cfg, snap) | {"kfold": "parent"}) as run:
+        result.run_id = run.info.run_id
+        tracking.log_pipeline_context(cfg, snap, prepared.selection, prepared.render)
+        per_fold, described = [], []
+        for fold in folds:
+            metrics, info = _run_one_fold(fold, stages, result, run.info.run_id)
+            per_fold.append(metrics)
+            described.append(info)
+        aggregated = aggregate_folds(per_fold)
+        result.metrics.update(aggregated)
+        _log_folds_summary(prepared, per_fold, aggregated, described)
+    if "register" in stages and cfg.registry.enabled:
+        log.info(KFOLD_REGISTRY_NOTE)
+        result.registry = {"registered": False, "reason": KFOLD_REGISTRY_NOTE}
+
+
+def _run_one_fold(
+    prepared: prepare.Prepared, stages: list[str], result: PipelineResult, parent_id: str
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train (and evaluate) one fold in a nested child run; its metrics and a description of the fold."""
+    import mlflow
+
+    from crystalvision import tracking
+    from crystalvision.model import load_model
+    from crystalvision.predict import log_model
+    from crystalvision.train import train_model
+
+    cfg, splits = prepared.cfg, prepared.splits
+    i, k = getattr(splits, "fold", 0), getattr(splits, "n_folds", 1)
+    unseen = {col: ", ".join(v) for col, v in getattr(splits, "unseen_classes", {}).items() if v}
+    tags = tracking.pipeline_tags(cfg, prepared.snapshot)
+    tags |= {"kfold": "child", "fold": str(i), "kfold_parent": parent_id}
+    with tracking.start_run(run_name=f"{cfg.name}-fold{i}", tags=tags, nested=True) as run:
+        tracking.log_pipeline_context(cfg, prepared.snapshot, prepared.selection, prepared.render, splits)
+        mlflow.log_dict({"unseen_test_classes": getattr(splits, "unseen_classes", {})}, "folds/unseen_classes.json")
+        with result.timed(f"train_fold{i}"):
+            trained = train_model(prepared, run_id=run.info.run_id, name=f"{cfg.name}-fold{i}-{run.info.run_id[:12]}")
+        metrics = dict(trained.metrics)
+        if "evaluate" in stages:
+            from crystalvision.runs import evaluate_into_run
+
+            with result.timed(f"evaluate_fold{i}"):
+                metrics |= evaluate_into_run(load_model(trained.model_dir), prepared).metrics
+        with result.timed(f"log_model_fold{i}"):
+            log_model(trained.model_dir, splits, prepared.store)
+    log.info("fold %d/%d: test_score %s", i + 1, k, metrics.get("test_score"))
+    info = {"fold": i, "run_id": run.info.run_id, **splits.describe()}
+    info |= {f"unseen_test_classes_{col}": v for col, v in unseen.items()}
+    return metrics, info
+
+
+def _log_folds_summary(
+    prepared: prepare.Prepared, per_fold: list[dict[str, float]], aggregated: dict[str, float], folds: list[dict]
+) -> None:
+    """Mean ± std metrics, per-fold table and ``evaluation/folds_report.html`` into the active (parent) run."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    from crystalvision.evaluate import label_sources
+    from crystalvision.report import write_folds_report
+
+    mlflow.log_metrics(aggregated)
+    with tempfile.TemporaryDirectory(prefix="crystalvision-folds-") as tmp:
+        out = Path(tmp)
+        (out / "folds.json").write_text(json.dumps({"per_fold": per_fold, "aggregated": aggregated, "folds": folds}))
+        write_folds_report(
+            out / "folds_report.html",
+            per_fold=per_fold,
+            aggregated=aggregated,
+            folds=folds,
+            label_source=label_sources(prepared.splits, prepared.spec),
+        )
+        mlflow.log_artifacts(str(out), artifact_path="evaluation")
 
 
 def evaluate_run(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:

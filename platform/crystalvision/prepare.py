@@ -3,8 +3,8 @@
 ``prepare(cfg)`` = :func:`select_records` (snapshot + selection) -> :func:`render` (Ray Data, cached) ->
 :func:`assemble` (labels table, splits, model spec, store), returned as one :class:`Prepared`. Train, tune,
 evaluate and the registry take a ``Prepared``; nobody else loads a snapshot or renders to find its inputs.
-The split is made in :func:`make_splits` only, so k-fold splits are one change there (each fold a ``Splits``,
-trained with ``prepared.with_splits(fold)``).
+The split is made in :func:`make_splits` only; with ``split.folds`` (or ``split.leave_one_out``) :func:`fold_inputs`
+yields one ``Prepared`` per fold (``prepared.with_splits(fold)``, a :class:`~crystalvision.folds.FoldSplits`).
 """
 
 from __future__ import annotations
@@ -90,16 +90,38 @@ def render(cfg: PipelineConfig, snap: Snapshot, selection: Selection, store: Obj
     return result
 
 
-def make_splits(store: ObjectStore, labels_key: str, split: SplitConfig) -> Splits:
-    """The labels table split as ``split`` says (the one place a split is made)."""
-    return split_frame(load_labels(store, labels_key), split)
+def is_kfold(split: SplitConfig) -> bool:
+    """True when the config asks for k folds (``split.folds``) or leave-one-structure-out."""
+    return bool(split.folds) or split.leave_one_out
+
+
+def make_splits(store: ObjectStore, labels_key: str, split: SplitConfig, fold: int | None = None) -> Splits:
+    """The labels table split as ``split`` says (the one place a split is made); ``fold`` picks one k-fold fold."""
+    if fold is None:
+        return split_frame(load_labels(store, labels_key), split)
+    return make_folds(store, labels_key, split)[fold]
+
+
+def make_folds(store: ObjectStore, labels_key: str, split: SplitConfig) -> list[Splits]:
+    """The labels table's k folds (``split.folds`` / ``split.leave_one_out``; each structure tested once)."""
+    from crystalvision.folds import fold_splits
+
+    return list(fold_splits(load_labels(store, labels_key), split))
+
+
+def fold_inputs(prepared: Prepared) -> list[Prepared]:
+    """One prepared input per fold of ``prepared.cfg.split`` (each with its own copy of the model spec)."""
+    if prepared.labels_key is None:
+        raise ValueError("k-fold inputs need the labels table's key (prepare the config first)")
+    splits = make_folds(prepared.store, prepared.labels_key, prepared.cfg.split)
+    return [prepared.with_splits(s).with_spec_copy() for s in splits]
 
 
 def assemble(
     cfg: PipelineConfig, snap: Snapshot, selection: Selection, rendered: RenderResult, store: ObjectStore
 ) -> Prepared:
     """Labels table -> splits, plus the model spec of the snapshot: the prepared inputs."""
-    splits = make_splits(store, rendered.labels_key, cfg.split)
+    splits = make_splits(store, rendered.labels_key, cfg.split)  # k-fold: the plain split; folds() gives the folds
     return Prepared(cfg, store, splits, spec_for(cfg, snap), snap, selection, rendered, rendered.labels_key)
 
 
@@ -111,7 +133,14 @@ def prepare(cfg: PipelineConfig, store: ObjectStore | None = None) -> Prepared:
 
 
 def from_labels(
-    cfg: PipelineConfig, store: ObjectStore, labels_key: str, spec: ModelSpec, split: SplitConfig | None = None
+    cfg: PipelineConfig,
+    store: ObjectStore,
+    labels_key: str,
+    spec: ModelSpec,
+    split: SplitConfig | None = None,
+    fold: int | None = None,
 ) -> Prepared:
-    """Prepared inputs from an existing labels table (a logged run's), split by ``split`` (default ``cfg.split``)."""
-    return Prepared(cfg, store, make_splits(store, labels_key, split or cfg.split), spec, labels_key=labels_key)
+    """Prepared inputs from an existing labels table (a logged run's), split by ``split`` (default ``cfg.split``);
+    ``fold`` picks one fold of a k-fold split (a fold's child run logs it as ``fold``)."""
+    splits = make_splits(store, labels_key, split or cfg.split, fold)
+    return Prepared(cfg, store, splits, spec, labels_key=labels_key)

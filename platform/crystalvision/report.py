@@ -21,7 +21,14 @@ ROWS = [
     ("dummy (train mean / majority)", "baseline_dummy"),
     ("1-NN on structure descriptor", "baseline_1nn"),
     ("symmetry analysis (spglib), ceiling", "baseline_symmetry"),
+    ("CGCNN graph baseline, per structure", "cgcnn_test"),
 ]
+GRAPH_NOTE = (
+    "Graph baseline: a CGCNN-style network (graphnet.py, CGConv layers on pymatgen neighbour lists) trained on the "
+    "same split's training structures and scored per structure (compare with the model's per-structure row). The "
+    "bundled band gaps are themselves predictions of a pretrained CGCNN (the snapshot's labels.md), which favours a "
+    "graph model of the same family on that target."
+)
 COLUMNS = [
     ("R² gap", "r2_band_gap"),
     ("MAE gap (eV)", "mae_band_gap"),
@@ -128,6 +135,8 @@ def write_report(
             ],
         )
     )
+    if any(k.startswith("cgcnn_test_") for k in metrics):
+        notes = [GRAPH_NOTE, *notes]
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     parts.extend(sections)
@@ -158,3 +167,74 @@ def write_report(
     path = Path(path)
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def folds_table(per_fold: Sequence[Mapping[str, float]], aggregated: Mapping[str, float]) -> str:
+    """Rows = model levels and baselines, columns = the comparison metrics, cells = mean ± std over folds."""
+    from crystalvision.folds import mean_std_text
+
+    rows = [["study (KAIST, image split, DFT labels)"] + [STUDY.get(h, "") for h, _ in COLUMNS]]
+    for label, prefix in ROWS:
+        if prefix == "val":
+            continue
+        cells = [mean_std_text(aggregated, f"{prefix}_{name}") for _, name in COLUMNS]
+        if any(c != "n/a" for c in cells):
+            rows.append([label, *[c if c != "n/a" else "" for c in cells]])
+    per = [[f"fold {i}", *[m.get(f"test_{name}", "") for _, name in COLUMNS]] for i, m in enumerate(per_fold)]
+    return (
+        _table(["mean ± std over folds", *[h for h, _ in COLUMNS]], rows)
+        + "<h3>Per fold (model, per image)</h3>"
+        + _table(["", *[h for h, _ in COLUMNS]], per)
+    )
+
+
+def write_folds_report(
+    path: str | Path,
+    *,
+    per_fold: Sequence[Mapping[str, float]],
+    aggregated: Mapping[str, float],
+    folds: Sequence[Mapping[str, Any]],
+    label_source: Mapping[str, str],
+) -> Path:
+    """``folds_report.html`` of a k-fold parent run: mean ± std table, per-fold rows, fold sizes and unseen classes.
+
+    Each fold's child run holds its full evaluation report (leakage section, figures, classification reports).
+    """
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>crystalvision k-fold evaluation</title>"
+        f"<style>{CSS}</style></head><body><h1>crystalvision k-fold evaluation ({len(per_fold)} folds)</h1>"
+    ]
+    if is_surrogate(label_source):
+        parts.append("<div class='note'><b>Surrogate labels.</b> See label sources; not the study's DFT values.</div>")
+    parts.append(
+        f"<p>test_score, mean ± std over folds: <b>{html.escape(_mean_std(aggregated, 'test_score'))}</b>. "
+        "Every structure (grouped folds) is in exactly one test fold; std is the population std over folds; "
+        "metrics undefined on a fold (e.g. R² of one test structure) are left out of that metric's mean.</p>"
+    )
+    parts.append("<h2>Model and baselines (test folds)</h2>" + folds_table(per_fold, aggregated))
+    if any(k.startswith("cgcnn_test_") for k in aggregated):
+        parts.append(f"<p class='note'>{html.escape(GRAPH_NOTE)}</p>")
+    leak = [[f"fold {i}", *[m.get(k, "") for k in LEAKAGE_KEYS]] for i, m in enumerate(per_fold)]
+    if any(any(c != "" for c in r[1:]) for r in leak):
+        parts.append(
+            "<h2>Leakage: nearest training image (per fold)</h2><p>SSIM of each test image to its nearest training "
+            "image (each child run's report has the figure).</p>" + _table(["", *LEAKAGE_KEYS], leak)
+        )
+    parts.append("<h2>Folds</h2>" + _table(sorted({k for f in folds for k in f}), [
+        [f.get(k, "") for k in sorted({k for f in folds for k in f})] for f in folds
+    ]))  # fmt: skip
+    parts.append("<h2>Label sources</h2>" + _table(["target", "source"], list(label_source.items())))
+    parts.append("<h2>All aggregated metrics</h2>" + _table(["metric", "value"], sorted(aggregated.items())))
+    parts.append("</body></html>")
+    path = Path(path)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+LEAKAGE_KEYS = ("leakage_ssim_median", "leakage_frac_nearest_same_structure", "leakage_acc_crystal_system")
+
+
+def _mean_std(aggregated: Mapping[str, float], name: str) -> str:
+    from crystalvision.folds import mean_std_text
+
+    return mean_std_text(aggregated, name)

@@ -93,7 +93,8 @@ def inputs_of_run(cfg: PipelineConfig, run: Any, model: CrystalNet) -> Prepared:
     if key is None:
         log.info("run %s logged no labels key; preparing the data of the given config", run.info.run_id)
         key = prepare(cfg).labels_key
-    prepared = from_labels(cfg, open_store(), str(key), model.spec, split)
+    fold = int(tags["fold"]) if "fold" in tags and (split.folds or split.leave_one_out) else None  # k-fold child
+    prepared = from_labels(cfg, open_store(), str(key), model.spec, split, fold)
     logged = param(params, *TEST_SIZE_PARAMS)
     if logged is not None and int(float(logged)) != len(prepared.splits.test):
         log.warning("rebuilt test split has %d images, the run logged %s", len(prepared.splits.test), logged)

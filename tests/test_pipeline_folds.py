@@ -1,0 +1,107 @@
+"""A tiny grouped k-fold pipeline run: parent + child runs, each structure tested once, mean ± std on the parent,
+leakage section and graph baseline in the reports, no registration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from crystalvision.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "snapshot.max_structures=6",
+    "render.views_per_structure=2",
+    "render.image_size=32",
+    "split.folds=2",
+    "train.epochs=1",
+    "train.max_steps_per_epoch=2",
+    "train.batch_size=4",
+    "evaluate.saliency=false",
+    "evaluate.graph_epochs=2",
+]
+
+
+def _json(stdout: str) -> dict:
+    return json.loads(stdout[stdout.index("{") :])
+
+
+@pytest.mark.slow
+def test_grouped_kfold_pipeline(cv_home: Path, tmp_path: Path) -> None:
+    args = ["pipeline", "run", str(ROOT / "pipelines/paper-grouped.yaml")]
+    for item in TINY:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = _json(result.stdout)
+    assert summary["registry"]["registered"] is False  # k-fold is an evaluation protocol
+    metrics = summary["metrics"]
+    assert metrics["n_folds"] == 2
+    for name in ("test_score", "test_acc_crystal_system", "test_struct_acc_crystal_system", "cgcnn_test_score"):
+        assert {f"{name}_mean", f"{name}_std"} <= set(metrics), name
+    assert metrics["leakage_ssim_median_n"] == 2
+
+    mlflow.set_tracking_uri(f"sqlite:///{cv_home / 'mlflow.db'}")
+    client = MlflowClient()
+    parent = client.get_run(summary["run_id"])
+    assert parent.data.tags["kfold"] == "parent"
+    assert parent.data.metrics["test_score_mean"] == pytest.approx(metrics["test_score_mean"])
+    assert "test_acc_crystal_system_std" in parent.data.metrics
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "evaluation")} >= {
+        "evaluation/folds_report.html",
+        "evaluation/folds.json",
+    }
+    folds_html = Path(client.download_artifacts(parent.info.run_id, "evaluation/folds_report.html", str(tmp_path)))
+    text = folds_html.read_text()
+    assert "mean ± std over folds" in text and "±" in text and "CGCNN graph baseline" in text
+
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=10
+    )
+    assert sorted(c.data.tags["fold"] for c in children) == ["0", "1"]
+    tested: list[str] = []
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert "val_loss" in child.data.metrics and "cgcnn_test_score" in child.data.metrics
+        assert "leakage_ssim_median" in child.data.metrics
+        dst = tmp_path / child.info.run_id
+        pred = pd.read_csv(client.download_artifacts(child.info.run_id, "evaluation/predictions.csv", str(dst)))
+        tested += sorted(set(pred.loc[pred["split"] == "test", "material_id"]))
+        report = Path(client.download_artifacts(child.info.run_id, "evaluation/report.html", str(dst))).read_text()
+        assert "Leakage: nearest training image" in report and "data:image/png;base64" in report
+        assert "CGCNN graph baseline, per structure" in report and "pretrained CGCNN" in report
+    assert len(tested) == len(set(tested)) == 6  # each structure tested exactly once across folds
+
+    # `evaluate --run-id` on a fold's child run rebuilds that fold's test split, not a plain split.
+    child = children[0]
+    evaluated = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--run-id",
+            child.info.run_id,
+            "--set",
+            "evaluate.saliency=false",
+            "--set",
+            "evaluate.leakage=false",
+        ],
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    assert _json(evaluated.stdout)["split"]["n_images_test"] == int(child.data.params["split.n_images_test"])
+
+
+@pytest.mark.slow
+def test_too_many_folds_is_one_config_error_before_training(cv_home: Path) -> None:
+    args = ["pipeline", "run", str(ROOT / "pipelines/paper-grouped.yaml")]
+    for item in [*TINY, "split.folds=7"]:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "split.folds = 7" in result.output and "2..6" in result.output
+    assert not (cv_home / "ray_results").exists()  # failed before any training started
