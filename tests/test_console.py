@@ -117,3 +117,13 @@ def test_summary_fits_and_names_baselines_model_and_pointers() -> None:
 
 def test_mlflow_pointer_links_a_server_run() -> None:
     assert mlflow_pointer("http://127.0.0.1:5000/", "3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+
+
+def test_summary_of_a_kfold_run_shows_mean_and_std() -> None:
+    buf = io.StringIO()
+    metrics = {"test_acc_crystal_system_mean": 0.45, "test_acc_crystal_system_std": 0.05,
+               "baseline_dummy_acc_crystal_system_mean": 0.4, "baseline_dummy_acc_crystal_system_std": 0.02}
+    Console(file=buf, force_terminal=False, width=110).print(
+        summary_renderable({"pipeline": "paper-grouped", "metrics": metrics}, tracking_uri="sqlite:///x.db")
+    )
+    assert "0.450 ± 0.050" in buf.getvalue() and "0.400 ± 0.020" in buf.getvalue()

@@ -25,13 +25,21 @@ HEADLINES = [
 
 
 def _num(metrics: dict[str, Any], key: str) -> str:
+    """One metric, or ``mean ± std`` over the folds of a k-fold run."""
     value = metrics.get(key)
+    if value is None and f"{key}_mean" in metrics:
+        return f"{float(metrics[f'{key}_mean']):.3f} ± {float(metrics.get(f'{key}_std', 0.0)):.3f}"
     return "-" if value is None else f"{float(value):.3f}"
 
 
 def metrics_table(metrics: dict[str, Any]) -> Table | None:
-    """Test metric per head against the majority and 1-NN baselines (None when nothing was evaluated)."""
-    rows = [(label, f"test_{kind}_{t}", kind, t) for label, kind, t in HEADLINES if f"test_{kind}_{t}" in metrics]
+    """Test metric per head against the majority and 1-NN baselines (None when nothing was evaluated); a k-fold
+    run shows mean ± std over its folds."""
+    rows = [
+        (label, f"test_{kind}_{t}", kind, t)
+        for label, kind, t in HEADLINES
+        if f"test_{kind}_{t}" in metrics or f"test_{kind}_{t}_mean" in metrics
+    ]
     if not rows:
         return None
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
