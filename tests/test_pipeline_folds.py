@@ -34,7 +34,7 @@ def _json(stdout: str) -> dict:
 
 @pytest.mark.slow
 def test_grouped_kfold_pipeline(cv_home: Path, tmp_path: Path) -> None:
-    args = ["pipeline", "run", str(ROOT / "pipelines/paper-grouped.yaml")]
+    args = ["pipeline", "run", str(ROOT / "pipelines/paper-grouped.yaml"), "--json"]
     for item in TINY:
         args += ["--set", item]
     result = CliRunner().invoke(app, args)
@@ -98,7 +98,7 @@ def test_grouped_kfold_pipeline(cv_home: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_too_many_folds_is_one_config_error_before_training(cv_home: Path) -> None:
-    args = ["pipeline", "run", str(ROOT / "pipelines/paper-grouped.yaml")]
+    args = ["pipeline", "run", str(ROOT / "pipelines/paper-grouped.yaml"), "--json"]
     for item in [*TINY, "split.folds=7"]:
         args += ["--set", item]
     result = CliRunner().invoke(app, args)

@@ -210,7 +210,7 @@ def _run_one_fold(
         tracking.log_pipeline_context(cfg, prepared.snapshot, prepared.selection, prepared.render, splits)
         mlflow.log_dict({"unseen_test_classes": getattr(splits, "unseen_classes", {})}, "folds/unseen_classes.json")
         with result.timed(f"train_fold{i}"):
-            trained = train_model(prepared, run_id=run.info.run_id, name=f"{cfg.name}-fold{i}-{run.info.run_id[:12]}")
+            trained = train_model(prepared, run_id=run.info.run_id)  # named by content + fold: resumable
         metrics = dict(trained.metrics)
         if "evaluate" in stages:
             from crystalvision.runs import evaluate_into_run
