@@ -24,7 +24,7 @@ from crystalvision.render.job import FAULT_ENV, image_key, render_dataset
 from crystalvision.storage import ObjectStore
 from crystalvision.tracking import worker_logger
 
-from .support.procs import free_port, stop_group, wait_http
+from .support.procs import free_port, start_embedded_mlflow, stop_group
 from .support.s3 import FlakyEndpoint, moto_s3
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,18 +191,6 @@ def test_killed_tune_driver_is_restored_and_finishes_every_trial(tmp_path):
 # ---- MLflow server restarted mid-run ----------------------------------------------------------------------------
 
 
-def _mlflow_server(home: Path, port: int, log_path: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "mlflow/launch.py"), "embedded", "--host", "127.0.0.1", "--port", str(port)],
-            env=env | {"CRYSTALVISION_HOME": str(home)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    wait_http(f"http://127.0.0.1:{port}/health", timeout=180, alive=lambda: proc.poll() is None)
-    return proc
 
 
 def test_metrics_survive_an_mlflow_server_restart(tmp_path, monkeypatch):
@@ -213,7 +201,7 @@ def test_metrics_survive_an_mlflow_server_restart(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
     port, home, log_path = free_port(), tmp_path / "home", tmp_path / "mlflow.log"
     url = f"http://127.0.0.1:{port}"
-    procs = [_mlflow_server(home, port, log_path)]
+    procs = [start_embedded_mlflow(home, port, log_path)]
     n, restart_at = 24, 8
     logged, down = threading.Event(), threading.Event()
     try:
@@ -225,7 +213,7 @@ def test_metrics_survive_an_mlflow_server_restart(tmp_path, monkeypatch):
             logged.wait(timeout=120)
             stop_group(procs[0])
             down.set()  # events, not sleeps: the next call surely hits a stopped server, however busy the machine
-            procs.append(_mlflow_server(home, port, log_path))  # same port, same SQLite backend
+            procs.append(start_embedded_mlflow(home, port, log_path))  # same port, same SQLite backend
 
         restarter = threading.Thread(target=restart, daemon=True)
         restarter.start()

@@ -9,8 +9,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -25,7 +23,7 @@ from crystalvision.storage import ObjectStore
 from crystalvision.tracking import worker_logger
 from crystalvision.train import FAULT_ENV, FLUSH_TIMEOUT_ENV, run_name, train_model
 
-from .support.procs import free_port, stop_group, wait_http
+from .support.procs import free_port, start_embedded_mlflow, stop_group
 from .support.toy import SPACEGROUPS, SYSTEMS, write_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,18 +54,6 @@ def ray_local():
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = old
 
 
-def _mlflow_server(home: Path, port: int, log_path: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "mlflow/launch.py"), "embedded", "--host", "127.0.0.1", "--port", str(port)],
-            env=env | {"CRYSTALVISION_HOME": str(home)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    wait_http(f"http://127.0.0.1:{port}/health", timeout=180, alive=lambda: proc.poll() is None)
-    return proc
 
 
 @pytest.mark.slow
@@ -114,7 +100,7 @@ def test_worker_logger_outlives_an_mlflow_outage(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     port, home, log_path = free_port(), tmp_path / "home", tmp_path / "mlflow.log"
     url = f"http://127.0.0.1:{port}"
-    procs = [_mlflow_server(home, port, log_path)]
+    procs = [start_embedded_mlflow(home, port, log_path)]
     try:
         client = mlflow.MlflowClient(url)
         run_id = client.create_run(client.create_experiment("outage")).info.run_id
@@ -126,7 +112,7 @@ def test_worker_logger_outlives_an_mlflow_outage(tmp_path, monkeypatch) -> None:
             logger.log_metrics({"val_loss": 1.0 / (step + 1)}, step=step)  # must not raise
         logger.log_params({"after_outage": "yes"})
         assert logger.pending >= 1 and logger.failures >= 1
-        procs.append(_mlflow_server(home, port, log_path))
+        procs.append(start_embedded_mlflow(home, port, log_path))
         assert logger.close(timeout=120) == 0
         assert sorted(m.step for m in client.get_metric_history(run_id, "val_loss")) == [0, 1, 2, 3]
         assert client.get_run(run_id).data.params["after_outage"] == "yes"

@@ -6,9 +6,11 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import closing
+from pathlib import Path
 
 import requests
 
@@ -48,3 +50,20 @@ def stop_group(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def start_embedded_mlflow(home: Path, port: int, log_path: Path) -> subprocess.Popen:
+    """``mlflow/launch.py embedded`` (the platform's own MLflow server) on 127.0.0.1:``port`` for ``home``, without
+    the caller's MLFLOW_*/AWS_* variables; returns once it answers /health (appends to ``log_path``)."""
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(root / "mlflow/launch.py"), "embedded", "--host", "127.0.0.1", "--port", str(port)],
+            env=env | {"CRYSTALVISION_HOME": str(home)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    wait_http(f"http://127.0.0.1:{port}/health", timeout=180, alive=lambda: proc.poll() is None)
+    return proc
