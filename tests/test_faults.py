@@ -73,7 +73,6 @@ def test_render_actor_killed_mid_batch_then_rerun_is_complete(cv_home, tmp_path,
     assert sorted(labels["image_key"]) == expected
 
 
-
 def test_torn_png_is_rendered_again_not_trained_on(cv_home, tmp_path, bundled_snapshot):
     """A PNG cut short after the job (a torn write, a bad disk) is not 'done': the rerun renders it again."""
     import ray
@@ -189,8 +188,6 @@ def test_killed_tune_driver_is_restored_and_finishes_every_trial(tmp_path):
 
 
 # ---- MLflow server restarted mid-run ----------------------------------------------------------------------------
-
-
 
 
 def test_metrics_survive_an_mlflow_server_restart(tmp_path, monkeypatch):

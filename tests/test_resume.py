@@ -54,8 +54,6 @@ def ray_local():
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = old
 
 
-
-
 @pytest.mark.slow
 def test_relaunched_pipeline_resumes_the_crashed_training(cv_home, ray_local, monkeypatch) -> None:
     from crystalvision.pipeline import run_pipeline
