@@ -16,7 +16,6 @@ written atomically through :class:`~crystalvision.storage.ObjectStore`.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from crystalvision import __version__, progress
 from crystalvision.config import RenderConfig
 from crystalvision.errors import CrystalVisionError, RenderError
 from crystalvision.faults import parse_fault
+from crystalvision.render.labels import image_key, labels_frame, labels_key_for, parquet_bytes
 from crystalvision.render.rotations import structure_quaternions
 from crystalvision.render.udf import FAULT_ENV, RenderBatch
 from crystalvision.storage import ObjectStore, without_credentials
@@ -101,24 +101,6 @@ def render_prefix(snapshot_sha256: str, cfg: RenderConfig) -> str:
     return f"renders/{snapshot_sha256[:12]}-{render_config_hash(cfg)[:12]}"
 
 
-def selection_hash(records: list[Any]) -> str:
-    """Hash of which structures a render covers (sorted material ids): the labels table is keyed by it, so two
-    runs that select different structures from one snapshot never read each other's table."""
-    ids = "\n".join(sorted(str(r.material_id) for r in records))
-    return hashlib.sha256(ids.encode()).hexdigest()
-
-
-def labels_key_for(prefix: str, records: list[Any]) -> str:
-    """``<prefix>/labels-<selection hash[:12]>.parquet``: one labels table per (snapshot, render config,
-    selection); the images under ``<prefix>/images`` are shared."""
-    return f"{prefix}/labels-{selection_hash(records)[:12]}.parquet"
-
-
-def image_key(prefix: str, material_id: str, view: int) -> str:
-    return f"{prefix}/images/{material_id}/{view:04d}.png"
-
-
-# -- driver side -----------------------------------------------------------------------------------------------
 def _precheck(records: list[Any], cfg: RenderConfig) -> tuple[list[Any], list[dict[str, str]]]:
     """Parse every structure and check its species on the driver; bad ones go to quarantine right away."""
     from crystalvision.render.scene import prepare_scene
@@ -292,34 +274,6 @@ def _quarantine_from(out: pd.DataFrame) -> list[dict[str, str]]:
     ]
 
 
-def _labels_frame(records: list[Any], encoders: Any, cfg: RenderConfig, prefix: str, keys: Any = None) -> pd.DataFrame:
-    """One row per image; ``keys(material_id, view)`` names each image (default: its PNG key)."""
-    keys = keys or (lambda mid, view: image_key(prefix, mid, view))
-    rows = []
-    for rec in records:
-        base = {
-            "band_gap": float(rec.band_gap),
-            "energy_above_hull": float(rec.energy_above_hull),
-            "crystal_system": rec.crystal_system,
-            "spacegroup_symbol": rec.spacegroup_symbol,
-            "crystal_system_id": encoders.encode("crystal_system", rec.crystal_system),
-            "spacegroup_id": encoders.encode("spacegroup", rec.spacegroup_symbol),
-            "formula": rec.formula,
-            "label_source_band_gap": rec.label_source.get("band_gap", ""),
-            "label_source_energy_above_hull": rec.label_source.get("energy_above_hull", ""),
-        }
-        for view, quat in enumerate(structure_quaternions(cfg, rec.material_id).tolist()):
-            key = keys(rec.material_id, view)
-            rows.append({"material_id": rec.material_id, "view": view, "quaternion": quat, "image_key": key, **base})
-    return pd.DataFrame(rows)
-
-
-def _parquet_bytes(df: pd.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    return buf.getvalue()
-
-
 def _put_if_changed(store: ObjectStore, key: str, data: bytes) -> bool:
     """Write ``data`` unless the object already holds exactly it; True when written."""
     if store.exists(key) and store.get_bytes(key) == data:
@@ -401,11 +355,11 @@ def render_dataset(
         n_new = int(((out["error"].astype(str) == "") & ~out["material_id"].isin(bad_ids)).sum())
     quarantined = sorted(quarantined, key=lambda q: q["material_id"])
     if shard_entries is None:
-        labels = _labels_frame(good, encoders, cfg, prefix)
+        labels = labels_frame(good, encoders, cfg, prefix)
     else:
         labels = run.labels.sort_values(["material_id", "view"]).reset_index(drop=True)
     labels_key = labels_key_for(prefix, records)
-    wrote = _put_if_changed(store, labels_key, _parquet_bytes(labels))
+    wrote = _put_if_changed(store, labels_key, parquet_bytes(labels))
     wrote |= _put_if_changed(store, quarantine_key, json.dumps(quarantined, indent=1).encode())
     wrote |= _put_if_changed(store, checksums_key, json.dumps(checksums, sort_keys=True).encode())
     timings["total_s"] = time.time() - t0

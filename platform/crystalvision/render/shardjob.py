@@ -13,7 +13,8 @@ import pandas as pd
 
 from crystalvision import shards
 from crystalvision.config import RenderConfig
-from crystalvision.render.job import _labels_frame, _run_ray, image_key
+from crystalvision.render.job import _run_ray, image_key
+from crystalvision.render.labels import labels_frame
 from crystalvision.render.rotations import structure_quaternions
 from crystalvision.storage import ObjectStore
 
@@ -69,7 +70,7 @@ def render_shards(
         recs = [by_id[m] for m in members if m in by_id]
         if not recs:
             continue
-        frame = _labels_frame(recs, encoders, cfg, prefix, keys=lambda mid, v, k=key: shards.image_ref(k, mid, v))
+        frame = labels_frame(recs, encoders, cfg, prefix, keys=lambda mid, v, k=key: shards.image_ref(k, mid, v))
         entry = _done(store, key, {r.material_id for r in recs})
         if entry is not None:
             labels.append(frame[frame["material_id"].isin(entry["material_ids"])])
