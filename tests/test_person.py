@@ -105,7 +105,7 @@ def test_quiet_run_summary_and_a_self_explaining_mlflow_ui(tmp_path: Path, mlflo
     assert set(contexts) == {"snapshot", "training"}
     snapshot_id = tags["snapshot_id"]
     assert contexts["snapshot"]["name"] == snapshot_id and contexts["snapshot"]["digest"]
-    assert json.loads(contexts["training"]["source"])["uri"].endswith("labels.parquet")
+    assert json.loads(contexts["training"]["source"])["uri"].endswith(".parquet")  # the render stage's labels table
     metric_keys = {m["key"] for m in run["data"]["metrics"]}
     assert any(k.startswith("system/cpu") for k in metric_keys), sorted(metric_keys)[:20]
     model = _api(mlflow_server, "registered-models/get", name=MODEL)["registered_model"]

@@ -173,10 +173,12 @@ class StageDisplay:
 
     def _plain(self, event: ProgressEvent) -> None:
         elapsed = time.perf_counter() - self._started[event.stage]
-        info = format_info(event.info)
         if event.finished:
-            self.console.print(f"{event.stage:<9} done in {elapsed:.1f} s {info}".rstrip(), highlight=False)
+            info = dict(event.info)
+            took = float(info.pop("seconds", elapsed))  # the stage's own timing, when it sends one
+            self.console.print(f"{event.stage:<9} done in {took:.1f} s {format_info(info)}".rstrip(), highlight=False)
             return
+        info = format_info(event.info)
         step = milestone(event.done, event.total)
         if step <= self._printed.get(event.stage, -1):
             return

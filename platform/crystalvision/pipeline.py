@@ -55,7 +55,7 @@ class PipelineResult:
         finally:
             self.stage_seconds[stage] = round(time.perf_counter() - start, 3)
             log.info("stage %s took %.1f s", stage, self.stage_seconds[stage])
-        progress.finish(stage)
+        progress.finish(stage, seconds=self.stage_seconds[stage])
 
     def summary(self) -> dict[str, Any]:
         return {
