@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 import timm
+import torch
 from torch import nn
 
 from crystalvision.errors import ModelError
@@ -39,8 +40,6 @@ def create_backbone(
     if not pretrained:
         backbone = timm.create_model(name, pretrained=False, num_classes=0, drop_rate=drop_rate)
         if checkpoint:
-            from crystalvision.model import load_backbone_weights
-
             load_backbone_weights(backbone, checkpoint)
         return backbone
     if not timm.is_model_pretrained(name):
@@ -55,3 +54,17 @@ def create_backbone(
         ) from exc
     log.info("backbone %s: ImageNet weights via timm (%s)", name, backbone.pretrained_cfg.get("hf_hub_id", ""))
     return backbone
+
+
+def load_backbone_weights(backbone: nn.Module, path: str) -> None:
+    """Load local backbone weights (a timm/torchvision state dict); classifier keys are ignored."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"pretrained checkpoint {p} not found; pass a local .pth/.pt file (no downloads here)")
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "fc."))}
+    missing, _unexpected = backbone.load_state_dict(state, strict=False)
+    if len(missing) > len(state) // 2:
+        raise ModelError(f"{p} does not look like {type(backbone).__name__} weights ({len(missing)} keys missing)")

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from crystalvision import __version__
-from crystalvision.backbone import create_backbone
+from crystalvision.backbone import create_backbone, load_backbone_weights  # noqa: F401 - re-exported
 from crystalvision.config import PipelineConfig
 from crystalvision.errors import ModelError
 from crystalvision.targets import TABLE, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
@@ -121,20 +121,6 @@ class CrystalNet(nn.Module):
     def denormalise(self, target: str, values: torch.Tensor) -> torch.Tensor:
         """Standardised regression output -> physical units (eV, eV/atom)."""
         return values * self.spec.target_std[target] + self.spec.target_mean[target]
-
-
-def load_backbone_weights(backbone: nn.Module, path: str) -> None:
-    """Load local backbone weights (a timm/torchvision state dict); classifier keys are ignored."""
-    p = Path(path)
-    if not p.is_file():
-        raise ModelError(f"pretrained checkpoint {p} not found; pass a local .pth/.pt file (no downloads here)")
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "fc."))}
-    missing, _unexpected = backbone.load_state_dict(state, strict=False)
-    if len(missing) > len(state) // 2:
-        raise ModelError(f"{p} does not look like {type(backbone).__name__} weights ({len(missing)} keys missing)")
 
 
 def save_model(model: CrystalNet, folder: str | Path) -> Path:

@@ -322,6 +322,6 @@ def predict_files(paths: Sequence[str | Path], model_uri: str, views: int = DEFA
 def default_model_uri(config: str | Path) -> str:
     """The champion of the pipeline ``config`` registers (``make run`` registers pipelines/quickstart.yaml's)."""
     from crystalvision.config import load_pipeline
-    from crystalvision.registry import CHAMPION
+    from crystalvision.tracking import CHAMPION
 
     return f"models:/{load_pipeline(Path(config)).registry.model_name}@{CHAMPION}"

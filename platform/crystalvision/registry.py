@@ -28,14 +28,13 @@ from mlflow.exceptions import MlflowException
 from crystalvision import gate
 from crystalvision.config import PipelineConfig
 from crystalvision.errors import CrystalVisionError, ModelError
+from crystalvision.tracking import CHALLENGER, CHAMPION
 
 if TYPE_CHECKING:
     from crystalvision.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
-CHALLENGER = "challenger"
-CHAMPION = "champion"
 DECISION_TAG = "crystalvision.registry.decision"
 # Run params/tags that identify the held-out test set (as tracking.log_pipeline_context logs them): snapshot
 # content, which structures were selected, how they were rendered and split.

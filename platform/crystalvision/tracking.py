@@ -31,6 +31,10 @@ from crystalvision.targets import TARGETS, TARGETS_CLASSIFICATION
 
 log = logging.getLogger(__name__)
 
+# Registered-model aliases: the newest registered version, and the one that serves.
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+
 MAX_PARAM_CHARS = 500  # MLflow accepts 6000; long lists (material ids) are truncated for readability.
 CONFIG_ARTIFACT_DIR = "config"
 CONFIG_ARTIFACT_NAME = "pipeline.yaml"

@@ -323,7 +323,7 @@ def render_dataset(
     if cfg.layout == "shards":
         from crystalvision.render.shardjob import render_shards
 
-        run = render_shards([r.material_id for r in records], good, encoders, cfg, store, prefix)
+        run = render_shards([r.material_id for r in records], good, encoders, cfg, store, prefix, _run_ray)
         out, timings, n_todo, shard_entries = run.out, run.timings, run.n_rendered_rows, run.entries
     else:
         existing = {

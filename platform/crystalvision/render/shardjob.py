@@ -6,6 +6,7 @@ missing, truncated, fail their checksum, or lack a structure that should be in t
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,8 +14,7 @@ import pandas as pd
 
 from crystalvision import shards
 from crystalvision.config import RenderConfig
-from crystalvision.render.job import _run_ray, image_key
-from crystalvision.render.labels import labels_frame
+from crystalvision.render.labels import image_key, labels_frame
 from crystalvision.render.rotations import structure_quaternions
 from crystalvision.storage import ObjectStore
 
@@ -57,10 +57,17 @@ def _done(store: ObjectStore, key: str, want: set[str]) -> dict[str, Any] | None
 
 
 def render_shards(
-    all_ids: list[str], good: list[Any], encoders: Any, cfg: RenderConfig, store: ObjectStore, prefix: str
+    all_ids: list[str],
+    good: list[Any],
+    encoders: Any,
+    cfg: RenderConfig,
+    store: ObjectStore,
+    prefix: str,
+    run_ray: Callable[..., Any],
 ) -> ShardRun:
     """Render the shards of ``good`` records that are not done. Shard membership is planned on ``all_ids`` (every
-    selected structure, quarantined ones included) so that it does not move when the quarantine changes."""
+    selected structure, quarantined ones included) so that it does not move when the quarantine changes.
+    ``run_ray`` is the render job's Ray Data runner (``render.job._run_ray``), given with a ``consume`` callback."""
     by_id = {r.material_id: r for r in good}
     pending: dict[str, _Pending] = {}
     owner: dict[str, str] = {}
@@ -98,7 +105,7 @@ def render_shards(
                 labels.append(_write(store, part, entries))
         return batch.drop(columns=["image"])
 
-    out, timings = _run_ray(rows, good, cfg, store, prefix, consume=consume)
+    out, timings = run_ray(rows, good, cfg, store, prefix, consume=consume)
     left = [p.key for p in pending.values() if p.received < p.expected]
     if left:  # every row comes back (errors included), so this is a bug, not bad input
         raise RuntimeError(f"render job ended with incomplete shards {left[:3]}")
