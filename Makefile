@@ -60,9 +60,11 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/crystalvision pipeline run $(PIPELINE)
 
+# One pytest process per test file (tests/run_files.py), then one total line: no module's Ray session or library
+# state leaks into the next.
 test: setup test-deps
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/python tests/run_files.py
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
