@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from crystalvision.dataset import load_labels, split_frame
+from crystalvision.prepare import Prepared
 from crystalvision.settings import get_settings
 from crystalvision.storage import ObjectStore
 from crystalvision.train import FAULT_ENV, train_model
@@ -49,13 +50,13 @@ def test_killed_worker_and_relaunch_resume_from_s3_checkpoints(s3_ray, cv_home, 
     splits = split_frame(load_labels(store, key), _cfg().split)
     cfg = _cfg(epochs=3, max_steps_per_epoch=1, max_failures=1)
     monkeypatch.setenv(FAULT_ENV, "rank=1,epoch=1,step=0")
-    first = train_model(cfg, splits, store, _spec(), name="s3-run", model_dir=tmp_path / "m1")
+    first = train_model(Prepared(cfg, store, splits, _spec()), name="s3-run", model_dir=tmp_path / "m1")
     assert (cv_home / "faults" / "s3-run.done").exists(), "the worker really died"
     assert [int(h["epoch"]) for h in first.history] == [0, 1, 2] and first.history[-1]["resumes"] == 1
     assert f"{s3_ray.bucket}/ray_results/s3-run" in first.checkpoint_path
-    assert any("checkpoint_" in k for k in s3_ray.keys("ray_results/s3-run/")), "checkpoints live in S3"
+    assert any("/epoch_" in k for k in s3_ray.keys("ray_results/s3-run/")), "checkpoints live in S3"
     monkeypatch.delenv(FAULT_ENV)
     more = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 4})})
-    second = train_model(more, splits, store, _spec(), name="s3-run", model_dir=tmp_path / "m2")
+    second = train_model(Prepared(more, store, splits, _spec()), name="s3-run", model_dir=tmp_path / "m2")
     assert [int(h["epoch"]) for h in second.history] == [0, 1, 2, 3]
     assert second.history[:3] == first.history and second.history[-1]["resumes"] == 2

@@ -188,6 +188,7 @@ def write_store(data, root: Path, repeat: int):
 
 def ray_train(data, size: int, store, splits, workers: int, gpu: bool, epochs: int, **train) -> dict:
     from crystalvision.config import PipelineConfig
+    from crystalvision.prepare import Prepared
     from crystalvision.train import train_model
 
     cfg = PipelineConfig.model_validate(
@@ -208,7 +209,8 @@ def ray_train(data, size: int, store, splits, workers: int, gpu: bool, epochs: i
     )
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        res = train_model(cfg, splits, store, spec_for(data, size), name=f"{cfg.name}-{time.time_ns()}", model_dir=out)
+        prepared = Prepared(cfg, store, splits, spec_for(data, size))
+        res = train_model(prepared, name=f"{cfg.name}-{time.time_ns()}", model_dir=out)
         loadable = (Path(out) / "weights.pt").exists()
     hist = res.history
     return {

@@ -40,7 +40,7 @@ def train_fault(value: str | None, name: str, storage: tuple[str, Any, str]) -> 
     fault = parse_fault(value, name)
     if fault is not None:
         _, fs, run_dir = storage
-        fault["run_dir"] = run_dir if fs is None else None
+        fault["run_dir"], fault["run_fs"] = run_dir, fs  # fs: the pyarrow filesystem of s3:// storage, else None
     return fault
 
 
@@ -52,18 +52,29 @@ def maybe_exit_worker(fault: dict[str, Any] | None, rank: int, epoch: int, step:
         Path(fault["marker"]).parent.mkdir(parents=True, exist_ok=True)
         Path(fault["marker"]).touch()
         log.warning("fault injection: rank %d exits at epoch %d step %d", rank, epoch, step)
-        _wait_for_registered_checkpoint(fault.get("run_dir"), epoch)
+        _wait_for_registered_checkpoint(fault.get("run_dir"), epoch, fault.get("run_fs"))
         os._exit(1)
 
 
-def _wait_for_registered_checkpoint(run_dir: str | None, epoch: int, timeout_s: float = 120.0) -> None:
+def _wait_for_registered_checkpoint(run_dir: str | None, epoch: int, fs: Any = None, timeout_s: float = 120.0) -> None:
     """Block until Ray Train's controller has recorded the checkpoint of the epoch before ``epoch`` in its snapshot
-    file (an event, not a guess at how long a busy machine needs); bounded, and skipped for remote storage."""
+    file (an event, not a guess at how long a busy machine needs); bounded. ``fs``: the storage's pyarrow
+    filesystem (s3://), else the local disk."""
     if not run_dir or epoch < 1:
         return
-    snapshot, wanted = Path(run_dir) / "checkpoint_manager_snapshot.json", f"epoch_{epoch:05d}"
+    snapshot, wanted = f"{run_dir}/checkpoint_manager_snapshot.json", f"epoch_{epoch:05d}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if snapshot.exists() and wanted in snapshot.read_text(errors="replace"):
+        if wanted in _read_text(snapshot, fs):
             return
         time.sleep(0.1)
+
+
+def _read_text(path: str, fs: Any) -> str:
+    try:
+        if fs is None:
+            return Path(path).read_text(errors="replace")
+        with fs.open_input_stream(path) as fh:
+            return fh.read().decode(errors="replace")
+    except (OSError, FileNotFoundError):
+        return ""
