@@ -53,6 +53,10 @@ def test_render_actor_killed_mid_batch_then_rerun_is_complete(cv_home, tmp_path,
         except Exception as exc:  # or the job fails: the rerun below must then finish it
             logging.getLogger(__name__).info("first run failed as allowed: %s", str(exc)[:200])
         assert list((cv_home / "faults").glob("*.done")), "the render actor was not killed"
+        # A writer thread killed between write and rename leaves a temp file (whether this kill did depends on
+        # timing): plant one so that the rerun's clean-up is always checked.
+        torn = next(root.rglob("*.png")).with_suffix(".png.tmp-killedwriter")
+        torn.write_bytes(b"\x89PNG half")
         monkeypatch.delenv(FAULT_ENV)
         result = render_dataset(records, bundled_snapshot.encoders, sha, cfg, store)
     finally:

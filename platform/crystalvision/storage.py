@@ -246,6 +246,19 @@ class ObjectStore:
         keys = [i.path[len(self.base) + 1 :] for i in infos if i.type == pafs.FileType.File]
         return sorted(k for k in keys if ".tmp-" not in k)
 
+    def remove_stale_temp(self, prefix: str, older_than: float) -> int:
+        """Delete temp files under ``prefix`` last written before ``older_than`` (epoch seconds): what a writer
+        killed between write and rename left behind. Local stores only (an S3 put leaves no temp object)."""
+        if not self.local:
+            return 0
+        removed = 0
+        for path in Path(self.path(prefix)).rglob("*.tmp-*"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_file() and path.stat().st_mtime < older_than:
+                    path.unlink()
+                    removed += 1
+        return removed
+
 
 def _write_durably(target: str, data: bytes) -> None:
     """Write ``target`` atomically and durably: a uuid-named temp file, fsync, rename, fsync of the folder.

@@ -362,6 +362,9 @@ def render_dataset(
     wrote = _put_if_changed(store, labels_key, parquet_bytes(labels))
     wrote |= _put_if_changed(store, quarantine_key, json.dumps(quarantined, indent=1).encode())
     wrote |= _put_if_changed(store, checksums_key, json.dumps(checksums, sort_keys=True).encode())
+    stale = store.remove_stale_temp(prefix, older_than=t0)  # this run's writers are done; older ones are dead
+    if stale:
+        log.info("removed %d temp files that killed writers left under %s", stale, prefix)
     timings["total_s"] = time.time() - t0
     manifest = {
         "render_config_hash": cfg_hash,
