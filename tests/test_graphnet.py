@@ -49,7 +49,7 @@ def test_train_graph_baseline_metrics_and_learning(bundled_snapshot):
     splits = Splits(df[df.material_id.isin(ids[:12])], df[df.material_id.isin(ids[12:])],
                     df[df.material_id.isin(ids[:12])], protocol="grouped", seed=0)
     cfg = GraphConfig(epochs=80, patience=80, hidden=32, layers=2, lr=5e-3)
-    n_classes = {"crystal_system": 7, "spacegroup": len(bundled_snapshot.encoders.spacegroup)}
+    n_classes = {"crystal_system": 7, "spacegroup": len(bundled_snapshot.encoders.classes("spacegroup"))}
     metrics = train_graph_baseline({r.material_id: r for r in bundled_snapshot.records}, splits, cfg,
                                    n_classes=n_classes)
     for name in ("cgcnn_test_r2_band_gap", "cgcnn_test_r2_energy_above_hull", "cgcnn_test_acc_crystal_system",

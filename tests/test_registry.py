@@ -156,7 +156,7 @@ def test_champion_reevaluation_aligns_class_ids_by_name(cv_home, tmp_path) -> No
     spec = load_model(model_dir).spec
     metric = "test_auc_micro_spacegroup"
     before = registry.evaluate_champion_on(cfg, champion, metric, Prepared(cfg, store, splits, spec))
-    new_classes = ["P2_1/c", *spec.spacegroup_classes]  # the changed class list of the new snapshot
+    new_classes = ["P2_1/c", *spec.classes("spacegroup")]  # the changed class list of the new snapshot
     renumbered = {p: d.assign(spacegroup_id=d["spacegroup_symbol"].map(new_classes.index)) for p, d in splits.items()}
     shifted = dataclasses.replace(splits, **renumbered)
     assert (shifted.test["spacegroup_id"] != splits.test["spacegroup_id"]).all()

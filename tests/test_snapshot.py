@@ -19,8 +19,8 @@ def test_bundled_snapshot_verifies_and_carries_provenance(bundled_snapshot) -> N
     assert "CC BY 4.0" in (BUNDLED / "PROVENANCE.md").read_text()
     assert all(r.label_source.keys() == {"band_gap", "energy_above_hull"} for r in bundled_snapshot.records)
     assert "CHGNet" in m.label_source["energy_above_hull"] and "CGCNN" in m.label_source["band_gap"]
-    assert len(bundled_snapshot.encoders.crystal_system) == 7
-    assert len(bundled_snapshot.encoders.spacegroup) == 20
+    assert len(bundled_snapshot.encoders.classes("crystal_system")) == 7
+    assert len(bundled_snapshot.encoders.classes("spacegroup")) == 20
 
 
 def test_flagged_structures_dropped_by_default_and_configurable(bundled_snapshot) -> None:

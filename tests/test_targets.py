@@ -14,8 +14,32 @@ from crystalvision.predict import OUTPUT_COLUMNS
 
 
 def _spec() -> ModelSpec:
-    return ModelSpec(crystal_system_classes=["cubic", "hexagonal", "trigonal"], spacegroup_classes=["Fm-3m", "P1"],
+    return ModelSpec(class_names={"crystal_system": ["cubic", "hexagonal", "trigonal"], "spacegroup": ["Fm-3m", "P1"]},
                      image_size=32)  # fmt: skip
+
+
+def test_class_lists_are_keyed_by_target_and_older_files_still_load(bundled_snapshot) -> None:
+    """Class lists live in one dict per object (snapshot encoders, model spec), keyed by the table's targets; a
+    model.json written with the older one-field-per-head layout still loads, a spec missing a head is refused."""
+    import json
+
+    import pytest
+
+    from crystalvision.snapshot import ENCODERS_FILE, LabelEncoders, derive_encoders
+
+    enc = bundled_snapshot.encoders
+    assert set(enc.root) == set(targets.TARGETS_CLASSIFICATION)
+    on_disk = json.loads((bundled_snapshot.path / ENCODERS_FILE).read_text())
+    assert json.loads(enc.model_dump_json()) == on_disk  # the stored format did not change
+    assert derive_encoders(bundled_snapshot.records).root["spacegroup"] == enc.classes("spacegroup")
+    with pytest.raises(KeyError, match="ingest"):
+        LabelEncoders({"crystal_system": ["cubic"]}).classes("spacegroup")
+    legacy = {"crystal_system_classes": ["cubic"], "spacegroup_classes": ["P1"], "image_size": 32}
+    spec = ModelSpec.model_validate(legacy)
+    assert spec.class_lists() == {"crystal_system": ["cubic"], "spacegroup": ["P1"]}
+    assert ModelSpec.model_validate_json(spec.model_dump_json()) == spec
+    with pytest.raises(ValueError, match="spacegroup"):
+        ModelSpec.model_validate({"crystal_system_classes": ["cubic"]})
 
 
 def test_table_derives_target_tuples_and_columns() -> None:

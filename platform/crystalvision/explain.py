@@ -106,7 +106,7 @@ def explain_examples(
     model: CrystalNet, examples: pd.DataFrame, images: np.ndarray, noise: float, samples: int
 ) -> SaliencyResult:
     """Saliency for ``examples`` (rows from :func:`pick_examples`, images aligned) on their true class."""
-    classes = unwrap(model).spec.crystal_system_classes
+    classes = unwrap(model).spec.classes("crystal_system")
     targets = examples["crystal_system_id"].astype(int).tolist()
     log.info("SmoothGrad saliency: %d examples, %d samples each, noise %.3f", len(targets), samples, noise)
     maps = smoothgrad_maps(model, images, targets, noise, samples)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
 from crystalvision import __version__
@@ -34,12 +34,12 @@ STD = (0.229, 0.224, 0.225)
 class ModelSpec(BaseModel):
     """Everything needed to rebuild a model and interpret its outputs.
 
-    Each classification target of :mod:`crystalvision.targets` has a ``<name>_classes`` field (index = class id).
+    ``class_names``: classification target of :mod:`crystalvision.targets` -> class names (index = class id).
+    Specs saved before it (one ``<name>_classes`` field per head) still load.
     """
 
     backbone: str = "efficientnet_b0"
-    crystal_system_classes: list[str]
-    spacegroup_classes: list[str]
+    class_names: dict[str, list[str]]
     target_mean: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(TARGETS_REGRESSION, 0.0))
     target_std: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(TARGETS_REGRESSION, 1.0))
     image_size: int = 224
@@ -53,9 +53,26 @@ class ModelSpec(BaseModel):
     max_training_sites: int | None = None
     spacegroup_crystal_system: dict[str, str] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_class_fields(cls, data: Any) -> Any:
+        """Fold the older ``<target>_classes`` fields into ``class_names``; every classification head needs one."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        names = dict(data.pop("class_names", None) or {})
+        for t in TARGETS_CLASSIFICATION:
+            if f"{t}_classes" in data:
+                names.setdefault(t, data.pop(f"{t}_classes"))
+        missing = [t for t in TARGETS_CLASSIFICATION if t not in names]
+        if missing:
+            raise ValueError(f"model spec has no class names for {missing}; it was not saved by this crystalvision")
+        data["class_names"] = names
+        return data
+
     def classes(self, target: str) -> list[str]:
         """Class names of a classification target (index = class id)."""
-        return getattr(self, f"{target}_classes")
+        return self.class_names[target]
 
     def class_lists(self) -> dict[str, list[str]]:
         """Classification target -> class names."""
@@ -66,7 +83,7 @@ def spec_for(cfg: PipelineConfig, snapshot: Any) -> ModelSpec:
     """The spec of a model trained by pipeline ``cfg`` on ``snapshot`` (a :class:`~crystalvision.snapshot.Snapshot`)."""
     return ModelSpec(
         backbone=cfg.train.backbone,
-        **{f"{t}_classes": list(getattr(snapshot.encoders, t)) for t in TARGETS_CLASSIFICATION},
+        class_names={t: list(snapshot.encoders.classes(t)) for t in TARGETS_CLASSIFICATION},
         image_size=cfg.render.image_size,
         snapshot_sha256=snapshot.manifest.content_sha256,
         snapshot_id=snapshot.manifest.snapshot_id,

@@ -198,7 +198,8 @@ def _predict_one(model: CrystalNet, item: _Item) -> dict[str, np.ndarray] | Exce
 
 def _output_row(spec: ModelSpec, mean: dict[str, np.ndarray], warnings: list[str], name: str) -> dict[str, Any]:
     cs, sg = mean["crystal_system_proba"], mean["spacegroup_proba"]
-    sym = joint_symmetry(spec.crystal_system_classes, spec.spacegroup_classes, spec.spacegroup_crystal_system, cs, sg)
+    systems, groups = spec.classes("crystal_system"), spec.classes("spacegroup")
+    sym = joint_symmetry(systems, groups, spec.spacegroup_crystal_system, cs, sg)
     if sym.disagreement:
         warnings = [*warnings, f"{name}: {sym.disagreement}"]
     return {
@@ -209,8 +210,8 @@ def _output_row(spec: ModelSpec, mean: dict[str, np.ndarray], warnings: list[str
         "spacegroup": sym.spacegroup,
         "spacegroup_probability": round(sym.spacegroup_probability, 6),
         "spacegroup_top3": json.dumps([[s, round(p, 6)] for s, p in sym.top3]),
-        "crystal_system_proba": _proba_json(spec.crystal_system_classes, cs),
-        "spacegroup_proba": _proba_json(spec.spacegroup_classes, sg),
+        "crystal_system_proba": _proba_json(spec.classes("crystal_system"), cs),
+        "spacegroup_proba": _proba_json(spec.classes("spacegroup"), sg),
         "warnings": json.dumps(warnings),
         "error": None,
     }

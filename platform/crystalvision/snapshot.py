@@ -19,17 +19,19 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
 from crystalvision import __version__
 from crystalvision.config import SnapshotConfig
 from crystalvision.errors import SnapshotError
 from crystalvision.settings import get_settings
 from crystalvision.structures import CRYSTAL_SYSTEMS
+from crystalvision.targets import BY_NAME, TARGETS_CLASSIFICATION
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +81,25 @@ class Manifest(BaseModel):
     crystalvision_version: str = __version__
 
 
-class LabelEncoders(BaseModel):
-    """Class lists of the two classification targets; the index in each list is the class id."""
+class LabelEncoders(RootModel[dict[str, list[str]]]):
+    """Class lists of the classification targets: target name -> class names (the index is the class id).
 
-    crystal_system: list[str]
-    spacegroup: list[str]
+    Stored as ``encoders.json`` (``{"crystal_system": [...], "spacegroup": [...]}``); a new classification row in
+    :mod:`crystalvision.targets` needs no change here (its order comes from :data:`CLASS_ORDER` or is sorted)."""
+
+    def classes(self, target: str) -> list[str]:
+        """Class names of ``target`` (raises KeyError naming the target and the fix)."""
+        try:
+            return self.root[target]
+        except KeyError:
+            raise KeyError(
+                f"the snapshot's encoders have no classes for '{target}' (they have {sorted(self.root)}); "
+                "re-create the snapshot with `crystalvision ingest`"
+            ) from None
 
     def encode(self, target: str, value: str) -> int:
         """Class id of ``value`` (raises KeyError naming the unknown class)."""
-        classes = getattr(self, target)
+        classes = self.classes(target)
         try:
             return classes.index(value)
         except ValueError:
@@ -123,10 +135,26 @@ def content_hash(records: list[MaterialRecord]) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def _spacegroups_by_number(records: list[MaterialRecord]) -> list[str]:
+    return [s for _, s in sorted({(r.spacegroup_number, r.spacegroup_symbol) for r in records})]
+
+
+# classification target -> its class order; a target not listed gets its label column's values, sorted
+CLASS_ORDER: dict[str, Callable[[list[MaterialRecord]], list[str]]] = {
+    "crystal_system": lambda _records: list(CRYSTAL_SYSTEMS),  # conventional order, all seven
+    "spacegroup": _spacegroups_by_number,
+}
+
+
 def derive_encoders(records: list[MaterialRecord]) -> LabelEncoders:
-    """Crystal systems in their conventional order; space groups present, ordered by number."""
-    spacegroups = sorted({(r.spacegroup_number, r.spacegroup_symbol) for r in records})
-    return LabelEncoders(crystal_system=list(CRYSTAL_SYSTEMS), spacegroup=[s for _, s in spacegroups])
+    """One class list per classification target of :mod:`crystalvision.targets`."""
+
+    def order(name: str) -> list[str]:
+        if name in CLASS_ORDER:
+            return CLASS_ORDER[name](records)
+        return sorted({str(getattr(r, BY_NAME[name].label)) for r in records})
+
+    return LabelEncoders({name: order(name) for name in TARGETS_CLASSIFICATION})
 
 
 def _label_source_summary(records: list[MaterialRecord]) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 Everything that names targets derives from :data:`TABLE`: the config's loss weights, the labels table's columns,
 the training columns, the model's heads, the evaluation metrics and plots, the prediction columns. Adding a head
-means adding a row here (and, for a classification head, a ``<name>_classes`` field on ``model.ModelSpec``).
+means adding a row here (a classification head's class order: ``snapshot.CLASS_ORDER``, sorted by default).
 This module imports nothing from crystalvision: it sits at the bottom with ``config.py``.
 """
 
