@@ -52,12 +52,13 @@ def render_here(
 def _serve(conn: Connection) -> None:
     """The helper's loop: one (structure, config, views, key) in, (ok, images or exception) out; None stops it."""
     cache: dict = {}
-    while (job := conn.recv()) is not None:
-        try:
-            conn.send((True, render_here(*job, cache=cache)))
-        except Exception as exc:  # sent back as that row's error
-            err = exc if isinstance(exc, CrystalVisionError) else RenderError(f"{type(exc).__name__}: {exc}")
-            conn.send((False, err))
+    with contextlib.suppress(EOFError, OSError):  # the caller exited: stop quietly
+        while (job := conn.recv()) is not None:
+            try:
+                conn.send((True, render_here(*job, cache=cache)))
+            except Exception as exc:  # sent back as that row's error
+                err = exc if isinstance(exc, CrystalVisionError) else RenderError(f"{type(exc).__name__}: {exc}")
+                conn.send((False, err))
     for renderer in cache.values():
         renderer.close()
 
