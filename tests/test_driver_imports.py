@@ -89,3 +89,23 @@ def test_predicting_a_cif_renders_in_a_helper_process_never_beside_torch(tmp_pat
     assert "PREDICTED" in stdout
     assert "torch" in probe["order"]
     assert probe["gl_modules"] == [] and _gl_libs(probe["libs"]) == []
+
+
+def test_a_hung_render_helper_fails_that_call_and_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pymatgen.core import Structure
+
+    from crystalvision import renderproc
+    from crystalvision.errors import RenderError
+
+    structure = Structure.from_file(ROOT / "platform/crystalvision/data/snapshots/lmno/cif/mp-25284.cif")
+    try:
+        monkeypatch.setattr(renderproc, "RENDER_TIMEOUT_S", 0.001)  # no helper answers that fast: it counts as hung
+        with pytest.raises(RenderError, match="render helper process failed"):
+            renderproc.render_views(structure, {"image_size": 32}, 2, "key")
+        assert renderproc._helper is None, "the hung helper was stopped"
+        monkeypatch.setattr(renderproc, "RENDER_TIMEOUT_S", 120.0)
+        images = renderproc.render_views(structure, {"image_size": 32}, 2, "key")
+        assert images.shape == (2, 32, 32, 3) and images.std() > 0
+        assert renderproc.render_views(structure, {"image_size": 32}, 2, "key").tobytes() == images.tobytes()
+    finally:
+        renderproc.shutdown()
