@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from crystalvision.config import PipelineConfig
+from crystalvision.natives import TORCH_COMMANDS, load_torch_first
 
 TRAIN_STAGES = ["snapshot", "render", "train"]
 
@@ -85,5 +86,8 @@ COMMANDS: dict[str, Callable[..., Any]] = {
 
 
 def run(name: str, cfg: PipelineConfig, **options: Any) -> Any:
-    """Run command ``name`` on ``cfg``; its JSON-able result."""
+    """Run command ``name`` on ``cfg``; its JSON-able result. Commands that load torch load it first
+    (:mod:`crystalvision.natives`: native libraries loaded before it once crashed MKL in the job driver)."""
+    if name in TORCH_COMMANDS:
+        load_torch_first()
     return COMMANDS[name](cfg, **options)

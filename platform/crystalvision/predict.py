@@ -83,20 +83,14 @@ ViewRenderer = Callable[[Any, dict, int], np.ndarray]
 
 
 def render_views(structure: Any, render_config: dict, views: int) -> np.ndarray:
-    """Render ``views`` seeded views of a structure with the render stage's renderer (imported lazily).
+    """Render ``views`` seeded views of a structure with the render stage's renderer, in a helper process
+    (:mod:`crystalvision.renderproc`: VTK/OpenGL never load beside torch).
 
     The views are the same for every structure (material key ``PREDICT_VIEW_KEY``), so predictions are repeatable.
     """
-    from crystalvision.config import RenderConfig
-    from crystalvision.render.rotations import view_rotation
-    from crystalvision.render.scene import Renderer
+    from crystalvision import renderproc
 
-    cfg = RenderConfig.model_validate(render_config)
-    with Renderer(cfg) as renderer:
-        scene = renderer.scene(structure)
-        return np.stack(
-            [renderer.render_scene(scene, view_rotation(cfg.seed, PREDICT_VIEW_KEY, v)) for v in range(views)]
-        )
+    return renderproc.render_views(structure, render_config, views, PREDICT_VIEW_KEY)
 
 
 @dataclass

@@ -1,0 +1,111 @@
+"""Processes that run torch never load VTK/OpenGL, and the job driver loads torch before other native libraries.
+
+Issue 14, point 11: a job driver died after the render stage with ``Intel oneMKL FATAL ERROR: Cannot load
+libtorch_cpu.so``. Each check runs the real code path in a fresh interpreter and inspects its modules, the order
+of its first imports and the shared libraries mapped into it (``/proc/self/maps``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GL_LIBS = ("libvtk", "libEGL", "libGL.", "libGLX", "libOSMesa", "libLLVM")
+
+# Records top-level modules in the order they are first imported, and at exit writes what the process loaded.
+PROBE = """
+import atexit, json, os, sys
+order = []
+class Recorder:
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        if top not in order:
+            order.append(top)
+        return None
+sys.meta_path.insert(0, Recorder())
+def report():
+    libs = sorted({os.path.basename(line.split()[-1]) for line in open("/proc/self/maps") if ".so" in line})
+    gl = sorted(m for m in sys.modules if m.split(".")[0] in ("vtkmodules", "vtk", "pyvista"))
+    json.dump({"order": order, "libs": libs, "gl_modules": gl}, open(os.environ["PROBE_OUT"], "w"))
+atexit.register(report)
+"""
+
+DRIVER = PROBE + """
+import runpy
+sys.argv = ["jobs/pipeline.py", *sys.argv[1:]]
+runpy.run_module("jobs.pipeline", run_name="__main__")
+"""
+
+PREDICT = PROBE + """
+from pathlib import Path
+import pandas as pd
+from crystalvision import predict
+from crystalvision.model import load_model
+from tests.support.tiny import tiny_model_dir
+model = load_model(tiny_model_dir(Path(sys.argv[1])))
+cif = Path("platform/crystalvision/data/snapshots/lmno/cif/mp-25284.cif").read_text()
+out = predict.predict_frame(model, pd.DataFrame({"cif": [cif], "views": [2], "name": ["mp-25284.cif"]}))
+assert out.loc[0, "error"] is None, out.loc[0, "error"]
+print("PREDICTED", out.loc[0, "crystal_system"])
+"""
+
+
+def _run(script: str, args: list[str], tmp_path: Path, timeout: float = 300) -> tuple[dict, str]:
+    out = tmp_path / "probe.json"
+    env = {**os.environ, "PROBE_OUT": str(out), "CRYSTALVISION_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(out.read_text()), done.stdout
+
+
+def _gl_libs(libs: list[str]) -> list[str]:
+    return [lib for lib in libs if lib.startswith(GL_LIBS)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc (Linux)")
+def test_pipeline_job_driver_loads_torch_first_and_no_vtk_through_the_render_stage(tmp_path: Path) -> None:
+    tiny = ["stages=[snapshot,render]", "snapshot.max_structures=3", "render.image_size=32",
+            "render.views_per_structure=2", "render.num_workers=1"]
+    probe, stdout = _run(DRIVER, ["--config", "pipelines/quickstart.yaml", *(a for s in tiny for a in ("--set", s))],
+                         tmp_path)
+    result = json.loads(stdout.strip().splitlines()[-1])["result"]
+    assert result["render"]["render_n_images"] == 6  # the render stage really ran (in Ray actors)
+    assert probe["gl_modules"] == [] and _gl_libs(probe["libs"]) == []
+    order = probe["order"]
+    later = [m for m in ("ray", "pyarrow", "pandas", "sklearn", "scipy", "PIL") if m in order]
+    assert later and all(order.index("torch") < order.index(m) for m in later), order
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc (Linux)")
+def test_predicting_a_cif_renders_in_a_helper_process_never_beside_torch(tmp_path: Path) -> None:
+    probe, stdout = _run(PREDICT, [str(tmp_path / "model")], tmp_path)
+    assert "PREDICTED" in stdout
+    assert "torch" in probe["order"]
+    assert probe["gl_modules"] == [] and _gl_libs(probe["libs"]) == []
+
+
+def test_a_hung_render_helper_fails_that_call_and_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pymatgen.core import Structure
+
+    from crystalvision import renderproc
+    from crystalvision.errors import RenderError
+
+    structure = Structure.from_file(ROOT / "platform/crystalvision/data/snapshots/lmno/cif/mp-25284.cif")
+    try:
+        monkeypatch.setattr(renderproc, "RENDER_TIMEOUT_S", 0.001)  # no helper answers that fast: it counts as hung
+        with pytest.raises(RenderError, match="render helper process failed"):
+            renderproc.render_views(structure, {"image_size": 32}, 2, "key")
+        assert renderproc._helper is None, "the hung helper was stopped"
+        monkeypatch.setattr(renderproc, "RENDER_TIMEOUT_S", 120.0)
+        images = renderproc.render_views(structure, {"image_size": 32}, 2, "key")
+        assert images.shape == (2, 32, 32, 3) and images.std() > 0
+        assert renderproc.render_views(structure, {"image_size": 32}, 2, "key").tobytes() == images.tobytes()
+    finally:
+        renderproc.shutdown()
