@@ -89,7 +89,7 @@ def test_shards_written_rerun_by_shard_and_bad_shard(tmp_path, bundled_snapshot,
     # a flipped byte keeps the size but fails the checksum
     store.put_bytes(bad, data[:-9] + bytes([data[-9] ^ 1]) + data[-8:])
     shards._verified.clear()
-    with pytest.raises(StorageError, match=rf"{bad} is fails its sha256"):
+    with pytest.raises(StorageError, match=rf"{bad} is corrupt \(fails its sha256"):
         shards.verify(store, [bad])
 
 

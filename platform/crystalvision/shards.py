@@ -114,7 +114,7 @@ def problem(store: ObjectStore, key: str, entry: dict[str, Any] | None) -> str:
     if len(data) != entry["size"]:
         return f"truncated or resized: {len(data)} bytes, its sidecar says {entry['size']}"
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        return "fails its sha256 checksum"
+        return "corrupt (fails its sha256 checksum)"
     return ""
 
 
@@ -150,6 +150,13 @@ def pixels(data: bytes | memoryview, size: int | None = None) -> np.ndarray:
 _cache: OrderedDict[tuple[str, str], dict[str, bytes]] = OrderedDict()
 
 
+def read_images(store: ObjectStore, key: str) -> dict[str, bytes]:
+    """Image reference -> raw pixel bytes of one shard (not verified here; see :func:`verify`)."""
+    with store.fs.open_input_file(store.path(key)) as fh:
+        table = pq.read_table(fh, columns=["image_key", "image"])
+    return dict(zip(table.column("image_key").to_pylist(), table.column("image").to_pylist(), strict=True))
+
+
 def _images_of(store: ObjectStore, key: str) -> dict[str, bytes]:
     ident = (store.root, key)
     with _lock:
@@ -157,9 +164,7 @@ def _images_of(store: ObjectStore, key: str) -> dict[str, bytes]:
             _cache.move_to_end(ident)
             return _cache[ident]
     verify(store, [key])
-    with store.fs.open_input_file(store.path(key)) as fh:
-        table = pq.read_table(fh, columns=["image_key", "image"])
-    found = dict(zip(table.column("image_key").to_pylist(), table.column("image").to_pylist(), strict=True))
+    found = read_images(store, key)
     with _lock:
         _cache[ident] = found
         while len(_cache) > CACHE_SHARDS:

@@ -1,9 +1,11 @@
-"""Ray Data render job: one row per (structure, view) -> PNGs, labels.parquet, manifest.json, quarantine.json.
+"""Ray Data render job: one row per (structure, view) -> image shards (or PNGs), labels.parquet, manifest.json,
+quarantine.json.
 
 Layout under the store root (docs/architecture.md)::
 
     renders/<snapshot_sha[:12]>-<render_cfg_hash[:12]>/
-        images/<material_id>/<view:04d>.png
+        shards/<index:05d>-<digest>.parquet (+ .json sidecar)   render.layout: shards (default), shardjob.py
+        images/<material_id>/<view:04d>.png                      render.layout: files, or export_png
         labels.parquet      one row per image
         manifest.json       config hash, snapshot hash, counts, timings
         quarantine.json     [{"material_id", "error"}] structures that could not be rendered

@@ -42,18 +42,36 @@ class _Pending:
     received: int = 0
 
 
-def _done(store: ObjectStore, key: str, want: set[str]) -> dict[str, Any] | None:
-    """The shard's sidecar when the shard is complete and intact, else None (with the reason logged)."""
+def _intact(store: ObjectStore, key: str) -> dict[str, Any] | None:
+    """The shard's sidecar when shard and sidecar exist and agree, else None (a bad shard's reason is logged)."""
     entry = shards.entry_of(store, key)
     if entry is None:
         return None
     why = shards.problem(store, key, entry)
-    if not why and not want <= set(entry["material_ids"]):
-        why = f"lacks {sorted(want - set(entry['material_ids']))[:3]}"
     if why:
         log.warning("image shard %s is %s; rendering it again", store.uri(key), why)
         return None
     return entry
+
+
+def _keep_rendered(store: ObjectStore, part: _Pending, entry: dict[str, Any] | None) -> set[str]:
+    """Prefill ``part`` with the images of structures that an intact older version of its shard already holds
+    (a shard that gained structures, e.g. after raising ``render.max_atoms``): only the new ones are rendered."""
+    if entry is None:
+        return set()
+    stored = shards.read_images(store, part.key)
+    frame = part.labels
+    whole = {
+        str(mid) for mid, refs in frame.groupby("material_id")["image_key"]
+        if mid in entry["material_ids"] and all(r in stored for r in refs)
+    }  # fmt: skip
+    for mid, view, ref in zip(frame["material_id"], frame["view"], frame["image_key"], strict=True):
+        if str(mid) in whole:
+            part.pixels[(str(mid), int(view))] = stored[ref]
+            part.received += 1
+    if whole:
+        log.info("image shard %s: keeping %d structures, rendering the others", store.uri(part.key), len(whole))
+    return whole
 
 
 def render_shards(
@@ -78,13 +96,14 @@ def render_shards(
         if not recs:
             continue
         frame = labels_frame(recs, encoders, cfg, prefix, keys=lambda mid, v, k=key: shards.image_ref(k, mid, v))
-        entry = _done(store, key, {r.material_id for r in recs})
-        if entry is not None:
+        entry = _intact(store, key)
+        if entry is not None and {r.material_id for r in recs} <= set(entry["material_ids"]):
             labels.append(frame[frame["material_id"].isin(entry["material_ids"])])
             entries.append(entry)
             continue
-        pending[key] = _Pending(key, frame, len(frame))
-        for rec in recs:
+        pending[key] = part = _Pending(key, frame, len(frame))
+        kept = _keep_rendered(store, part, entry)
+        for rec in (r for r in recs if r.material_id not in kept):
             owner[rec.material_id] = key
             for view, quat in enumerate(structure_quaternions(cfg, rec.material_id)):
                 png = image_key(prefix, rec.material_id, view) if cfg.export_png else ""
