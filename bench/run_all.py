@@ -128,8 +128,15 @@ def _parts(only: list[str] | None) -> list[tuple[str, str | None]]:
 
 
 def _run_part(module: str, func: str | None, quick: bool) -> list[dict]:
-    """Run one part in its own Python process (VTK's GL libraries and torch's do not share a process safely, and
-    each part gets a fresh local Ray cluster); returns its rows."""
+    """Run one part in its own Python process and stamp its rows with the load average at its start and the date
+    (README's table shows both)."""
+    load, when = round(os.getloadavg()[0], 2), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return [{**r, "load_avg": load, "time": when} for r in _part_rows(module, func, quick)]
+
+
+def _part_rows(module: str, func: str | None, quick: bool) -> list[dict]:
+    """One part's rows, from its own Python process (VTK's GL libraries and torch's do not share a process safely,
+    and each part gets a fresh local Ray cluster)."""
     if module == "quickstart":
         log.info("running the end-to-end quickstart")
         return quickstart_e2e(quick)
@@ -156,9 +163,13 @@ def run_part_here(name: str, quick: bool, rows_out: Path) -> None:
 
 
 def main(
-    out: Path = Path("bench/results/bench.json"), quick: bool = False, only: list[str] | None = None
+    out: Path = Path("bench/results/bench.json"),
+    quick: bool = False,
+    only: list[str] | None = None,
+    readme: Path | None = None,
 ) -> list[dict]:
-    """Run all benchmarks (or ``only`` those named), print the table, write JSON ``{"meta", "rows"}``."""
+    """Run all benchmarks (or ``only`` those named), print the table, write JSON ``{"meta", "rows"}``; with
+    ``readme``, rewrite that file's benchmark table from the JSON (:mod:`bench.readme_table`)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.path.insert(0, str(ROOT))
     start, load = time.perf_counter(), os.getloadavg()[0]
@@ -167,6 +178,7 @@ def main(
         rows += _run_part(module, func, quick)
     total = time.perf_counter() - start
     rows.append(row("bench", "total wall time", round(total, 1), "s", f"load avg at start {load:.1f}"))
+    rows[-1] |= {"load_avg": round(load, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print_table(rows)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +194,10 @@ def main(
     }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     log.info("wrote %s", out)
+    if readme is not None:
+        from bench.readme_table import update_readme
+
+        update_readme(Path(readme), out)
     return rows
 
 
@@ -190,10 +206,11 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="smallest sizes (smoke run)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/bench.json"))
     parser.add_argument("--only", nargs="*", help="render_bench, train_bench, quickstart or MODULE.FUNCTION")
+    parser.add_argument("--readme", type=Path, help="rewrite this README's benchmark table from the JSON")
     parser.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
     parser.add_argument("--rows-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
         run_part_here(args.part, args.quick, args.rows_out)
     else:
-        main(args.out, args.quick, args.only)
+        main(args.out, args.quick, args.only, args.readme)
