@@ -171,8 +171,8 @@ def _run_ray(
 ) -> tuple[pd.DataFrame, dict]:
     """Render ``rows`` on a pool of Ray actors sized by :func:`plan`; returns per-row outcomes and timings.
 
-    ``consume``: the shard layout's callback; it gets each output batch (with the ``image`` column of raw pixels)
-    as it streams out and returns the batch without that column."""
+    ``consume``: the shard layout's callback; it gets each output batch (a pyarrow table with the ``image`` column
+    of raw pixels) as it streams out and returns the batch's other columns as a DataFrame."""
     import ray
 
     from crystalvision.raycluster import ensure_ray
@@ -230,12 +230,13 @@ def _run_ray(
 
 def _collect(ds: Any, total: int, consume: Any = None) -> pd.DataFrame:
     """Run the Ray Data pipeline, reporting images done as blocks complete (``progress`` stage ``render``);
-    ``consume`` (the shard layout) turns each output batch into the rows kept."""
+    ``consume`` (the shard layout) turns each output batch (a pyarrow table: the pixels stay in one buffer, no
+    per-image pandas objects) into the rows kept."""
     parts, done = [], 0
     progress.emit("render", 0, total, unit="img")
-    for part in ds.iter_batches(batch_size=None, batch_format="pandas"):
-        parts.append(consume(part) if consume is not None else part)
-        done += len(part)
+    for part in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        parts.append(consume(part) if consume is not None else part.to_pandas())
+        done += part.num_rows
         progress.emit("render", done, total, unit="img")
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from crystalvision import shards
 from crystalvision.config import RenderConfig
@@ -112,8 +113,10 @@ def render_shards(
     if not rows:
         return ShardRun(_concat(labels), None, {}, 0, entries)
 
-    def consume(batch: pd.DataFrame) -> pd.DataFrame:
-        cols = (batch["material_id"], batch["view"], batch["error"], batch["image"])
+    def consume(batch: pa.Table) -> pd.DataFrame:
+        images = batch.column("image").to_pylist()  # bytes objects in one C pass
+        frame = batch.drop_columns(["image"]).to_pandas()
+        cols = (frame["material_id"].tolist(), frame["view"].tolist(), frame["error"].tolist(), images)
         for mid, view, err, img in zip(*cols, strict=True):
             part = pending[owner[str(mid)]]
             if str(err):
@@ -122,7 +125,7 @@ def render_shards(
             part.received += 1
             if part.received == part.expected:
                 labels.append(_write(store, part, entries))
-        return batch.drop(columns=["image"])
+        return frame
 
     out, timings = run_ray(rows, good, cfg, store, prefix, consume=consume)
     left = [p.key for p in pending.values() if p.received < p.expected]
