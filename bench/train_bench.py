@@ -13,7 +13,6 @@ checkpointing excluded). Ratios compare configurations from this run only.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import sys
@@ -132,7 +131,7 @@ def _write_dataset(store, size: int, n: int):
         for i in range(len(imgs))
     ]
     df = pd.DataFrame(rows)
-    shards.write(store, key, df[["material_id", "view", "image_key"]], [img.tobytes() for img in imgs])
+    shards.write(store, key, df[["material_id", "view", "image_key"]], [shards.compress(img) for img in imgs])
     return Splits(df.iloc[:n].reset_index(drop=True), df.iloc[n:].reset_index(drop=True), df.iloc[:0], "image", 0)
 
 

@@ -95,6 +95,10 @@ def render_config_hash(cfg: RenderConfig) -> str:
     if cfg.layout == "files":
         for name in LAYOUT_FIELDS:
             fields.pop(name)
+    else:
+        from crystalvision import shards
+
+        fields["shard_format"] = shards.FORMAT_VERSION  # a new shard format never reuses old shards
     blob = json.dumps({"renderer_version": RENDERER_VERSION, **fields}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
@@ -285,6 +289,12 @@ def _put_if_changed(store: ObjectStore, key: str, data: bytes) -> bool:
     return True
 
 
+def _shard_codec() -> str:
+    from crystalvision import shards
+
+    return shards.CODEC
+
+
 def _forget_quarantine(store: ObjectStore, prefix: str) -> None:
     """--retry-quarantined: drop the attempt markers so crashed structures get their two tries again."""
     for key in store.list(f"{prefix}/attempts"):
@@ -378,7 +388,7 @@ def render_dataset(
         "n_structures": len(good),
         "n_images": len(labels),
         "layout": cfg.layout,
-        **({"shards": shard_entries, "shard_codec": "raw-uint8+zstd"} if shard_entries is not None else {}),
+        **({"shards": shard_entries, "shard_codec": _shard_codec()} if shard_entries is not None else {}),
         "n_quarantined": len(quarantined),
         "labels_key": labels_key,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from crystalvision import shards
 from crystalvision.config import RenderConfig
 from crystalvision.errors import CrystalVisionError, StorageError
 from crystalvision.render.backend import BackendError
@@ -105,8 +106,9 @@ class RenderBatch:
         """``structures``: material_id -> Structure.as_dict(), or ``[ObjectRef]`` of that dict (keeps the actor's
         constructor arguments small). ``checked`` = (node id, window class) of the driver's backend check, reused
         by actors on the driver's node. ``fault``: the test hook (:func:`parse_fault`). ``prefix``: the render
-        prefix, for attempt markers ("" disables them). ``return_images``: each row's raw pixels come back in an
-        ``image`` column (the shard layout); a PNG is then written only for rows with a non-empty ``image_key``."""
+        prefix, for attempt markers ("" disables them). ``return_images``: each row's image comes back in an
+        ``image`` column as a zstd frame of its raw pixels (the shard layout, :func:`crystalvision.shards.compress`);
+        a PNG is then written only for rows with a non-empty ``image_key``."""
         import ray
 
         from crystalvision.render.backend import assume_backend
@@ -237,7 +239,7 @@ class RenderBatch:
                 continue
             image, errors[i] = self._image(mid, np.asarray(quat, dtype=np.float64))
             if image is not None and self.return_images:
-                pixels[i] = np.ascontiguousarray(image).tobytes()
+                pixels[i] = shards.compress(image)  # the shard's stored form: the driver only assembles
             if image is None or (self.return_images and not str(key)):
                 done[i] = time.time()
                 self.n_written += image is not None
