@@ -1,8 +1,9 @@
-"""The Ray Data render UDF: one Renderer (one GL context) per actor; PNG encoding and writes overlap rendering.
+"""The Ray Data render UDF: one Renderer (one GL context) per actor.
 
-Per batch the actor renders on its own thread and hands each image to a small thread pool that encodes the PNG
-and writes it (zlib and the store's I/O release the GIL), so the next render starts while the last image is
-still being written.
+In the shard layout (the default) the actor renders and compresses each image on its own thread and returns it
+(about one core per actor). For PNGs (``layout: files`` or ``export_png``) it hands each image to a small thread
+pool that encodes the PNG and writes it (zlib and the store's I/O release the GIL), so the next render starts
+while the last image is still being written.
 
 Poison structures (docs/architecture.md, failure table):
 
