@@ -152,7 +152,7 @@ class RenderBatch:
         if self.fault.get("hang") == material_id:
             time.sleep(3600)
         if "simulate_ms" in self.fault and self.simulated is not None:
-            time.sleep(self.fault["simulate_ms"] / 1000)  # the GL work as idle time; its image is the first real one
+            time.sleep(float(self.fault["simulate_ms"]) / 1000)  # the GL work as idle time; the first image is real
             return self.simulated
         image = self.renderer.render(self._structure(material_id), quat)
         if "simulate_ms" in self.fault:
