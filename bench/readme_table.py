@@ -2,7 +2,7 @@
 
 The table sits between ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->`` in README.md; everything
 outside the markers is kept. Every row: benchmark, metric, value with its unit, goal, whether the goal is met, the
-load average when its part started and the date of the run.
+load average when its part started, the date of the run and the row's notes.
 
     python -m bench.readme_table [--json bench/results/bench.json] [--readme README.md]
     python -m bench.run_all --readme README.md    # run the benchmarks, then rewrite the table
@@ -16,11 +16,9 @@ import logging
 import re
 from pathlib import Path
 
-from bench.common import format_value
-
 log = logging.getLogger("bench.readme")
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
-COLUMNS = ("benchmark", "metric", "value", "goal", "met?", "load avg", "date")
+COLUMNS = ("benchmark", "metric", "value", "goal", "met?", "load avg", "date", "notes")
 _GOAL = re.compile(r"^\s*(>=|<=|>|<|==)\s*([-+]?[\d,]*\.?\d+)")
 _OPS = {
     ">=": lambda v, g: v >= g,
@@ -37,6 +35,13 @@ def goal_met(value: object, goal: str) -> str:
     if not match or not isinstance(value, int | float):
         return ""
     return "yes" if _OPS[match.group(1)](float(value), float(match.group(2).replace(",", ""))) else "no"
+
+
+def format_value(value: object) -> str:
+    """Readable numbers: 1,431 / 93.2 / 0.891 (three significant digits below 1,000, whole numbers above)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def _cell(text: object) -> str:
@@ -67,6 +72,7 @@ def render_table(data: dict) -> str:
             goal_met(r.get("value"), r.get("goal", "")),
             format_value(float(load)) if isinstance(load, int | float) else load,
             str(r.get("time", run_date))[:10],
+            r.get("notes", ""),
         )
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines)

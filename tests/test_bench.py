@@ -47,10 +47,10 @@ def test_readme_table_is_rewritten_between_markers_only(tmp_path: Path) -> None:
     assert text.startswith(before + readme_table.START) and text.endswith(readme_table.END + after)
     assert "| old | table |" not in text
     lines = text.split(readme_table.START)[1].split(readme_table.END)[0].strip().splitlines()
-    assert lines[2] == "| benchmark | metric | value | goal | met? | load avg | date |"
-    assert lines[4] == "| ray data | speedup_2_vs_1 | 1.9 x | >= 1.8 | yes | 0.42 | 2026-11-26 |"
-    assert lines[5] == "| quickstart | peak PSS | 3500 MiB | <= 3,072 | no | 1.5 | 2026-11-27 |"  # the run's load, date
-    assert lines[6] == "| bench | total wall time | 12 s |  |  | 1.5 | 2026-11-27 |"
+    assert lines[2] == "| benchmark | metric | value | goal | met? | load avg | date | notes |"
+    assert lines[4] == "| ray data | speedup_2_vs_1 | 1.9 x | >= 1.8 | yes | 0.42 | 2026-11-26 |  |"
+    assert lines[5] == "| quickstart | peak PSS | 3,500 MiB | <= 3,072 | no | 1.5 | 2026-11-27 | a \\| b |"
+    assert lines[6] == "| bench | total wall time | 12 s |  |  | 1.5 | 2026-11-27 |  |"
     readme_table.update_readme(readme, results)
     assert readme.read_text() == text, "rewriting is idempotent"
 
