@@ -48,36 +48,59 @@ def _rss(pid: int, source: str = "status", field: str = "VmRSS:") -> int:
     return 0
 
 
-def _tree_rss(pid: int, *how: str) -> int:
-    """Resident memory of ``pid`` and all its descendants, from /proc (Linux; psutil is not a dependency)."""
-    total, todo, seen = 0, [pid], set()
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants, from /proc (Linux; psutil is not a dependency)."""
+    found, todo = [], [pid]
     while todo:
         p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        total += _rss(p, *how)
-        todo += _children(p)
-    return total
+        if p not in found:
+            found.append(p)
+            todo += _children(p)
+    return found
+
+
+def _tree_rss(pid: int, *how: str) -> int:
+    """Resident memory of ``pid`` and all its descendants (RSS, or with ``"smaps_rollup", "Pss:"`` PSS)."""
+    return sum(_rss(p, *how) for p in _tree(pid))
+
+
+def _name(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        first = argv[0].decode(errors="replace")
+        return first if first.startswith("ray::") else " ".join(a.decode(errors="replace") for a in argv[:3])[-40:]
+    return "?"
+
+
+def tree_pss(pid: int) -> tuple[int, int, list[tuple[str, int]]]:
+    """(PSS, RSS, [(process, PSS)] largest first) of the process tree: PSS (``smaps_rollup``, as smem counts it)
+    splits shared pages between the processes that map them, so it is what the tree really takes."""
+    per = [(p, _rss(p, "smaps_rollup", "Pss:"), _rss(p)) for p in _tree(pid)]
+    top = sorted(((_name(p), pss) for p, pss, _ in per), key=lambda x: -x[1])
+    return sum(x[1] for x in per), sum(x[2] for x in per), top
 
 
 def quickstart_e2e(quick: bool) -> list[dict]:
     """Run `crystalvision pipeline run pipelines/quickstart.yaml` in a fresh home; time it, sample peak memory."""
     overrides = ["--set", "train.epochs=1", "--set", "render.views_per_structure=4"] if quick else []
-    cmd = [sys.executable, "-m", "crystalvision.cli", "pipeline", "run", "pipelines/quickstart.yaml", *overrides]
+    cmd = [sys.executable, "-m", "crystalvision.cli", "pipeline", "run", "pipelines/quickstart.yaml", "--json"]
+    cmd += overrides
     with tempfile.TemporaryDirectory(prefix="cv-bench-") as home:
         env = {**os.environ, "CRYSTALVISION_HOME": home, "RAY_AUTH_MODE": "disabled", "TQDM_DISABLE": "1"}
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "platform"), env.get("PYTHONPATH", "")])
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         peak = peak_pss = 0
+        at_peak: list[tuple[str, int]] = []
         done = threading.Event()
 
         def sample() -> None:
-            nonlocal peak, peak_pss
+            nonlocal peak, peak_pss, at_peak
             while not done.is_set():
-                peak = max(peak, _tree_rss(proc.pid))
-                peak_pss = max(peak_pss, _tree_rss(proc.pid, "smaps_rollup", "Pss:"))
+                pss, rss, top = tree_pss(proc.pid)
+                peak = max(peak, rss)
+                if pss > peak_pss:
+                    peak_pss, at_peak = pss, top
                 time.sleep(0.5)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -89,10 +112,18 @@ def quickstart_e2e(quick: bool) -> list[dict]:
         log.error("quickstart failed:\n%s", err[-3000:])
         return [row("quickstart", "status", float(proc.returncode), "exit code", "failed; see log")]
     summary = json.loads(out[out.index("{") :])
+    largest = ", ".join(f"{name} {pss / 2**20:.0f}" for name, pss in at_peak[:6])
     rows = [
         row("quickstart", "wall time", round(wall, 1), "s", "fresh home, incl. Ray start-up"),
-        row("quickstart", "peak memory (process tree)", round(peak / 2**20), "MiB", "sampled every 0.5 s", "<= 3072"),
-        row("quickstart_memory", "peak PSS (process tree)", round(peak_pss / 2**20), "MiB", "shared pages once"),
+        row(
+            "quickstart",
+            "peak memory PSS (process tree)",
+            round(peak_pss / 2**20),
+            "MiB",
+            f"smem-style, shared pages split, sampled every 0.5 s; at the peak (MiB): {largest}",
+            "<= 3072",
+        ),
+        row("quickstart", "peak memory RSS sum (process tree)", round(peak / 2**20), "MiB", "shared pages counted"),
     ]
     stages = summary.get("stage_seconds", {})
     rows += [row("quickstart", f"stage {k}", v, "s") for k, v in stages.items()]
@@ -128,8 +159,15 @@ def _parts(only: list[str] | None) -> list[tuple[str, str | None]]:
 
 
 def _run_part(module: str, func: str | None, quick: bool) -> list[dict]:
-    """Run one part in its own Python process (VTK's GL libraries and torch's do not share a process safely, and
-    each part gets a fresh local Ray cluster); returns its rows."""
+    """Run one part in its own Python process and stamp its rows with the load average at its start and the date
+    (README's table shows both)."""
+    load, when = round(os.getloadavg()[0], 2), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return [{**r, "load_avg": load, "time": when} for r in _part_rows(module, func, quick)]
+
+
+def _part_rows(module: str, func: str | None, quick: bool) -> list[dict]:
+    """One part's rows, from its own Python process (VTK's GL libraries and torch's do not share a process safely,
+    and each part gets a fresh local Ray cluster)."""
     if module == "quickstart":
         log.info("running the end-to-end quickstart")
         return quickstart_e2e(quick)
@@ -156,9 +194,13 @@ def run_part_here(name: str, quick: bool, rows_out: Path) -> None:
 
 
 def main(
-    out: Path = Path("bench/results/bench.json"), quick: bool = False, only: list[str] | None = None
+    out: Path = Path("bench/results/bench.json"),
+    quick: bool = False,
+    only: list[str] | None = None,
+    readme: Path | None = None,
 ) -> list[dict]:
-    """Run all benchmarks (or ``only`` those named), print the table, write JSON ``{"meta", "rows"}``."""
+    """Run all benchmarks (or ``only`` those named), print the table, write JSON ``{"meta", "rows"}``; with
+    ``readme``, rewrite that file's benchmark table from the JSON (:mod:`bench.readme_table`)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.path.insert(0, str(ROOT))
     start, load = time.perf_counter(), os.getloadavg()[0]
@@ -167,6 +209,7 @@ def main(
         rows += _run_part(module, func, quick)
     total = time.perf_counter() - start
     rows.append(row("bench", "total wall time", round(total, 1), "s", f"load avg at start {load:.1f}"))
+    rows[-1] |= {"load_avg": round(load, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print_table(rows)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +225,10 @@ def main(
     }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     log.info("wrote %s", out)
+    if readme is not None:
+        from bench.readme_table import update_readme
+
+        update_readme(Path(readme), out)
     return rows
 
 
@@ -190,10 +237,11 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="smallest sizes (smoke run)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/bench.json"))
     parser.add_argument("--only", nargs="*", help="render_bench, train_bench, quickstart or MODULE.FUNCTION")
+    parser.add_argument("--readme", type=Path, help="rewrite this README's benchmark table from the JSON")
     parser.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
     parser.add_argument("--rows-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
         run_part_here(args.part, args.quick, args.rows_out)
     else:
-        main(args.out, args.quick, args.only)
+        main(args.out, args.quick, args.only, args.readme)

@@ -42,7 +42,7 @@ def test_render_actor_killed_mid_batch_then_rerun_is_complete(cv_home, tmp_path,
     import ray
 
     records = [r for r in bundled_snapshot.records if not r.flags][:3]
-    cfg = RenderConfig(image_size=32, views_per_structure=4, num_workers=1, cpus_per_worker=0.5)
+    cfg = RenderConfig(image_size=32, views_per_structure=4, num_workers=1, cpus_per_worker=0.5, layout="files")
     sha = bundled_snapshot.manifest.content_sha256
     root = tmp_path / "store"
     store = ObjectStore(str(root))
@@ -82,7 +82,7 @@ def test_torn_png_is_rendered_again_not_trained_on(cv_home, tmp_path, bundled_sn
     import ray
 
     records = [r for r in bundled_snapshot.records if not r.flags][:2]
-    cfg = RenderConfig(image_size=32, views_per_structure=2, num_workers=1, cpus_per_worker=0.5)
+    cfg = RenderConfig(image_size=32, views_per_structure=2, num_workers=1, cpus_per_worker=0.5, layout="files")
     sha = bundled_snapshot.manifest.content_sha256
     store = ObjectStore(str(tmp_path / "store"))
     try:

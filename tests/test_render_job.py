@@ -99,19 +99,21 @@ def test_s3_job_against_moto(bundled_snapshot, records, s3_server, ray_session) 
     bucket = s3_server.make_bucket()
     store = ObjectStore(f"s3://{bucket}/cv", s3_server.settings())
     encoders, sha = _snapshot_facts(bundled_snapshot)
-    result = render_dataset(good[:2], encoders, sha, CFG, store)
+    cfg = CFG.model_copy(update={"export_png": True})  # the default shards layout, plus one PNG per image
+    result = render_dataset(good[:2], encoders, sha, cfg, store)
     assert result.n_new == 4 and not result.quarantined
 
     listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix=f"cv/{result.prefix}/")
     keys = sorted(o["Key"] for o in listed["Contents"])
     assert sum(k.endswith(".png") for k in keys) == 4
+    assert sum("/shards/" in k and k.endswith(".parquet") for k in keys) == 1
     assert {f"cv/{result.prefix}/{n}" for n in ("manifest.json", "quarantine.json")} <= set(keys)
     assert f"cv/{result.labels_key}" in keys
     df = load_labels(store, result.labels_key)
     assert load_images(store, list(df["image_key"]), size=32).shape == (4, 32, 32, 3)
 
     before = _state(store)
-    again = render_dataset(good[:2], encoders, sha, CFG, store)
+    again = render_dataset(good[:2], encoders, sha, cfg, store)
     assert again.n_new == 0 and _state(store) == before
 
 

@@ -44,7 +44,7 @@ def _mtimes(store: ObjectStore) -> dict[str, int]:
 
 
 def test_layout_in_hash_only_for_shards() -> None:
-    files = RenderConfig(image_size=32)
+    files = RenderConfig(image_size=32, layout="files")
     assert render_config_hash(files) == render_config_hash(files.model_copy(update={"shard_mb": 1.0}))
     assert render_config_hash(files) == render_config_hash(files.model_copy(update={"export_png": True}))
     assert render_config_hash(files) != render_config_hash(files.model_copy(update={"layout": "shards"}))
@@ -89,7 +89,7 @@ def test_shards_written_rerun_by_shard_and_bad_shard(tmp_path, bundled_snapshot,
     # a flipped byte keeps the size but fails the checksum
     store.put_bytes(bad, data[:-9] + bytes([data[-9] ^ 1]) + data[-8:])
     shards._verified.clear()
-    with pytest.raises(StorageError, match=rf"{bad} is fails its sha256"):
+    with pytest.raises(StorageError, match=rf"{bad} is corrupt \(fails its sha256"):
         shards.verify(store, [bad])
 
 
@@ -112,3 +112,16 @@ def test_ray_data_reads_split_from_shards_and_png_export(tmp_path, bundled_snaps
     first = labels.iloc[0]
     png = decode_png(store.get_bytes(image_key(result.prefix, first.material_id, int(first.view))), "png", 32)
     np.testing.assert_array_equal(png, load_images(store, [first.image_key], size=32)[0])
+
+
+@pytest.mark.parametrize("side", [1, 16, 224])
+def test_image_frames_round_trip_and_bad_frames_are_named(side: int) -> None:
+    image = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    image[: side // 2] = 255  # a white half, like a render's background
+    frame = shards.compress(image)
+    np.testing.assert_array_equal(shards.pixels(frame), image)
+    np.testing.assert_array_equal(shards.pixels(frame, side), image)
+    with pytest.raises(StorageError, match="not a zstd frame of a 2x2 RGB image"):
+        shards.pixels(image.tobytes()[:12], 2)  # raw pixels (the old format) are not taken for an image
+    with pytest.raises(StorageError, match=f"not a zstd frame of a {side + 1}x{side + 1}"):
+        shards.pixels(frame, side + 1)

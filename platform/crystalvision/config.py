@@ -77,9 +77,9 @@ class RenderConfig(_Strict):
     max_task_retries: int = Field(default=8, ge=0, description="Retries of a render batch whose actor died.")
     retry_quarantined: bool = Field(default=False, description="Try the quarantined structures again.")
     layout: Literal["files", "shards"] = Field(
-        default="files",
-        description="files: one PNG object per image; shards: parquet shards of raw pixels + labels (far fewer "
-        "objects, read directly by Ray Data for training).",
+        default="shards",
+        description="shards: parquet shards of raw uint8 pixels (zstd) + labels, read directly by Ray Data for "
+        "training (no PNG encoding on the render path); files: one PNG object per image.",
     )
     shard_mb: float = Field(default=128.0, gt=0, description="Target size of one image shard (layout: shards).")
     export_png: bool = Field(default=False, description="layout: shards also writes each image as a PNG to look at.")

@@ -29,8 +29,13 @@ def worker_env() -> dict[str, str]:
 MIN_OBJECT_STORE = 256 * 1024**2
 OBJECT_STORE_FACTOR = 3  # the cached splits, a shuffled copy of the training split, and room for blocks in flight
 # A local cluster runs only what a job needs: no worker processes started ahead of tasks (each is a Python process
-# with Ray's core, ~100 MB), and idle ones are reaped quickly.
-LEAN_SYSTEM_ENV = {"RAY_prestart_worker_first_driver": "0", "RAY_enable_worker_prestart": "0"}
+# with Ray's core, ~100-200 MB), and idle ones are reaped after 10 s (Ray keeps up to one per CPU for good).
+LEAN_SYSTEM_ENV = {
+    "RAY_prestart_worker_first_driver": "0",
+    "RAY_enable_worker_prestart": "0",
+    "RAY_num_workers_soft_limit": "0",
+    "RAY_idle_worker_killing_time_threshold_ms": "10000",
+}
 
 
 def object_store_bytes(data_bytes: int | None) -> int | None:

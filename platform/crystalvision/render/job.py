@@ -1,9 +1,11 @@
-"""Ray Data render job: one row per (structure, view) -> PNGs, labels.parquet, manifest.json, quarantine.json.
+"""Ray Data render job: one row per (structure, view) -> image shards (or PNGs), labels.parquet, manifest.json,
+quarantine.json.
 
 Layout under the store root (docs/architecture.md)::
 
     renders/<snapshot_sha[:12]>-<render_cfg_hash[:12]>/
-        images/<material_id>/<view:04d>.png
+        shards/<index:05d>-<digest>.parquet (+ .json sidecar)   render.layout: shards (default), shardjob.py
+        images/<material_id>/<view:04d>.png                      render.layout: files, or export_png
         labels.parquet      one row per image
         manifest.json       config hash, snapshot hash, counts, timings
         quarantine.json     [{"material_id", "error"}] structures that could not be rendered
@@ -93,6 +95,10 @@ def render_config_hash(cfg: RenderConfig) -> str:
     if cfg.layout == "files":
         for name in LAYOUT_FIELDS:
             fields.pop(name)
+    else:
+        from crystalvision import shards
+
+        fields["shard_format"] = shards.FORMAT_VERSION  # a new shard format never reuses old shards
     blob = json.dumps({"renderer_version": RENDERER_VERSION, **fields}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
@@ -169,8 +175,8 @@ def _run_ray(
 ) -> tuple[pd.DataFrame, dict]:
     """Render ``rows`` on a pool of Ray actors sized by :func:`plan`; returns per-row outcomes and timings.
 
-    ``consume``: the shard layout's callback; it gets each output batch (with the ``image`` column of raw pixels)
-    as it streams out and returns the batch without that column."""
+    ``consume``: the shard layout's callback; it gets each output batch (a pyarrow table with the ``image`` column
+    of raw pixels) as it streams out and returns the batch's other columns as a DataFrame."""
     import ray
 
     from crystalvision.raycluster import ensure_ray
@@ -228,12 +234,13 @@ def _run_ray(
 
 def _collect(ds: Any, total: int, consume: Any = None) -> pd.DataFrame:
     """Run the Ray Data pipeline, reporting images done as blocks complete (``progress`` stage ``render``);
-    ``consume`` (the shard layout) turns each output batch into the rows kept."""
+    ``consume`` (the shard layout) turns each output batch (a pyarrow table: the pixels stay in one buffer, no
+    per-image pandas objects) into the rows kept."""
     parts, done = [], 0
     progress.emit("render", 0, total, unit="img")
-    for part in ds.iter_batches(batch_size=None, batch_format="pandas"):
-        parts.append(consume(part) if consume is not None else part)
-        done += len(part)
+    for part in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        parts.append(consume(part) if consume is not None else part.to_pandas())
+        done += part.num_rows
         progress.emit("render", done, total, unit="img")
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
@@ -280,6 +287,12 @@ def _put_if_changed(store: ObjectStore, key: str, data: bytes) -> bool:
         return False
     store.put_bytes(key, data)
     return True
+
+
+def _shard_codec() -> str:
+    from crystalvision import shards
+
+    return shards.CODEC
 
 
 def _forget_quarantine(store: ObjectStore, prefix: str) -> None:
@@ -375,7 +388,7 @@ def render_dataset(
         "n_structures": len(good),
         "n_images": len(labels),
         "layout": cfg.layout,
-        **({"shards": shard_entries, "shard_codec": "raw-uint8+zstd"} if shard_entries is not None else {}),
+        **({"shards": shard_entries, "shard_codec": _shard_codec()} if shard_entries is not None else {}),
         "n_quarantined": len(quarantined),
         "labels_key": labels_key,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

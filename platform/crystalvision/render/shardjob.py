@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from crystalvision import shards
 from crystalvision.config import RenderConfig
@@ -42,18 +43,36 @@ class _Pending:
     received: int = 0
 
 
-def _done(store: ObjectStore, key: str, want: set[str]) -> dict[str, Any] | None:
-    """The shard's sidecar when the shard is complete and intact, else None (with the reason logged)."""
+def _intact(store: ObjectStore, key: str) -> dict[str, Any] | None:
+    """The shard's sidecar when shard and sidecar exist and agree, else None (a bad shard's reason is logged)."""
     entry = shards.entry_of(store, key)
     if entry is None:
         return None
     why = shards.problem(store, key, entry)
-    if not why and not want <= set(entry["material_ids"]):
-        why = f"lacks {sorted(want - set(entry['material_ids']))[:3]}"
     if why:
         log.warning("image shard %s is %s; rendering it again", store.uri(key), why)
         return None
     return entry
+
+
+def _keep_rendered(store: ObjectStore, part: _Pending, entry: dict[str, Any] | None) -> set[str]:
+    """Prefill ``part`` with the images of structures that an intact older version of its shard already holds
+    (a shard that gained structures, e.g. after raising ``render.max_atoms``): only the new ones are rendered."""
+    if entry is None:
+        return set()
+    stored = shards.read_images(store, part.key)
+    frame = part.labels
+    whole = {
+        str(mid) for mid, refs in frame.groupby("material_id")["image_key"]
+        if mid in entry["material_ids"] and all(r in stored for r in refs)
+    }  # fmt: skip
+    for mid, view, ref in zip(frame["material_id"], frame["view"], frame["image_key"], strict=True):
+        if str(mid) in whole:
+            part.pixels[(str(mid), int(view))] = stored[ref]
+            part.received += 1
+    if whole:
+        log.info("image shard %s: keeping %d structures, rendering the others", store.uri(part.key), len(whole))
+    return whole
 
 
 def render_shards(
@@ -78,13 +97,14 @@ def render_shards(
         if not recs:
             continue
         frame = labels_frame(recs, encoders, cfg, prefix, keys=lambda mid, v, k=key: shards.image_ref(k, mid, v))
-        entry = _done(store, key, {r.material_id for r in recs})
-        if entry is not None:
+        entry = _intact(store, key)
+        if entry is not None and {r.material_id for r in recs} <= set(entry["material_ids"]):
             labels.append(frame[frame["material_id"].isin(entry["material_ids"])])
             entries.append(entry)
             continue
-        pending[key] = _Pending(key, frame, len(frame))
-        for rec in recs:
+        pending[key] = part = _Pending(key, frame, len(frame))
+        kept = _keep_rendered(store, part, entry)
+        for rec in (r for r in recs if r.material_id not in kept):
             owner[rec.material_id] = key
             for view, quat in enumerate(structure_quaternions(cfg, rec.material_id)):
                 png = image_key(prefix, rec.material_id, view) if cfg.export_png else ""
@@ -93,8 +113,10 @@ def render_shards(
     if not rows:
         return ShardRun(_concat(labels), None, {}, 0, entries)
 
-    def consume(batch: pd.DataFrame) -> pd.DataFrame:
-        cols = (batch["material_id"], batch["view"], batch["error"], batch["image"])
+    def consume(batch: pa.Table) -> pd.DataFrame:
+        images = batch.column("image").to_pylist()  # bytes objects in one C pass
+        frame = batch.drop_columns(["image"]).to_pandas()
+        cols = (frame["material_id"].tolist(), frame["view"].tolist(), frame["error"].tolist(), images)
         for mid, view, err, img in zip(*cols, strict=True):
             part = pending[owner[str(mid)]]
             if str(err):
@@ -103,7 +125,7 @@ def render_shards(
             part.received += 1
             if part.received == part.expected:
                 labels.append(_write(store, part, entries))
-        return batch.drop(columns=["image"])
+        return frame
 
     out, timings = run_ray(rows, good, cfg, store, prefix, consume=consume)
     left = [p.key for p in pending.values() if p.received < p.expected]

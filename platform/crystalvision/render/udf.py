@@ -1,8 +1,9 @@
-"""The Ray Data render UDF: one Renderer (one GL context) per actor; PNG encoding and writes overlap rendering.
+"""The Ray Data render UDF: one Renderer (one GL context) per actor.
 
-Per batch the actor renders on its own thread and hands each image to a small thread pool that encodes the PNG
-and writes it (zlib and the store's I/O release the GIL), so the next render starts while the last image is
-still being written.
+In the shard layout (the default) the actor renders and compresses each image on its own thread and returns it
+(about one core per actor). For PNGs (``layout: files`` or ``export_png``) it hands each image to a small thread
+pool that encodes the PNG and writes it (zlib and the store's I/O release the GIL), so the next render starts
+while the last image is still being written.
 
 Poison structures (docs/architecture.md, failure table):
 
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from crystalvision import shards
 from crystalvision.config import RenderConfig
 from crystalvision.errors import CrystalVisionError, StorageError
 from crystalvision.render.backend import BackendError
@@ -105,8 +107,9 @@ class RenderBatch:
         """``structures``: material_id -> Structure.as_dict(), or ``[ObjectRef]`` of that dict (keeps the actor's
         constructor arguments small). ``checked`` = (node id, window class) of the driver's backend check, reused
         by actors on the driver's node. ``fault``: the test hook (:func:`parse_fault`). ``prefix``: the render
-        prefix, for attempt markers ("" disables them). ``return_images``: each row's raw pixels come back in an
-        ``image`` column (the shard layout); a PNG is then written only for rows with a non-empty ``image_key``."""
+        prefix, for attempt markers ("" disables them). ``return_images``: each row's image comes back in an
+        ``image`` column as a zstd frame of its raw pixels (the shard layout, :func:`crystalvision.shards.compress`);
+        a PNG is then written only for rows with a non-empty ``image_key``."""
         import ray
 
         from crystalvision.render.backend import assume_backend
@@ -149,7 +152,7 @@ class RenderBatch:
         if self.fault.get("hang") == material_id:
             time.sleep(3600)
         if "simulate_ms" in self.fault and self.simulated is not None:
-            time.sleep(self.fault["simulate_ms"] / 1000)  # the GL work as idle time; its image is the first real one
+            time.sleep(float(self.fault["simulate_ms"]) / 1000)  # the GL work as idle time; the first image is real
             return self.simulated
         image = self.renderer.render(self._structure(material_id), quat)
         if "simulate_ms" in self.fault:
@@ -237,7 +240,7 @@ class RenderBatch:
                 continue
             image, errors[i] = self._image(mid, np.asarray(quat, dtype=np.float64))
             if image is not None and self.return_images:
-                pixels[i] = np.ascontiguousarray(image).tobytes()
+                pixels[i] = shards.compress(image)  # the shard's stored form: the driver only assembles
             if image is None or (self.return_images and not str(key)):
                 done[i] = time.time()
                 self.n_written += image is not None
