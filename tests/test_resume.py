@@ -24,14 +24,15 @@ from crystalvision.tracking import worker_logger
 from crystalvision.train import FAULT_ENV, FLUSH_TIMEOUT_ENV, run_name, train_model
 
 from .support.procs import free_port, start_embedded_mlflow, stop_group
-from .support.toy import SPACEGROUPS, SYSTEMS, write_toy_dataset
+from .support.toy import SPACEGROUPS, SYSTEMS, TEST_BACKBONE, write_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "snapshot": {"max_structures": 5},
     "render": {"views_per_structure": 2, "image_size": 32, "num_workers": 1},
     "split": {"test_fraction": 0.3},
-    "train": {"epochs": 3, "max_steps_per_epoch": 1, "num_workers": 1, "max_failures": 0, "patience": 10},
+    "train": {"backbone": "test_efficientnet", "epochs": 3, "max_steps_per_epoch": 1, "num_workers": 1,
+              "max_failures": 0, "patience": 10},
 }
 
 
@@ -124,7 +125,8 @@ def test_training_finishes_when_mlflow_is_dead(cv_home, ray_local, tmp_path, mon
     store = ObjectStore(str(tmp_path / "store"))
     key = write_toy_dataset(store, n_structures=8, views=4, size=32)
     cfg = load_pipeline(ROOT / "pipelines/quickstart.yaml", TINY)
-    spec = ModelSpec(crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=32)
+    spec = ModelSpec(crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=32,
+                     backbone=TEST_BACKBONE)
     monkeypatch.setenv(FLUSH_TIMEOUT_ENV, "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
