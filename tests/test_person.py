@@ -48,7 +48,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         wait_http(f"{url}/health", timeout=120, alive=lambda: proc.poll() is None)
         yield url
     finally:
-        stop_group(proc)
+        stop_group(proc, grace=3)  # its graceful stop is not under test here (it takes ~15 s)
         log.close()
 
 
