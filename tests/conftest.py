@@ -17,6 +17,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Ray Train V2 (read by the driver and passed on to its controller): poll the worker group every 0.25 s, not 2 s, so
+# a finished or failed run is seen at once; no preemption-watcher actor (one Python process less per run).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 BUNDLED = PLATFORM / "crystalvision" / "data" / "snapshots" / "lmno"
 

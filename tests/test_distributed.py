@@ -15,7 +15,7 @@ from crystalvision.config import TrainConfig
 from crystalvision.loop import Engine, EvalAccumulator, LoopState, fit, reduce_train
 from crystalvision.model import CrystalNet, ModelSpec
 
-from .support.toy import SPACEGROUPS, SYSTEMS
+from .support.toy import SPACEGROUPS, SYSTEMS, TEST_BACKBONE
 
 SIZE = 32
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "broadcast", "reduce", "reduce_scatter_tensor")
@@ -69,7 +69,9 @@ def test_training_collectives_run_on_the_training_device(gloo_group, monkeypatch
 
 
 def _spec() -> ModelSpec:
-    return ModelSpec(crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=SIZE)
+    return ModelSpec(
+        crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=SIZE, backbone=TEST_BACKBONE
+    )
 
 
 def _toy_batches(rank: int, n: int = 24) -> list[dict[str, torch.Tensor]]:

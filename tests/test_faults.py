@@ -133,7 +133,8 @@ TUNE_OVERRIDES = {
     "stages": ["snapshot", "render", "train"],
     "snapshot": {"max_structures": 6},
     "render": {"image_size": 32, "views_per_structure": 2, "num_workers": 1},
-    "train": {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4, "max_failures": 0},
+    "train": {"backbone": "test_efficientnet", "epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4,
+              "max_failures": 0},
     "tune": {"num_samples": 2, "max_concurrent": 1, "search": "random"},
 }
 

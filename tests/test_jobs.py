@@ -82,6 +82,7 @@ def test_quickstart_pipeline_job_logs_and_registers(cluster: Cluster, tmp_path: 
         "render.image_size=32",
         "render.views_per_structure=2",
         "render.num_workers=1",
+        "train.backbone=test_efficientnet",
         "train.epochs=1",
         "train.max_steps_per_epoch=2",
         "train.batch_size=4",

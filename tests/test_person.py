@@ -23,6 +23,7 @@ TINY = [
     "render.views_per_structure=3",
     "render.image_size=32",
     "split.test_fraction=0.3",
+    "train.backbone=test_efficientnet",
     "train.epochs=2",
     "train.max_steps_per_epoch=2",
     "evaluate.saliency_samples=2",
@@ -47,7 +48,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         wait_http(f"{url}/health", timeout=120, alive=lambda: proc.poll() is None)
         yield url
     finally:
-        stop_group(proc)
+        stop_group(proc, grace=3)  # its graceful stop is not under test here (it takes ~15 s)
         log.close()
 
 

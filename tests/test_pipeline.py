@@ -18,6 +18,7 @@ TINY = [
     "render.views_per_structure=3",
     "render.image_size=32",
     "split.test_fraction=0.3",
+    "train.backbone=test_efficientnet",
     "train.epochs=1",
     "train.max_steps_per_epoch=2",
     "evaluate.saliency_samples=2",

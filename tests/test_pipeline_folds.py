@@ -20,6 +20,7 @@ TINY = [
     "render.views_per_structure=2",
     "render.image_size=32",
     "split.folds=2",
+    "train.backbone=test_efficientnet",
     "train.epochs=1",
     "train.max_steps_per_epoch=2",
     "train.batch_size=4",

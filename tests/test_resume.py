@@ -21,17 +21,18 @@ from crystalvision.prepare import Prepared
 from crystalvision.render.job import render_dataset
 from crystalvision.storage import ObjectStore
 from crystalvision.tracking import worker_logger
-from crystalvision.train import FAULT_ENV, FLUSH_TIMEOUT_ENV, run_name, train_model
+from crystalvision.train import FAULT_ENV, FLUSH_TIMEOUT_ENV, MLFLOW_WAIT_ENV, run_name, train_model
 
 from .support.procs import free_port, start_embedded_mlflow, stop_group
-from .support.toy import SPACEGROUPS, SYSTEMS, write_toy_dataset
+from .support.toy import SPACEGROUPS, SYSTEMS, TEST_BACKBONE, write_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "snapshot": {"max_structures": 5},
     "render": {"views_per_structure": 2, "image_size": 32, "num_workers": 1},
     "split": {"test_fraction": 0.3},
-    "train": {"epochs": 3, "max_steps_per_epoch": 1, "num_workers": 1, "max_failures": 0, "patience": 10},
+    "train": {"backbone": "test_efficientnet", "epochs": 3, "max_steps_per_epoch": 1, "num_workers": 1,
+              "max_failures": 0, "patience": 10},
 }
 
 
@@ -119,13 +120,25 @@ def test_worker_logger_outlives_an_mlflow_outage(tmp_path, monkeypatch) -> None:
             stop_group(proc)
 
 
+def test_closed_worker_logger_stops_retrying_a_dead_server(monkeypatch) -> None:
+    """After close() gives up, the sender thread ends instead of retrying in a busy loop for the process's life."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    logger = worker_logger(f"http://127.0.0.1:{free_port()}", "0" * 32, rank=0, wait_s=0.1)  # nothing listens
+    logger.log_metrics({"val_loss": 1.0}, step=0)
+    assert logger.close(timeout=0.2) == 1
+    logger._thread.join(timeout=30)
+    assert not logger._thread.is_alive(), "the logger still retries after close()"
+
+
 @pytest.mark.slow
 def test_training_finishes_when_mlflow_is_dead(cv_home, ray_local, tmp_path, monkeypatch) -> None:
     store = ObjectStore(str(tmp_path / "store"))
     key = write_toy_dataset(store, n_structures=8, views=4, size=32)
     cfg = load_pipeline(ROOT / "pipelines/quickstart.yaml", TINY)
-    spec = ModelSpec(crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=32)
+    spec = ModelSpec(crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=32,
+                     backbone=TEST_BACKBONE)
     monkeypatch.setenv(FLUSH_TIMEOUT_ENV, "1")
+    monkeypatch.setenv(MLFLOW_WAIT_ENV, "0.5")  # each logging call gives up after 0.5 s, not 5 s
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     result = train_model(

@@ -32,7 +32,7 @@ URI_PASSWORD = "pgPASSWORD-in-a-uri"  # configured nowhere: masked because it si
 TINY = {
     "snapshot": {"max_structures": 4},
     "render": {"image_size": 32, "views_per_structure": 2, "num_workers": 1},
-    "train": {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4},
+    "train": {"backbone": "test_efficientnet", "epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4},
     "evaluate": {"saliency": False},
     "registry": {"model_name": "secrets-test"},
 }

@@ -17,20 +17,23 @@ from crystalvision.storage import ObjectStore
 from crystalvision.targets import TARGET_COLUMNS
 from crystalvision.train import FAULT_ENV, EvalAccumulator, multitask_loss, train_model
 
-from .support.toy import SPACEGROUPS, SYSTEMS, write_toy_dataset
+from .support.toy import SPACEGROUPS, SYSTEMS, TEST_BACKBONE, write_toy_dataset
 
 SIZE = 32
 
 
 def _cfg(**train) -> PipelineConfig:
     base = {"epochs": 3, "batch_size": 16, "lr": 2e-3, "num_workers": 2, "cpus_per_worker": 1.0, "patience": 10}
+    base["backbone"] = TEST_BACKBONE
     return PipelineConfig.model_validate(
         {"name": "toy", "render": {"image_size": SIZE}, "split": {"protocol": "image"}, "train": base | train}
     )
 
 
 def _spec() -> ModelSpec:
-    return ModelSpec(crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=SIZE)
+    return ModelSpec(
+        backbone=TEST_BACKBONE, crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=SIZE
+    )
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +182,7 @@ def test_nan_validation_loss_fails_the_ray_train_run_with_the_epoch(ray_local, t
     val = splits.val.copy()
     val["band_gap"] = float("nan")
     bad = dataclasses.replace(splits, val=val)
-    cfg = _cfg(epochs=2, max_steps_per_epoch=1, max_failures=0)
+    cfg = _cfg(epochs=2, max_steps_per_epoch=1, max_failures=0, num_workers=1)  # one worker raises it as well
     with pytest.raises(NonFiniteLossError, match="at epoch 0"):
         train_model(Prepared(cfg, store, bad, _spec()), name="nan-run", model_dir=tmp_path / "m")
 

@@ -33,7 +33,8 @@ def _cfg() -> PipelineConfig:
     return PipelineConfig(
         name="tunetest",
         render={"image_size": SIZE},
-        train={"epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2, "num_workers": 1, "cpus_per_worker": 1},
+        train={"backbone": "test_efficientnet", "epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2,
+               "num_workers": 1, "cpus_per_worker": 1},
         tune={"num_samples": 2, "max_concurrent": 2, "search": "optuna", "lr_min": 1e-4, "lr_max": 1e-2},
     )
 
@@ -55,7 +56,8 @@ def test_tiny_sweep_logs_nested_runs_and_restores(ray_local) -> None:
     cfg = _cfg()
     store = open_store()
     splits = toy_splits(store, n_structures=8, views=2)
-    spec = ModelSpec(crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=SIZE)
+    spec = ModelSpec(crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=SIZE,
+                     backbone="test_efficientnet")
     prepared = Prepared(cfg, store, splits, spec)
     summary = cvtune.tune_model(prepared)
     assert summary["n_trials"] == 2 and summary["n_errors"] == 0

@@ -122,7 +122,9 @@ def test_watch_end_to_end_retrains_with_the_real_pipeline(mp_api, cfg):
     tiny = cfg.model_copy(
         update={
             "render": cfg.render.model_copy(update={"image_size": 32, "views_per_structure": 2, "num_workers": 1}),
-            "train": cfg.train.model_copy(update={"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4}),
+            "train": cfg.train.model_copy(
+                update={"backbone": "test_efficientnet", "epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4}
+            ),
             "evaluate": cfg.evaluate.model_copy(update={"saliency": False, "baselines": False}),
             "registry": cfg.registry.model_copy(update={"model_name": "watch-e2e"}),
         }

@@ -351,8 +351,9 @@ class WorkerLogger:
                     log.warning("MLflow at %s unreachable (%s: %s); %d call(s) buffered, retrying", self.tracking_uri,
                                 type(exc).__name__, _redact(str(exc))[:300], self.pending)
                 with self._cond:
-                    if not self._closed:
-                        self._cond.wait(timeout=self.retry_s)
+                    if self._closed:  # close() gave up on the rest and said so: stop (no busy retry loop)
+                        return
+                    self._cond.wait(timeout=self.retry_s)
                 continue
             with self._cond:
                 if self._pending and self._pending[0] is op:

@@ -57,6 +57,9 @@ FAULT_ENV = "CRYSTALVISION_TRAIN_FAULT"
 # How long the end of training waits for MLflow logging held back by an outage (seconds; env overrides).
 MLFLOW_FLUSH_TIMEOUT_S = 60.0
 FLUSH_TIMEOUT_ENV = "CRYSTALVISION_MLFLOW_FLUSH_TIMEOUT_S"
+# How long one logging call waits for an unreachable MLflow before training goes on (seconds; env overrides).
+MLFLOW_WAIT_S = 5.0
+MLFLOW_WAIT_ENV = "CRYSTALVISION_MLFLOW_WAIT_S"
 
 
 @dataclass
@@ -169,7 +172,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if config["run_id"] and rank == 0:  # MLflow stays out of the worker unless a run is tracked
         from crystalvision.tracking import worker_logger
 
-        mlog = worker_logger(config["tracking_uri"], config["run_id"], rank)
+        mlog = worker_logger(config["tracking_uri"], config["run_id"], rank, config.get("mlflow_wait_s", MLFLOW_WAIT_S))
     train_batches, val_batches = _data_sources(config, engine)
 
     def report(metrics: dict[str, float], st: LoopState, best: dict | None) -> None:
@@ -287,6 +290,7 @@ def make_trainer(
         "n_images": len(frames["train"]) + len(frames["val"]),
         "fault": train_fault(os.environ.get(FAULT_ENV), name, ray_storage(name)),
         "mlflow_flush_timeout_s": _flush_timeout(),
+        "mlflow_wait_s": _wait(),
     }
     return TorchTrainer(
         train_loop_per_worker,
@@ -304,6 +308,10 @@ def make_trainer(
 
 def _flush_timeout() -> float:
     return float(os.environ.get(FLUSH_TIMEOUT_ENV, MLFLOW_FLUSH_TIMEOUT_S))
+
+
+def _wait() -> float:
+    return float(os.environ.get(MLFLOW_WAIT_ENV, MLFLOW_WAIT_S))
 
 
 def _require_gpus(workers: int) -> None:
@@ -407,7 +415,7 @@ def _log_driver_side(run_id: str | None, tracking_uri: str, spec: ModelSpec, met
         return
     from crystalvision.tracking import worker_logger
 
-    mlog = worker_logger(tracking_uri, run_id, rank=0)
+    mlog = worker_logger(tracking_uri, run_id, rank=0, wait_s=_wait())
     params = {f"target_mean.{t}": v for t, v in spec.target_mean.items()}
     params |= {f"target_std.{t}": v for t, v in spec.target_std.items()} | {"ray_train_run_name": name}
     mlog.log_params(params)

@@ -40,11 +40,12 @@ def wait_http(
         time.sleep(0.3)
 
 
-def stop_group(proc: subprocess.Popen) -> None:
-    """Stop a process started with ``start_new_session=True`` and everything it spawned."""
+def stop_group(proc: subprocess.Popen, grace: float = 15) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything it spawned (SIGTERM, then SIGKILL
+    after ``grace`` seconds)."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
+        proc.wait(timeout=grace)
     except ProcessLookupError:
         return
     except subprocess.TimeoutExpired:

@@ -11,7 +11,7 @@ from crystalvision.dataset import Splits, load_labels, split_frame
 from crystalvision.model import CrystalNet, ModelSpec, save_model
 from crystalvision.storage import ObjectStore
 
-from .toy import SPACEGROUPS, SYSTEMS, write_toy_dataset
+from .toy import SPACEGROUPS, SYSTEMS, TEST_BACKBONE, write_toy_dataset
 
 SIZE = 32
 
@@ -26,6 +26,7 @@ def tiny_model_dir(folder: Path, seed: int = 0, size: int = SIZE) -> Path:
     """An untrained CrystalNet saved as a model folder (weights.pt + model.json)."""
     torch.manual_seed(seed)
     spec = ModelSpec(
+        backbone=TEST_BACKBONE,
         crystal_system_classes=SYSTEMS,
         spacegroup_classes=SPACEGROUPS,
         target_mean={"band_gap": 1.5, "energy_above_hull": 0.03},

@@ -14,6 +14,9 @@ from PIL import Image
 
 from crystalvision.storage import ObjectStore
 
+# timm's 0.1 M-parameter EfficientNet (B0's blocks, ~100x less compute than B0's 4 M parameters) for tests that
+# train or save a model but are not about the backbone: train.backbone / ModelSpec(backbone=...).
+TEST_BACKBONE = "test_efficientnet"
 SYSTEMS = ["triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic"]
 SPACEGROUPS = ["P1", "P-1", "C2/m", "Pnma", "I4/mmm", "R-3m", "P6_3mc", "Fm-3m"]
 PALETTE = np.array(
