@@ -21,6 +21,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 # a finished or failed run is seen at once; no preemption-watcher actor (one Python process less per run).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# Two test files run at once on 2 cores: give worker processes time to start before Train calls it a failure.
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
 
 BUNDLED = PLATFORM / "crystalvision" / "data" / "snapshots" / "lmno"
 
