@@ -55,23 +55,38 @@ def _intact(store: ObjectStore, key: str) -> dict[str, Any] | None:
     return entry
 
 
-def _keep_rendered(store: ObjectStore, part: _Pending, entry: dict[str, Any] | None) -> set[str]:
-    """Prefill ``part`` with the images of structures that an intact older version of its shard already holds
-    (a shard that gained structures, e.g. after raising ``render.max_atoms``): only the new ones are rendered."""
-    if entry is None:
-        return set()
-    stored = shards.read_images(store, part.key)
-    frame = part.labels
-    whole = {
-        str(mid) for mid, refs in frame.groupby("material_id")["image_key"]
-        if mid in entry["material_ids"] and all(r in stored for r in refs)
-    }  # fmt: skip
-    for mid, view, ref in zip(frame["material_id"], frame["view"], frame["image_key"], strict=True):
-        if str(mid) in whole:
-            part.pixels[(str(mid), int(view))] = stored[ref]
-            part.received += 1
+def _donors(store: ObjectStore, prefix: str) -> dict[str, str]:
+    """material id -> an intact shard under ``prefix`` that holds its images (any selection's shard)."""
+    found: dict[str, str] = {}
+    for side in store.list(f"{prefix}/shards"):
+        if not side.endswith(".json"):
+            continue
+        key = side.removesuffix(".json") + ".parquet"
+        entry = _intact(store, key)
+        for mid in entry["material_ids"] if entry else []:
+            found.setdefault(str(mid), key)
+    return found
+
+
+def _keep_rendered(store: ObjectStore, part: _Pending, donors: dict[str, str]) -> set[str]:
+    """Prefill ``part`` with the images of its structures that an intact shard under the same prefix already holds
+    (an older version of this shard that gained structures, after raising ``render.max_atoms``, or another
+    selection's shard, same render config): only the others are rendered."""
+    frame, whole, read = part.labels, set(), {}
+    for mid, group in frame.groupby("material_id"):
+        donor = donors.get(str(mid))
+        if donor is None:
+            continue
+        stored = read.setdefault(donor, shards.read_images(store, donor))
+        refs = [shards.image_ref(donor, str(mid), int(v)) for v in group["view"]]
+        if all(r in stored for r in refs):
+            whole.add(str(mid))
+            for view, ref in zip(group["view"], refs, strict=True):
+                part.pixels[(str(mid), int(view))] = stored[ref]
+                part.received += 1
     if whole:
-        log.info("image shard %s: keeping %d structures, rendering the others", store.uri(part.key), len(whole))
+        log.info("image shard %s: %d structures taken from shards on store, the others rendered",
+                 store.uri(part.key), len(whole))  # fmt: skip
     return whole
 
 
@@ -91,6 +106,7 @@ def render_shards(
     pending: dict[str, _Pending] = {}
     owner: dict[str, str] = {}
     labels, entries, rows = [], [], []
+    donors: dict[str, str] | None = None
     for index, members in enumerate(shards.plan(all_ids, cfg.views_per_structure, cfg.image_size, cfg.shard_mb)):
         key = shards.shard_key(prefix, index, members)
         recs = [by_id[m] for m in members if m in by_id]
@@ -103,7 +119,8 @@ def render_shards(
             entries.append(entry)
             continue
         pending[key] = part = _Pending(key, frame, len(frame))
-        kept = _keep_rendered(store, part, entry)
+        donors = _donors(store, prefix) if donors is None else donors
+        kept = _keep_rendered(store, part, donors)
         for rec in (r for r in recs if r.material_id not in kept):
             owner[rec.material_id] = key
             for view, quat in enumerate(structure_quaternions(cfg, rec.material_id)):
