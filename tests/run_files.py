@@ -3,11 +3,12 @@
 Ray clusters, MLflow's process-wide state and library globals of one module cannot leak into the next this way:
 in one long process, a module's leftover Ray session changed what later modules connected to.
 
-Files run ``-j`` at a time (default: 2 on a machine with 2+ cores), longest first by ``tests/durations.json``
-(seconds per file, rewritten by ``--record``). Each process gets its own TMPDIR, so its local Ray cluster
-(``$TMPDIR/ray``) and pytest's temporary folders never meet another's. Much of a file's time is waiting (server
-and cluster start-up, polling), so two at a time fill two cores better than one. Other arguments go to every
-pytest call (e.g. ``-x``, ``-k name``).
+Files run ``-j`` at a time (default 1, or ``CRYSTALVISION_TEST_JOBS``), longest first by
+``tests/durations.json`` (seconds per file, rewritten by ``--record``). Each process gets its own TMPDIR, so its
+local Ray cluster (``$TMPDIR/ray``) and pytest's temporary folders never meet another's. Two at a time took the
+suite from CI's 1,248 s to about 950 s on 2 cores, but on 2 cores Ray Train then lost workers or a checkpoint
+registration in 1-2 of about 40 runs per suite, so CI runs one at a time; use ``-j 2`` on 4+ cores. Other
+arguments go to every pytest call (e.g. ``-x``, ``-k name``).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _ordered(files: list[Path]) -> list[Path]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-j", "--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("CRYSTALVISION_TEST_JOBS", "1")))
     parser.add_argument("--record", action="store_true", help="rewrite tests/durations.json from this run")
     args, pytest_args = parser.parse_known_args(argv)
     files = _ordered(sorted((ROOT / "tests").glob("test_*.py")))

@@ -139,8 +139,9 @@ TUNE_OVERRIDES = {
 }
 
 
-def _tune_process(home: Path, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "CRYSTALVISION_HOME": str(home), "CRYSTALVISION_RAY_NUM_CPUS": "2"}
+def tune_process(home: Path, log_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The tiny sweep in its own process group (so a test can SIGKILL the driver and all it started)."""
+    env = {**os.environ, "CRYSTALVISION_HOME": str(home), "CRYSTALVISION_RAY_NUM_CPUS": "2", **(extra_env or {})}
     env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
     for var in ("RAY_ADDRESS", "CRYSTALVISION_RAY_ADDRESS", "MLFLOW_TRACKING_URI", "CRYSTALVISION_OBJECT_STORE_URI"):
         env.pop(var, None)
@@ -167,7 +168,7 @@ def test_killed_tune_driver_is_restored_and_finishes_every_trial(tmp_path):
 
     home = tmp_path / "home"
     sweep_dir = home / "ray_results" / sweep_name(load_pipeline(ROOT / "pipelines/quickstart.yaml", TUNE_OVERRIDES))
-    first = _tune_process(home, tmp_path / "first.log")
+    first = tune_process(home, tmp_path / "first.log")
     try:
         deadline = time.monotonic() + 400
         while not _first_report(sweep_dir):
@@ -180,7 +181,7 @@ def test_killed_tune_driver_is_restored_and_finishes_every_trial(tmp_path):
         stop_group(first)
     assert "SUMMARY" not in (tmp_path / "first.log").read_text()
 
-    second = _tune_process(home, tmp_path / "second.log")
+    second = tune_process(home, tmp_path / "second.log")
     try:
         second.wait(timeout=500)
     finally:

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from .support.procs import stop_group
 from .support.s3 import CREDENTIALS, S3Server, moto_s3
-from .test_faults import TUNE_OVERRIDES, TUNE_SCRIPT
+from .test_faults import TUNE_OVERRIDES, tune_process
 
 pytestmark = pytest.mark.slow
 
@@ -25,24 +24,12 @@ PREFIX = "ray_results"
 
 
 def _tune_process(s3: S3Server, home: Path, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, **CREDENTIALS, "CRYSTALVISION_HOME": str(home), "CRYSTALVISION_RAY_NUM_CPUS": "2"}
-    env |= {
+    return tune_process(home, log_path, {
+        **CREDENTIALS,
         "CRYSTALVISION_RAY_STORAGE_PATH": f"s3://{s3.bucket}/{PREFIX}",
         "CRYSTALVISION_S3_ENDPOINT_URL": s3.endpoint_url,
         "AWS_ENDPOINT_URL_S3": s3.endpoint_url,
-        "TUNE_GLOBAL_CHECKPOINT_S": "1",
-    }
-    for var in ("RAY_ADDRESS", "CRYSTALVISION_RAY_ADDRESS", "MLFLOW_TRACKING_URI", "CRYSTALVISION_OBJECT_STORE_URI"):
-        env.pop(var, None)
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-c", TUNE_SCRIPT, json.dumps(TUNE_OVERRIDES)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    })  # fmt: skip
 
 
 def _saved_state(s3: S3Server, sweep: str) -> str:
