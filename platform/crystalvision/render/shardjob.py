@@ -55,14 +55,14 @@ def _intact(store: ObjectStore, key: str) -> dict[str, Any] | None:
     return entry
 
 
-def _donors(store: ObjectStore, prefix: str) -> dict[str, str]:
+def _donors(store: ObjectStore, prefix: str, intact: Callable[[str], dict[str, Any] | None]) -> dict[str, str]:
     """material id -> an intact shard under ``prefix`` that holds its images (any selection's shard)."""
     found: dict[str, str] = {}
     for side in store.list(f"{prefix}/shards"):
         if not side.endswith(".json"):
             continue
         key = side.removesuffix(".json") + ".parquet"
-        entry = _intact(store, key)
+        entry = intact(key)
         for mid in entry["material_ids"] if entry else []:
             found.setdefault(str(mid), key)
     return found
@@ -107,19 +107,26 @@ def render_shards(
     owner: dict[str, str] = {}
     labels, entries, rows = [], [], []
     donors: dict[str, str] | None = None
+    checked: dict[str, dict[str, Any] | None] = {}
+
+    def intact(key: str) -> dict[str, Any] | None:  # each shard's checksum is read once per run
+        if key not in checked:
+            checked[key] = _intact(store, key)
+        return checked[key]
+
     for index, members in enumerate(shards.plan(all_ids, cfg.views_per_structure, cfg.image_size, cfg.shard_mb)):
         key = shards.shard_key(prefix, index, members)
         recs = [by_id[m] for m in members if m in by_id]
         if not recs:
             continue
         frame = labels_frame(recs, encoders, cfg, prefix, keys=lambda mid, v, k=key: shards.image_ref(k, mid, v))
-        entry = _intact(store, key)
+        entry = intact(key)
         if entry is not None and {r.material_id for r in recs} <= set(entry["material_ids"]):
             labels.append(frame[frame["material_id"].isin(entry["material_ids"])])
             entries.append(entry)
             continue
         pending[key] = part = _Pending(key, frame, len(frame))
-        donors = _donors(store, prefix) if donors is None else donors
+        donors = _donors(store, prefix, intact) if donors is None else donors
         kept = _keep_rendered(store, part, donors)
         for rec in (r for r in recs if r.material_id not in kept):
             owner[rec.material_id] = key
