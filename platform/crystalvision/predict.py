@@ -204,8 +204,8 @@ def _output_row(spec: ModelSpec, mean: dict[str, np.ndarray], warnings: list[str
         "spacegroup": sym.spacegroup,
         "spacegroup_probability": round(sym.spacegroup_probability, 6),
         "spacegroup_top3": json.dumps([[s, round(p, 6)] for s, p in sym.top3]),
-        "crystal_system_proba": _proba_json(spec.classes("crystal_system"), cs),
-        "spacegroup_proba": _proba_json(spec.classes("spacegroup"), sg),
+        "crystal_system_proba": _proba_json(systems, cs),
+        "spacegroup_proba": _proba_json(groups, sg),
         "warnings": json.dumps(warnings),
         "error": None,
     }

@@ -84,7 +84,7 @@ class Manifest(BaseModel):
 class LabelEncoders(RootModel[dict[str, list[str]]]):
     """Class lists of the classification targets: target name -> class names (the index is the class id).
 
-    Stored as ``encoders.json`` (``{"crystal_system": [...], "spacegroup": [...]}``); a new classification row in
+    Stored as ``label_encoders.json`` (``{"crystal_system": [...], "spacegroup": [...]}``); a new classification row in
     :mod:`crystalvision.targets` needs no change here (its order comes from :data:`CLASS_ORDER` or is sorted)."""
 
     def classes(self, target: str) -> list[str]:
