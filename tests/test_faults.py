@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,31 @@ def tune_process(home: Path, log_path: Path, extra_env: dict[str, str] | None = 
         )
 
 
+def kill_sweep_when(proc: subprocess.Popen, log_path: Path, ready: Callable[[], bool], late: str) -> None:
+    """SIGKILL the sweep's process group (the driver and the local Ray cluster it started) once ``ready()``."""
+    try:
+        deadline = time.monotonic() + 400
+        while not ready():
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, late
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        stop_group(proc)
+
+
+def rerun_sweep(proc: subprocess.Popen, log_path: Path) -> tuple[str, dict]:
+    """Wait for the rerun; it must succeed. Its log and its SUMMARY line."""
+    try:
+        proc.wait(timeout=500)
+    finally:
+        stop_group(proc)
+    out = log_path.read_text()
+    assert proc.returncode == 0, out[-4000:]
+    return out, json.loads(out.split("SUMMARY ", 1)[1].splitlines()[0])
+
+
 def _first_report(sweep_dir: Path) -> bool:
     """A trial has reported a result and the experiment state is saved."""
     reported = any(p.stat().st_size > 0 for p in sweep_dir.glob("*/result.json"))
@@ -168,28 +194,12 @@ def test_killed_tune_driver_is_restored_and_finishes_every_trial(tmp_path):
 
     home = tmp_path / "home"
     sweep_dir = home / "ray_results" / sweep_name(load_pipeline(ROOT / "pipelines/quickstart.yaml", TUNE_OVERRIDES))
-    first = tune_process(home, tmp_path / "first.log")
-    try:
-        deadline = time.monotonic() + 400
-        while not _first_report(sweep_dir):
-            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no trial reported in time"
-            time.sleep(0.5)
-        os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
-        first.wait(timeout=30)
-    finally:
-        stop_group(first)
+    kill_sweep_when(tune_process(home, tmp_path / "first.log"), tmp_path / "first.log",
+                    lambda: _first_report(sweep_dir), "no trial reported in time")  # fmt: skip
     assert "SUMMARY" not in (tmp_path / "first.log").read_text()
 
-    second = tune_process(home, tmp_path / "second.log")
-    try:
-        second.wait(timeout=500)
-    finally:
-        stop_group(second)
-    out = (tmp_path / "second.log").read_text()
-    assert second.returncode == 0, out[-4000:]
+    out, summary = rerun_sweep(tune_process(home, tmp_path / "second.log"), tmp_path / "second.log")
     assert f"resuming sweep {sweep_dir.name}" in out, "the second run must take the Tuner.restore path"
-    summary = json.loads(out.split("SUMMARY ", 1)[1].splitlines()[0])
     assert summary["n_trials"] == 2 and summary["n_errors"] == 0 and summary["best_run_id"]
 
 

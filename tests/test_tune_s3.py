@@ -4,18 +4,13 @@ bucket; the driver is SIGKILLed mid-sweep, and a rerun of the same config restor
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from .support.procs import stop_group
 from .support.s3 import CREDENTIALS, S3Server, moto_s3
-from .test_faults import TUNE_OVERRIDES, tune_process
+from .test_faults import TUNE_OVERRIDES, kill_sweep_when, rerun_sweep, tune_process
 
 pytestmark = pytest.mark.slow
 
@@ -52,17 +47,9 @@ def test_tune_on_s3_is_restored_from_the_bucket_after_the_driver_is_killed(tmp_p
     sweep = sweep_name(load_pipeline(ROOT / "pipelines/quickstart.yaml", TUNE_OVERRIDES))
     home = tmp_path / "home"
     with moto_s3("cv-tune") as s3:
-        first = _tune_process(s3, home, tmp_path / "first.log")
-        try:
-            deadline = time.monotonic() + 400
-            while "TERMINATED" not in _saved_state(s3, sweep):  # one trial finished, and the state says so
-                assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "no trial finished in time"
-                time.sleep(0.5)
-            os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
-            first.wait(timeout=30)
-        finally:
-            stop_group(first)
+        # one trial finished, and the state saved in the bucket says so
+        kill_sweep_when(_tune_process(s3, home, tmp_path / "first.log"), tmp_path / "first.log",
+                        lambda: "TERMINATED" in _saved_state(s3, sweep), "no trial finished in time")  # fmt: skip
         assert "SUMMARY" not in (tmp_path / "first.log").read_text(), "killed mid-sweep, not after it"
         keys = s3.keys(f"{PREFIX}/")
         assert any(k.startswith(f"{PREFIX}/{sweep}/experiment_state") for k in keys), "Tune's state lives in S3"
@@ -71,15 +58,8 @@ def test_tune_on_s3_is_restored_from_the_bucket_after_the_driver_is_killed(tmp_p
         finished = _weights_of_finished_trials(home)
         assert len(finished) == 1
 
-        second = _tune_process(s3, home, tmp_path / "second.log")
-        try:
-            second.wait(timeout=500)
-        finally:
-            stop_group(second)
-        out = (tmp_path / "second.log").read_text()
-        assert second.returncode == 0, out[-4000:]
+        out, summary = rerun_sweep(_tune_process(s3, home, tmp_path / "second.log"), tmp_path / "second.log")
         assert f"resuming sweep {sweep} from {s3.bucket}/{PREFIX}/{sweep}" in out, "restored from S3"
-        summary = json.loads(out.split("SUMMARY ", 1)[1].splitlines()[0])
         assert summary["n_trials"] == 2 and summary["n_errors"] == 0 and summary["best_run_id"]
         after = _weights_of_finished_trials(home)
         assert len(after) == 2 and all(after[p] == t for p, t in finished.items()), "a finished trial ran again"
