@@ -56,7 +56,10 @@ NON_IMAGE_FIELDS = {
     "export_png",
 }
 LAYOUT_FIELDS = ("layout", "shard_mb")  # in the hash only for layout: shards (files hashes stay as they were)
-MIN_BATCH, MAX_BATCH, BATCHES_PER_ACTOR = 8, 64, 4
+# Each Ray Data task leaves its actor idle for ~40 ms (dispatch and output handling), so a task should carry a
+# few hundred ms of rendering: at 224 px, 2 actors on 2 cores, batch 64 kept each actor ~45% idle (1 -> 2 actors
+# x1.4), batch 256 ~8% (x1.9-2.0; bench/render_bench.py, ray data rows).
+MIN_BATCH, MAX_BATCH, BATCHES_PER_ACTOR = 8, 256, 4
 __all__ = ["FAULT_ENV", "RenderBatch", "RenderResult", "image_key", "render_config_hash", "render_dataset"]
 
 
