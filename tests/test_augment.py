@@ -79,6 +79,29 @@ def test_dihedral_averaging():
     assert out["crystal_system_proba"].sum().item() == pytest.approx(1.0)
 
 
+def test_evaluate_tta_makes_predictions_invariant_to_right_angle_turns():
+    """evaluate.tta = dihedral (predict_arrays(dihedral=True)): a turned copy of an image gets the same prediction,
+    which a plain forward pass of an untrained network does not give."""
+    from crystalvision.config import EvaluateConfig
+    from crystalvision.model import predict_arrays
+
+    torch.manual_seed(0)
+    spec = ModelSpec(backbone="test_efficientnet", crystal_system_classes=["a", "b"], spacegroup_classes=["x", "y"])
+    net = CrystalNet(spec)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    stack = np.concatenate([image, np.rot90(image, 1, axes=(1, 2)), image[:, :, ::-1]])
+    plain = predict_arrays(net, stack)
+    tta = predict_arrays(net, stack, dihedral=True)
+    assert set(tta) == set(plain)
+    assert not np.allclose(plain["band_gap"][0], plain["band_gap"][1], rtol=1e-4)
+    for key, value in tta.items():
+        np.testing.assert_allclose(value[1:], np.repeat(value[:1], 2, axis=0), rtol=1e-4, atol=1e-5, err_msg=key)
+    assert EvaluateConfig(tta="dihedral").tta == "dihedral"
+    with pytest.raises(ValueError, match="tta"):
+        EvaluateConfig(tta="flips")
+
+
 def test_label_smoothing_loss():
     logits, y = torch.tensor([[10.0, -10.0]]), torch.tensor([0])
     assert classification_loss(logits, y, 0.2) > classification_loss(logits, y, 0.0) + 0.5

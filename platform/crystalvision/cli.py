@@ -250,6 +250,7 @@ def bench(
     only: Annotated[
         list[str] | None, typer.Option(help="Parts: render_bench, train_bench, quickstart, MODULE.FUNCTION.")
     ] = None,
+    readme: Annotated[Path | None, typer.Option(help="Rewrite this README's benchmark table from the JSON.")] = None,
 ) -> None:
     """Run every benchmark in bench/ (of this source checkout), print one table and write JSON."""
     from crystalvision.settings import PACKAGE_DIR
@@ -262,7 +263,8 @@ def bench(
     cmd = [sys.executable, "-m", "bench.run_all", "--out", str(out.resolve()), *(["--quick"] if quick else [])]
     path = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}  # this checkout's package in the runner and its parts
-    done = subprocess.run([*cmd, *(["--only", *only] if only else [])], cwd=root, env=env, check=False)
+    extra = [*(["--only", *only] if only else []), *(["--readme", str(readme.resolve())] if readme else [])]
+    done = subprocess.run([*cmd, *extra], cwd=root, env=env, check=False)
     if done.returncode:
         raise typer.Exit(code=done.returncode)
 

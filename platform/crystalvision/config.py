@@ -192,6 +192,10 @@ class EvaluateConfig(_Strict):
         default=0.1, gt=0, description="spglib tolerance (Å) of the symmetry baseline; the labels used 0.1."
     )
     batch_size: int = Field(default=64, ge=1, description="Images per inference batch.")
+    tta: Literal["none", "dihedral"] = Field(
+        default="none", description="Test-time augmentation: dihedral averages each image over its 8 exact "
+        "in-plane views (rotations by 90 degrees and mirrors; 8x the inference work)."
+    )
     include_val: bool = Field(default=True, description="Also report metrics on the validation split.")
     leakage: bool = Field(
         default=True, description="Report section: SSIM of each test image to its nearest training image (leakage.py)."

@@ -55,15 +55,22 @@ class Level:
 
 
 def predict_split(
-    model: CrystalNet, df: pd.DataFrame, store: ObjectStore, name: str, batch_size: int, size: int | None = None
+    model: CrystalNet,
+    df: pd.DataFrame,
+    store: ObjectStore,
+    name: str,
+    batch_size: int,
+    size: int | None = None,
+    dihedral: bool = False,
 ) -> Level:
-    """Load and predict a split's images (``size`` px, default the model's) in chunks, logging progress."""
+    """Load and predict a split's images (``size`` px, default the model's) in chunks, logging progress;
+    ``dihedral``: test-time averaging over the 8 in-plane views (``evaluate.tta``)."""
     size = size or unwrap(model).spec.image_size
     parts: list[dict[str, np.ndarray]] = []
     keys = df["image_key"].tolist()
     for start in range(0, len(keys), CHUNK):
         images = load_images(store, keys[start : start + CHUNK], size=size)
-        parts.append(predict_arrays(model, images, batch_size=batch_size))
+        parts.append(predict_arrays(model, images, batch_size=batch_size, dihedral=dihedral))
         log.info("evaluate: predicted %d/%d %s images", min(start + CHUNK, len(keys)), len(keys), name)
     if not parts:
         raise StorageError(f"the {name} split is empty; change the split fractions or select more structures")
@@ -221,9 +228,10 @@ def check_class_ids(splits: Splits, classes: Mapping[str, list[str]]) -> None:
 
 def predict_levels(model: CrystalNet, splits: Splits, store: ObjectStore, spec: ModelSpec, ecfg: EvaluateConfig):
     """Model outputs per image on test (and val), and their per-structure means: ``{level name: Level}``."""
-    levels = {"test": predict_split(model, splits.test, store, "test", ecfg.batch_size, spec.image_size)}
+    tta = ecfg.tta == "dihedral"
+    levels = {"test": predict_split(model, splits.test, store, "test", ecfg.batch_size, spec.image_size, tta)}
     if ecfg.include_val and len(splits.val):
-        levels["val"] = predict_split(model, splits.val, store, "val", ecfg.batch_size, spec.image_size)
+        levels["val"] = predict_split(model, splits.val, store, "val", ecfg.batch_size, spec.image_size, tta)
     for name in list(levels):
         levels[f"{name}_struct"] = by_structure(levels[name])
     return levels

@@ -186,17 +186,28 @@ def preprocess(images: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_arrays(model: CrystalNet, images: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Predict a stack of uint8 images: regression in physical units, class probabilities per head."""
+def predict_arrays(
+    model: CrystalNet, images: np.ndarray, batch_size: int = 64, dihedral: bool = False
+) -> dict[str, np.ndarray]:
+    """Predict a stack of uint8 images: regression in physical units, class probabilities per head.
+    ``dihedral``: average each image over its 8 exact in-plane views (test-time augmentation, 8x the work)."""
     import numpy as np
+
+    from crystalvision.augment import predict_dihedral
 
     model.eval()
     device = next(model.parameters()).device
     chunks: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(images), batch_size):
-        out = model(preprocess(images[start : start + batch_size]).to(device))
+        x = preprocess(images[start : start + batch_size]).to(device)
+        if dihedral:
+            out = predict_dihedral(model, x)
+        else:
+            out = model(x)
+            out = {k: v if k in TARGETS_REGRESSION else v.float().softmax(-1) for k, v in out.items()}
+            out = {(k if k in TARGETS_REGRESSION else f"{k}_proba"): v for k, v in out.items()}
         for t in TARGETS_REGRESSION:
             chunks.setdefault(t, []).append(model.denormalise(t, out[t].float()).cpu().numpy())
         for t in TARGETS_CLASSIFICATION:
-            chunks.setdefault(f"{t}_proba", []).append(out[t].float().softmax(-1).cpu().numpy())
+            chunks.setdefault(f"{t}_proba", []).append(out[f"{t}_proba"].float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in chunks.items()}

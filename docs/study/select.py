@@ -1,0 +1,63 @@
+"""Pick the grouped-fold training recipe by validation (issue 13, point 4), never by the test folds.
+
+Each argument is the JSON summary that ``crystalvision pipeline run pipelines/paper-grouped.yaml ... --json``
+printed for one candidate recipe, with the command that made it beside it (``<name>.cmd``). The rule, fixed before
+any candidate ran: the highest mean over folds of the validation accuracy of the two class heads, averaged
+(``(val_acc_crystal_system_mean + val_acc_spacegroup_mean) / 2``; validation structures are 20% of each fold's
+training structures); on a tie, the earlier candidate (the simpler recipe comes first). Validation loss is not
+comparable across recipes with and without label smoothing, so it is not the rule.
+
+Usage: ``python docs/study/select.py BASE.json CAND.json ... [--sets]``: prints one Markdown row per candidate
+(validation and test numbers, the pick marked); ``--sets`` prints only the winner's ``--set`` options that are
+not about size or the epoch budget, to append to the final run's command.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+BUDGET_KEYS = ("render.image_size", "train.epochs", "train.patience", "evaluate.saliency")
+
+
+def score(metrics: dict[str, float]) -> float:
+    """The selection score: mean validation accuracy of the class heads over folds."""
+    return (metrics["val_acc_crystal_system_mean"] + metrics["val_acc_spacegroup_mean"]) / 2
+
+
+def recipe(summary: Path) -> list[str]:
+    """The ``--set key=value`` options of the command beside ``summary`` that define the recipe."""
+    cmd = summary.with_suffix(".cmd")
+    words = shlex.split(cmd.read_text()) if cmd.exists() else []
+    sets = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--set"]
+    return [s for s in sets if not s.startswith(BUDGET_KEYS)]
+
+
+def main(argv: list[str]) -> None:
+    only_sets = "--sets" in argv
+    paths = [Path(a) for a in argv if a != "--sets"]
+    rows = []
+    for path in paths:
+        metrics = json.loads(path.read_text())["metrics"]
+        rows.append((score(metrics), path, metrics))
+    best = max(range(len(rows)), key=lambda i: (rows[i][0], -i))
+    if only_sets:
+        print(" ".join(f"--set {s}" for s in recipe(rows[best][1])))
+        return
+    print("| recipe | val acc (2 heads, mean over folds) | val acc system | val acc space group | test acc system "
+          "(per structure) | test R² gap (per structure) | picked |")
+    print("|---|---|---|---|---|---|---|")
+    for i, (s, path, m) in enumerate(rows):
+        name = " ".join(recipe(path)) or "defaults (no augmentation, no smoothing, no TTA)"
+        print(
+            f"| {name} | {s:.3f} | {m['val_acc_crystal_system_mean']:.2f} ± {m['val_acc_crystal_system_std']:.2f} "
+            f"| {m['val_acc_spacegroup_mean']:.2f} ± {m['val_acc_spacegroup_std']:.2f} "
+            f"| {m.get('test_struct_acc_crystal_system_mean', float('nan')):.2f} "
+            f"| {m.get('test_struct_r2_band_gap_mean', float('nan')):.2f} | {'yes' if i == best else ''} |"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
