@@ -7,8 +7,9 @@ Files run ``-j`` at a time (default 1, or ``CRYSTALVISION_TEST_JOBS``), longest 
 ``tests/durations.json`` (seconds per file, rewritten by ``--record``). Each process gets its own TMPDIR, so its
 local Ray cluster (``$TMPDIR/ray``) and pytest's temporary folders never meet another's. Two at a time took the
 suite from CI's 1,248 s to about 950 s on 2 cores, but on 2 cores Ray Train then lost workers or a checkpoint
-registration in 1-2 of about 40 runs per suite, so CI runs one at a time; use ``-j 2`` on 4+ cores. Other
-arguments go to every pytest call (e.g. ``-x``, ``-k name``).
+registration in 1-2 of about 40 runs per suite, so CI runs one at a time; use ``-j 2`` on 4+ cores. The unit
+files in :data:`SHARED_PROCESS` (no Ray, no servers, no VTK) run together in one process: each file alone spent
+most of its 1-10 s on interpreter and import start-up. Other arguments go to every pytest call (``-x``, ``-k``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DURATIONS = ROOT / "tests" / "durations.json"
+SHARED_PROCESS = (  # start no Ray cluster, server or GL context: safe to share one pytest process
+    "test_augment.py", "test_cli.py", "test_config.py", "test_dataset.py", "test_evaluate.py", "test_folds.py",
+    "test_graphnet.py", "test_leakage.py", "test_metrics.py", "test_mp.py", "test_snapshot.py", "test_targets.py",
+    "test_tracking.py",
+)
+SHARED_NAME = "unit files"
 COUNTS = re.compile(r"(\d+) (passed|failed|error|errors|skipped|xfailed|xpassed)")
 
 
@@ -38,14 +45,14 @@ class FileResult:
     seconds: float
 
 
-def _run_one(path: Path, pytest_args: list[str], tmpdir: Path) -> FileResult:
-    """One test file in its own pytest process and TMPDIR (short: Ray's socket paths must stay < 108 bytes)."""
+def _run_one(paths: list[Path], pytest_args: list[str], tmpdir: Path) -> FileResult:
+    """Test files in one pytest process and TMPDIR (short: Ray's socket paths must stay < 108 bytes)."""
     tmpdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TMPDIR": str(tmpdir)}
     t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=4", "--durations-min=10",
-         str(path.relative_to(ROOT)), *pytest_args],
+         *(str(p.relative_to(ROOT)) for p in paths), *pytest_args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -53,7 +60,8 @@ def _run_one(path: Path, pytest_args: list[str], tmpdir: Path) -> FileResult:
         text=True,
         check=False,
     )
-    return FileResult(path.name, proc.returncode, proc.stdout, time.monotonic() - t0)
+    name = paths[0].name if len(paths) == 1 else SHARED_NAME
+    return FileResult(name, proc.returncode, proc.stdout, time.monotonic() - t0)
 
 
 def _counts(output: str) -> dict[str, int]:
@@ -65,10 +73,17 @@ def _counts(output: str) -> dict[str, int]:
     return out
 
 
-def _ordered(files: list[Path]) -> list[Path]:
-    """Longest first (known durations; unknown files count as long), so the last file to start is a short one."""
+def _groups(files: list[Path]) -> list[list[Path]]:
+    """One group per pytest process: the shared unit files together, every other file alone; longest first (known
+    durations; unknown files count as long), so the last process to start is a short one."""
     known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
-    return sorted(files, key=lambda p: -float(known.get(p.name, 60.0)))
+    shared = [p for p in files if p.name in SHARED_PROCESS]
+    groups = [[p] for p in files if p.name not in SHARED_PROCESS] + ([shared] if shared else [])
+
+    def seconds(group: list[Path]) -> float:
+        return float(known.get(group[0].name if len(group) == 1 else SHARED_NAME, 60.0))
+
+    return sorted(groups, key=lambda g: -seconds(g))
 
 
 def main(argv: list[str]) -> int:
@@ -76,12 +91,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("CRYSTALVISION_TEST_JOBS", "1")))
     parser.add_argument("--record", action="store_true", help="rewrite tests/durations.json from this run")
     args, pytest_args = parser.parse_known_args(argv)
-    files = _ordered(sorted((ROOT / "tests").glob("test_*.py")))
+    files = sorted((ROOT / "tests").glob("test_*.py"))
+    groups = _groups(files)
     totals: dict[str, int] = {}
     results: list[FileResult] = []
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cvt") as tmp, ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        futures = [pool.submit(_run_one, path, pytest_args, Path(tmp) / f"{i:02d}") for i, path in enumerate(files)]
+        futures = [pool.submit(_run_one, group, pytest_args, Path(tmp) / f"{i:02d}") for i, group in enumerate(groups)]
         for future in as_completed(futures):
             res = future.result()
             results.append(res)
@@ -99,7 +115,7 @@ def main(argv: list[str]) -> int:
     slowest = sorted(results, key=lambda r: -r.seconds)[:8]
     print("slowest files: " + ", ".join(f"{r.name} {r.seconds:.0f} s" for r in slowest))
     extra = "".join(f", {totals[k]} {k}" for k in ("skipped", "xfailed", "xpassed") if totals.get(k))
-    print(f"{len(files)} test files in {took:.0f} s, {args.jobs} at a time")
+    print(f"{len(files)} test files in {len(groups)} processes in {took:.0f} s, {args.jobs} at a time")
     if failed_files:
         print("files with failures: " + ", ".join(sorted(failed_files)))
     print(f"{totals.get('passed', 0)} passed, {totals.get('failed', 0)} failed{extra}")
