@@ -80,8 +80,8 @@ def test_dihedral_averaging():
 
 
 def test_evaluate_tta_makes_predictions_invariant_to_right_angle_turns():
-    """evaluate.tta = dihedral (predict_arrays(dihedral=True)): a turned copy of an image gets the same prediction,
-    which a plain forward pass of an untrained network does not give."""
+    """evaluate.tta = dihedral (predict_arrays(forward=predict_dihedral)): a turned copy of an image gets the same
+    prediction, which a plain forward pass of an untrained network does not give."""
     from crystalvision.config import EvaluateConfig
     from crystalvision.model import predict_arrays
 
@@ -92,7 +92,7 @@ def test_evaluate_tta_makes_predictions_invariant_to_right_angle_turns():
     image = rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
     stack = np.concatenate([image, np.rot90(image, 1, axes=(1, 2)), image[:, :, ::-1]])
     plain = predict_arrays(net, stack)
-    tta = predict_arrays(net, stack, dihedral=True)
+    tta = predict_arrays(net, stack, forward=predict_dihedral)
     assert set(tta) == set(plain)
     assert not np.allclose(plain["band_gap"][0], plain["band_gap"][1], rtol=1e-4)
     for key, value in tta.items():

@@ -22,6 +22,7 @@ import pandas as pd
 
 from crystalvision import metrics as M
 from crystalvision import plots
+from crystalvision.augment import predict_dihedral
 from crystalvision.config import EvaluateConfig, PipelineConfig
 from crystalvision.dataset import Splits, load_images
 from crystalvision.errors import CrystalVisionError, ModelError, StorageError
@@ -66,11 +67,12 @@ def predict_split(
     """Load and predict a split's images (``size`` px, default the model's) in chunks, logging progress;
     ``dihedral``: test-time averaging over the 8 in-plane views (``evaluate.tta``)."""
     size = size or unwrap(model).spec.image_size
+    forward = predict_dihedral if dihedral else None
     parts: list[dict[str, np.ndarray]] = []
     keys = df["image_key"].tolist()
     for start in range(0, len(keys), CHUNK):
         images = load_images(store, keys[start : start + CHUNK], size=size)
-        parts.append(predict_arrays(model, images, batch_size=batch_size, dihedral=dihedral))
+        parts.append(predict_arrays(model, images, batch_size=batch_size, forward=forward))
         log.info("evaluate: predicted %d/%d %s images", min(start + CHUNK, len(keys)), len(keys), name)
     if not parts:
         raise StorageError(f"the {name} split is empty; change the split fractions or select more structures")

@@ -8,6 +8,7 @@ sources, training domain), so a model can be rebuilt anywhere without the traini
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -185,27 +186,28 @@ def preprocess(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     return (t - mean) / std
 
 
+def plain_outputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One forward pass: regression outputs (the model's units) and ``<head>_proba`` class probabilities."""
+    out = model(x)
+    return {(k if k in TARGETS_REGRESSION else f"{k}_proba"): (v if k in TARGETS_REGRESSION else v.float().softmax(-1))
+            for k, v in out.items()}  # fmt: skip
+
+
 @torch.no_grad()
 def predict_arrays(
-    model: CrystalNet, images: np.ndarray, batch_size: int = 64, dihedral: bool = False
+    model: CrystalNet, images: np.ndarray, batch_size: int = 64, forward: Callable[..., dict] | None = None
 ) -> dict[str, np.ndarray]:
-    """Predict a stack of uint8 images: regression in physical units, class probabilities per head.
-    ``dihedral``: average each image over its 8 exact in-plane views (test-time augmentation, 8x the work)."""
+    """Predict a stack of uint8 images: regression in physical units, class probabilities per head. ``forward``
+    (default :func:`plain_outputs`) maps (model, batch) to those outputs, e.g. ``augment.predict_dihedral`` for
+    test-time averaging over the 8 in-plane views."""
     import numpy as np
 
-    from crystalvision.augment import predict_dihedral
-
     model.eval()
+    forward = forward or plain_outputs
     device = next(model.parameters()).device
     chunks: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(images), batch_size):
-        x = preprocess(images[start : start + batch_size]).to(device)
-        if dihedral:
-            out = predict_dihedral(model, x)
-        else:
-            out = model(x)
-            out = {k: v if k in TARGETS_REGRESSION else v.float().softmax(-1) for k, v in out.items()}
-            out = {(k if k in TARGETS_REGRESSION else f"{k}_proba"): v for k, v in out.items()}
+        out = forward(model, preprocess(images[start : start + batch_size]).to(device))
         for t in TARGETS_REGRESSION:
             chunks.setdefault(t, []).append(model.denormalise(t, out[t].float()).cpu().numpy())
         for t in TARGETS_CLASSIFICATION:
