@@ -1,1 +1,1 @@
-crystalvision pipeline run pipelines/paper-uniform.yaml --set render.image_size=64 --set train.epochs=8 --set train.patience=4
+crystalvision pipeline run pipelines/paper-uniform.yaml --set render.image_size=96 --set train.epochs=10 --set train.patience=4
