@@ -1,5 +1,7 @@
-"""Fault injection: a render actor killed mid-batch, a Tune driver killed mid-sweep, the MLflow server restarted
-while a run logs, the S3 endpoint unavailable. (A Ray Train worker killed mid-epoch: tests/test_train.py.)"""
+"""Fault injection: a render actor killed mid-batch, the MLflow server restarted while a run logs, the S3 endpoint
+unavailable. (A Ray Train worker killed mid-epoch: tests/test_train.py. A Tune driver killed mid-sweep:
+tests/test_tune_s3.py, with the helpers below; the restore is one code path for local and s3:// storage, and
+test_tune.py restores a local sweep.)"""
 
 from __future__ import annotations
 
@@ -119,7 +121,7 @@ def test_local_writes_are_fsynced_and_leave_no_temp_file_on_failure(tmp_path, mo
     assert sorted(p.name for p in (tmp_path / "store" / "a").iterdir()) == ["b.bin"], "no temp file is left"
 
 
-# ---- Tune driver killed -----------------------------------------------------------------------------------------
+# ---- Tune driver killed: the sweep process and its helpers (the test is tests/test_tune_s3.py) -----------------------
 
 TUNE_SCRIPT = """
 import json, logging, sys
@@ -180,27 +182,6 @@ def rerun_sweep(proc: subprocess.Popen, log_path: Path) -> tuple[str, dict]:
     out = log_path.read_text()
     assert proc.returncode == 0, out[-4000:]
     return out, json.loads(out.split("SUMMARY ", 1)[1].splitlines()[0])
-
-
-def _first_report(sweep_dir: Path) -> bool:
-    """A trial has reported a result and the experiment state is saved."""
-    reported = any(p.stat().st_size > 0 for p in sweep_dir.glob("*/result.json"))
-    return reported and any(sweep_dir.glob("experiment_state*.json"))
-
-
-def test_killed_tune_driver_is_restored_and_finishes_every_trial(tmp_path):
-    from crystalvision.config import load_pipeline
-    from crystalvision.tune import sweep_name
-
-    home = tmp_path / "home"
-    sweep_dir = home / "ray_results" / sweep_name(load_pipeline(ROOT / "pipelines/quickstart.yaml", TUNE_OVERRIDES))
-    kill_sweep_when(tune_process(home, tmp_path / "first.log"), tmp_path / "first.log",
-                    lambda: _first_report(sweep_dir), "no trial reported in time")  # fmt: skip
-    assert "SUMMARY" not in (tmp_path / "first.log").read_text()
-
-    out, summary = rerun_sweep(tune_process(home, tmp_path / "second.log"), tmp_path / "second.log")
-    assert f"resuming sweep {sweep_dir.name}" in out, "the second run must take the Tuner.restore path"
-    assert summary["n_trials"] == 2 and summary["n_errors"] == 0 and summary["best_run_id"]
 
 
 # ---- MLflow server restarted mid-run ----------------------------------------------------------------------------
