@@ -19,8 +19,8 @@ import math
 import torch
 from torch.nn import functional as F
 
-from crystalvision.config import TARGETS_REGRESSION, AugmentConfig
-from crystalvision.model import MEAN, STD
+from crystalvision.config import AugmentConfig
+from crystalvision.model import MEAN, STD, plain_outputs
 
 
 def background_value(x: torch.Tensor, normalised: bool, background=(1.0, 1.0, 1.0)) -> torch.Tensor:
@@ -96,11 +96,8 @@ def predict_dihedral(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch
     sums: dict[str, torch.Tensor] = {}
     views = dihedral_views(x)
     for v in views:
-        out = model(v)
-        for k, t in out.items():
-            val = t.float() if k in TARGETS_REGRESSION else t.float().softmax(-1)
-            name = k if k in TARGETS_REGRESSION else f"{k}_proba"
-            sums[name] = sums.get(name, 0) + val
+        for name, value in plain_outputs(model, v).items():
+            sums[name] = sums.get(name, 0) + value
     return {k: v / len(views) for k, v in sums.items()}
 
 

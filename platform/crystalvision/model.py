@@ -187,10 +187,14 @@ def preprocess(images: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 def plain_outputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One forward pass: regression outputs (the model's units) and ``<head>_proba`` class probabilities."""
-    out = model(x)
-    return {(k if k in TARGETS_REGRESSION else f"{k}_proba"): (v if k in TARGETS_REGRESSION else v.float().softmax(-1))
-            for k, v in out.items()}  # fmt: skip
+    """One forward pass: regression outputs (the model's units, float32) and ``<head>_proba`` class probabilities."""
+    outputs = {}
+    for name, value in model(x).items():
+        if name in TARGETS_REGRESSION:
+            outputs[name] = value.float()
+        else:
+            outputs[f"{name}_proba"] = value.float().softmax(-1)
+    return outputs
 
 
 @torch.no_grad()
