@@ -35,7 +35,7 @@ from bench.common import module_main, row  # noqa: E402
 
 log = logging.getLogger("bench.impostor_equivalence")
 RESULTS = ROOT / "bench" / "results" / "impostor_equivalence.json"
-HEADS = ("crystal_system", "spacegroup")
+HEADS = ("crystal_system", "spacegroup")  # the heads compared (all four are trained)
 
 
 def _render_sets(out: str, views: int, size: int) -> None:
@@ -63,40 +63,42 @@ def _render_sets(out: str, views: int, size: int) -> None:
 
 
 def _labels(material_ids: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-    """Class ids per image of each head, and the class names, from the snapshot's encoders."""
+    """Per image, each head's raw label (class id, or regression value in physical units) from the render job's
+    own label columns; and the class names."""
+    from crystalvision.config import TARGETS, TARGETS_CLASSIFICATION
+    from crystalvision.render.labels import label_columns
     from crystalvision.settings import BUNDLED_SNAPSHOT
     from crystalvision.snapshot import load_snapshot
-    from crystalvision.targets import TABLE
+    from crystalvision.targets import BY_NAME, CLASS_ID
 
     snap = load_snapshot(BUNDLED_SNAPSHOT)
-    by_id = {r.material_id: r for r in snap.records}
-    attr = {t.name: t.label for t in TABLE}
-    ids = {h: np.array([snap.encoders.encode(h, getattr(by_id[m], attr[h])) for m in material_ids]) for h in HEADS}
-    return ids, {h: list(snap.encoders.classes(h)) for h in HEADS}
+    by_id = {r.material_id: label_columns(r, snap.encoders) for r in snap.records}
+    column = {t: CLASS_ID[t] if t in CLASS_ID else BY_NAME[t].label for t in TARGETS}
+    labels = {t: np.array([by_id[m][column[t]] for m in material_ids]) for t in TARGETS}
+    return labels, {h: list(snap.encoders.classes(h)) for h in TARGETS_CLASSIFICATION}
 
 
 def _train(images: np.ndarray, labels: dict[str, np.ndarray], classes: dict, epochs: int, seed: int):
-    """EfficientNet-B0 from scratch on the class heads (Adam 1e-3, batch 16, the project's class loss)."""
+    """EfficientNet-B0 from scratch with the training core (``loop.Engine``: the four heads, the project's loss,
+    Adam 1e-3, batch 16), regression targets standardised on these training images."""
     import torch
 
-    from crystalvision.augment import classification_loss
-    from crystalvision.model import CrystalNet, ModelSpec, preprocess
+    from crystalvision.accel import DeviceData
+    from crystalvision.config import TARGETS_REGRESSION, TrainConfig
+    from crystalvision.loop import Engine
+    from crystalvision.model import CrystalNet, ModelSpec
 
     torch.manual_seed(seed)
-    net = CrystalNet(ModelSpec(class_names=classes, image_size=images.shape[1]))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    rng = np.random.default_rng(seed)
-    net.train()
-    for _ in range(epochs):
-        order = rng.permutation(len(images))
-        for start in range(0, len(order), 16):
-            idx = order[start : start + 16]
-            out = net(preprocess(images[idx]))
-            loss = sum(classification_loss(out[h], torch.as_tensor(labels[h][idx])) for h in HEADS)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return net
+    mean = {t: float(labels[t].mean()) for t in TARGETS_REGRESSION}
+    std = {t: float(labels[t].std()) or 1.0 for t in TARGETS_REGRESSION}
+    spec = ModelSpec(class_names=classes, image_size=images.shape[1], target_mean=mean, target_std=std)
+    targets = {t: torch.as_tensor((v - mean[t]) / std[t] if t in mean else v) for t, v in labels.items()}
+    engine = Engine(CrystalNet(spec), TrainConfig(batch_size=16, lr=1e-3), torch.device("cpu"),
+                    label_columns={t: t for t in labels})  # fmt: skip
+    held = DeviceData([{"image": torch.from_numpy(images), **targets}], engine.device, list(targets))
+    for epoch in range(epochs):
+        engine.train_epoch(held.batches(16, seed=seed * 1000 + epoch))
+    return engine.model
 
 
 def _correct(net, images: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

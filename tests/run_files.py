@@ -45,6 +45,11 @@ class FileResult:
     seconds: float
 
 
+def _group_name(paths: list[Path]) -> str:
+    """A pytest process's name in the report and in durations.json: its file, or the shared unit files' name."""
+    return paths[0].name if len(paths) == 1 else SHARED_NAME
+
+
 def _run_one(paths: list[Path], pytest_args: list[str], tmpdir: Path) -> FileResult:
     """Test files in one pytest process and TMPDIR (short: Ray's socket paths must stay < 108 bytes)."""
     tmpdir.mkdir(parents=True, exist_ok=True)
@@ -60,8 +65,7 @@ def _run_one(paths: list[Path], pytest_args: list[str], tmpdir: Path) -> FileRes
         text=True,
         check=False,
     )
-    name = paths[0].name if len(paths) == 1 else SHARED_NAME
-    return FileResult(name, proc.returncode, proc.stdout, time.monotonic() - t0)
+    return FileResult(_group_name(paths), proc.returncode, proc.stdout, time.monotonic() - t0)
 
 
 def _counts(output: str) -> dict[str, int]:
@@ -79,11 +83,7 @@ def _groups(files: list[Path]) -> list[list[Path]]:
     known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
     shared = [p for p in files if p.name in SHARED_PROCESS]
     groups = [[p] for p in files if p.name not in SHARED_PROCESS] + ([shared] if shared else [])
-
-    def seconds(group: list[Path]) -> float:
-        return float(known.get(group[0].name if len(group) == 1 else SHARED_NAME, 60.0))
-
-    return sorted(groups, key=lambda g: -seconds(g))
+    return sorted(groups, key=lambda g: -float(known.get(_group_name(g), 60.0)))
 
 
 def main(argv: list[str]) -> int:
