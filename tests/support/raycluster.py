@@ -33,8 +33,17 @@ class Cluster:
     env: dict[str, str]
 
 
-def _node_args(temp_dir: str) -> list[str]:
-    worker_base = random.randrange(40000, 49000, 100)
+def _worker_port_base(taken: set[int]) -> int:
+    """Start of a 100-port range for a node's workers, below the kernel's ephemeral range (where ``free_port`` and
+    every port-0 bind of the Ray processes land), and apart from the ranges of the other nodes (``taken``)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    bases = [b for b in range(max(low - 12000, 10000), low - 100, 100) if b not in taken]
+    base = random.choice(bases)
+    taken.add(base)
+    return base
+
+
+def _node_args(temp_dir: str, worker_base: int) -> list[str]:
     ports = {
         "--node-manager-port": free_port(),
         "--object-manager-port": free_port(),
@@ -67,7 +76,8 @@ def _cluster_env() -> dict[str, str]:
     return env
 
 
-def _wait_for_nodes(dashboard_url: str, n: int, timeout: float = 120) -> None:
+def _wait_for_nodes(dashboard_url: str, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll the dashboard until ``n`` nodes are alive; fail early when the node process ``proc`` exits."""
     from ray.util.state import list_nodes
 
     deadline = time.monotonic() + timeout
@@ -78,9 +88,24 @@ def _wait_for_nodes(dashboard_url: str, n: int, timeout: float = 120) -> None:
                 return
         except Exception:  # the dashboard is still starting
             pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"`ray start` exited with {proc.returncode} before node {n} joined {dashboard_url}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"Ray cluster at {dashboard_url} did not reach {n} live nodes in {timeout}s")
         time.sleep(1)
+
+
+def _start_node(cmd: list[str], env: dict[str, str], log_path: Path, dashboard_url: str, n: int) -> subprocess.Popen:
+    """Run one ``ray start --block`` and wait until the cluster has ``n`` live nodes; on failure the node's process
+    group is stopped and the error carries the tail of its log."""
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_nodes(dashboard_url, n, proc)
+    except (TimeoutError, RuntimeError) as e:
+        stop_group(proc)
+        raise type(e)(f"{e}; tail of {log_path}:\n{log_path.read_text(errors='replace')[-2000:]}") from None
+    return proc
 
 
 @contextmanager
@@ -89,6 +114,7 @@ def two_node_cluster(log_dir: Path) -> Iterator[Cluster]:
     env = _cluster_env()
     gcs_port, dash_port = free_port(), free_port()
     temp_dirs = [tempfile.mkdtemp(prefix="cvray-", dir="/tmp") for _ in range(2)]  # short: Unix socket paths
+    taken: set[int] = set()
     head_cmd = [
         RAY,
         "start",
@@ -98,19 +124,31 @@ def two_node_cluster(log_dir: Path) -> Iterator[Cluster]:
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash_port}",
         f"--ray-client-server-port={free_port()}",
-        *_node_args(temp_dirs[0]),
+        *_node_args(temp_dirs[0], _worker_port_base(taken)),
     ]
-    worker_cmd = [RAY, "start", f"--address=127.0.0.1:{gcs_port}", *_node_args(temp_dirs[1])]
     procs: list[subprocess.Popen] = []
     cluster = Cluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", env)
     try:
-        for name, cmd in (("head", head_cmd), ("worker", worker_cmd)):
-            log = (log_dir / f"ray-{name}.log").open("wb")
-            procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-            _wait_for_nodes(cluster.dashboard_url, len(procs))
+        procs.append(_start_node(head_cmd, env, log_dir / "ray-head.log", cluster.dashboard_url, 1))
+        procs.append(_start_worker(cluster, temp_dirs[1], taken, log_dir / "ray-worker.log"))
         yield cluster
     finally:
         for proc in reversed(procs):
             stop_group(proc)
         for d in temp_dirs:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def _start_worker(cluster: Cluster, temp_dir: str, taken: set[int], log_path: Path, tries: int = 2) -> subprocess.Popen:
+    """Join a worker node. Its ports are picked only now, with the head's processes already bound, and a node that
+    does not join is started once more on fresh ports (a port taken between picking and binding is a race no
+    picking can close)."""
+    for attempt in range(1, tries + 1):
+        cmd = [RAY, "start", f"--address={cluster.gcs_address}", *_node_args(temp_dir, _worker_port_base(taken))]
+        try:
+            return _start_node(cmd, cluster.env, log_path, cluster.dashboard_url, 2)
+        except (TimeoutError, RuntimeError):
+            if attempt == tries:
+                raise
+            shutil.rmtree(temp_dir, ignore_errors=True)
+    raise AssertionError("unreachable")
