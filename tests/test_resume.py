@@ -21,8 +21,8 @@ from crystalvision.model import ModelSpec
 from crystalvision.prepare import Prepared
 from crystalvision.render.job import render_dataset
 from crystalvision.storage import ObjectStore
-from crystalvision.tracking import worker_logger
 from crystalvision.train import FAULT_ENV, FLUSH_TIMEOUT_ENV, MLFLOW_WAIT_ENV, run_name, train_model
+from crystalvision.worker_logging import worker_logger
 
 from .support.procs import free_port, start_embedded_mlflow, stop_group
 from .support.toy import SPACEGROUPS, SYSTEMS, TEST_BACKBONE, write_toy_dataset
@@ -110,7 +110,7 @@ def test_worker_logger_outlives_an_mlflow_outage(tmp_path, monkeypatch) -> None:
         while logger.pending and time.monotonic() < deadline:
             time.sleep(0.05)
         assert logger.pending == 0  # healthy server: sent without any outage
-        stop_group(procs[0])
+        stop_group(procs[0], grace=3)  # the outage is under test, not the server's graceful stop (~15 s)
         for step in (1, 2, 3):
             logger.log_metrics({"val_loss": 1.0 / (step + 1)}, step=step)  # must not raise
         logger.log_params({"after_outage": "yes"})
@@ -121,7 +121,7 @@ def test_worker_logger_outlives_an_mlflow_outage(tmp_path, monkeypatch) -> None:
         assert client.get_run(run_id).data.params["after_outage"] == "yes"
     finally:
         for proc in procs:
-            stop_group(proc)
+            stop_group(proc, grace=3)
 
 
 def test_closed_worker_logger_stops_retrying_a_dead_server(monkeypatch) -> None:

@@ -1,5 +1,7 @@
 """Ray Train checkpoints on s3:// (moto): a worker killed mid-epoch resumes from its S3 checkpoint, and a relaunch
-with the same name resumes from S3 too. Workers read their own credentials (nothing in the pickled filesystem)."""
+with the same name resumes from S3 too. Workers read their own credentials (nothing in the pickled filesystem).
+Local storage takes the same path through Ray Train's storage filesystem (a crashed pipeline relaunched on local
+storage: tests/test_resume.py)."""
 
 from __future__ import annotations
 
@@ -52,10 +54,13 @@ def test_killed_worker_and_relaunch_resume_from_s3_checkpoints(s3_ray, cv_home, 
     monkeypatch.setenv(FAULT_ENV, "rank=1,epoch=1,step=0")
     first = train_model(Prepared(cfg, store, splits, _spec()), name="s3-run", model_dir=tmp_path / "m1")
     assert (cv_home / "faults" / "s3-run.done").exists(), "the worker really died"
-    assert [int(h["epoch"]) for h in first.history] == [0, 1, 2] and first.history[-1]["resumes"] == 1
+    assert [int(h["epoch"]) for h in first.history] == [0, 1, 2], "epochs continue, none repeated"
+    assert first.history[0]["resumes"] == 0 and first.history[-1]["resumes"] == 1
     assert f"{s3_ray.bucket}/ray_results/s3-run" in first.checkpoint_path
+    assert first.checkpoint_path.endswith("epoch_00003") and (first.model_dir / "weights.pt").exists()
     assert any("/epoch_" in k for k in s3_ray.keys("ray_results/s3-run/")), "checkpoints live in S3"
     monkeypatch.delenv(FAULT_ENV)
+    # Same name, more epochs: the run continues from its latest checkpoint instead of starting over.
     more = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 4})})
     second = train_model(Prepared(more, store, splits, _spec()), name="s3-run", model_dir=tmp_path / "m2")
     assert [int(h["epoch"]) for h in second.history] == [0, 1, 2, 3]

@@ -12,6 +12,7 @@ from crystalvision import tracking
 from crystalvision.config import PipelineConfig
 from crystalvision.settings import get_settings
 from crystalvision.snapshot import select
+from crystalvision.worker_logging import worker_logger
 
 
 def test_pipeline_context_is_logged_without_secrets(cv_home, bundled_snapshot, monkeypatch, tmp_path) -> None:
@@ -48,8 +49,8 @@ def test_worker_logger_logs_only_on_rank_zero(cv_home) -> None:
     with tracking.start_run("workers") as run:
         pass
     for rank in (0, 1):
-        tracking.worker_logger(uri, run.info.run_id, rank).log_metrics({"val_loss": 1.0 + rank}, step=0)
-    tracking.worker_logger(uri, None, 0).log_metrics({"val_loss": 5.0}, step=0)  # no run: nothing logged
+        worker_logger(uri, run.info.run_id, rank).log_metrics({"val_loss": 1.0 + rank}, step=0)
+    worker_logger(uri, None, 0).log_metrics({"val_loss": 5.0}, step=0)  # no run: nothing logged
     history = mlflow.MlflowClient(uri).get_metric_history(run.info.run_id, "val_loss")
     assert [(m.value, m.step) for m in history] == [(1.0, 0)]
 

@@ -170,7 +170,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
     mlog = None
     if config["run_id"] and rank == 0:  # MLflow stays out of the worker unless a run is tracked
-        from crystalvision.tracking import worker_logger
+        from crystalvision.worker_logging import worker_logger
 
         mlog = worker_logger(config["tracking_uri"], config["run_id"], rank, config.get("mlflow_wait_s", MLFLOW_WAIT_S))
     train_batches, val_batches = _data_sources(config, engine)
@@ -413,7 +413,7 @@ def _final_metrics(state: LoopState) -> dict[str, float]:
 def _log_driver_side(run_id: str | None, tracking_uri: str, spec: ModelSpec, metrics: dict, name: str) -> None:
     if not run_id:
         return
-    from crystalvision.tracking import worker_logger
+    from crystalvision.worker_logging import worker_logger
 
     mlog = worker_logger(tracking_uri, run_id, rank=0, wait_s=_wait())
     params = {f"target_mean.{t}": v for t, v in spec.target_mean.items()}

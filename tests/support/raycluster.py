@@ -134,7 +134,7 @@ def two_node_cluster(log_dir: Path) -> Iterator[Cluster]:
         yield cluster
     finally:
         for proc in reversed(procs):
-            stop_group(proc)
+            stop_group(proc, grace=5)  # `ray start --block` drains for up to 30 s on SIGTERM; the test is over
         for d in temp_dirs:
             shutil.rmtree(d, ignore_errors=True)
 
