@@ -6,6 +6,7 @@ peak memory of the whole process tree, per-stage times, evaluation time). Ratios
 run. The default run is sized to finish in about 15 minutes on 2 CPU cores; ``--quick`` in a few minutes.
 
     python -m bench.run_all [--quick] [--out bench/results/bench.json]
+    python -m bench.run_all --only render_bench.ray_simulated --merge --readme README.md   # refresh one part
 """
 
 from __future__ import annotations
@@ -193,13 +194,26 @@ def run_part_here(name: str, quick: bool, rows_out: Path) -> None:
     rows_out.write_text(json.dumps(rows))
 
 
+def merge_rows(old: dict, new_rows: list[dict], parts: list[str], meta: dict) -> dict:
+    """``old`` results with the rows of a partial run put in: a row with the same (benchmark, metric) replaces the
+    old one in place, others are appended; the partial run's own total-time row is left out (the old total stays).
+    Every row keeps its own load average and date, and ``meta["merged"]`` lists the parts rerun and when."""
+    fresh = {(r["benchmark"], r["metric"]): r for r in new_rows if r["benchmark"] != "bench"}
+    rows = [fresh.pop((r["benchmark"], r["metric"]), r) for r in old["rows"]]
+    rerun = {"parts": parts, "time": meta["time"], "load_avg": meta["load_avg_at_start"]}
+    merged = [*old["meta"].get("merged", []), rerun]
+    return {"meta": {**old["meta"], "merged": merged}, "rows": rows + list(fresh.values())}
+
+
 def main(
     out: Path = Path("bench/results/bench.json"),
     quick: bool = False,
     only: list[str] | None = None,
     readme: Path | None = None,
+    merge: bool = False,
 ) -> list[dict]:
     """Run all benchmarks (or ``only`` those named), print the table, write JSON ``{"meta", "rows"}``; with
+    ``merge`` (and ``only``), put the rows rerun into the existing JSON instead (:func:`merge_rows`); with
     ``readme``, rewrite that file's benchmark table from the JSON (:mod:`bench.readme_table`)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.path.insert(0, str(ROOT))
@@ -223,7 +237,10 @@ def main(
         "total_s": round(total, 1),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    results = {"meta": meta, "rows": rows}
+    if merge and only and out.exists():
+        results = merge_rows(json.loads(out.read_text()), rows, only, meta)
+    out.write_text(json.dumps(results, indent=2))
     log.info("wrote %s", out)
     if readme is not None:
         from bench.readme_table import update_readme
@@ -238,10 +255,11 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, default=Path("bench/results/bench.json"))
     parser.add_argument("--only", nargs="*", help="render_bench, train_bench, quickstart or MODULE.FUNCTION")
     parser.add_argument("--readme", type=Path, help="rewrite this README's benchmark table from the JSON")
+    parser.add_argument("--merge", action="store_true", help="with --only: replace those rows in the existing JSON")
     parser.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
     parser.add_argument("--rows-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
         run_part_here(args.part, args.quick, args.rows_out)
     else:
-        main(args.out, args.quick, args.only, args.readme)
+        main(args.out, args.quick, args.only, args.readme, args.merge)

@@ -63,3 +63,29 @@ def test_readme_without_markers_is_named(tmp_path: Path) -> None:
 def test_unknown_part_is_named() -> None:
     with pytest.raises(ValueError, match="unknown benchmark 'nope'"):
         run_all.main(only=["nope"])
+
+
+def test_merge_puts_a_rerun_part_in_place_and_keeps_the_rest() -> None:
+    def r(bench: str, metric: str, value: float, when: str) -> dict:
+        return {"benchmark": bench, "metric": metric, "value": value, "unit": "x", "goal": "", "notes": "",
+                "load_avg": 0.5, "time": when}  # fmt: skip
+
+    old = {
+        "meta": {"time": "T0", "load_avg_at_start": 0.8, "only": []},
+        "rows": [
+            r("a", "m", 1.0, "T0"),
+            r("sim", "rate", 2.0, "T0"),
+            r("z", "m", 3.0, "T0"),
+            r("bench", "total", 9, "T0"),
+        ],
+    }
+    new = [r("sim", "rate", 5.0, "T1"), r("sim", "efficiency", 0.6, "T1"), r("bench", "total", 1, "T1")]
+    merged = run_all.merge_rows(old, new, ["render_bench.ray_simulated"], {"time": "T1", "load_avg_at_start": 0.3})
+    assert [(x["benchmark"], x["metric"], x["value"], x["time"]) for x in merged["rows"]] == [
+        ("a", "m", 1.0, "T0"), ("sim", "rate", 5.0, "T1"), ("z", "m", 3.0, "T0"), ("bench", "total", 9, "T0"),
+        ("sim", "efficiency", 0.6, "T1"),
+    ]  # fmt: skip
+    assert merged["meta"]["time"] == "T0" and merged["meta"]["merged"] == [
+        {"parts": ["render_bench.ray_simulated"], "time": "T1", "load_avg": 0.3}
+    ]
+    assert old["rows"][1]["value"] == 2.0, "the old results are not changed in place"

@@ -251,6 +251,7 @@ def bench(
         list[str] | None, typer.Option(help="Parts: render_bench, train_bench, quickstart, MODULE.FUNCTION.")
     ] = None,
     readme: Annotated[Path | None, typer.Option(help="Rewrite this README's benchmark table from the JSON.")] = None,
+    merge: Annotated[bool, typer.Option(help="With --only: replace those rows in the existing JSON.")] = False,
 ) -> None:
     """Run every benchmark in bench/ (of this source checkout), print one table and write JSON."""
     from crystalvision.settings import PACKAGE_DIR
@@ -264,6 +265,7 @@ def bench(
     path = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}  # this checkout's package in the runner and its parts
     extra = [*(["--only", *only] if only else []), *(["--readme", str(readme.resolve())] if readme else [])]
+    extra += ["--merge"] if merge else []
     done = subprocess.run([*cmd, *extra], cwd=root, env=env, check=False)
     if done.returncode:
         raise typer.Exit(code=done.returncode)
