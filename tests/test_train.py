@@ -125,7 +125,7 @@ def test_gpu_run_without_gpus_fails_in_seconds_naming_the_fix(ray_local, toy, tm
 
 def test_gpu_worker_without_cuda_names_cause_and_fix() -> None:
     from crystalvision.config import TrainConfig
-    from crystalvision.train import _check_device
+    from crystalvision.train_worker import _check_device
 
     with pytest.raises(RuntimeError, match=r"use_gpu=true but this Ray Train worker sees no CUDA.*use_gpu=false"):
         _check_device(TrainConfig(use_gpu=True), torch.device("cpu"))
