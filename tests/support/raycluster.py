@@ -143,12 +143,14 @@ def _start_worker(cluster: Cluster, temp_dir: str, taken: set[int], log_path: Pa
     """Join a worker node. Its ports are picked only now, with the head's processes already bound, and a node that
     does not join is started once more on fresh ports (a port taken between picking and binding is a race no
     picking can close)."""
-    for attempt in range(1, tries + 1):
+
+    def start() -> subprocess.Popen:
         cmd = [RAY, "start", f"--address={cluster.gcs_address}", *_node_args(temp_dir, _worker_port_base(taken))]
+        return _start_node(cmd, cluster.env, log_path, cluster.dashboard_url, 2)
+
+    for _ in range(tries - 1):
         try:
-            return _start_node(cmd, cluster.env, log_path, cluster.dashboard_url, 2)
+            return start()
         except (TimeoutError, RuntimeError):
-            if attempt == tries:
-                raise
             shutil.rmtree(temp_dir, ignore_errors=True)
-    raise AssertionError("unreachable")
+    return start()
