@@ -73,6 +73,14 @@ def watch(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     return watch_once(cfg, force=force)
 
 
+def curve(cfg: PipelineConfig, out: str | Path | None = None) -> dict[str, Any]:
+    """The learning curve (``cfg.learning_curve.sizes``): one k-fold pipeline per size; its record."""
+    from crystalvision.learning_curve import run_learning_curve
+
+    result = run_learning_curve(cfg, out)
+    return {**result.record, "figure": str(result.figure) if result.figure else None}
+
+
 COMMANDS: dict[str, Callable[..., Any]] = {
     "ingest": ingest,
     "render": render,
@@ -82,6 +90,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "tune": tune,
     "register": register,
     "watch": watch,
+    "curve": curve,
 }
 
 

@@ -22,7 +22,7 @@ import sys
 log = logging.getLogger(__name__)
 
 # Commands of the command table whose process later loads torch (the render stage alone does not).
-TORCH_COMMANDS = frozenset({"train", "pipeline", "evaluate", "tune", "register", "watch"})
+TORCH_COMMANDS = frozenset({"train", "pipeline", "evaluate", "tune", "register", "watch", "curve"})
 GL_MODULES = ("vtkmodules", "vtk", "pyvista")
 
 

@@ -174,3 +174,32 @@ def ssim_heatmap(matrix: np.ndarray, labels: Sequence[str], path: str | Path) ->
     ax.set_title("SSIM between class saliency maps")
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, path)
+
+
+def learning_curve_plot(record: dict, path: str | Path) -> Path:
+    """A learning curve record (learning_curve.curve_record) as one panel per head: metric against training
+    structures on a log axis, one line per method, 95 % bootstrap intervals as error bars."""
+    heads = record["heads"]
+    points = record["points"]
+    x = np.array([p["n_train_mean"] for p in points], dtype=float)
+    methods = list(points[0]["series"]) if points else []
+    fig, axes = plt.subplots(1, len(heads), figsize=(3.6 * len(heads), 3.4), squeeze=False)
+    for ax, (head, metric) in zip(axes[0], heads.items(), strict=True):
+        for j, method in enumerate(methods):
+            cells = [p["series"][method][head] for p in points]
+            y = np.array([c["value"] for c in cells], dtype=float)
+            if not np.isfinite(y).any():
+                continue
+            lo = np.array([c["lo"] for c in cells], dtype=float)
+            hi = np.array([c["hi"] for c in cells], dtype=float)
+            err = np.vstack([np.where(np.isfinite(lo), y - lo, 0.0), np.where(np.isfinite(hi), hi - y, 0.0)])
+            ax.errorbar(x * (1 + 0.03 * (j - 1.5)), y, yerr=np.clip(err, 0, None), marker="o", ms=4, capsize=2,
+                        lw=1.2, label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("training structures per fold")
+        ax.set_ylabel("accuracy" if metric == "acc" else "R² (pooled out of fold)")
+        ax.set_title(head.replace("_", " "))
+        ax.grid(alpha=0.3, which="both")
+    if methods:
+        axes[0][0].legend(fontsize=7, loc="best")
+    return _save(fig, path)

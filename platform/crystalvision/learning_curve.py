@@ -1,0 +1,231 @@
+"""Learning curve: the k-fold pipeline at nested subsets of each fold's training structures.
+
+``learning_curve.sizes: [62, 125, 250, 500]`` runs the config's grouped k-fold pipeline once per size with
+``split.train_structures`` set to it, and once with every training structure. Each fold keeps its test and
+validation structures at every size, so every point is scored on the same held-out structures; the training
+structures of a smaller size are a prefix of one seeded order (:func:`nested_order`), so the subsets are nested.
+Each point's pooled out-of-fold metrics (model, CGCNN, majority, 1-NN) come from the fold pipeline; this module
+collects them into ``learning_curve.json`` and a figure (:func:`plot_curve`, log x with 95 % error bars).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crystalvision.config import PipelineConfig, SplitConfig
+from crystalvision.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CURVE_FILE = "learning_curve.json"
+FIGURE_FILE = "learning_curve.png"
+
+
+# ---------------------------------------------------------------------------------------------- subsets
+
+
+def nested_order(train: pd.DataFrame, seed: int) -> list[str]:
+    """A fold's training structures in one seeded order whose every prefix keeps the crystal-system shares.
+
+    Each structure gets the key (rank within its class + U(0, 1)) / class size, after a seeded shuffle, and the
+    structures are sorted by it: a prefix of any length holds about the same share of every class as the whole."""
+    keys = train.drop_duplicates("material_id")[["material_id", "crystal_system"]].sort_values("material_id")
+    rng = np.random.default_rng(seed)
+    keys = keys.iloc[rng.permutation(len(keys))].reset_index(drop=True)
+    rank = keys.groupby("crystal_system").cumcount().to_numpy()
+    size = keys.groupby("crystal_system")["material_id"].transform("size").to_numpy()
+    order = np.argsort((rank + rng.random(len(keys))) / size, kind="stable")
+    return keys["material_id"].iloc[order].tolist()
+
+
+def subset_training(train: pd.DataFrame, n: int, seed: int, fold: int) -> pd.DataFrame:
+    """The first ``n`` structures of :func:`nested_order` (all their views); a ConfigError names both sizes."""
+    have = train["material_id"].nunique()
+    if n > have:
+        raise ConfigError(
+            f"split.train_structures = {n} is larger than fold {fold}'s training set ({have} structures); "
+            f"use sizes up to {have}, or fewer folds"
+        )
+    keep = set(nested_order(train, seed)[:n])
+    return train[train["material_id"].isin(keep)].reset_index(drop=True)
+
+
+def subset_folds(folds: Sequence[Any], split: SplitConfig) -> list[Any]:
+    """Each fold with its training part cut to ``split.train_structures`` (unchanged when that is unset)."""
+    from crystalvision.folds import unseen_classes
+
+    n = split.train_structures
+    if n is None:
+        return list(folds)
+    out = []
+    for f in folds:
+        train = subset_training(f.train, n, split.seed, getattr(f, "fold", 0))
+        cut = dataclasses.replace(f, train=train)
+        if hasattr(cut, "unseen_classes"):  # test classes the smaller training part lacks
+            cut.unseen_classes = unseen_classes(train, cut.test)
+        out.append(cut)
+    log.info("learning curve point: %d training structures per fold (nested, seed %d)", n, split.seed)
+    return out
+
+
+def check_sizes(sizes: Sequence[int], fold_train_counts: Sequence[int]) -> list[int]:
+    """Sizes sorted and deduplicated; a ConfigError when one exceeds the smallest fold's training set."""
+    if not sizes:
+        raise ConfigError("learning_curve.sizes is empty; give the numbers of training structures, e.g. [62, 125]")
+    smallest = min(fold_train_counts)
+    too_big = [s for s in sizes if s > smallest]
+    if too_big:
+        raise ConfigError(
+            f"learning_curve.sizes {too_big} exceed the smallest fold's training set ({smallest} structures); "
+            f"use sizes up to {smallest} (the whole training set is always the last point)"
+        )
+    return sorted(set(sizes))
+
+
+# ---------------------------------------------------------------------------------------------- points
+
+
+@dataclass
+class CurvePoint:
+    """One size of the curve: its pooled out-of-fold metrics and the fold pipeline run that made them."""
+
+    train_structures: int | None  # None: every training structure of each fold
+    n_train_mean: float
+    run_id: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class CurveResult:
+    """The whole curve: its points, record and figure."""
+
+    name: str
+    points: list[CurvePoint]
+    record: dict[str, Any]
+    figure: Path | None = None
+
+
+def size_config(cfg: PipelineConfig, n: int | None) -> PipelineConfig:
+    """``cfg`` for one point of the curve: ``split.train_structures = n`` and no nested curve."""
+    data = cfg.model_dump(mode="json")
+    data["split"]["train_structures"] = n
+    data["learning_curve"] = {**data["learning_curve"], "sizes": []}
+    data["name"] = f"{cfg.name}-n{n if n is not None else 'all'}"
+    return PipelineConfig.model_validate(data)
+
+
+def fold_train_counts(cfg: PipelineConfig) -> list[int]:
+    """Training structures of each fold of ``cfg`` (renders first; finished images are reused)."""
+    from crystalvision import prepare
+    from crystalvision.folds import fold_splits
+
+    prepared = prepare.prepare(cfg)
+    from crystalvision.dataset import load_labels
+
+    folds = fold_splits(load_labels(prepared.store, prepared.labels_key), cfg.split)
+    return [int(f.train["material_id"].nunique()) for f in folds]
+
+
+def run_learning_curve(cfg: PipelineConfig, out_dir: str | Path | None = None) -> CurveResult:
+    """Run the k-fold pipeline at every size of ``cfg.learning_curve.sizes`` and at full size; record + figure."""
+    from crystalvision.pipeline import run_pipeline
+    from crystalvision.prepare import is_kfold
+    from crystalvision.settings import get_settings
+
+    if not is_kfold(cfg.split) or cfg.split.protocol != "grouped":
+        raise ConfigError("a learning curve needs grouped folds: set split.protocol: grouped and split.folds: K")
+    counts = fold_train_counts(cfg)
+    sizes = check_sizes(cfg.learning_curve.sizes, counts)
+    points: list[CurvePoint] = []
+    for n in [*sizes, None]:
+        log.info("learning curve %s: %s training structures per fold", cfg.name, n or f"all ({min(counts)}+)")
+        result = run_pipeline(size_config(cfg, n))
+        mean_n = float(n) if n is not None else float(np.mean(counts))
+        points.append(CurvePoint(n, mean_n, result.run_id, dict(result.metrics)))
+    out = Path(out_dir) if out_dir else get_settings().paths.home / "learning-curves" / cfg.name
+    out.mkdir(parents=True, exist_ok=True)
+    record = curve_record(cfg, points)
+    (out / CURVE_FILE).write_text(json.dumps(record, indent=1, default=float))
+    figure = plot_curve(record, out / FIGURE_FILE)
+    _log_to_mlflow(cfg, out)
+    return CurveResult(cfg.name, points, record, figure)
+
+
+def _log_to_mlflow(cfg: PipelineConfig, out: Path) -> None:
+    """The record and figure as artifacts of one MLflow run named after the curve (best effort)."""
+    try:
+        import mlflow
+
+        from crystalvision import tracking
+
+        tracking.configure_mlflow()
+        with mlflow.start_run(run_name=f"{cfg.name}-learning-curve", tags={"learning_curve": "1"}):
+            mlflow.log_artifacts(str(out), artifact_path="learning_curve")
+    except Exception:  # the record on disk is the result; the UI copy must not fail the curve
+        log.warning("could not log the learning curve to MLflow", exc_info=True)
+
+
+# ---------------------------------------------------------------------------------------------- record
+
+# method label in the figure -> metric-name stem of the pooled metrics the fold pipeline logs
+METHODS = {"image model": "model", "CGCNN": "cgcnn", "majority / mean": "baseline_dummy", "1-NN": "baseline_1nn"}
+HEADS = {
+    "crystal_system": "acc",
+    "spacegroup": "acc",
+    "band_gap": "r2",
+    "energy_above_hull": "r2",
+}
+_POOLED = "oof_"
+
+
+def pooled_value(metrics: Mapping[str, float], method: str, metric: str, head: str) -> tuple[float, float, float]:
+    """(value, 95 % low, 95 % high) of one pooled out-of-fold metric; NaN where the point did not record it."""
+    stem = f"{_POOLED}{method}_{metric}_{head}"
+    value = float(metrics.get(stem, math.nan))
+    lo = float(metrics.get(f"{stem}_lo", math.nan))
+    hi = float(metrics.get(f"{stem}_hi", math.nan))
+    return value, lo, hi
+
+
+def curve_record(cfg: PipelineConfig, points: Sequence[CurvePoint]) -> dict[str, Any]:
+    """The JSON record: per point and method, every head's pooled value and 95 % interval, plus the raw metrics."""
+    rows = []
+    for p in points:
+        row: dict[str, Any] = {
+            "train_structures": p.train_structures,
+            "n_train_mean": p.n_train_mean,
+            "run_id": p.run_id,
+            "series": {},
+        }
+        for label, method in METHODS.items():
+            row["series"][label] = {
+                head: dict(zip(("value", "lo", "hi"), pooled_value(p.metrics, method, metric, head), strict=True))
+                for head, metric in HEADS.items()
+            }
+        row["metrics"] = {k: v for k, v in p.metrics.items() if re.match(_POOLED, k) or k == "n_folds"}
+        rows.append(row)
+    return {
+        "pipeline": cfg.name,
+        "config_hash": cfg.config_hash(),
+        "sizes": [p.train_structures for p in points],
+        "heads": HEADS,
+        "points": rows,
+    }
+
+
+def plot_curve(record: Mapping[str, Any], path: str | Path) -> Path:
+    """One panel per head: pooled metric against training structures (log x), one line per method, 95 % bars."""
+    from crystalvision import plots
+
+    return plots.learning_curve_plot(record, path)
