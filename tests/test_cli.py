@@ -35,6 +35,22 @@ def test_snapshot_command_prints_manifest(cv_home) -> None:
     assert '"n_flagged": 6' in result.output and "2025.02.12.post" in result.output
 
 
+def test_snapshot_command_lists_the_bundled_snapshots_and_shows_one_by_name(cv_home) -> None:
+    import json
+
+    result = runner.invoke(app, ["snapshot"])
+    listing = json.loads(result.output)
+    assert listing["default"]["snapshot_id"].startswith("lmno-2025.02.12.post-")
+    space, lmno = listing["bundled"]["lmno-space"], listing["bundled"]["lmno"]
+    assert (space["n_records"], space["n_usable"], space["verified"]) == (907, 883, True)
+    assert (lmno["n_records"], lmno["n_usable"], lmno["verified"]) == (68, 62, True)
+    one = runner.invoke(app, ["snapshot", "lmno-space"])
+    assert one.exit_code == 0, one.output
+    assert json.loads(one.output)["query"] == {"chemsys": "Li-Mn-Ni-O", "subsystems": True}
+    bad = runner.invoke(app, ["pipeline", "validate", "pipelines/quickstart.yaml", "--set", "snapshot.name=lmno-spce"])
+    assert bad.exit_code == 2 and "['lmno', 'lmno-space']" in bad.output and "Traceback" not in bad.output
+
+
 def test_bad_config_exits_2_with_one_line(tmp_path) -> None:
     bad = tmp_path / "b.yaml"
     bad.write_text("name: x\nbogus: 1\n")

@@ -119,9 +119,14 @@ def test_missing_labels_stay_missing_flagged_and_left_out(mp_api, tmp_path: Path
     assert {r.material_id for r in kept} == {d["material_id"] for d in docs[2:]}
 
 
-@pytest.mark.parametrize(("var", "value"), [("CRYSTALVISION_MAX_RETRIES", "1000"),
-                                            ("CRYSTALVISION_MAX_RETRIES", "-1"),
-                                            ("CRYSTALVISION_RETRY_BACKOFF_S", "1e9")])
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("CRYSTALVISION_MAX_RETRIES", "1000"),
+        ("CRYSTALVISION_MAX_RETRIES", "-1"),
+        ("CRYSTALVISION_RETRY_BACKOFF_S", "1e9"),
+    ],
+)
 def test_retry_settings_are_validated(monkeypatch: pytest.MonkeyPatch, var: str, value: str):
     from pydantic import ValidationError
 
@@ -159,3 +164,63 @@ def test_geometry_check_scales_to_thousands_of_atoms(bundled_snapshot, monkeypat
 
     monkeypatch.setattr(Structure, "distance_matrix", property(no_matrix))
     assert len(big) > 10_000 and geometry_flags(big) == []
+
+
+def test_subsystems_fetch_the_whole_space_in_one_query(mp_api, tmp_path: Path):
+    """subsystems: every sub-system of Li-Mn-Ni-O (Li, ..., Li-Mn, ..., Li-Mn-Ni-O) through the real mp-api client;
+    the snapshot's query is the bundled lmno-space's."""
+    import copy
+
+    from crystalvision.ingest import ingest_from_mp
+    from crystalvision.mp import subsystems
+    from crystalvision.snapshot import load_snapshot
+    from tests.conftest import BUNDLED
+    from tests.support.mp_replay import space_docs
+
+    docs = space_docs(2)  # two materials each of 1, 2, 3 and 4 elements
+    outside = copy.deepcopy(docs[2]) | {"material_id": "mp-990003", "elements": ["Co", "O"], "chemsys": "Co-O"}
+    mp_api.publish("2025.01.01", [*docs, outside])
+    assert len(subsystems("O-Li-Ni-Mn")) == 15 and subsystems("Li-O") == ["Li", "O", "Li-O"]
+    space = IngestConfig(chemsys="Li-Mn-Ni-O", subsystems=True)
+    records, _ = fetch_records(space)
+    assert sorted(r.material_id for r in records) == sorted(d["material_id"] for d in docs)
+    assert [r.material_id for r in fetch_records(QUERY)[0]] == [d["material_id"] for d in docs[6:]]  # 4 elements
+    sent = [r.params["chemsys"] for r in mp_api.requests if r.path.startswith("/materials/summary")]
+    assert sent[0].split(",") == subsystems("Li-Mn-Ni-O")
+    snap = load_snapshot(ingest_from_mp(space, tmp_path / "snaps"))
+    bundled_space = load_snapshot(BUNDLED.parent / "lmno-space")
+    assert snap.manifest.query == bundled_space.manifest.query == {"chemsys": "Li-Mn-Ni-O", "subsystems": True}
+    assert snap.manifest.snapshot_id.startswith("Li-Mn-Ni-O-subsystems-2025.01.01-")
+
+
+def test_a_query_over_max_records_is_refused_before_loading_it(mp_api):
+    """ingest.max_records bounds what is loaded: at most cap + 1 documents are fetched, and the error names the
+    count, the cap and the fix."""
+    with pytest.raises(MPError, match=r"has 4 materials .* ingest.max_records=2; .*--set ingest.max_records=4"):
+        fetch_records(IngestConfig(chemsys="Li-Mn-Ni-O", max_records=2))
+    pages = [r for r in mp_api.requests if r.path.startswith("/materials/summary") and r.params.get("_fields")]
+    assert pages and sum(int(r.params["_limit"]) for r in pages) <= 3
+    assert len(fetch_records(IngestConfig(chemsys="Li-Mn-Ni-O", max_records=4))[0]) == 4
+
+
+def test_quarantine_is_in_the_snapshot_before_it_appears(bundled_snapshot, tmp_path: Path, monkeypatch):
+    """A reader never sees an ingested snapshot without its quarantine.json: it is written into the folder before
+    the one rename that publishes it (so it is atomic too)."""
+    import json
+    import os
+
+    from crystalvision.ingest import QUARANTINE_FILE, write_mp_snapshot
+
+    published: dict[Path, list[str]] = {}
+    real_replace = os.replace
+
+    def spy(src, dst):
+        if Path(src).is_dir():
+            published[Path(dst)] = sorted(p.name for p in Path(src).iterdir())
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    quarantine = [{"material_id": "mp-990001", "reason": "mp-990001: the record has no structure"}]
+    path = write_mp_snapshot(bundled_snapshot.records[:3], "2025.01.01", QUERY, tmp_path, quarantine)
+    assert QUARANTINE_FILE in published[path], f"published without {QUARANTINE_FILE}: {published[path]}"
+    assert json.loads((path / QUARANTINE_FILE).read_text()) == quarantine

@@ -124,32 +124,44 @@ def ingest(
     chemsys: Annotated[str | None, typer.Option(help="Chemical system, e.g. Li-Mn-Ni-O.")] = None,
     elements: Annotated[str | None, typer.Option(help="Comma-separated elements (alternative to chemsys).")] = None,
     nelements: Annotated[int | None, typer.Option(help="Exact number of elements.")] = None,
+    subsystems: Annotated[
+        bool | None, typer.Option("--subsystems", help="Every sub-system of --chemsys too (the whole space).")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for snapshots (default: settings).")] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
 ) -> None:
     """Query the Materials Project (needs MP_API_KEY) and write a versioned, content-hashed snapshot."""
     from crystalvision.commands import run
+    from crystalvision.config import deep_merge, load_pipeline, parse_overrides
 
-    cfg = _load(config, set_)
-    query = cfg.ingest.model_copy(
-        update={k: v for k, v in {"chemsys": chemsys, "nelements": nelements}.items() if v is not None}
-    )
+    options = {"chemsys": chemsys, "nelements": nelements, "subsystems": subsystems}
+    query = {k: v for k, v in options.items() if v is not None}
     if elements:
-        query = query.model_copy(update={"elements": elements.split(","), "chemsys": chemsys})
-    typer.echo(run("ingest", cfg.model_copy(update={"ingest": query}), out=out)["snapshot"])
+        query |= {"elements": elements.split(","), "chemsys": chemsys}
+    cfg = load_pipeline(config, deep_merge(parse_overrides(set_ or []), {"ingest": query}))  # checked as the YAML
+    typer.echo(run("ingest", cfg, out=out)["snapshot"])
 
 
 @app.command("snapshot")
 @handle_errors
 def snapshot_info(
-    uri: Annotated[str | None, typer.Argument(help="Snapshot folder (default: the configured one).")] = None,
+    uri: Annotated[
+        str | None, typer.Argument(help="Snapshot folder or bundled name (default: list the bundled ones).")
+    ] = None,
 ) -> None:
-    """Show a snapshot's manifest and verify its content hash."""
-    from crystalvision.settings import get_settings
-    from crystalvision.snapshot import load_snapshot
+    """List the bundled snapshots (records, usable = unflagged, hash verified), or show one snapshot's manifest."""
+    from crystalvision.settings import bundled_snapshots, get_settings
+    from crystalvision.snapshot import describe, load_snapshot
 
-    snap = load_snapshot(uri or get_settings().data.snapshot_uri)
+    bundled = bundled_snapshots()
+    if uri is None:
+        default = get_settings().data.snapshot_uri
+        rows = {name: describe(path) for name, path in bundled.items()}
+        default_row = next((r for r in rows.values() if r["path"] == str(default)), None)
+        _echo_json({"default": default_row or describe(default), "bundled": rows})
+        return
+    snap = load_snapshot(bundled[uri] if uri in bundled and not Path(uri).is_dir() else uri)
     info = snap.manifest.model_dump()
     info["n_flagged"] = sum(1 for r in snap.records if r.flags)
     info["path"] = str(snap.path)

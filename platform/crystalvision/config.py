@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crystalvision.errors import ConfigError
+from crystalvision.settings import bundled_snapshots
 from crystalvision.targets import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION  # noqa: F401 (re-exported)
 
 
@@ -22,9 +23,25 @@ class SnapshotConfig(_Strict):
     """Which structures to use."""
 
     uri: str | None = Field(default=None, description="Snapshot folder; None = settings default (bundled).")
+    name: str | None = Field(
+        default=None, description="A bundled snapshot by name (lmno, lmno-space); set this or uri, not both."
+    )
     include_flagged: bool = Field(default=False, description="Keep structures with validation flags.")
     max_structures: int | None = Field(default=None, ge=1, description="Use only the first N (tiny runs).")
     material_ids: list[str] | None = Field(default=None, description="Use only these materials.")
+
+    @field_validator("name")
+    @classmethod
+    def _bundled_name(cls, v: str | None) -> str | None:
+        if v is not None and v not in bundled_snapshots():
+            raise ValueError(f"no bundled snapshot '{v}'; the bundled snapshots are {sorted(bundled_snapshots())}")
+        return v
+
+    @model_validator(mode="after")
+    def _name_or_uri(self) -> SnapshotConfig:
+        if self.name and self.uri:
+            raise ValueError("set snapshot.name (a bundled snapshot) or snapshot.uri (a folder), not both")
+        return self
 
 
 class IngestConfig(_Strict):
@@ -33,11 +50,19 @@ class IngestConfig(_Strict):
     chemsys: str | None = Field(default="Li-Mn-Ni-O", description="Chemical system, e.g. 'Li-Mn-Ni-O'.")
     elements: list[str] | None = Field(default=None, description="Alternative to chemsys: required elements.")
     nelements: int | None = Field(default=None, ge=1, description="Exact number of elements.")
+    subsystems: bool = Field(
+        default=False, description="Every sub-system of chemsys too (Li-O: Li, O and Li-O): the whole space."
+    )
+    max_records: int = Field(
+        default=5000, ge=1, description="Refuse a query that matches more materials than this (memory bound)."
+    )
 
     @model_validator(mode="after")
     def _one_query(self) -> IngestConfig:
         if not self.chemsys and not self.elements:
             raise ValueError("an ingest query needs `chemsys` or `elements`")
+        if self.subsystems and not self.chemsys:
+            raise ValueError("ingest.subsystems needs ingest.chemsys (the elements whose sub-systems to fetch)")
         return self
 
 

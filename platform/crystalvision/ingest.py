@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -23,7 +22,8 @@ def write_mp_snapshot(
     quarantine: list[dict[str, str]] | None = None,
 ) -> Path:
     """Write fetched Materials Project records as a snapshot under ``out`` (default: settings' snapshots root);
-    the records quarantined during the fetch go to ``quarantine.json`` beside it, each with its reason."""
+    the records quarantined during the fetch go to its ``quarantine.json``, each with its reason, written with the
+    folder (a reader never sees the snapshot without it)."""
     flagged = sum(1 for r in records if r.flags)
     log.info(
         "%d of %d structures carry validation flags (kept in the snapshot, dropped at use by default)",
@@ -36,9 +36,9 @@ def write_mp_snapshot(
         source="materials-project-api",
         db_version=db_version,
         query=query_dict(query),
+        extra_json={QUARANTINE_FILE: quarantine} if quarantine else None,  # inside the folder before it appears
     )
     if quarantine:
-        (path / QUARANTINE_FILE).write_text(json.dumps(quarantine, indent=1))
         log.warning("%d records quarantined during the fetch: see %s", len(quarantine), path / QUARANTINE_FILE)
     return path
 

@@ -8,6 +8,7 @@ import random
 import re
 import time
 from collections.abc import Callable
+from itertools import combinations
 from typing import Any, TypeVar
 
 from crystalvision.config import IngestConfig
@@ -177,15 +178,37 @@ def query_dict(cfg: IngestConfig) -> dict[str, Any]:
         q["elements"] = sorted(cfg.elements)
     if cfg.nelements:
         q["nelements"] = cfg.nelements
+    if cfg.subsystems:
+        q["subsystems"] = True
     return q
 
 
+def subsystems(chemsys: str) -> list[str]:
+    """Every chemical system made of a non-empty subset of ``chemsys``'s elements (Li-O: Li, O, Li-O), elements
+    sorted within each as the Materials Project writes them."""
+    elements = sorted({e.strip() for e in chemsys.split("-") if e.strip()})
+    return ["-".join(c) for n in range(1, len(elements) + 1) for c in combinations(elements, n)]
+
+
 def search_kwargs(cfg: IngestConfig) -> dict[str, Any]:
-    """The query as keyword arguments of ``MPRester().materials.summary.search`` (mp-api says ``num_elements``)."""
+    """The query as keyword arguments of ``MPRester().materials.summary.search`` (mp-api says ``num_elements``;
+    ``subsystems`` becomes the list of every sub-system, which mp-api sends as one request)."""
     kwargs = query_dict(cfg)
     if "nelements" in kwargs:
         kwargs["num_elements"] = kwargs.pop("nelements")
+    if kwargs.pop("subsystems", False):
+        kwargs["chemsys"] = subsystems(kwargs["chemsys"])
     return kwargs
+
+
+def count_criteria(cfg: IngestConfig) -> dict[str, Any]:
+    """The query as the summary endpoint's own parameters (what ``search`` sends), for ``count``."""
+    kwargs = search_kwargs(cfg)
+    criteria: dict[str, Any] = {k: ",".join(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    if "num_elements" in criteria:
+        n = criteria.pop("num_elements")
+        criteria |= {"nelements_min": n, "nelements_max": n}
+    return criteria
 
 
 def _label(get: Callable[..., Any], name: str, mid: str) -> float | None:
@@ -238,7 +261,8 @@ def _doc_id(doc: Any) -> str:
 def fetch_records(
     cfg: IngestConfig, settings: MPSettings | None = None, quarantine: list[dict[str, str]] | None = None
 ) -> tuple[list[MaterialRecord], str]:
-    """Query the summary endpoint; returns (records, db_version).
+    """Query the summary endpoint; returns (records, db_version). A query that matches more than
+    ``cfg.max_records`` materials is refused before they are loaded (an :class:`MPError` naming the count).
 
     A record that fails for any reason of its own (bad id, unreadable structure, symmetry failure, bad label) is
     quarantined, ``{"material_id", "reason"}`` appended to ``quarantine``, and the fetch goes on.
@@ -246,10 +270,22 @@ def fetch_records(
     settings = settings or get_settings().mp
     query = query_dict(cfg)
 
-    def search(mpr: Any) -> tuple[str, list[Any]]:
-        return str(mpr.db_version), mpr.materials.summary.search(**search_kwargs(cfg), fields=SUMMARY_FIELDS)
+    def search(mpr: Any) -> tuple[str, list[Any], int | None]:
+        # at most max_records + 1 documents are ever loaded; one more than the cap means the query is too big
+        chunk = min(1000, cfg.max_records + 1)
+        docs = mpr.materials.summary.search(
+            **search_kwargs(cfg), fields=SUMMARY_FIELDS, chunk_size=chunk, num_chunks=-(-(cfg.max_records + 1) // chunk)
+        )
+        total = mpr.materials.summary.count(count_criteria(cfg)) if len(docs) > cfg.max_records else None
+        return str(mpr.db_version), docs, total
 
-    db_version, docs = _call(settings, f"Materials Project query {query}", search)
+    db_version, docs, total = _call(settings, f"Materials Project query {query}", search)
+    if total is not None or len(docs) > cfg.max_records:
+        raise MPError(
+            f"the Materials Project has {total or f'more than {cfg.max_records}'} materials for {query}, more than "
+            f"ingest.max_records={cfg.max_records}; narrow the query, or raise the cap "
+            f"(--set ingest.max_records={max(total or 0, cfg.max_records + 1)}) if there is memory for them"
+        )
     if not docs:
         raise MPError(f"the Materials Project returned no materials for {query}; check the chemical system")
     records, bad = [], []
@@ -270,6 +306,10 @@ def fetch_records(
     n_missing = sum(1 for r in records if any(f.startswith("missing_") for f in r.flags))
     log.info(
         "fetched %d materials for %s from db %s (%d quarantined, %d without a label: flagged, left out of it)",
-        len(records), query, db_version, len(bad), n_missing,
+        len(records),
+        query,
+        db_version,
+        len(bad),
+        n_missing,
     )
     return records, db_version

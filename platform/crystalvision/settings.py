@@ -14,7 +14,13 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-BUNDLED_SNAPSHOT = PACKAGE_DIR / "data" / "snapshots" / "lmno"
+SNAPSHOTS_DIR = PACKAGE_DIR / "data" / "snapshots"
+BUNDLED_SNAPSHOT = SNAPSHOTS_DIR / "lmno"
+
+
+def bundled_snapshots() -> dict[str, Path]:
+    """The snapshots shipped with the package, by name (``snapshot.name`` in a pipeline): name -> folder."""
+    return {p.name: p for p in sorted(SNAPSHOTS_DIR.iterdir()) if (p / "manifest.json").is_file()}
 
 
 def _home() -> Path:

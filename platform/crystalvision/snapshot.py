@@ -2,40 +2,48 @@
 
 A snapshot is a folder::
 
-    structures.json       list of MaterialRecord (structure as pymatgen Structure.as_dict())
+    structures.json       list of MaterialRecord (structure as pymatgen Structure.as_dict()), or
+    structures.json.gz    the same list gzip-compressed (read as JSON only, never as code)
     manifest.json         db_version, query, source, n_records, content_sha256, created_at
     label_encoders.json   class lists for crystal_system and spacegroup
-    PROVENANCE.md         where the data came from and its licence (bundled snapshot)
+    PROVENANCE.md         where the data came from and its licence (bundled snapshots)
+    quarantine.json       records the fetch left out, each with its reason (written before the folder appears)
 
 The content hash covers the records only (sorted by material_id, canonical JSON), so the same data gives
-the same hash wherever and whenever it was written.
+the same hash wherever and whenever it was written, compressed or not. A folder appears whole (one rename) or not at
+all; a second writer of the same content reuses the first one's folder.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
 from crystalvision import __version__
 from crystalvision.config import SnapshotConfig
 from crystalvision.errors import SnapshotError
-from crystalvision.settings import get_settings
+from crystalvision.settings import bundled_snapshots, get_settings
 from crystalvision.structures import CRYSTAL_SYSTEMS
 from crystalvision.targets import BY_NAME, TARGETS_CLASSIFICATION
 
 log = logging.getLogger(__name__)
 
 STRUCTURES_FILE = "structures.json"
+STRUCTURES_GZ = "structures.json.gz"
+MAX_STRUCTURES_BYTES = 1 << 30  # a structures file that decompresses to more is refused (a gzip bomb)
 MANIFEST_FILE = "manifest.json"
 ENCODERS_FILE = "label_encoders.json"
 
@@ -174,23 +182,27 @@ def write_snapshot(
     query: dict,
     name: str | None = None,
     extra_files: dict[str, str | Path] | None = None,
+    extra_json: dict[str, Any] | None = None,
+    compress: bool = False,
 ) -> Path:
-    """Write a snapshot folder atomically under ``root``; an identical existing snapshot is reused."""
+    """Write a snapshot folder atomically under ``root``; an identical existing snapshot is reused.
+
+    ``extra_files`` are copied and ``extra_json`` written into the folder before it appears; ``compress`` writes
+    ``structures.json.gz`` (the same content hash)."""
     if not records:
         raise SnapshotError(f"refusing to write an empty snapshot for query {query}; widen the query")
     sha = content_hash(records)
-    slug = name or "-".join(str(v) for v in query.values() if v) or "snapshot"
+    slug = name or "-".join(k if v is True else str(v) for k, v in query.items() if v) or "snapshot"
     snapshot_id = f"{slug}-{db_version}-{sha[:12]}".replace("/", "_").replace(" ", "")
     root = Path(root)
     final = root / snapshot_id
-    if (final / MANIFEST_FILE).is_file():
+    if _same_snapshot(final, sha):
         log.info("snapshot %s already exists; reusing it", final)
         return final
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{snapshot_id}.", dir=root))
     try:
-        ordered = sorted(records, key=lambda r: r.material_id)
-        (tmp / STRUCTURES_FILE).write_text(json.dumps([r.model_dump(mode="json") for r in ordered], indent=1))
+        _write_records(tmp, records, compress)
         (tmp / ENCODERS_FILE).write_text(derive_encoders(records).model_dump_json(indent=1))
         manifest = Manifest(
             snapshot_id=snapshot_id,
@@ -209,8 +221,13 @@ def write_snapshot(
                 shutil.copytree(src, dst)
             else:
                 shutil.copyfile(src, dst)
+        for fname, data in (extra_json or {}).items():
+            (tmp / fname).write_text(json.dumps(data, indent=1))
         (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=1))
-        os.replace(tmp, final)
+        if not _publish(tmp, final, sha):
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.info("snapshot %s was written meanwhile by another process; reusing it", final)
+            return final
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -218,21 +235,74 @@ def write_snapshot(
     return final
 
 
+def _write_records(folder: Path, records: list[MaterialRecord], compress: bool) -> None:
+    rows = [r.model_dump(mode="json") for r in sorted(records, key=lambda r: r.material_id)]
+    if not compress:
+        (folder / STRUCTURES_FILE).write_text(json.dumps(rows, indent=1))
+        return
+    # no name and mtime 0 in the gzip header: the same records give the same bytes
+    with (folder / STRUCTURES_GZ).open("wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as gz:
+        gz.write(json.dumps(rows, separators=(",", ":")).encode())
+
+
+def _same_snapshot(final: Path, sha: str) -> bool:
+    """Whether ``final`` is a published snapshot of content ``sha``."""
+    try:
+        return Manifest.model_validate_json((final / MANIFEST_FILE).read_text()).content_sha256 == sha
+    except (OSError, ValidationError):
+        return False
+
+
+def _publish(tmp: Path, final: Path, sha: str) -> bool:
+    """Rename ``tmp`` to ``final``; False when another writer published the same content first (a lost race)."""
+    try:
+        os.replace(tmp, final)
+    except OSError:  # ENOTEMPTY / EEXIST: a folder appeared at ``final`` since the check
+        if _same_snapshot(final, sha):
+            return False
+        raise SnapshotError(
+            f"cannot publish snapshot {final}: a different folder is in the way; move it aside and ingest again"
+        ) from None
+    return True
+
+
+def _structures_file(path: Path) -> str:
+    """The records' file of snapshot folder ``path``: structures.json, else structures.json.gz."""
+    compressed = (path / STRUCTURES_GZ).is_file() and not (path / STRUCTURES_FILE).is_file()
+    return STRUCTURES_GZ if compressed else STRUCTURES_FILE
+
+
+def _read_structures(path: Path, fname: str) -> Any:
+    """The records' JSON (a gzip is decompressed, with a size bound, and parsed as JSON: never run as code)."""
+    if fname == STRUCTURES_FILE:
+        return json.loads((path / fname).read_text())
+    with gzip.open(path / fname, "rb") as fh:
+        blob = fh.read(MAX_STRUCTURES_BYTES + 1)
+    if len(blob) > MAX_STRUCTURES_BYTES:
+        raise SnapshotError(
+            f"snapshot {path}/{fname} decompresses to more than {MAX_STRUCTURES_BYTES} bytes; "
+            "it is not a snapshot: restore it or ingest it again"
+        )
+    return json.loads(blob)
+
+
 def load_snapshot(uri: str | Path, verify: bool = True) -> Snapshot:
     """Load a snapshot folder and check its content hash against its manifest."""
     path = Path(uri)
     if not path.is_dir():
         raise SnapshotError(
-            f"snapshot {path} not found: run `crystalvision ingest` or set CRYSTALVISION_SNAPSHOT_URI "
-            "to a snapshot folder (the bundled one is used when unset)"
+            f"snapshot {path} not found: run `crystalvision ingest`, set CRYSTALVISION_SNAPSHOT_URI to a snapshot "
+            f"folder, or name a bundled one ({', '.join(bundled_snapshots())}); the bundled lmno is used when unset"
         )
+    fname = _structures_file(path)
     try:
-        raw = json.loads((path / STRUCTURES_FILE).read_text())
+        raw = _read_structures(path, fname)
         records = [MaterialRecord.model_validate(r) for r in raw]
     except FileNotFoundError as exc:
-        raise SnapshotError(f"snapshot {path} has no {STRUCTURES_FILE}; ingest it again") from exc
-    except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
-        raise SnapshotError(f"snapshot {path}/{STRUCTURES_FILE} is unreadable ({exc}); ingest it again") from exc
+        raise SnapshotError(f"snapshot {path} has no {STRUCTURES_FILE} (or {STRUCTURES_GZ}); ingest it again") from exc
+    except (json.JSONDecodeError, ValidationError, UnicodeDecodeError, TypeError, OSError, EOFError,
+            zlib.error) as exc:  # fmt: skip
+        raise SnapshotError(f"snapshot {path}/{fname} is unreadable ({exc}); ingest it again") from exc
     try:
         manifest = Manifest.model_validate_json((path / MANIFEST_FILE).read_text())
         encoders = LabelEncoders.model_validate_json((path / ENCODERS_FILE).read_text())
@@ -285,9 +355,37 @@ def _spread(records: list[MaterialRecord], n: int) -> list[MaterialRecord]:
     return sorted(picked, key=lambda r: r.material_id)
 
 
+def snapshot_path(cfg: SnapshotConfig) -> str | Path:
+    """The folder ``cfg`` names: ``uri``, else the bundled snapshot ``name``, else the configured default."""
+    if cfg.uri:
+        return cfg.uri
+    if cfg.name:
+        return bundled_snapshots()[cfg.name]  # the config checked that it exists
+    return get_settings().data.snapshot_uri
+
+
 def configured_snapshot(cfg: SnapshotConfig) -> Snapshot:
-    """The snapshot ``cfg.uri`` names, else the configured default (the bundled one)."""
-    return load_snapshot(cfg.uri or get_settings().data.snapshot_uri)
+    """The snapshot ``cfg`` names (a folder or a bundled name), else the configured default (the bundled lmno)."""
+    return load_snapshot(snapshot_path(cfg))
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """A snapshot's record counts and whether its content hash verified (never raises on a bad snapshot)."""
+    try:
+        snap = load_snapshot(path)
+    except SnapshotError as exc:
+        return {"path": str(path), "verified": False, "error": str(exc)}
+    usable = sum(1 for r in snap.records if not r.flags and None not in (r.band_gap, r.energy_above_hull))
+    return {
+        "snapshot_id": snap.manifest.snapshot_id,
+        "db_version": snap.manifest.db_version,
+        "n_records": snap.manifest.n_records,
+        "n_usable": usable,
+        "n_flagged": sum(1 for r in snap.records if r.flags),
+        "content_sha256": snap.manifest.content_sha256,
+        "verified": True,
+        "path": str(snap.path),
+    }
 
 
 def load_selection(cfg: SnapshotConfig) -> tuple[Snapshot, Selection]:

@@ -12,6 +12,7 @@ Documents are built from records of the bundled snapshot. Tests switch the serve
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 from collections import deque
@@ -23,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 EMMET_VERSION = "0.87.3"
 BUNDLED_STRUCTURES = Path(__file__).resolve().parents[2] / "platform/crystalvision/data/snapshots/lmno/structures.json"
+SPACE_STRUCTURES = BUNDLED_STRUCTURES.parents[1] / "lmno-space" / "structures.json.gz"
 CRYSTAL_SYSTEM_ENUM = {s: s.capitalize() for s in ("triclinic", "monoclinic", "orthorhombic", "tetragonal")} | {
     "trigonal": "Trigonal",
     "hexagonal": "Hexagonal",
@@ -58,6 +60,13 @@ def bundled_docs(n: int = 4) -> list[dict[str, Any]]:
     """The first ``n`` unflagged Li-Mn-Ni-O materials of the bundled snapshot as summary documents."""
     docs = [summary_doc(r) for r in json.loads(BUNDLED_STRUCTURES.read_text()) if not r["flags"]]
     return [d for d in docs if d["chemsys"] == "Li-Mn-Ni-O"][:n]
+
+
+def space_docs(per_system_size: int = 1) -> list[dict[str, Any]]:
+    """The first ``per_system_size`` unflagged materials of each size (1-4 elements) of the bundled ``lmno-space``
+    snapshot as summary documents."""
+    docs = [summary_doc(r) for r in json.loads(gzip.decompress(SPACE_STRUCTURES.read_bytes())) if not r["flags"]]
+    return [d for n in range(1, 5) for d in [d for d in docs if d["nelements"] == n][:per_system_size]]
 
 
 @dataclass
