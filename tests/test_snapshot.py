@@ -138,6 +138,11 @@ def test_compressed_and_plain_snapshots_have_one_hash_and_a_gzip_is_only_json(bu
     assert load_snapshot(plain).manifest.content_sha256 == load_snapshot(packed).manifest.content_sha256
     again = write_snapshot(recs, tmp_path / "again", compress=True, **kw)
     assert (packed / "structures.json.gz").read_bytes() == (again / "structures.json.gz").read_bytes()
+    rows = json.loads(gzip.decompress((packed / "structures.json.gz").read_bytes()))
+    rows[0]["band_gap"] = 42.0
+    (packed / "structures.json.gz").write_bytes(gzip.compress(json.dumps(rows).encode()))
+    with pytest.raises(SnapshotError, match="corrupted"):
+        load_snapshot(packed)
     (packed / "structures.json.gz").write_bytes(gzip.compress(pickle.dumps(recs)))  # a pickle is never loaded
     with pytest.raises(SnapshotError, match=r"structures.json.gz is unreadable"):
         load_snapshot(packed)
