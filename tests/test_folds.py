@@ -11,7 +11,7 @@ import pytest
 from crystalvision.config import SplitConfig
 from crystalvision.dataset import Splits
 from crystalvision.errors import ConfigError
-from crystalvision.folds import aggregate_folds, fold_splits, mean_std_text, stratum
+from crystalvision.folds import aggregate_folds, ceiling_metrics, fold_splits, mean_std_text, split_plan, stratum
 
 
 def labels(n_structures: int = 20, views: int = 4, systems: dict[str, int] | None = None) -> pd.DataFrame:
@@ -102,9 +102,11 @@ def test_aggregate_folds_mean_std_skips_nan():
     agg = aggregate_folds(per_fold)
     assert agg["n_folds"] == 2
     assert agg["test_acc_crystal_system_mean"] == pytest.approx(0.6)
-    assert agg["test_acc_crystal_system_std"] == pytest.approx(0.1)
+    assert agg["test_acc_crystal_system_std"] == pytest.approx(np.sqrt(0.02))  # sample std (ddof=1)
     assert agg["test_struct_r2_band_gap_n"] == 1 and agg["test_struct_r2_band_gap_mean"] == pytest.approx(0.1)
-    assert mean_std_text(agg, "test_acc_crystal_system") == "0.600 ± 0.100"
+    assert "test_struct_r2_band_gap_std" not in agg  # one fold has no sample std
+    assert mean_std_text(agg, "test_acc_crystal_system") == "0.600 ± 0.141"
+    assert mean_std_text(agg, "test_struct_r2_band_gap") == "0.100"
     assert np.isfinite(list(agg.values())).all()
 
 
@@ -115,3 +117,50 @@ def test_split_config_reads_back_from_logged_params():
     back = SplitConfig.model_validate(logged)
     assert back.folds is None and back.leave_one_out is False
     assert SplitConfig.model_validate({**logged, "folds": "5"}).folds == 5
+
+
+def test_validation_carve_out_is_grouped_and_stratified():
+    df = labels(n_structures=40, systems={"monoclinic": 20, "triclinic": 20})
+    for f in fold_splits(df, SplitConfig(protocol="grouped", folds=4, seed=3, val_fraction=0.2)):
+        assert f.val_stratified
+        assert not set(f.train["material_id"]) & set(f.val["material_id"])  # whole structures on one side
+        assert f.val.groupby("material_id").size().eq(4).all()  # every view of a validation structure
+        counts = f.val.drop_duplicates("material_id")["crystal_system"].value_counts().to_dict()
+        assert counts == {"monoclinic": 3, "triclinic": 3}  # 30 training structures / 5, by class
+
+
+def test_fold_ceiling_is_the_share_of_test_structures_with_a_seen_class():
+    train = pd.DataFrame({"material_id": ["a", "b"], "crystal_system": ["cubic", "cubic"],
+                          "spacegroup_symbol": ["Fm-3m", "Pm-3m"]})  # fmt: skip
+    test = pd.DataFrame({"material_id": ["c", "c", "d", "e", "f"], "crystal_system": ["cubic"] * 2 + ["trigonal"] * 3,
+                         "spacegroup_symbol": ["Fm-3m"] * 2 + ["R-3m", "R-3m", "Fm-3m"]})  # fmt: skip
+    m = ceiling_metrics(train, test)  # per structure: c, d, e, f (c has two views)
+    assert m["unseen_share_crystal_system"] == pytest.approx(0.75) and m["ceiling_acc_crystal_system"] == 0.25
+    assert m["unseen_share_spacegroup"] == pytest.approx(0.5) and m["ceiling_acc_spacegroup"] == 0.5
+    fold = fold_splits(labels(systems={"monoclinic": 9, "cubic": 1}), SplitConfig(folds=3))[0]
+    assert {"ceiling_acc_crystal_system", "unseen_share_spacegroup", "val_stratified"} <= set(fold.describe())
+
+
+def test_test_only_folds_over_the_subset_and_train_on_everything_else():
+    df = labels(n_structures=20, views=2)
+    df["formula"] = ["LiMnNiO4" if int(m[3:]) % 2 else "LiO2" for m in df["material_id"]]
+    cfg = SplitConfig(folds=5, test_only={"nelements": 4})
+    folds = fold_splits(df, cfg)
+    quaternary = set(df.loc[df["formula"] == "LiMnNiO4", "material_id"])
+    tested = [m for f in folds for m in f.test["material_id"].unique()]
+    assert sorted(tested) == sorted(quaternary)  # each quaternary tested once, nothing else
+    for f in folds:
+        seen = set(f.train["material_id"]) | set(f.val["material_id"])
+        assert seen == set(df["material_id"]) - set(f.test["material_id"])  # the rest, incl. other quaternaries
+    with pytest.raises(ConfigError, match="split.test_only"):
+        fold_splits(df, SplitConfig(folds=2, test_only={"nelements": 3}))
+
+
+def test_split_plan_counts_folds_and_unseen_classes_without_images():
+    structures = labels(views=1, systems={"monoclinic": 9, "cubic": 1})
+    plan = split_plan(structures, SplitConfig(folds=3))
+    assert plan["n_structures"] == 10 and plan["crystal_system"] == {"cubic": 1, "monoclinic": 9}
+    assert sum(f["n_structures_test"] for f in plan["folds"]) == 10
+    f = next(f for f in plan["folds"] if "cubic" in f["test_crystal_system"])
+    assert f["unseen_test_classes"]["crystal_system"] == ["cubic"]
+    assert f["ceiling_acc_crystal_system"] == pytest.approx(1 - 1 / f["n_structures_test"])

@@ -1,5 +1,6 @@
-"""A tiny grouped k-fold pipeline run: parent + child runs, each structure tested once, mean ± std on the parent,
-leakage section and graph baseline in the reports, no registration."""
+"""A tiny grouped k-fold pipeline run: parent + child runs, each structure tested once, pooled out-of-fold metrics
+with paired bootstrap intervals and mean ± std on the parent, leakage section and graph baseline in the reports, no
+registration; `pipeline validate` prints the resolved split."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ TINY = [
     "train.batch_size=4",
     "evaluate.saliency=false",
     "evaluate.graph_epochs=2",
+    "evaluate.subsets={quaternary: {nelements: 4}}",
+    "evaluate.bootstrap_resamples=50",
 ]
 
 
@@ -47,6 +50,15 @@ def test_grouped_kfold_pipeline(cv_home: Path, tmp_path: Path) -> None:
     for name in ("test_score", "test_acc_crystal_system", "test_struct_acc_crystal_system", "cgcnn_test_score"):
         assert {f"{name}_mean", f"{name}_std"} <= set(metrics), name
     assert metrics["leakage_ssim_median_n"] == 2
+    # pooled out of fold: every structure scored once, for the model and each baseline (CGCNN included)
+    assert metrics["pooled_n_structures"] == 6 and metrics["pooled_n_seeds"] == 1
+    for p in ("model", "dummy", "1nn", "cgcnn"):
+        assert {f"pooled_{p}_acc_crystal_system", f"pooled_{p}_mae_band_gap"} <= set(metrics), p
+    for b in ("dummy", "1nn", "cgcnn"):
+        key = f"pooled_diff_model_vs_{b}_acc_crystal_system"
+        assert metrics[f"{key}_lo"] <= metrics[key] <= metrics[f"{key}_hi"], b
+    assert "pooled_quaternary_n_structures" in metrics and "ceiling_acc_spacegroup_mean" in metrics
+    assert summary["pooled"]["metrics"]["pooled_model_acc_crystal_system"] == metrics["pooled_model_acc_crystal_system"]
 
     mlflow.set_tracking_uri(f"sqlite:///{cv_home / 'mlflow.db'}")
     client = MlflowClient()
@@ -54,13 +66,23 @@ def test_grouped_kfold_pipeline(cv_home: Path, tmp_path: Path) -> None:
     assert parent.data.tags["kfold"] == "parent"
     assert parent.data.metrics["test_score_mean"] == pytest.approx(metrics["test_score_mean"])
     assert "test_acc_crystal_system_std" in parent.data.metrics
+    assert parent.data.metrics["pooled_diff_model_vs_dummy_acc_crystal_system_hi"] == pytest.approx(
+        metrics["pooled_diff_model_vs_dummy_acc_crystal_system_hi"]
+    )
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "evaluation")} >= {
         "evaluation/folds_report.html",
         "evaluation/folds.json",
+        "evaluation/oof_predictions.parquet",
+        "evaluation/oof_predictions.csv",
     }
+    pooled = pd.read_parquet(client.download_artifacts(parent.info.run_id, "evaluation/oof_predictions.parquet",
+                                                       str(tmp_path)))  # fmt: skip
+    assert pooled["material_id"].is_unique and len(pooled) == 6 and set(pooled["fold"]) == {0, 1}
+    assert {"model__band_gap", "dummy__crystal_system", "1nn__spacegroup", "cgcnn__band_gap"} <= set(pooled)
     folds_html = Path(client.download_artifacts(parent.info.run_id, "evaluation/folds_report.html", str(tmp_path)))
     text = folds_html.read_text()
     assert "mean ± std over folds" in text and "±" in text and "CGCNN graph baseline" in text
+    assert "Pooled out of fold" in text and "model − 1nn" in text and "quaternary" in text
 
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=10
@@ -106,3 +128,15 @@ def test_too_many_folds_is_one_config_error_before_training(cv_home: Path) -> No
     assert result.exit_code == 2, result.output
     assert "split.folds = 7" in result.output and "2..6" in result.output
     assert not (cv_home / "ray_results").exists()  # failed before any training started
+
+
+def test_validate_prints_the_resolved_split(cv_home: Path) -> None:
+    result = CliRunner().invoke(app, ["pipeline", "validate", str(ROOT / "pipelines/paper-grouped.yaml")])
+    assert result.exit_code == 0, result.output
+    text = result.stdout[result.stdout.index("resolved split") :]
+    assert text.startswith("resolved split: 5 grouped folds over 62 structures")
+    rows = [line.split() for line in text.splitlines() if line[:4].strip().isdigit()]
+    assert [int(r[0]) for r in rows] == [0, 1, 2, 3, 4]
+    assert sum(int(r[3]) for r in rows) == 62 and all(int(r[1]) + int(r[2]) + int(r[3]) == 62 for r in rows)
+    assert text.count("unseen in training (crystal_system): tetragonal") == 1  # the one tetragonal structure
+    assert "ceiling system" in text and "test per crystal system: " in text

@@ -1,8 +1,9 @@
-"""Baselines reported beside the model, all per structure on the same split:
+"""Baselines reported beside the model, all per structure on the same split, defined once here and fit on the
+structures the model saw (its training + validation structures; :func:`seen`):
 
-- ``dummy``: the train split's mean (regression) and majority class (classification);
-- ``1nn``: 1-nearest-neighbour on a simple structure descriptor (element fractions, sorted lattice lengths and
-  angles, volume per atom, density; standardised on the train structures);
+- ``dummy``: the mean (regression) and majority class (classification) of those structures;
+- ``1nn``: 1-nearest-neighbour on a descriptor of the Niggli-reduced cell plus composition (element fractions,
+  sorted reduced lattice lengths and angles, volume per atom, density; standardised on the fit structures);
 - ``symmetry``: spglib via pymatgen's ``SpacegroupAnalyzer`` on the structure itself, for crystal system and
   space group. The bundled labels were made the same way (symprec 0.1), so at that tolerance this is the
   ceiling of the classification heads (1.0 by construction), not a competitor.
@@ -16,15 +17,21 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+from crystalvision.config import EvaluateConfig
 from crystalvision.metrics import label_metrics, prefixed, regression_metrics, stability_metrics
 from crystalvision.snapshot import MaterialRecord
 from crystalvision.targets import CLASS_ID, CLASS_NAME, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+
+if TYPE_CHECKING:
+    from crystalvision.dataset import Splits
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +73,19 @@ def dummy_predict(train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
     return pred
 
 
+def seen(splits: Splits) -> pd.DataFrame:
+    """The rows a baseline is fit on: the split's training and validation rows (what the model saw)."""
+    return pd.concat([splits.train, splits.val], ignore_index=True)
+
+
 def _structure(record: MaterialRecord) -> Structure:
     return Structure.from_dict(record.structure)
 
 
 def descriptor(structure: Structure, elements: list[str]) -> np.ndarray:
-    """Element fractions, sorted a/b/c, sorted angles, volume per atom, density."""
+    """Element fractions, then of the Niggli-reduced cell: sorted a/b/c, sorted angles, volume per atom, density."""
     comp = structure.composition.fractional_composition
-    lat = structure.lattice
+    lat = structure.get_reduced_structure("niggli").lattice
     return np.array(
         [comp.get_atomic_fraction(el) for el in elements]
         + sorted(lat.abc)
@@ -116,6 +128,23 @@ def symmetry_predict(records: Mapping[str, MaterialRecord], test: pd.DataFrame, 
     return pd.DataFrame(rows)
 
 
+def predict_baselines(
+    train: pd.DataFrame, test: pd.DataFrame, records: Mapping[str, MaterialRecord] | None, symprec: float = 0.1
+) -> dict[str, pd.DataFrame]:
+    """Per baseline, its per-structure predictions on ``test`` after fitting on ``train`` (1-NN and symmetry only
+    when ``records`` hold every structure)."""
+    preds = {"dummy": dummy_predict(train, test)}
+    needed = set(test["material_id"]) | set(train["material_id"])
+    if records is None or not needed <= set(records):
+        missing = len(needed - set(records or {}))
+        log.info("structure baselines (1-NN, symmetry) skipped: %d split structures have no snapshot record", missing)
+    else:
+        log.info("baselines: 1-NN on reduced-cell + composition descriptors, spglib symmetry (symprec %.3g)", symprec)
+        preds["1nn"] = nn1_predict(records, train, test)
+        preds["symmetry"] = symmetry_predict(records, test, symprec)
+    return preds
+
+
 def run_baselines(
     train: pd.DataFrame,
     test: pd.DataFrame,
@@ -124,17 +153,15 @@ def run_baselines(
     stability_threshold: float,
     symprec: float = 0.1,
 ) -> tuple[dict[str, float], pd.DataFrame]:
-    """All baselines on the test structures: flat metrics and a per-structure prediction table."""
+    """All baselines fit on ``train``, on the test structures: flat metrics and a per-structure prediction table."""
+    return tabulate(test, predict_baselines(train, test, records, symprec), stability_threshold)
+
+
+def tabulate(
+    test: pd.DataFrame, preds: Mapping[str, pd.DataFrame], stability_threshold: float
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Baseline predictions -> ``baseline_<name>_*`` metrics and one wide per-structure table."""
     truth = structure_table(test)
-    preds = {"dummy": dummy_predict(train, test)}
-    needed = set(truth["material_id"]) | set(train["material_id"])
-    if records is None or not needed <= set(records):
-        missing = len(needed - set(records or {}))
-        log.info("structure baselines (1-NN, symmetry) skipped: %d split structures have no snapshot record", missing)
-    else:
-        log.info("baselines: 1-NN on structure descriptors, spglib symmetry (symprec %.3g)", symprec)
-        preds["1nn"] = nn1_predict(records, train, test)
-        preds["symmetry"] = symmetry_predict(records, test, symprec)
     metrics: dict[str, float] = {}
     table = truth[["material_id"]].copy()
     for name, pred in preds.items():
@@ -143,3 +170,62 @@ def run_baselines(
         cols = [c for c in (*TARGETS_REGRESSION, *CLASS_NAME.values(), "neighbour") if c in pred]
         table = table.join(pred[cols].add_prefix(f"{name}_"))
     return metrics, table
+
+
+# ------------------------------------------------------------------------------------- one fold of evaluate
+
+
+def baseline_metrics(
+    splits: Splits, records: Mapping[str, MaterialRecord] | None, ecfg: EvaluateConfig, out: Path, notes: list[str]
+) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+    """Dummy, 1-NN and symmetry baselines fit on train + val, on the test split (``baseline_predictions.csv``);
+    the per-structure predictions of dummy and 1-NN by head name (symmetry is the classification ceiling)."""
+    preds = predict_baselines(seen(splits), splits.test, records, ecfg.symmetry_symprec)
+    b_metrics, table = tabulate(splits.test, preds, ecfg.stability_threshold)
+    if "1nn" not in preds:
+        notes.append("1-NN and symmetry baselines skipped: the split's structures are not in the snapshot.")
+    table.to_csv(out / "baseline_predictions.csv", index=False)
+    by_head = {v: k for k, v in CLASS_NAME.items()}
+    return b_metrics, {n: p.rename(columns=by_head) for n, p in preds.items() if n != "symmetry"}
+
+
+def graph_metrics(
+    splits: Splits,
+    records: Mapping[str, MaterialRecord] | None,
+    ecfg: EvaluateConfig,
+    classes: Mapping[str, list[str]],
+    notes: list[str],
+) -> tuple[dict[str, float], pd.DataFrame | None]:
+    """The CGCNN graph baseline (graphnet.py) trained and scored on this split (``cgcnn_*`` metrics) and its test
+    structures' predictions by head name."""
+    from crystalvision.graphnet import GraphConfig, graph_baseline
+
+    ids = {m for _, df in splits.items() for m in df["material_id"]}
+    if records is None or not ids <= set(records):
+        notes.append("graph baseline skipped: the split's structures are not in the snapshot.")
+        return {}, None
+    log.info("evaluate: graph baseline (CGCNN, up to %d epochs)", ecfg.graph_epochs)
+    gcfg = GraphConfig(epochs=ecfg.graph_epochs, stability_threshold=ecfg.stability_threshold)
+    g_metrics, pred = graph_baseline(records, splits, gcfg, n_classes={t: len(c) for t, c in classes.items()})
+    names = {t: [classes[t][k] for k in pred.pop(f"{t}_id").astype(int)] for t in TARGETS_CLASSIFICATION}
+    return g_metrics, pred.assign(**names)
+
+
+def fold_baselines(
+    splits: Splits,
+    records: Mapping[str, MaterialRecord] | None,
+    ecfg: EvaluateConfig,
+    classes: Mapping[str, list[str]],
+    out: Path,
+    notes: list[str],
+) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+    """The baselines ``ecfg`` asks for on one split: flat metrics, per-structure test predictions by predictor."""
+    metrics: dict[str, float] = {}
+    others: dict[str, pd.DataFrame] = {}
+    if ecfg.baselines:
+        metrics, others = baseline_metrics(splits, records, ecfg, out, notes)
+    if ecfg.graph_baseline:
+        g_metrics, g_pred = graph_metrics(splits, records, ecfg, classes, notes)
+        metrics |= g_metrics
+        others |= {"cgcnn": g_pred} if g_pred is not None else {}
+    return metrics, others

@@ -301,9 +301,16 @@ def pipeline_validate(
     config: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
     set_: SetOpt = None,
 ) -> None:
-    """Validate a pipeline YAML and print the resolved config."""
+    """Validate a pipeline YAML and print the resolved config; for k folds also the resolved split (from the
+    snapshot's records, no rendering): structures per fold, classes unseen in training, the accuracy ceiling."""
+    from crystalvision.folds import plan_text
+    from crystalvision.prepare import plan_folds
+
     cfg = _load(config, set_)
     _echo_json(cfg.model_dump(mode="json"))
+    plan = plan_folds(cfg)
+    if plan is not None:
+        typer.echo(plan_text(plan, cfg.split))
 
 
 def main() -> None:  # pragma: no cover - console entry point

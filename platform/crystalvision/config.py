@@ -117,6 +117,17 @@ class RenderConfig(_Strict):
         return v
 
 
+class StructureFilter(_Strict):
+    """Structures picked by what they are made of (``nelements: 4``: the quaternaries)."""
+
+    nelements: int = Field(ge=1, description="Number of distinct elements in the formula.")
+
+
+def _none_string(v: object) -> object:
+    """MLflow logs None as "None": read it back as None (evaluate rebuilds splits from logged params)."""
+    return None if isinstance(v, str) and v.strip().lower() in ("none", "null", "") else v
+
+
 class SplitConfig(_Strict):
     """How images are split into train / validation / test."""
 
@@ -130,12 +141,16 @@ class SplitConfig(_Strict):
         default=None, ge=2, description="K-fold: each structure (grouped) or image tested once; see folds.py."
     )
     leave_one_out: bool = Field(default=False, description="One fold per structure (grouped; small snapshots).")
+    test_only: StructureFilter | None = Field(
+        default=None,
+        description="K-fold over these structures only (e.g. nelements: 4); every other structure is always in "
+        "training (train + validation).",
+    )
 
-    @field_validator("folds", mode="before")
+    @field_validator("folds", "test_only", mode="before")
     @classmethod
     def _none_string(cls, v: object) -> object:
-        """MLflow logs None as "None": read it back as None (evaluate rebuilds splits from logged params)."""
-        return None if isinstance(v, str) and v.strip().lower() in ("none", "null", "") else v
+        return _none_string(v)
 
 
 class AugmentConfig(_Strict):
@@ -188,6 +203,9 @@ class TrainConfig(_Strict):
         "(auto: on GPU when the split fits in 4 GiB per worker, in host memory on CPU up to 1 GiB; else streamed)."
     )
     seed: int = 0
+    seeds: list[int] | None = Field(
+        default=None, description="K-fold: train every fold once per seed (headline rows: 3 or more); None: seed."
+    )
     pretrained: Literal["imagenet"] | None = Field(
         default=None, description="imagenet: timm's own pretrained weights (from its cache; see augment/model)."
     )
@@ -230,6 +248,14 @@ class EvaluateConfig(_Strict):
         default=False, description="Also train the CGCNN graph baseline (graphnet.py) on the same split and report it."
     )
     graph_epochs: int = Field(default=300, ge=1, description="Epoch cap of the graph baseline (early stopping).")
+    subsets: dict[str, StructureFilter] = Field(
+        default_factory=dict,
+        description="K-fold: pooled metrics also on these subsets, e.g. quaternary: {nelements: 4}.",
+    )
+    bootstrap_resamples: int = Field(
+        default=2000, ge=10, description="K-fold: resamples of structures in the paired model-vs-baseline bootstrap."
+    )
+    bootstrap_seed: int = Field(default=0, description="Seed of the paired bootstrap.")
 
 
 class TuneConfig(_Strict):

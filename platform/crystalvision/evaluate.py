@@ -5,6 +5,9 @@ Metric names are ``<level>_<metric>_<target>`` with level ``test`` / ``val`` (pe
 e.g. ``test_r2_band_gap``, ``test_acc_crystal_system``, ``test_macro_f1_spacegroup``,
 ``test_auc_macro_crystal_system``, ``test_struct_r2_band_gap``, ``test_stability_f1``,
 ``baseline_1nn_r2_band_gap``. ``test_score`` is the mean of the two test R² and the two test accuracies.
+Baselines are fit on the training + validation structures (what the model saw). ``oof_predictions.csv`` holds the
+test structures' predictions of the model (``test_struct`` level) and of every baseline in :mod:`crystalvision.oof`'s
+table format; a k-fold run pools these over its folds.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from crystalvision.config import EvaluateConfig, PipelineConfig
 from crystalvision.dataset import Splits, load_images
 from crystalvision.errors import CrystalVisionError, ModelError, StorageError
 from crystalvision.model import CrystalNet, ModelSpec, predict_arrays, unwrap
+from crystalvision.oof import fold_table
 from crystalvision.snapshot import MaterialRecord
 from crystalvision.storage import ObjectStore
 from crystalvision.targets import CLASS_ID, SCORE_METRICS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
@@ -42,6 +46,7 @@ class EvalResult:
 
     metrics: dict[str, float]
     artifacts_dir: Path
+    oof: pd.DataFrame | None = None
 
 
 @dataclass
@@ -248,40 +253,6 @@ def model_metrics(levels: Mapping[str, Level], threshold: float) -> dict[str, fl
     return metrics
 
 
-def baseline_metrics(
-    splits: Splits, records: Mapping[str, MaterialRecord] | None, ecfg: EvaluateConfig, out: Path, notes: list[str]
-) -> dict[str, float]:
-    """Dummy, 1-NN and symmetry baselines on the test split (``baseline_predictions.csv``)."""
-    from crystalvision.baselines import run_baselines
-
-    b_metrics, table = run_baselines(
-        splits.train, splits.test, records, stability_threshold=ecfg.stability_threshold, symprec=ecfg.symmetry_symprec
-    )
-    if not any(k.startswith("baseline_1nn") for k in b_metrics):
-        notes.append("1-NN and symmetry baselines skipped: the split's structures are not in the snapshot.")
-    table.to_csv(out / "baseline_predictions.csv", index=False)
-    return b_metrics
-
-
-def graph_metrics(
-    splits: Splits,
-    records: Mapping[str, MaterialRecord] | None,
-    ecfg: EvaluateConfig,
-    classes: Mapping[str, list[str]],
-    notes: list[str],
-) -> dict[str, float]:
-    """The CGCNN graph baseline (graphnet.py) trained and scored on this split (``cgcnn_*`` metrics)."""
-    from crystalvision.graphnet import GraphConfig, train_graph_baseline
-
-    ids = {m for _, df in splits.items() for m in df["material_id"]}
-    if records is None or not ids <= set(records):
-        notes.append("graph baseline skipped: the split's structures are not in the snapshot.")
-        return {}
-    log.info("evaluate: graph baseline (CGCNN, up to %d epochs)", ecfg.graph_epochs)
-    gcfg = GraphConfig(epochs=ecfg.graph_epochs, stability_threshold=ecfg.stability_threshold)
-    return train_graph_baseline(records, splits, gcfg, n_classes={t: len(c) for t, c in classes.items()})
-
-
 def leakage_metrics(splits: Splits, store: ObjectStore, cfg: PipelineConfig, out: Path) -> tuple[dict, str]:
     """Nearest-training-image SSIM of every test image, next to its correctness in ``predictions.csv``."""
     from crystalvision.leakage import report_section
@@ -338,10 +309,13 @@ def evaluate_model(
     recs = None
     if ecfg.baselines or ecfg.graph_baseline:
         recs = records if records is not None else load_records(cfg, spec)
-    if ecfg.baselines:
-        metrics |= baseline_metrics(splits, recs, ecfg, out, notes)
-    if ecfg.graph_baseline:
-        metrics |= graph_metrics(splits, recs, ecfg, classes, notes)
+    from crystalvision.baselines import fold_baselines
+
+    b_metrics, others = fold_baselines(splits, recs, ecfg, classes, out, notes)
+    metrics |= b_metrics
+    struct = levels["test_struct"]
+    oof_table = fold_table(struct.labels, struct.outputs, classes, splits.train, others)
+    oof_table.to_csv(out / "oof_predictions.csv", index=False)
     reports = write_tables(levels, classes, ecfg.stability_threshold, out)
     sections: list[str] = []
     if ecfg.leakage and len(splits.train):
@@ -374,7 +348,7 @@ def evaluate_model(
         sections=sections,
     )
     log.info("evaluate: test_score %.4f; artifacts in %s", flat.get("test_score", math.nan), out)
-    return EvalResult(metrics=flat, artifacts_dir=out)
+    return EvalResult(metrics=flat, artifacts_dir=out, oof=oof_table)
 
 
 def run_saliency(

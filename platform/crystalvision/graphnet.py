@@ -232,6 +232,18 @@ def train_graph_baseline(
     ``splits`` is a :class:`~crystalvision.dataset.Splits`; ``n_classes`` (head sizes, e.g. from the snapshot's
     encoders) defaults to the largest class id in the splits + 1.
     """
+    return graph_baseline(records, splits, cfg, n_classes=n_classes)[0]
+
+
+def graph_baseline(
+    records: Mapping[str, MaterialRecord],
+    splits,
+    cfg: GraphConfig | None = None,
+    *,
+    n_classes: Mapping[str, int] | None = None,
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """:func:`train_graph_baseline`'s metrics and the test structures' predictions (``material_id``, regression
+    values, ``<head>_id`` arg-max class ids)."""
     cfg = cfg or GraphConfig()
     frames = [splits.train, splits.val, splits.test]
     if n_classes is None:
@@ -244,13 +256,20 @@ def train_graph_baseline(
     finally:
         torch.set_num_threads(threads)
     metrics: dict[str, float] = {f"{PREFIX}_best_epoch": float(fit.best_epoch)}
+    test_pred = pd.DataFrame({"material_id": []})
     for level, frame in (("test", splits.test), ("val", splits.val)):
         if len(frame):
             table = structure_labels(frame)
-            metrics |= level_metrics(level, table, predict_graphs(fit, table, graphs), cfg.stability_threshold)
+            pred = predict_graphs(fit, table, graphs)
+            metrics |= level_metrics(level, table, pred, cfg.stability_threshold)
+            if level == "test":
+                test_pred = table[["material_id"]].assign(**{t: pred[t] for t in TARGETS_REGRESSION})
+                test_pred = test_pred.assign(
+                    **{f"{t}_id": pred[f"{t}_proba"].argmax(1) for t in TARGETS_CLASSIFICATION}
+                )
     parts = [
         metrics.get(f"{PREFIX}_test_{m}", math.nan)
         for m in ("r2_band_gap", "r2_energy_above_hull", "acc_crystal_system", "acc_spacegroup")
     ]
     metrics[f"{PREFIX}_test_score"] = float(np.mean(parts))
-    return M.finite(metrics)
+    return M.finite(metrics), test_pred

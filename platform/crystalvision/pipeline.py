@@ -2,8 +2,10 @@
 
 This module and ``cli.py`` sit on top: they call into the stage modules, which never import upward.
 One MLflow run covers one pipeline run; every stage logs into it. With ``split.folds`` (or
-``split.leave_one_out``) that run is a parent: each fold trains and evaluates in a nested child run, and the parent
-holds the folds' mean ± std (``folds.aggregate_folds``) and ``evaluation/folds_report.html``. A k-fold run is an
+``split.leave_one_out``) that run is a parent: each fold (once per ``train.seeds`` seed) trains and evaluates in a
+nested child run. The parent holds the pooled out-of-fold metrics and the paired bootstrap of the model against
+each baseline (``oof.summarise`` over every fold's per-structure predictions, ``evaluation/oof_predictions.*``),
+the folds' mean ± sample std (``folds.aggregate_folds``) and ``evaluation/folds_report.html``. A k-fold run is an
 evaluation protocol: nothing is registered (train a plain split of the same config to register a model).
 """
 
@@ -45,6 +47,7 @@ class PipelineResult:
     report_path: str | None = None
     experiment_id: str | None = None
     label_source: str | None = None
+    pooled: dict[str, Any] = field(default_factory=dict)
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -73,6 +76,7 @@ class PipelineResult:
             "report_path": self.report_path,
             "experiment_id": self.experiment_id,
             "label_source": self.label_source,
+            "pooled": self.pooled,
         }
 
 
@@ -166,87 +170,132 @@ def _log_datasets(prepared: prepare.Prepared) -> None:
 KFOLD_REGISTRY_NOTE = "k-fold runs are an evaluation protocol: no model registered (run the config without folds)"
 
 
+def _seeded(fold: prepare.Prepared, seed: int) -> prepare.Prepared:
+    """One fold's inputs trained with ``seed`` (its own copy of the model spec)."""
+    cfg = fold.cfg
+    if seed == cfg.train.seed:
+        return fold.with_spec_copy()
+    train = cfg.train.model_copy(update={"seed": seed})
+    return fold.with_config(cfg.model_copy(update={"train": train})).with_spec_copy()
+
+
 def _run_folds(prepared: prepare.Prepared, stages: list[str], result: PipelineResult) -> None:
-    """Parent MLflow run; one child run per fold (train + evaluate); folds' mean ± std logged on the parent."""
-    from crystalvision import tracking
+    """Parent MLflow run; one child run per fold and seed (train + evaluate); pooled out-of-fold metrics, paired
+    bootstrap comparisons and the folds' mean ± std logged on the parent."""
+    import pandas as pd
+
+    from crystalvision import oof, tracking
     from crystalvision.folds import aggregate_folds
 
     cfg, snap = prepared.cfg, prepared.snapshot
     folds = prepare.fold_inputs(prepared)
+    seeds = list(dict.fromkeys(cfg.train.seeds or [cfg.train.seed]))
     tracking.configure_mlflow()
     with tracking.start_run(run_name=cfg.name, tags=tracking.pipeline_tags(cfg, snap) | {"kfold": "parent"}) as run:
         result.run_id = run.info.run_id
         tracking.log_pipeline_context(cfg, snap, prepared.selection, prepared.render)
-        per_fold, described = [], []
-        for fold in folds:
-            metrics, info = _run_one_fold(fold, stages, result, run.info.run_id)
-            per_fold.append(metrics)
-            described.append(info)
+        per_fold, described, tables = [], [], []
+        for seed in seeds:
+            for fold in folds:
+                metrics, info, table = _run_one_fold(_seeded(fold, seed), stages, result, run.info.run_id, len(seeds))
+                per_fold.append(metrics)
+                described.append(info)
+                if table is not None:
+                    tables.append(oof.tag(table, info["fold"], seed))
         aggregated = aggregate_folds(per_fold)
         result.metrics.update(aggregated)
-        _log_folds_summary(prepared, per_fold, aggregated, described)
+        pooled = pd.concat(tables, ignore_index=True) if tables else None
+        if pooled is not None:
+            ecfg = cfg.evaluate
+            subsets = {name: f.nelements for name, f in ecfg.subsets.items()}
+            summary = oof.summarise(pooled, subsets, n_resamples=ecfg.bootstrap_resamples, seed=ecfg.bootstrap_seed)
+            result.metrics.update(summary)
+            result.pooled = {"seeds": seeds, "bootstrap": "paired over structures; seed-averaged metric per resample",
+                             "metrics": summary}  # fmt: skip
+        _log_folds_summary(prepared, per_fold, aggregated, described, pooled, result.pooled)
     if "register" in stages and cfg.registry.enabled:
         log.info(KFOLD_REGISTRY_NOTE)
         result.registry = {"registered": False, "reason": KFOLD_REGISTRY_NOTE}
 
 
 def _run_one_fold(
-    prepared: prepare.Prepared, stages: list[str], result: PipelineResult, parent_id: str
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """Train (and evaluate) one fold in a nested child run; its metrics and a description of the fold."""
+    prepared: prepare.Prepared, stages: list[str], result: PipelineResult, parent_id: str, n_seeds: int = 1
+) -> tuple[dict[str, float], dict[str, Any], Any]:
+    """Train (and evaluate) one fold in a nested child run; its metrics, a description of the fold and its
+    per-structure out-of-fold prediction table (None without evaluation)."""
     import mlflow
 
     from crystalvision import tracking
+    from crystalvision.folds import ceiling_metrics
     from crystalvision.model import load_model
     from crystalvision.predict import log_model
     from crystalvision.train import train_model
 
     cfg, splits = prepared.cfg, prepared.splits
     i, k = getattr(splits, "fold", 0), getattr(splits, "n_folds", 1)
+    seed = cfg.train.seed
     unseen = {col: ", ".join(v) for col, v in getattr(splits, "unseen_classes", {}).items() if v}
     tags = tracking.pipeline_tags(cfg, prepared.snapshot)
-    tags |= {"kfold": "child", "fold": str(i), "kfold_parent": parent_id}
-    with tracking.start_run(run_name=f"{cfg.name}-fold{i}", tags=tags, nested=True) as run:
+    tags |= {"kfold": "child", "fold": str(i), "kfold_parent": parent_id, "train_seed": str(seed)}
+    name = f"{cfg.name}-fold{i}" + (f"-seed{seed}" if n_seeds > 1 else "")
+    table = None
+    with tracking.start_run(run_name=name, tags=tags, nested=True) as run:
         tracking.log_pipeline_context(cfg, prepared.snapshot, prepared.selection, prepared.render, splits)
         mlflow.log_dict({"unseen_test_classes": getattr(splits, "unseen_classes", {})}, "folds/unseen_classes.json")
-        with result.timed(f"train_fold{i}"):
+        ceiling = ceiling_metrics(splits.train, splits.test)
+        mlflow.log_metrics(ceiling)
+        with result.timed(f"train_fold{i}" + (f"_seed{seed}" if n_seeds > 1 else "")):
             trained = train_model(prepared, run_id=run.info.run_id)  # named by content + fold: resumable
-        metrics = dict(trained.metrics)
+        metrics = dict(trained.metrics) | ceiling
         if "evaluate" in stages:
             from crystalvision.runs import evaluate_into_run
 
-            with result.timed(f"evaluate_fold{i}"):
-                metrics |= evaluate_into_run(load_model(trained.model_dir), prepared).metrics
-        with result.timed(f"log_model_fold{i}"):
+            with result.timed(f"evaluate_fold{i}" + (f"_seed{seed}" if n_seeds > 1 else "")):
+                evaluated = evaluate_into_run(load_model(trained.model_dir), prepared)
+            metrics |= evaluated.metrics
+            table = evaluated.oof
+        with result.timed(f"log_model_fold{i}" + (f"_seed{seed}" if n_seeds > 1 else "")):
             log_model(trained.model_dir, splits, prepared.store)
-    log.info("fold %d/%d: test_score %s", i + 1, k, metrics.get("test_score"))
-    info = {"fold": i, "run_id": run.info.run_id, **splits.describe()}
+    log.info("fold %d/%d (seed %d): test_score %s", i + 1, k, seed, metrics.get("test_score"))
+    info = {"fold": i, "seed": seed, "run_id": run.info.run_id, **splits.describe()}
     info |= {f"unseen_test_classes_{col}": v for col, v in unseen.items()}
-    return metrics, info
+    return metrics, info, table
 
 
 def _log_folds_summary(
-    prepared: prepare.Prepared, per_fold: list[dict[str, float]], aggregated: dict[str, float], folds: list[dict]
+    prepared: prepare.Prepared,
+    per_fold: list[dict[str, float]],
+    aggregated: dict[str, float],
+    folds: list[dict],
+    table: Any = None,
+    pooled: dict[str, Any] | None = None,
 ) -> None:
-    """Mean ± std metrics, per-fold table and ``evaluation/folds_report.html`` into the active (parent) run."""
+    """Pooled and mean ± std metrics, per-fold table, the pooled prediction table (``oof_predictions.parquet`` /
+    ``.csv``) and ``evaluation/folds_report.html`` into the active (parent) run."""
     import tempfile
     from pathlib import Path
 
     import mlflow
 
+    from crystalvision import oof
     from crystalvision.evaluate import label_sources
     from crystalvision.report import write_folds_report
 
-    mlflow.log_metrics(aggregated)
+    pooled = pooled or {}
+    mlflow.log_metrics(aggregated | pooled.get("metrics", {}))
     with tempfile.TemporaryDirectory(prefix="crystalvision-folds-") as tmp:
         out = Path(tmp)
-        (out / "folds.json").write_text(json.dumps({"per_fold": per_fold, "aggregated": aggregated, "folds": folds}))
+        summary = {"per_fold": per_fold, "aggregated": aggregated, "folds": folds, "pooled": pooled}
+        (out / "folds.json").write_text(json.dumps(summary))
+        if table is not None:
+            oof.write(table, out)
         write_folds_report(
             out / "folds_report.html",
             per_fold=per_fold,
             aggregated=aggregated,
             folds=folds,
             label_source=label_sources(prepared.splits, prepared.spec),
+            pooled=pooled.get("metrics", {}),
         )
         mlflow.log_artifacts(str(out), artifact_path="evaluation")
 

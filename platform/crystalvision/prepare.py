@@ -111,6 +111,21 @@ def make_folds(store: ObjectStore, labels_key: str, split: SplitConfig) -> list[
     return subset_folds(fold_splits(load_labels(store, labels_key), split), split)
 
 
+def plan_folds(cfg: PipelineConfig) -> dict[str, Any] | None:
+    """The k folds ``cfg`` would make, from the snapshot's records (no rendering; a structure the renderer later
+    quarantines would drop out); None without ``split.folds`` / ``split.leave_one_out``."""
+    import pandas as pd
+
+    from crystalvision.folds import split_plan
+
+    if not is_kfold(cfg.split):
+        return None
+    _, selection = select_records(cfg)
+    cols = ("material_id", "formula", "crystal_system", "spacegroup_symbol")
+    frame = pd.DataFrame([{c: getattr(r, c) for c in cols} for r in selection.records])
+    return split_plan(frame.sort_values("material_id").reset_index(drop=True), cfg.split)
+
+
 def fold_inputs(prepared: Prepared) -> list[Prepared]:
     """One prepared input per fold of ``prepared.cfg.split`` (each with its own copy of the model spec)."""
     if prepared.labels_key is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ ROWS = [
     ("model, per image", "test"),
     ("model, per structure (mean of views)", "test_struct"),
     ("model, validation per image", "val"),
-    ("dummy (train mean / majority)", "baseline_dummy"),
-    ("1-NN on structure descriptor", "baseline_1nn"),
+    ("dummy (train+val mean / majority)", "baseline_dummy"),
+    ("1-NN on reduced cell + composition", "baseline_1nn"),
     ("symmetry analysis (spglib), ceiling", "baseline_symmetry"),
     ("CGCNN graph baseline, per structure", "cgcnn_test"),
 ]
@@ -195,8 +196,10 @@ def write_folds_report(
     aggregated: Mapping[str, float],
     folds: Sequence[Mapping[str, Any]],
     label_source: Mapping[str, str],
+    pooled: Mapping[str, float] | None = None,
 ) -> Path:
-    """``folds_report.html`` of a k-fold parent run: mean ± std table, per-fold rows, fold sizes and unseen classes.
+    """``folds_report.html`` of a k-fold parent run: pooled out-of-fold metrics and paired comparisons (``pooled``,
+    from ``oof.summarise``), mean ± std table, per-fold rows, fold sizes, unseen classes and ceilings.
 
     Each fold's child run holds its full evaluation report (leakage section, figures, classification reports).
     """
@@ -208,9 +211,11 @@ def write_folds_report(
         parts.append("<div class='note'><b>Surrogate labels.</b> See label sources; not the study's DFT values.</div>")
     parts.append(
         f"<p>test_score, mean ± std over folds: <b>{html.escape(_mean_std(aggregated, 'test_score'))}</b>. "
-        "Every structure (grouped folds) is in exactly one test fold; std is the population std over folds; "
+        "Every structure (grouped folds) is in exactly one test fold; std is the sample std over folds; "
         "metrics undefined on a fold (e.g. R² of one test structure) are left out of that metric's mean.</p>"
     )
+    if pooled:
+        parts.append(pooled_section(pooled))
     parts.append("<h2>Model and baselines (test folds)</h2>" + folds_table(per_fold, aggregated))
     if any(k.startswith("cgcnn_test_") for k in aggregated):
         parts.append(f"<p class='note'>{html.escape(GRAPH_NOTE)}</p>")
@@ -229,6 +234,60 @@ def write_folds_report(
     path = Path(path)
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+POOLED_COLUMNS = [(h, n) for h, n in COLUMNS if n != "stability_f1"]
+DIFF_COLUMNS = ["r2_band_gap", "r2_energy_above_hull", "acc_crystal_system", "acc_spacegroup"]
+
+
+def _subsets(pooled: Mapping[str, float]) -> list[str]:
+    """Subset names of pooled metrics ("" for all structures)."""
+    return sorted(k.removeprefix("pooled").removesuffix("n_structures").strip("_") for k in pooled
+                  if k.startswith("pooled") and k.endswith("_n_structures"))  # fmt: skip
+
+
+def _predictors(pooled: Mapping[str, float], pre: str) -> list[str]:
+    pattern = re.compile(rf"^{re.escape(pre)}([^_]+)_(r2|mae|acc|macro_f1)_")
+    found = {m.group(1) for k in pooled if (m := pattern.match(k))}
+    return sorted(found - {"diff", "ceiling"}, key=lambda p: (p != "model", p))
+
+
+def pooled_section(pooled: Mapping[str, float]) -> str:
+    """Pooled out-of-fold metrics (scored once over every test structure) per predictor and subset, and the paired
+    bootstrap intervals of the model minus each baseline."""
+    parts = [
+        "<h2>Pooled out of fold (every structure predicted once, scored once)</h2><p>Per structure (model: views "
+        "averaged). Baselines are fit on each fold's training + validation structures. With several seeds, the "
+        "mean over seeds (± their sample std); differences: model minus baseline with the 95 % interval of a paired "
+        "bootstrap over structures (seed-averaged metric in each resample).</p>"
+    ]
+    for sub in _subsets(pooled):
+        pre = f"pooled_{sub}_" if sub else "pooled_"
+        n = pooled.get(f"{pre}n_structures", 0)
+        rows = []
+        for p in _predictors(pooled, pre):
+            cells = []
+            for _, m in POOLED_COLUMNS:
+                v, sd = pooled.get(f"{pre}{p}_{m}"), pooled.get(f"{pre}{p}_{m}_seed_std")
+                cells.append("" if v is None else f"{v:.3f}" + (f" ± {sd:.3f}" if sd is not None else ""))
+            rows.append([p, *cells])
+        ceil = [f"{h}: {pooled[f'{pre}ceiling_acc_{h}']:.3f}" for h in ("crystal_system", "spacegroup")
+                if f"{pre}ceiling_acc_{h}" in pooled]  # fmt: skip
+        parts.append(f"<h3>{html.escape(sub or 'all structures')} ({n:.0f} structures)</h3>")
+        parts.append(_table(["predictor", *[h for h, _ in POOLED_COLUMNS]], rows))
+        if ceil:
+            parts.append(f"<p>accuracy ceiling (test class seen in training): {html.escape(', '.join(ceil))}</p>")
+        diffs = []
+        for b in sorted({k.split("_vs_")[1].split("_")[0] for k in pooled if k.startswith(f"{pre}diff_model_vs_")}):
+            key = f"{pre}diff_model_vs_{b}_"
+            cells = [
+                f"{pooled[key + m]:+.3f} [{pooled[key + m + '_lo']:+.3f}, {pooled[key + m + '_hi']:+.3f}]"
+                if key + m + "_hi" in pooled else "" for m in DIFF_COLUMNS
+            ]  # fmt: skip
+            diffs.append([f"model − {b}", *cells])
+        if diffs:
+            parts.append(_table(["difference [95 % CI]", *DIFF_COLUMNS], diffs))
+    return "".join(parts)
 
 
 LEAKAGE_KEYS = ("leakage_ssim_median", "leakage_frac_nearest_same_structure", "leakage_acc_crystal_system")

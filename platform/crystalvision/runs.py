@@ -74,6 +74,9 @@ def split_config_from_params(params: Mapping[str, str], default: SplitConfig) ->
         raw = param(params, f"cfg.split.{field}", f"split.{field}", f"split_{field}")
         if raw is not None:
             values[field] = raw
+        nested = {k.rsplit(".", 1)[1]: v for k, v in params.items() if k.startswith(f"cfg.split.{field}.")}
+        if nested:  # a mapping field (split.test_only) is logged flattened
+            values[field] = nested
     return SplitConfig.model_validate(values)
 
 
