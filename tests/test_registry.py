@@ -21,7 +21,7 @@ SPLIT = {"snapshot_sha256": "abc1", "cfg.split.protocol": "grouped", "cfg.split.
 
 @pytest.fixture
 def env(cv_home, tmp_path):
-    """A function that logs a run with a tiny pyfunc model, params and ``test_score``; returns its run id."""
+    """A function that logs a run with a tiny pyfunc model, params and ``val_score``; returns its run id."""
     use_test_tracking()
     store = ObjectStore(str(tmp_path / "store"))
     splits = toy_splits(store, n_structures=6, views=1)
@@ -31,7 +31,7 @@ def env(cv_home, tmp_path):
         with mlflow.start_run() as run:
             mlflow.log_params(params or SPLIT)
             if score is not None:
-                mlflow.log_metric("test_score", score)
+                mlflow.log_metric("val_score", score)
             log_model(model_dir, splits, store)
         return run.info.run_id
 
@@ -94,7 +94,7 @@ def test_other_split_reevaluates_the_champion(env) -> None:
         return 0.30  # the champion scores worse on the challenger's test split than its logged 0.90
 
     decision = registry.register_and_promote(cfg, env(0.50), evaluator=evaluator)
-    assert calls == [("1", "test_score")]
+    assert calls == [("1", "val_score")]
     assert decision["promoted"] and decision["same_split"] is False
     assert decision["champion_value"] == pytest.approx(0.30) and "re-evaluated" in decision["comparison"]
 
@@ -167,33 +167,39 @@ def test_champion_reevaluation_aligns_class_ids_by_name(cv_home, tmp_path) -> No
         registry.evaluate_champion_on(cfg, champion, metric, Prepared(cfg, store, unseen, spec))
 
 
-def _structure_table(rng, n: int, correct: int, gap_noise: float):
-    """Test predictions per structure as evaluation logs them: ``correct`` of ``n`` classes right."""
+def _structure_table(rng, n: int, correct: int, gap_noise: float, split: str = "val", shift: int = 0):
+    """Predictions per structure on ``split`` as evaluation logs them: ``correct`` of ``n`` classes right (the
+    first ``correct`` structures, after ``shift``)."""
     import numpy as np
     import pandas as pd
 
     truth = rng.normal(1.5, 1.0, n)
-    df = pd.DataFrame({"split": "test", "material_id": [f"mp-{i}" for i in range(n)]})
+    df = pd.DataFrame({"split": split, "material_id": [f"mp-{split}-{i}" for i in range(n)]})
     df["band_gap"], df["band_gap_pred"] = truth, truth + rng.normal(0, gap_noise, n)
     df["energy_above_hull"], df["energy_above_hull_pred"] = truth / 10, truth / 10 + rng.normal(0, 0.05, n)
     for t in ("crystal_system", "spacegroup"):
         df[t] = "cubic" if t == "crystal_system" else "Fm-3m"
-        df[f"{t}_pred"] = np.where(np.arange(n) < correct, df[t], "other")
+        df[f"{t}_pred"] = np.where((np.arange(n) - shift) % n < correct, df[t], "other")
     return df
 
 
 def test_per_target_gate_promotes_only_beyond_the_noise(env, tmp_path) -> None:
-    """Same split, per-structure predictions logged: a better `test_score` inside the bootstrap noise keeps the
-    champion (one more right structure of 40); a clear gain on the class heads with no loss elsewhere promotes."""
+    """Same split, per-structure predictions logged: a better `val_score` inside the bootstrap noise keeps the
+    champion (one more right validation structure of 40); a challenger far better on the *test* rows only is not
+    promoted (promotion reads the validation structures); a clear gain on the validation structures promotes."""
     import numpy as np
+    import pandas as pd
 
     cfg = PipelineConfig(name="t", registry={"model_name": "noise"})
 
-    def run_with_table(score: float, correct: int) -> str:
+    def run_with_table(score: float, val_correct: int, test_correct: int = 20) -> str:
         run_id = env(score)
         path = tmp_path / run_id / "predictions_by_structure.csv"
         path.parent.mkdir()
-        _structure_table(np.random.default_rng(0), 40, correct, 0.3).to_csv(path, index=False)
+        rng = np.random.default_rng(0)
+        val = _structure_table(rng, 40, val_correct, 0.3)
+        test = _structure_table(rng, 40, test_correct, 0.3, split="test")
+        pd.concat([test, val]).to_csv(path, index=False)
         MlflowClient().log_artifact(run_id, str(path), "evaluation")
         return run_id
 
@@ -203,8 +209,41 @@ def test_per_target_gate_promotes_only_beyond_the_noise(env, tmp_path) -> None:
     cls = within["gate"]["targets"]["crystal_system"]
     assert not within["promoted"] and cls["verdict"] == "same" and 0 < cls["improvement"] < 2 * cls["noise"]
     assert within["gate"]["targets"]["band_gap"]["verdict"] == "same"  # same predictions: no change
+    assert within["gate"]["split"] == "val" and within["gate"]["correction"] == "holm"
+    test_only = registry.register_and_promote(cfg, run_with_table(0.50, 20, test_correct=40), evaluator=_never_evaluate)
+    assert not test_only["promoted"] and {v["verdict"] for v in test_only["gate"]["targets"].values()} == {"same"}
     clear_id = run_with_table(0.60, 38)
     clear = registry.register_and_promote(cfg, clear_id, evaluator=_never_evaluate)
     assert clear["promoted"] and clear["gate"]["targets"]["spacegroup"]["verdict"] == "better"
     logged = MlflowClient().get_run(clear_id).data.metrics
     assert logged["gate_improvement_spacegroup"] == pytest.approx(0.45) and logged["gate_noise_spacegroup"] > 0
+    assert logged["gate_p_better_adjusted_spacegroup"] <= 0.05
+
+
+def test_holm_correction_changes_a_borderline_decision() -> None:
+    """Four heads, one a little better (4 more right of 100 validation structures: one-sided bootstrap p about
+    0.017): alone it passes alpha 0.05, but Holm over four heads needs p <= 0.0125, so it is not promoted."""
+    import numpy as np
+
+    from crystalvision import gate
+
+    rng = np.random.default_rng(0)
+    champion = _structure_table(rng, 100, 50, 0.3)
+    challenger = champion.copy()
+    challenger["crystal_system_pred"] = np.where(np.arange(100) < 54, challenger["crystal_system"], "other")
+    plain = gate.per_target_gate(challenger, champion, n_boot=4000, correction="none")
+    holm = gate.per_target_gate(challenger, champion, n_boot=4000, correction="holm")
+    p = plain["targets"]["crystal_system"]["p_better"]
+    assert 0.0125 < p < 0.05
+    assert plain["promote"] and plain["targets"]["crystal_system"]["verdict"] == "better"
+    assert not holm["promote"] and holm["targets"]["crystal_system"]["verdict"] == "same"
+    assert holm["targets"]["crystal_system"]["p_better_adjusted"] == pytest.approx(min(1.0, 4 * p))
+    assert gate.adjust({"a": 0.01, "b": 0.04, "c": 0.03, "d": float("nan")}) == pytest.approx(
+        {"a": 0.03, "b": 0.06, "c": 0.06, "d": float("nan")}, nan_ok=True
+    )
+
+
+def test_promotion_on_a_test_metric_is_refused() -> None:
+    with pytest.raises(ValueError, match="promote_metric 'test_score'.*val_score"):
+        PipelineConfig(name="t", registry={"promote_metric": "test_score"})
+    assert PipelineConfig(name="t").registry.promote_metric == "val_score"

@@ -277,8 +277,20 @@ class RegistryConfig(_Strict):
 
     model_name: str = "lmno-efficientnet-b0"
     enabled: bool = Field(default=True, description="Register the trained model at all.")
-    promote_metric: str = Field(default="test_score", description="Higher is better; see registry.py.")
+    promote_metric: str = Field(
+        default="val_score", description="Higher is better; a validation metric (val_*), never test; registry.py."
+    )
     min_improvement: float = Field(default=0.0, ge=0)
+
+    @field_validator("promote_metric")
+    @classmethod
+    def _not_test(cls, v: str) -> str:
+        if v.startswith(("test", "cgcnn_test", "baseline")):
+            raise ValueError(
+                f"registry.promote_metric '{v}' is scored on the test split that reports show; promotion must use "
+                "validation data: use val_score or another val_* metric"
+            )
+        return v
 
 
 class PipelineConfig(_Strict):

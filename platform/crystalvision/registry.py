@@ -2,9 +2,12 @@
 
 :func:`register_and_promote` registers ``runs:/<run_id>/model`` and always points ``challenger`` at the new
 version. ``champion`` moves to it only when it beats the champion on ``cfg.registry.promote_metric`` (higher is
-better) by more than ``min_improvement`` on the same held-out split; a tie keeps the champion, the first version
-becomes champion. When the two runs were evaluated on different test sets (different snapshot, render or split
-parameters), the champion is re-evaluated on the challenger's test split first; if that is impossible the logged
+better; a validation metric, by default ``val_score``, never a test metric) by more than ``min_improvement`` on the
+same split; a tie keeps the champion, the first version becomes champion. When both runs logged predictions per
+structure, the per-target gate (:mod:`crystalvision.gate`: paired bootstrap on the validation structures,
+Holm-corrected over the heads) decides instead. Promotion never reads the test rows that reports show. When the two
+runs were evaluated on different splits (different snapshot, render or split parameters), the champion is
+re-evaluated on the challenger's split first; if that is impossible the logged
 metrics are compared and the reason is recorded. Every decision is logged, tagged on the run and the model
 version, and written as ``registry/decision-v<version>.json`` into the challenger's run.
 """
@@ -83,7 +86,10 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion 
 
 
 def _metric(run: Run, metric: str) -> float | None:
+    """The run's logged ``metric``; ``val_score`` is derived from the logged validation metrics when not logged."""
     value = run.data.metrics.get(metric)
+    if value is None and metric == gate.SELECTION_METRIC:
+        return gate.selection_score(run.data.metrics)
     return None if value is None else float(value)
 
 
@@ -129,6 +135,11 @@ def evaluate_champion_on(
         splits = align_class_ids(prepared.splits, model.spec.class_lists())
         out = Path(tmp) / "eval"
         metrics = evaluate_model(model, splits, prepared.store, cfg, out, records=prepared.records).metrics
+    if metric == gate.SELECTION_METRIC and metric not in metrics:
+        value = gate.selection_score(metrics)
+        if value is None:
+            raise ModelError(f"the champion's evaluation has no validation metrics for '{metric}' (no val split?)")
+        return value
     if metric not in metrics:
         raise ModelError(f"evaluation produced no '{metric}'; set registry.promote_metric to one of {sorted(metrics)}")
     return float(metrics[metric])
@@ -158,8 +169,8 @@ def _champion_value(
 
 
 def _per_target_gate(client: MlflowClient, run_id: str, champion_run: Run, how: dict) -> dict[str, Any] | None:
-    """The per-target bootstrap gate when both runs logged test predictions per structure on the same held-out
-    split (else None: the ``promote_metric`` comparison decides); improvement and noise logged on the run."""
+    """The per-target bootstrap gate when both runs logged validation predictions per structure on the same split
+    (else None: the ``promote_metric`` comparison decides); improvement, noise and adjusted p logged on the run."""
     if not how.get("same_split"):
         return None
     mine, theirs = gate.structure_table(run_id), gate.structure_table(champion_run.info.run_id)
@@ -172,7 +183,7 @@ def _per_target_gate(client: MlflowClient, run_id: str, champion_run: Run, how: 
         return None
     now = int(time.time() * 1000)
     metrics = [Metric(f"gate_{k}_{t}", float(v[k]), now, 0) for t, v in result["targets"].items()
-               for k in ("improvement", "noise") if v[k] == v[k]]  # fmt: skip
+               for k in ("improvement", "noise", "p_better_adjusted") if v[k] == v[k]]  # fmt: skip
     client.log_batch(run_id, metrics=metrics)
     return result
 
