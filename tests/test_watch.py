@@ -11,7 +11,7 @@ import pytest
 
 from crystalvision.config import PipelineConfig, load_pipeline
 from crystalvision.snapshot import load_snapshot
-from crystalvision.watch import job_id, query_hash, watch_once
+from crystalvision.watch import job_id, watch_key, watch_once
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def _changed(docs: list[dict]) -> list[dict]:
 def test_first_run_ingests_and_retrains_then_stays_quiet(mp_api, cfg):
     retrain = Recorder()
     first = watch_once(cfg, retrain=retrain)
-    assert first["status"] == "retrained" and first["job_id"] == job_id(query_hash(cfg), "2025.01.01")
+    assert first["status"] == "retrained" and first["job_id"] == job_id(watch_key(cfg), "2025.01.01")
     assert len(retrain.configs) == 1
     snap = load_snapshot(retrain.configs[0].snapshot.uri)
     assert snap.manifest.db_version == "2025.01.01" and snap.manifest.n_records == 4
@@ -159,7 +159,9 @@ def _start_holder(tmp_path: Path, lease_s: str = "300"):
     env = dict(os.environ, CRYSTALVISION_WATCH_LEASE_S=lease_s)
     proc = subprocess.Popen(
         [sys.executable, "-c", _HELD_WATCHER, str(marker), str(ROOT / "pipelines" / "watch.yaml")],
-        env=env, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     while not marker.exists():  # the holder's own signal that it owns the lock
@@ -193,48 +195,121 @@ def test_sigterm_releases_the_lock(mp_api, cfg, cv_home: Path, tmp_path: Path):
     assert not list((cv_home / "watch").rglob("*.lock")), "the clean-up ran on SIGTERM"
 
 
+def _lock_path(cv_home: Path, cfg: PipelineConfig) -> Path:
+    return cv_home / "watch" / watch_key(cfg) / "retrain.lock"
+
+
+def _held_lock(cv_home: Path) -> Path:
+    """The one lock a running watcher holds."""
+    (lock,) = (cv_home / "watch").rglob("*.lock")
+    return lock
+
+
 def test_expired_lease_of_another_host_is_taken_over(mp_api, cfg, cv_home: Path):
     import json
 
-    jid = job_id(query_hash(cfg), "2025.01.01")
-    lock = cv_home / "watch" / query_hash(cfg) / "jobs" / f"{jid}.lock"
+    lock = _lock_path(cv_home, cfg)
     lock.parent.mkdir(parents=True)
     lock.write_text(json.dumps({"host": "gone-node", "pid": 1, "token": "t", "expires_at": time.time() - 1}))
     assert watch_once(cfg, retrain=Recorder())["status"] == "retrained"
 
 
-def test_hung_holder_past_its_lease_exits_non_zero_with_a_clear_message(mp_api, cfg, cv_home: Path):
+def test_hung_holder_past_its_lease_exits_2_with_a_clear_message(mp_api, cfg, cv_home: Path, tmp_path: Path):
+    """A real watcher whose retrain hangs (no progress): its lease is not renewed, so the next watcher exits 2 naming
+    it instead of reporting "locked" until the CronJob deadline; once it is killed the lock is taken over."""
     import json
-    import os
+    import signal
 
     from typer.testing import CliRunner
 
     from crystalvision.cli import app
 
-    jid = job_id(query_hash(cfg), "2025.01.01")
-    lock = cv_home / "watch" / query_hash(cfg) / "jobs" / f"{jid}.lock"
-    lock.parent.mkdir(parents=True)
-    import socket
+    proc = _start_holder(tmp_path, lease_s="2")
+    try:
+        lock = _held_lock(cv_home)
+        while json.loads(lock.read_text())["expires_at"] > time.time() - 0.5:  # no progress: the lease runs out
+            assert proc.poll() is None
+            time.sleep(0.2)
+        result = CliRunner().invoke(app, ["watch", "--config", str(ROOT / "pipelines" / "watch.yaml")])
+        assert result.exit_code == 2, result.output
+        assert "hung" in result.output and "lease expired" in result.output and str(proc.pid) in result.output
+        assert json.loads(lock.read_text())["pid"] == proc.pid, "a live holder's lock is never taken"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert watch_once(cfg, retrain=Recorder())["status"] == "retrained"
 
-    held = {"host": socket.gethostname(), "pid": os.getpid(), "token": "t", "started_at": "2025-01-01T00:00:00",
-            "expires_at": time.time() - 5}
-    lock.write_text(json.dumps(held))
-    result = CliRunner().invoke(app, ["watch", "--config", str(ROOT / "pipelines" / "watch.yaml")])
-    assert result.exit_code != 0
-    assert "hung" in result.output and "lease expired" in result.output and str(os.getpid()) in result.output
-    assert lock.exists(), "a live holder's lock is never taken"
+
+def test_a_retrain_whose_lock_was_taken_over_stops_at_its_next_progress_point(
+    mp_api, cfg, cv_home: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Renewal is compare-and-set: it never overwrites the new holder's lock, and the old retrain stops."""
+    import json
+
+    from crystalvision import progress
+    from crystalvision.lease import LeaseLostError
+
+    monkeypatch.setenv("CRYSTALVISION_WATCH_LEASE_S", "1")
+    went_on: list[bool] = []
+
+    def retrain(_cfg: PipelineConfig) -> dict:
+        time.sleep(0.3)
+        lock = _held_lock(cv_home)
+        taken = json.loads(lock.read_text()) | {"host": "other-node", "pid": 1, "token": "the-new-holder"}
+        lock.write_text(json.dumps(taken))  # another scheduler took the expired lease over
+        progress.emit("train", 1, 2, unit="epoch")
+        time.sleep(3)
+        went_on.append(True)
+        return {}
+
+    with pytest.raises(LeaseLostError, match="other-node"):
+        watch_once(cfg, retrain=retrain)
+    assert not went_on, "the retrain went on after losing its lock"
+    holder = json.loads(_held_lock(cv_home).read_text())
+    assert holder["token"] == "the-new-holder", "the renewal overwrote the new holder"
+
+
+def test_changed_settings_retrain_and_versions_never_move_back(mp_api, cfg):
+    retrain = Recorder()
+    assert watch_once(cfg, retrain=retrain)["status"] == "retrained"
+    longer = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": cfg.train.epochs + 1})})
+    assert watch_once(longer, retrain=retrain)["status"] == "retrained"  # same data, new train settings
+    assert watch_once(cfg, retrain=retrain)["status"] == "unchanged" and len(retrain.configs) == 2
+
+    original = copy.deepcopy(mp_api.docs)
+    mp_api.publish("2025.06.01", _changed(original))
+    assert watch_once(cfg, retrain=retrain)["status"] == "retrained"
+    mp_api.publish("2025.01.01", original)  # a lagging replica serves the older release again
+    result = watch_once(cfg, retrain=retrain)
+    assert result["status"] == "older-version" and len(retrain.configs) == 3
+    mp_api.publish("2025.06.01", _changed(original))
+    assert watch_once(cfg, retrain=retrain)["status"] == "unchanged"
+
+
+def test_two_database_versions_share_one_lock(mp_api, cfg, cv_home: Path, tmp_path: Path):
+    import signal
+
+    proc = _start_holder(tmp_path)  # retraining 2025.01.01
+    try:
+        mp_api.publish("2025.06.01", _changed(mp_api.docs))
+        retrain = Recorder()
+        assert watch_once(cfg, retrain=retrain)["status"] == "locked" and not retrain.configs
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 def test_corrupt_state_is_reported_and_recovered(mp_api, cfg, cv_home: Path, caplog: pytest.LogCaptureFixture):
+    """Without --force: the corrupt file is moved aside, rebuilt from the job's record, and nothing retrains."""
     retrain = Recorder()
     assert watch_once(cfg, retrain=retrain)["status"] == "retrained"
-    state = cv_home / "watch" / query_hash(cfg) / "state.json"
+    state = cv_home / "watch" / watch_key(cfg) / "state.json"
     state.write_text('{"db_version": "2025.01')  # torn write
-    result = watch_once(cfg, force=True, retrain=retrain)
-    assert result["status"] == "retrained"
+    result = watch_once(cfg, retrain=retrain)
+    assert result["status"] == "already-done" and len(retrain.configs) == 1
     assert "state.json is corrupt" in caplog.text
     assert list(state.parent.glob("state.json.corrupt-*")) and json_ok(state)
-    assert watch_once(cfg, retrain=retrain)["status"] == "unchanged"
+    assert watch_once(cfg, retrain=retrain)["reason"] == "same db_version"
 
 
 def json_ok(path: Path) -> bool:

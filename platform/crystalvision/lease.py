@@ -1,20 +1,29 @@
-"""A file lock with a lease: the holder renews it with a heartbeat; a lock whose holder is gone is taken over.
+"""A file lock with a lease that its holder renews at progress points; a lock whose holder is gone is taken over.
 
-The lock file holds ``{host, pid, token, started_at, expires_at}``. Another process may take it over when
+The lock file holds ``{host, pid, token, generation, started_at, expires_at}``. There is no background heartbeat:
+the holder renews the lease when its work makes progress (:func:`renewed_on_progress`: every stage, render batch and
+epoch that :mod:`crystalvision.progress` reports), so a holder whose work hangs stops renewing and its lease runs
+out. Every change (take, renew, take over, release) happens under an ``flock`` on ``<lock>.guard`` and checks the
+holder's token first: a renewal never overwrites a lock that another process has taken over meanwhile; it raises
+:class:`LeaseLostError`, and :func:`renewed_on_progress` then stops the work.
 
-* its holder ran on this host and that PID is dead (a SIGKILLed or crashed watcher), or
-* its lease expired (no heartbeat for ``lease_s``) and the holder is on another host (or unknown: a corrupt file).
+Another process may take a lock over when
 
-A holder on this host that is alive but has not renewed its lease is hung: :class:`LeaseExpiredError` says so, so
-that a scheduler alerts instead of waiting or running the job twice.
+* its holder ran on this host and that PID is dead (a SIGKILLed or crashed process), or
+* its lease expired and the holder is on another host (or unknown: a corrupt file).
+
+A holder on this host that is alive but let its lease expire is hung: :class:`LeaseExpiredError` says so, so that a
+scheduler alerts instead of waiting or running the job twice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -28,14 +37,35 @@ from crystalvision.errors import CrystalVisionError
 
 log = logging.getLogger(__name__)
 DEFAULT_LEASE_S = 300.0
+STOP_SIGNAL = signal.SIGUSR1  # how a lost lease interrupts the main thread
 
 
 class LeaseExpiredError(CrystalVisionError):
     """A lock is held by a live process on this host that stopped renewing its lease (hung)."""
 
 
+class LeaseLostError(CrystalVisionError):
+    """This process's lock was taken over by another process (its lease had expired): its work must stop."""
+
+
+class LockedError(CrystalVisionError):
+    """A live holder owns the lock."""
+
+
+class _Stop(BaseException):
+    """Raised in the main thread by :data:`STOP_SIGNAL` (a BaseException, so no ``except Exception`` swallows it)."""
+
+    def __init__(self, error: LeaseLostError):
+        super().__init__(str(error))
+        self.error = error
+
+
+_pending: list[LeaseLostError] = []
+
+
 def lease_seconds() -> float:
-    """The lease length: ``CRYSTALVISION_WATCH_LEASE_S`` (default 300 s); the heartbeat renews it every third."""
+    """The lease length: ``CRYSTALVISION_WATCH_LEASE_S`` (default 300 s); it must exceed the longest gap between two
+    progress points of the work (one render batch, one epoch, one evaluation)."""
     value = float(os.environ.get("CRYSTALVISION_WATCH_LEASE_S", DEFAULT_LEASE_S))
     if not 1.0 <= value <= 86_400:
         raise CrystalVisionError(f"CRYSTALVISION_WATCH_LEASE_S={value} is out of range; use 1 to 86400 seconds")
@@ -73,6 +103,23 @@ def _write(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def _guard(path: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on ``<lock>.guard``: every read-check-write of the lock happens under it."""
+    fd = os.open(path.with_name(f"{path.name}.guard"), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def describe(held: dict[str, Any] | None) -> str:
+    """The holder of a lock, for messages: ``pid P on HOST since T``."""
+    held = held or {}
+    return f"pid {held.get('pid')} on {held.get('host')} since {held.get('started_at')}"
+
+
 def _stale_reason(path: Path, held: dict[str, Any], lease_s: float) -> str | None:
     """Why the lock at ``path`` may be taken over, or None while its holder owns it; raises when hung."""
     now = time.time()
@@ -87,80 +134,118 @@ def _stale_reason(path: Path, held: dict[str, Any], lease_s: float) -> str | Non
     if isinstance(expires, int | float) and now > expires:
         if same_host and isinstance(pid, int):
             raise LeaseExpiredError(
-                f"{path.name} is held by pid {pid} on {held.get('host')} since {held.get('started_at')}, whose "
-                f"lease expired at {_iso(expires)} without a heartbeat: the holder is hung; kill it (the lock is "
-                "then taken over) or raise CRYSTALVISION_WATCH_LEASE_S"
+                f"{path.name} is held by {describe(held)}, whose lease expired at {_iso(expires)} without progress: "
+                "the holder is hung; kill it (the lock is then taken over) or raise CRYSTALVISION_WATCH_LEASE_S"
             )
         return f"its lease expired at {_iso(expires)} (holder {held.get('host')}:{pid})"
     return None
 
 
-def _take_over(path: Path, held: dict[str, Any]) -> bool:
-    """Move a stale lock aside (atomic rename: one taker wins); False when someone else changed it first."""
-    aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex}")
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return False
-    moved = _read(aside)
-    if moved and held and moved.get("token") != held.get("token"):  # a fresh holder slipped in: give it back
-        with contextlib.suppress(OSError):
-            os.link(aside, path)
-        aside.unlink(missing_ok=True)
-        return False
-    aside.unlink(missing_ok=True)
-    return True
+class Lease:
+    """A held lock: :meth:`renew` at progress points, :meth:`release` at the end (both compare-and-set)."""
 
-
-class _Heartbeat(threading.Thread):
     def __init__(self, path: Path, data: dict[str, Any], lease_s: float):
-        super().__init__(daemon=True, name=f"lease-{path.name}")
         self.path, self.data, self.lease_s = path, data, lease_s
-        self.stopped = threading.Event()
+        self._renewed = time.monotonic()
 
-    def run(self) -> None:
-        while not self.stopped.wait(self.lease_s / 3):
-            if (_read(self.path) or {}).get("token") != self.data["token"]:
-                log.error("lost the lock %s to another process", self.path)
-                return
+    def renew(self, force: bool = False) -> None:
+        """Extend the lease (at most every tenth of it unless ``force``); :class:`LeaseLostError` when another
+        process holds the lock now (nothing is written then)."""
+        if not force and time.monotonic() - self._renewed < self.lease_s / 10:
+            return
+        with _guard(self.path):
+            held = _read(self.path)
+            if (held or {}).get("token") != self.data["token"]:
+                raise LeaseLostError(
+                    f"lost the lock {self.path} (held since {self.data['started_at']}): it is now held by "
+                    f"{describe(held) if held else 'nobody'}; this process's lease had expired without progress, "
+                    "so the work stops here"
+                )
             self.data["expires_at"] = time.time() + self.lease_s
-            with contextlib.suppress(OSError):
-                _write(self.path, self.data)
+            _write(self.path, self.data)
+        self._renewed = time.monotonic()
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours."""
+        with _guard(self.path):
+            if (_read(self.path) or {}).get("token") == self.data["token"]:
+                self.path.unlink(missing_ok=True)
+
+
+def acquire(path: Path, lease_s: float | None = None) -> Lease | None:
+    """Take the lock at ``path``: the :class:`Lease`, or None when a live holder has it. A stale lock (dead PID on
+    this host, expired lease elsewhere) is taken over; a hung holder on this host raises :class:`LeaseExpiredError`."""
+    lease_s = lease_s or lease_seconds()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    data = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "generation": 1,
+            "started_at": _iso(now), "expires_at": now + lease_s}  # fmt: skip
+    with _guard(path):
+        held = _read(path)
+        if held is not None:
+            reason = _stale_reason(path, held, lease_s)
+            if reason is None:
+                return None
+            log.warning("taking over the stale lock %s: %s", path.name, reason)
+            generation = held.get("generation")
+            data["generation"] = generation + 1 if isinstance(generation, int) else 1
+        _write(path, data)
+    return Lease(path, data, lease_s)
+
+
+def holder(path: Path) -> str:
+    """Who holds the lock at ``path`` (for messages)."""
+    return describe(_read(path))
 
 
 @contextlib.contextmanager
-def lease_lock(path: Path, lease_s: float | None = None) -> Iterator[bool]:
-    """Yield True when this process now holds the lock at ``path`` (renewed by a heartbeat until released),
-    False when a live holder has it. A stale lock (dead PID on this host, expired lease) is taken over."""
-    lease_s = lease_s or lease_seconds()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex,
-            "started_at": _iso(time.time()), "expires_at": time.time() + lease_s}
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            held = _read(path)
-            if held is None:
-                continue  # released meanwhile: try again
-            reason = _stale_reason(path, held, lease_s)
-            if reason is None:
-                yield False
-                return
-            log.warning("taking over the stale lock %s: %s", path.name, reason)
-            _take_over(path, held)
-    else:
-        yield False
-        return
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-    beat = _Heartbeat(path, data, lease_s)
-    beat.start()
+def lease_lock(path: Path, lease_s: float | None = None) -> Iterator[Lease | None]:
+    """Yield the :class:`Lease` when this process now holds the lock at ``path`` (released at the end), None when a
+    live holder has it. Renew it at progress points (:func:`renewed_on_progress`)."""
+    lease = acquire(path, lease_s)
     try:
-        yield True
+        yield lease
     finally:
-        beat.stopped.set()
-        beat.join(timeout=5)
-        if (_read(path) or {}).get("token") == data["token"]:
-            path.unlink(missing_ok=True)
+        if lease is not None:
+            lease.release()
+
+
+def _raise_stop(_signum: int, _frame: object) -> None:
+    if _pending:
+        raise _Stop(_pending.pop(0))
+
+
+@contextlib.contextmanager
+def renewed_on_progress(lease: Lease) -> Iterator[None]:
+    """Renew ``lease`` at every progress event (:mod:`crystalvision.progress`) while the block runs. When the lease
+    is lost, the block stops: in the main thread with :class:`LeaseLostError` raised where the work is (a signal
+    interrupts it), else when the block ends."""
+    from crystalvision import progress
+
+    lost: list[LeaseLostError] = []
+    in_main = threading.current_thread() is threading.main_thread()
+
+    def on_event(_event: progress.ProgressEvent) -> None:
+        if lost:
+            return
+        try:
+            lease.renew()
+        except LeaseLostError as exc:
+            log.error("%s", exc)
+            lost.append(exc)
+            if in_main:
+                _pending.append(exc)
+                signal.pthread_kill(threading.main_thread().ident or 0, STOP_SIGNAL)
+
+    previous = signal.signal(STOP_SIGNAL, _raise_stop) if in_main else None
+    try:
+        with progress.listening(on_event):
+            yield
+    except _Stop as stop:
+        raise stop.error from None
+    finally:
+        if in_main:
+            signal.signal(STOP_SIGNAL, previous)
+            _pending.clear()
+    if lost:
+        raise lost[0]

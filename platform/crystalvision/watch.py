@@ -2,17 +2,27 @@
 
 ``watch_once`` is what a scheduler (cron, the Kubernetes CronJob in ``infra/k8s``) runs:
 
+Everything is keyed by the watch key: the query hash plus the hash of the rest of the config (train, render,
+evaluate, registry settings), so a changed setting in ``watch.yaml`` retrains.
+
 1. read the database version from mp-api's heartbeat; if it equals the one of the last successful
-   retrain of this query, exit quietly (status ``unchanged``) without querying anything else;
-2. otherwise derive the job id from (query hash, db_version) and skip if that job is already done or
-   running (a lease lock, :mod:`crystalvision.lease`: two schedulers never run the same retrain, a lock whose
-   holder died or whose lease expired is taken over, a hung holder is an error; SIGTERM releases the lock);
+   retrain of this key, exit quietly (status ``unchanged``) without querying anything else; an older version
+   than the recorded one (a lagging replica) is ignored (status ``older-version``): the state never moves back;
+2. otherwise derive the job id from (watch key, db_version) and skip if that job is already done or another
+   scheduler holds the key's retrain lock (one lease lock per key, whatever the version,
+   :mod:`crystalvision.lease`: a lock whose holder died or whose lease expired on another host is taken over, a
+   hung holder on this host is an error, exit 2; SIGTERM releases the lock);
 3. fetch the query; if its materials are identical to the last snapshot's, record the new version and stop;
 4. write the snapshot, then retrain: ``run_pipeline`` (render, train, evaluate, champion/challenger promotion)
    with ``cfg.snapshot.uri`` set to the new snapshot; record the result.
 
-State lives under ``<CRYSTALVISION_HOME>/watch/<query hash>/``: ``state.json`` (last successful retrain)
-and ``jobs/<job id>.lock`` / ``jobs/<job id>.done``. Schedulers on several machines must share that folder.
+The lease is renewed at progress points only (fetch done, snapshot written, and every stage, render batch and epoch
+the retrain reports): a retrain that hangs stops renewing it. A retrain whose lock was taken over stops with
+:class:`~crystalvision.lease.LeaseLostError`.
+
+State lives under ``<CRYSTALVISION_HOME>/watch/<watch key>/``: ``state.json`` (last successful retrain, written
+atomically before the job's ``jobs/<job id>.done``), ``retrain.lock``. A corrupt ``state.json`` is reported, moved
+aside and rebuilt from the newest ``.done`` record. Schedulers on several machines must share that folder.
 """
 
 from __future__ import annotations
@@ -31,8 +41,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
 from crystalvision.config import PipelineConfig
-from crystalvision.lease import lease_lock
+from crystalvision.lease import Lease, lease_lock, renewed_on_progress
 from crystalvision.mp import database_version, fetch_records, query_dict
 from crystalvision.settings import get_settings
 from crystalvision.snapshot import MaterialRecord, content_hash
@@ -49,9 +61,31 @@ def query_hash(cfg: PipelineConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def job_id(qhash: str, db_version: str) -> str:
-    """The retrain job id: the same query and database version always give the same id."""
-    return f"watch-{qhash[:12]}-{re.sub(r'[^A-Za-z0-9._-]', '_', db_version)}"
+def watch_key(cfg: PipelineConfig) -> str:
+    """The query hash and the hash of the whole config (snapshot location left out): state and lock are per key."""
+    pinned = cfg.model_copy(update={"snapshot": cfg.snapshot.model_copy(update={"uri": None})})
+    return f"{query_hash(cfg)}-{pinned.config_hash()[:12]}"
+
+
+def job_id(key: str, db_version: str) -> str:
+    """The retrain job id: the same watch key and database version always give the same id."""
+    return f"watch-{key}-{re.sub(r'[^A-Za-z0-9._-]', '_', db_version)}"
+
+
+def _version_order(version: str) -> tuple[int, Any]:
+    """Sort key of a database version (PEP 440 when it parses, e.g. ``2025.02.12.post``; else the text)."""
+    try:
+        return 1, Version(version)
+    except InvalidVersion:
+        return 0, version
+
+
+def is_older(version: str, than: str | None) -> bool:
+    """Whether ``version`` is older than ``than`` (never for an unknown ``than``)."""
+    if not than:
+        return False
+    a, b = _version_order(version), _version_order(than)
+    return a[0] == b[0] and a[1] < b[1]
 
 
 def data_digest(records: list[MaterialRecord]) -> str:
@@ -88,11 +122,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def job_lock(jobs_dir: Path, jid: str) -> Iterator[bool]:
-    """Yield True when this process now owns ``jid`` (a lease lock, :mod:`crystalvision.lease`), False when a live
-    holder does. A stale lock (dead holder, expired lease) is taken over; a hung holder raises."""
-    with lease_lock(jobs_dir / f"{jid}.lock") as owned:
-        yield owned
+def retrain_lock(folder: Path) -> Iterator[Lease | None]:
+    """Yield the lease when this process now owns the key's retrain lock (:mod:`crystalvision.lease`), None when a
+    live holder does. A stale lock (dead holder, expired lease elsewhere) is taken over; a hung holder raises."""
+    with lease_lock(folder / "retrain.lock") as lease:
+        yield lease
 
 
 @contextlib.contextmanager
@@ -128,41 +162,61 @@ def watch_once(
 ) -> dict[str, Any]:
     """Check the Materials Project once and retrain on a change; returns what happened (``status`` key)."""
     settings = get_settings()
-    qhash = query_hash(cfg)
-    folder = Path(state_root or settings.paths.home / "watch") / qhash
+    key = watch_key(cfg)
+    folder = Path(state_root or settings.paths.home / "watch") / key
     state = _read_json(folder / STATE_FILE) or {}
     db_version = database_version(settings.mp)
-    jid = job_id(qhash, db_version)
+    jid = job_id(key, db_version)
     base = {"job_id": jid, "db_version": db_version, "previous_db_version": state.get("db_version")}
-    if not force and state.get("db_version") == db_version:
-        log.debug("db_version %s already handled for query %s; nothing to do", db_version, qhash)
-        return {"status": "unchanged", "reason": "same db_version", **base}
-    if not force and _already_done(folder, jid):
-        return {"status": "already-done", **base}
-    with _sigterm_runs_cleanup(), job_lock(folder / "jobs", jid) as owned:
-        if not owned:
-            log.info("job %s is running in another scheduler; skipping", jid)
+    quiet = _quiet(folder, state, base, force)
+    if quiet is not None:
+        return quiet
+    with _sigterm_runs_cleanup(), retrain_lock(folder) as lease:
+        if lease is None:
+            log.info("watch key %s is being retrained by another scheduler; skipping %s", key, jid)
             return {"status": "locked", **base}
-        if not force and _already_done(folder, jid):  # finished between our first check and the lock
-            return {"status": "already-done", **base}
-        state = _read_json(folder / STATE_FILE) or {}
-        return _run_job(cfg, folder, state, base, force, retrain or default_retrain)
+        state = _read_json(folder / STATE_FILE) or {}  # another scheduler may have finished meanwhile
+        quiet = _quiet(folder, state, base, force)
+        if quiet is not None:
+            return quiet
+        return _run_job(cfg, folder, state, base, force, retrain or default_retrain, lease)
 
 
-def _already_done(folder: Path, jid: str) -> bool:
-    done = _read_json(folder / "jobs" / f"{jid}.done")
-    if done is not None:
-        log.info("job %s was already completed at %s", jid, done.get("finished_at"))
-    return done is not None
+def _quiet(folder: Path, state: dict[str, Any], base: dict[str, Any], force: bool) -> dict[str, Any] | None:
+    """The result when there is nothing to do (same or older version, job already done), else None."""
+    version, recorded = base["db_version"], state.get("db_version")
+    if is_older(version, recorded):
+        log.warning("Materials Project db_version %s is older than the recorded %s; ignored", version, recorded)
+        return {"status": "older-version", **base}
+    if force:
+        return None
+    if recorded == version:
+        log.debug("db_version %s already handled for %s; nothing to do", version, folder.name)
+        return {"status": "unchanged", "reason": "same db_version", **base}
+    done = _read_json(folder / "jobs" / f"{base['job_id']}.done")
+    if done is None:
+        return None
+    log.info("job %s was already completed at %s", base["job_id"], done.get("finished_at"))
+    if isinstance(done.get("state"), dict):  # state.json lost (corrupt) or behind the done job: rebuild it
+        log.warning("%s does not record %s; rewriting it from %s.done", STATE_FILE, version, base["job_id"])
+        _write_json_atomic(folder / STATE_FILE, done["state"] | {"finished_at": done.get("finished_at")})
+    return {"status": "already-done", **base}
 
 
 def _run_job(
-    cfg: PipelineConfig, folder: Path, state: dict[str, Any], base: dict[str, Any], force: bool, retrain: Retrain
+    cfg: PipelineConfig,
+    folder: Path,
+    state: dict[str, Any],
+    base: dict[str, Any],
+    force: bool,
+    retrain: Retrain,
+    lease: Lease,
 ) -> dict[str, Any]:
     from crystalvision.ingest import write_mp_snapshot
 
     quarantine: list[dict[str, str]] = []
     records, fetched_version = fetch_records(cfg.ingest, get_settings().mp, quarantine)
+    lease.renew(force=True)  # a progress point: the query is fetched
     digest = data_digest(records)
     if not force and state.get("data_digest") == digest:
         log.info(
@@ -175,10 +229,13 @@ def _run_job(
         _record(folder, base["job_id"], state | {"db_version": base["db_version"]}, result)
         return result
     snapshot = write_mp_snapshot(records, fetched_version, cfg.ingest, quarantine=quarantine)
+    lease.renew(force=True)  # a progress point: the snapshot is written
     run_cfg = cfg.model_copy(deep=True)
     run_cfg.snapshot.uri = str(snapshot)
     log.info("retraining job %s on snapshot %s (%d materials)", base["job_id"], snapshot, len(records))
-    outcome = retrain(run_cfg)
+    with renewed_on_progress(lease):
+        outcome = retrain(run_cfg)
+    lease.renew(force=True)  # still ours: record the result
     result = {
         "status": "retrained",
         "snapshot": str(snapshot),
@@ -197,7 +254,8 @@ def _run_job(
 
 
 def _record(folder: Path, jid: str, state: dict[str, Any], result: dict[str, Any]) -> None:
-    """Mark the job done and remember the state, both atomically."""
+    """Remember the state, then mark the job done (with the state, to rebuild a lost ``state.json``), both atomic."""
     finished = {"finished_at": _now()}
-    _write_json_atomic(folder / "jobs" / f"{jid}.done", result | finished)
+    (folder / "jobs").mkdir(parents=True, exist_ok=True)
     _write_json_atomic(folder / STATE_FILE, state | finished)
+    _write_json_atomic(folder / "jobs" / f"{jid}.done", result | finished | {"state": state})
