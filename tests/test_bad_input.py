@@ -24,6 +24,8 @@ CIF_CASES = {
     "zero_volume.cif": "zero-volume lattice",
     "nan_cell_angle.cif": "the cell has non-finite parameters",
     "atoms_20000.cif": "20000 atoms, more than the limit of 2000",
+    # 100 Ni rows, 7,000 operations: pymatgen would spend minutes expanding it (tests/test_predict.py times it)
+    "symmetry_ops_7000.cif": "7000 symmetry operations on 100 atom rows",
 }
 IMAGE_CASES = {
     "garbage.png": "not a readable image",

@@ -95,17 +95,26 @@ def test_a_hung_render_helper_fails_that_call_and_is_replaced(monkeypatch: pytes
     from pymatgen.core import Structure
 
     from crystalvision import renderproc
-    from crystalvision.errors import RenderError
+    from crystalvision.errors import RenderError, StructureError
 
     structure = Structure.from_file(ROOT / "platform/crystalvision/data/snapshots/lmno/cif/mp-25284.cif")
     try:
         monkeypatch.setattr(renderproc, "RENDER_TIMEOUT_S", 0.001)  # no helper answers that fast: it counts as hung
         with pytest.raises(RenderError, match="render helper process failed"):
             renderproc.render_views(structure, {"image_size": 32}, 2, "key")
-        assert renderproc._helper is None, "the hung helper was stopped"
+        assert renderproc._pool.idle == [] and renderproc._pool.busy == 0, "the hung helper was stopped"
         monkeypatch.setattr(renderproc, "RENDER_TIMEOUT_S", 120.0)
         images = renderproc.render_views(structure, {"image_size": 32}, 2, "key")
         assert images.shape == (2, 32, 32, 3) and images.std() > 0
         assert renderproc.render_views(structure, {"image_size": 32}, 2, "key").tobytes() == images.tobytes()
+        # a CIF is parsed in the helper too, under its own timeout: a parse that hangs fails that row only
+        text = (ROOT / "platform/crystalvision/data/snapshots/lmno/cif/mp-25284.cif").read_text()
+        monkeypatch.setattr(renderproc, "PARSE_TIMEOUT_S", 0.0)
+        with pytest.raises(StructureError, match=r"^slow\.cif: parsing the CIF took more than 0 s; pass .* in P1"):
+            renderproc.render_cif(text, "slow.cif", 2000, {"image_size": 32}, 1, "key")
+        assert renderproc._pool.idle == [] and renderproc._pool.busy == 0, "the hung helper was stopped"
+        monkeypatch.setattr(renderproc, "PARSE_TIMEOUT_S", 30.0)
+        parsed, views = renderproc.render_cif(text, "mp-25284.cif", 2000, {"image_size": 32}, 2, "key")
+        assert len(parsed) == 20 and views.tobytes() == images.tobytes()
     finally:
         renderproc.shutdown()

@@ -6,7 +6,9 @@ import base64
 import io
 import json
 import struct
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -296,3 +298,81 @@ def test_a_row_that_breaks_the_model_fails_alone(tmp_path, monkeypatch) -> None:
     out = predict.predict_frame(model, frame)
     assert out.loc[1, "error"] == "row 1: RuntimeError: CUDA error: an illegal memory access"
     assert out["error"][[0, 2]].isna().all() and np.isfinite(out.loc[[0, 2], "band_gap"].astype(float)).all()
+
+
+SYMMETRY_BOMB = Path(__file__).parent / "data/bad/symmetry_ops_7000.cif"  # 100 Ni rows, 7,000 operations, 162 KB
+
+
+def test_a_symmetry_bomb_cif_is_refused_quickly_with_one_clear_error(tmp_path) -> None:
+    """pymatgen would expand it to 700,000 sites (minutes) before any atom limit applies."""
+    model = load_model(tiny_model_dir(tmp_path / "m"))
+    frame = pd.DataFrame({"cif": [SYMMETRY_BOMB.read_text()], "name": ["bomb.cif"]})
+    start = time.monotonic()
+    out = predict.predict_frame(model, frame)  # the real path: no renderer injected
+    assert time.monotonic() - start < 10
+    error = out.loc[0, "error"]
+    assert error.startswith("bomb.cif: 7000 symmetry operations on 100 atom rows") and "in P1" in error, error
+    assert "\n" not in error
+
+
+def test_a_request_is_bounded_in_rows_and_in_views_in_total(tmp_path) -> None:
+    model = load_model(tiny_model_dir(tmp_path / "m"))
+    rendered = []
+
+    def renderer(structure, render_config, views):
+        rendered.append(views)
+        return np.full((views, SIZE, SIZE, 3), 90, dtype=np.uint8)
+
+    image = _b64(_png(SIZE))
+    too_many = pd.DataFrame({"image": [image] * 257})
+    out = predict.predict_frame(model, too_many, renderer=renderer)
+    assert all(isinstance(e, str) and "rows, more than the limit of 256" in e for e in out["error"]), out["error"][0]
+    assert out.loc[0, "error"].startswith("row 0: the request has 257 rows")
+    views = pd.DataFrame({"cif": [GOOD_CIF] * 5 + [None], "image": [None] * 5 + [image], "views": [64.0] * 6})
+    out = predict.predict_frame(model, views, renderer=renderer)
+    assert rendered == [], "nothing is rendered for a refused request"
+    message = "asks for 320 rendered views in total, more than the limit of 256"
+    assert all(isinstance(e, str) and message in e for e in out["error"][:5]), out["error"][0]
+    assert pd.isna(out.loc[5, "error"]) and np.isfinite(float(out.loc[5, "band_gap"])), "image rows still answer"
+
+
+class _SlowHelper:
+    """A stand-in render helper that takes 1 s per job (no process), for both the old and the pooled interface."""
+
+    def __init__(self) -> None:
+        self.proc = type("P", (), {"is_alive": lambda self: True})()
+        self.pending = False
+
+    def call(self, job, timeout):
+        time.sleep(1.0)
+        return np.zeros((1, SIZE, SIZE, 3), np.uint8)
+
+    def send(self, job) -> None:
+        self.pending = True
+
+    def answer(self, expected, timeout):
+        self.pending = False
+        return self.call(None, timeout)
+
+    def close(self) -> None:
+        pass
+
+
+def test_concurrent_renders_run_in_a_bounded_pool_of_helpers(monkeypatch) -> None:
+    from crystalvision import renderproc
+
+    renderproc.shutdown()
+    monkeypatch.setattr(renderproc, "_Helper", _SlowHelper)
+    monkeypatch.setattr(renderproc, "RENDER_HELPERS", 2, raising=False)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            start = time.monotonic()
+            list(pool.map(lambda _: renderproc.render_views(None, {}, 1, "k"), range(2)))
+            two = time.monotonic() - start
+            start = time.monotonic()
+            list(pool.map(lambda _: renderproc.render_views(None, {}, 1, "k"), range(3)))
+            three = time.monotonic() - start
+    finally:
+        renderproc.shutdown()
+    assert two < 1.8, f"two renders took {two:.1f} s: they were serialised"
+    assert three >= 1.9, f"three renders took {three:.1f} s with two helpers: the pool is not bounded"

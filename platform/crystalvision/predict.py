@@ -2,7 +2,9 @@
 
 Input: a DataFrame with, per row, either ``image`` (base64 PNG/JPEG) or ``cif`` (CIF text; rendered into ``views``
 views with the model's render config, predictions averaged), an optional ``views`` (1 to 64) and an optional
-``name`` used in messages. Every row is bounded (:mod:`crystalvision.predict_input`). Output: one row per input row
+``name`` used in messages. Every row and the request as a whole are bounded (:mod:`crystalvision.predict_input`:
+rows, views in total, CIF size and symmetry operations), and CIFs are parsed and rendered in bounded helper
+processes with timeouts (:mod:`crystalvision.renderproc`). Output: one row per input row
 with ``band_gap`` (eV), ``energy_above_hull`` (eV/atom), the joint symmetry answer of both classification heads
 (:mod:`crystalvision.hierarchy`: ``crystal_system`` and ``spacegroup`` with their probabilities, ``spacegroup_top3``
 as a JSON list of [symbol, probability]), each head's full distribution (``crystal_system_proba``,
@@ -80,6 +82,8 @@ SIGNATURE = ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA)
 
 # (structure, render_config dict, number of views) -> uint8 (views, H, W, 3)
 ViewRenderer = Callable[[Any, dict, int], np.ndarray]
+# (CIF text, row name, atom limit, render_config dict, number of views) -> (structure, uint8 (views, H, W, 3))
+CifRenderer = Callable[[str, str, int, dict, int], tuple[Any, np.ndarray]]
 
 
 def render_views(structure: Any, render_config: dict, views: int) -> np.ndarray:
@@ -91,6 +95,23 @@ def render_views(structure: Any, render_config: dict, views: int) -> np.ndarray:
     from crystalvision import renderproc
 
     return renderproc.render_views(structure, render_config, views, PREDICT_VIEW_KEY)
+
+
+def render_cif(text: str, name: str, limit: int, render_config: dict, views: int) -> tuple[Any, np.ndarray]:
+    """Parse a CIF (at most ``limit`` atoms) and render its views, both in a helper process with timeouts."""
+    from crystalvision import renderproc
+
+    return renderproc.render_cif(text, name, limit, render_config, views, PREDICT_VIEW_KEY)
+
+
+def in_process(renderer: ViewRenderer) -> CifRenderer:
+    """A CifRenderer that parses here and renders with ``renderer`` (tests, or a caller's own renderer)."""
+
+    def render(text: str, name: str, limit: int, render_config: dict, views: int) -> tuple[Any, np.ndarray]:
+        structure = predict_input.read_cif(text, name, limit)
+        return structure, renderer(structure, render_config, views)
+
+    return render
 
 
 @dataclass
@@ -109,7 +130,7 @@ def _cell(row: pd.Series, column: str) -> Any:
     return value
 
 
-def _prepare_row(row: pd.Series, name: str, spec: ModelSpec, renderer: ViewRenderer, default_views: int) -> _Item:
+def _prepare_row(row: pd.Series, name: str, spec: ModelSpec, renderer: CifRenderer, default_views: int) -> _Item:
     """Decode or render one row within the input bounds; any exception becomes the row's error."""
     image, cif = _cell(row, "image"), _cell(row, "cif")
     try:
@@ -121,8 +142,10 @@ def _prepare_row(row: pd.Series, name: str, spec: ModelSpec, renderer: ViewRende
             return _Item(images=fitted[None], warnings=warnings)
         if cif is not None:
             views = predict_input.check_views(_cell(row, "views"), default_views, name)
-            structure = predict_input.read_cif(str(cif), name, predict_input.max_atoms(spec))
-            images = _check_rendered(renderer(structure, spec.render_config, views), name, spec)
+            limit = predict_input.max_atoms(spec)
+            predict_input.check_cif(str(cif), name, limit)  # cheap bounds here, before a helper is busy
+            structure, images = renderer(str(cif), name, limit, spec.render_config, views)
+            images = _check_rendered(images, name, spec)
             return _Item(images=images, warnings=predict_input.structure_warnings(structure, spec, name))
         raise ImageError(f"{name}: the row has neither an 'image' (base64 PNG) nor a 'cif' (CIF text)")
     except Exception as exc:  # one bad row never fails the request: its error is its answer
@@ -143,15 +166,25 @@ def _proba_json(classes: Sequence[str], proba: np.ndarray) -> str:
 def predict_frame(
     model: CrystalNet, frame: pd.DataFrame, renderer: ViewRenderer | None = None, default_views: int = DEFAULT_VIEWS
 ) -> pd.DataFrame:
-    """Predict every row of ``frame``; a bad row gets an ``error`` message, the others are still predicted."""
+    """Predict every row of ``frame``; a bad row gets an ``error`` message, the others are still predicted.
+
+    ``renderer`` renders parsed structures in this process (tests); by default CIFs go to the render helpers.
+    """
     spec = model.spec
-    renderer = renderer or render_views
-    items, names = [], []
-    for i, (_, row) in enumerate(frame.iterrows()):
-        names.append(str(_cell(row, "name") or f"row {i}"))
-        items.append(_prepare_row(row, names[-1], spec, renderer, default_views))
-        if items[-1].error:
+    cif_renderer = in_process(renderer) if renderer else render_cif
+    rows = [row for _, row in frame.iterrows()]
+    names = [str(_cell(row, "name") or f"row {i}") for i, row in enumerate(rows)]
+    rows_error, views_error = predict_input.request_refusal(len(rows), _cif_views(rows, default_views))
+    items = []
+    for row, name in zip(rows, names, strict=True):
+        refusal = rows_error or (views_error if _cell(row, "cif") is not None else None)
+        items.append(
+            _Item(error=f"{name}: {refusal}") if refusal else _prepare_row(row, name, spec, cif_renderer, default_views)
+        )
+        if items[-1].error and not rows_error:
             log.warning("prediction input rejected: %s", items[-1].error)
+    if rows_error:
+        log.warning("prediction request refused: %s", rows_error)
     means = _predict_items(model, [it for it in items if it.images is not None])
     rows = []
     for name, it in zip(names, items, strict=True):
@@ -166,6 +199,18 @@ def predict_frame(
             rows.append(dict.fromkeys(OUTPUT_COLUMNS) | {"error": it.error or f"{name}: {type(exc).__name__}: {exc}"})
     # object dtype keeps None (not NaN) for missing values, so the REST answer is valid JSON with nulls
     return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS), dtype=object)
+
+
+def _cif_views(rows: list[pd.Series], default_views: int) -> list[int]:
+    """The views each CIF row asks for (a row with invalid views counts none: it fails on its own)."""
+    counts = []
+    for row in rows:
+        if _cell(row, "cif") is not None:
+            try:
+                counts.append(predict_input.check_views(_cell(row, "views"), default_views, ""))
+            except Exception:
+                counts.append(0)
+    return counts
 
 
 def _predict_items(model: CrystalNet, items: list[_Item]) -> dict[int, dict[str, np.ndarray] | Exception]:
@@ -304,12 +349,16 @@ def predict_files(paths: Sequence[str | Path], model_uri: str, views: int = DEFA
             model = mlflow.pyfunc.load_model(model_uri)
         except Exception as exc:  # MLflow raises MlflowException, OSError... for unknown models
             raise ModelError(f"cannot load model {model_uri} ({exc}); train and register one first") from exc
-        frame = pd.DataFrame(
-            [{"image": None, "cif": None, **r, "views": float(views), "name": str(paths[i])} for i, r in readable]
-        )
-        pred = model.predict(frame)
-        for (i, _), (_, row) in zip(readable, pred.iterrows(), strict=True):
-            out.loc[i, list(OUTPUT_COLUMNS)] = [row[c] for c in OUTPUT_COLUMNS]
+        # requests within the server's bounds: at most MAX_ROWS rows and MAX_TOTAL_VIEWS views each
+        step = max(1, min(predict_input.MAX_ROWS, predict_input.MAX_TOTAL_VIEWS // views))
+        for start in range(0, len(readable), step):
+            chunk = readable[start : start + step]
+            frame = pd.DataFrame(
+                [{"image": None, "cif": None, **r, "views": float(views), "name": str(paths[i])} for i, r in chunk]
+            )
+            pred = model.predict(frame)
+            for (i, _), (_, row) in zip(chunk, pred.iterrows(), strict=True):
+                out.loc[i, list(OUTPUT_COLUMNS)] = [row[c] for c in OUTPUT_COLUMNS]
     out.insert(0, "file", [str(p) for p in paths])
     return out
 

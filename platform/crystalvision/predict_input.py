@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from crystalvision.dataset import decode_png
 from crystalvision.errors import ImageError, StructureError
-from crystalvision.structures import MAX_CIF_BYTES, parse_cif
+from crystalvision.structures import MAX_CIF_BYTES, parse_cif, precheck_cif
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from crystalvision.model import ModelSpec
 
 MAX_VIEWS = 64
+MAX_ROWS = 256  # rows per request (images and CIFs)
+MAX_TOTAL_VIEWS = 256  # rendered views per request, summed over its CIF rows
 DEFAULT_MAX_ATOMS = 2000  # the render stage's render.max_atoms default; a model's render config overrides it
 MAX_IMAGE_BYTES = 20_000_000
 MAX_IMAGE_B64_CHARS = 4 * math.ceil(MAX_IMAGE_BYTES / 3)
@@ -55,6 +57,18 @@ def max_atoms(spec: ModelSpec) -> int:
 
 def read_cif(text: str, name: str, limit: int) -> Structure:
     """Parse CIF text of at most MAX_CIF_BYTES into a structure of at most ``limit`` atoms."""
+    check_cif(text, name, limit)
+    structure = parse_cif(text, name)
+    if len(structure) > limit:
+        raise StructureError(
+            f"{name}: {len(structure)} atoms, more than the limit of {limit}; predict a smaller cell "
+            "(or a model trained with a larger render.max_atoms)"
+        )
+    return structure
+
+
+def check_cif(text: str, name: str, limit: int) -> None:
+    """The bounds a CIF must keep before it is parsed: bytes, lines, atom rows, symmetry operations."""
     size = len(text.encode("utf-8", errors="replace"))
     if size > MAX_CIF_BYTES:
         raise StructureError(f"{name}: the CIF is {size} bytes, more than the {MAX_CIF_BYTES} byte limit")
@@ -65,13 +79,22 @@ def read_cif(text: str, name: str, limit: int) -> Structure:
             f"{name}: the CIF has {lines} lines, more than a structure of at most {limit} atoms needs; "
             "predict structures of up to that many atoms"
         )
-    structure = parse_cif(text, name)
-    if len(structure) > limit:
-        raise StructureError(
-            f"{name}: {len(structure)} atoms, more than the limit of {limit}; predict a smaller cell "
-            "(or a model trained with a larger render.max_atoms)"
+    precheck_cif(text, name)
+
+
+def request_refusal(rows: int, cif_views: list[int]) -> tuple[str | None, str | None]:
+    """Why a whole request is refused (too many rows), and why its CIF rows are (too many views in total)."""
+    rows_error = views_error = None
+    if rows > MAX_ROWS:
+        rows_error = (
+            f"the request has {rows} rows, more than the limit of {MAX_ROWS}; send at most {MAX_ROWS} per request"
         )
-    return structure
+    if sum(cif_views) > MAX_TOTAL_VIEWS:
+        views_error = (
+            f"the request asks for {sum(cif_views)} rendered views in total, more than the limit of "
+            f"{MAX_TOTAL_VIEWS}; send fewer CIF rows or fewer views per row"
+        )
+    return rows_error, views_error
 
 
 def decode_image(text: str, name: str) -> np.ndarray:

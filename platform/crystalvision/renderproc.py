@@ -1,9 +1,11 @@
 """Rendering for processes that run torch (prediction: the CLI, the pyfunc, the REST server).
 
-VTK and its OpenGL stack never load beside torch (:mod:`crystalvision.natives`): the views of a CIF are rendered in
-one spawned helper process (never forked: a forked GL context hangs), kept for the next request and restarted
-when it dies. The helper keeps its :class:`~crystalvision.render.scene.Renderer` while the render config stays the
-same. A render that takes longer than ``RENDER_TIMEOUT_S`` kills the helper and fails that row only.
+VTK and its OpenGL stack never load beside torch (:mod:`crystalvision.natives`): CIFs are parsed and their views
+rendered in spawned helper processes (never forked: a forked GL context hangs), kept for the next request and
+replaced when they die. A bounded pool of ``RENDER_HELPERS`` helpers serves concurrent requests; a request waits at
+most ``QUEUE_TIMEOUT_S`` for a free one. Each helper keeps its :class:`~crystalvision.render.scene.Renderer` while
+the render config stays the same. Parsing a CIF may take ``PARSE_TIMEOUT_S`` and rendering ``RENDER_TIMEOUT_S``:
+past either, the helper is killed and that row alone fails.
 """
 
 from __future__ import annotations
@@ -13,19 +15,22 @@ import contextlib
 import json
 import logging
 import multiprocessing
+import os
 import threading
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
-from crystalvision.errors import CrystalVisionError, RenderError
+from crystalvision.errors import CrystalVisionError, RenderError, StructureError
 
 log = logging.getLogger(__name__)
 
+PARSE_TIMEOUT_S = 30.0
 RENDER_TIMEOUT_S = 120.0
-_lock = threading.Lock()
-_helper: _Helper | None = None
+RENDER_HELPERS = max(2, min(4, (os.cpu_count() or 1) // 2))
+QUEUE_TIMEOUT_S = 60.0
 
 
 def render_here(
@@ -49,22 +54,36 @@ def render_here(
     return np.stack([renderer.render_scene(scene, view_rotation(cfg.seed, view_key, v)) for v in range(views)])
 
 
+def _run_job(conn: Connection, job: tuple, cache: dict) -> None:
+    """One job: ("cif", text, name, max_atoms, config, views, key) answers ("parsed", structure) then
+    ("images", array); ("structure", structure, config, views, key) answers ("images", array)."""
+    kind, *args = job
+    if kind == "cif":
+        from crystalvision.predict_input import read_cif
+
+        text, name, max_atoms, *render_args = args
+        structure = read_cif(text, name, max_atoms)
+        conn.send(("parsed", structure))
+        args = [structure, *render_args]
+    conn.send(("images", render_here(*args, cache=cache)))
+
+
 def _serve(conn: Connection) -> None:
-    """The helper's loop: one (structure, config, views, key) in, (ok, images or exception) out; None stops it."""
+    """The helper's loop: jobs in, answers out (an exception goes back as ("error", exc)); None stops it."""
     cache: dict = {}
     with contextlib.suppress(EOFError, OSError):  # the caller exited: stop quietly
         while (job := conn.recv()) is not None:
             try:
-                conn.send((True, render_here(*job, cache=cache)))
+                _run_job(conn, job, cache)
             except Exception as exc:  # sent back as that row's error
                 err = exc if isinstance(exc, CrystalVisionError) else RenderError(f"{type(exc).__name__}: {exc}")
-                conn.send((False, err))
+                conn.send(("error", err))
     for renderer in cache.values():
         renderer.close()
 
 
 class _Helper:
-    """One spawned render process and its pipe."""
+    """One spawned helper process and its pipe; ``pending`` while a job has not given its last answer."""
 
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -72,14 +91,22 @@ class _Helper:
         self.proc = ctx.Process(target=_serve, args=(child,), name="crystalvision-render", daemon=True)
         self.proc.start()
         child.close()
+        self.pending = False
 
-    def call(self, job: tuple, timeout: float) -> np.ndarray:
+    def send(self, job: tuple) -> None:
+        self.pending = True
         self.conn.send(job)
+
+    def answer(self, expected: str, timeout: float) -> Any:
+        """The next answer of kind ``expected``; TimeoutError past ``timeout``, EOFError when the helper died."""
         if not self.conn.poll(timeout):
             raise TimeoutError(f"no answer in {timeout:.0f} s")
-        ok, value = self.conn.recv()  # EOFError when the helper died
-        if not ok:
+        kind, value = self.conn.recv()
+        self.pending = kind not in ("images", "error")
+        if kind == "error":
             raise value
+        if kind != expected:
+            raise RenderError(f"the render helper answered {kind!r}, expected {expected!r}")
         return value
 
     def close(self) -> None:
@@ -92,28 +119,91 @@ class _Helper:
         self.conn.close()
 
 
-def render_views(structure: Any, render_config: dict, views: int, view_key: str) -> np.ndarray:
-    """Render in the helper process (started on first use); a dead or hung helper fails this call and is replaced."""
-    global _helper
-    with _lock:
-        if _helper is None or not _helper.proc.is_alive():
-            _helper = _Helper()
+class _Pool:
+    """At most ``RENDER_HELPERS`` helpers at work; idle ones are reused, a helper that hung or died is closed."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.idle: list[_Helper] = []
+        self.busy = 0
+
+    @contextlib.contextmanager
+    def helper(self) -> Iterator[_Helper]:
+        """A helper for one job; it goes back to the pool only when the job gave its last answer."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.busy < RENDER_HELPERS, timeout=QUEUE_TIMEOUT_S):
+                raise RenderError(
+                    f"all {RENDER_HELPERS} render helpers stayed busy for {QUEUE_TIMEOUT_S:.0f} s; retry later "
+                    "or send fewer CIF rows at once"
+                )
+            self.busy += 1
+            alive = [h for h in self.idle if h.proc.is_alive()]
+            dead = [h for h in self.idle if h not in alive]
+            helper = alive.pop() if alive else None
+            self.idle = alive
+        for old in dead:
+            old.close()
         try:
-            return _helper.call((structure, render_config, views, view_key), RENDER_TIMEOUT_S)
-        except (EOFError, OSError, TimeoutError) as exc:
-            helper, _helper = _helper, None
+            helper = helper or _Helper()
+            yield helper
+        finally:
+            if helper is not None and (helper.pending or not helper.proc.is_alive()):
+                helper.close()
+                helper = None
+            with self.cond:
+                self.busy -= 1
+                if helper is not None:
+                    self.idle.append(helper)
+                self.cond.notify()
+
+    def shutdown(self) -> None:
+        with self.cond:
+            idle, self.idle = self.idle, []
+        for helper in idle:
             helper.close()
-            raise RenderError(
-                f"the render helper process failed ({type(exc).__name__}: {exc or 'it exited'}); the next request "
-                "starts a new one"
-            ) from exc
+
+
+_pool = _Pool()
+
+
+def _failed(exc: BaseException) -> RenderError:
+    return RenderError(
+        f"the render helper process failed ({type(exc).__name__}: {exc or 'it exited'}); the next request "
+        "starts a new one"
+    )
+
+
+def render_views(structure: Any, render_config: dict, views: int, view_key: str) -> np.ndarray:
+    """Render a parsed structure in a helper process; a dead or hung helper fails this call and is replaced."""
+    try:
+        with _pool.helper() as helper:
+            helper.send(("structure", structure, render_config, views, view_key))
+            return helper.answer("images", RENDER_TIMEOUT_S)
+    except (EOFError, OSError, TimeoutError) as exc:
+        raise _failed(exc) from exc
+
+
+def render_cif(text: str, name: str, max_atoms: int, render_config: dict, views: int, view_key: str) -> tuple:
+    """Parse CIF text (at most ``max_atoms`` atoms) and render its views in a helper: (structure, images).
+
+    Parsing runs in the helper too, so a CIF that pymatgen expands for minutes costs ``PARSE_TIMEOUT_S`` at most.
+    """
+    try:
+        with _pool.helper() as helper:
+            helper.send(("cif", text, name, max_atoms, render_config, views, view_key))
+            try:
+                structure = helper.answer("parsed", PARSE_TIMEOUT_S)
+            except TimeoutError as exc:
+                raise StructureError(
+                    f"{name}: parsing the CIF took more than {PARSE_TIMEOUT_S:.0f} s; pass the structure in P1 "
+                    "(every atom listed, one symmetry operation) or a smaller cell"
+                ) from exc
+            return structure, helper.answer("images", RENDER_TIMEOUT_S)
+    except (EOFError, OSError, TimeoutError) as exc:
+        raise _failed(exc) from exc
 
 
 @atexit.register
 def shutdown() -> None:
-    """Stop the helper process (also at interpreter exit)."""
-    global _helper
-    with _lock:
-        helper, _helper = _helper, None
-    if helper is not None:
-        helper.close()
+    """Stop the idle helper processes (also at interpreter exit)."""
+    _pool.shutdown()

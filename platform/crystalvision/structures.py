@@ -22,6 +22,11 @@ MIN_DISTANCE = {"metal-anion": 1.72, "metal-metal": 2.3, "anion-anion": 2.0}
 MAX_CIF_BYTES = 20_000_000
 # Most atoms a structure may have (in the cell as given); render.max_atoms may refuse fewer drawn atoms.
 MAX_ATOMS = 2_000
+# Symmetry expansion bounds, checked before pymatgen expands the CIF: no space group has more than 192 operations
+# (a conventional cell), and pymatgen's expansion + merge of (atom rows x operations) sites grows quadratically.
+MAX_SYMMETRY_OPS = 192
+MAX_EXPANDED_SITES = 10_000
+_SYMOP_TAGS = ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz", "_space_group_symop.operation_xyz")
 MISSING_LABEL_FLAG = "missing_{}"  # e.g. missing_band_gap: the label is absent upstream, never read as 0.0
 _CELL_LENGTH = re.compile(r"^_cell_length_([abc])\s+([-+0-9.eE]+)", re.MULTILINE)
 ANIONS = {"O", "F", "S", "Cl", "N", "Se", "Br", "I", "Te", "P"}
@@ -38,9 +43,7 @@ class SymmetryLabels:
 
 def parse_cif(text: str, name: str = "<cif>") -> Structure:
     """Parse CIF text into one ordered Structure, with one clear error naming ``name`` on failure."""
-    if not text or not text.strip():
-        raise StructureError(f"{name}: the CIF is empty; pass a CIF file with one crystal structure")
-    _raise_if_too_many_atoms(_count_atom_rows(text), name)
+    precheck_cif(text, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -55,26 +58,49 @@ def parse_cif(text: str, name: str = "<cif>") -> Structure:
     return structure
 
 
+def precheck_cif(text: str, name: str = "<cif>") -> None:
+    """Cheap checks before any parsing: not empty, atom rows and symmetry expansion within bounds."""
+    if not text or not text.strip():
+        raise StructureError(f"{name}: the CIF is empty; pass a CIF file with one crystal structure")
+    rows = _count_atom_rows(text)
+    _raise_if_too_many_atoms(rows, name)
+    _raise_if_symmetry_bomb(_count_loop_rows(text, _SYMOP_TAGS), rows, name)
+
+
 def _count_atom_rows(text: str) -> int:
     """Rows of the CIF's ``_atom_site_`` loop, counted before pymatgen parses (and expands) anything."""
-    rows, in_header, in_atoms = 0, False, False
+    return _count_loop_rows(text, ("_atom_site_",), exclude=("_atom_site_aniso",))
+
+
+def _count_loop_rows(text: str, tags: tuple[str, ...], exclude: tuple[str, ...] = ()) -> int:
+    """Lines of data in the CIF loops whose header has a tag starting with one of ``tags`` (one row per line)."""
+    rows, in_header, in_loop = 0, False, False
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         if line.startswith("loop_"):
-            in_header, in_atoms = True, False
+            in_header, in_loop = True, False
         elif line.startswith("_"):
-            if in_header and line.startswith("_atom_site_") and not line.startswith("_atom_site_aniso"):
-                in_atoms = True
+            if in_header and line.startswith(tags) and not line.startswith(exclude):
+                in_loop = True
             elif not in_header:
-                in_atoms = False
+                in_loop = False
         elif line.startswith("data_"):
-            in_header = in_atoms = False
+            in_header = in_loop = False
         else:
             in_header = False
-            rows += in_atoms
+            rows += in_loop
     return rows
+
+
+def _raise_if_symmetry_bomb(n_ops: int, n_rows: int, name: str) -> None:
+    """Refuse symmetry operations that pymatgen would expand into far too many sites (minutes of parsing)."""
+    if n_ops > MAX_SYMMETRY_OPS or n_ops * n_rows > MAX_EXPANDED_SITES:
+        raise StructureError(
+            f"{name}: {n_ops} symmetry operations on {n_rows} atom rows (limits: {MAX_SYMMETRY_OPS} operations, "
+            f"{MAX_EXPANDED_SITES} expanded sites); pass the structure in P1 (every atom listed, one operation)"
+        )
 
 
 def _raise_if_too_many_atoms(n_atoms: int, name: str) -> None:
@@ -161,8 +187,9 @@ def geometry_flags(structure: Structure) -> list[str]:
         return []
     anion = np.array([site.specie.symbol in ANIONS for site in structure])
     a, b = anion[centers], anion[neighbors]
-    limits = np.where(a & b, MIN_DISTANCE["anion-anion"], np.where(a | b, MIN_DISTANCE["metal-anion"],
-                                                                    MIN_DISTANCE["metal-metal"]))
+    limits = np.where(
+        a & b, MIN_DISTANCE["anion-anion"], np.where(a | b, MIN_DISTANCE["metal-anion"], MIN_DISTANCE["metal-metal"])
+    )
     return [SHORT_DISTANCE_FLAG] if bool(np.any(distances < limits)) else []
 
 
