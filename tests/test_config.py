@@ -50,6 +50,17 @@ def test_overrides_merge_and_unknown_loss_weight() -> None:
         PipelineConfig(name="x", train={"loss_weights": {"gap": 1.0}})
 
 
+def test_views_per_structure_is_bounded_and_an_override_never_indexes_a_scalar() -> None:
+    quickstart = ROOT / "pipelines/quickstart.yaml"
+    assert load_pipeline(quickstart, parse_overrides(["render.views_per_structure=1024"])).render.views_per_structure
+    with pytest.raises(ConfigError, match=r"render\.views_per_structure: Input should be less than or equal to 1024"):
+        load_pipeline(quickstart, parse_overrides(["render.views_per_structure=100000000"]))
+    for items, section in ((["render=1", "render.image_size=32"], "render"), (["a.b=x", "a.b.c.d=1"], "a.b")):
+        with pytest.raises(ConfigError, match=rf"override '{items[1]}' sets a key inside '{section}'") as info:
+            parse_overrides(items)
+        assert "not both" in str(info.value) and "\n" not in str(info.value)
+
+
 def test_config_hash_is_stable_and_sensitive() -> None:
     a, b = PipelineConfig(name="x"), PipelineConfig(name="x")
     assert a.config_hash() == b.config_hash()

@@ -66,11 +66,14 @@ class IngestConfig(_Strict):
         return self
 
 
+MAX_VIEWS_PER_STRUCTURE = 1024  # render rows are planned per view: a bound keeps the plan in memory
+
+
 class RenderConfig(_Strict):
     """How structures become images."""
 
     image_size: int = Field(default=224, ge=16, le=2048)
-    views_per_structure: int = Field(default=56, ge=1)
+    views_per_structure: int = Field(default=56, ge=1, le=MAX_VIEWS_PER_STRUCTURE)
     views: Literal["uniform", "trajectory"] = Field(
         default="uniform",
         description="uniform: independent random orientations; trajectory: frames of one continuous random "
@@ -363,7 +366,13 @@ def parse_overrides(items: list[str]) -> dict:
         key, value = item.split("=", 1)
         node = out
         parts = key.split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                section = ".".join(parts[: i + 1])
+                raise ConfigError(
+                    f"override '{item}' sets a key inside '{section}', which another override set to {node!r}; "
+                    f"give either {section}=... or {section}.<key>=..., not both"
+                )
         node[parts[-1]] = yaml.safe_load(value)
     return out
