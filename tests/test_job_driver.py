@@ -1,0 +1,46 @@
+"""A job driver outlives its working dir: Ray deletes a runtime-env package once no worker of that node uses it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from crystalvision import logs
+from jobs import _common
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_job_driver_keeps_tracking_after_its_working_dir_is_deleted(
+    cv_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    work = tmp_path / "working_dir_files" / "pkg"  # what `ray job submit --working-dir .` unpacks on the node
+    (work / "pipelines").mkdir(parents=True)
+    shutil.copy(ROOT / "pipelines/quickstart.yaml", work / "pipelines/quickstart.yaml")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("CRYSTALVISION_MLFLOW_ARTIFACT_LOCATION", "mlartifacts")  # relative: the working dir's
+    monkeypatch.setattr(logs, "setup_logging", lambda *a, **k: None)  # keep this process's logging as it is
+    monkeypatch.setattr(sys, "argv", ["jobs.pipeline", "--config", "pipelines/quickstart.yaml"])
+
+    def main(args) -> dict:
+        cfg = _common.load_config(args)
+        shutil.rmtree(work)  # the other node's runtime-env agent deletes the package mid-job
+        from crystalvision.tracking import configure_mlflow
+
+        configure_mlflow()
+        with mlflow.start_run() as run:
+            mlflow.log_param("config", cfg.name)
+            mlflow.log_text("still here", "note.txt")
+        return {"run_id": run.info.run_id}
+
+    _common.run(main, _common.parser("test job"))
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["result"]
+    run = mlflow.get_run(result["run_id"])
+    assert run.data.params["config"] == "quickstart"
+    assert run.info.artifact_uri.startswith((work / "mlartifacts").as_uri())  # resolved before the dir went
+    assert Path.cwd() == cv_home.resolve(), "the driver works from its home folder, not the package it was given"
