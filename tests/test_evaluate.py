@@ -106,6 +106,11 @@ def test_evaluate_model_writes_every_artifact(evaluated) -> None:
     for name in expected:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
 
+    # the test structures' predictions (model per structure, baselines) in oof.py's table format, once each
+    oof = pd.read_csv(out / "oof_predictions.csv")
+    assert len(oof) == splits.test["material_id"].nunique() == len(result.oof)
+    assert {"model__band_gap", "model__crystal_system", "dummy__spacegroup", "unseen_crystal_system"} <= set(oof)
+
     m = result.metrics
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(m)
     for name in (

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from crystalvision.errors import CrystalVisionError
 from crystalvision.targets import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ def score(truth: pd.DataFrame, pred: pd.DataFrame, predictor: str) -> dict[str, 
 
 def subset_rows(table: pd.DataFrame, nelements: int | None) -> pd.DataFrame:
     """The rows of structures with ``nelements`` elements (all rows for None)."""
-    return table if nelements is None else table[table["nelements"] == nelements]
+    if nelements is None:
+        return table
+    return table[table["nelements"] == nelements] if "nelements" in table else table.iloc[:0]
 
 
 def _seed_stats(per_seed: Sequence[Mapping[str, float]], prefix: str) -> dict[str, float]:
@@ -215,8 +218,10 @@ def fold_table(
     from crystalvision.targets import CLASS_NAME
 
     out = labels[["material_id"]].reset_index(drop=True).copy()
-    if "nelements" in labels or "formula" in labels:
+    try:
         out["nelements"] = nelements(labels).to_numpy()
+    except (ValueError, CrystalVisionError) as exc:  # no formula column, or one pymatgen cannot read
+        log.info("prediction table without nelements (subsets unavailable): %s", exc)
     for h in TARGETS_REGRESSION:
         out[h] = labels[h].to_numpy(dtype=float)
     for h in TARGETS_CLASSIFICATION:
