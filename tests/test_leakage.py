@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from skimage.metrics import structural_similarity
@@ -14,6 +15,7 @@ from crystalvision.leakage import (
     measure_split,
     pairwise_ssim,
     prepare,
+    ssim_pairs,
     summary,
 )
 
@@ -70,12 +72,43 @@ def test_video_frames_have_near_copies_uniform_views_do_not():
     assert all(tr_ids[j] == m for j, m in zip(near_video.index, split(video)[3], strict=True))
 
 
-def test_grouped_split_falls_back_to_any_structure():
+def test_grouped_split_finds_another_structure():
     train = np.stack([blobs(a, 0) for a in (0, 90, 180)])
     test = np.stack([blobs(a, 1) for a in (0, 45)])
     near = measure_split(train, ["mp-0"] * 3, test, ["mp-1"] * 2, size=48)
     assert not near.same_structure.any()
     assert np.isfinite(near.ssim).all() and (near.index >= 0).all()
+
+
+def test_search_covers_every_training_image_not_only_the_same_structure():
+    """Split by image: the test image's own structure is in training, but another structure's training image is a
+    near-copy of it. The nearest image is that other structure's (a same-structure-only search would miss it), the
+    exhaustive search and the pixel prefilter agree, and the prefilter's candidate count bounds its search."""
+    from crystalvision.leakage import nearest_train_ssim
+
+    test = prepare(np.stack([blobs(0, 1)]), 48)
+    twin = prepare(np.stack([blobs(0, 1)]), 48) * 0.98 + 0.01  # structure 0's image, almost identical
+    own = prepare(np.stack([blobs(90, 1), blobs(180, 1)]), 48)  # the same structure, other views
+    train = torch.cat([own, twin])
+    ids = ["mp-1", "mp-1", "mp-0"]
+    for rule in (None, 2):
+        near = nearest_train_ssim(test, ["mp-1"], train, ids, candidates=rule)
+        assert near.index.tolist() == [2] and near.same_structure.tolist() == [False], rule
+        assert near.ssim[0] > 0.95
+    exhaustive = pairwise_ssim(test, train)[0]
+    assert near.ssim[0] == pytest.approx(exhaustive.max().item(), abs=1e-6)
+    with pytest.raises(ValueError, match="one id per image"):
+        nearest_train_ssim(test, ["mp-1"], train, ids[:2])
+
+
+def test_pairwise_ssim_is_the_same_in_any_chunking():
+    rng = np.random.default_rng(3)
+    x = prepare(rng.integers(0, 256, (5, 24, 24, 3), dtype=np.uint8), 24, grey=False)
+    y = prepare(rng.integers(0, 256, (7, 24, 24, 3), dtype=np.uint8), 24, grey=False)
+    whole = pairwise_ssim(x, y)
+    assert torch.allclose(pairwise_ssim(x, y, chunk=3), whole, atol=1e-6)
+    pairs = ssim_pairs(x.repeat_interleave(7, 0), y.repeat(5, 1, 1, 1)).view(5, 7)
+    assert torch.allclose(pairs, whole, atol=1e-5)
 
 
 def test_accuracy_by_similarity_bins():
@@ -124,5 +157,28 @@ def test_any_structure_search_is_a_pixel_nearest_neighbour():
     x_tr, x_te = prepare(train, 48), prepare(test, 48)
     from crystalvision.leakage import nearest_train_ssim
 
-    near = nearest_train_ssim(x_te, ["mp-1"], x_tr, ["mp-0", "mp-0", "mp-1", "mp-1"], same_structure=False)
+    near = nearest_train_ssim(x_te, ["mp-1"], x_tr, ["mp-0", "mp-0", "mp-1", "mp-1"])
     assert near.index.tolist() == [2] and near.same_structure.tolist() == [True]
+
+
+def test_report_section_states_its_search_rule(tmp_path):
+    """The evaluation's leakage section searches every training image with one stated rule (prefilter or
+    exhaustive), writes leakage.csv with the nearest image of each test image, and the two rules agree here."""
+    from crystalvision.leakage import report_section
+    from crystalvision.storage import ObjectStore
+
+    from .support.tiny import toy_splits
+
+    store = ObjectStore(str(tmp_path / "store"))
+    splits = toy_splits(store, n_structures=6, views=2)
+    test = splits.test.assign(crystal_system_pred=splits.test["crystal_system"])
+    results = {}
+    for rule in (4, None):
+        out = tmp_path / f"rule-{rule}"
+        out.mkdir()
+        metrics, html = report_section(store, splits.train, test, out, size=16, candidates=rule)
+        table = pd.read_csv(out / "leakage.csv")
+        assert len(table) == len(test) and set(table["nearest_train_image"]) <= set(splits.train["image_key"])
+        assert metrics["leakage_search_candidates"] == float(rule or 0) and "search_candidates" in html
+        results[rule] = table["nearest_ssim"].to_numpy()
+    assert (results[4] <= results[None] + 1e-6).all()
