@@ -140,3 +140,52 @@ def test_validate_prints_the_resolved_split(cv_home: Path) -> None:
     assert sum(int(r[3]) for r in rows) == 62 and all(int(r[1]) + int(r[2]) + int(r[3]) == 62 for r in rows)
     assert text.count("unseen in training (crystal_system): tetragonal") == 1  # the one tetragonal structure
     assert "ceiling system" in text and "test per crystal system: " in text
+
+
+@pytest.mark.slow
+def test_learning_curve_command(cv_home: Path, tmp_path: Path) -> None:
+    base = ["curve", str(ROOT / "pipelines/space-curve.yaml"), "--out", str(tmp_path / "curve")]
+    tiny = [*TINY, "evaluate.graph_baseline=false"]
+    sets = [a for item in tiny for a in ("--set", item)]
+    # a size above the smallest fold's training set: one error naming both sizes, before any training
+    too_big = CliRunner().invoke(app, [*base, *sets, "--set", "learning_curve.sizes=[1, 50]"])
+    assert too_big.exit_code == 2, too_big.output
+    assert "[50] exceed the smallest fold's training set (2 structures)" in too_big.output
+    assert not (cv_home / "ray_results").exists()
+
+    result = CliRunner().invoke(app, [*base, *sets, "--set", "learning_curve.sizes=[1]"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "curve" / "learning_curve.json").read_text())
+    assert (tmp_path / "curve" / "learning_curve.png").stat().st_size > 10_000
+    assert record["sizes"] == [1, None] and [p["n_train_mean"] for p in record["points"]] == [1.0, 2.0]
+    small, full = record["points"]
+    assert small["run_id"] != full["run_id"]
+    for point in record["points"]:  # the same 6 held-out structures at every size, each scored once
+        assert point["metrics"]["pooled_n_structures"] == 6
+        cell = point["series"]["image model"]["crystal_system"]
+        assert cell["lo"] <= cell["value"] <= cell["hi"]
+        assert point["series"]["majority / mean"]["crystal_system"]["value"] >= 0
+    mlflow.set_tracking_uri(f"sqlite:///{cv_home / 'mlflow.db'}")
+    children = MlflowClient().search_runs(
+        [MlflowClient().get_run(small["run_id"]).info.experiment_id], "tags.kfold = 'child'"
+    )
+    n_train = {r.data.params.get("cfg.split.train_structures") for r in children}
+    assert n_train == {"1", "None"}
+
+
+def test_each_seed_trains_every_fold_under_its_own_name_config_and_spec() -> None:
+    from crystalvision.config import PipelineConfig
+    from crystalvision.folds import FoldSplits
+    from crystalvision.model import ModelSpec
+    from crystalvision.pipeline import _seeded
+    from crystalvision.prepare import Prepared
+    from crystalvision.train import run_name
+
+    part = pd.DataFrame({"material_id": ["mp-1"], "image_key": ["k1"]})
+    splits = FoldSplits(part, part, part, protocol="grouped", seed=0, fold=1, n_folds=2)
+    spec = ModelSpec(class_names={"crystal_system": ["cubic"], "spacegroup": ["Fm-3m"]})
+    fold = Prepared(PipelineConfig(name="x", train={"seeds": [0, 1, 2]}), None, splits, spec)
+    runs = [_seeded(fold, s) for s in (0, 1, 2)]
+    assert [r.cfg.train.seed for r in runs] == [0, 1, 2] and fold.cfg.train.seed == 0
+    assert len({id(r.spec) for r in runs} | {id(spec)}) == 4  # training scales its own copy of the spec
+    assert len({run_name(r) for r in runs}) == 3  # no seed resumes another seed's checkpoints
