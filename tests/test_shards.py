@@ -113,6 +113,22 @@ def test_ray_data_reads_split_from_shards_and_png_export(tmp_path, bundled_snaps
     png = decode_png(store.get_bytes(image_key(result.prefix, first.material_id, int(first.view))), "png", 32)
     np.testing.assert_array_equal(png, load_images(store, [first.image_key], size=32)[0])
 
+    # a torn image inside a shard (its frame's second half zeroed, the shard's size unchanged) is never trained on:
+    # what training reads refuses the shard by name, and a rerun renders that shard again
+    ref = str(splits.train["image_key"].iloc[0])
+    bad = shards.split_ref(ref)[0]
+    data, frame = store.get_bytes(bad), shards.read_images(store, bad)[ref]
+    at = data.index(frame) + len(frame) // 2
+    store.put_bytes(bad, data[:at] + bytes(len(frame) - len(frame) // 2) + data[at - len(frame) // 2 + len(frame) :])
+    assert len(store.get_bytes(bad)) == len(data)
+    shards._cache.clear()
+    shards._verified.clear()
+    with pytest.raises(StorageError, match=rf"{bad} is corrupt \(fails its sha256 checksum\).*render"):
+        to_ray_dataset(splits.train, store, 32).take_all()
+    again = _render(records, bundled_snapshot, store, cfg)
+    assert again.n_new == 4 and store.get_bytes(bad) == data, "the torn shard alone is rendered again"
+    assert sorted(r["image"].tobytes() for r in to_ray_dataset(splits.train, store, 32).take_all()) == got
+
 
 @pytest.mark.parametrize("side", [1, 16, 224])
 def test_image_frames_round_trip_and_bad_frames_are_named(side: int) -> None:
