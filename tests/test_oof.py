@@ -140,3 +140,12 @@ def test_baselines_fit_on_train_and_validation_structures(tmp_path):
     assert preds["dummy"]["band_gap"].tolist() == [2.0]
     assert preds["dummy"]["crystal_system"].tolist() == ["trigonal"]  # by head name, for oof.fold_table
     assert metrics["baseline_dummy_mae_band_gap"] == 1.0 and "1-NN" in notes[0]
+
+
+def test_intervals_of_one_predictor_bracket_its_pooled_metric():
+    t = table(n=300, seeds=(0, 1))
+    got = oof.intervals(t, "model", n_resamples=300)
+    acc = got["acc_crystal_system"]
+    assert acc["value"] == pytest.approx(oof.pooled_metrics(t)["pooled_model_acc_crystal_system"])
+    assert acc["lo"] < acc["value"] < acc["hi"] and acc["hi"] - acc["lo"] < 0.15
+    assert got["r2_band_gap"]["lo"] > 0.5 and oof.intervals(t, "absent") == {}

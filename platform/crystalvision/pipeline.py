@@ -48,6 +48,7 @@ class PipelineResult:
     experiment_id: str | None = None
     label_source: str | None = None
     pooled: dict[str, Any] = field(default_factory=dict)
+    oof_table: Any = None  # k-fold: the pooled per-structure prediction table (pandas), not in the summary
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -210,6 +211,7 @@ def _run_folds(prepared: prepare.Prepared, stages: list[str], result: PipelineRe
             subsets = {name: f.nelements for name, f in ecfg.subsets.items()}
             summary = oof.summarise(pooled, subsets, n_resamples=ecfg.bootstrap_resamples, seed=ecfg.bootstrap_seed)
             result.metrics.update(summary)
+            result.oof_table = pooled
             result.pooled = {"seeds": seeds, "bootstrap": "paired over structures; seed-averaged metric per resample",
                              "metrics": summary}  # fmt: skip
         _log_folds_summary(prepared, per_fold, aggregated, described, pooled, result.pooled)
