@@ -85,24 +85,44 @@ def _structure(record: MaterialRecord) -> Structure:
 def descriptor(structure: Structure, elements: list[str]) -> np.ndarray:
     """Element fractions, then of the Niggli-reduced cell: sorted a/b/c, sorted angles, volume per atom, density."""
     comp = structure.composition.fractional_composition
+    return np.array([comp.get_atomic_fraction(el) for el in elements] + cell_descriptor(structure))
+
+
+def cell_descriptor(structure: Structure) -> list[float]:
+    """Of the Niggli-reduced cell: sorted a/b/c, sorted angles, volume per atom, density."""
     lat = structure.get_reduced_structure("niggli").lattice
-    return np.array(
-        [comp.get_atomic_fraction(el) for el in elements]
-        + sorted(lat.abc)
-        + sorted(lat.angles)
-        + [lat.volume / len(structure), float(structure.density)]
-    )
+    return sorted(lat.abc) + sorted(lat.angles) + [lat.volume / len(structure), float(structure.density)]
+
+
+_CELLS: dict[tuple[str, str], tuple[list[str], list[float], dict[str, float]]] = {}
+
+
+def _record_features(record: MaterialRecord) -> tuple[list[str], list[float], dict[str, float]]:
+    """Elements, reduced-cell descriptor and element fractions of a record, computed once per structure (k folds
+    and learning-curve points reuse them); keyed by material_id and the structure's lattice and sites."""
+    key = (record.material_id, repr(record.structure.get("lattice")) + repr(record.structure.get("sites")))
+    if key not in _CELLS:
+        if len(_CELLS) > 50_000:
+            _CELLS.clear()
+        s = _structure(record)
+        comp = s.composition.fractional_composition
+        fractions = {el.symbol: comp.get_atomic_fraction(el) for el in comp.elements}
+        _CELLS[key] = (sorted(fractions), cell_descriptor(s), fractions)
+    return _CELLS[key]
 
 
 def nn1_predict(records: Mapping[str, MaterialRecord], train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
-    """Labels of the nearest train structure (Euclidean on the standardised descriptor)."""
+    """Labels of the nearest train structure (Euclidean on the standardised :func:`descriptor`)."""
     from sklearn.neighbors import NearestNeighbors
 
     tr, te = structure_table(train), structure_table(test)
-    structures = {m: _structure(records[m]) for m in [*tr["material_id"], *te["material_id"]]}
-    elements = sorted({el.symbol for s in structures.values() for el in s.composition.elements})
-    x_tr = np.stack([descriptor(structures[m], elements) for m in tr["material_id"]])
-    x_te = np.stack([descriptor(structures[m], elements) for m in te["material_id"]])
+    feats = {m: _record_features(records[m]) for m in [*tr["material_id"], *te["material_id"]]}
+    elements = sorted({el for f in feats.values() for el in f[0]})
+
+    def x(ids: pd.Series) -> np.ndarray:
+        return np.stack([[feats[m][2].get(el, 0.0) for el in elements] + feats[m][1] for m in ids])
+
+    x_tr, x_te = x(tr["material_id"]), x(te["material_id"])
     mean, std = x_tr.mean(0), x_tr.std(0)
     std[std == 0] = 1.0
     nn = NearestNeighbors(n_neighbors=1).fit((x_tr - mean) / std)
