@@ -149,3 +149,10 @@ def test_intervals_of_one_predictor_bracket_its_pooled_metric():
     assert acc["value"] == pytest.approx(oof.pooled_metrics(t)["pooled_model_acc_crystal_system"])
     assert acc["lo"] < acc["value"] < acc["hi"] and acc["hi"] - acc["lo"] < 0.15
     assert got["r2_band_gap"]["lo"] > 0.5 and oof.intervals(t, "absent") == {}
+
+
+def test_image_folds_pair_rows_by_fold_and_structure():
+    t = table(n=40)
+    twice = pd.concat([t, t.assign(fold=t["fold"] + 10)], ignore_index=True)  # image folds: a structure in two
+    boot = oof.paired_bootstrap(twice, "model", "dummy", n_resamples=50)
+    assert boot["acc_crystal_system"]["n_structures"] == 80

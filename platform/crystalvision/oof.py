@@ -111,13 +111,15 @@ def pooled_metrics(table: pd.DataFrame, subsets: Mapping[str, int] | None = None
     return out
 
 
-def _aligned(table: pd.DataFrame, cols: Sequence[str]) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Per column a (seeds, structures) array, structures in one order for every seed."""
+def _aligned(table: pd.DataFrame, cols: Sequence[str]) -> tuple[list[tuple], dict[str, np.ndarray]]:
+    """Per column a (seeds, rows) array, rows (fold, structure) in one order for every seed. Grouped folds test a
+    structure once, so a row is a structure; image folds can test a structure's views in several folds."""
     seeds = sorted(table["seed"].unique())
-    ids = sorted(table.loc[table["seed"] == seeds[0], "material_id"])
+    keys = ["fold", "material_id"] if "fold" in table else ["material_id"]
+    ids = sorted(table.loc[table["seed"] == seeds[0]].set_index(keys).index)
     out: dict[str, list[np.ndarray]] = {c: [] for c in cols}
     for s in seeds:
-        part = table[table["seed"] == s].drop_duplicates("material_id").set_index("material_id")
+        part = table[table["seed"] == s].set_index(keys)
         if sorted(part.index) != ids:
             raise ValueError(f"seed {s} predicts other structures than seed {seeds[0]}; pair the same folds")
         for c in cols:
