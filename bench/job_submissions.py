@@ -1,4 +1,4 @@
-"""N consecutive ``ray job submit`` runs of the quickstart pipeline on a two-node loopback cluster.
+"""N consecutive ``ray job submit`` runs of the quickstart pipeline on README's two-node loopback cluster.
 
 A measurement, not a test: it guards against native-library crashes of the job driver (issue 14, point 11: one
 of four submissions once died right after the render stage with ``Intel oneMKL FATAL ERROR: Cannot load
@@ -8,7 +8,10 @@ and registers in the same driver. Per run: exit status, wall time, and whether t
     python -m bench.job_submissions --runs 20            # the tiny default config (~40-60 s a run on 2 cores)
     python -m bench.job_submissions --runs 4 --no-tiny   # the quickstart as configured
 
-Writes ``bench/results/job_submissions.json`` after every run and prints a table; the cluster is always torn down.
+The cluster is started with README's own ``ray start`` lines (parsed from its "local two-node cluster" block, token
+auth on, ``--block`` added so that exactly these nodes are stopped at the end) and jobs go to README's dashboard
+address. Writes ``bench/results/job_submissions.json`` after every run and prints a table; the cluster is always torn
+down.
 """
 
 from __future__ import annotations
@@ -17,10 +20,15 @@ import argparse
 import json
 import logging
 import os
+import secrets
+import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -28,7 +36,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.raycluster import RAY, Cluster, two_node_cluster  # noqa: E402
+from tests.support.procs import stop_group  # noqa: E402
+from tests.support.raycluster import RAY, Cluster, _wait_for_nodes  # noqa: E402
 
 log = logging.getLogger("bench.job_submissions")
 
@@ -48,6 +57,53 @@ TINY = (
     "registry.model_name=bench-job-submissions",
 )
 RUN_TIMEOUT_S = 900
+README = ROOT / "README.md"
+README_CLUSTER = "A local two-node cluster to try it"  # the sentence that introduces README's cluster block
+
+
+def readme_cluster(readme: Path = README) -> tuple[list[list[str]], str]:
+    """README's two ``ray start`` command lines (argument lists) and the address its ``ray job submit`` uses."""
+    text = readme.read_text()
+    if README_CLUSTER not in text:
+        raise SystemExit(f"{readme} has no '{README_CLUSTER}' block; update README_CLUSTER in {__file__}")
+    block = text.split(README_CLUSTER, 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = [shlex.split(line, comments=True) for line in block.splitlines()]
+    starts = [cmd for cmd in lines if cmd[:2] == ["ray", "start"]]
+    submit = next(cmd for cmd in lines if cmd[:3] == ["ray", "job", "submit"])
+    return starts, submit[submit.index("--address") + 1]
+
+
+@contextmanager
+def readme_two_node_cluster(log_dir: Path) -> Iterator[Cluster]:
+    """README's cluster with a token of its own; each node runs with ``--block`` and is stopped by its process
+    group (never ``ray stop``, which would stop every Ray cluster on the machine)."""
+    starts, address = readme_cluster()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
+    env["PATH"] = os.pathsep.join([str(Path(RAY).parent), env.get("PATH", "")])  # `ray`, `python` = this venv
+    temp_dirs = [arg.split("=", 1)[1] for cmd in starts for arg in cmd if arg.startswith("--temp-dir=")]
+    fresh = [d for d in temp_dirs if not Path(d).exists()]
+    os.environ |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": env["RAY_AUTH_TOKEN"]}  # the state API asks too
+    procs: list[subprocess.Popen] = []
+    try:
+        for n, cmd in enumerate(starts, 1):
+            with (log_dir / f"ray-node-{n}.log").open("ab") as out:
+                procs.append(
+                    subprocess.Popen(
+                        [RAY, *cmd[1:], "--block"],
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+            _wait_for_nodes(address, n, procs[-1])
+        yield Cluster(gcs_address="", dashboard_url=address, env=env)
+    finally:
+        for proc in reversed(procs):
+            stop_group(proc, grace=10)
+        for d in fresh:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def runtime_env(home: Path, tracking_uri: str) -> dict:
@@ -66,9 +122,21 @@ def submit_once(cluster: Cluster, index: int, work: Path, config: str, overrides
     env_file = run_dir / "runtime_env.yaml"
     env_file.write_text(yaml.safe_dump(runtime_env(run_dir / "home", f"sqlite:///{run_dir / 'mlflow.db'}")))
     sets = [arg for s in overrides for arg in ("--set", s)]
-    cmd = [RAY, "job", "submit", f"--address={cluster.dashboard_url}", f"--runtime-env={env_file}",
-           f"--submission-id=bench-{index:02d}-{int(time.time())}", "--",
-           "python", "-m", "jobs.pipeline", "--config", config, *sets]
+    cmd = [
+        RAY,
+        "job",
+        "submit",
+        f"--address={cluster.dashboard_url}",
+        f"--runtime-env={env_file}",
+        f"--submission-id=bench-{index:02d}-{int(time.time())}",
+        "--",
+        "python",
+        "-m",
+        "jobs.pipeline",
+        "--config",
+        config,
+        *sets,
+    ]
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     try:
@@ -79,10 +147,17 @@ def submit_once(cluster: Cluster, index: int, work: Path, config: str, overrides
     wall = time.perf_counter() - start
     (run_dir / "job.log").write_text(text)
     markers = [m for m in CRASH_MARKERS if m in text]
-    succeeded = rc == 0 and "\"result\"" in text
-    return {"run": index, "exit_status": rc, "succeeded": succeeded, "wall_s": round(wall, 1),
-            "crash_markers": markers, "load_avg_1m_before": round(load_before, 2),
-            "load_avg_1m_after": round(os.getloadavg()[0], 2), "log": str(run_dir / "job.log")}
+    succeeded = rc == 0 and '"result"' in text
+    return {
+        "run": index,
+        "exit_status": rc,
+        "succeeded": succeeded,
+        "wall_s": round(wall, 1),
+        "crash_markers": markers,
+        "load_avg_1m_before": round(load_before, 2),
+        "load_avg_1m_after": round(os.getloadavg()[0], 2),
+        "log": str(run_dir / "job.log"),
+    }
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -104,8 +179,10 @@ def print_runs(runs: list[dict]) -> None:
     sys.stdout.write(f"{'run':>3}  {'exit':>4}  {'ok':>3}  {'wall s':>7}  {'load':>5}  crash markers\n")
     for r in runs:
         ok, markers = "yes" if r["succeeded"] else "NO", ", ".join(r["crash_markers"]) or "-"
-        sys.stdout.write(f"{r['run']:>3}  {r['exit_status']:>4}  {ok:>3}  {r['wall_s']:>7.1f}  "
-                         f"{r['load_avg_1m_before']:>5.1f}  {markers}\n")
+        sys.stdout.write(
+            f"{r['run']:>3}  {r['exit_status']:>4}  {ok:>3}  {r['wall_s']:>7.1f}  "
+            f"{r['load_avg_1m_before']:>5.1f}  {markers}\n"
+        )
     sys.stdout.write(json.dumps(summarise(runs)) + "\n")
 
 
@@ -120,17 +197,29 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     overrides = [*([] if args.no_tiny else TINY), *args.overrides]
     work = Path(tempfile.mkdtemp(prefix="cv-jobsub-", dir=os.environ.get("TMPDIR", "/tmp")))
-    report = {"config": args.config, "overrides": overrides, "cluster": "two nodes on 127.0.0.1, 1 CPU each",
-              "cpu_count": os.cpu_count(), "work_dir": str(work), "runs": []}
+    report = {
+        "config": args.config,
+        "overrides": overrides,
+        "cluster": "README's two nodes on 127.0.0.1",
+        "cpu_count": os.cpu_count(),
+        "work_dir": str(work),
+        "runs": [],
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with two_node_cluster(work) as cluster:
+    with readme_two_node_cluster(work) as cluster:
         for i in range(1, args.runs + 1):
             result = submit_once(cluster, i, work, args.config, overrides)
             report["runs"].append(result)
             report["summary"] = summarise(report["runs"])
             args.out.write_text(json.dumps(report, indent=1))
-            log.info("run %d/%d: exit %d in %.1f s%s", i, args.runs, result["exit_status"], result["wall_s"],
-                     f", markers {result['crash_markers']}" if result["crash_markers"] else "")
+            log.info(
+                "run %d/%d: exit %d in %.1f s%s",
+                i,
+                args.runs,
+                result["exit_status"],
+                result["wall_s"],
+                f", markers {result['crash_markers']}" if result["crash_markers"] else "",
+            )
     print_runs(report["runs"])
     log.info("wrote %s (job logs under %s)", args.out, work)
 

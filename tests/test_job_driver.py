@@ -44,3 +44,14 @@ def test_the_job_driver_keeps_tracking_after_its_working_dir_is_deleted(
     assert run.data.params["config"] == "quickstart"
     assert run.info.artifact_uri.startswith((work / "mlartifacts").as_uri())  # resolved before the dir went
     assert Path.cwd() == cv_home.resolve(), "the driver works from its home folder, not the package it was given"
+
+
+def test_readme_cluster_gives_each_node_its_own_temp_dir_and_the_bench_starts_that_cluster() -> None:
+    """Two raylets sharing a temp dir delete each other's job packages; the bench must try README's own lines."""
+    from bench.job_submissions import readme_cluster
+
+    starts, address = readme_cluster()
+    assert len(starts) == 2 and starts[0][:3] == ["ray", "start", "--head"], starts
+    temp_dirs = [[a for a in cmd if a.startswith("--temp-dir=")] for cmd in starts]
+    assert all(len(t) == 1 for t in temp_dirs) and temp_dirs[0] != temp_dirs[1], temp_dirs
+    assert address.startswith("http://127.0.0.1:")
