@@ -31,7 +31,7 @@ from crystalvision.storage import ObjectStore
 
 from .support.procs import free_port
 from .support.tiny import tiny_model_dir, toy_splits, use_test_tracking
-from .test_predict import GOOD_CIF, decompression_bomb_png
+from .test_predict import GOOD_CIF, SYMMETRY_BOMB, decompression_bomb_png
 
 START_TIMEOUT_S = 150
 HIDE_CHECKOUT = """import os, sys
@@ -120,3 +120,9 @@ def test_served_champion_answers_images_and_cifs_and_bounds_every_row(served) ->
     assert "views must be a whole number from 1 to 64" in views["error"]
     assert tiff_row["error"].startswith("photo.png: the image is TIFF, not PNG or JPEG")
     assert bomb["error"].startswith("bomb.png") and "decompression bomb" in bomb["error"]
+    # per request: a symmetry-operation bomb is refused at once; 257 rows are refused row by row, nothing predicted
+    start = time.monotonic()
+    (symops,) = _invoke(url, [{"cif": SYMMETRY_BOMB.read_text(), "name": "symops.cif"}], timeout=60)
+    assert time.monotonic() - start < 20 and symops["error"].startswith("symops.cif: 7000 symmetry operations")
+    many = _invoke(url, [{"image": image}] * 257)
+    assert all(r["error"] and "more than the limit of 256" in r["error"] for r in many), many[0]
