@@ -11,12 +11,13 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from crystalvision.config import RenderConfig
-from crystalvision.dataset import load_labels
-from crystalvision.errors import StorageError
+from crystalvision.dataset import decode_png, load_images, load_labels
+from crystalvision.errors import ImageError, StorageError
 from crystalvision.render.job import FAULT_ENV, image_key, render_dataset
 from crystalvision.storage import ObjectStore
 
@@ -85,10 +86,13 @@ def test_torn_png_is_rendered_again_not_trained_on(cv_home, tmp_path, bundled_sn
         torn = image_key(first.prefix, records[0].material_id, 1)
         whole = store.get_bytes(torn)
         Path(store.path(torn)).write_bytes(whole[: len(whole) // 2])
+        with pytest.raises(ImageError, match=rf"{torn}.*not a readable image"):  # what training reads refuses it
+            load_images(store, [torn], size=32)
         second = render_dataset(records, bundled_snapshot.encoders, sha, cfg, store)
     finally:
         ray.shutdown()
     assert (first.n_new, second.n_new, second.n_skipped) == (4, 1, 3)
+    np.testing.assert_array_equal(load_images(store, [torn], size=32)[0], decode_png(whole, torn, 32))
     with Image.open(io.BytesIO(store.get_bytes(torn))) as img:
         img.load()
     assert store.exists_verified(torn, len(whole), __import__("hashlib").sha256(whole).hexdigest())
