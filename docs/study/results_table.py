@@ -3,7 +3,8 @@
 Reads the JSON summaries that ``crystalvision pipeline run pipelines/<name>.yaml ... > <name>.json`` printed for
 ``paper`` (trajectory frames, split by image), ``paper-uniform`` (uniform views, by image) and ``paper-grouped``
 (uniform views, grouped k-fold: metrics are ``<name>_mean`` / ``<name>_std`` over folds), and prints a Markdown
-table: the study's reported numbers, the earlier H200 measurements quoted in issue 13 (labelled as such), then per
+table: the study's reported numbers and three H200 measurements (quotes: no record, a GPU run this CPU machine
+cannot repeat; labelled with their source and date), then per
 protocol the image model (per image and per structure), the CGCNN graph baseline, the 1-NN descriptor and majority
 baselines, and the leakage (median SSIM of each test image to its nearest training image).
 
@@ -30,7 +31,9 @@ STUDY = (
     "| study (KAIST, reported): rotation-video frames, split by image, DFT labels, 224 px | ImageNet B0 | 124 "
     "| 0.977 | 0.965 | 0.995 | 0.993 | |"
 )
-# Issue 13's text: one H200, this project's renders/model/loss/split code, 224 px, from scratch (not produced here).
+# Quotes, not records: one H200, this project's renders/model/loss/split code, 224 px, from scratch, as reported in
+# the project's issue tracker (issue 13) by 2026-11-27; no JSON of these runs exists and no GPU was lent here.
+QUOTE = "quote (H200, 224 px; issue tracker, by 2026-11-27; no record)"
 EARLIER = [
     ("56 uniform views, split by image", "45 (time cap)", "0.28", "0.30", "0.67", "0.60"),
     ("56 trajectory frames 6° apart, split by image", "22 (time cap)", "0.945", "0.897", "0.989", "0.983"),
@@ -91,7 +94,7 @@ def table(folder: Path) -> str:
     lines = [HEADER, "|" + "---|" * 8, STUDY]
     for label, ep, *vals in EARLIER:
         vals_text = " | ".join(vals)
-        lines.append(f"| earlier measurement (issue 13, H200, 224 px): {label} | B0, scratch | {ep} | {vals_text} | |")
+        lines.append(f"| {QUOTE}: {label} | B0, scratch | {ep} | {vals_text} | |")
     for name, label in PROTOCOLS:
         loaded = load(folder, name)
         if loaded is not None:

@@ -1,0 +1,90 @@
+"""Smoke tests of the study scripts under docs/study: each regenerates its README table from the committed records."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pandas as pd
+import pytest
+
+STUDY = Path(__file__).resolve().parents[1] / "docs" / "study"
+RECORDS = STUDY / "records"
+
+
+def script(name: str) -> ModuleType:
+    """Import ``docs/study/<name>.py`` under a private module name (``select`` would shadow the standard library)."""
+    spec = importlib.util.spec_from_file_location(f"study_{name}", STUDY / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_table_labels_quotes_and_reads_every_record(tmp_path: Path) -> None:
+    rt = script("results_table")
+    text = rt.table(RECORDS)
+    quotes = [line for line in text.splitlines() if "H200" in line]
+    assert len(quotes) == 3 and all(line.startswith(f"| {rt.QUOTE}:") for line in quotes)
+    for _, label in rt.PROTOCOLS:
+        assert f"**{label}**" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{rt.START}\nold\n{rt.END}\nafter\n")
+    rt.write_readme(readme, text)
+    assert readme.read_text() == f"before\n{rt.START}\n{text}\n{rt.END}\nafter\n"
+
+
+def test_first_numbers_tables_from_the_record(tmp_path: Path) -> None:
+    fn = script("first_numbers")
+    record = json.loads((RECORDS / "first-numbers.json").read_text())
+    leak, graph = fn.tables(record)
+    assert len(leak.splitlines()) == 2 + len(fn.PROTOCOLS) and "search: prefilter 64" in leak
+    assert "| majority / train mean |" in graph and "CGCNN" in graph
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- leakage-table:start -->\nx\n<!-- leakage-table:end -->\nb\n")
+    fn.write_readme(readme, "leakage-table", leak)
+    assert leak in readme.read_text() and "\nx\n" not in readme.read_text()
+    with pytest.raises(ValueError, match="graph-table:start"):
+        fn.write_readme(readme, "graph-table", graph)
+
+
+def test_first_numbers_measure_searches_all_structures() -> None:
+    """``measure`` on a toy frame: a test image's twin of another structure is its nearest; the prefilter check
+    compares it with the exhaustive search."""
+    import torch
+
+    fn = script("first_numbers")
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.random((6, 1, 16, 16), dtype=np.float32))
+    x[5] = x[0] * 0.99  # test row 5 (structure b) is a near-copy of training row 0 (structure a)
+    df = pd.DataFrame({"row": range(6), "material_id": list("aabbcb"), "crystal_system": list("ccttmt"),
+                       "spacegroup_symbol": list("PPQQRQ")})  # fmt: skip
+    ssim, correct, same, agree = fn.measure(x, df.iloc[:5], df.iloc[5:], candidates=2, check=1)
+    assert ssim[0] > 0.99 and not same[0] and agree.tolist() == [True]
+    assert correct["crystal_system"].tolist() == [False]
+
+
+def test_select_picks_by_validation_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sel = script("select")
+    runs = sorted((STUDY / "select").glob("*.json"))
+    assert runs
+    for path in runs:
+        shutil.copy(path, tmp_path / path.name)
+        shutil.copy(path.with_suffix(".cmd"), tmp_path / path.with_suffix(".cmd").name)
+    copies = [str(tmp_path / p.name) for p in runs]
+    sel.main(copies)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert sum(line.endswith("| yes |") for line in rows) == 1
+    # a much better test score does not change the pick: the rule reads validation metrics only
+    loser = next(p for p in copies if p not in {c for c, r in zip(copies, rows[1:], strict=True) if "yes" in r})
+    data = json.loads(Path(loser).read_text())
+    data["metrics"] = {k: (0.99 if k.startswith("test") else v) for k, v in data["metrics"].items()}
+    Path(loser).write_text(json.dumps(data))
+    sel.main(copies)
+    again = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r.endswith("| yes |") for r in again] == [r.endswith("| yes |") for r in rows]
