@@ -13,6 +13,7 @@ from typing import Any
 
 log = logging.getLogger("crystalvision.jobs")
 
+PATH_ARGS = ("config", "out", "uri")  # job arguments that may name a local path (ingest --out, snapshot --uri)
 # Settings read from the environment that may hold a local path (relative ones resolve against the working dir).
 PATH_VARS = (
     "CRYSTALVISION_HOME",
@@ -51,14 +52,16 @@ def _absolute(value: str) -> str:
 
 
 def pin_paths(args: argparse.Namespace) -> Path:
-    """Resolve ``--config`` and every local path setting against the working dir, then move into the home folder.
+    """Resolve path arguments and local path settings against the working dir, then move into the home folder.
 
     A job's working dir is a runtime-env package that Ray deletes once no worker uses it; MLflow's stores ask for
     the current directory whenever they open (even with absolute URIs), so the driver must not stay in it.
     """
     from crystalvision.settings import get_settings
 
-    args.config = str(Path(args.config).resolve())
+    for name in PATH_ARGS:
+        if getattr(args, name, None):
+            setattr(args, name, _absolute(str(getattr(args, name))))
     for var in PATH_VARS:
         if os.environ.get(var):
             os.environ[var] = _absolute(os.environ[var])

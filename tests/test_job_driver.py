@@ -55,3 +55,25 @@ def test_readme_cluster_gives_each_node_its_own_temp_dir_and_the_bench_starts_th
     temp_dirs = [[a for a in cmd if a.startswith("--temp-dir=")] for cmd in starts]
     assert all(len(t) == 1 for t in temp_dirs) and temp_dirs[0] != temp_dirs[1], temp_dirs
     assert address.startswith("http://127.0.0.1:")
+
+
+def test_path_arguments_and_settings_resolve_against_the_working_dir(
+    cv_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CRYSTALVISION_OBJECT_STORE_URI", "store")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///runs/mlflow.db")
+    args = argparse.Namespace(config="pipelines/q.yaml", out="snaps", uri="s3://bucket/snap")
+    assert _common.pin_paths(args) == cv_home
+    assert (args.config, args.out, args.uri) == (
+        f"{tmp_path}/pipelines/q.yaml",
+        f"{tmp_path}/snaps",
+        "s3://bucket/snap",
+    )
+    from crystalvision.settings import get_settings
+
+    settings = get_settings()
+    assert settings.storage.object_store_uri == f"{tmp_path}/store"
+    assert settings.tracking.mlflow_tracking_uri == f"sqlite:///{tmp_path}/runs/mlflow.db"
