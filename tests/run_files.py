@@ -29,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DURATIONS = ROOT / "tests" / "durations.json"
 SHARED_PROCESS = (  # start no Ray cluster, server or GL context: safe to share one pytest process
-    "test_augment.py", "test_cli.py", "test_config.py", "test_dataset.py", "test_evaluate.py", "test_folds.py",
+    "test_augment.py", "test_bench_scripts.py", "test_cli.py", "test_config.py", "test_dataset.py",
+    "test_evaluate.py", "test_folds.py",
     "test_graphnet.py", "test_learning_curve.py", "test_leakage.py", "test_metrics.py", "test_mp.py",
     "test_oof.py", "test_snapshot.py", "test_study_scripts.py", "test_targets.py",
     "test_tracking.py", "test_tune.py", "test_job_driver.py",
