@@ -88,23 +88,72 @@ def test_size_config_sets_one_point_without_recursion() -> None:
     assert one.config_hash() != lc.size_config(cfg, 4).config_hash()  # each point is its own training run
 
 
-def test_record_and_figure_from_pooled_metrics(tmp_path) -> None:
+def _oof_table(n: int, acc: float, seed: int = 0) -> pd.DataFrame:
+    """A pooled out-of-fold table: the model right on a share ``acc`` of structures, majority always 'a'."""
+    rng = np.random.default_rng(seed)
+    truth = rng.choice(["a", "b"], n)
+    right = rng.random(n) < acc
+    y = rng.normal(size=n)
+    return pd.DataFrame(
+        {
+            "material_id": [f"m{i}" for i in range(n)],
+            "fold": np.arange(n) % 5,
+            "seed": 0,
+            "crystal_system": truth,
+            "band_gap": y,
+            "model__crystal_system": np.where(right, truth, np.where(truth == "a", "b", "a")),
+            "model__band_gap": y + rng.normal(scale=0.5, size=n),
+            "dummy__crystal_system": "a",
+            "dummy__band_gap": 0.0,
+        }
+    )
+
+
+def test_record_and_figure_from_pooled_tables(tmp_path) -> None:
     cfg = PipelineConfig.model_validate({"name": "curve", "split": {"folds": 3}})
     points = []
-    for n, acc in [(10, 0.3), (40, 0.45), (None, 0.6)]:
-        metrics = {
-            "oof_model_acc_crystal_system": acc,
-            "oof_model_acc_crystal_system_lo": acc - 0.05,
-            "oof_model_acc_crystal_system_hi": acc + 0.05,
-            "oof_baseline_dummy_acc_crystal_system": 0.35,
-            "test_acc_crystal_system_mean": 0.9,
-        }
-        points.append(lc.CurvePoint(n, float(n or 80), f"run{n}", metrics))
+    for n, acc in [(10, 0.3), (40, 0.6), (None, 0.9)]:
+        table = _oof_table(400, acc)
+        metrics = {"pooled_model_acc_crystal_system": acc, "test_acc_crystal_system_mean": 0.5}
+        points.append(lc.CurvePoint(n, float(n or 80), f"run{n}", metrics, lc.point_series(table, cfg)))
     record = lc.curve_record(cfg, points)
     cell = record["points"][1]["series"]["image model"]["crystal_system"]
-    assert cell == {"value": 0.45, "lo": 0.4, "hi": 0.5}
-    assert np.isnan(record["points"][0]["series"]["CGCNN"]["band_gap"]["value"])
+    assert cell["lo"] < cell["value"] < cell["hi"] and abs(cell["value"] - 0.6) < 0.08
+    assert cell["hi"] - cell["lo"] < 0.15  # 400 structures: a 95 % interval of about +-0.05
+    r2 = record["points"][2]["series"]["image model"]["band_gap"]
+    assert 0.6 < r2["value"] < 0.9  # y + N(0, 0.5): R² about 0.8
+    majority = record["points"][0]["series"]["majority / mean"]["band_gap"]["value"]
+    assert majority <= 0.0  # a constant predicts no better than the mean
+    assert np.isnan(record["points"][0]["series"]["CGCNN"]["band_gap"]["value"])  # no CGCNN column
     assert "test_acc_crystal_system_mean" not in record["points"][0]["metrics"]  # pooled numbers only
     json.dumps(record)
     path = lc.plot_curve(record, tmp_path / "curve.png")
     assert path.stat().st_size > 10_000
+
+
+def test_space_table_script_renders_readme_rows_from_a_record(tmp_path) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("space_table", root / "docs/study/space_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    cfg = PipelineConfig.model_validate({"name": "space-curve", "split": {"folds": 5}})
+    table = _oof_table(300, 0.7)
+    metrics = {"pooled_n_structures": 300.0, "pooled_diff_model_vs_dummy_acc_crystal_system": 0.2,
+               "pooled_diff_model_vs_dummy_acc_crystal_system_lo": 0.1,
+               "pooled_diff_model_vs_dummy_acc_crystal_system_hi": 0.3}  # fmt: skip
+    points = [lc.CurvePoint(n, float(n or 200), "r", metrics, lc.point_series(table, cfg)) for n in (50, None)]
+    record_path = tmp_path / "space-curve.json"
+    record_path.write_text(json.dumps(lc.curve_record(cfg, points)))
+    lc.plot_curve(json.loads(record_path.read_text()), record_path.with_suffix(".png"))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- space-table:start -->\nstale rows\n<!-- space-table:end -->\nrest\n")
+    module.main([str(record_path), "--readme", str(readme), "--figure", str(tmp_path / "fig.png")])
+    text = readme.read_text()
+    assert "stale rows" not in text and text.startswith("intro\n") and text.endswith("rest\n")
+    assert "| all (200) | image model | 0.65 [0.60, 0.71] |" in text and "| 50 | majority / mean |" in text
+    assert "| majority / mean | +0.20 [+0.10, +0.30] |" in text
+    assert (tmp_path / "fig.png").stat().st_size > 10_000

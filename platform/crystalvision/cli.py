@@ -245,6 +245,18 @@ def predict(
 
 @app.command()
 @handle_errors
+def curve(
+    config: Annotated[Path, typer.Argument(help="A grouped k-fold pipeline YAML with learning_curve.sizes.")],
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for learning_curve.json and the figure.")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Learning curve: the k-fold pipeline at nested subsets of each fold's training structures (long)."""
+    _run_long("curve", config, set_, True, verbose, out=out)
+
+
+@app.command()
+@handle_errors
 def watch(
     config: ConfigOpt = Path("pipelines/watch.yaml"),
     set_: SetOpt = None,

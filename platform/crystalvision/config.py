@@ -149,8 +149,14 @@ class SplitConfig(_Strict):
         description="K-fold over these structures only (e.g. nelements: 4); every other structure is always in "
         "training (train + validation).",
     )
+    train_structures: int | None = Field(
+        default=None,
+        ge=1,
+        description="K-fold: train each fold on only this many of its training structures (a nested, "
+        "class-balanced subset; test and validation unchanged). One point of a learning curve.",
+    )
 
-    @field_validator("folds", "test_only", mode="before")
+    @field_validator("folds", "test_only", "train_structures", mode="before")
     @classmethod
     def _none_string(cls, v: object) -> object:
         return _none_string(v)
@@ -296,6 +302,15 @@ class RegistryConfig(_Strict):
         return v
 
 
+class LearningCurveConfig(_Strict):
+    """`crystalvision curve`: the k-fold pipeline at nested subsets of each fold's training structures."""
+
+    sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list,
+        description="Training structures per fold at each point (the whole training set is always the last point).",
+    )
+
+
 class PipelineConfig(_Strict):
     """A whole pipeline: snapshot -> render -> train -> evaluate -> register."""
 
@@ -312,6 +327,7 @@ class PipelineConfig(_Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    learning_curve: LearningCurveConfig = Field(default_factory=LearningCurveConfig)
 
     def config_hash(self) -> str:
         """Stable hash of the resolved config."""

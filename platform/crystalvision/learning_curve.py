@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +103,7 @@ class CurvePoint:
     n_train_mean: float
     run_id: str | None
     metrics: dict[str, float] = field(default_factory=dict)
+    series: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -152,7 +152,8 @@ def run_learning_curve(cfg: PipelineConfig, out_dir: str | Path | None = None) -
         log.info("learning curve %s: %s training structures per fold", cfg.name, n or f"all ({min(counts)}+)")
         result = run_pipeline(size_config(cfg, n))
         mean_n = float(n) if n is not None else float(np.mean(counts))
-        points.append(CurvePoint(n, mean_n, result.run_id, dict(result.metrics)))
+        series = point_series(result.oof_table, cfg)
+        points.append(CurvePoint(n, mean_n, result.run_id, dict(result.metrics), series))
     out = Path(out_dir) if out_dir else get_settings().paths.home / "learning-curves" / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     record = curve_record(cfg, points)
@@ -178,48 +179,54 @@ def _log_to_mlflow(cfg: PipelineConfig, out: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- record
 
-# method label in the figure -> metric-name stem of the pooled metrics the fold pipeline logs
-METHODS = {"image model": "model", "CGCNN": "cgcnn", "majority / mean": "baseline_dummy", "1-NN": "baseline_1nn"}
+# method label in the figure -> predictor of the pooled out-of-fold table (oof.py)
+METHODS = {"image model": "model", "CGCNN": "cgcnn", "majority / mean": "dummy", "1-NN": "1nn"}
 HEADS = {
     "crystal_system": "acc",
     "spacegroup": "acc",
     "band_gap": "r2",
     "energy_above_hull": "r2",
 }
-_POOLED = "oof_"
+_NAN_CELL = {"value": math.nan, "lo": math.nan, "hi": math.nan}
 
 
-def pooled_value(metrics: Mapping[str, float], method: str, metric: str, head: str) -> tuple[float, float, float]:
-    """(value, 95 % low, 95 % high) of one pooled out-of-fold metric; NaN where the point did not record it."""
-    stem = f"{_POOLED}{method}_{metric}_{head}"
-    value = float(metrics.get(stem, math.nan))
-    lo = float(metrics.get(f"{stem}_lo", math.nan))
-    hi = float(metrics.get(f"{stem}_hi", math.nan))
-    return value, lo, hi
+def point_series(table: pd.DataFrame | None, cfg: PipelineConfig) -> dict[str, dict[str, dict[str, float]]]:
+    """Method label -> head -> pooled value and 95 % bootstrap interval over structures (NaN where absent)."""
+    from crystalvision import oof
+
+    ecfg = cfg.evaluate
+    series: dict[str, dict[str, dict[str, float]]] = {}
+    for label, predictor in METHODS.items():
+        got = {}
+        if table is not None and predictor in oof.predictors(table):
+            got = oof.intervals(table, predictor, n_resamples=ecfg.bootstrap_resamples, seed=ecfg.bootstrap_seed)
+        series[label] = {
+            head: {k: got.get(f"{metric}_{head}", _NAN_CELL).get(k, math.nan) for k in _NAN_CELL}
+            for head, metric in HEADS.items()
+        }
+    return series
 
 
 def curve_record(cfg: PipelineConfig, points: Sequence[CurvePoint]) -> dict[str, Any]:
-    """The JSON record: per point and method, every head's pooled value and 95 % interval, plus the raw metrics."""
+    """The JSON record: per point and method, every head's pooled value and 95 % interval, plus its pooled
+    metrics (model against each baseline: paired differences with their intervals)."""
     rows = []
     for p in points:
-        row: dict[str, Any] = {
-            "train_structures": p.train_structures,
-            "n_train_mean": p.n_train_mean,
-            "run_id": p.run_id,
-            "series": {},
-        }
-        for label, method in METHODS.items():
-            row["series"][label] = {
-                head: dict(zip(("value", "lo", "hi"), pooled_value(p.metrics, method, metric, head), strict=True))
-                for head, metric in HEADS.items()
+        rows.append(
+            {
+                "train_structures": p.train_structures,
+                "n_train_mean": p.n_train_mean,
+                "run_id": p.run_id,
+                "series": p.series,
+                "metrics": {k: v for k, v in p.metrics.items() if k.startswith("pooled") or k == "n_folds"},
             }
-        row["metrics"] = {k: v for k, v in p.metrics.items() if re.match(_POOLED, k) or k == "n_folds"}
-        rows.append(row)
+        )
     return {
         "pipeline": cfg.name,
         "config_hash": cfg.config_hash(),
         "sizes": [p.train_structures for p in points],
         "heads": HEADS,
+        "bootstrap": "95 % percentile interval over structures, seed-averaged metric per resample",
         "points": rows,
     }
 

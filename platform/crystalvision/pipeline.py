@@ -203,7 +203,8 @@ def _run_folds(prepared: prepare.Prepared, stages: list[str], result: PipelineRe
                 described.append(info)
                 if table is not None:
                     tables.append(oof.tag(table, info["fold"], seed))
-        aggregated = aggregate_folds(per_fold)
+        aggregated = aggregate_folds(per_fold)  # over every fold and seed: `<metric>_n` counts child runs
+        aggregated |= {"n_folds": float(len(folds)), "n_seeds": float(len(seeds))}
         result.metrics.update(aggregated)
         pooled = pd.concat(tables, ignore_index=True) if tables else None
         if pooled is not None:
