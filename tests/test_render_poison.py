@@ -144,3 +144,43 @@ def test_a_huge_structure_is_refused_from_its_site_count() -> None:
     good, bad = _precheck([rec], RenderConfig())
     assert not good and bad[0]["material_id"] == "mp-huge"
     assert "3456 sites, more than render.max_atoms = 2000" in bad[0]["error"]
+
+
+_DRAWER = """
+import json, sys
+from crystalvision.config import RenderConfig
+from crystalvision.render.udf import RenderBatch
+mid, structure, root = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+udf = RenderBatch({mid: structure}, RenderConfig(image_size=32, views_per_structure=2).model_dump(mode="json"), root,
+                  None, fault={"hang": mid}, prefix="p")
+rows = {"material_id": [mid, mid], "view": [0, 1], "quaternion": [[1.0, 0, 0, 0]] * 2}
+udf(rows | {"image_key": ["p/a.png", "p/b.png"]})
+"""
+
+
+def test_actors_killed_from_outside_never_quarantine_a_structure(tmp_path, good) -> None:
+    """Two OOM kills (SIGKILL from outside while the structure is being drawn): infrastructure, not counted; the
+    third attempt renders it."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from crystalvision.render.udf import attempt_key
+
+    store = ObjectStore(str(tmp_path / "store"))
+    mid, key = good[0].material_id, attempt_key("p", good[0].material_id, 0)
+    for _ in range(2):
+        marked = store.get_text(key) if store.exists(key) else ""
+        proc = subprocess.Popen([sys.executable, "-c", _DRAWER, mid, json.dumps(good[0].structure), store.root])
+        deadline = time.monotonic() + 120
+        while not store.exists(key) or store.get_text(key) == marked:  # its attempt is marked: it is drawing
+            assert proc.poll() is None and time.monotonic() < deadline, "the drawer never started drawing"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)  # the OOM killer
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    udf = RenderBatch({mid: good[0].structure}, CFG.model_dump(mode="json"), store.root, None, prefix="p")
+    out = udf(_batch(mid))
+    assert list(out["error"]) == ["", ""], "a structure was quarantined for its actor's OOM kills"
+    assert not store.exists(key), "a finished structure leaves no attempt marker"

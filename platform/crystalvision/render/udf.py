@@ -12,7 +12,13 @@ Poison structures (docs/architecture.md, failure table):
 - a structure whose render crashes the actor process, or exceeds ``render.structure_timeout_s`` (a watchdog ends
   the process), is counted in an attempt marker ``<prefix>/attempts/<material_id>-<first view>`` of its batch; Ray
   retries the batch on a restarted actor (both bounded), and once the marker counts
-  :data:`MAX_CRASHES` the structure's rows come back as errors without rendering, so the batch goes on;
+  :data:`MAX_CRASHES` the structure's rows come back as errors without rendering, so the batch goes on.
+  What counts: the watchdog's timeout (it writes the count itself before it ends the process) and a fatal signal
+  raised inside the actor while it draws that structure (SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL from VTK or the
+  GL driver: :mod:`faulthandler` writes them to the actor's crash log, whose path the marker names). A process killed
+  from outside (SIGKILL from the OOM killer, a lost node, a preempted pod) leaves an empty crash log, or none
+  that the next attempt can read: it is infrastructure, never counted, and Ray's bounded retries then fail the
+  render loudly if it keeps happening;
 - memory, GL-backend and storage errors are not the structure's fault: the image is retried
   (:data:`TRANSIENT_RETRIES` times, with a fresh GL context for GL errors) and then the task fails loudly.
 """
@@ -20,11 +26,17 @@ Poison structures (docs/architecture.md, failure table):
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import hashlib
+import json
 import logging
 import os
+import socket
+import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -65,6 +77,46 @@ def attempt_key(prefix: str, material_id: str, first_view: int) -> str:
     return f"{prefix}/attempts/{material_id}-{first_view:04d}"
 
 
+_crash_log: str | None = None
+
+
+def crash_log() -> str:
+    """This process's crash log: :mod:`faulthandler` writes a fatal signal's traceback there (enabled once)."""
+    global _crash_log
+    if _crash_log is None:
+        folder = os.path.join(tempfile.gettempdir(), "crystalvision-render-crashes")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{os.getpid()}-{uuid.uuid4().hex[:8]}.log")
+        faulthandler.enable(file=open(path, "w"))  # noqa: SIM115 - stays open for the process's lifetime
+        _crash_log = path
+    return _crash_log
+
+
+def _parse_marker(text: str | None) -> dict[str, Any]:
+    """An attempt marker: ``{"crashes": n, "drawing": {host, pid, crash_log} | None}`` (a bare count: older form)."""
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        data = {}
+    if isinstance(data, int):
+        return {"crashes": data, "drawing": None}
+    return {"crashes": int(data.get("crashes", 0)), "drawing": data.get("drawing")} if isinstance(data, dict) else {}
+
+
+def died_drawing(drawing: dict[str, Any] | None) -> str:
+    """Why the attempt that left ``drawing`` in a marker counts against its structure ("" when it does not): its
+    process died of a fatal signal raised inside it (its crash log has the traceback). A process that is still this
+    one (the batch failed with an error), on another machine (its log cannot be read here), or that left an empty
+    log (killed from outside: OOM killer, lost node) does not count."""
+    if not drawing or drawing.get("host") != socket.gethostname() or drawing.get("pid") == os.getpid():
+        return ""
+    try:
+        with open(str(drawing.get("crash_log")), errors="replace") as fh:
+            return fh.read(4000).strip()
+    except OSError:
+        return ""
+
+
 class Watchdog:
     """Ends the actor process when one structure's views take longer than the budget (the crash path then counts
     it): GL calls cannot be interrupted from Python."""
@@ -73,10 +125,11 @@ class Watchdog:
         self.budget_s = budget_s
         self.deadline: float | None = None
         self.what = ""
+        self.on_timeout: Callable[[], None] | None = None
         threading.Thread(target=self._watch, daemon=True, name="render-watchdog").start()
 
-    def arm(self, what: str) -> None:
-        self.what, self.deadline = what, time.monotonic() + self.budget_s
+    def arm(self, what: str, on_timeout: Callable[[], None] | None = None) -> None:
+        self.what, self.on_timeout, self.deadline = what, on_timeout, time.monotonic() + self.budget_s
 
     def disarm(self) -> None:
         self.deadline = None
@@ -87,6 +140,9 @@ class Watchdog:
             deadline = self.deadline
             if deadline is not None and time.monotonic() > deadline:
                 log.error("%s exceeded its render time budget of %.0f s; ending this actor", self.what, self.budget_s)
+                if self.on_timeout is not None:
+                    with contextlib.suppress(Exception):  # the count is best-effort; the exit is not
+                        self.on_timeout()
                 os._exit(3)
 
 
@@ -149,7 +205,7 @@ class RenderBatch:
     def _draw(self, material_id: str, quat: np.ndarray) -> np.ndarray:
         if self.fault.get("crash") == material_id:
             log.warning("fault injection: render actor crashes on %s", material_id)
-            os._exit(11)
+            faulthandler._sigsegv()  # a segfault inside the drawing, as a VTK or GL driver bug raises it
         if self.fault.get("hang") == material_id:
             time.sleep(3600)
         if "simulate_ms" in self.fault and self.simulated is not None:
@@ -205,19 +261,41 @@ class RenderBatch:
         return self.simulated_frame
 
     # -- poison structures ------------------------------------------------------------------------------------
+    def _marker(self, key: str) -> dict[str, Any]:
+        return _parse_marker(self.store.get_text(key) if self.store.exists(key) else None)
+
+    def _count_timeout(self, key: str) -> None:
+        """The watchdog's last act: count the timeout against the structure being drawn."""
+        marker = self._marker(key)
+        self.store.put_text(key, json.dumps({"crashes": marker.get("crashes", 0) + 1, "drawing": None}))
+
     def _start(self, material_id: str, first_view: int) -> str:
-        """Count an attempt at this structure's part of the batch; "" to go on, or the quarantine reason."""
-        self.watchdog.arm(f"{material_id} (views from {first_view})")
+        """Check this structure's part of the batch against its attempt marker (counting a crash of the attempt
+        before, :func:`died_drawing`) and mark it as being drawn; "" to go on, or the quarantine reason."""
+        what = f"{material_id} (views from {first_view})"
         if not self.prefix:
+            self.watchdog.arm(what)
             return ""
         key = attempt_key(self.prefix, material_id, first_view)
-        crashes = int(self.store.get_text(key)) if self.store.exists(key) else 0
+        self.watchdog.arm(what, lambda: self._count_timeout(key))
+        marker = self._marker(key)
+        crashes, drawing = marker.get("crashes", 0), marker.get("drawing")
+        if drawing:
+            crash = died_drawing(drawing)
+            if crash:
+                crashes += 1
+                log.error("%s crashed the render actor (pid %s) while drawing:\n%s", what, drawing.get("pid"), crash)
+            else:
+                log.warning("the attempt at %s by pid %s on %s ended without a crash of its own (killed from "
+                            "outside: OOM killer, lost node); not counted", what, drawing.get("pid"),
+                            drawing.get("host"))  # fmt: skip
         if crashes >= MAX_CRASHES:
             return (
                 f"its render crashed or exceeded the {self.cfg.structure_timeout_s:.0f} s time budget "
                 f"(render.structure_timeout_s) {crashes} times; rerun with --retry-quarantined to try again"
             )
-        self.store.put_text(key, str(crashes + 1))
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "crash_log": crash_log()}
+        self.store.put_text(key, json.dumps({"crashes": crashes, "drawing": me}))
         return ""
 
     def _finish(self, material_id: str, first_view: int, reason: str) -> None:
