@@ -143,7 +143,8 @@ def _secret_names(container: dict) -> set[str]:
 
 
 def test_ray_pods_and_submitters_use_token_auth_and_only_their_secrets():
-    docs = {d["kind"]: d for d in _k8s_docs() if d["kind"] in ("RayCluster", "RayJob", "CronJob", "NetworkPolicy")}
+    docs = {d["kind"]: d for d in _k8s_docs() if d["kind"] in ("RayCluster", "RayJob", "CronJob")}
+    docs["NetworkPolicy"] = _policy("crystalvision-ray")
     cluster = docs["RayCluster"]
     ray_containers = {"head": next(_containers(cluster["spec"]["headGroupSpec"]))}
     for group in cluster["spec"]["workerGroupSpecs"]:
@@ -152,8 +153,10 @@ def test_ray_pods_and_submitters_use_token_auth_and_only_their_secrets():
     for name, c in {**ray_containers, **submitters}.items():
         env = {e["name"]: e for e in c.get("env", [])}
         assert env["RAY_AUTH_MODE"]["value"] == "token", name
-        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "crystalvision-ray-token",
-                                                                      "key": "auth_token"}, name
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+            "name": "crystalvision-ray-token",
+            "key": "auth_token",
+        }, name
     # The MP key only where ingest runs (job drivers on the head, the watch CronJob); no Ray pod gets the MLflow
     # server's own secrets.
     assert "crystalvision-mp" in _secret_names(ray_containers["head"])
@@ -165,7 +168,7 @@ def test_ray_pods_and_submitters_use_token_auth_and_only_their_secrets():
     assert {p["port"] for p in client_rule["ports"]} == {8265, 10001}
     for kind in ("RayJob", "CronJob"):
         labels = [n for n in _walk_labels(docs[kind])]
-        assert {"crystalvision/ray-client": "true"} in labels, kind
+        assert any(_admits(docs["NetworkPolicy"], x, 8265) for x in labels), kind
 
 
 def _walk_labels(node: object) -> Iterator[dict]:
@@ -177,6 +180,78 @@ def _walk_labels(node: object) -> Iterator[dict]:
     elif isinstance(node, list):
         for v in node:
             yield from _walk_labels(v)
+
+
+def _policy(name: str) -> dict:
+    return next(d for d in _k8s_docs() if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == name)
+
+
+def _admits(policy: dict, labels: dict[str, str], port: int) -> bool:
+    """Whether an Ingress NetworkPolicy lets a pod of this namespace with ``labels`` reach ``port``."""
+    for rule in policy["spec"].get("ingress", []):
+        peers = rule.get("from")
+        ok_peer = peers is None or any(
+            "podSelector" in peer and peer["podSelector"].get("matchLabels", {}).items() <= labels.items()
+            for peer in peers
+        )
+        ports = rule.get("ports")
+        if ok_peer and (ports is None or any(p["port"] == port for p in ports)):
+            return True
+    return False
+
+
+def test_only_ray_pods_and_the_watch_cronjob_reach_mlflow():
+    docs = {d["kind"]: d for d in _k8s_docs() if d["kind"] in ("Deployment", "RayJob", "CronJob")}
+    policy = _policy("mlflow")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    mlflow_pod = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= mlflow_pod.items(), "it selects the MLflow pods"
+    ray_pod = {"ray.io/cluster": "crystalvision", "ray.io/node-type": "worker"}  # labels KubeRay puts on Ray pods
+    cron_pod = docs["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    submitter = docs["RayJob"]["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    assert _admits(policy, ray_pod, 5000) and _admits(policy, cron_pod, 5000)
+    assert not _admits(policy, submitter, 5000), "the RayJob submitter never talks to MLflow"
+    assert not _admits(policy, {}, 5000) and not _admits(policy, {"app": "other"}, 5000)
+    assert not _admits(policy, ray_pod, 22), "only the MLflow port"
+
+
+def _pod_specs() -> Iterator[tuple[str, dict]]:
+    """(where, pod spec) of every pod the manifests run: any mapping that holds ``containers``."""
+
+    def walk(node: object, where: str) -> Iterator[tuple[str, dict]]:
+        if isinstance(node, dict):
+            if isinstance(node.get("containers"), list):
+                yield where, node
+            for k, v in node.items():
+                yield from walk(v, f"{where}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                yield from walk(v, f"{where}[{i}]")
+
+    for doc in _k8s_docs():
+        yield from walk(doc, f"{doc['kind']}/{doc['metadata']['name']}")
+
+
+def test_every_pod_runs_non_root_without_privileges_on_a_read_only_root():
+    pods = dict(_pod_specs())
+    assert len(pods) == 6, sorted(pods)  # mlflow, Ray head, cpu and gpu workers, watch CronJob, RayJob submitter
+    for where, pod in pods.items():
+        ctx = pod.get("securityContext", {})
+        assert ctx.get("runAsNonRoot") is True and ctx.get("runAsUser", 0) != 0, where
+        assert ctx.get("seccompProfile") == {"type": "RuntimeDefault"}, where
+        empty_dirs = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+        for c in pod["containers"]:
+            sc = c.get("securityContext", {})
+            assert sc.get("allowPrivilegeEscalation") is False, (where, c["name"])
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], (where, c["name"])
+            assert sc.get("readOnlyRootFilesystem") is True, (where, c["name"])
+            writable = {m["mountPath"] for m in c.get("volumeMounts", []) if m["name"] in empty_dirs}
+            assert {"/tmp", "/home/ray"} <= writable, (where, c["name"], "needs writable /tmp and HOME")
+    cluster = next(d for d in _k8s_docs() if d["kind"] == "RayCluster")
+    autoscaler = cluster["spec"]["autoscalerOptions"]["securityContext"]
+    assert autoscaler["allowPrivilegeEscalation"] is False and autoscaler["capabilities"]["drop"] == ["ALL"]
+    dockerfile = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
+    assert "USER 1000" in dockerfile and "--uid 1000 ray" in dockerfile, "the image's user is the pods' uid"
 
 
 def test_every_secret_the_manifests_use_is_documented():
