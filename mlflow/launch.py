@@ -47,8 +47,19 @@ class LaunchError(Exception):
 
 
 def redact_uri(uri: str) -> str:
-    """``scheme://user:***@host/db``: the password of a URI hidden for logs."""
-    return re.sub(r"(//[^:/@\s]+:)[^@\s]*@", r"\1***@", uri)
+    """``scheme://user:***@host/db``: the password of a URI hidden for logs (up to the authority's last '@', so a
+    password holding '@' is hidden whole)."""
+    return re.sub(r"(//[^:/@\s]*:)[^/?#\s]*@", r"\1***@", uri)
+
+
+def render_auth_ini(env: dict[str, str]) -> str:
+    """The auth ini from the template. MLflow reads it with configparser's interpolation, so each ``%`` of a value
+    (a URL-encoded password in ``MLFLOW_AUTH_DATABASE_URI``) is written ``%%``; a line break would start a new
+    setting and is refused."""
+    values = {k: v.replace("%", "%%") for k, v in env.items()}
+    if any(c in env["MLFLOW_AUTH_DATABASE_URI"] for c in "\r\n"):
+        raise LaunchError("MLFLOW_AUTH_DATABASE_URI holds a line break; set it to one postgresql://... URI")
+    return string.Template(AUTH_TEMPLATE.read_text()).substitute(values)
 
 
 def embedded_command(host: str, port: int, env: dict[str, str]) -> list[str]:
@@ -77,7 +88,7 @@ def production_command(host: str, port: int, env: dict[str, str], auth_dir: Path
     if not env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql"):
         log.warning("MLFLOW_BACKEND_STORE_URI is not PostgreSQL; fine for tests, not for production")
     ini = auth_dir / "basic_auth.ini"
-    ini.write_text(string.Template(AUTH_TEMPLATE.read_text()).substitute(env))
+    ini.write_text(render_auth_ini(env))
     ini.chmod(0o600)
     # The backend URI holds the database password: `mlflow server` reads it from MLFLOW_BACKEND_STORE_URI in the
     # environment, never from the command line (which every local user can read in /proc or `ps`).

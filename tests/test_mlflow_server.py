@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -87,17 +88,42 @@ def _session_cmdlines(sid: int) -> list[str]:
     return lines
 
 
+def _auth_database(postgres: PostgresServer, password: str) -> str:  # noqa: F811
+    """Database ``mlflow_auth`` owned by role ``mlauth`` with ``password``; its URI with the password URL-encoded."""
+    postgres.create_database("mlflow_auth")
+    conn = postgres._connect("postgres")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE ROLE mlauth LOGIN PASSWORD '{password}'")
+            cur.execute("ALTER DATABASE mlflow_auth OWNER TO mlauth")
+    finally:
+        conn.close()
+    return f"postgresql://mlauth:{quote(password, safe='')}@127.0.0.1:{postgres.port}/mlflow_auth"
+
+
+def _get(url: str, path: str, auth: tuple[str, str], **params: str) -> requests.Response:
+    return requests.get(f"{url}/api/{path}", params=params, auth=auth, timeout=60)
+
+
+def _post(url: str, path: str, auth: tuple[str, str], **body: str) -> int:
+    return requests.post(f"{url}/api/{path}", json=body, auth=auth, timeout=60).status_code
+
+
 def test_production_mode_on_postgres_requires_auth_and_stores_artifacts_in_s3(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres: PostgresServer  # noqa: F811
 ):
     """Production mode against a real PostgreSQL server (tracking and auth databases) and moto S3; the database
-    password never appears on any process's command line or in the log."""
+    password never appears on any process's command line or in the log. The auth database's password holds '@' and
+    '%' (URL-encoded in its URI, so the URI holds '%'). A new user sees nothing until an admin grants it."""
     password = secrets.token_urlsafe(16)
+    auth_password = f"p@ss%w0rd-{secrets.token_hex(4)}"
     tracking_uri = postgres.create_database("mlflow")
+    auth_uri = _auth_database(postgres, auth_password)
+    assert "%" in auth_uri
     with moto_s3() as s3:
         env = _clean_env(
             MLFLOW_BACKEND_STORE_URI=tracking_uri,
-            MLFLOW_AUTH_DATABASE_URI=postgres.create_database("mlflow_auth"),
+            MLFLOW_AUTH_DATABASE_URI=auth_uri,
             MLFLOW_ARTIFACTS_DESTINATION=f"s3://{s3.bucket}/mlflow",
             MLFLOW_AUTH_ADMIN_PASSWORD=password,
             MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
@@ -117,12 +143,26 @@ def test_production_mode_on_postgres_requires_auth_and_stores_artifacts_in_s3(
             run_id, artifact_uri = _log_run(
                 url, monkeypatch, MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password
             )
+            _check_default_is_no_permissions(url, ("admin", password), run_id)
         assert artifact_uri.startswith("mlflow-artifacts:/")
         assert any(k.endswith(f"{run_id}/artifacts/notes/hello.txt") for k in s3.keys("mlflow/"))
     assert postgres.query("mlflow", "SELECT run_uuid FROM runs") == [(run_id,)], "the run lives in PostgreSQL"
-    assert postgres.query("mlflow_auth", "SELECT username FROM users") == [("admin",)]
+    assert postgres.query("mlflow_auth", "SELECT username FROM users") == [("admin",), ("bob",)]
     log_text = log_path.read_text(errors="replace")
     assert password not in log_text and postgres.password not in log_text
+    assert auth_password not in log_text and quote(auth_password, safe="") not in log_text
+
+
+def _check_default_is_no_permissions(url: str, admin: tuple[str, str], run_id: str) -> None:
+    """A new user cannot read the admin's experiment until the admin grants READ on it (README's grant)."""
+    bob = ("bob", secrets.token_urlsafe(12))
+    assert _post(url, "2.0/mlflow/users/create", admin, username=bob[0], password=bob[1]) == 200
+    experiment_id = _get(url, "2.0/mlflow/runs/get", admin, run_id=run_id).json()["run"]["info"]["experiment_id"]
+    read = "2.0/mlflow/experiments/get"
+    assert _get(url, read, bob, experiment_id=experiment_id).status_code == 403, "default_permission is not READ"
+    grant = {"username": bob[0], "resource_type": "experiment", "resource_id": experiment_id, "permission": "READ"}
+    assert _post(url, "3.0/mlflow/users/permissions/grant", admin, **grant) == 200
+    assert _get(url, read, bob, experiment_id=experiment_id).status_code == 200
 
 
 def test_production_mode_names_missing_settings(tmp_path: Path):
