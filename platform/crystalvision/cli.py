@@ -1,8 +1,9 @@
 """The ``crystalvision`` command line: one sub-command per stage, plus ``pipeline run``.
 
 Commands are thin: they parse options, call the command table (:mod:`crystalvision.commands`, which the Ray
-Jobs entrypoints in ``jobs/`` share) and turn :class:`~crystalvision.errors.CrystalVisionError` into one clear
-message and exit code 2.
+Jobs entrypoints in ``jobs/`` share) and turn :class:`~crystalvision.errors.CrystalVisionError` (and an unreachable
+MLflow server) into one clear message and exit code 2. Any other error prints its traceback without local variables
+and with every secret masked (:func:`crystalvision.logs.mask`), exit code 1.
 """
 
 from __future__ import annotations
@@ -11,19 +12,26 @@ import functools
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
 from crystalvision.errors import CrystalVisionError
-from crystalvision.logs import setup_logging
+from crystalvision.logs import mask, setup_logging
 
 log = logging.getLogger("crystalvision")
 
-app = typer.Typer(help="Learn material properties from rendered images of crystal structures.", no_args_is_help=True)
+app = typer.Typer(
+    help="Learn material properties from rendered images of crystal structures.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals of HTTP clients hold basic-auth strings and tokens
+)
 pipeline_app = typer.Typer(help="Run declarative pipelines (pipelines/*.yaml).", no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
 
@@ -34,8 +42,27 @@ SetOpt = Annotated[
 DEFAULT_CONFIG = Path("pipelines/quickstart.yaml")
 
 
+_API_REQUEST = re.compile(r"API request to (?P<url>\S+?)/api/\S* failed")
+
+
+def _unreachable_server(exc: BaseException) -> str | None:
+    """The MLflow server URL when ``exc`` is MLflow's client giving up on a connection (refused, unknown host,
+    timed out), else None."""
+    import requests
+
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if not any(isinstance(e, requests.exceptions.ConnectionError) for e in chain):
+        return None
+    found = next((m for e in chain if (m := _API_REQUEST.search(str(e)))), None)
+    return found.group("url") if found else None
+
+
 def handle_errors(fn):
-    """Print a CrystalVisionError as one line on stderr and exit 2 (no traceback)."""
+    """A CrystalVisionError or an unreachable MLflow server: one line on stderr, exit 2. Any other error: its
+    traceback with secrets masked, exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -43,8 +70,21 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except CrystalVisionError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {mask(str(exc))}", err=True)
             raise typer.Exit(code=2) from None
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:
+            url = _unreachable_server(exc)
+            if url is not None:
+                typer.echo(
+                    f"error: the MLflow tracking server {mask(url)} is unreachable; start it (python mlflow/launch.py "
+                    "embedded) or set MLFLOW_TRACKING_URI to a running server",
+                    err=True,
+                )
+                raise typer.Exit(code=2) from None
+            typer.echo(mask("".join(traceback.format_exception(exc))).rstrip(), err=True)
+            raise typer.Exit(code=1) from None
 
     return wrapper
 

@@ -11,8 +11,9 @@ from crystalvision.settings import secret_values
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MASK = "***"
-# scheme://user:password@host -> scheme://user:***@host (a password inside any URI, configured or not)
-_URI_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)[^@\s]+@")
+# scheme://user:password@host -> scheme://user:***@host (a password inside any URI, configured or not). The
+# password runs to the LAST '@' of the authority (which ends at '/', '?', '#' or a blank): a password may hold '@'.
+_URI_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^/?#\s]*@")
 
 
 def mask(text: str, secrets: Iterable[str] | None = None) -> str:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import shlex
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
+
+from crystalvision.logs import mask
 
 MAX_LINES = 25
 # (row label, metric key part, target): the headline metric of each head.
@@ -67,13 +70,15 @@ def registry_line(decision: dict[str, Any]) -> str | None:
 
 
 def mlflow_pointer(tracking_uri: str, experiment_id: str | None, run_id: str | None) -> str:
-    """The run's URL on an MLflow server, or the exact ``mlflow ui`` command for a local store."""
+    """The run's URL on an MLflow server (without ``user:password@``: the browser asks), or the exact ``mlflow ui``
+    command for a local store (a password in it masked)."""
     if tracking_uri.startswith(("http://", "https://")):
-        base = tracking_uri.rstrip("/")
+        parts = urlsplit(tracking_uri)
+        base = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
         if run_id and experiment_id:
-            return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
-        return base
-    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port 5000"
+            return mask(f"{base}/#/experiments/{experiment_id}/runs/{run_id}")
+        return mask(base)
+    return mask(f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port 5000")
 
 
 def summary_renderable(
