@@ -1,29 +1,36 @@
 """Secrets never leak: a pipeline run with every secret set, and the MP key and S3 credentials really used (an
 ingest against the replay server, the object store and Ray Train checkpoints on moto), leaves none of them in
-the log output, Ray worker logs, MLflow params/tags/metric names, run or model artifacts, any file it wrote, or the
-pickled arguments Ray ships to workers."""
+the log output, Ray worker logs, MLflow params/tags/metric names, run or model artifacts, any file it wrote, or
+anything Ray serialises for its workers (every ``ray.cloudpickle.dumps`` of the run: task and actor arguments,
+remote functions, the trainer's run config, Ray Data read tasks). The S3 keys come from ``CRYSTALVISION_AWS_*``
+only, so the driver builds its S3 filesystem with explicit keys. The CLI prints no secret either: an unreachable
+tracking server is one masked line, any other error a masked traceback."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from crystalvision.config import IngestConfig, load_pipeline
+from crystalvision.config import IngestConfig, TrainConfig, load_pipeline
 from crystalvision.settings import get_settings
 
 from .support.mp_replay import ReplayServer, bundled_docs
+from .support.procs import free_port
 from .support.s3 import moto_s3
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+S3_KEYS = {
+    "CRYSTALVISION_AWS_ACCESS_KEY_ID": "AKIASECRETID4TEST9",
+    "CRYSTALVISION_AWS_SECRET_ACCESS_KEY": "s3cr3t/KEY+value+Do-Not-Leak",
+    "CRYSTALVISION_AWS_SESSION_TOKEN": "FwoGZXIvSESSION+token/Do-Not-Leak",
+}
 SECRETS = {
     "MP_API_KEY": "mpkeyZq81SECRETw7Yx0123456789abc",  # 32 characters: a well-formed key, sent to the replay API
-    "AWS_ACCESS_KEY_ID": "AKIASECRETID4TEST9",
-    "AWS_SECRET_ACCESS_KEY": "s3cr3t/KEY+value+Do-Not-Leak",
-    "AWS_SESSION_TOKEN": "FwoGZXIvSESSION+token/Do-Not-Leak",
+    **S3_KEYS,
     "MLFLOW_TRACKING_PASSWORD": "trackingPASSWORD-Do-Not-Leak",
     "MLFLOW_TRACKING_TOKEN": "trackingTOKEN-Do-Not-Leak",
     "MLFLOW_AUTH_ADMIN_PASSWORD": "adminPASSWORD-Do-Not-Leak",
@@ -73,50 +80,177 @@ def _log_secrets_everywhere() -> None:
     """Messages, a URI with a password and a traceback, all naming secrets, through the platform's log handler."""
     log = logging.getLogger("crystalvision.test_secrets")
     log.info("the MP key is %s", SECRETS["MP_API_KEY"])
-    log.info("tracking at https://admin:%s@mlflow:5000 and postgresql://mlflow:%s@db/mlflow",
-             SECRETS["MLFLOW_TRACKING_PASSWORD"], URI_PASSWORD)
+    log.info(
+        "tracking at https://admin:%s@mlflow:5000 and postgresql://mlflow:%s@db/mlflow",
+        SECRETS["MLFLOW_TRACKING_PASSWORD"],
+        URI_PASSWORD,
+    )
     try:
-        raise RuntimeError(f"token {SECRETS['MLFLOW_TRACKING_TOKEN']} session {SECRETS['AWS_SESSION_TOKEN']} "
-                           f"admin {SECRETS['MLFLOW_AUTH_ADMIN_PASSWORD']}")
+        raise RuntimeError(
+            f"token {SECRETS['MLFLOW_TRACKING_TOKEN']} session {SECRETS['CRYSTALVISION_AWS_SESSION_TOKEN']} "
+            f"admin {SECRETS['MLFLOW_AUTH_ADMIN_PASSWORD']}"
+        )
     except RuntimeError:
         log.exception("a failure whose traceback names secrets")
 
 
-def _pickled_worker_args() -> bytes:
-    """What Ray ships to workers that touch storage: the object store, its settings for render actors, and the
-    Ray Train/Tune storage filesystem (RunConfig.storage_filesystem)."""
+def _launcher():
+    """``mlflow/launch.py`` as a module (``mlflow/`` is no package: it would shadow MLflow)."""
+    spec = importlib.util.spec_from_file_location("mlflow_launch", ROOT / "mlflow" / "launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("uri", "masked"),
+    [
+        ("postgresql://mlflow:pa@ss@word@db:5432/mlflow", "postgresql://mlflow:***@db:5432/mlflow"),
+        (
+            "http://alice:p@ss:w@rd@127.0.0.1:9/api/runs/get?run_id=a@b",
+            "http://alice:***@127.0.0.1:9/api/runs/get?run_id=a@b",
+        ),
+        ("https://:tok@en@mlflow.example.org", "https://:***@mlflow.example.org"),
+    ],
+)
+def test_a_password_holding_at_is_masked_whole(uri: str, masked: str):
+    from crystalvision.logs import mask
+
+    assert mask(uri, []) == masked and _launcher().redact_uri(uri) == masked
+
+
+def test_summary_links_the_run_without_the_tracking_password():
+    from crystalvision.summary import mlflow_pointer
+
+    assert mlflow_pointer("http://alice:p@ss@mlflow:5000/", "3", "abc") == "http://mlflow:5000/#/experiments/3/runs/abc"
+    local = mlflow_pointer("postgresql://u:p@ss@db/mlflow", None, None)
+    assert "p@ss" not in local and "postgresql://u:***@db/mlflow" in local
+
+
+def _invoke(*args: str):
+    from typer.testing import CliRunner
+
+    from crystalvision.cli import app
+
+    get_settings.cache_clear()
+    return CliRunner().invoke(app, list(args))
+
+
+def test_unreachable_tracking_server_is_one_masked_line_and_exit_2(cv_home, monkeypatch):
+    password = "s3cr3t@pw-Do-Not-Leak"
+    uri = f"http://alice:{password}@127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    result = _invoke("register", "--run-id", "x")
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "is unreachable" in lines[0] and "MLFLOW_TRACKING_URI" in lines[0]
+    assert f"http://alice:***@127.0.0.1:{uri.rsplit(':', 1)[1]}" in lines[0]
+    assert password not in result.output and "s3cr3t" not in result.output
+
+
+def test_any_other_error_prints_its_traceback_with_secrets_masked(cv_home, monkeypatch):
+    import crystalvision.commands
+
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", SECRETS["MLFLOW_TRACKING_TOKEN"])
+
+    def broken(name, cfg, **options):
+        token, uri = SECRETS["MLFLOW_TRACKING_TOKEN"], f"postgresql://u:{URI_PASSWORD}@db/x"
+        raise RuntimeError(f"bearer {token} at {uri}")
+
+    monkeypatch.setattr(crystalvision.commands, "run", broken)
+    result = _invoke("register", "--run-id", "x")
+    assert result.exit_code == 1 and "Traceback (most recent call last)" in result.stderr, result.output
+    assert "RuntimeError: bearer *** at postgresql://u:***@db/x" in result.stderr
+    assert not _leaks(result.output)
+
+
+class RaySerialisations:
+    """Wraps ``ray.cloudpickle.dumps``, through which Ray pickles everything it ships (task and actor arguments,
+    remote functions and actor classes, Ray Data read tasks, Ray Train's run config): records which secrets and
+    which markers each pickle held."""
+
+    def __init__(self, markers: tuple[bytes, ...] = ()):
+        import ray.cloudpickle
+
+        self._dumps, self.markers = ray.cloudpickle.dumps, markers
+        self.count, self.leaks, self.seen = 0, [], set()
+
+    def __call__(self, obj, *args, **kwargs):
+        data = self._dumps(obj, *args, **kwargs)
+        self.count += 1
+        self.leaks += [f"{type(obj).__name__}: {name}" for name, v in ALL.items() if v.encode() in data]
+        self.seen |= {m for m in self.markers if m in data}
+        return data
+
+
+def _s3_keys_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 keys from CRYSTALVISION_AWS_* alone: the AWS default chain cannot find them, so the driver's filesystem
+    carries them explicitly."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in S3_KEYS.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_storage_ray_ships_pickles_without_s3_keys(cv_home, monkeypatch):
+    """The trainer's run config (its S3 storage filesystem) and the object store's filesystem (Ray Data's
+    ``read_parquet(filesystem=...)``), built by the product code, pickle without the keys; unpickled, the filesystem
+    takes its keys from the receiving process's environment."""
+    import pickle
+
     import ray.cloudpickle
 
-    from crystalvision.storage import filesystem_for, open_store, without_credentials
+    from crystalvision.storage import open_store
+    from crystalvision.train import _run_config
 
+    _s3_keys_only(monkeypatch)
+    monkeypatch.setenv("CRYSTALVISION_OBJECT_STORE_URI", "s3://bucket/store")
+    monkeypatch.setenv("CRYSTALVISION_RAY_STORAGE_PATH", "s3://bucket/ray_results")
+    get_settings.cache_clear()
+    run_config = _run_config("run-x", TrainConfig(), None)
     store = open_store()
-    store.exists("nothing-here")  # builds (and caches) its live filesystem before pickling
-    shipped = [store, without_credentials(store.settings), filesystem_for(get_settings().ray.ray_storage_path)[0]]
-    return b"".join(ray.cloudpickle.dumps(obj) for obj in shipped)
+    assert run_config.storage_filesystem is not None and run_config.storage_path == "bucket/ray_results"
+    shipped = {"RunConfig": run_config, "ObjectStore.fs": store.fs, "ObjectStore": store}
+    for what, obj in shipped.items():
+        data = ray.cloudpickle.dumps(obj)
+        assert not [n for n, v in ALL.items() if v.encode() in data], what
+    received = pickle.loads(ray.cloudpickle.dumps(run_config)).storage_filesystem.handler
+    assert received.settings.aws_access_key_id is None, "the keys are not in what was shipped"
+    built = pickle.dumps(received.fs)  # the real filesystem, built here from this process's environment
+    assert S3_KEYS["CRYSTALVISION_AWS_SECRET_ACCESS_KEY"].encode() in built, "the receiver found its own keys"
 
 
+@pytest.mark.slow
 def test_pipeline_with_secrets_set_leaks_none_of_them(cv_home, tmp_path, monkeypatch, capfd):
     import ray
+    import ray.cloudpickle
 
     from crystalvision.ingest import ingest_from_mp
     from crystalvision.logs import setup_logging
     from crystalvision.pipeline import run_pipeline
+    from crystalvision.tune import _make_tuner
 
+    spy = RaySerialisations(markers=(b"ray_results", b"/store/"))
     with moto_s3("cv-secrets") as s3, ReplayServer("2025.01.01", bundled_docs(4)) as mp_api:
         for name, value in SECRETS.items():
             monkeypatch.setenv(name, value)
+        _s3_keys_only(monkeypatch)
         monkeypatch.setenv("CRYSTALVISION_OBJECT_STORE_URI", f"s3://{s3.bucket}/store")
         monkeypatch.setenv("CRYSTALVISION_RAY_STORAGE_PATH", f"s3://{s3.bucket}/ray_results")
         monkeypatch.setenv("CRYSTALVISION_S3_ENDPOINT_URL", s3.endpoint_url)
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3.endpoint_url)
         monkeypatch.setenv("CRYSTALVISION_MP_ENDPOINT", mp_api.url)
+        monkeypatch.setattr(ray.cloudpickle, "dumps", spy)
         get_settings.cache_clear()
         setup_logging("DEBUG")
         _log_secrets_everywhere()
         try:
             snapshot = ingest_from_mp(IngestConfig(chemsys="Li-Mn-Ni-O"), cv_home / "snapshots")
-            pickled = _pickled_worker_args()
-            result = run_pipeline(load_pipeline(ROOT / "pipelines/quickstart.yaml", TINY))
+            cfg = load_pipeline(ROOT / "pipelines/quickstart.yaml", TINY)
+            result = run_pipeline(cfg)
+            spy(_make_tuner(cfg, lambda config: None, "secrets-sweep", {"CPU": 2.0}))  # a Tune sweep's run config
             ray_logs = [p for d in _ray_logs() for p in d.rglob("*") if p.is_file()]
             ray_text = "\n".join(p.read_text(errors="replace") for p in ray_logs)
         finally:
@@ -138,7 +272,8 @@ def test_pipeline_with_secrets_set_leaks_none_of_them(cv_home, tmp_path, monkeyp
     assert "a failure whose traceback names secrets" in err and "Traceback" in err, "the handler wrote the logs"
     assert err.count("***") >= 6, "each secret in the messages, the URI and the traceback was masked"
     assert not _leaks(out + err), "log output"
-    assert not _leaks(pickled.decode(errors="replace")), "pickled Ray task/actor arguments"
+    assert spy.count > 20 and spy.seen == {b"ray_results", b"/store/"}, "the run config and read tasks went by"
+    assert not spy.leaks, f"pickled for Ray workers: {spy.leaks[:5]}"
     assert ray_logs and not _leaks(ray_text), "Ray worker logs"
     assert not [k for k in stored if _leaks(k.decode(errors="replace"))], "objects in the store"
 

@@ -3,7 +3,10 @@
 Writes are atomic and durable: local objects go to a uuid-named temporary file that is fsynced, renamed into place,
 and the folder fsynced (the temp file is removed on failure); an S3 PUT is atomic by itself.
 :meth:`ObjectStore.exists_verified` counts an object as present only when its size and sha256 match.
-Credentials come from :class:`~crystalvision.settings.StorageSettings` and are never logged.
+Credentials come from :class:`~crystalvision.settings.StorageSettings` and are never logged, nor pickled: an S3
+filesystem (:func:`filesystem_for`) is a :class:`WorkerS3` that Ray ships to tasks, actors and Train workers as its
+settings minus the keys, and builds the real pyarrow filesystem in each process from that process's own
+environment (``CRYSTALVISION_AWS_*`` or ``AWS_*``) or role.
 
 An unreachable S3 endpoint (connection refused, timeouts, 5xx) is retried: the S3 client makes 5 attempts with
 back-off, and each store operation repeats that for up to ``s3_retry_timeout_s`` before it raises one
@@ -57,8 +60,11 @@ def is_s3(uri: str) -> bool:
 
 
 def s3_filesystem(settings: StorageSettings) -> pafs.S3FileSystem:
-    """A pyarrow S3 filesystem honouring the endpoint override and bounded retries."""
+    """A pyarrow S3 filesystem honouring the endpoint override and bounded retries (it pickles with its keys: ship
+    :class:`WorkerS3` instead). Writes are synchronous: ``pyarrow.fs.copy_files`` (Ray Train's checkpoint upload)
+    can deadlock on background writes through a wrapped filesystem."""
     kwargs: dict = {"region": settings.s3_region, "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=5)}
+    kwargs["background_writes"] = False
     if settings.s3_endpoint_url:
         scheme, _, host = settings.s3_endpoint_url.partition("://")
         kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
@@ -95,14 +101,88 @@ def without_credentials(settings: StorageSettings | None) -> StorageSettings | N
     """``settings`` minus the S3 keys: what may travel in Ray task and actor arguments."""
     if settings is None:
         return None
-    return settings.model_copy(update={"aws_access_key_id": None, "aws_secret_access_key": None,
-                                       "aws_session_token": None})
+    return settings.model_copy(
+        update={"aws_access_key_id": None, "aws_secret_access_key": None, "aws_session_token": None}
+    )
+
+
+class WorkerS3(pafs.FileSystemHandler):
+    """An S3 filesystem built in the process that uses it: pickled (Ray task and actor arguments, Ray Train's
+    ``RunConfig.storage_filesystem``, Ray Data read tasks) it is only its settings without keys; the receiving
+    process builds :func:`s3_filesystem` on first use with its own credentials. Wrap it: ``pafs.PyFileSystem(h)``."""
+
+    def __init__(self, settings: StorageSettings):
+        self.settings = settings
+        self._fs: pafs.S3FileSystem | None = None
+
+    def __reduce__(self):
+        return type(self), (without_credentials(self.settings),)
+
+    @property
+    def fs(self) -> pafs.S3FileSystem:
+        if self._fs is None:
+            self._fs = s3_filesystem(self.settings)
+        return self._fs
+
+    def get_type_name(self) -> str:
+        return "crystalvision-s3"
+
+    def equals(self, other) -> bool:
+        handler = getattr(other, "handler", other)
+        return isinstance(handler, WorkerS3) and without_credentials(handler.settings) == without_credentials(
+            self.settings
+        )
+
+    def normalize_path(self, path: str) -> str:
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]) -> list:
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list:
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path: str) -> None:
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        self.fs.delete_dir_contents("/", accept_root_dir=True)
+
+    def delete_file(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self.fs.copy_file(src, dest)
+
+    # Compression is PyFileSystem's job: the handler opens raw streams.
+    def open_input_stream(self, path: str):
+        return self.fs.open_input_stream(path, compression=None)
+
+    def open_input_file(self, path: str):
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata=None):
+        return self.fs.open_output_stream(path, compression=None, metadata=metadata)
+
+    def open_append_stream(self, path: str, metadata=None):
+        return self.fs.open_append_stream(path, compression=None, metadata=metadata)
 
 
 def filesystem_for(uri: str, settings: StorageSettings | None = None) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path inside it) for a URI; what Ray Data's ``filesystem=`` wants."""
+    """(pyarrow filesystem, path inside it) for a URI; what Ray Data's ``filesystem=`` and Ray Train's
+    ``storage_filesystem`` want. An S3 one pickles without keys (:class:`WorkerS3`)."""
     if is_s3(uri):
-        return s3_filesystem(settings or get_settings().storage), uri[len("s3://") :].rstrip("/")
+        handler = WorkerS3(settings or get_settings().storage)
+        return pafs.PyFileSystem(handler), uri[len("s3://") :].rstrip("/")
     return pafs.LocalFileSystem(), str(Path(uri).resolve())
 
 
