@@ -4,12 +4,15 @@ generated from that JSON between its markers."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bench import readme_table, run_all
 
+ROOT = Path(__file__).resolve().parents[1]
 ROW_KEYS = {"benchmark", "metric", "value", "unit", "goal", "notes", "load_avg", "time"}
 
 
@@ -89,3 +92,29 @@ def test_merge_puts_a_rerun_part_in_place_and_keeps_the_rest() -> None:
         {"parts": ["render_bench.ray_simulated"], "time": "T1", "load_avg": 0.3}
     ]
     assert old["rows"][1]["value"] == 2.0, "the old results are not changed in place"
+
+
+def test_device_carry_data_step_renders_what_the_device_bench_reads(tmp_path: Path) -> None:
+    """bench/device/prepare's data step (make_data.py, as prepare runs it) on two structures at 32 px, read back by
+    the device bench's own loader and model spec."""
+    import numpy as np
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench/device/make_data.py"), str(tmp_path), "--views", "2", "--size", "32",
+         "--limit", "2"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    sys.path.insert(0, str(ROOT / "bench" / "device"))
+    try:
+        import device_bench
+    finally:
+        sys.path.remove(str(ROOT / "bench" / "device"))
+    data = device_bench.load_data(tmp_path / "images.npz", None)
+    assert data["image"].shape == (4, 32, 32, 3) and data["image"].dtype == np.uint8 and data["image"].any()
+    spec = device_bench.spec_for(data, 32)
+    assert data["crystal_system_id"].min() >= 0 and data["crystal_system_id"].max() < len(
+        spec.class_names["crystal_system"]
+    )
+    assert data["spacegroup_id"].min() >= 0 and data["spacegroup_id"].max() < len(spec.class_names["spacegroup"])
+    assert np.isfinite(data["band_gap"]).all() and np.isfinite(data["energy_above_hull"]).all()
