@@ -1,12 +1,12 @@
-"""GPU speed: autocast dtype, step-mode choice, normalisation on the device, the CUDA-graph train step, and a
-rank's data held on the device. Used by :mod:`crystalvision.loop`; everything here also runs (or steps aside) on
-the CPU.
+"""Step speed: autocast dtype, step-mode choice, normalisation on the device, the CUDA-graph train step, and a
+rank's decoded data held on its device (GPU memory, or host memory on CPU) across epochs. Used by
+:mod:`crystalvision.loop`; everything here also runs (or steps aside) on the CPU.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -26,10 +26,11 @@ def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
 
 
 def resolve_step_mode(tcfg: TrainConfig, device: torch.device, world: int, dtype: torch.dtype | None) -> str:
-    """``auto``: one CUDA graph per step on a single GPU without GradScaler, else eager."""
+    """``auto``: one CUDA graph per step on a single GPU without GradScaler, else eager; on CPU ``compile`` (inductor's
+    CPU backend) or eager."""
     mode = tcfg.step_mode
     if device.type != "cuda":
-        return "eager"
+        return "compile" if mode == "compile" else "eager"
     if mode == "graphs" and (world > 1 or dtype == torch.float16):
         log.warning("step_mode=graphs needs one GPU and no GradScaler (bf16 or fp32); using eager")
         return "eager"
@@ -133,3 +134,39 @@ class DeviceData:
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             yield {k: v.index_select(0, idx) for k, v in self.data.items()}
+
+
+Reader = Callable[[int, int | None], Iterable[Batch]]  # (batch size, shuffle seed or None) -> a fresh pass
+
+
+class HeldSplit:
+    """One split's batches for every epoch: read (decoded) once and held as :class:`DeviceData` when ``keep``, else
+    a fresh pass of ``read`` each epoch.
+
+    ``read(batch_size, seed)`` must give the same rows on every call (Ray Data shards do); held epochs are seeded
+    shuffles of those rows, so they hold exactly the tensors a fresh decode gives.
+    """
+
+    HOLD_BATCH = 256
+
+    def __init__(self, read: Reader, device: torch.device, columns: Iterable[str], keep: bool):
+        self.read, self.device, self.columns, self.keep = read, device, list(columns), keep
+        self.data: DeviceData | None = None
+
+    def batches(self, batch_size: int, seed: int | None = None) -> Iterable[Batch]:
+        """One epoch's batches (``seed=None``: in order)."""
+        if not self.keep:
+            return self.read(batch_size, seed)
+        if self.data is None:
+            self.data = DeviceData(self.read(self.HOLD_BATCH, None), self.device, self.columns)
+        return self.data.batches(batch_size, seed)
+
+
+DEVICE_DATA_MAX_BYTES = 4 * 1024**3  # device_data=auto keeps a worker's split on its GPU up to this size
+
+
+def keep_split(tcfg: TrainConfig, n_bytes: float, cuda: bool) -> bool:
+    """``device_data``: ``on`` holds a worker's decoded split (``n_bytes``), ``off`` never, ``auto`` when it fits
+    :data:`DEVICE_DATA_MAX_BYTES` on a GPU or ``host_data_max_mb`` on CPU (over it: decoded again every epoch)."""
+    budget = DEVICE_DATA_MAX_BYTES if cuda else tcfg.host_data_max_mb * 2**20
+    return tcfg.device_data == "on" or (tcfg.device_data == "auto" and n_bytes <= budget)

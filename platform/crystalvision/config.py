@@ -200,16 +200,20 @@ class TrainConfig(_Strict):
     max_failures: int = Field(default=1, ge=0, description="Worker failures tolerated (resume from checkpoint).")
     max_steps_per_epoch: int | None = Field(default=None, ge=1, description="Cap steps (tiny test runs).")
     step_mode: Literal["auto", "eager", "graphs", "compile"] = Field(
-        default="auto", description="GPU train step: one CUDA graph per step, torch.compile, or eager (auto: "
-        "graphs on one GPU without GradScaler, else eager; always eager on CPU)."
+        default="auto", description="Train step: one CUDA graph per step (GPU), torch.compile, or eager (auto: "
+        "graphs on one GPU without GradScaler, else eager; eager on CPU, where compile is inductor's CPU backend)."
     )
-    channels_last: bool = Field(default=True, description="Channels-last layout on GPU (ignored on CPU).")
+    channels_last: bool = Field(default=True, description="Channels-last layout of model and batches (GPU and CPU).")
     cudnn_benchmark: bool = Field(
         default=False, description="Autotune cuDNN convolutions on GPU (costs ~40 s at the first step per shape)."
     )
     device_data: Literal["auto", "on", "off"] = Field(
         default="auto", description="Keep each worker's decoded uint8 images on the GPU after the first epoch "
-        "(auto: on GPU when the split fits in 4 GiB per worker, in host memory on CPU up to 1 GiB; else streamed)."
+        "(auto: on GPU when the split fits in 4 GiB per worker, in host memory on CPU up to host_data_max_mb; "
+        "else streamed and decoded again every epoch)."
+    )
+    host_data_max_mb: float = Field(
+        default=1024, ge=0, description="device_data=auto: a CPU worker's memory budget for its decoded images."
     )
     seed: int = 0
     seeds: list[int] | None = Field(

@@ -210,7 +210,7 @@ class Engine:
         self.tcfg, self.device, self.world, self.rank = tcfg, device, world, rank
         self.cuda = device.type == "cuda"
         self.dtype = amp_dtype(device, tcfg.amp)
-        self.channels_last = self.cuda and tcfg.channels_last
+        self.channels_last = tcfg.channels_last
         self.label_columns = label_columns or DEFAULT_LABEL_COLUMNS
         self.consts = norm_constants(device)
         if self.cuda:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from crystalvision.accel import DeviceData
+from crystalvision.accel import HeldSplit, keep_split
 from crystalvision.config import TrainConfig
 from crystalvision.faults import maybe_exit_worker
 from crystalvision.loop import Engine, LoopState, dist_ready, fit
@@ -31,9 +31,6 @@ STATE_FILE = "state.pt"
 BEST_FILE = "best_model.pt"
 MLFLOW_FLUSH_TIMEOUT_S = 60.0  # how long the end of training waits for logging held back by an MLflow outage
 MLFLOW_WAIT_S = 5.0  # how long one logging call waits for an unreachable MLflow before training goes on
-
-DEVICE_DATA_MAX_BYTES = 4 * 1024**3  # device_data=auto keeps a worker's split on its GPU up to this size
-HOST_DATA_MAX_BYTES = 1024**3  # ... and on a CPU worker in its own memory up to this size (later epochs skip Ray Data)
 
 
 def _check_device(tcfg: TrainConfig, device: torch.device) -> None:
@@ -76,37 +73,33 @@ def _setup_worker(config: dict[str, Any]) -> tuple[int, Engine]:
 
 def _data_sources(config: dict[str, Any], engine: Engine):
     """Per-epoch train batches and validation batches of this worker's Ray Data shards: read once and then held
-    (on the GPU, or in host memory on CPU workers, up to :data:`HOST_DATA_MAX_BYTES`) when ``device_data`` says so,
-    so later epochs do no Ray Data work at all; else streamed (prefetched, pinned host memory on CUDA)."""
+    (on the GPU, or in host memory on CPU workers up to ``train.host_data_max_mb``) when ``device_data`` says so,
+    so later epochs do no Ray Data work and decode nothing; else streamed each epoch (prefetched, pinned host
+    memory on CUDA)."""
     import ray.train
 
     tcfg, device, rank = engine.tcfg, engine.device, engine.rank
     shards = {k: ray.train.get_dataset_shard(k) for k in ("train", "val")}
     per_worker = config["n_images"] * config["spec"]["image_size"] ** 2 * 3 / engine.world
-    budget = DEVICE_DATA_MAX_BYTES if engine.cuda else HOST_DATA_MAX_BYTES
-    on_device = tcfg.device_data == "on" or (tcfg.device_data == "auto" and per_worker <= budget)
-    columns = ["image", *TARGET_COLUMNS.values()]
-    cache: dict[str, DeviceData] = {}
+    keep = keep_split(tcfg, per_worker, engine.cuda)
+    log.info("rank %d: decoded split %.0f MiB, held in memory: %s", rank, per_worker / 2**20, keep)
 
-    def stream(name: str, **kw):
-        return shards[name].iter_torch_batches(device=device, pin_memory=engine.cuda, prefetch_batches=2, **kw)
+    def reader(name: str):
+        def read(batch_size: int, seed: int | None):
+            kw = {} if seed is None else {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": seed}
+            return shards[name].iter_torch_batches(
+                device=device, pin_memory=engine.cuda, prefetch_batches=2, batch_size=batch_size, **kw
+            )
 
-    def held(name: str) -> DeviceData:
-        if name not in cache:
-            cache[name] = DeviceData(stream(name, batch_size=256), device, columns[1:])
-        return cache[name]
+        return read
+
+    held = {k: HeldSplit(reader(k), device, TARGET_COLUMNS.values(), keep) for k in shards}
 
     def train_batches(epoch: int):
-        seed = tcfg.seed + 1000 * epoch + rank
-        if on_device:
-            return held("train").batches(tcfg.batch_size, seed=seed)
-        return stream(
-            "train", batch_size=tcfg.batch_size, local_shuffle_buffer_size=4 * tcfg.batch_size, local_shuffle_seed=seed
-        )
+        return held["train"].batches(tcfg.batch_size, seed=tcfg.seed + 1000 * epoch + rank)
 
     def val_batches():
-        size = max(tcfg.batch_size, 64)
-        return held("val").batches(size) if on_device else stream("val", batch_size=size)
+        return held["val"].batches(max(tcfg.batch_size, 64))
 
     return train_batches, val_batches
 
