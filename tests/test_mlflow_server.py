@@ -110,7 +110,9 @@ def _post(url: str, path: str, auth: tuple[str, str], **body: str) -> int:
 
 
 def test_production_mode_on_postgres_requires_auth_and_stores_artifacts_in_s3(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres: PostgresServer  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    postgres: PostgresServer,  # noqa: F811
 ):
     """Production mode against a real PostgreSQL server (tracking and auth databases) and moto S3; the database
     password never appears on any process's command line or in the log. The auth database's password holds '@' and
