@@ -207,6 +207,96 @@ def gpu_rows(store, quick: bool) -> list[dict]:
     return rows
 
 
+# ---- the CPU train step: today's NCHW path vs channels-last, interleaved in one process --------------------------
+
+FOLD_IMAGES = 5650  # one fold's training images in the space study: 883 structures x 8 views x 0.8
+
+
+def _timed_steps(engines: dict, threads: dict[str, int], batch: dict, steps: int, block: int = 3) -> dict[str, float]:
+    """Median images/s of each engine's train step on the same batch; engines take turns in blocks of ``block``
+    steps (each at its own thread count), so a load change on a shared machine hits all of them alike."""
+    import statistics
+
+    import torch
+
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    for round_ in range(1 + -(-steps // block)):
+        for name, engine in engines.items():
+            torch.set_num_threads(threads[name])
+            images, targets = engine.inputs(batch)
+            for _ in range(block):
+                start = time.perf_counter()
+                engine.step(images, targets)
+                if round_:  # the first round warms up (oneDNN primitives, allocator)
+                    times[name].append(time.perf_counter() - start)
+    return {k: len(batch["image"]) / statistics.median(v) for k, v in times.items()}
+
+
+def _decode_seconds(n: int, size: int) -> float:
+    """Seconds to decode ``n`` images from their shard frames (what every epoch pays without the held split)."""
+    from crystalvision import shards
+
+    frames = [shards.compress(img) for img in _images(256, size)]
+    start = time.perf_counter()
+    for frame in frames:
+        shards.pixels(frame, size)
+    return (time.perf_counter() - start) * n / len(frames)
+
+
+def cpu_step(quick: bool = False) -> list[dict]:
+    """The training core's CPU train step at 64 px, batch 16, fp32, eager: today's NCHW layout ("old") against
+    channels-last model and batches ("new"), at 1 and 2 threads (quick: 1), interleaved in this one process; ratios
+    new/old (goal: >= 1.5), the epoch time of one space-study fold (5,650 training images) and what decoding them
+    costs."""
+    import torch
+
+    from crystalvision.config import TrainConfig
+    from crystalvision.loop import Engine
+    from crystalvision.model import CrystalNet
+    from crystalvision.targets import TARGET_COLUMNS
+
+    size, steps = 64, 12 if quick else 30
+    thread_counts = (1,) if quick else (1, THREADS)  # 1: a default Ray Train CPU worker (train.cpus_per_worker=1)
+    engines, threads = {}, {}
+    for layout, channels_last in (("old_nchw", False), ("new_channels_last", True)):
+        for n_threads in thread_counts:
+            torch.manual_seed(0)
+            tcfg = TrainConfig(batch_size=BATCH, channels_last=channels_last)
+            name = f"{layout}_{n_threads}t"
+            engines[name] = Engine(CrystalNet(_spec(size)), tcfg, torch.device("cpu"), label_columns=TARGET_COLUMNS)
+            threads[name] = n_threads
+    labels = {k: torch.from_numpy(v) for k, v in _labels(BATCH).items()}
+    batch = {"image": torch.from_numpy(_images(BATCH, size)), **labels}
+    load_before = os.getloadavg()[0]
+    speeds = _timed_steps(engines, threads, batch, steps)
+    load_after = os.getloadavg()[0]
+    note = (
+        f"CPU, batch {BATCH}, fp32 eager, median of {steps} steps each, engines interleaved in one process; "
+        f"load avg {load_before:.1f} -> {load_after:.1f}"
+    )
+    rows = [row("train_step_cpu", f"images_per_s_{k}_{size}px", v, "images/s", note) for k, v in speeds.items()]
+    for n_threads in thread_counts:
+        ratio = speeds[f"new_channels_last_{n_threads}t"] / speeds[f"old_nchw_{n_threads}t"]
+        metric = f"ratio_channels_last_vs_nchw_{n_threads}t_{size}px"
+        rows.append(row("train_step_cpu", metric, ratio, "x", f"same run, {n_threads} thread(s)", ">= 1.5"))
+    best = max((k for k in speeds if k.startswith("new")), key=speeds.get)
+    epoch_note = f"{FOLD_IMAGES:,} images / {best} images/s; train steps only (validation and first epoch's decode not)"
+    rows.append(
+        row("train_step_cpu", f"epoch_s_{FOLD_IMAGES}_images_{size}px", FOLD_IMAGES / speeds[best], "s", epoch_note)
+    )
+    decode_note = "decoding one fold's training images from shard frames; the held split pays it once per run"
+    rows.append(
+        row(
+            "train_step_cpu",
+            f"decode_s_{FOLD_IMAGES}_images_{size}px",
+            _decode_seconds(FOLD_IMAGES, size),
+            "s",
+            decode_note,
+        )
+    )
+    return rows
+
+
 def run(quick: bool = False) -> list[dict]:
     """Images/s of plain PyTorch vs Ray Train at 64 and 224 px (and 128 px) in one run, plus ratios (goal: 1
     worker >= 0.9x the plain loop at every size); 2 workers too except at 224 px in quick mode; GPU rows (224 px,
@@ -238,7 +328,7 @@ def run(quick: bool = False) -> list[dict]:
                 goal = ">= 0.9" if name == "ray_1w" else ""
                 rows.append(row("train_step", f"ratio_{name}_vs_plain_{size}px", ratio, "x", "same run", goal))
         rows += gpu_rows(store, quick)
-    return rows
+    return rows + cpu_step(quick)
 
 
 if __name__ == "__main__":
