@@ -7,6 +7,7 @@ run. The default run is sized to finish in about 15 minutes on 2 CPU cores; ``--
 
     python -m bench.run_all [--quick] [--out bench/results/bench.json]
     python -m bench.run_all --only render_bench.ray_simulated --merge --readme README.md   # refresh one part
+    python -m bench.run_all --only train_bench.cpu_step --merge --readme README.md   # CPU step: NCHW vs channels-last
 """
 
 from __future__ import annotations

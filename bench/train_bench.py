@@ -6,7 +6,8 @@ synthetic images with the same total number of CPU threads (2). The plain loop i
 in memory; Ray Train reads the images from an image shard (the render job's default layout, ``read_parquet``;
 ``crystalvision.train.train_model``) and reports
 ``train_images_per_s`` (global images/s of the training steps after each epoch's first, validation and
-checkpointing excluded). Ratios compare configurations from this run only.
+checkpointing excluded). Ratios compare configurations from this run only. :func:`cpu_step` (also its own part,
+``--only train_bench.cpu_step``) times the training core's CPU step in today's NCHW layout against channels-last.
 
 ``python -m bench.train_bench [--quick]`` prints a table and writes ``bench/results/train.json``.
 """
