@@ -247,3 +247,95 @@ def test_promotion_on_a_test_metric_is_refused() -> None:
     with pytest.raises(ValueError, match="promote_metric 'test_score'.*val_score"):
         PipelineConfig(name="t", registry={"promote_metric": "test_score"})
     assert PipelineConfig(name="t").registry.promote_metric == "val_score"
+
+
+_RACER = """
+import json, sys, time
+from pathlib import Path
+from mlflow import MlflowClient
+from crystalvision import registry
+from crystalvision.config import PipelineConfig
+
+folder, me, shared, own, delay = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+
+
+def barrier(phase):
+    (folder / f"{phase}.{me}").touch()
+    deadline = time.time() + 120
+    while len(list(folder.glob(f"{phase}.*"))) < 2:
+        assert time.time() < deadline, phase
+        time.sleep(0.05)
+
+
+search = MlflowClient.search_model_versions
+def search_then_wait(self, *args, **kwargs):  # both looked for the shared run's version before either registers
+    found = search(self, *args, **kwargs)
+    if shared in str(args) + str(kwargs) and not (folder / f"searched.{me}").exists():
+        barrier("searched")
+    return found
+MlflowClient.search_model_versions = search_then_wait
+
+set_alias = MlflowClient.set_registered_model_alias
+def slow_champion_write(self, name, alias, version):  # the two champion writes land one after the other
+    if alias == "champion":
+        time.sleep(delay)
+    return set_alias(self, name, alias, version)
+MlflowClient.set_registered_model_alias = slow_champion_write
+
+def evaluator(cfg, champion, metric):  # both read champion v1 and decide before either moves it
+    barrier("decided")
+    return 0.5
+
+cfg = PipelineConfig(name="t", registry={"model_name": "race"})
+out = [registry.register_and_promote(cfg, run, evaluator=evaluator) for run in (shared, own)]
+print("DECISIONS " + json.dumps(out, default=str), flush=True)
+"""
+
+
+def test_two_processes_registering_at_once_against_a_server(env, tmp_path, monkeypatch) -> None:
+    """Two real processes against a real MLflow server: the same run registered by both at once keeps one version,
+    and of two better challengers decided against champion v1 at the same time only one is promoted; the other is
+    refused (it was never compared with the first), and the champion is the one that reported "promoted"."""
+    import os
+    import subprocess
+    import sys
+
+    from crystalvision.registry_cas import LOCK_SUFFIX
+    from crystalvision.settings import get_settings
+
+    from .support.procs import free_port, start_embedded_mlflow, stop_group
+
+    port = free_port()
+    server = start_embedded_mlflow(tmp_path / "server-home", port, tmp_path / "mlflow.log")
+    procs: list[subprocess.Popen] = []
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        get_settings.cache_clear()
+        use_test_tracking()
+        cfg = PipelineConfig(name="t", registry={"model_name": "race"})
+        assert registry.register_and_promote(cfg, env(0.50), evaluator=_never_evaluate)["promoted"]  # v1
+        shared = env(0.30)  # same split, worse: both processes register it at once
+        other = {**SPLIT, "cfg.split.seed": "1"}  # another split: the champion is re-evaluated (0.5)
+        own = {"a": env(0.90, other), "b": env(0.80, other)}
+        (tmp_path / "barrier").mkdir()
+        for me, delay in (("a", "1"), ("b", "3")):
+            args = [str(tmp_path / "barrier"), me, shared, own[me], delay]
+            procs.append(subprocess.Popen([sys.executable, "-c", _RACER, *args], env=dict(os.environ),
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+        decisions = [json.loads(o.split("DECISIONS ", 1)[1])[1] for o in outs]
+
+        client = MlflowClient()
+        assert len(client.search_model_versions(f"name='race' and run_id='{shared}'")) == 1
+        promoted = [d for d in decisions if d["promoted"]]
+        assert len(promoted) == 1, decisions
+        refused = next(d for d in decisions if not d["promoted"])
+        assert refused["conflict"] and "moved from v1" in refused["reason"]
+        assert _aliases("race")["champion"] == promoted[0]["challenger_version"]
+        assert not client.search_registered_models(f"name='race{LOCK_SUFFIX}'"), "the lock is released"
+    finally:
+        for p in procs:
+            p.kill()
+        stop_group(server)
+        get_settings.cache_clear()

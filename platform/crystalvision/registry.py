@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from crystalvision import gate
 from crystalvision.config import PipelineConfig
 from crystalvision.errors import CrystalVisionError, ModelError
+from crystalvision.registry_cas import newest_forward, promotion_lock, register_once, versions_of_run
 from crystalvision.tracking import CHALLENGER, CHAMPION
 
 if TYPE_CHECKING:
@@ -199,11 +200,8 @@ def _record(client: MlflowClient, run_id: str, mv: ModelVersion, decision: dict[
 
 def _existing_version(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
     """The version already registered from ``run_id`` under ``name`` (registration is idempotent), or None."""
-    try:
-        found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    except MlflowException:  # no such registered model yet
-        return None
-    return min(found, key=lambda v: int(v.version)) if found else None
+    found = versions_of_run(client, name, run_id)
+    return found[0] if found else None
 
 
 def _recorded_decision(client: MlflowClient, run_id: str, mv: ModelVersion) -> dict[str, Any] | None:
@@ -222,14 +220,15 @@ def _version_of(mv: ModelVersion | None) -> str | None:
 
 
 def move_alias(client: MlflowClient, name: str, alias: str, expected: str | None, new: str) -> str | None:
-    """Compare-and-set: point ``alias`` at ``new`` only if it still points at ``expected`` (re-read just before
-    the write, checked again after it). Returns None on success, else the version that moved it meanwhile."""
-    current = _version_of(_alias_version(client, name, alias))
-    if current != expected:
-        return current
-    client.set_registered_model_alias(name, alias, new)
-    after = _version_of(_alias_version(client, name, alias))
-    return None if after == new else after
+    """Compare-and-set: point ``alias`` at ``new`` only if it still points at ``expected``, under the model's
+    promotion lock (so no other registration moves it between the check and the write). Returns None on success,
+    else the version that moved it meanwhile."""
+    with promotion_lock(client, name):
+        current = _version_of(_alias_version(client, name, alias))
+        if current != expected:
+            return current
+        client.set_registered_model_alias(name, alias, new)
+    return None
 
 
 def register_and_promote(
@@ -258,8 +257,9 @@ def register_and_promote(
             log.info("run %s is already registered as %s v%s; not registering again", run_id, name, mv.version)
             return done | {"already_registered": True}
     else:
-        mv = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name)
-    client.set_registered_model_alias(name, CHALLENGER, mv.version)
+        mv = register_once(client, name, run_id, f"runs:/{run_id}/{MODEL_ARTIFACT}")
+    with promotion_lock(client, name):  # the challenger is the newest version: it never moves back
+        newest_forward(client, name, CHALLENGER, str(mv.version), _version_of(_alias_version(client, name, CHALLENGER)))
     champion = _alias_version(client, name, CHAMPION)
     decision: dict[str, Any] = {
         "model_name": name,
