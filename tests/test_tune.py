@@ -36,3 +36,72 @@ def test_space_config_and_concurrency() -> None:
     assert cvtune.max_concurrent_trials(cfg, {"CPU": 64}) == 2
     gpu = cfg.model_copy(update={"train": cfg.train.model_copy(update={"use_gpu": True, "num_workers": 2})})
     assert cvtune.max_concurrent_trials(gpu, {"CPU": 64, "GPU": 2}) == 1
+
+
+def _prepared(tmp_path, **spec_update):
+    from crystalvision.dataset import load_labels, split_frame
+    from crystalvision.model import ModelSpec
+    from crystalvision.prepare import Prepared
+    from crystalvision.storage import ObjectStore
+
+    from .support.toy import SPACEGROUPS, SYSTEMS, write_toy_dataset
+
+    store = ObjectStore(str(tmp_path / "store"))
+    key = write_toy_dataset(store, n_structures=6, views=1, size=SIZE)
+    cfg = _cfg()
+    spec = ModelSpec(crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=SIZE, **spec_update)
+    return Prepared(cfg, store, split_frame(load_labels(store, key), cfg.split), spec, labels_key=key)
+
+
+def test_sweeps_and_runs_are_keyed_by_data_and_code(tmp_path, monkeypatch) -> None:
+    """The same config on another snapshot (or labels table, or split) is another sweep; a code change is another
+    Ray Train run (its checkpoints are not resumed)."""
+    from crystalvision import train
+
+    base = _prepared(tmp_path, snapshot_sha256="a" * 64)
+    assert cvtune.sweep_name(base) == cvtune.sweep_name(_prepared(tmp_path / "again", snapshot_sha256="a" * 64))
+    other_snapshot = _prepared(tmp_path / "other", snapshot_sha256="b" * 64)
+    other_labels = base.with_config(base.cfg)
+    other_labels.labels_key = "labels-other.parquet"
+    other_split = base.with_config(base.cfg.model_copy(update={"split": base.cfg.split.model_copy(update={"seed": 7})}))
+    names = {cvtune.sweep_name(p) for p in (base, other_snapshot, other_labels, other_split)}
+    assert len(names) == 4 and all(n.startswith("tune-tunetest-") for n in names)
+
+    before = train.run_name(base)
+    monkeypatch.setattr(train, "code_version", lambda: "0.1.0+changed")
+    assert train.run_name(base) != before
+
+
+_RUN_HOLDER = """
+import sys, time
+from pathlib import Path
+from crystalvision.lease import acquire
+lease = acquire(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_process_cannot_write_the_same_ray_train_run(tmp_path, cv_home) -> None:
+    """Two identical pipelines at once (a retried job and a manual run): the second stops before Ray Train starts,
+    naming the process that writes the run's checkpoints."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    from crystalvision import train
+    from crystalvision.lease import LockedError
+
+    prepared = _prepared(tmp_path)
+    lock = train.run_lock_path(train.run_name(prepared))
+    holder = subprocess.Popen([sys.executable, "-c", _RUN_HOLDER, str(lock)], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ))  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockedError, match=rf"pid {holder.pid} on .*wait for it to finish"):
+            train.train_model(prepared)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

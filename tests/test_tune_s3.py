@@ -106,8 +106,18 @@ def _tune_process(s3: S3Server, home: Path, log_path: Path) -> subprocess.Popen:
     })  # fmt: skip
 
 
+def _sweep_in(log_path: Path) -> str:
+    """The sweep's name as its driver logged it (named from the data's content digest), '' before that."""
+    import re
+
+    found = re.search(r"sweep (tune-[\w.-]+): \d+ trials", log_path.read_text() if log_path.exists() else "")
+    return found.group(1) if found else ""
+
+
 def _saved_state(s3: S3Server, sweep: str) -> str:
     """The text of the sweep's newest experiment state in the bucket ('' while there is none)."""
+    if not sweep:
+        return ""
     keys = [k for k in s3.keys(f"{PREFIX}/{sweep}/") if k.rsplit("/", 1)[-1].startswith("experiment_state")]
     if not keys:
         return ""
@@ -126,15 +136,12 @@ def _parent_runs(client: MlflowClient, sweep: str) -> list:
 
 
 def test_tune_on_s3_is_restored_from_the_bucket_after_the_driver_is_killed(tmp_path: Path) -> None:
-    from crystalvision.config import load_pipeline
-    from crystalvision.tune import sweep_name
-
-    sweep = sweep_name(load_pipeline(ROOT / "pipelines/quickstart.yaml", TUNE_OVERRIDES))
-    home = tmp_path / "home"
+    home, first_log = tmp_path / "home", tmp_path / "first.log"
     with moto_s3("cv-tune") as s3:
         # one trial finished, and the state saved in the bucket says so
-        _kill_sweep_when(_tune_process(s3, home, tmp_path / "first.log"), tmp_path / "first.log",
-                         lambda: "TERMINATED" in _saved_state(s3, sweep), "no trial finished in time")  # fmt: skip
+        one_finished = lambda: "TERMINATED" in _saved_state(s3, _sweep_in(first_log))  # noqa: E731
+        _kill_sweep_when(_tune_process(s3, home, first_log), first_log, one_finished, "no trial finished in time")
+        sweep = _sweep_in(first_log)
         assert "SUMMARY" not in (tmp_path / "first.log").read_text(), "killed mid-sweep, not after it"
         keys = s3.keys(f"{PREFIX}/")
         assert any(k.startswith(f"{PREFIX}/{sweep}/experiment_state") for k in keys), "Tune's state lives in S3"

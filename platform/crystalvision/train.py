@@ -10,6 +10,7 @@ the same ``name`` and storage path resumes the run the same way.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -28,6 +29,7 @@ from crystalvision.config import TrainConfig
 from crystalvision.dataset import Splits, to_ray_dataset
 from crystalvision.errors import ConfigError
 from crystalvision.faults import train_fault
+from crystalvision.lease import LockedError, holder, lease_lock, renewed_on_progress
 from crystalvision.loop import EvalAccumulator, LoopState, NonFiniteLossError, multitask_loss  # noqa: F401 - re-exported
 from crystalvision.model import CrystalNet, ModelSpec, save_model
 from crystalvision.settings import get_settings
@@ -184,20 +186,44 @@ def _require_gpus(workers: int) -> None:
         )
 
 
-def run_name(prepared: Prepared) -> str:
-    """The Ray Train run name of ``prepared``'s training, derived from its content: config hash, snapshot sha,
-    labels table, the split's images and the fold. A relaunch of the same pipeline after a crash gets the same
-    name and resumes from its latest checkpoint; any change in content starts a new run."""
+@functools.cache
+def code_version() -> str:
+    """The package version and a hash of its Python sources: a code change starts new runs instead of resuming
+    checkpoints written by other code."""
+    import crystalvision
+
+    package = Path(crystalvision.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return f"{crystalvision.__version__}+{digest.hexdigest()[:12]}"
+
+
+def content_digest(prepared: Prepared) -> str:
+    """What a training run is made of: config hash, snapshot sha, labels table, the split's images, the fold and the
+    code version (16 hex digits). Train runs and Tune sweeps are named from it."""
     cfg, splits = prepared.cfg, prepared.splits
     snapshot = prepared.snapshot.manifest.content_sha256 if prepared.snapshot is not None else None
     fold = getattr(splits, "fold", None)
     parts = [cfg.config_hash(), snapshot or prepared.spec.snapshot_sha256 or "", prepared.labels_key or ""]
-    parts += [splits.protocol, str(splits.seed), str(fold)]
+    parts += [splits.protocol, str(splits.seed), str(fold), code_version()]
     for _, df in splits.items():
         keys = df.get("image_key", df.index)
         parts.append(hashlib.sha256("\n".join(sorted(map(str, keys))).encode()).hexdigest())
-    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-    return f"{cfg.name}-{digest}" + (f"-fold{fold}" if fold is not None else "")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def run_name(prepared: Prepared) -> str:
+    """The Ray Train run name of ``prepared``'s training, from :func:`content_digest`. A relaunch of the same
+    pipeline after a crash gets the same name and resumes from its latest checkpoint; any change in content or code
+    starts a new run."""
+    fold = getattr(prepared.splits, "fold", None)
+    return f"{prepared.cfg.name}-{content_digest(prepared)}" + (f"-fold{fold}" if fold is not None else "")
+
+
+def run_lock_path(name: str) -> Path:
+    """The lease lock on Ray Train run ``name`` (under ``CRYSTALVISION_HOME``): one writer of its checkpoints."""
+    return get_settings().paths.home / "locks" / "train" / f"{name}.lock"
 
 
 def train_model(
@@ -227,9 +253,16 @@ def train_model(
         len(splits.train),
         len(splits.val),
     )
+    lock = run_lock_path(name)
     try:
-        with trainprogress.reporting(cfg.train.epochs) as shown:
-            result = make_trainer(prepared, run_id, name, [*(callbacks or []), *shown], tracking_uri).fit()
+        with lease_lock(lock) as lease:
+            if lease is None:
+                raise LockedError(
+                    f"Ray Train run {name} is being written by another process ({holder(lock)}; lock {lock}); "
+                    "wait for it to finish, or stop it and run again (this run then resumes its checkpoints)"
+                )
+            with renewed_on_progress(lease), trainprogress.reporting(cfg.train.epochs) as shown:
+                result = make_trainer(prepared, run_id, name, [*(callbacks or []), *shown], tracking_uri).fit()
     except Exception as exc:  # Ray wraps the worker's error; surface a diverged run as its own clear error
         diverged = re.search(r"training diverged: [^\n]*", str(exc))
         if diverged:

@@ -6,8 +6,9 @@ to Tune with ``TuneReportCallback``. The search space is the learning rate (log-
 trials when ``tune.search == "optuna"``. Concurrency is bounded by the cluster's CPUs (and GPUs).
 
 MLflow: one parent run per sweep, each trial a nested child run (params, per-epoch metrics, the trained model as a
-pyfunc); the best trial's config and metrics go on the parent. The sweep is named after the config hash, so
-running the same config again resumes an interrupted sweep with ``Tuner.restore`` (and reuses its parent run).
+pyfunc); the best trial's config and metrics go on the parent. The sweep is named after the content digest that
+names Ray Train runs (config, snapshot, labels, split, code), so running the same config on the same data again
+resumes an interrupted sweep with ``Tuner.restore`` (and reuses its parent run); new data starts a new sweep.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from crystalvision.config import TARGETS, PipelineConfig
 from crystalvision.prepare import Prepared, prepare
 from crystalvision.settings import get_settings
 from crystalvision.tracking import PARENT_TAG, TRIAL_TAG, child_run, close_child_runs, start_parent_run
-from crystalvision.train import ray_storage
+from crystalvision.train import content_digest, ray_storage
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,10 @@ def max_concurrent_trials(cfg: PipelineConfig, resources: dict[str, float]) -> i
     return max(1, min(cfg.tune.max_concurrent, bound))
 
 
-def sweep_name(cfg: PipelineConfig) -> str:
-    """Stable per config: the same config resumes the same sweep."""
-    return f"tune-{cfg.name}-{cfg.config_hash()[:10]}"
+def sweep_name(prepared: Prepared) -> str:
+    """From the content, as Ray Train run names are (:func:`crystalvision.train.content_digest`: config, snapshot,
+    labels, split, code): the same content resumes the same sweep, new data or code starts a new one."""
+    return f"tune-{prepared.cfg.name}-{content_digest(prepared)}"
 
 
 # ---- inside a trial (a Ray actor) ---------------------------------------------------------------------------------
@@ -249,7 +251,7 @@ def tune_model(
     cfg = prepared.cfg
     experiment_id = tracking.configure_mlflow()
     client = MlflowClient()
-    sweep = sweep_name(cfg)
+    sweep = sweep_name(prepared)
     context = context or (lambda: tracking.log_params_safe(tracking.flatten(cfg.model_dump(mode="json"), prefix="cfg")))
     parent_id = start_parent_run(client, experiment_id, sweep, tags, context)
     parent = client.get_run(parent_id)
