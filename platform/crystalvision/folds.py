@@ -12,8 +12,8 @@ are plain stratified k-fold over images (the study's leaky protocol, for compari
 Classes present in a fold's test part but absent from its training part are logged and kept on the fold
 (:attr:`FoldSplits.unseen_classes`): the model cannot predict them there. The fold's *ceiling*
 (:func:`ceiling_metrics`) is the share of its test structures whose class its training part has, i.e. the best
-accuracy a classifier trained on that part can reach. :func:`split_plan` describes the folds of a structure table
-without rendering (``crystalvision pipeline validate``).
+accuracy of a classifier that predicts only classes it was trained on. :func:`split_plan` describes the folds of a
+structure table without rendering (``crystalvision pipeline validate``).
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def unseen_classes(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, list[st
 
 def ceiling_metrics(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
     """Per head: ``unseen_share_<head>`` (test structures whose class ``train`` lacks) and ``ceiling_acc_<head>``
-    (1 minus that: the best accuracy a classifier trained on ``train`` can reach on ``test``)."""
+    (1 minus that: the best accuracy on ``test`` of a classifier that predicts only the classes of ``train``)."""
     if not len(test):
         return {}
     tests = test.drop_duplicates("material_id")
