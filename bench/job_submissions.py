@@ -57,6 +57,8 @@ TINY = (
     "registry.model_name=bench-job-submissions",
 )
 RUN_TIMEOUT_S = 900
+NO_AGENT = "No available agent to submit job"
+AGENT_TRIES = 24
 README = ROOT / "README.md"
 README_CLUSTER = "A local two-node cluster to try it"  # the sentence that introduces README's cluster block
 
@@ -139,11 +141,19 @@ def submit_once(cluster: Cluster, index: int, work: Path, config: str, overrides
     ]
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    try:
-        done = subprocess.run(cmd, cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-        rc, text = done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired as exc:
-        rc, text = 124, f"{exc.stdout or ''}{exc.stderr or ''}\n(timed out after {RUN_TIMEOUT_S} s)"
+    for attempt in range(AGENT_TRIES):  # a cluster that just started may have no job agent yet: no job started
+        cmd[cmd.index(next(a for a in cmd if a.startswith("--submission-id=")))] = (
+            f"--submission-id=bench-{index:02d}-{int(time.time())}-{attempt}"
+        )
+        try:
+            done = subprocess.run(cmd, cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+            rc, text = done.returncode, done.stdout + done.stderr
+        except subprocess.TimeoutExpired as exc:
+            rc, text = 124, f"{exc.stdout or ''}{exc.stderr or ''}\n(timed out after {RUN_TIMEOUT_S} s)"
+        if NO_AGENT not in text:
+            break
+        time.sleep(5)
+        start = time.perf_counter()
     wall = time.perf_counter() - start
     (run_dir / "job.log").write_text(text)
     markers = [m for m in CRASH_MARKERS if m in text]
