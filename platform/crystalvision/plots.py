@@ -193,11 +193,26 @@ def learning_curve_plot(record: dict, path: str | Path) -> Path:
             lo = np.array([c["lo"] for c in cells], dtype=float)
             hi = np.array([c["hi"] for c in cells], dtype=float)
             err = np.vstack([np.where(np.isfinite(lo), y - lo, 0.0), np.where(np.isfinite(hi), hi - y, 0.0)])
-            ax.errorbar(x * (1 + 0.03 * (j - 1.5)), y, yerr=np.clip(err, 0, None), marker="o", ms=4, capsize=2,
-                        lw=1.2, label=method)
+            ax.errorbar(
+                x * (1 + 0.03 * (j - 1.5)),
+                y,
+                yerr=np.clip(err, 0, None),
+                marker="o",
+                ms=4,
+                capsize=2,
+                lw=1.2,
+                label=method,
+            )
         ax.set_xscale("log")
+        ax.set_xticks(x, [f"{v:.0f}" for v in x])
+        ax.minorticks_off()
         ax.set_xlabel("training structures per fold")
-        ax.set_ylabel("accuracy" if metric == "acc" else "R² (pooled out of fold)")
+        ax.set_ylabel("accuracy (pooled out of fold)" if metric == "acc" else "R² (pooled out of fold)")
+        if metric == "r2":  # a constant or a poor fit goes far below 0: keep the useful range readable
+            ax.set_ylim(max(ax.get_ylim()[0], -1.0), 1.0)
+            ax.axhline(0.0, color="k", lw=0.6)
+        else:
+            ax.set_ylim(0.0, 1.0)
         ax.set_title(head.replace("_", " "))
         ax.grid(alpha=0.3, which="both")
     if methods:
