@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from crystalvision import folds
 from crystalvision import learning_curve as lc
 from crystalvision.config import PipelineConfig, SplitConfig
 from crystalvision.errors import ConfigError
@@ -29,7 +30,7 @@ def _train(n: int = 120, views: int = 3, seed: int = 0) -> pd.DataFrame:
 def test_subsets_are_nested_and_keep_class_shares() -> None:
     train = _train()
     sizes = [10, 30, 60, 120]
-    subsets = [set(lc.subset_training(train, n, seed=3, fold=0)["material_id"]) for n in sizes]
+    subsets = [set(folds.subset_training(train, n, seed=3, fold=0)["material_id"]) for n in sizes]
     for small, big in itertools.pairwise(subsets):
         assert small < big
     assert [len(s) for s in subsets] == sizes
@@ -39,18 +40,18 @@ def test_subsets_are_nested_and_keep_class_shares() -> None:
     for cls, share in whole.items():
         assert abs(shares.get(cls, 0.0) - share) <= 1 / 30 + 1e-9, (cls, shares.get(cls, 0.0), share)
     # every view of a chosen structure comes along
-    assert len(lc.subset_training(train, 10, seed=3, fold=0)) == 30
+    assert len(folds.subset_training(train, 10, seed=3, fold=0)) == 30
 
 
 def test_order_depends_on_seed_only_through_the_seed() -> None:
     train = _train()
-    assert lc.nested_order(train, 1) == lc.nested_order(train.sample(frac=1.0, random_state=7), 1)
-    assert lc.nested_order(train, 1) != lc.nested_order(train, 2)
+    assert folds.nested_order(train, 1) == folds.nested_order(train.sample(frac=1.0, random_state=7), 1)
+    assert folds.nested_order(train, 1) != folds.nested_order(train, 2)
 
 
 def test_subset_larger_than_training_set_names_both_sizes() -> None:
     with pytest.raises(ConfigError, match=r"split.train_structures = 500 .* fold 2's training set \(120 structures\)"):
-        lc.subset_training(_train(), 500, seed=0, fold=2)
+        folds.subset_training(_train(), 500, seed=0, fold=2)
     with pytest.raises(ConfigError, match=r"\[900\] exceed the smallest fold's training set \(700 structures\)"):
         lc.check_sizes([62, 900], [706, 700, 710])
     assert lc.check_sizes([250, 62, 62, 125], [706]) == [62, 125, 250]
@@ -59,10 +60,10 @@ def test_subset_larger_than_training_set_names_both_sizes() -> None:
 def test_subset_folds_cuts_training_only() -> None:
     train, test = _train(60), _train(20, seed=5).assign(material_id=lambda d: "t" + d["material_id"])
     fold = FoldSplits(train, train.iloc[:0], test, protocol="grouped", seed=0, fold=1, n_folds=5)
-    (cut,) = lc.subset_folds([fold], SplitConfig(folds=5, train_structures=12))
+    (cut,) = folds.subset_folds([fold], SplitConfig(folds=5, train_structures=12))
     assert cut.train["material_id"].nunique() == 12 and cut.test is test and cut.fold == 1
     assert fold.train["material_id"].nunique() == 60  # the input fold is left as it was
-    (same,) = lc.subset_folds([fold], SplitConfig(folds=5))
+    (same,) = folds.subset_folds([fold], SplitConfig(folds=5))
     assert same is fold
     # the ceiling follows the smaller training part: test classes it lacks are unseen
     rare = train.assign(crystal_system="cubic").iloc[:3].assign(material_id="only-cubic")
@@ -75,7 +76,7 @@ def test_subset_folds_cuts_training_only() -> None:
         fold=0,
         n_folds=5,
     )
-    (cut2,) = lc.subset_folds([fold2], SplitConfig(folds=5, train_structures=5))
+    (cut2,) = folds.subset_folds([fold2], SplitConfig(folds=5, train_structures=5))
     assert "only-cubic" not in set(cut2.train["material_id"])  # seed 0 puts the one cubic structure late
     assert cut2.unseen_classes["crystal_system"] == ["cubic"]
 

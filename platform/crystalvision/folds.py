@@ -18,6 +18,7 @@ structure table without rendering (``crystalvision pipeline validate``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import warnings
@@ -260,6 +261,48 @@ def plan_text(plan: Mapping[str, Any], cfg: SplitConfig) -> str:
             if classes:
                 lines.append(f"      unseen in training ({head}): {', '.join(classes)}")
     return "\n".join(lines)
+
+
+def nested_order(train: pd.DataFrame, seed: int) -> list[str]:
+    """A fold's training structures in one seeded order whose every prefix keeps the crystal-system shares.
+
+    Each structure gets the key (rank within its class + U(0, 1)) / class size, after a seeded shuffle, and the
+    structures are sorted by it: a prefix of any length holds about the same share of every class as the whole."""
+    keys = train.drop_duplicates("material_id")[["material_id", "crystal_system"]].sort_values("material_id")
+    rng = np.random.default_rng(seed)
+    keys = keys.iloc[rng.permutation(len(keys))].reset_index(drop=True)
+    rank = keys.groupby("crystal_system").cumcount().to_numpy()
+    size = keys.groupby("crystal_system")["material_id"].transform("size").to_numpy()
+    order = np.argsort((rank + rng.random(len(keys))) / size, kind="stable")
+    return keys["material_id"].iloc[order].tolist()
+
+
+def subset_training(train: pd.DataFrame, n: int, seed: int, fold: int) -> pd.DataFrame:
+    """The first ``n`` structures of :func:`nested_order` (all their views); a ConfigError names both sizes."""
+    have = train["material_id"].nunique()
+    if n > have:
+        raise ConfigError(
+            f"split.train_structures = {n} is larger than fold {fold}'s training set ({have} structures); "
+            f"use sizes up to {have}, or fewer folds"
+        )
+    keep = set(nested_order(train, seed)[:n])
+    return train[train["material_id"].isin(keep)].reset_index(drop=True)
+
+
+def subset_folds(folds: Sequence[FoldSplits], split: SplitConfig) -> list[FoldSplits]:
+    """Each fold with its training part cut to ``split.train_structures`` (unchanged when that is unset): a point
+    of a learning curve. Test and validation stay as they are; the unseen test classes follow the smaller part."""
+    n = split.train_structures
+    if n is None:
+        return list(folds)
+    out = []
+    for f in folds:
+        train = subset_training(f.train, n, split.seed, getattr(f, "fold", 0))
+        cut = dataclasses.replace(f, train=train)
+        cut.unseen_classes = unseen_classes(train, cut.test)
+        out.append(cut)
+    log.info("learning curve point: %d training structures per fold (nested, seed %d)", n, split.seed)
+    return out
 
 
 def aggregate_folds(per_fold: Sequence[Mapping[str, float]]) -> dict[str, float]:

@@ -3,14 +3,14 @@
 ``learning_curve.sizes: [62, 125, 250, 500]`` runs the config's grouped k-fold pipeline once per size with
 ``split.train_structures`` set to it, and once with every training structure. Each fold keeps its test and
 validation structures at every size, so every point is scored on the same held-out structures; the training
-structures of a smaller size are a prefix of one seeded order (:func:`nested_order`), so the subsets are nested.
+structures of a smaller size are a prefix of one seeded order (:func:`crystalvision.folds.nested_order`), so the
+subsets are nested.
 Each point's pooled out-of-fold metrics (model, CGCNN, majority, 1-NN) come from the fold pipeline; this module
 collects them into ``learning_curve.json`` and a figure (:func:`plot_curve`, log x with 95 % error bars).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crystalvision.config import PipelineConfig, SplitConfig
+from crystalvision.config import PipelineConfig
 from crystalvision.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -31,51 +31,7 @@ CURVE_FILE = "learning_curve.json"
 FIGURE_FILE = "learning_curve.png"
 
 
-# ---------------------------------------------------------------------------------------------- subsets
-
-
-def nested_order(train: pd.DataFrame, seed: int) -> list[str]:
-    """A fold's training structures in one seeded order whose every prefix keeps the crystal-system shares.
-
-    Each structure gets the key (rank within its class + U(0, 1)) / class size, after a seeded shuffle, and the
-    structures are sorted by it: a prefix of any length holds about the same share of every class as the whole."""
-    keys = train.drop_duplicates("material_id")[["material_id", "crystal_system"]].sort_values("material_id")
-    rng = np.random.default_rng(seed)
-    keys = keys.iloc[rng.permutation(len(keys))].reset_index(drop=True)
-    rank = keys.groupby("crystal_system").cumcount().to_numpy()
-    size = keys.groupby("crystal_system")["material_id"].transform("size").to_numpy()
-    order = np.argsort((rank + rng.random(len(keys))) / size, kind="stable")
-    return keys["material_id"].iloc[order].tolist()
-
-
-def subset_training(train: pd.DataFrame, n: int, seed: int, fold: int) -> pd.DataFrame:
-    """The first ``n`` structures of :func:`nested_order` (all their views); a ConfigError names both sizes."""
-    have = train["material_id"].nunique()
-    if n > have:
-        raise ConfigError(
-            f"split.train_structures = {n} is larger than fold {fold}'s training set ({have} structures); "
-            f"use sizes up to {have}, or fewer folds"
-        )
-    keep = set(nested_order(train, seed)[:n])
-    return train[train["material_id"].isin(keep)].reset_index(drop=True)
-
-
-def subset_folds(folds: Sequence[Any], split: SplitConfig) -> list[Any]:
-    """Each fold with its training part cut to ``split.train_structures`` (unchanged when that is unset)."""
-    from crystalvision.folds import unseen_classes
-
-    n = split.train_structures
-    if n is None:
-        return list(folds)
-    out = []
-    for f in folds:
-        train = subset_training(f.train, n, split.seed, getattr(f, "fold", 0))
-        cut = dataclasses.replace(f, train=train)
-        if hasattr(cut, "unseen_classes"):  # test classes the smaller training part lacks
-            cut.unseen_classes = unseen_classes(train, cut.test)
-        out.append(cut)
-    log.info("learning curve point: %d training structures per fold (nested, seed %d)", n, split.seed)
-    return out
+# ---------------------------------------------------------------------------------------------- sizes
 
 
 def check_sizes(sizes: Sequence[int], fold_train_counts: Sequence[int]) -> list[int]:

@@ -105,8 +105,7 @@ def make_splits(store: ObjectStore, labels_key: str, split: SplitConfig, fold: i
 def make_folds(store: ObjectStore, labels_key: str, split: SplitConfig) -> list[Splits]:
     """The labels table's k folds (``split.folds`` / ``split.leave_one_out``; each structure tested once), each
     fold's training part cut to ``split.train_structures`` when set (a learning-curve point)."""
-    from crystalvision.folds import fold_splits
-    from crystalvision.learning_curve import subset_folds
+    from crystalvision.folds import fold_splits, subset_folds
 
     return subset_folds(fold_splits(load_labels(store, labels_key), split), split)
 
