@@ -118,3 +118,16 @@ def test_device_carry_data_step_renders_what_the_device_bench_reads(tmp_path: Pa
     )
     assert data["spacegroup_id"].min() >= 0 and data["spacegroup_id"].max() < len(spec.class_names["spacegroup"])
     assert np.isfinite(data["band_gap"]).all() and np.isfinite(data["energy_above_hull"]).all()
+
+
+@pytest.mark.slow
+def test_cpu_train_step_part_runs_old_and_new_side_by_side() -> None:
+    from bench import train_bench
+
+    rows = train_bench.cpu_step(quick=True)
+    metrics = {r["metric"] for r in rows}
+    assert {"images_per_s_old_nchw_1t_64px", "images_per_s_new_channels_last_1t_64px"} <= metrics  # quick: 1 thread
+    ratios = [r for r in rows if r["metric"].startswith("ratio_channels_last_vs_nchw")]
+    assert ratios and all(r["value"] > 0 and r["goal"] == ">= 1.5" for r in ratios)
+    n = train_bench.FOLD_IMAGES
+    assert {f"epoch_s_{n}_images_64px", f"decode_s_{n}_images_64px"} <= metrics
