@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterable
 
 from crystalvision.settings import secret_values
@@ -49,12 +50,25 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at each record (a test runner's or CliRunner's replacement too), so a
+    handler made while stderr was swapped never writes to a stream closed since."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the current sys.stderr always wins
+        pass
+
+
 def setup_logging(level: str | int | None = None) -> None:
     """Configure the root logger once: level from CRYSTALVISION_LOG_LEVEL (default INFO), secrets masked."""
     level = level or os.environ.get("CRYSTALVISION_LOG_LEVEL", "INFO")
     root = logging.getLogger()
     if not any(getattr(h, "_crystalvision", False) for h in root.handlers):
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(FORMAT))
         handler._crystalvision = True  # type: ignore[attr-defined]
         handler.addFilter(RedactSecrets())
