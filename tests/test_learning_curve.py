@@ -158,3 +158,39 @@ def test_space_table_script_renders_readme_rows_from_a_record(tmp_path) -> None:
     assert "| all (200) | image model | 0.65 [0.60, 0.71] |" in text and "| 50 | majority / mean |" in text
     assert "| majority / mean | +0.20 [+0.10, +0.30] |" in text
     assert (tmp_path / "fig.png").stat().st_size > 10_000
+
+
+def test_curve_record_script_rebuilds_a_stopped_curve_from_its_finished_runs(cv_home, tmp_path) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    import mlflow
+
+    from crystalvision import tracking
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("curve_record", root / "docs/study/curve_record.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    tracking.configure_mlflow()
+    runs = []
+    for n, acc in [(62, 0.4), (250, 0.7)]:
+        table = _oof_table(300, acc)
+        table.to_parquet(tmp_path / "oof_predictions.parquet")
+        with mlflow.start_run(run_name=f"space-curve-n{n}", tags={"kfold": "parent"}) as run:
+            mlflow.log_metrics({"pooled_n_structures": 300.0, "pooled_model_acc_crystal_system": acc})
+            mlflow.log_artifact(str(tmp_path / "oof_predictions.parquet"), artifact_path="evaluation")
+        runs += ["--run", f"{n}={run.info.run_id}"]
+    with mlflow.start_run(run_name="not-a-point") as other:
+        pass
+    out = tmp_path / "record"
+    args = [str(root / "pipelines/space-curve.yaml"), "--set", "evaluate.bootstrap_resamples=100", "--out", str(out)]
+    figure = module.main([*args, *runs])
+    record = json.loads((out / "learning_curve.json").read_text())
+    assert figure.is_file() and record["sizes"] == [62, 250] and record["pipeline"] == "space-curve"
+    values = [p["series"]["image model"]["crystal_system"]["value"] for p in record["points"]]
+    assert values[0] < 0.5 < values[1]
+    assert record["points"][1]["metrics"]["pooled_model_acc_crystal_system"] == 0.7
+    with pytest.raises(ConfigError, match="not a k-fold parent run"):
+        module.main([*args, "--run", f"62={other.info.run_id}"])

@@ -111,10 +111,7 @@ def run_learning_curve(cfg: PipelineConfig, out_dir: str | Path | None = None) -
         series = point_series(result.oof_table, cfg)
         points.append(CurvePoint(n, mean_n, result.run_id, dict(result.metrics), series))
     out = Path(out_dir) if out_dir else get_settings().paths.home / "learning-curves" / cfg.name
-    out.mkdir(parents=True, exist_ok=True)
-    record = curve_record(cfg, points)
-    (out / CURVE_FILE).write_text(json.dumps(record, indent=1, default=float))
-    figure = plot_curve(record, out / FIGURE_FILE)
+    record, figure = write_record(cfg, points, out)
     _log_to_mlflow(cfg, out)
     return CurveResult(cfg.name, points, record, figure)
 
@@ -192,3 +189,35 @@ def plot_curve(record: Mapping[str, Any], path: str | Path) -> Path:
     from crystalvision import plots
 
     return plots.learning_curve_plot(record, path)
+
+
+def points_from_runs(cfg: PipelineConfig, runs: Mapping[int | None, str]) -> list[CurvePoint]:
+    """Curve points rebuilt from finished k-fold parent runs (size -> MLflow run id): their pooled metrics and
+    ``evaluation/oof_predictions.parquet``. Records a curve whose later sizes did not run (stopped, or too long)."""
+    import tempfile
+
+    import mlflow
+
+    from crystalvision import tracking
+
+    tracking.configure_mlflow()
+    client = mlflow.MlflowClient()
+    points = []
+    for n, run_id in sorted(runs.items(), key=lambda kv: math.inf if kv[0] is None else kv[0]):
+        run = client.get_run(run_id)
+        if run.data.tags.get("kfold") != "parent":
+            raise ConfigError(f"run {run_id} is not a k-fold parent run (tag kfold=parent); give the curve point's run")
+        with tempfile.TemporaryDirectory() as tmp:
+            table = pd.read_parquet(client.download_artifacts(run_id, "evaluation/oof_predictions.parquet", tmp))
+        n_train = float(n) if n is not None else float(run.data.metrics.get("n_train_structures_mean", math.nan))
+        points.append(CurvePoint(n, n_train, run_id, dict(run.data.metrics), point_series(table, cfg)))
+    return points
+
+
+def write_record(cfg: PipelineConfig, points: Sequence[CurvePoint], out: str | Path) -> tuple[dict[str, Any], Path]:
+    """``learning_curve.json`` and its figure in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = curve_record(cfg, points)
+    (out / CURVE_FILE).write_text(json.dumps(record, indent=1, default=float))
+    return record, plot_curve(record, out / FIGURE_FILE)
