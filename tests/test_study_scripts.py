@@ -18,7 +18,7 @@ RECORDS = STUDY / "records"
 
 
 def script(name: str) -> ModuleType:
-    """Import ``docs/study/<name>.py`` under a private module name (``select`` would shadow the standard library)."""
+    """Import ``docs/study/<name>.py`` under a private module name (the script folder is not a package)."""
     spec = importlib.util.spec_from_file_location(f"study_{name}", STUDY / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -70,7 +70,7 @@ def test_first_numbers_measure_searches_all_structures() -> None:
 
 
 def test_select_picks_by_validation_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sel = script("select")
+    sel = script("select_recipe")
     runs = sorted((STUDY / "select").glob("*.json"))
     assert runs
     for path in runs:

@@ -14,19 +14,14 @@ Usage, from the repository root: ``python docs/study/first_numbers.py OUT_DIR [-
 ``graph-table`` markers).
 """
 
-# ruff: noqa: E402
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# this folder's select.py would shadow the standard library's select module (subprocess imports it)
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import json
 import logging
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -7,7 +7,7 @@ any candidate ran: the highest mean over folds of the validation accuracy of the
 training structures); on a tie, the earlier candidate (the simpler recipe comes first). Validation loss is not
 comparable across recipes with and without label smoothing, so it is not the rule.
 
-Usage: ``python docs/study/select.py BASE.json CAND.json ... [--sets]``: prints one Markdown row per candidate
+Usage: ``python docs/study/select_recipe.py BASE.json CAND.json ... [--sets]``: prints one Markdown row per candidate
 (validation and test numbers, the pick marked); ``--sets`` prints only the winner's ``--set`` options that are
 not about size or the epoch budget, to append to the final run's command.
 """
