@@ -9,7 +9,10 @@ local Ray cluster (``$TMPDIR/ray``) and pytest's temporary folders never meet an
 suite from CI's 1,248 s to about 950 s on 2 cores, but on 2 cores Ray Train then lost workers or a checkpoint
 registration in 1-2 of about 40 runs per suite, so CI runs one at a time; use ``-j 2`` on 4+ cores. The unit
 files in :data:`SHARED_PROCESS` (no Ray, no servers, no VTK) run together in one process: each file alone spent
-most of its 1-10 s on interpreter and import start-up. Other arguments go to every pytest call (``-x``, ``-k``).
+most of its 1-10 s on interpreter and import start-up. Files in :data:`LIGHT` (and the unit files) start no Ray
+cluster: they run in a second lane beside the Ray files (``--one-lane`` or ``CRYSTALVISION_TEST_LANES=1`` turns
+that off); a light file that did start Ray is named at the end. Other arguments go to every pytest call (``-x``,
+``-k``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +39,11 @@ SHARED_PROCESS = (  # start no Ray cluster, server or GL context: safe to share 
     "test_tracking.py", "test_tune.py", "test_job_driver.py", "test_cpu_step.py", "test_weights_only.py",
 )
 SHARED_NAME = "unit files"
+# start no Ray cluster (servers, helper processes and VTK are fine): they run in the second lane
+LIGHT = (
+    SHARED_NAME, "test_registry.py", "test_mlflow_server.py", "test_predict.py", "test_serve.py", "test_render.py",
+    "test_console.py", "test_bench.py", "test_distributed.py",
+)
 COUNTS = re.compile(r"(\d+) (passed|failed|error|errors|skipped|xfailed|xpassed)")
 
 
@@ -45,6 +53,7 @@ class FileResult:
     returncode: int
     output: str
     seconds: float
+    warnings: list[str] = field(default_factory=list)
 
 
 def _group_name(paths: list[Path]) -> str:
@@ -53,6 +62,13 @@ def _group_name(paths: list[Path]) -> str:
 
 
 def _run_one(paths: list[Path], pytest_args: list[str], tmpdir: Path) -> FileResult:
+    res = _run_pytest(paths, pytest_args, tmpdir)
+    if res.name in LIGHT and (tmpdir / "ray").exists():
+        res.warnings.append(f"{res.name} started a Ray cluster: take it out of LIGHT in tests/run_files.py")
+    return res
+
+
+def _run_pytest(paths: list[Path], pytest_args: list[str], tmpdir: Path) -> FileResult:
     """Test files in one pytest process and TMPDIR (short: Ray's socket paths must stay < 108 bytes)."""
     tmpdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TMPDIR": str(tmpdir)}
@@ -79,6 +95,15 @@ def _counts(output: str) -> dict[str, int]:
     return out
 
 
+RECAP_CHARS = 6000
+
+
+def _failure_recap(res: FileResult) -> str:
+    """The end of a failed file's output, repeated last: CI logs are often read from the tail."""
+    tail = res.output[-RECAP_CHARS:]
+    return f"---- recap of {res.name} (last {len(tail)} characters of its output) ----\n{tail}"
+
+
 def _groups(files: list[Path]) -> list[list[Path]]:
     """One group per pytest process: the shared unit files together, every other file alone; longest first (known
     durations; unknown files count as long), so the last process to start is a short one."""
@@ -92,14 +117,26 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("CRYSTALVISION_TEST_JOBS", "1")))
     parser.add_argument("--record", action="store_true", help="rewrite tests/durations.json from this run")
+    parser.add_argument("--one-lane", action="store_true", default=os.environ.get("CRYSTALVISION_TEST_LANES") == "1",
+                        help="run the light files in the Ray files' lane, not beside them")  # fmt: skip
     args, pytest_args = parser.parse_known_args(argv)
     files = sorted((ROOT / "tests").glob("test_*.py"))
     groups = _groups(files)
     totals: dict[str, int] = {}
     results: list[FileResult] = []
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="cvt") as tmp, ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        futures = [pool.submit(_run_one, group, pytest_args, Path(tmp) / f"{i:02d}") for i, group in enumerate(groups)]
+    lanes = 1 if args.one_lane else 2
+    with (
+        tempfile.TemporaryDirectory(prefix="cvt") as tmp,
+        ThreadPoolExecutor(max(1, args.jobs)) as pool,
+        ThreadPoolExecutor(1) as light_pool,
+    ):
+        futures = [
+            (light_pool if lanes == 2 and _group_name(group) in LIGHT else pool).submit(
+                _run_one, group, pytest_args, Path(tmp) / f"{i:02d}"
+            )
+            for i, group in enumerate(groups)
+        ]
         for future in as_completed(futures):
             res = future.result()
             results.append(res)
@@ -117,7 +154,14 @@ def main(argv: list[str]) -> int:
     slowest = sorted(results, key=lambda r: -r.seconds)[:8]
     print("slowest files: " + ", ".join(f"{r.name} {r.seconds:.0f} s" for r in slowest))
     extra = "".join(f", {totals[k]} {k}" for k in ("skipped", "xfailed", "xpassed") if totals.get(k))
-    print(f"{len(files)} test files in {len(groups)} processes in {took:.0f} s, {args.jobs} at a time")
+    for res in results:
+        for warning in res.warnings:
+            print(f"warning: {warning}")
+    light = "" if lanes == 1 else ", the light files beside them"
+    print(f"{len(files)} test files in {len(groups)} processes in {took:.0f} s, {args.jobs} at a time{light}")
+    for res in sorted(results, key=lambda r: r.name):
+        if res.returncode not in (0, 5):
+            print(_failure_recap(res))
     if failed_files:
         print("files with failures: " + ", ".join(sorted(failed_files)))
     print(f"{totals.get('passed', 0)} passed, {totals.get('failed', 0)} failed{extra}")

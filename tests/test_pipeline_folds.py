@@ -1,6 +1,6 @@
-"""A tiny grouped k-fold pipeline run: parent + child runs, each structure tested once, pooled out-of-fold metrics
-with paired bootstrap intervals and mean ± std on the parent, leakage section and graph baseline in the reports, no
-registration; `pipeline validate` prints the resolved split."""
+"""A tiny grouped k-fold pipeline run and its learning curve: parent + child runs, each structure tested once,
+pooled out-of-fold metrics with paired bootstrap intervals and mean ± std on the parent, leakage section and graph
+baseline in the reports, no registration; `pipeline validate` prints the resolved split."""
 
 from __future__ import annotations
 
@@ -37,15 +37,46 @@ def _json(stdout: str) -> dict:
 
 
 @pytest.mark.slow
-def test_grouped_kfold_pipeline(cv_home: Path, tmp_path: Path) -> None:
-    args = ["pipeline", "run", str(ROOT / "pipelines/paper-grouped.yaml"), "--json"]
-    for item in TINY:
-        args += ["--set", item]
-    result = CliRunner().invoke(app, args)
+def test_grouped_kfold_pipeline_and_its_learning_curve(cv_home: Path, tmp_path: Path) -> None:
+    """`curve` at one size runs the grouped k-fold pipeline twice (1 training structure per fold, then all): the
+    full-size point is the plain grouped k-fold run, checked in full; the record holds both points."""
+    base = ["curve", str(ROOT / "pipelines/paper-grouped.yaml"), "--out", str(tmp_path / "curve")]
+    sets = [a for item in TINY for a in ("--set", item)]
+    # a size above the smallest fold's training set: one error naming both sizes, before any training
+    too_big = CliRunner().invoke(app, [*base, *sets, "--set", "learning_curve.sizes=[1, 50]"])
+    assert too_big.exit_code == 2, too_big.output
+    assert "[50] exceed the smallest fold's training set (2 structures)" in too_big.output
+    assert not (cv_home / "ray_results").exists()
+
+    result = CliRunner().invoke(app, [*base, *sets, "--set", "learning_curve.sizes=[1]"])
     assert result.exit_code == 0, result.output
-    summary = _json(result.stdout)
-    assert summary["registry"]["registered"] is False  # k-fold is an evaluation protocol
-    metrics = summary["metrics"]
+    record = json.loads((tmp_path / "curve" / "learning_curve.json").read_text())
+    assert (tmp_path / "curve" / "learning_curve.png").stat().st_size > 10_000
+    assert record["sizes"] == [1, None] and [p["n_train_mean"] for p in record["points"]] == [1.0, 2.0]
+    small, full = record["points"]
+    assert small["run_id"] != full["run_id"]
+    for point in record["points"]:  # the same 6 held-out structures at every size, each scored once
+        assert point["metrics"]["pooled_n_structures"] == 6
+        cell = point["series"]["image model"]["crystal_system"]
+        assert cell["lo"] <= cell["value"] <= cell["hi"]
+        assert point["series"]["majority / mean"]["crystal_system"]["value"] >= 0
+    mlflow.set_tracking_uri(f"sqlite:///{cv_home / 'mlflow.db'}")
+    client = MlflowClient()
+    every_child = client.search_runs([client.get_run(small["run_id"]).info.experiment_id], "tags.kfold = 'child'")
+    assert {r.data.params.get("cfg.split.train_structures") for r in every_child} == {"1", "None"}
+    assert client.search_registered_models() == []  # k-fold is an evaluation protocol: nothing registered
+    _check_grouped_kfold_run(client, full["run_id"], full["metrics"], tmp_path)
+
+
+def _check_grouped_kfold_run(client: MlflowClient, run_id: str, pooled: dict, tmp_path: Path) -> None:
+    """A grouped 2-fold parent run over 6 structures: fold statistics, pooled out-of-fold metrics with paired
+    bootstrap intervals, artifacts, child runs that test each structure once, `evaluate --run-id` on a fold.
+    ``pooled``: the pooled metrics the learning curve recorded for this run."""
+    parent = client.get_run(run_id)
+    assert parent.data.tags["kfold"] == "parent"
+    metrics = parent.data.metrics
+    recorded = {k: v for k, v in pooled.items() if k.startswith("pooled_")}
+    assert {k: metrics[k] for k in recorded} == pytest.approx(recorded, nan_ok=True) and recorded
     assert metrics["n_folds"] == 2
     for name in ("test_score", "test_acc_crystal_system", "test_struct_acc_crystal_system", "cgcnn_test_score"):
         assert {f"{name}_mean", f"{name}_std"} <= set(metrics), name
@@ -58,35 +89,21 @@ def test_grouped_kfold_pipeline(cv_home: Path, tmp_path: Path) -> None:
         key = f"pooled_diff_model_vs_{b}_acc_crystal_system"
         assert metrics[f"{key}_lo"] <= metrics[key] <= metrics[f"{key}_hi"], b
     assert "pooled_quaternary_n_structures" in metrics and "ceiling_acc_spacegroup_mean" in metrics
-    assert summary["pooled"]["metrics"]["pooled_model_acc_crystal_system"] == metrics["pooled_model_acc_crystal_system"]
 
-    mlflow.set_tracking_uri(f"sqlite:///{cv_home / 'mlflow.db'}")
-    client = MlflowClient()
-    parent = client.get_run(summary["run_id"])
-    assert parent.data.tags["kfold"] == "parent"
-    assert parent.data.metrics["test_score_mean"] == pytest.approx(metrics["test_score_mean"])
-    assert "test_acc_crystal_system_std" in parent.data.metrics
-    assert parent.data.metrics["pooled_diff_model_vs_dummy_acc_crystal_system_hi"] == pytest.approx(
-        metrics["pooled_diff_model_vs_dummy_acc_crystal_system_hi"]
-    )
-    assert {a.path for a in client.list_artifacts(parent.info.run_id, "evaluation")} >= {
+    assert {a.path for a in client.list_artifacts(run_id, "evaluation")} >= {
         "evaluation/folds_report.html",
         "evaluation/folds.json",
         "evaluation/oof_predictions.parquet",
         "evaluation/oof_predictions.csv",
     }
-    pooled = pd.read_parquet(client.download_artifacts(parent.info.run_id, "evaluation/oof_predictions.parquet",
-                                                       str(tmp_path)))  # fmt: skip
-    assert pooled["material_id"].is_unique and len(pooled) == 6 and set(pooled["fold"]) == {0, 1}
-    assert {"model__band_gap", "dummy__crystal_system", "1nn__spacegroup", "cgcnn__band_gap"} <= set(pooled)
-    folds_html = Path(client.download_artifacts(parent.info.run_id, "evaluation/folds_report.html", str(tmp_path)))
-    text = folds_html.read_text()
+    oof = pd.read_parquet(client.download_artifacts(run_id, "evaluation/oof_predictions.parquet", str(tmp_path)))
+    assert oof["material_id"].is_unique and len(oof) == 6 and set(oof["fold"]) == {0, 1}
+    assert {"model__band_gap", "dummy__crystal_system", "1nn__spacegroup", "cgcnn__band_gap"} <= set(oof)
+    text = Path(client.download_artifacts(run_id, "evaluation/folds_report.html", str(tmp_path))).read_text()
     assert "mean ± std over folds" in text and "±" in text and "CGCNN graph baseline" in text
     assert "Pooled out of fold" in text and "model − 1nn" in text and "quaternary" in text
 
-    children = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=10
-    )
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
     assert sorted(c.data.tags["fold"] for c in children) == ["0", "1"]
     tested: list[str] = []
     for child in children:
@@ -103,18 +120,9 @@ def test_grouped_kfold_pipeline(cv_home: Path, tmp_path: Path) -> None:
 
     # `evaluate --run-id` on a fold's child run rebuilds that fold's test split, not a plain split.
     child = children[0]
-    evaluated = CliRunner().invoke(
-        app,
-        [
-            "evaluate",
-            "--run-id",
-            child.info.run_id,
-            "--set",
-            "evaluate.saliency=false",
-            "--set",
-            "evaluate.leakage=false",
-        ],
-    )
+    args = ["evaluate", "--run-id", child.info.run_id, "--set", "evaluate.saliency=false", "--set",
+            "evaluate.leakage=false"]  # fmt: skip
+    evaluated = CliRunner().invoke(app, args)
     assert evaluated.exit_code == 0, evaluated.output
     assert _json(evaluated.stdout)["split"]["n_images_test"] == int(child.data.params["split.n_images_test"])
 
@@ -140,37 +148,6 @@ def test_validate_prints_the_resolved_split(cv_home: Path) -> None:
     assert sum(int(r[3]) for r in rows) == 62 and all(int(r[1]) + int(r[2]) + int(r[3]) == 62 for r in rows)
     assert text.count("unseen in training (crystal_system): tetragonal") == 1  # the one tetragonal structure
     assert "ceiling system" in text and "test per crystal system: " in text
-
-
-@pytest.mark.slow
-def test_learning_curve_command(cv_home: Path, tmp_path: Path) -> None:
-    base = ["curve", str(ROOT / "pipelines/space-curve.yaml"), "--out", str(tmp_path / "curve")]
-    tiny = [*TINY, "evaluate.graph_baseline=false"]
-    sets = [a for item in tiny for a in ("--set", item)]
-    # a size above the smallest fold's training set: one error naming both sizes, before any training
-    too_big = CliRunner().invoke(app, [*base, *sets, "--set", "learning_curve.sizes=[1, 50]"])
-    assert too_big.exit_code == 2, too_big.output
-    assert "[50] exceed the smallest fold's training set (2 structures)" in too_big.output
-    assert not (cv_home / "ray_results").exists()
-
-    result = CliRunner().invoke(app, [*base, *sets, "--set", "learning_curve.sizes=[1]"])
-    assert result.exit_code == 0, result.output
-    record = json.loads((tmp_path / "curve" / "learning_curve.json").read_text())
-    assert (tmp_path / "curve" / "learning_curve.png").stat().st_size > 10_000
-    assert record["sizes"] == [1, None] and [p["n_train_mean"] for p in record["points"]] == [1.0, 2.0]
-    small, full = record["points"]
-    assert small["run_id"] != full["run_id"]
-    for point in record["points"]:  # the same 6 held-out structures at every size, each scored once
-        assert point["metrics"]["pooled_n_structures"] == 6
-        cell = point["series"]["image model"]["crystal_system"]
-        assert cell["lo"] <= cell["value"] <= cell["hi"]
-        assert point["series"]["majority / mean"]["crystal_system"]["value"] >= 0
-    mlflow.set_tracking_uri(f"sqlite:///{cv_home / 'mlflow.db'}")
-    children = MlflowClient().search_runs(
-        [MlflowClient().get_run(small["run_id"]).info.experiment_id], "tags.kfold = 'child'"
-    )
-    n_train = {r.data.params.get("cfg.split.train_structures") for r in children}
-    assert n_train == {"1", "None"}
 
 
 def test_each_seed_trains_every_fold_under_its_own_name_config_and_spec() -> None:

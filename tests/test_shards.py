@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from crystalvision import shards
+from crystalvision import dataset, shards
 from crystalvision.config import RenderConfig, SplitConfig
 from crystalvision.dataset import decode_png, image_png, load_images, load_labels, split_frame, to_ray_dataset
 from crystalvision.errors import StorageError
@@ -93,21 +93,25 @@ def test_shards_written_rerun_by_shard_and_bad_shard(tmp_path, bundled_snapshot,
         shards.verify(store, [bad])
 
 
-def test_ray_data_reads_split_from_shards_and_png_export(tmp_path, bundled_snapshot, records, ray_session) -> None:
+def test_ray_data_reads_split_from_shards_and_png_export(
+    tmp_path, bundled_snapshot, records, ray_session, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = ObjectStore(str(tmp_path / "store"))
     cfg = CFG.model_copy(update={"export_png": True})
     result = _render(records, bundled_snapshot, store, cfg)
     labels = load_labels(store, result.labels_key)
     splits = split_frame(labels, SplitConfig(protocol="image", test_fraction=0.25, val_fraction=0.2, seed=0))
 
-    ds = to_ray_dataset(splits.train, store, 32)
-    rows = ds.take_all()
-    assert len(rows) == len(splits.train) > 0
     want = load_images(store, splits.train["image_key"].tolist(), size=32)
-    got = sorted(r["image"].tobytes() for r in rows)
-    assert got == sorted(w.tobytes() for w in want)
     by_key = dict(zip(splits.train["image_key"], splits.train["band_gap"], strict=True))
-    assert sorted(r["band_gap"] for r in rows) == pytest.approx(sorted(by_key.values()))
+    for limit in (dataset.DRIVER_DECODE_MAX_BYTES, 0):  # decoded in the driver, then (a "big" split) in Ray Data
+        monkeypatch.setattr(dataset, "DRIVER_DECODE_MAX_BYTES", limit)
+        rows = to_ray_dataset(splits.train, store, 32).take_all()
+        assert len(rows) == len(splits.train) > 0
+        got = sorted(r["image"].tobytes() for r in rows)
+        assert got == sorted(w.tobytes() for w in want)
+        assert sorted(r["band_gap"] for r in rows) == pytest.approx(sorted(by_key.values()))
+        assert all(np.asarray(r["crystal_system_id"]).dtype == np.int64 for r in rows)
 
     first = labels.iloc[0]
     png = decode_png(store.get_bytes(image_key(result.prefix, first.material_id, int(first.view))), "png", 32)
@@ -121,10 +125,12 @@ def test_ray_data_reads_split_from_shards_and_png_export(tmp_path, bundled_snaps
     at = data.index(frame) + len(frame) // 2
     store.put_bytes(bad, data[:at] + bytes(len(frame) - len(frame) // 2) + data[at - len(frame) // 2 + len(frame) :])
     assert len(store.get_bytes(bad)) == len(data)
-    shards._cache.clear()
-    shards._verified.clear()
-    with pytest.raises(StorageError, match=rf"{bad} is corrupt \(fails its sha256 checksum\).*render"):
-        to_ray_dataset(splits.train, store, 32).take_all()
+    for limit in (0, 512 * 1024**2):
+        monkeypatch.setattr(dataset, "DRIVER_DECODE_MAX_BYTES", limit)
+        shards._cache.clear()
+        shards._verified.clear()
+        with pytest.raises(StorageError, match=rf"{bad} is corrupt \(fails its sha256 checksum\).*render"):
+            to_ray_dataset(splits.train, store, 32).take_all()
     again = _render(records, bundled_snapshot, store, cfg)
     assert again.n_new == 4 and store.get_bytes(bad) == data, "the torn shard alone is rendered again"
     assert sorted(r["image"].tobytes() for r in to_ray_dataset(splits.train, store, 32).take_all()) == got

@@ -144,6 +144,9 @@ def image_png(store: ObjectStore, key: str) -> bytes:
 
 RAY_COLUMNS = ("image", *TARGET_COLUMNS.values())
 MATERIALIZE_MAX_BYTES = 2 * 1024**3  # decoded images up to this size are cached in the Ray object store
+# decoded splits up to this size are decoded in the driver and put into the object store as they are: starting
+# Ray Data's read and decode tasks (a worker process each) took longer than the decoding (7-9 s a split on 2 cores)
+DRIVER_DECODE_MAX_BYTES = 512 * 1024**2
 
 
 def decode_batch(batch: dict[str, np.ndarray], store: ObjectStore, size: int | None) -> dict[str, np.ndarray]:
@@ -163,14 +166,17 @@ def to_ray_dataset(
     rows_per_block: int = 256,
     materialize: bool | None = None,
 ):
-    """A split's labels frame -> Ray Dataset with RAY_COLUMNS (PNGs decoded inside Ray Data).
+    """A split's labels frame -> Ray Dataset with RAY_COLUMNS.
 
-    ``materialize=None`` caches the decoded images in the object store when they fit in
+    A split of up to :data:`DRIVER_DECODE_MAX_BYTES` decoded is decoded here (:func:`_driver_dataset`), a larger
+    one inside Ray Data. There, ``materialize=None`` caches the decoded images in the object store when they fit in
     :data:`MATERIALIZE_MAX_BYTES`, so epochs after the first do not decode again and training workers do not
     compete with decode tasks for CPUs.
     """
     import ray.data
 
+    if materialize is not False and len(frame) * (size or 224) ** 2 * 3 <= DRIVER_DECODE_MAX_BYTES:
+        return _driver_dataset(frame, store, size, rows_per_block, seed=len(frame))
     if len(frame) and shards.is_ref(str(frame["image_key"].iloc[0])):
         ds = _shard_dataset(frame, store, size, seed=len(frame))
         return ds.materialize() if materialize is not False else ds
@@ -184,6 +190,32 @@ def to_ray_dataset(
     if materialize is None:
         materialize = len(table) * (size or 224) ** 2 * 3 <= MATERIALIZE_MAX_BYTES
     return ds.materialize() if materialize else ds
+
+
+def _driver_dataset(frame: pd.DataFrame, store: ObjectStore, size: int | None, rows_per_block: int, seed: int):
+    """A small split decoded here (shards checked against their sidecars first) and put into the object store as
+    Arrow blocks of RAY_COLUMNS, rows shuffled once (shards hold structures in id order)."""
+    import pyarrow as pa
+    import ray.data
+    from ray.data.extensions import ArrowTensorArray
+
+    keys = [str(k) for k in frame["image_key"]]
+    if keys and shards.is_ref(keys[0]):
+        shards.verify(store, sorted({shards.split_ref(k)[0] for k in keys}))
+    order = np.random.default_rng(seed).permutation(len(keys))
+    images = load_images(store, [keys[i] for i in order], size)
+    labels = {
+        col: frame[col].to_numpy(dtype=np.float32 if target(name).is_regression else np.int64)[order]
+        for name, col in TARGET_COLUMNS.items()
+    }
+    n_blocks = max(1, -(-len(keys) // rows_per_block))
+    blocks = [
+        pa.table(
+            {"image": ArrowTensorArray.from_numpy(images[i::n_blocks])} | {c: v[i::n_blocks] for c, v in labels.items()}
+        )
+        for i in range(n_blocks)
+    ]
+    return ray.data.from_arrow(blocks)
 
 
 def decode_shard_batch(batch: dict[str, np.ndarray], labels: pd.DataFrame, size: int | None) -> dict[str, np.ndarray]:

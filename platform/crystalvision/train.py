@@ -115,6 +115,13 @@ def _run_config(name: str, tcfg: TrainConfig, callbacks: list | None):
     )
 
 
+def _start_ray(prepared: Prepared) -> None:
+    """Ray, with a local cluster's object store sized for this run's decoded images."""
+    from crystalvision.raycluster import ensure_ray
+
+    ensure_ray(data_bytes=sum(len(df) for _, df in prepared.splits.items()) * prepared.spec.image_size**2 * 3)
+
+
 def make_trainer(
     prepared: Prepared, run_id: str | None, name: str, callbacks: list | None, tracking_uri: str | None = None
 ):
@@ -125,10 +132,7 @@ def make_trainer(
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from crystalvision.raycluster import ensure_ray
-
-    splits = prepared.splits
-    ensure_ray(data_bytes=sum(len(df) for _, df in splits.items()) * prepared.spec.image_size**2 * 3)
+    _start_ray(prepared)
     tcfg, spec = prepared.cfg.train, prepared.spec
     if tcfg.use_gpu:
         _require_gpus(tcfg.num_workers)
@@ -254,6 +258,7 @@ def train_model(
         len(splits.val),
     )
     lock = run_lock_path(name)
+    _start_ray(prepared)
     try:
         with lease_lock(lock) as lease:
             if lease is None:

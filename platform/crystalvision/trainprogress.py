@@ -47,15 +47,37 @@ def epoch_event(row: dict[str, Any], epochs: int) -> None:
     progress.emit("train", int(row.get("epoch", 0)) + 1, epochs, unit="epoch", **info)
 
 
+_queues: dict[str, Any] = {}  # Ray job id -> this driver's report queue (one actor per driver, not per training)
+
+
+def _queue() -> Any:
+    """The driver's report queue: made on first use in a Ray session, then reused by every later training (an
+    actor is a process start: seconds on a small machine)."""
+    import ray
+    from ray.util.queue import Queue
+
+    job = ray.get_runtime_context().get_job_id()
+    queue = _queues.get(job)
+    if queue is None:
+        _queues.clear()
+        queue = _queues[job] = Queue(maxsize=1000, actor_options={"num_cpus": 0})
+    while not queue.empty():  # reports a stopped training left behind
+        queue.get_nowait()
+    return queue
+
+
 @contextmanager
 def reporting(epochs: int) -> Iterator[list[Any]]:
     """Callbacks to pass to Ray Train (empty when nobody listens); a driver thread emits their reports."""
     if not progress.active():
         yield []
         return
-    from ray.util.queue import Empty, Queue
+    from ray.util.queue import Empty
 
-    queue = Queue(maxsize=1000, actor_options={"num_cpus": 0})
+    from crystalvision.raycluster import ensure_ray
+
+    ensure_ray()
+    queue = _queue()
     stop = threading.Event()
 
     def pump() -> None:
@@ -74,6 +96,8 @@ def reporting(epochs: int) -> Iterator[list[Any]]:
     finally:
         stop.set()
         thread.join(timeout=5)
-        while not queue.empty():
-            epoch_event(queue.get_nowait(), epochs)
-        queue.shutdown()
+        try:
+            while not queue.empty():
+                epoch_event(queue.get_nowait(), epochs)
+        except Exception:  # the queue actor went away with the cluster: the next training makes a new one
+            _queues.clear()
