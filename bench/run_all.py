@@ -8,6 +8,7 @@ run. The default run is sized to finish in about 15 minutes on 2 CPU cores; ``--
     python -m bench.run_all [--quick] [--out bench/results/bench.json]
     python -m bench.run_all --only render_bench.ray_simulated --merge --readme README.md   # refresh one part
     python -m bench.run_all --only train_bench.cpu_step --merge --readme README.md   # CPU step: NCHW vs channels-last
+    python -m bench.run_all --only space_study_bench --merge --readme README.md   # the whole space study (~1 h)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from bench.common import print_table, row
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_MODULES = ("render_bench", "train_bench")
+LONG_MODULES = ("space_study_bench",)  # an hour or more: only run when named with --only
 
 
 def _children(pid: int) -> list[int]:
@@ -154,8 +156,9 @@ def _parts(only: list[str] | None) -> list[tuple[str, str | None]]:
     parts = []
     for name in only:
         module, _, func = name.partition(".")
-        if module not in (*BENCH_MODULES, "quickstart"):
-            raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(BENCH_MODULES)}, quickstart")
+        if module not in (*BENCH_MODULES, *LONG_MODULES, "quickstart"):
+            known = ", ".join((*BENCH_MODULES, *LONG_MODULES, "quickstart"))
+            raise ValueError(f"unknown benchmark {name!r}; choose from {known}")
         parts.append((module, func or None))
     return parts
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import zipfile
 from pathlib import Path
 
@@ -37,3 +38,33 @@ def test_impostor_paired_interval_is_zero_for_equal_sets_and_covers_a_real_gap()
     assert paired_ci(a, a) == (0.0, 0.0)
     lo, hi = paired_ci(np.ones(50, bool), np.r_[np.zeros(25, bool), np.ones(25, bool)])
     assert 0.3 < lo <= 0.5 <= hi < 0.7
+
+
+def test_space_study_part_command_config_record_and_rows(tmp_path: Path) -> None:
+    from bench import space_study_bench as study
+    from crystalvision.config import load_pipeline, parse_overrides
+
+    root = Path(__file__).resolve().parents[1]
+    for quick in (False, True):  # the command's pipeline and overrides load as the CLI would load them
+        cmd = study.command(quick)
+        assert cmd[1:5] == ["-m", "crystalvision.cli", "pipeline", "run"] and "--json" in cmd
+        sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+        cfg = load_pipeline(root / cmd[5], parse_overrides(sets))
+        assert cfg.snapshot.name == "lmno-space" and cfg.split.folds == (2 if quick else 5)
+    full = load_pipeline(root / study.PIPELINE)
+    assert (full.render.image_size, full.render.views_per_structure, full.train.epochs) == (64, 8, 12)
+
+    summary = {
+        "metrics": {"n_folds": 5.0, "pooled_n_structures": 883.0, "pooled_n_seeds": 1.0},
+        "render": {"render_n_images": 7064, "render_n_new": 3532},
+        "stage_seconds": {"render": 100.0, "train_fold0": 600.0, "train_fold1": 500.0, "evaluate_fold0": 60.0},
+    }
+    rows = {r["metric"]: r for r in study.rows_from(summary, 3000.0, quick=False)}
+    assert rows["wall time"]["value"] == 3000.0 and rows["wall time"]["goal"] == "<= 5400"
+    assert "883 structures, 7064 images (3532 rendered in this run), 1 seed(s)" in rows["wall time"]["notes"]
+    assert rows["train time"]["value"] == 1100.0 and rows["render time"]["value"] == 100.0
+    record = tmp_path / "space-grouped.json"
+    study.write_record(record, summary, study.command(False), 3000.0)
+    assert json.loads(record.read_text()) == summary
+    assert "wall time 50.0 min" in record.with_suffix(".cmd").read_text()
+    assert "crystalvision pipeline run pipelines/space-grouped.yaml --json" in record.with_suffix(".cmd").read_text()

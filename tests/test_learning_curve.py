@@ -194,3 +194,32 @@ def test_curve_record_script_rebuilds_a_stopped_curve_from_its_finished_runs(cv_
     assert record["points"][1]["metrics"]["pooled_model_acc_crystal_system"] == 0.7
     with pytest.raises(ConfigError, match="not a k-fold parent run"):
         module.main([*args, "--run", f"62={other.info.run_id}"])
+
+
+def test_space_table_script_renders_a_grouped_run_record_per_scope(tmp_path) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    from crystalvision import oof
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("space_table", root / "docs/study/space_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    table = _oof_table(300, 0.7).assign(nelements=[4 if i % 3 == 0 else 3 for i in range(300)])
+    metrics = oof.summarise(table, {"quaternary": 4}, n_resamples=200) | {"n_folds": 5.0}
+    record = tmp_path / "space-grouped.json"
+    record.write_text(json.dumps({"pipeline": "space-grouped", "metrics": metrics}))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- space-grouped-table:start -->\nstale\n<!-- space-grouped-table:end -->\nrest\n")
+    module.main([str(record), "--readme", str(readme)])
+    text = readme.read_text()
+    assert "stale" not in text and text.startswith("intro\n") and text.endswith("rest\n")
+    assert "5 grouped folds, 1 seed(s)" in text and "Every structure (300):" in text
+    assert "Subset `quaternary` (100 structures):" in text
+    acc = metrics["pooled_model_acc_crystal_system"]
+    assert f"| image model | {acc:.2f} |" in text
+    diff = "pooled_quaternary_diff_model_vs_dummy_acc_crystal_system"
+    row = f"| image model − majority / mean | {metrics[diff]:+.2f} [{metrics[diff + '_lo']:+.2f}, "
+    assert row in text.split("Subset `quaternary`")[1]

@@ -1,12 +1,11 @@
-"""README's results table (issue 13), regenerated from the paper pipelines' own outputs.
+"""README's results table, regenerated from the paper pipelines' own outputs.
 
 Reads the JSON summaries that ``crystalvision pipeline run pipelines/<name>.yaml ... > <name>.json`` printed for
 ``paper`` (trajectory frames, split by image), ``paper-uniform`` (uniform views, by image) and ``paper-grouped``
 (uniform views, grouped k-fold: metrics are ``<name>_mean`` / ``<name>_std`` over folds), and prints a Markdown
-table: the study's reported numbers and three H200 measurements (quotes: no record, a GPU run this CPU machine
-cannot repeat; labelled with their source and date), then per
-protocol the image model (per image and per structure), the CGCNN graph baseline, the 1-NN descriptor and majority
-baselines, and the leakage (median SSIM of each test image to its nearest training image).
+table: the study's reported numbers (a citation), then per protocol the image model (per image and per structure),
+the CGCNN graph baseline, the 1-NN descriptor and majority baselines, and the leakage (median SSIM of each test
+image to its nearest training image).
 
 Usage: ``python docs/study/results_table.py docs/study/records [--readme README.md]`` (the folder holding paper.json,
 paper-uniform.json, paper-grouped.json and the commands that made them, ``<name>.cmd``); ``--readme`` rewrites
@@ -31,14 +30,6 @@ STUDY = (
     "| study (KAIST, reported): rotation-video frames, split by image, DFT labels, 224 px | ImageNet B0 | 124 "
     "| 0.977 | 0.965 | 0.995 | 0.993 | |"
 )
-# Quotes, not records: one H200, this project's renders/model/loss/split code, 224 px, from scratch, as reported in
-# the project's issue tracker (issue 13) by 2026-11-27; no JSON of these runs exists and no GPU was lent here.
-QUOTE = "quote (H200, 224 px; issue tracker, by 2026-11-27; no record)"
-EARLIER = [
-    ("56 uniform views, split by image", "45 (time cap)", "0.28", "0.30", "0.67", "0.60"),
-    ("56 trajectory frames 6° apart, split by image", "22 (time cap)", "0.945", "0.897", "0.989", "0.983"),
-    ("uniform views, grouped (10 test structures)", "34 (early stop)", "0.25", "-1.64", "0.41", "0.37"),
-]
 
 
 def cell(m: dict[str, float], name: str) -> str:
@@ -92,9 +83,6 @@ def rows(label: str, summary: dict, cap: int | None) -> list[str]:
 
 def table(folder: Path) -> str:
     lines = [HEADER, "|" + "---|" * 8, STUDY]
-    for label, ep, *vals in EARLIER:
-        vals_text = " | ".join(vals)
-        lines.append(f"| {QUOTE}: {label} | B0, scratch | {ep} | {vals_text} | |")
     for name, label in PROTOCOLS:
         loaded = load(folder, name)
         if loaded is not None:

@@ -1,4 +1,4 @@
-"""README's Li-Mn-Ni-O space rows, regenerated from a learning-curve record.
+"""README's Li-Mn-Ni-O space rows, regenerated from a learning-curve record or a grouped k-fold run's record.
 
 Reads ``learning_curve.json`` (written by ``crystalvision curve pipelines/space-curve.yaml``; its last point is the
 grouped 5-fold protocol on every training structure) and prints two Markdown tables: the pooled out-of-fold metric
@@ -6,7 +6,13 @@ of every method on every head at each training size, with its 95 % bootstrap int
 image model against each baseline at full size (paired bootstrap of the difference). ``--readme README.md``
 rewrites them between README's ``space-table`` markers; ``--figure DST`` copies the curve's figure there.
 
-Usage: ``python docs/study/space_table.py docs/study/records/space-curve.json [--readme README.md]``
+A k-fold run's record (the JSON summary ``crystalvision pipeline run pipelines/space-grouped.yaml --json`` prints)
+gives one table per scope (every structure, then each ``evaluate.subsets`` subset): each method's pooled
+out-of-fold score, then the image model minus each baseline, paired over structures, with its 95 % interval;
+``--readme`` rewrites it between the ``space-grouped-table`` markers.
+
+Usage: ``python docs/study/space_table.py docs/study/records/space-curve/learning_curve.json [--readme README.md]``
+or ``python docs/study/space_table.py docs/study/records/space-grouped.json [--readme README.md]``
 """
 
 from __future__ import annotations
@@ -85,6 +91,46 @@ def render(record: dict, source: str) -> str:
     return f"{head}\n\n{curve_table(record)}\n\n{diff_table(record)}\n"
 
 
+PREDICTORS = {"image model": "model", "CGCNN": "cgcnn", "1-NN": "1nn", "majority / mean": "dummy"}
+
+
+def scope_table(metrics: dict, subset: str = "") -> str:
+    """One scope of a k-fold record: every method's pooled score, then the paired differences with intervals."""
+    prefix = f"pooled_{subset}" if subset else "pooled"
+    heads = list(METRIC)
+    lines = ["| method | " + " | ".join(HEAD_TITLES[h] for h in heads) + " |", "|---|" + "---|" * len(heads)]
+    for label, p in PREDICTORS.items():
+        cells = [f"{metrics[k]:.2f}" if (k := f"{prefix}_{p}_{METRIC[h]}_{h}") in metrics else "" for h in heads]
+        if any(cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for label, p in BASELINES.items():
+        cells = []
+        for h in heads:
+            key = f"{prefix}_diff_model_vs_{p}_{METRIC[h]}_{h}"
+            cells.append(f"{metrics[key]:+.2f} [{metrics[key + '_lo']:+.2f}, {metrics[key + '_hi']:+.2f}]"
+                         if key in metrics else "")  # fmt: skip
+        if any(cells):
+            lines.append(f"| image model − {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_grouped(summary: dict, source: str) -> str:
+    """Every scope of a grouped k-fold run's record, each with its number of structures."""
+    m = summary["metrics"]
+    counts = [k for k in m if k.startswith("pooled_") and k.endswith("_n_structures")]
+    named = {k.removeprefix("pooled_").removesuffix("_n_structures") for k in counts}
+    subsets = sorted(named - {"", "pooled_n_structures", "n_structures"})
+    head = (
+        f"Record: `{source}` (pipeline `{summary['pipeline']}`, {m['n_folds']:.0f} grouped folds, "
+        f"{m['pooled_n_seeds']:.0f} seed(s)). Pooled out-of-fold scores; differences paired over structures with "
+        "95 % bootstrap intervals; band gap and e_hull are surrogate labels (see the data section)."
+    )
+    parts = [head, f"Every structure ({m['pooled_n_structures']:.0f}):", scope_table(m)]
+    for name in subsets:
+        parts += [f"Subset `{name}` ({m[f'pooled_{name}_n_structures']:.0f} structures):", scope_table(m, name)]
+    return "\n\n".join(parts) + "\n"
+
+
 def replace_between(text: str, marker: str, body: str) -> str:
     """``text`` with the part between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` set to ``body``."""
     pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
@@ -100,11 +146,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--figure", type=Path, help="Copy the curve's figure (beside the record) here.")
     args = ap.parse_args(argv)
     record = json.loads(args.record.read_text())
-    text = render(record, args.record.as_posix())
+    curve = "points" in record
+    text = render(record, args.record.as_posix()) if curve else render_grouped(record, args.record.as_posix())
     if args.figure:
         shutil.copyfile(args.record.with_suffix(".png"), args.figure)
     if args.readme:
-        args.readme.write_text(replace_between(args.readme.read_text(), "space-table", text))
+        marker = "space-table" if curve else "space-grouped-table"
+        args.readme.write_text(replace_between(args.readme.read_text(), marker, text))
     else:
         print(text)
 
