@@ -10,9 +10,10 @@ suite from CI's 1,248 s to about 950 s on 2 cores, but on 2 cores Ray Train then
 registration in 1-2 of about 40 runs per suite, so CI runs one at a time; use ``-j 2`` on 4+ cores. The unit
 files in :data:`SHARED_PROCESS` (no Ray, no servers, no VTK) run together in one process: each file alone spent
 most of its 1-10 s on interpreter and import start-up. Files in :data:`LIGHT` (and the unit files) start no Ray
-cluster: they run in a second lane beside the Ray files (``--one-lane`` or ``CRYSTALVISION_TEST_LANES=1`` turns
-that off); a light file that did start Ray is named at the end. Other arguments go to every pytest call (``-x``,
-``-k``).
+Train run: they run in a second lane beside the files that train with Ray, which run one at a time (``--one-lane``
+or ``CRYSTALVISION_TEST_LANES=1`` puts them all in one lane), at nice 19 so that the Ray Train lane, the longer
+one, keeps the cores; a light file that did start a Ray Train run is named
+at the end. Other arguments go to every pytest call (``-x``, ``-k``).
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ SHARED_PROCESS = (  # start no Ray cluster, server or GL context: safe to share 
     "test_tracking.py", "test_tune.py", "test_job_driver.py", "test_cpu_step.py", "test_weights_only.py",
 )
 SHARED_NAME = "unit files"
-# start no Ray cluster (servers, helper processes and VTK are fine): they run in the second lane
+# start no Ray Train run (servers, helper processes, VTK and Ray Data render jobs are fine): the second lane
 LIGHT = (
     SHARED_NAME, "test_registry.py", "test_mlflow_server.py", "test_predict.py", "test_serve.py", "test_render.py",
-    "test_console.py", "test_bench.py", "test_distributed.py",
+    "test_console.py", "test_bench.py", "test_distributed.py", "test_worker_logging.py", "test_render_poison.py",
+    "test_bad_input.py", "test_render_job.py", "test_shards.py", "test_driver_imports.py",
 )
 COUNTS = re.compile(r"(\d+) (passed|failed|error|errors|skipped|xfailed|xpassed)")
 
@@ -61,21 +63,25 @@ def _group_name(paths: list[Path]) -> str:
     return paths[0].name if len(paths) == 1 else SHARED_NAME
 
 
-def _run_one(paths: list[Path], pytest_args: list[str], tmpdir: Path) -> FileResult:
-    res = _run_pytest(paths, pytest_args, tmpdir)
-    if res.name in LIGHT and (tmpdir / "ray").exists():
-        res.warnings.append(f"{res.name} started a Ray cluster: take it out of LIGHT in tests/run_files.py")
+LIGHT_NICE = 19  # the light lane yields the cores to the Ray Train lane (whose Ray workers run at nice 15)
+
+
+def _run_one(paths: list[Path], pytest_args: list[str], tmpdir: Path, nice: int = 0) -> FileResult:
+    res = _run_pytest(paths, pytest_args, tmpdir, nice)
+    if res.name in LIGHT and any((tmpdir / "ray").glob("session_*/logs/train")):
+        res.warnings.append(f"{res.name} started a Ray Train run: take it out of LIGHT in tests/run_files.py")
     return res
 
 
-def _run_pytest(paths: list[Path], pytest_args: list[str], tmpdir: Path) -> FileResult:
+def _run_pytest(paths: list[Path], pytest_args: list[str], tmpdir: Path, nice: int = 0) -> FileResult:
     """Test files in one pytest process and TMPDIR (short: Ray's socket paths must stay < 108 bytes)."""
     tmpdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TMPDIR": str(tmpdir)}
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=4", "--durations-min=10",
-         *(str(p.relative_to(ROOT)) for p in paths), *pytest_args],
+        [*(["nice", "-n", str(nice)] if nice else []), sys.executable, "-m", "pytest", "-q", "-p",
+         "no:cacheprovider", "--durations=4", "--durations-min=10", *(str(p.relative_to(ROOT)) for p in paths),
+         *pytest_args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -131,12 +137,11 @@ def main(argv: list[str]) -> int:
         ThreadPoolExecutor(max(1, args.jobs)) as pool,
         ThreadPoolExecutor(1) as light_pool,
     ):
-        futures = [
-            (light_pool if lanes == 2 and _group_name(group) in LIGHT else pool).submit(
-                _run_one, group, pytest_args, Path(tmp) / f"{i:02d}"
-            )
-            for i, group in enumerate(groups)
-        ]
+        futures = []
+        for i, group in enumerate(groups):
+            light = lanes == 2 and _group_name(group) in LIGHT
+            args_ = (group, pytest_args, Path(tmp) / f"{i:02d}", LIGHT_NICE if light else 0)
+            futures.append((light_pool if light else pool).submit(_run_one, *args_))
         for future in as_completed(futures):
             res = future.result()
             results.append(res)

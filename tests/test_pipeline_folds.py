@@ -128,14 +128,14 @@ def _check_grouped_kfold_run(client: MlflowClient, run_id: str, pooled: dict, tm
 
 
 @pytest.mark.slow
-def test_too_many_folds_is_one_config_error_before_training(cv_home: Path) -> None:
+def test_too_many_folds_is_one_config_error_before_rendering(cv_home: Path) -> None:
     args = ["pipeline", "run", str(ROOT / "pipelines/paper-grouped.yaml"), "--json"]
     for item in [*TINY, "split.folds=7"]:
         args += ["--set", item]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "split.folds = 7" in result.output and "2..6" in result.output
-    assert not (cv_home / "ray_results").exists()  # failed before any training started
+    assert not (cv_home / "ray_results").exists() and not (cv_home / "store").exists()  # nothing rendered
 
 
 def test_validate_prints_the_resolved_split(cv_home: Path) -> None:

@@ -1,7 +1,6 @@
 """Runs that resume and right labels (issue 14, points 8 and 9) with the real Ray, MLflow server and render job.
 
 - a relaunched pipeline (new MLflow run) resumes the crashed Ray Train run instead of training again;
-- the worker's MLflow logger survives a dead server and sends what it held back once the server is back;
 - a Ray Train run whose MLflow server is dead still finishes;
 - two selections of one snapshot rendered with one config get two labels tables.
 """
@@ -9,7 +8,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import mlflow
@@ -22,9 +20,8 @@ from crystalvision.prepare import Prepared
 from crystalvision.render.job import render_dataset
 from crystalvision.storage import ObjectStore
 from crystalvision.train import FAULT_ENV, FLUSH_TIMEOUT_ENV, MLFLOW_WAIT_ENV, run_name, train_model
-from crystalvision.worker_logging import worker_logger
 
-from .support.procs import free_port, start_embedded_mlflow, stop_group
+from .support.procs import free_port
 from .support.toy import SPACEGROUPS, SYSTEMS, TEST_BACKBONE, write_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,46 +89,6 @@ def test_run_name_follows_content(cv_home, tmp_path) -> None:
     assert len({base, run_name(Prepared(cfg, store, other_seed, spec, labels_key=key)),
                 run_name(Prepared(more_epochs, store, splits, spec, labels_key=key)),
                 run_name(Prepared(cfg, store, splits, spec, labels_key="other.parquet"))}) == 4  # fmt: skip
-
-
-def test_worker_logger_outlives_an_mlflow_outage(tmp_path, monkeypatch) -> None:
-    """The server is stopped mid-run: logging neither raises nor blocks for long, and what was held back is
-    sent once the server is back (same port, same backend)."""
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    port, home, log_path = free_port(), tmp_path / "home", tmp_path / "mlflow.log"
-    url = f"http://127.0.0.1:{port}"
-    procs = [start_embedded_mlflow(home, port, log_path)]
-    try:
-        client = mlflow.MlflowClient(url)
-        run_id = client.create_run(client.create_experiment("outage")).info.run_id
-        logger = worker_logger(url, run_id, rank=0, wait_s=0.5)
-        logger.log_metrics({"val_loss": 1.0}, step=0)
-        deadline = time.monotonic() + 60  # a busy machine may take longer than one call's 0.5 s wait
-        while logger.pending and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert logger.pending == 0  # healthy server: sent without any outage
-        stop_group(procs[0], grace=3)  # the outage is under test, not the server's graceful stop (~15 s)
-        for step in (1, 2, 3):
-            logger.log_metrics({"val_loss": 1.0 / (step + 1)}, step=step)  # must not raise
-        logger.log_params({"after_outage": "yes"})
-        assert logger.pending >= 1 and logger.failures >= 1
-        procs.append(start_embedded_mlflow(home, port, log_path))
-        assert logger.close(timeout=120) == 0
-        assert sorted(m.step for m in client.get_metric_history(run_id, "val_loss")) == [0, 1, 2, 3]
-        assert client.get_run(run_id).data.params["after_outage"] == "yes"
-    finally:
-        for proc in procs:
-            stop_group(proc, grace=3)
-
-
-def test_closed_worker_logger_stops_retrying_a_dead_server(monkeypatch) -> None:
-    """After close() gives up, the sender thread ends instead of retrying in a busy loop for the process's life."""
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    logger = worker_logger(f"http://127.0.0.1:{free_port()}", "0" * 32, rank=0, wait_s=0.1)  # nothing listens
-    logger.log_metrics({"val_loss": 1.0}, step=0)
-    assert logger.close(timeout=0.2) == 1
-    logger._thread.join(timeout=30)
-    assert not logger._thread.is_alive(), "the logger still retries after close()"
 
 
 @pytest.mark.slow

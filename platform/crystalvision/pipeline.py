@@ -102,6 +102,11 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> Pipeli
     progress.emit("snapshot", len(selection.records), len(selection.records), unit="structures")
     if "render" not in stages and "train" not in stages:
         return result
+    if "train" in stages and prepare.is_kfold(cfg.split):  # a fold count the selection cannot meet: before rendering
+        from crystalvision.folds import n_folds_for
+
+        n = len(selection.records)
+        n_folds_for(cfg.split, n, n * cfg.render.views_per_structure)
     store = open_store()
     with result.timed("render"):
         result.render = prepare.render(cfg, snap, selection, store)

@@ -47,22 +47,28 @@ def epoch_event(row: dict[str, Any], epochs: int) -> None:
     progress.emit("train", int(row.get("epoch", 0)) + 1, epochs, unit="epoch", **info)
 
 
-_queues: dict[str, Any] = {}  # Ray job id -> this driver's report queue (one actor per driver, not per training)
+# (node id, job id) of this driver's Ray connection -> its report queue: one actor per driver, not per training
+_queues: dict[tuple[str, str], Any] = {}
 
 
 def _queue() -> Any:
     """The driver's report queue: made on first use in a Ray session, then reused by every later training (an
-    actor is a process start: seconds on a small machine)."""
+    actor is a process start: seconds on a small machine); made again after Ray was restarted."""
     import ray
     from ray.util.queue import Queue
 
-    job = ray.get_runtime_context().get_job_id()
-    queue = _queues.get(job)
-    if queue is None:
-        _queues.clear()
-        queue = _queues[job] = Queue(maxsize=1000, actor_options={"num_cpus": 0})
-    while not queue.empty():  # reports a stopped training left behind
-        queue.get_nowait()
+    context = ray.get_runtime_context()
+    key = (context.get_node_id(), context.get_job_id())  # job ids restart at 1 in a new cluster; node ids do not
+    queue = _queues.get(key)
+    if queue is not None:
+        try:
+            while not queue.empty():  # reports a stopped training left behind
+                queue.get_nowait()
+            return queue
+        except Exception:  # its actor is gone (a cluster restarted under the same ids): make a new one
+            log.debug("progress queue gone; making a new one", exc_info=True)
+    _queues.clear()
+    queue = _queues[key] = Queue(maxsize=1000, actor_options={"num_cpus": 0})
     return queue
 
 

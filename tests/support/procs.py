@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -14,12 +15,24 @@ from pathlib import Path
 
 import requests
 
+# Servers the tests start take ports from here: below the kernel's ephemeral range (where Ray's own components and
+# every bind(0) land) and above Ray's worker ports (10002-19999), so that a test file in the other lane of
+# tests/run_files.py cannot take the port between this check and the server's bind.
+TEST_PORTS = (20000, 32000)
+
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on 127.0.0.1 right now, picked at random from :data:`TEST_PORTS`."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(*TEST_PORTS)
+        with closing(socket.socket()) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {TEST_PORTS}")
 
 
 def wait_http(
