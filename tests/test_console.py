@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from crystalvision import progress
@@ -62,6 +63,20 @@ def test_plain_progress_prints_milestones_without_carriage_returns() -> None:
     assert "render    100/100 img" in render_lines[-1]
     assert "train     3/3 epoch" in out and "val_acc 0.5" in out
     assert "train     done in" in out and "best_epoch 3" in out
+
+
+def test_a_stage_that_runs_again_prints_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """k folds train one after the other under one stage name: each fold's epochs print, with seconds per epoch."""
+    clock = iter(range(0, 10_000, 30))  # every event 30 s after the previous one
+    monkeypatch.setattr("crystalvision.console.time.perf_counter", lambda: float(next(clock)))
+    buf = io.StringIO()
+    with StageDisplay(Console(file=buf, force_terminal=False, width=100)) as display, progress.listening(display):
+        for _fold in range(2):
+            for epoch in (1, 2, 3, 4):
+                progress.emit("train", epoch, 4, unit="epoch")
+    lines = [line for line in buf.getvalue().splitlines() if line.startswith("train")]
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"] * 2
+    assert lines[4].endswith("(30 s/epoch)") and "0.0 epoch/s" not in buf.getvalue()
 
 
 def test_milestones_are_quarters() -> None:

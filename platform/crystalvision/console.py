@@ -130,6 +130,7 @@ class StageDisplay:
         self._tasks: dict[str, TaskID] = {}
         self._printed: dict[str, int] = {}
         self._started: dict[str, float] = {}
+        self._last: dict[str, float] = {}  # the last count per stage: a lower one starts the stage again
 
     def __enter__(self) -> StageDisplay:
         if self.live:
@@ -152,6 +153,11 @@ class StageDisplay:
             self._progress.stop()
 
     def __call__(self, event: ProgressEvent) -> None:
+        if not event.finished and event.done < self._last.get(event.stage, 0):  # the same stage again (next fold)
+            self._printed.pop(event.stage, None)
+            self._started.pop(event.stage, None)
+        if not event.finished:
+            self._last[event.stage] = event.done
         self._started.setdefault(event.stage, time.perf_counter())
         if self._progress is not None:
             self._live(event)
@@ -187,8 +193,14 @@ class StageDisplay:
             self.console.print(f"{event.stage:<9} started", highlight=False)
             return
         count = f"{event.done:g}/{event.total:g}" if event.total else f"{event.done:g}"
-        rate = f" ({event.done / elapsed:.1f} {event.unit}/s)" if event.unit and elapsed >= 1 and event.done else ""
+        rate = f" ({_rate(event.done, elapsed, event.unit)})" if event.unit and elapsed >= 1 and event.done else ""
         self.console.print(f"{event.stage:<9} {count} {event.unit}{rate} {info}".rstrip(), highlight=False)
+
+
+def _rate(done: float, elapsed: float, unit: str) -> str:
+    """``12.5 img/s``, or ``48 s/epoch`` when fewer than one a second."""
+    per_s = done / elapsed
+    return f"{per_s:.1f} {unit}/s" if per_s >= 1 else f"{elapsed / done:.0f} s/{unit}"
 
 
 def milestone(done: float, total: float | None) -> int:
