@@ -147,6 +147,8 @@ MATERIALIZE_MAX_BYTES = 2 * 1024**3  # decoded images up to this size are cached
 # decoded splits up to this size are decoded in the driver and put into the object store as they are: starting
 # Ray Data's read and decode tasks (a worker process each) took longer than the decoding (7-9 s a split on 2 cores)
 DRIVER_DECODE_MAX_BYTES = 512 * 1024**2
+# training dtype of each target's label column: float32 regressions, int64 class ids
+LABEL_DTYPES = {col: np.float32 if target(name).is_regression else np.int64 for name, col in TARGET_COLUMNS.items()}
 
 
 def decode_batch(batch: dict[str, np.ndarray], store: ObjectStore, size: int | None) -> dict[str, np.ndarray]:
@@ -154,8 +156,8 @@ def decode_batch(batch: dict[str, np.ndarray], store: ObjectStore, size: int | N
     keys = [str(k) for k in batch["image_key"]]
     images = [decode_png(store.get_bytes(k), store.uri(k), size) for k in keys]
     out = {"image": np.stack(images) if images else np.zeros((0, size or 0, size or 0, 3), np.uint8)}
-    for name, col in TARGET_COLUMNS.items():
-        out[col] = np.asarray(batch[col], dtype=np.float32 if target(name).is_regression else np.int64)
+    for col, dtype in LABEL_DTYPES.items():
+        out[col] = np.asarray(batch[col], dtype=dtype)
     return out
 
 
@@ -193,21 +195,16 @@ def to_ray_dataset(
 
 
 def _driver_dataset(frame: pd.DataFrame, store: ObjectStore, size: int | None, rows_per_block: int, seed: int):
-    """A small split decoded here (shards checked against their sidecars first) and put into the object store as
-    Arrow blocks of RAY_COLUMNS, rows shuffled once (shards hold structures in id order)."""
+    """A small split decoded here (:func:`load_images`, which checks each shard against its sidecar) and put into
+    the object store as Arrow blocks of RAY_COLUMNS, rows shuffled once (shards hold structures in id order)."""
     import pyarrow as pa
     import ray.data
     from ray.data.extensions import ArrowTensorArray
 
     keys = [str(k) for k in frame["image_key"]]
-    if keys and shards.is_ref(keys[0]):
-        shards.verify(store, sorted({shards.split_ref(k)[0] for k in keys}))
     order = np.random.default_rng(seed).permutation(len(keys))
     images = load_images(store, [keys[i] for i in order], size)
-    labels = {
-        col: frame[col].to_numpy(dtype=np.float32 if target(name).is_regression else np.int64)[order]
-        for name, col in TARGET_COLUMNS.items()
-    }
+    labels = {col: frame[col].to_numpy(dtype=dtype)[order] for col, dtype in LABEL_DTYPES.items()}
     n_blocks = max(1, -(-len(keys) // rows_per_block))
     blocks = [
         pa.table(
@@ -226,8 +223,8 @@ def decode_shard_batch(batch: dict[str, np.ndarray], labels: pd.DataFrame, size:
     images = [shards.pixels(batch["image"][i], size) for i in keep]
     out = {"image": np.stack(images) if images else np.zeros((0, size or 0, size or 0, 3), np.uint8)}
     rows = labels.loc[[keys[i] for i in keep]]
-    for name, col in TARGET_COLUMNS.items():
-        out[col] = rows[col].to_numpy(dtype=np.float32 if target(name).is_regression else np.int64)
+    for col, dtype in LABEL_DTYPES.items():
+        out[col] = rows[col].to_numpy(dtype=dtype)
     return out
 
 

@@ -127,12 +127,12 @@ def make_trainer(
 ):
     """The TorchTrainer for a run (datasets built and standardised; ``prepared.spec`` gets the target scaling).
 
-    Workers log into ``run_id`` at ``tracking_uri`` (default: the settings'), passed in the loop config.
+    Workers log into ``run_id`` at ``tracking_uri`` (default: the settings'), passed in the loop config. Ray is
+    running (:func:`train_model` starts it, sized for the run).
     """
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    _start_ray(prepared)
     tcfg, spec = prepared.cfg.train, prepared.spec
     if tcfg.use_gpu:
         _require_gpus(tcfg.num_workers)

@@ -74,15 +74,13 @@ def _queue() -> Any:
 
 @contextmanager
 def reporting(epochs: int) -> Iterator[list[Any]]:
-    """Callbacks to pass to Ray Train (empty when nobody listens); a driver thread emits their reports."""
+    """Callbacks to pass to Ray Train (empty when nobody listens); a driver thread emits their reports. Ray is
+    running (the caller started it: a queue made first would start a default cluster)."""
     if not progress.active():
         yield []
         return
     from ray.util.queue import Empty
 
-    from crystalvision.raycluster import ensure_ray
-
-    ensure_ray()
     queue = _queue()
     stop = threading.Event()
 
