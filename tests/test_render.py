@@ -14,6 +14,7 @@ from crystalvision.render import (
     Renderer,
     backend,
     element_colour,
+    element_radius,
     encode_png,
     prepare_scene,
     view_quaternion,
@@ -111,6 +112,7 @@ def test_options_change_pixels(spinel) -> None:
         "mesh": base.model_copy(update={"method": "mesh"}),
         "perspective": base.model_copy(update={"projection": "perspective"}),
         "cell": base.model_copy(update={"show_cell": True}),
+        "vesta": base.model_copy(update={"radii": "vesta"}),
         "black": base.model_copy(update={"background": (0.0, 0.0, 0.0)}),
     }.items():
         with Renderer(cfg) as r:
@@ -118,8 +120,37 @@ def test_options_change_pixels(spinel) -> None:
     diff = {k: np.abs(v - images["base"]).mean() for k, v in images.items()}
     assert base.method == "impostor"
     assert diff["mesh"] < 4, "impostor spheres (the default) should look like mesh spheres"
-    assert diff["perspective"] > 1 and diff["cell"] > 0.2
+    assert diff["perspective"] > 1 and diff["cell"] > 0.2 and diff["vesta"] > 5
     assert (images["black"][0, 0] == 0).all() and (images["base"][0, 0] == 255).all()
+
+
+def test_radii_sets_match_their_sources_and_name_missing_elements() -> None:
+    # VESTA's .vesta files: O 0.74, Mn 1.37, Ti 1.47, Ba 2.24, Dy 1.77 Å; its elements.ini: Li 1.57, Ni 1.25 Å
+    expected = {"O": 0.74, "Mn": 1.37, "Ti": 1.47, "Ba": 2.24, "Dy": 1.77, "Li": 1.57, "Ni": 1.25, "H": 0.46}
+    assert {el: element_radius(el, "vesta") for el in expected} == expected
+    assert (element_radius("O", "shannon"), element_radius("Mn", "shannon")) == (1.26, 0.645)
+    with pytest.raises(RenderError, match="element 'Cm' has no radius in the VESTA table.*render.radii: shannon"):
+        element_radius("Cm", "vesta")
+    with pytest.raises(RenderError, match="'Xx' is not a chemical element"):
+        element_radius("Xx", "vesta")
+    assert element_radius("Cm", "shannon") > 0  # the ionic set falls back to pymatgen's radii
+
+
+def _cation_pixels(image: np.ndarray) -> float:
+    """Fraction of non-background pixels that are not oxygen red."""
+    rgb = image.astype(int)
+    drawn = rgb.sum(axis=2) < 3 * 250
+    red = (rgb[..., 0] > 2 * rgb[..., 1] + 20) & (rgb[..., 0] > 2 * rgb[..., 2] + 20)
+    return float((drawn & ~red).sum() / max(drawn.sum(), 1))
+
+
+def test_vesta_radii_show_the_cations_that_shannon_oxygen_hides(spinel) -> None:
+    rot = view_rotation(0, MID, 0)
+    shown = {}
+    for radii in ("vesta", "shannon"):
+        with Renderer(RenderConfig(image_size=64, radii=radii)) as r:
+            shown[radii] = _cation_pixels(r.render(spinel, rot))
+    assert shown["vesta"] > shown["shannon"] + 0.2, shown
 
 
 def test_closed_renderer_and_no_leak(spinel) -> None:

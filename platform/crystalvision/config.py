@@ -87,10 +87,15 @@ class RenderConfig(_Strict):
         "mesh: tessellated spheres (the same colours, radii and lighting).",
     )
     sphere_resolution: int = Field(default=16, ge=4, le=64, description="Tessellation of mesh spheres.")
-    radius_scale: float = Field(default=1.0, gt=0)
+    radii: Literal["vesta", "shannon"] = Field(
+        default="shannon",
+        description="Sphere radii: vesta (VESTA's defaults, metallic/covalent: O 0.74, Mn 1.37 Å, as the KAIST study "
+        "drew) or shannon (ionic: O 1.26, Mn 0.645 Å; oxygen hides the cations). See render/radii.py.",
+    )
+    radius_scale: float = Field(default=1.0, gt=0, description="Multiplies every radius of the set.")
     projection: Literal["orthographic", "perspective"] = "orthographic"
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    show_cell: bool = False
+    show_cell: bool = Field(default=False, description="Draw the unit-cell box (as VESTA does).")
     num_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default="auto", description="Render actors in the Ray Data job; auto: one per CPU of the Ray cluster."
     )

@@ -324,6 +324,7 @@ def evaluate_model(
         sections.append(section)
     log.info("evaluate: plots")
     figures += make_plots(levels["test"], levels["test_struct"], classes, metrics, out)
+    figures += radii_figure(splits, recs, cfg, out)
     saliency = run_saliency(model, splits, store, cfg, out, spec) if ecfg.saliency else None
     if saliency is not None:
         figures += [out / "saliency.png", out / "saliency_ssim.png"]
@@ -349,6 +350,22 @@ def evaluate_model(
     )
     log.info("evaluate: test_score %.4f; artifacts in %s", flat.get("test_score", math.nan), out)
     return EvalResult(metrics=flat, artifacts_dir=out, oof=oof_table)
+
+
+def radii_figure(
+    splits: Splits, records: Mapping[str, MaterialRecord] | None, cfg: PipelineConfig, out: Path
+) -> list[Path]:
+    """The first test structure drawn with each radii set (``radii.png``); none without its record."""
+    if not records or splits.test.empty:
+        return []
+    from crystalvision.render.figures import radii_comparison
+    from crystalvision.structures import structure_from_dict
+
+    mid = str(splits.test["material_id"].iloc[0])
+    if mid not in records:
+        return []
+    path = radii_comparison(structure_from_dict(records[mid].structure, mid), mid, cfg.render, out / "radii.png")
+    return [path] if path else []
 
 
 def run_saliency(

@@ -1,9 +1,7 @@
-"""Element colours and radii for the space-filling style.
+"""Element colours (and, through ``radii.py``, radii) for the space-filling style.
 
 Colours: VESTA's default element colours, as shipped by pymatgen (``pymatgen/vis/ElementColorSchemes.yaml``,
-scheme ``VESTA``). Radii: Shannon (1976) six-coordinate radii for the Li-Mn-Ni-O elements (Li+ 0.76, Mn3+ high
-spin 0.645, Ni2+ 0.69, O2- 1.26 Å), which give VESTA's space-filling look; other elements fall back to
-pymatgen's ``Element.average_ionic_radius`` (Shannon crystal radii), then to ``Element.atomic_radius``.
+scheme ``VESTA``). Radii: one of the named sets of ``radii.py`` (``render.radii``: vesta or shannon).
 """
 
 from __future__ import annotations
@@ -15,12 +13,9 @@ import numpy as np
 import yaml
 
 from crystalvision.errors import RenderError
+from crystalvision.render.radii import RadiiSet, element_radius
 
 COLOUR_SOURCE = "VESTA element colours (pymatgen/vis/ElementColorSchemes.yaml, scheme VESTA)"
-RADIUS_SOURCE = "Shannon (1976) radii: Li 0.76, Mn 0.645, Ni 0.69, O 1.26 Å; else pymatgen average ionic radius"
-
-IONIC_RADII = {"Li": 0.76, "Mn": 0.645, "Ni": 0.69, "O": 1.26}
-
 
 @cache
 def vesta_colours() -> dict[str, tuple[int, int, int]]:
@@ -40,23 +35,6 @@ def element_colour(symbol: str) -> tuple[int, int, int]:
         ) from None
 
 
-@cache
-def element_radius(symbol: str) -> float:
-    """Space-filling radius of ``symbol`` in Å; RenderError naming it if none is known."""
-    if symbol in IONIC_RADII:
-        return IONIC_RADII[symbol]
-    from pymatgen.core import Element
-
-    try:
-        el = Element(symbol)
-    except ValueError:
-        raise RenderError(f"'{symbol}' is not a chemical element; fix the structure's species") from None
-    for value in (el.average_ionic_radius, el.atomic_radius):
-        if value is not None and float(value) > 0:
-            return float(value)
-    raise RenderError(f"element '{symbol}' has no known radius; it cannot be drawn as a space-filling sphere")
-
-
 def species_symbols(structure) -> list[str]:
     """Element symbol of every site; RenderError for disordered sites or species that are not elements."""
     symbols = []
@@ -72,8 +50,10 @@ def species_symbols(structure) -> list[str]:
     return symbols
 
 
-def site_style(symbols: list[str], radius_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """(radii float32 (N,), colours uint8 (N, 3)) for element symbols."""
-    radii = np.array([element_radius(s) * radius_scale for s in symbols], dtype=np.float32)
+def site_style(
+    symbols: list[str], radius_scale: float = 1.0, radii_set: RadiiSet = "shannon"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(radii float32 (N,), colours uint8 (N, 3)) for element symbols, radii from the named set."""
+    radii = np.array([element_radius(s, radii_set) * radius_scale for s in symbols], dtype=np.float32)
     colours = np.array([element_colour(s) for s in symbols], dtype=np.uint8).reshape(-1, 3)
     return radii, colours

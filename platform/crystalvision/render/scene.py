@@ -67,7 +67,7 @@ def prepare_scene(structure: Any, cfg: RenderConfig) -> SceneData:
     if len(structure) == 0:
         raise RenderError("the structure has no atoms")
     symbols = species_symbols(structure)
-    radii, colours = site_style(symbols, cfg.radius_scale)
+    radii, colours = site_style(symbols, cfg.radius_scale, cfg.radii)
     frac, owners = periodic_images(np.asarray(structure.frac_coords, dtype=np.float64))
     matrix = np.asarray(structure.lattice.matrix, dtype=np.float64)
     centre = matrix.sum(axis=0) / 2.0
