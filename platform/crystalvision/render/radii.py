@@ -23,6 +23,7 @@ RADIUS_SOURCES: dict[str, str] = {
     "shannon": "Shannon (1976) radii: Li 0.76, Mn 0.645, Ni 0.69, O 1.26 Å; else pymatgen average ionic radius",
 }
 
+# fmt: off
 VESTA_RADII: dict[str, float] = {
     "H": 0.46, "He": 1.22, "Li": 1.57, "Be": 1.12, "B": 0.81, "C": 0.77, "N": 0.74, "O": 0.74,
     "F": 0.72, "Ne": 1.60, "Na": 1.91, "Mg": 1.60, "Al": 1.43, "Si": 1.18, "P": 1.10, "S": 1.04,
@@ -37,6 +38,7 @@ VESTA_RADII: dict[str, float] = {
     "Tl": 1.71, "Pb": 1.75, "Bi": 1.82, "Po": 1.77, "At": 0.62, "Rn": 0.80, "Fr": 1.00, "Ra": 2.35,
     "Ac": 2.03, "Th": 1.80, "Pa": 1.63, "U": 1.56, "Np": 1.56, "Pu": 1.64, "Am": 1.73,
 }
+# fmt: on
 
 SHANNON_RADII: dict[str, float] = {"Li": 0.76, "Mn": 0.645, "Ni": 0.69, "O": 1.26}
 
