@@ -12,8 +12,9 @@ import torch.multiprocessing as mp
 
 from crystalvision.accel import DeviceData
 from crystalvision.config import TrainConfig
-from crystalvision.loop import Engine, EvalAccumulator, LoopState, fit, reduce_train
+from crystalvision.loop import Engine, EvalAccumulator, fit, reduce_train
 from crystalvision.model import CrystalNet, ModelSpec
+from crystalvision.selection import LoopState
 
 from .support.toy import SPACEGROUPS, SYSTEMS, TEST_BACKBONE
 

@@ -11,9 +11,10 @@ import torch
 
 from crystalvision.config import PipelineConfig
 from crystalvision.dataset import load_labels, split_frame
-from crystalvision.loop import Engine, LoopState, NonFiniteLossError, fit
+from crystalvision.loop import Engine, fit
 from crystalvision.model import ModelSpec, load_model, predict_arrays
 from crystalvision.prepare import Prepared
+from crystalvision.selection import LoopState, NonFiniteLossError
 from crystalvision.storage import ObjectStore
 from crystalvision.targets import TARGET_COLUMNS
 from crystalvision.train import EvalAccumulator, multitask_loss, train_model

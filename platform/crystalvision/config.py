@@ -194,7 +194,21 @@ class TrainConfig(_Strict):
     batch_size: int = Field(default=16, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
-    patience: int = Field(default=30, ge=1, description="Early stopping on validation loss.")
+    patience: int = Field(default=30, ge=1, description="Early stopping: epochs without a better train.select value.")
+    select: Literal["val_loss", "val_score"] = Field(
+        default="val_loss",
+        description="What early stopping and the kept weights follow: val_loss (the weighted sum of the heads' "
+        "validation losses) or val_score (the mean of the weighted heads' validation accuracy / R², the goal's "
+        "measure; one spike in a regression head's loss cannot end a run whose accuracy still rises).",
+    )
+    select_window: int = Field(
+        default=1, ge=1, description="Moving mean over this many epochs of train.select before comparing epochs."
+    )
+    schedule: Literal["constant", "cosine"] = Field(
+        default="constant",
+        description="Learning rate per epoch: constant, or cosine decay from lr to lr/100 over train.epochs (a fixed "
+        "budget; pair it with a patience of at least train.epochs).",
+    )
     loss_weights: dict[str, float] = Field(
         default_factory=lambda: dict.fromkeys(TARGETS, 1.0), description="Weight of each head's loss."
     )

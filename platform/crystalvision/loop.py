@@ -15,11 +15,10 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -29,8 +28,8 @@ from torch import nn
 from crystalvision.accel import GraphStep, amp_dtype, norm_constants, normalise, resolve_step_mode
 from crystalvision.augment import augment_batch, classification_loss
 from crystalvision.config import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION, TrainConfig
-from crystalvision.errors import CrystalVisionError
 from crystalvision.model import unwrap
+from crystalvision.selection import LoopState, check_finite, epoch_lr, val_score
 from crystalvision.targets import TARGET_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -147,49 +146,6 @@ def train_metrics(reduced: torch.Tensor) -> dict[str, float]:
     }
 
 
-# ---- state carried in checkpoints -----------------------------------------------------------------------------
-
-
-@dataclass
-class LoopState:
-    """Training progress carried in every checkpoint."""
-
-    epoch: int = 0  # next epoch to run
-    best_val_loss: float = math.inf
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    stopped: bool = False
-    resumes: int = 0  # times this run continued from a checkpoint (worker restarts and re-launches)
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    def update(self, epoch: int, val_loss: float, patience: int) -> bool:
-        """Early stopping after ``epoch``: True when it is the best so far."""
-        best = val_loss < self.best_val_loss
-        if best:
-            self.best_val_loss, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
-        else:
-            self.bad_epochs += 1
-        self.stopped = self.bad_epochs >= patience
-        self.epoch = epoch + 1
-        return best
-
-
-class NonFiniteLossError(CrystalVisionError):
-    """Training diverged: the validation loss is NaN or infinite (no best model exists to save)."""
-
-
-def check_finite(epoch: int, metrics: dict[str, float]) -> None:
-    """Raise :class:`NonFiniteLossError` naming the epoch when the validation loss is NaN or infinite."""
-    val_loss = float(metrics["val_loss"])
-    if math.isfinite(val_loss):
-        return
-    train_loss = metrics.get("train_loss", float("nan"))
-    raise NonFiniteLossError(
-        f"training diverged: validation loss is {val_loss} at epoch {epoch} (train loss {train_loss:.6g}); "
-        "lower train.lr or check the labels for NaN/inf values"
-    )
-
-
 # ---- the engine ---------------------------------------------------------------------------------------------------
 
 
@@ -224,7 +180,10 @@ class Engine:
         if self.mode == "graphs":
             opt_kw["capturable"] = True
         params = self.model.parameters()
-        self.optimizer = torch.optim.Adam(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, **opt_kw)
+        lr: float | torch.Tensor = tcfg.lr
+        if self.mode == "graphs" and tcfg.schedule != "constant":  # a captured step reads the lr from a tensor
+            lr = torch.tensor(tcfg.lr, device=device)
+        self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=tcfg.weight_decay, **opt_kw)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.forward = torch.compile(self.model) if self.mode == "compile" else self.model
         self._graph: GraphStep | None = None
@@ -283,6 +242,14 @@ class Engine:
         if not self._graph.fits(images):  # a short last batch runs eagerly
             return self.eager_step(images, targets)
         return self._graph.replay(images, targets)
+
+    def set_lr(self, lr: float) -> None:
+        """Set every parameter group's learning rate (in place when it is a tensor, as a captured step needs)."""
+        for group in self.optimizer.param_groups:
+            if torch.is_tensor(group["lr"]):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
 
     # -- epochs ------------------------------------------------------------------------------------------------
 
@@ -383,13 +350,18 @@ def fit(
         epoch = state.epoch
         torch.manual_seed(tcfg.seed + 1000 * epoch + engine.rank)
         hook = functools.partial(on_step, epoch) if on_step else None
+        engine.set_lr(epoch_lr(tcfg, epoch))
         stats = engine.train_epoch(train_batches(epoch), hook)
-        metrics = {"epoch": float(epoch), **train_metrics(reduce_train(stats, engine.device))}
+        metrics = {"epoch": float(epoch), "lr": epoch_lr(tcfg, epoch)}
+        metrics |= train_metrics(reduce_train(stats, engine.device))
         metrics |= engine.validate(val_batches())
+        metrics["val_score"] = val_score(metrics, tcfg.loss_weights)
         check_finite(epoch, metrics)
-        if state.update(epoch, metrics["val_loss"], tcfg.patience):
+        criterion = metrics["val_loss"] if tcfg.select == "val_loss" else -metrics["val_score"]
+        if state.update(epoch, metrics["val_loss"], tcfg.patience, criterion, tcfg.select_window):
             best = engine.weights()
         metrics |= {"best_val_loss": state.best_val_loss, "best_epoch": float(state.best_epoch)}
+        metrics["best_criterion"] = state.best_criterion
         metrics |= {"early_stop_counter": float(state.bad_epochs), "world_size": float(engine.world)}
         metrics["resumes"] = state.resumes
         state.history.append(metrics)

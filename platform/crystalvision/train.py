@@ -30,8 +30,9 @@ from crystalvision.dataset import Splits, to_ray_dataset
 from crystalvision.errors import ConfigError
 from crystalvision.faults import train_fault
 from crystalvision.lease import LockedError, holder, lease_lock, renewed_on_progress
-from crystalvision.loop import EvalAccumulator, LoopState, NonFiniteLossError, multitask_loss  # noqa: F401 - re-exported
+from crystalvision.loop import EvalAccumulator, multitask_loss  # noqa: F401 - re-exported
 from crystalvision.model import CrystalNet, ModelSpec, save_model
+from crystalvision.selection import LoopState, NonFiniteLossError
 from crystalvision.settings import get_settings
 from crystalvision.storage import filesystem_for, is_s3
 from crystalvision.targets import TARGETS_REGRESSION

@@ -21,8 +21,9 @@ import torch
 from crystalvision.accel import HeldSplit, keep_split
 from crystalvision.config import TrainConfig
 from crystalvision.faults import maybe_exit_worker
-from crystalvision.loop import Engine, LoopState, dist_ready, fit
+from crystalvision.loop import Engine, dist_ready, fit
 from crystalvision.model import CrystalNet, ModelSpec
+from crystalvision.selection import LoopState
 from crystalvision.targets import TARGET_COLUMNS
 
 log = logging.getLogger(__name__)
