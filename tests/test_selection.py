@@ -10,7 +10,7 @@ import torch
 
 from crystalvision.config import TrainConfig
 from crystalvision.loop import Engine, fit
-from crystalvision.selection import LoopState, epoch_lr, val_score
+from crystalvision.selection import LoopState, epoch_lr, select_score
 from crystalvision.targets import SCORE_METRICS, TARGET_COLUMNS
 
 from .test_train import _batch, _cfg, _tiny_net
@@ -29,7 +29,7 @@ def test_score_selection_survives_one_spike_in_a_regression_loss() -> None:
     for epoch, (loss, acc) in enumerate(zip(losses, accs, strict=True)):
         if not by_loss.stopped:
             by_loss.update(epoch, loss, patience=3)
-        by_score.update(epoch, loss, 3, -val_score(_metrics(acc, 0.2), {}))
+        by_score.update(epoch, loss, 3, -select_score(_metrics(acc, 0.2), {}))
     assert (by_loss.stopped, by_loss.best_epoch) == (True, 1)
     assert (by_score.stopped, by_score.best_epoch) == (False, 5)
     assert by_score.best_val_loss == 0.97 and by_score.best_criterion == pytest.approx(-(0.6 * 2 + 0.2 * 2) / 4)
@@ -47,9 +47,9 @@ def test_the_window_smooths_a_single_lucky_epoch() -> None:
 
 def test_val_score_uses_weighted_heads_and_floors_r2() -> None:
     m = _metrics(0.5, -7.0)
-    assert val_score(m, {}) == pytest.approx((0.5 * 2 - 1.0 * 2) / 4)
+    assert select_score(m, {}) == pytest.approx((0.5 * 2 - 1.0 * 2) / 4)
     only_class = {t: 0.0 for t in ("band_gap", "energy_above_hull")}
-    assert val_score(m, only_class) == pytest.approx(0.5)
+    assert select_score(m, only_class) == pytest.approx(0.5)
 
 
 def test_cosine_schedule_runs_from_lr_to_a_hundredth() -> None:
@@ -67,7 +67,7 @@ def test_fit_sets_each_epochs_lr_and_reports_the_score() -> None:
     seen = []
 
     def report(metrics, state, best):
-        seen.append((metrics["lr"], engine.optimizer.param_groups[0]["lr"], metrics["val_score"]))
+        seen.append((metrics["lr"], engine.optimizer.param_groups[0]["lr"], metrics["select_score"]))
 
     state, best = fit(engine, LoopState(), None, lambda e: [_batch(4, 0.5)], lambda: [_batch(4, 0.5)], report)
     assert [round(lr, 8) for lr, _, _ in seen] == [round(epoch_lr(tcfg, e), 8) for e in range(3)]

@@ -29,7 +29,7 @@ from crystalvision.accel import GraphStep, amp_dtype, norm_constants, normalise,
 from crystalvision.augment import augment_batch, classification_loss
 from crystalvision.config import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION, TrainConfig
 from crystalvision.model import unwrap
-from crystalvision.selection import LoopState, check_finite, epoch_lr, val_score
+from crystalvision.selection import LoopState, check_finite, epoch_lr, select_score
 from crystalvision.targets import TARGET_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -355,9 +355,10 @@ def fit(
         metrics = {"epoch": float(epoch), "lr": epoch_lr(tcfg, epoch)}
         metrics |= train_metrics(reduce_train(stats, engine.device))
         metrics |= engine.validate(val_batches())
-        metrics["val_score"] = val_score(metrics, tcfg.loss_weights)
+        # train.select's score (weighted heads, R² floored at -1); the registry's val_score is the final model's
+        metrics["select_score"] = select_score(metrics, tcfg.loss_weights)
         check_finite(epoch, metrics)
-        criterion = metrics["val_loss"] if tcfg.select == "val_loss" else -metrics["val_score"]
+        criterion = metrics["val_loss"] if tcfg.select == "val_loss" else -metrics["select_score"]
         if state.update(epoch, metrics["val_loss"], tcfg.patience, criterion, tcfg.select_window):
             best = engine.weights()
         metrics |= {"best_val_loss": state.best_val_loss, "best_epoch": float(state.best_epoch)}

@@ -46,7 +46,7 @@ class LoopState:
         return best
 
 
-def val_score(metrics: dict[str, float], weights: dict[str, float]) -> float:
+def select_score(metrics: dict[str, float], weights: dict[str, float]) -> float:
     """Mean validation accuracy (class heads) / R² (regression heads, floored at -1) over heads with weight > 0."""
     parts = []
     for head in TABLE:
