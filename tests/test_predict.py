@@ -376,3 +376,41 @@ def test_concurrent_renders_run_in_a_bounded_pool_of_helpers(monkeypatch) -> Non
         renderproc.shutdown()
     assert two < 1.8, f"two renders took {two:.1f} s: they were serialised"
     assert three >= 1.9, f"three renders took {three:.1f} s with two helpers: the pool is not bounded"
+
+
+def test_predict_prints_the_model_cards_measured_metrics_beside_each_answer(cv_home, tmp_path) -> None:
+    """A model whose card holds out-of-fold metrics shows them beside every answer (table and JSON); one without
+    says it has none instead of printing nothing."""
+    from crystalvision.card import generalisation_from_record
+
+    record = Path(__file__).parents[1] / "docs/study/records/space-grouped.json"
+    store = ObjectStore(str(tmp_path / "store"))
+    splits = toy_splits(store)
+    use_test_tracking()
+    uris = {}
+    for name, carded in (("bare", False), ("carded", True)):
+        model_dir = tiny_model_dir(tmp_path / name)
+        if carded:
+            spec = json.loads((model_dir / "model.json").read_text())
+            spec["generalisation"] = generalisation_from_record(record, None)
+            (model_dir / "model.json").write_text(json.dumps(spec))
+        with mlflow.start_run():
+            uris[name] = predict.log_model(model_dir, splits, store)
+    good = tmp_path / "good.png"
+    good.write_bytes(_png(SIZE))
+
+    carded = CliRunner().invoke(app, ["predict", str(good), "--model", uris["carded"]])
+    assert carded.exit_code == 0, carded.output
+    cs = generalisation_from_record(record, None)["heads"]["crystal_system"]
+    line = next(x for x in carded.stdout.splitlines() if x.startswith(f"{good}: crystal system "))
+    assert f"; this model: {cs['value']:.2f} [{cs['lo']:.2f}, {cs['hi']:.2f}] accuracy on unseen structures" in line
+    assert "(p 0." in line or "(p 1.00" in line
+    assert sum(x.startswith(f"{good}: ") for x in carded.stdout.splitlines()) == 4  # every head's answer
+    as_json = json.loads(CliRunner().invoke(app, ["predict", str(good), "--model", uris["carded"], "--output",
+                                                  "json"]).stdout)
+    assert as_json[0]["model_generalisation"]["heads"]["crystal_system"]["value"] == cs["value"]
+
+    bare = CliRunner().invoke(app, ["predict", str(good), "--model", uris["bare"]])
+    assert bare.exit_code == 0, bare.output
+    assert "this model has no measured out-of-fold metrics on unseen structures" in bare.stdout
+    assert "this model: 0." not in bare.stdout

@@ -313,6 +313,12 @@ class RegistryConfig(_Strict):
         default="val_score", description="Higher is better; a validation metric (val_*), never test; registry.py."
     )
     min_improvement: float = Field(default=0.0, ge=0)
+    generalisation_record: str | None = Field(
+        default=None,
+        description="The --json record of a grouped k-fold run of the same recipe on the same snapshot (e.g. "
+        "docs/study/records/space-grouped.json): its pooled out-of-fold metrics go into the model card (model.json, "
+        "the MLflow description) and beside every prediction.",
+    )
 
     @field_validator("promote_metric")
     @classmethod

@@ -53,6 +53,8 @@ class ModelSpec(BaseModel):
     training_elements: list[str] = Field(default_factory=list)
     max_training_sites: int | None = None
     spacegroup_crystal_system: dict[str, str] = Field(default_factory=dict)
+    # measured on unseen structures by a grouped k-fold run of the same recipe (card.py); empty: never measured
+    generalisation: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod

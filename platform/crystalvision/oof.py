@@ -188,6 +188,17 @@ def intervals(
     return out
 
 
+def model_intervals(table: pd.DataFrame, *, n_resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """``pooled_<reference>_<metric>_<head>_lo`` / ``_hi``: the 95 % bootstrap interval of the model's own pooled
+    metric over resampled structures (what a model card shows beside the value)."""
+    if REFERENCE not in predictors(table):
+        return {}
+    out: dict[str, float] = {}
+    for metric, v in intervals(table, REFERENCE, n_resamples=n_resamples, seed=seed).items():
+        out |= {f"pooled_{REFERENCE}_{metric}_lo": v["lo"], f"pooled_{REFERENCE}_{metric}_hi": v["hi"]}
+    return out
+
+
 def comparisons(
     table: pd.DataFrame,
     subsets: Mapping[str, int] | None = None,
@@ -217,6 +228,7 @@ def summarise(
 ) -> dict[str, float]:
     """Pooled metrics and paired comparisons of a prediction table (finite values only)."""
     out = pooled_metrics(table, subsets) | comparisons(table, subsets, n_resamples=n_resamples, seed=seed)
+    out |= model_intervals(table, n_resamples=n_resamples, seed=seed)
     out["pooled_bootstrap_resamples"] = float(n_resamples)
     return {k: v for k, v in out.items() if math.isfinite(v)}
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crystalvision import prepare, progress, rundocs
@@ -107,6 +108,10 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> Pipeli
 
         n = len(selection.records)
         n_folds_for(cfg.split, n, n * cfg.render.views_per_structure)
+    if "train" in stages and cfg.registry.generalisation_record and not prepare.is_kfold(cfg.split):
+        from crystalvision.card import generalisation_from_record  # a record that cannot describe it: before training
+
+        generalisation_from_record(cfg.registry.generalisation_record, snap.manifest.content_sha256)
     store = open_store()
     with result.timed("render"):
         result.render = prepare.render(cfg, snap, selection, store)
@@ -136,6 +141,8 @@ def _train_evaluate_register(prepared: prepare.Prepared, stages: list[str], resu
             trained = train_model(prepared, run_id=run.info.run_id)
         result.model_dir = str(trained.model_dir)
         result.metrics.update(trained.metrics)
+        if cfg.registry.generalisation_record:
+            _card_generalisation(trained.model_dir, cfg.registry.generalisation_record)
         if "evaluate" in stages:
             from crystalvision.runs import evaluate_into_run
 
@@ -154,8 +161,21 @@ def _train_evaluate_register(prepared: prepare.Prepared, stages: list[str], resu
         progress.emit("register", 0, None)
         with result.timed("register"):
             result.registry = register_and_promote(cfg, result.run_id)
+            card = json.loads((Path(str(result.model_dir)) / "model.json").read_text()) if result.model_dir else {}
             rundocs.describe_model(cfg.registry.model_name, str(result.registry["challenger_version"]), cfg, snap,
-                                   prepared.splits.describe(), result.metrics, result.registry)
+                                   prepared.splits.describe(), result.metrics, result.registry,
+                                   card.get("generalisation"))
+
+
+def _card_generalisation(model_dir: Any, record: str) -> None:
+    """Put the k-fold record's out-of-fold metrics into the model card (``model.json``), atomically."""
+    from crystalvision.card import generalisation_from_record
+    from crystalvision.storage import write_durably
+
+    path = Path(model_dir) / "model.json"  # model.SPEC_FILE (model.py imports torch)
+    spec = json.loads(path.read_text())
+    spec["generalisation"] = generalisation_from_record(record, spec.get("snapshot_sha256"))
+    write_durably(str(path), json.dumps(spec, indent=1).encode())
 
 
 def _log_datasets(prepared: prepare.Prepared) -> None:

@@ -349,6 +349,7 @@ def predict_files(paths: Sequence[str | Path], model_uri: str, views: int = DEFA
             model = mlflow.pyfunc.load_model(model_uri)
         except Exception as exc:  # MLflow raises MlflowException, OSError... for unknown models
             raise ModelError(f"cannot load model {model_uri} ({exc}); train and register one first") from exc
+        out.attrs["generalisation"] = model_generalisation(model)
         # requests within the server's bounds: at most MAX_ROWS rows and MAX_TOTAL_VIEWS views each
         step = max(1, min(predict_input.MAX_ROWS, predict_input.MAX_TOTAL_VIEWS // views))
         for start in range(0, len(readable), step):
@@ -361,6 +362,15 @@ def predict_files(paths: Sequence[str | Path], model_uri: str, views: int = DEFA
                 out.loc[i, list(OUTPUT_COLUMNS)] = [row[c] for c in OUTPUT_COLUMNS]
     out.insert(0, "file", [str(p) for p in paths])
     return out
+
+
+def model_generalisation(model: Any) -> dict[str, Any]:
+    """The card's measured out-of-fold metrics of a loaded pyfunc ({} when it has none or is not ours)."""
+    try:
+        spec = model.unwrap_python_model().model.spec
+    except Exception:  # another flavour, or a model saved before model cards: nothing measured to show
+        return {}
+    return dict(getattr(spec, "generalisation", None) or {})
 
 
 def default_model_uri(config: str | Path) -> str:

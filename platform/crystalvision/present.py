@@ -85,6 +85,36 @@ def notes(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+HEAD_ANSWERS = (  # head, label shown, the frame's answer column, its probability column (None: a value)
+    ("band_gap", "band gap", "band_gap", None),
+    ("energy_above_hull", "E_hull", "energy_above_hull", None),
+    ("crystal_system", "crystal system", "crystal_system", "crystal_system_probability"),
+    ("spacegroup", "space group", "spacegroup", "spacegroup_probability"),
+)
+
+
+def trust_lines(frame: pd.DataFrame) -> list[str]:
+    """Each answer beside the model's measured accuracy / R² on unseen structures (the model card), or one line
+    saying the model has none."""
+    from crystalvision.card import UNMEASURED, trust_text
+
+    generalisation = frame.attrs.get("generalisation") or {}
+    if not generalisation.get("heads"):
+        return [f"note: this model has {UNMEASURED}"]
+    lines = []
+    for i, row in enumerate(frame.to_dict(orient="records")):
+        if not _missing(row.get("error")):
+            continue
+        name = str(row.get("file") or row.get("name") or f"row {i}")
+        for head, label, answer, proba in HEAD_ANSWERS:
+            value = row.get(answer)
+            if _missing(value):
+                continue
+            shown = f"{value} (p {float(row[proba]):.2f}; " if proba else f"{float(value):.3g} ("
+            lines.append(f"{name}: {label} {shown}{trust_text(generalisation, head)})")
+    return lines
+
+
 def print_predictions(frame: pd.DataFrame, output: str = "table", console: Console | None = None) -> None:
     """Print ``frame`` (from :func:`crystalvision.predict.predict_files`) as a table or as JSON on stdout."""
     if console is None:
@@ -92,8 +122,11 @@ def print_predictions(frame: pd.DataFrame, output: str = "table", console: Conso
         if not console.is_terminal:  # CI logs, pipes: no folding at the 80-column default
             console.width = NON_TERMINAL_WIDTH
     if output == "json":
-        console.out(json.dumps(prediction_records(frame), indent=2, default=str), highlight=False)
+        records = prediction_records(frame)
+        for record in records:
+            record["model_generalisation"] = frame.attrs.get("generalisation") or None
+        console.out(json.dumps(records, indent=2, default=str), highlight=False)
         return
     console.print(prediction_table(frame))
-    for line in notes(frame):
+    for line in trust_lines(frame) + notes(frame):
         console.out(line, highlight=False)

@@ -109,9 +109,13 @@ def version_tags(cfg: Any, snapshot: Any, split_info: dict[str, Any]) -> dict[st
 
 
 def describe_model(name: str, version: str, cfg: Any, snapshot: Any, split_info: dict[str, Any],
-                   metrics: dict[str, float], decision: dict[str, Any]) -> None:
-    """Descriptions on the registered model and on the version, plus the version's tags."""
+                   metrics: dict[str, float], decision: dict[str, Any],
+                   generalisation: dict[str, Any] | None = None) -> None:
+    """Descriptions on the registered model and on the version (with the card's measured generalisation, or a line
+    saying it was never measured), plus the version's tags."""
     import mlflow
+
+    from crystalvision.card import card_markdown
 
     client = mlflow.MlflowClient()
     client.update_registered_model(
@@ -129,7 +133,9 @@ def describe_model(name: str, version: str, cfg: Any, snapshot: Any, split_info:
         f"Promotion: {'champion' if decision.get('promoted') else 'challenger'}: {decision.get('reason', '')}",
     ]
     if rows:
-        text += ["", "| head | metric | model | majority | 1-NN |", "|---|---|---|---|---|", *rows]
+        header = ["| head | metric | model | majority | 1-NN |", "|---|---|---|---|---|"]
+        text += ["", "This run's test split:", "", *header, *rows]
+    text += card_markdown(generalisation)
     client.update_model_version(name, version, description="\n".join(text))
     for key, value in version_tags(cfg, snapshot, split_info).items():
         client.set_model_version_tag(name, version, key, value)

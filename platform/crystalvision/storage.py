@@ -267,7 +267,7 @@ class ObjectStore:
         target = self.path(key)
         try:
             if self.local:
-                _write_durably(target, data)
+                write_durably(target, data)
             else:
                 self._retry(f"write {self.uri(key)}", lambda: self._put_s3(target, data))
         except OSError as exc:
@@ -340,7 +340,7 @@ class ObjectStore:
         return removed
 
 
-def _write_durably(target: str, data: bytes) -> None:
+def write_durably(target: str, data: bytes) -> None:
     """Write ``target`` atomically and durably: a uuid-named temp file, fsync, rename, fsync of the folder.
     The temp file is removed when any step fails, so a crash or a full disk leaves no partial object."""
     folder = posixpath.dirname(target)
