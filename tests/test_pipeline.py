@@ -25,12 +25,33 @@ TINY = [
 ]
 
 
+def _kfold_record(folder: Path, snapshot_sha256: str) -> Path:
+    """A grouped k-fold record as `pipeline run --json` writes it (pooled metrics only) for the bundled snapshot."""
+    pooled = {"pooled_n_structures": 62.0, "pooled_n_seeds": 1.0, "pooled_model_acc_crystal_system": 0.41,
+              "pooled_model_acc_crystal_system_lo": 0.3, "pooled_model_acc_crystal_system_hi": 0.52,
+              "pooled_dummy_acc_crystal_system": 0.37, "pooled_model_r2_band_gap": -0.2}
+    path = folder / "lmno-grouped.json"
+    record = {"pipeline": "lmno-grouped", "snapshot_sha256": snapshot_sha256, "run_id": "r1",
+              "pooled": {"metrics": pooled}}
+    path.write_text(json.dumps(record))
+    return path
+
+
 @pytest.mark.slow
-def test_quickstart_end_to_end(cv_home: Path) -> None:
+def test_quickstart_end_to_end(cv_home: Path, tmp_path: Path) -> None:
+    from crystalvision.snapshot import bundled_snapshots, load_snapshot
+
     args = ["pipeline", "run", str(ROOT / "pipelines/quickstart.yaml"), "--json"]
     for item in TINY:
         args += ["--set", item]
-    result = CliRunner().invoke(app, args)
+    # a record of another snapshot cannot describe this model: refused before anything is rendered
+    space = ROOT / "docs/study/records/space-grouped.json"
+    refused = CliRunner().invoke(app, [*args, "--set", f"registry.generalisation_record={space}"])
+    assert refused.exit_code != 0 and "measured snapshot 5acaf39473a8" in refused.output
+    assert not (cv_home / "store" / "renders").exists()
+    sha = load_snapshot(bundled_snapshots()["lmno"]).manifest.content_sha256
+    record = _kfold_record(tmp_path, sha)
+    result = CliRunner().invoke(app, [*args, "--set", f"registry.generalisation_record={record}"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout[result.stdout.index("{") :])
 
@@ -50,10 +71,15 @@ def test_quickstart_end_to_end(cv_home: Path) -> None:
     assert "val_loss" in run.data.metrics and "test_r2_band_gap" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(summary["run_id"], "evaluation")}
     assert {"evaluation/report.html", "evaluation/metrics.json", "evaluation/saliency.png"} <= artifacts
+    assert "evaluation/radii.png" in artifacts  # one test structure in both radii sets
+    card = json.loads((Path(summary["model_dir"]) / "model.json").read_text())["generalisation"]
+    assert card["heads"]["crystal_system"] == {"metric": "accuracy", "value": 0.41, "lo": 0.3, "hi": 0.52,
+                                               "majority": 0.37}
 
     name = summary["registry"]["model_name"]
     champion = client.get_model_version_by_alias(name, "champion")
     assert str(champion.version) == str(summary["registry"]["challenger_version"]) == "1"
+    assert "| crystal_system | accuracy | 0.41 [0.30, 0.52] | 0.37 |" in champion.description
     assert summary["registry"]["promoted"] is True
 
     # `evaluate --run-id` rebuilds the run's own labels table and split from what the run logged, whatever the
@@ -74,4 +100,5 @@ def test_quickstart_end_to_end(cv_home: Path) -> None:
     assert again.exit_code == 0, again.output
     second = json.loads(again.stdout[again.stdout.index("{") :])
     assert second["render"]["render_n_new"] == 0 and second["render"]["render_n_skipped"] == 15
-    assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
+    challenger = client.get_model_version_by_alias(name, "challenger")
+    assert str(challenger.version) == "2" and "no measured out-of-fold metrics" in challenger.description
