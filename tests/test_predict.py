@@ -162,9 +162,17 @@ def test_logged_pyfunc_is_code_with_its_requirements(logged) -> None:
     assert {"vtk", "pyvista", "scipy", "pymatgen", "torch", "timm"} <= reqs and "crystalvision" not in reqs
 
 
-def test_cli_predict_defaults_to_the_model_the_quickstart_registers() -> None:
+def test_cli_predict_defaults_to_the_model_the_quickstart_registers(cv_home, tmp_path, monkeypatch) -> None:
+    """No pipeline file needed: outside the checkout the default is the quickstart's champion by name."""
+    from crystalvision.settings import get_settings
+
     name = yaml.safe_load(QUICKSTART.read_text())["registry"]["model_name"]
     assert predict.default_model_uri(QUICKSTART) == f"models:/{name}@champion"
+    monkeypatch.chdir(tmp_path)  # no pipelines/ here
+    assert predict.default_model_uri() == f"models:/{name}@champion"
+    monkeypatch.setenv("CRYSTALVISION_MODEL", "models:/lmno-space-efficientnet-b0@champion")
+    get_settings.cache_clear()
+    assert predict.default_model_uri() == "models:/lmno-space-efficientnet-b0@champion"
 
 
 def test_joint_symmetry_is_consistent_and_flags_heads_that_disagree() -> None:

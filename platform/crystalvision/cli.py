@@ -267,9 +267,12 @@ def register(
 def predict(
     files: Annotated[list[Path], typer.Argument(help="CIF or PNG/JPEG files.")],
     model: Annotated[
-        str | None, typer.Option(help="Model URI; default: the champion that --config's pipeline registers.")
+        str | None,
+        typer.Option(help="Model URI; default: --config's champion, else $CRYSTALVISION_MODEL (the quickstart's)."),
     ] = None,
-    config: ConfigOpt = DEFAULT_CONFIG,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Use the champion this pipeline YAML registers.")
+    ] = None,
     views: Annotated[int, typer.Option(min=1, max=64, help="Views rendered per CIF (predictions averaged).")] = 8,
     output: Annotated[str, typer.Option(help="table or json (json keeps the full distributions)")] = "table",
 ) -> None:

@@ -373,9 +373,13 @@ def model_generalisation(model: Any) -> dict[str, Any]:
     return dict(getattr(spec, "generalisation", None) or {})
 
 
-def default_model_uri(config: str | Path) -> str:
-    """The champion of the pipeline ``config`` registers (``make run`` registers pipelines/quickstart.yaml's)."""
+def default_model_uri(config: str | Path | None = None) -> str:
+    """The champion of the pipeline ``config`` registers; without one, ``CRYSTALVISION_MODEL`` (default: the
+    champion of the quickstart's model name, which ``make run`` registers; no pipeline file needed)."""
     from crystalvision.config import load_pipeline
+    from crystalvision.settings import get_settings
     from crystalvision.tracking import CHAMPION
 
+    if config is None:
+        return get_settings().tracking.model
     return f"models:/{load_pipeline(Path(config)).registry.model_name}@{CHAMPION}"

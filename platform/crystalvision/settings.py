@@ -105,6 +105,11 @@ class TrackingSettings(_Base):
         description="Artifact root for experiments created here (local folder or s3://).",
     )
     experiment_name: str = Field(default="crystalvision", description="Default MLflow experiment.")
+    model: str = Field(
+        default="models:/lmno-efficientnet-b0-quickstart@champion",
+        description="The model `crystalvision predict` uses without --model or --config: any MLflow model URI "
+        "(default: the champion that `make run` registers).",
+    )
     # MLflow reads these itself; they are here so that they are masked like every other secret.
     mlflow_tracking_password: SecretStr | None = Field(
         default=None,
