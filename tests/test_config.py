@@ -81,3 +81,15 @@ def test_settings_from_env_hide_secrets(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert s.tracking.mlflow_tracking_uri.startswith("sqlite:///") and str(tmp_path) in s.tracking.mlflow_tracking_uri
     dumped = repr(s) + s.model_dump_json()
     assert "sekret-mp-key-123" not in dumped and "sekret-aws-456" not in dumped
+
+
+def test_the_space_model_trains_the_recipe_its_card_describes() -> None:
+    """pipelines/space.yaml's card holds space-grouped.yaml's out-of-fold metrics: same snapshot, render and
+    training recipe, so a change to one without the other fails here."""
+    from crystalvision.config import load_pipeline
+
+    model, folds = load_pipeline(ROOT / "pipelines/space.yaml"), load_pipeline(ROOT / "pipelines/space-grouped.yaml")
+    assert model.snapshot == folds.snapshot and model.render == folds.render
+    assert model.train.model_dump(exclude={"seeds"}) == folds.train.model_dump(exclude={"seeds"})
+    assert model.registry.generalisation_record == "docs/study/records/space-grouped.json"
+    assert folds.split.folds and not model.split.folds
