@@ -87,3 +87,19 @@ def test_select_picks_by_validation_only(tmp_path: Path, capsys: pytest.CaptureF
     sel.main(copies)
     again = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r.endswith("| yes |") for r in again] == [r.endswith("| yes |") for r in rows]
+
+
+def test_compare_table_rows_from_kfold_records(tmp_path: Path) -> None:
+    ct = script("compare_table")
+    record = json.loads((RECORDS / "space-grouped.json").read_text())
+    text = ct.table({"a": record, "b": record})
+    m = record["metrics"]
+    assert f"{m['val_acc_crystal_system_mean']:.3f} ± {m['val_acc_crystal_system_std']:.3f}" in text
+    assert f"{m['best_epoch_mean'] + 1:.1f} / {m['epochs_trained_mean']:.1f}" in text  # best epoch counted from 1
+    assert text.count("\n| a |") == 1 and text.count("\n| b |") == 1
+    page = tmp_path / "page.md"
+    page.write_text("x\n<!-- radii-table:start -->\nold\n<!-- radii-table:end -->\ny\n")
+    ct.write_between(page, "radii-table", text)
+    assert page.read_text() == f"x\n<!-- radii-table:start -->\n{text}\n<!-- radii-table:end -->\ny\n"
+    with pytest.raises(SystemExit, match="no <!-- other:start -->"):
+        ct.write_between(page, "other", text)
