@@ -1,11 +1,11 @@
-"""README's benchmark table, generated from ``bench/results/bench.json`` (never written by hand).
+"""The benchmark table of docs/benchmarks.md, generated from ``bench/results/bench.json`` (never written by hand).
 
-The table sits between ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->`` in README.md; everything
+The table sits between ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->`` in docs/benchmarks.md; everything
 outside the markers is kept. Every row: benchmark, metric, value with its unit, goal, whether the goal is met, the
 load average when its part started, the date of the run and the row's notes.
 
-    python -m bench.readme_table [--json bench/results/bench.json] [--readme README.md]
-    python -m bench.run_all --readme README.md    # run the benchmarks, then rewrite the table
+    python -m bench.readme_table [--json bench/results/bench.json] [--readme docs/benchmarks.md]
+    python -m bench.run_all --readme docs/benchmarks.md    # run the benchmarks, then rewrite the table
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def rewrite(readme_text: str, data: dict) -> str:
     """``readme_text`` with the table between the markers replaced; a missing marker is an error naming the fix."""
     start, end = readme_text.find(START), readme_text.find(END)
     if start < 0 or end < start:
-        raise ValueError(f"README has no {START} ... {END} block; add both markers where the table goes")
+        raise ValueError(f"the page has no {START} ... {END} block; add both markers where the table goes")
     return readme_text[: start + len(START)] + "\n" + render_table(data) + "\n" + readme_text[end:]
 
 
@@ -99,7 +99,7 @@ def update_readme(readme: Path, results: Path) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=Path("bench/results/bench.json"))
-    parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    parser.add_argument("--readme", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     update_readme(args.readme, args.json)

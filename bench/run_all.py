@@ -6,9 +6,9 @@ peak memory of the whole process tree, per-stage times, evaluation time). Ratios
 run. The default run is sized to finish in about 15 minutes on 2 CPU cores; ``--quick`` in a few minutes.
 
     python -m bench.run_all [--quick] [--out bench/results/bench.json]
-    python -m bench.run_all --only render_bench.ray_simulated --merge --readme README.md   # refresh one part
-    python -m bench.run_all --only train_bench.cpu_step --merge --readme README.md   # CPU step: NCHW vs channels-last
-    python -m bench.run_all --only space_study_bench --merge --readme README.md   # the whole space study (~1 h)
+    python -m bench.run_all --only render_bench.ray_simulated --merge --readme docs/benchmarks.md   # refresh one part
+    python -m bench.run_all --only train_bench.cpu_step --merge --readme docs/benchmarks.md   # CPU step
+    python -m bench.run_all --only space_study_bench --merge --readme docs/benchmarks.md   # space study
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def _parts(only: list[str] | None) -> list[tuple[str, str | None]]:
 
 def _run_part(module: str, func: str | None, quick: bool) -> list[dict]:
     """Run one part in its own Python process and stamp its rows with the load average at its start and the date
-    (README's table shows both)."""
+    (the benchmark table shows both)."""
     load, when = round(os.getloadavg()[0], 2), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return [{**r, "load_avg": load, "time": when} for r in _part_rows(module, func, quick)]
 
@@ -258,7 +258,7 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="smallest sizes (smoke run)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/bench.json"))
     parser.add_argument("--only", nargs="*", help="render_bench, train_bench, quickstart or MODULE.FUNCTION")
-    parser.add_argument("--readme", type=Path, help="rewrite this README's benchmark table from the JSON")
+    parser.add_argument("--readme", type=Path, help="rewrite the benchmark table in this page (docs/benchmarks.md)")
     parser.add_argument("--merge", action="store_true", help="with --only: replace those rows in the existing JSON")
     parser.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
     parser.add_argument("--rows-out", type=Path, help=argparse.SUPPRESS)

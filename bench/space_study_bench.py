@@ -7,7 +7,7 @@ summary it prints is the study's record, written beside its command to ``docs/st
 (``--quick``: a tiny run, record in a temporary folder). It runs in ``CRYSTALVISION_HOME`` (renders and finished
 trainings are reused, so a killed study resumes), and its rows say how many images it rendered itself.
 
-    python -m bench.run_all --only space_study_bench --merge --readme README.md
+    python -m bench.run_all --only space_study_bench --merge --readme docs/benchmarks.md
 """
 
 from __future__ import annotations

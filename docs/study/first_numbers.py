@@ -1,4 +1,4 @@
-"""README's leakage table ("Why the split by image is easy") and graph-baseline table, measured and regenerated.
+"""docs/study.md's leakage table ("Why the split by image is easy") and graph-baseline table, measured and regenerated.
 
 Renders the bundled structures x ``--views`` views at ``--size`` px twice (frames of a continuous 6-degree
 rotation, emulating the study's video, and independent uniform views), and per protocol finds each test image's
@@ -10,7 +10,7 @@ baseline and the dummy/1-NN baselines train on the grouped folds.
 
 Usage, from the repository root: ``python docs/study/first_numbers.py OUT_DIR [--views 28 ...]`` writes
 ``numbers.json``, ``leakage.png`` and ``leakage.html``; ``python docs/study/first_numbers.py --table NUMBERS.json
-[--readme README.md]`` prints both Markdown tables (and rewrites them between README's ``leakage-table`` and
+[--readme docs/study.md]`` prints both Markdown tables (and rewrites them between the page's ``leakage-table`` and
 ``graph-table`` markers).
 """
 
@@ -203,7 +203,7 @@ def tables(numbers: dict) -> tuple[str, str]:
 
 
 def write_readme(readme: Path, name: str, text: str) -> None:
-    """Replace the table between README's ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers."""
+    """Replace the table between the page's ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     doc = readme.read_text()
     if start not in doc or end not in doc:
@@ -224,7 +224,7 @@ def cli(argv: list[str]) -> None:
     ap.add_argument("--structures", type=int, default=10_000)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--table", type=Path, help="print the tables of this numbers.json")
-    ap.add_argument("--readme", type=Path, help="with --table: rewrite README's tables")
+    ap.add_argument("--readme", type=Path, help="with --table: rewrite the tables in this page (docs/study.md)")
     a = ap.parse_args(argv)
     if a.table is not None:
         leak, graph = tables(json.loads(a.table.read_text()))

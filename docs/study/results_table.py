@@ -1,4 +1,4 @@
-"""README's results table, regenerated from the paper pipelines' own outputs.
+"""The results table of docs/study.md, regenerated from the paper pipelines' own outputs.
 
 Reads the JSON summaries that ``crystalvision pipeline run pipelines/<name>.yaml ... > <name>.json`` printed for
 ``paper`` (trajectory frames, split by image), ``paper-uniform`` (uniform views, by image) and ``paper-grouped``
@@ -7,9 +7,9 @@ table: the study's reported numbers (a citation), then per protocol the image mo
 the CGCNN graph baseline, the 1-NN descriptor and majority baselines, and the leakage (median SSIM of each test
 image to its nearest training image).
 
-Usage: ``python docs/study/results_table.py docs/study/records [--readme README.md]`` (the folder holding paper.json,
-paper-uniform.json, paper-grouped.json and the commands that made them, ``<name>.cmd``); ``--readme`` rewrites
-the table between README's ``results-table`` markers.
+Usage: ``python docs/study/results_table.py docs/study/records [--readme docs/study.md]`` (the folder holding
+paper.json, paper-uniform.json, paper-grouped.json and the commands that made them, ``<name>.cmd``); ``--readme``
+rewrites the table between the page's ``results-table`` markers.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 
 
 def write_readme(readme: Path, text: str) -> None:
-    """Replace the table between README's ``results-table`` markers."""
+    """Replace the table between the page's ``results-table`` markers."""
     doc = readme.read_text()
     head, rest = doc.split(START, 1)
     readme.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")

@@ -1,18 +1,18 @@
-"""README's Li-Mn-Ni-O space rows, regenerated from a learning-curve record or a grouped k-fold run's record.
+"""docs/study.md's Li-Mn-Ni-O space rows, regenerated from a learning-curve record or a grouped k-fold run's record.
 
 Reads ``learning_curve.json`` (written by ``crystalvision curve pipelines/space-curve.yaml``; its last point is the
 grouped 5-fold protocol on every training structure) and prints two Markdown tables: the pooled out-of-fold metric
 of every method on every head at each training size, with its 95 % bootstrap interval over structures, and the
-image model against each baseline at full size (paired bootstrap of the difference). ``--readme README.md``
-rewrites them between README's ``space-table`` markers; ``--figure DST`` copies the curve's figure there.
+image model against each baseline at full size (paired bootstrap of the difference). ``--readme docs/study.md``
+rewrites them between the page's ``space-table`` markers; ``--figure DST`` copies the curve's figure there.
 
 A k-fold run's record (the JSON summary ``crystalvision pipeline run pipelines/space-grouped.yaml --json`` prints)
 gives one table per scope (every structure, then each ``evaluate.subsets`` subset): each method's pooled
 out-of-fold score, then the image model minus each baseline, paired over structures, with its 95 % interval;
 ``--readme`` rewrites it between the ``space-grouped-table`` markers.
 
-Usage: ``python docs/study/space_table.py docs/study/records/space-curve/learning_curve.json [--readme README.md]``
-or ``python docs/study/space_table.py docs/study/records/space-grouped.json [--readme README.md]``
+Usage: ``python docs/study/space_table.py docs/study/records/space-curve/learning_curve.json [--readme docs/study.md]``
+or ``python docs/study/space_table.py docs/study/records/space-grouped.json [--readme docs/study.md]``
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def replace_between(text: str, marker: str, body: str) -> str:
     """``text`` with the part between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` set to ``body``."""
     pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
     if not pattern.search(text):
-        raise SystemExit(f"README has no {marker} markers")
+        raise SystemExit(f"the page has no {marker} markers")
     return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
 
 
