@@ -45,8 +45,11 @@ def table(runs: dict[str, dict]) -> str:
     """One row per run: validation mean ± std per head, best epoch / epochs run, pooled test per head."""
     titles = [t for _, t in HEADS.values()]
     lines = [
-        "| run | folds | " + " | ".join(f"val {t}" for t in titles) + " | best epoch / run | "
-        + " | ".join(f"out-of-fold {t}" for t in titles) + " |",
+        "| run | folds | "
+        + " | ".join(f"val {t}" for t in titles)
+        + " | best epoch / run | "
+        + " | ".join(f"out-of-fold {t}" for t in titles)
+        + " |",
         "|---|---|" + "---|" * (2 * len(titles) + 1),
     ]
     for label, record in runs.items():

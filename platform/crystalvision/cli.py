@@ -317,7 +317,7 @@ def bench(
     only: Annotated[
         list[str] | None, typer.Option(help="Parts: render_bench, train_bench, quickstart, MODULE.FUNCTION.")
     ] = None,
-    readme: Annotated[Path | None, typer.Option(help="Rewrite this README's benchmark table from the JSON.")] = None,
+    readme: Annotated[Path | None, typer.Option(help="Rewrite this page's bench table (docs/benchmarks.md).")] = None,
     merge: Annotated[bool, typer.Option(help="With --only: replace those rows in the existing JSON.")] = False,
 ) -> None:
     """Run every benchmark in bench/ (of this source checkout), print one table and write JSON."""

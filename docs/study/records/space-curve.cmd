@@ -6,4 +6,4 @@ crystalvision curve pipelines/space-curve.yaml --set render.views_per_structure=
 python docs/study/curve_record.py pipelines/space-curve.yaml --set render.views_per_structure=4 \
     --set train.epochs=8 --set train.patience=3 --set 'learning_curve.sizes=[62, 250]' \
     --run 62=0bf374260a994136afaf2da4859c2516 --run 250=5319d0619793472a8fcb4b105557fc15 --out docs/study/records/space-curve
-python docs/study/space_table.py docs/study/records/space-curve/learning_curve.json --readme README.md
+python docs/study/space_table.py docs/study/records/space-curve/learning_curve.json --readme docs/study.md
