@@ -1,9 +1,9 @@
 """The ``crystalvision`` command line: one sub-command per stage, plus ``pipeline run``.
 
-Commands are thin: they parse options, call the command table (:mod:`crystalvision.commands`, which the Ray
-Jobs entrypoints in ``jobs/`` share) and turn :class:`~crystalvision.errors.CrystalVisionError` (and an unreachable
+Commands are thin: they parse options, call the command table (:mod:`crystalvision.app.commands`, which the Ray
+Jobs entrypoints in ``jobs/`` share) and turn :class:`~crystalvision.core.errors.CrystalVisionError` (and an unreachable
 MLflow server) into one clear message and exit code 2. Any other error prints its traceback without local variables
-and with every secret masked (:func:`crystalvision.logs.mask`), exit code 1.
+and with every secret masked (:func:`crystalvision.core.logs.mask`), exit code 1.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Annotated
 import click
 import typer
 
-from crystalvision.errors import CrystalVisionError
-from crystalvision.logs import mask, setup_logging
+from crystalvision.core.errors import CrystalVisionError
+from crystalvision.core.logs import mask, setup_logging
 
 log = logging.getLogger("crystalvision")
 
@@ -90,7 +90,7 @@ def handle_errors(fn):
 
 
 def _load(config: Path, overrides: list[str] | None):
-    from crystalvision.config import load_pipeline, parse_overrides
+    from crystalvision.core.config import load_pipeline, parse_overrides
 
     return load_pipeline(config, parse_overrides(overrides or []))
 
@@ -101,7 +101,7 @@ def _echo_json(data) -> None:
 
 def _run(name: str, config: Path, overrides: list[str] | None, **options) -> None:
     """Run command ``name`` of the command table on the loaded config and print its result as JSON."""
-    from crystalvision.commands import run
+    from crystalvision.app.commands import run
 
     _echo_json(run(name, _load(config, overrides), **options))
 
@@ -113,10 +113,10 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray and 
 def _run_long(name: str, config: Path, overrides: list[str] | None, json_out: bool, verbose: bool, **options) -> None:
     """Run a long command: library logs go to a file, stages show progress, the end is a short summary (or the
     full JSON with ``--json``)."""
-    from crystalvision import progress
-    from crystalvision.commands import run
-    from crystalvision.console import StageDisplay, quiet_output
-    from crystalvision.settings import get_settings
+    from crystalvision.app.commands import run
+    from crystalvision.app.console import StageDisplay, quiet_output
+    from crystalvision.core import progress
+    from crystalvision.core.settings import get_settings
 
     cfg = _load(config, overrides)
     with quiet_output(get_settings().paths.home, name, verbose=verbose) as out:
@@ -145,8 +145,8 @@ def _stop_ray() -> None:
 
 
 def _summary(result: dict, log_path: Path | None):
-    from crystalvision.settings import get_settings
-    from crystalvision.summary import summary_renderable
+    from crystalvision.app.summary import summary_renderable
+    from crystalvision.core.settings import get_settings
 
     return summary_renderable(
         result,
@@ -172,8 +172,8 @@ def ingest(
     set_: SetOpt = None,
 ) -> None:
     """Query the Materials Project (needs MP_API_KEY) and write a versioned, content-hashed snapshot."""
-    from crystalvision.commands import run
-    from crystalvision.config import deep_merge, load_pipeline, parse_overrides
+    from crystalvision.app.commands import run
+    from crystalvision.core.config import deep_merge, load_pipeline, parse_overrides
 
     options = {"chemsys": chemsys, "nelements": nelements, "subsystems": subsystems}
     query = {k: v for k, v in options.items() if v is not None}
@@ -191,8 +191,8 @@ def snapshot_info(
     ] = None,
 ) -> None:
     """List the bundled snapshots (records, usable = unflagged, hash verified), or show one snapshot's manifest."""
-    from crystalvision.settings import bundled_snapshots, get_settings
-    from crystalvision.snapshot import describe, load_snapshot
+    from crystalvision.core.settings import bundled_snapshots, get_settings
+    from crystalvision.data.snapshot import describe, load_snapshot
 
     bundled = bundled_snapshots()
     if uri is None:
@@ -277,8 +277,8 @@ def predict(
     output: Annotated[str, typer.Option(help="table or json (json keeps the full distributions)")] = "table",
 ) -> None:
     """Predict band gap, e_above_hull, crystal system and space group for CIF or image files."""
-    from crystalvision.predict import default_model_uri, predict_files
-    from crystalvision.present import print_predictions
+    from crystalvision.serve.predict import default_model_uri, predict_files
+    from crystalvision.serve.present import print_predictions
 
     frame = predict_files(files, model_uri=model or default_model_uri(config), views=views)
     print_predictions(frame, output)
@@ -321,7 +321,7 @@ def bench(
     merge: Annotated[bool, typer.Option(help="With --only: replace those rows in the existing JSON.")] = False,
 ) -> None:
     """Run every benchmark in bench/ (of this source checkout), print one table and write JSON."""
-    from crystalvision.settings import PACKAGE_DIR
+    from crystalvision.core.settings import PACKAGE_DIR
 
     root = PACKAGE_DIR.parents[1]  # platform/crystalvision -> the checkout that holds bench/
     if not (root / "bench" / "run_all.py").is_file():
@@ -358,8 +358,8 @@ def pipeline_validate(
 ) -> None:
     """Validate a pipeline YAML and print the resolved config; for k folds also the resolved split (from the
     snapshot's records, no rendering): structures per fold, classes unseen in training, the accuracy ceiling."""
-    from crystalvision.folds import plan_text
-    from crystalvision.prepare import plan_folds
+    from crystalvision.data.folds import plan_text
+    from crystalvision.learn.prepare import plan_folds
 
     cfg = _load(config, set_)
     _echo_json(cfg.model_dump(mode="json"))

@@ -3,7 +3,7 @@
 ``quiet_output`` sends everything the process and its children write to stdout/stderr (Python logging, Ray and
 MLflow messages, C++ warnings of Ray's core worker, subprocesses) to a log file under
 ``$CRYSTALVISION_HOME/logs/``, and hands back a rich console on the real terminal. ``StageDisplay`` listens to
-:mod:`crystalvision.progress` events: rich bars with rate and ETA on a terminal, one plain line per milestone
+:mod:`crystalvision.core.progress` events: rich bars with rate and ETA on a terminal, one plain line per milestone
 elsewhere (CI, ``ray job`` logs), so no carriage-return frames reach a file.
 """
 
@@ -31,7 +31,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from crystalvision.progress import ProgressEvent
+from crystalvision.core.progress import ProgressEvent
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 ``learning_curve.sizes: [62, 125, 250, 500]`` runs the config's grouped k-fold pipeline once per size with
 ``split.train_structures`` set to it, and once with every training structure. Each fold keeps its test and
 validation structures at every size, so every point is scored on the same held-out structures; the training
-structures of a smaller size are a prefix of one seeded order (:func:`crystalvision.folds.nested_order`), so the
+structures of a smaller size are a prefix of one seeded order (:func:`crystalvision.data.folds.nested_order`), so the
 subsets are nested.
 Each point's pooled out-of-fold metrics (model, CGCNN, majority, 1-NN) come from the fold pipeline; this module
 collects them into ``learning_curve.json`` and a figure (:func:`plot_curve`, log x with 95 % error bars).
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crystalvision.config import PipelineConfig
-from crystalvision.errors import ConfigError
+from crystalvision.core.config import PipelineConfig
+from crystalvision.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,11 @@ def size_config(cfg: PipelineConfig, n: int | None) -> PipelineConfig:
 
 def fold_train_counts(cfg: PipelineConfig) -> list[int]:
     """Training structures of each fold of ``cfg`` (renders first; finished images are reused)."""
-    from crystalvision import prepare
-    from crystalvision.folds import fold_splits
+    from crystalvision.data.folds import fold_splits
+    from crystalvision.learn import prepare
 
     prepared = prepare.prepare(cfg)
-    from crystalvision.dataset import load_labels
+    from crystalvision.data.dataset import load_labels
 
     folds = fold_splits(load_labels(prepared.store, prepared.labels_key), cfg.split)
     return [int(f.train["material_id"].nunique()) for f in folds]
@@ -95,9 +95,9 @@ def fold_train_counts(cfg: PipelineConfig) -> list[int]:
 
 def run_learning_curve(cfg: PipelineConfig, out_dir: str | Path | None = None) -> CurveResult:
     """Run the k-fold pipeline at every size of ``cfg.learning_curve.sizes`` and at full size; record + figure."""
-    from crystalvision.pipeline import run_pipeline
-    from crystalvision.prepare import is_kfold
-    from crystalvision.settings import get_settings
+    from crystalvision.app.pipeline import run_pipeline
+    from crystalvision.core.settings import get_settings
+    from crystalvision.learn.prepare import is_kfold
 
     if not is_kfold(cfg.split) or cfg.split.protocol != "grouped":
         raise ConfigError("a learning curve needs grouped folds: set split.protocol: grouped and split.folds: K")
@@ -121,7 +121,7 @@ def _log_to_mlflow(cfg: PipelineConfig, out: Path) -> None:
     try:
         import mlflow
 
-        from crystalvision import tracking
+        from crystalvision.track import tracking
 
         tracking.configure_mlflow()
         with mlflow.start_run(run_name=f"{cfg.name}-learning-curve", tags={"learning_curve": "1"}):
@@ -145,7 +145,7 @@ _NAN_CELL = {"value": math.nan, "lo": math.nan, "hi": math.nan}
 
 def point_series(table: pd.DataFrame | None, cfg: PipelineConfig) -> dict[str, dict[str, dict[str, float]]]:
     """Method label -> head -> pooled value and 95 % bootstrap interval over structures (NaN where absent)."""
-    from crystalvision import oof
+    from crystalvision.evaluate import oof
 
     ecfg = cfg.evaluate
     series: dict[str, dict[str, dict[str, float]]] = {}
@@ -186,7 +186,7 @@ def curve_record(cfg: PipelineConfig, points: Sequence[CurvePoint]) -> dict[str,
 
 def plot_curve(record: Mapping[str, Any], path: str | Path) -> Path:
     """One panel per head: pooled metric against training structures (log x), one line per method, 95 % bars."""
-    from crystalvision import plots
+    from crystalvision.evaluate import plots
 
     return plots.learning_curve_plot(record, path)
 
@@ -198,7 +198,7 @@ def points_from_runs(cfg: PipelineConfig, runs: Mapping[int | None, str]) -> lis
 
     import mlflow
 
-    from crystalvision import tracking
+    from crystalvision.track import tracking
 
     tracking.configure_mlflow()
     client = mlflow.MlflowClient()

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crystalvision import prepare, progress, rundocs
-from crystalvision.config import PipelineConfig
-from crystalvision.storage import ObjectStore, open_store
+from crystalvision.core import progress
+from crystalvision.core.config import PipelineConfig
+from crystalvision.data.storage import ObjectStore, open_store
+from crystalvision.learn import prepare
+from crystalvision.track import rundocs
 
 if TYPE_CHECKING:
     from crystalvision.render.job import RenderResult
@@ -104,12 +106,14 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> Pipeli
     if "render" not in stages and "train" not in stages:
         return result
     if "train" in stages and prepare.is_kfold(cfg.split):  # a fold count the selection cannot meet: before rendering
-        from crystalvision.folds import n_folds_for
+        from crystalvision.data.folds import n_folds_for
 
         n = len(selection.records)
         n_folds_for(cfg.split, n, n * cfg.render.views_per_structure)
     if "train" in stages and cfg.registry.generalisation_record and not prepare.is_kfold(cfg.split):
-        from crystalvision.card import generalisation_from_record  # a record that cannot describe it: before training
+        from crystalvision.track.card import (
+            generalisation_from_record,  # a record that cannot describe it: before training
+        )
 
         generalisation_from_record(cfg.registry.generalisation_record, snap.manifest.content_sha256)
     store = open_store()
@@ -126,10 +130,10 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> Pipeli
 
 
 def _train_evaluate_register(prepared: prepare.Prepared, stages: list[str], result: PipelineResult) -> None:
-    from crystalvision import tracking
-    from crystalvision.model import load_model
-    from crystalvision.predict import log_model
-    from crystalvision.train import train_model
+    from crystalvision.learn.model import load_model
+    from crystalvision.learn.train import train_model
+    from crystalvision.serve.predict import log_model
+    from crystalvision.track import tracking
 
     cfg, snap = prepared.cfg, prepared.snapshot
     tracking.configure_mlflow()
@@ -144,7 +148,7 @@ def _train_evaluate_register(prepared: prepare.Prepared, stages: list[str], resu
         if cfg.registry.generalisation_record:
             _card_generalisation(trained.model_dir, cfg.registry.generalisation_record)
         if "evaluate" in stages:
-            from crystalvision.runs import evaluate_into_run
+            from crystalvision.promote.runs import evaluate_into_run
 
             progress.emit("evaluate", 0, None)
             with result.timed("evaluate"):
@@ -156,7 +160,7 @@ def _train_evaluate_register(prepared: prepare.Prepared, stages: list[str], resu
         rundocs.describe_run(result.run_id, rundocs.run_description(cfg, snap, prepared.splits.describe(),
                                                                     result.metrics))
     if "register" in stages and cfg.registry.enabled:
-        from crystalvision.registry import register_and_promote
+        from crystalvision.promote.registry import register_and_promote
 
         progress.emit("register", 0, None)
         with result.timed("register"):
@@ -169,8 +173,8 @@ def _train_evaluate_register(prepared: prepare.Prepared, stages: list[str], resu
 
 def _card_generalisation(model_dir: Any, record: str) -> None:
     """Put the k-fold record's out-of-fold metrics into the model card (``model.json``), atomically."""
-    from crystalvision.card import generalisation_from_record
-    from crystalvision.storage import write_durably
+    from crystalvision.data.storage import write_durably
+    from crystalvision.track.card import generalisation_from_record
 
     path = Path(model_dir) / "model.json"  # model.SPEC_FILE (model.py imports torch)
     spec = json.loads(path.read_text())
@@ -180,7 +184,7 @@ def _card_generalisation(model_dir: Any, record: str) -> None:
 
 def _log_datasets(prepared: prepare.Prepared) -> None:
     """The snapshot and the rendered labels table as MLflow datasets of the active run (best effort)."""
-    from crystalvision.dataset import load_labels
+    from crystalvision.data.dataset import load_labels
 
     try:
         labels = load_labels(prepared.store, prepared.labels_key)
@@ -210,8 +214,9 @@ def _run_folds(prepared: prepare.Prepared, stages: list[str], result: PipelineRe
     bootstrap comparisons and the folds' mean ± std logged on the parent."""
     import pandas as pd
 
-    from crystalvision import oof, tracking
-    from crystalvision.folds import aggregate_folds
+    from crystalvision.data.folds import aggregate_folds
+    from crystalvision.evaluate import oof
+    from crystalvision.track import tracking
 
     cfg, snap = prepared.cfg, prepared.snapshot
     folds = prepare.fold_inputs(prepared)
@@ -253,11 +258,11 @@ def _run_one_fold(
     per-structure out-of-fold prediction table (None without evaluation)."""
     import mlflow
 
-    from crystalvision import tracking
-    from crystalvision.folds import ceiling_metrics
-    from crystalvision.model import load_model
-    from crystalvision.predict import log_model
-    from crystalvision.train import train_model
+    from crystalvision.data.folds import ceiling_metrics
+    from crystalvision.learn.model import load_model
+    from crystalvision.learn.train import train_model
+    from crystalvision.serve.predict import log_model
+    from crystalvision.track import tracking
 
     cfg, splits = prepared.cfg, prepared.splits
     i, k = getattr(splits, "fold", 0), getattr(splits, "n_folds", 1)
@@ -276,7 +281,7 @@ def _run_one_fold(
             trained = train_model(prepared, run_id=run.info.run_id)  # named by content + fold: resumable
         metrics = dict(trained.metrics) | ceiling
         if "evaluate" in stages:
-            from crystalvision.runs import evaluate_into_run
+            from crystalvision.promote.runs import evaluate_into_run
 
             with result.timed(f"evaluate_fold{i}" + (f"_seed{seed}" if n_seeds > 1 else "")):
                 evaluated = evaluate_into_run(load_model(trained.model_dir), prepared)
@@ -305,9 +310,9 @@ def _log_folds_summary(
 
     import mlflow
 
-    from crystalvision import oof
-    from crystalvision.evaluate import label_sources
-    from crystalvision.report import write_folds_report
+    from crystalvision.evaluate import oof
+    from crystalvision.evaluate.evaluate import label_sources
+    from crystalvision.evaluate.report import write_folds_report
 
     pooled = pooled or {}
     mlflow.log_metrics(aggregated | pooled.get("metrics", {}))
@@ -330,6 +335,6 @@ def _log_folds_summary(
 
 def evaluate_run(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
     """Evaluate an existing training run's model on its own test split and log the results into that run."""
-    from crystalvision.runs import evaluate_logged_run
+    from crystalvision.promote.runs import evaluate_logged_run
 
     return evaluate_logged_run(cfg, run_id)

@@ -15,7 +15,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from crystalvision.logs import mask
+from crystalvision.core.logs import mask
 
 MAX_LINES = 25
 # (row label, metric key part, target): the headline metric of each head.

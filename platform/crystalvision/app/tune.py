@@ -1,4 +1,4 @@
-"""Hyper-parameter sweep: Ray Tune over the Ray Train trainer (:func:`crystalvision.train.train_model`).
+"""Hyper-parameter sweep: Ray Tune over the Ray Train trainer (:func:`crystalvision.learn.train.train_model`).
 
 Each Tune trial is a small driver that runs one ``TorchTrainer`` (Ray Train V2) and forwards its per-epoch reports
 to Tune with ``TuneReportCallback``. The search space is the learning rate (log-uniform) and the four loss weights
@@ -28,11 +28,11 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 
-from crystalvision.config import TARGETS, PipelineConfig
-from crystalvision.prepare import Prepared, prepare
-from crystalvision.settings import get_settings
-from crystalvision.tracking import PARENT_TAG, TRIAL_TAG, child_run, close_child_runs, start_parent_run
-from crystalvision.train import content_digest, ray_storage
+from crystalvision.core.config import TARGETS, PipelineConfig
+from crystalvision.core.settings import get_settings
+from crystalvision.learn.prepare import Prepared, prepare
+from crystalvision.learn.train import content_digest, ray_storage
+from crystalvision.track.tracking import PARENT_TAG, TRIAL_TAG, child_run, close_child_runs, start_parent_run
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def max_concurrent_trials(cfg: PipelineConfig, resources: dict[str, float]) -> i
 
 
 def sweep_name(prepared: Prepared) -> str:
-    """From the content, as Ray Train run names are (:func:`crystalvision.train.content_digest`: config, snapshot,
+    """From the content, as Ray Train run names are (:func:`crystalvision.learn.train.content_digest`: config, snapshot,
     labels, split, code): the same content resumes the same sweep, new data or code starts a new one."""
     return f"tune-{prepared.cfg.name}-{content_digest(prepared)}"
 
@@ -85,8 +85,8 @@ def run_trial(params: dict[str, Any], ctx: dict[str, Any]) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from crystalvision.predict import log_model
-    from crystalvision.train import train_model
+    from crystalvision.learn.train import train_model
+    from crystalvision.serve.predict import log_model
 
     os.environ.update(ctx["env"])
     get_settings.cache_clear()
@@ -244,8 +244,8 @@ def tune_model(
     import ray
     from ray import tune
 
-    from crystalvision import tracking
-    from crystalvision.raycluster import ensure_ray
+    from crystalvision.ops.raycluster import ensure_ray
+    from crystalvision.track import tracking
 
     ensure_ray(include_dashboard=True)
     cfg = prepared.cfg
@@ -272,8 +272,8 @@ def tune_model(
 
 def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     """``crystalvision tune``: prepare the data, sweep, then evaluate and register the best trial's model."""
-    from crystalvision import tracking
-    from crystalvision.raycluster import ensure_ray
+    from crystalvision.ops.raycluster import ensure_ray
+    from crystalvision.track import tracking
 
     ensure_ray(include_dashboard=True)  # before the render stage starts Ray without it
     prepared = prepare(cfg)
@@ -285,13 +285,13 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
         ),
     )
     if summary["best_run_id"] and "evaluate" in cfg.stages:
-        from crystalvision.runs import evaluate_into_run, load_run_model
+        from crystalvision.promote.runs import evaluate_into_run, load_run_model
 
         with tempfile.TemporaryDirectory(prefix="crystalvision-tune-eval-") as tmp:
             model = load_run_model(summary["best_run_id"], Path(tmp))
         summary["test_metrics"] = evaluate_into_run(model, prepared, summary["best_run_id"]).metrics
     if summary["best_run_id"] and "register" in cfg.stages and cfg.registry.enabled:
-        from crystalvision.registry import register_and_promote
+        from crystalvision.promote.registry import register_and_promote
 
         summary["registry"] = register_and_promote(cfg, summary["best_run_id"])
     return summary

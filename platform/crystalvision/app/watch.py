@@ -10,7 +10,7 @@ evaluate, registry settings), so a changed setting in ``watch.yaml`` retrains.
    than the recorded one (a lagging replica) is ignored (status ``older-version``): the state never moves back;
 2. otherwise derive the job id from (watch key, db_version) and skip if that job is already done or another
    scheduler holds the key's retrain lock (one lease lock per key, whatever the version,
-   :mod:`crystalvision.lease`: a lock whose holder died or whose lease expired on another host is taken over, a
+   :mod:`crystalvision.ops.lease`: a lock whose holder died or whose lease expired on another host is taken over, a
    hung holder on this host is an error, exit 2; SIGTERM releases the lock);
 3. fetch the query; if its materials are identical to the last snapshot's, record the new version and stop;
 4. write the snapshot, then retrain: ``run_pipeline`` (render, train, evaluate, champion/challenger promotion)
@@ -18,7 +18,7 @@ evaluate, registry settings), so a changed setting in ``watch.yaml`` retrains.
 
 The lease is renewed at progress points only (fetch done, snapshot written, and every stage, render batch and epoch
 the retrain reports): a retrain that hangs stops renewing it. A retrain whose lock was taken over stops with
-:class:`~crystalvision.lease.LeaseLostError`.
+:class:`~crystalvision.ops.lease.LeaseLostError`.
 
 State lives under ``<CRYSTALVISION_HOME>/watch/<watch key>/``: ``state.json`` (last successful retrain, written
 atomically before the job's ``jobs/<job id>.done``), ``retrain.lock``. A corrupt ``state.json`` is reported, moved
@@ -43,11 +43,11 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from crystalvision.config import PipelineConfig
-from crystalvision.lease import Lease, lease_lock, renewed_on_progress
-from crystalvision.mp import database_version, fetch_records, query_dict
-from crystalvision.settings import get_settings
-from crystalvision.snapshot import MaterialRecord, content_hash
+from crystalvision.core.config import PipelineConfig
+from crystalvision.core.settings import get_settings
+from crystalvision.data.mp import database_version, fetch_records, query_dict
+from crystalvision.data.snapshot import MaterialRecord, content_hash
+from crystalvision.ops.lease import Lease, lease_lock, renewed_on_progress
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 @contextlib.contextmanager
 def retrain_lock(folder: Path) -> Iterator[Lease | None]:
-    """Yield the lease when this process now owns the key's retrain lock (:mod:`crystalvision.lease`), None when a
+    """Yield the lease when this process now owns the key's retrain lock (:mod:`crystalvision.ops.lease`), None when a
     live holder does. A stale lock (dead holder, expired lease elsewhere) is taken over; a hung holder raises."""
     with lease_lock(folder / "retrain.lock") as lease:
         yield lease
@@ -148,7 +148,7 @@ def _sigterm_runs_cleanup() -> Iterator[None]:
 
 def default_retrain(cfg: PipelineConfig) -> dict[str, Any]:
     """Render, train, evaluate and promote with the whole pipeline."""
-    from crystalvision.pipeline import run_pipeline
+    from crystalvision.app.pipeline import run_pipeline
 
     return run_pipeline(cfg).summary()
 
@@ -212,7 +212,7 @@ def _run_job(
     retrain: Retrain,
     lease: Lease,
 ) -> dict[str, Any]:
-    from crystalvision.ingest import write_mp_snapshot
+    from crystalvision.data.ingest import write_mp_snapshot
 
     quarantine: list[dict[str, str]] = []
     records, fetched_version = fetch_records(cfg.ingest, get_settings().mp, quarantine)

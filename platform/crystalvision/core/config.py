@@ -10,9 +10,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from crystalvision.errors import ConfigError
-from crystalvision.settings import bundled_snapshots
-from crystalvision.targets import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION  # noqa: F401 (re-exported)
+from crystalvision.core.errors import ConfigError
+from crystalvision.core.settings import bundled_snapshots
+from crystalvision.core.targets import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION  # noqa: F401 (re-exported)
 
 
 class _Strict(BaseModel):

@@ -8,7 +8,7 @@ import re
 import sys
 from collections.abc import Iterable
 
-from crystalvision.settings import secret_values
+from crystalvision.core.settings import secret_values
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MASK = "***"

@@ -9,7 +9,7 @@ keep a torch process safe:
 - VTK and OpenGL live only in render workers (Ray actors) and spawned helper processes: the driver probes the GL
   backend in a subprocess (``render.backend``), and prediction renders CIFs in a helper (``renderproc``).
 - Commands that load torch import it, and run one MKL call, before Ray, pyarrow, scikit-learn or anything else
-  native is loaded (:func:`load_torch_first`, called by :func:`crystalvision.commands.run`).
+  native is loaded (:func:`load_torch_first`, called by :func:`crystalvision.app.commands.run`).
 
 ``tests/test_driver_imports.py`` checks both; ``bench/job_submissions.py`` measures N consecutive job submissions.
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # crystalvision/, the package root (this file is core/settings.py)
 SNAPSHOTS_DIR = PACKAGE_DIR / "data" / "snapshots"
 BUNDLED_SNAPSHOT = SNAPSHOTS_DIR / "lmno"
 

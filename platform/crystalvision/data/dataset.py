@@ -13,11 +13,11 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
-from crystalvision import shards
-from crystalvision.config import SplitConfig
-from crystalvision.errors import ImageError, StorageError
-from crystalvision.storage import ObjectStore
-from crystalvision.targets import TARGET_COLUMNS, TARGET_LABEL_COLUMNS, target
+from crystalvision.core.config import SplitConfig
+from crystalvision.core.errors import ImageError, StorageError
+from crystalvision.core.targets import TARGET_COLUMNS, TARGET_LABEL_COLUMNS, target
+from crystalvision.data import shards
+from crystalvision.data.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def image_png(store: ObjectStore, key: str) -> bytes:
     """PNG bytes of one image: the object itself, or a shard image encoded (for request examples)."""
     if not shards.is_ref(key):
         return store.get_bytes(key)
-    from crystalvision.render.png import encode_png
+    from crystalvision.data.png import encode_png
 
     return encode_png(shards.load_refs(store, [key])[0])
 

@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, StratifiedGroupKFold, StratifiedKFold
 
-from crystalvision.config import SplitConfig, StructureFilter
-from crystalvision.dataset import Splits
-from crystalvision.errors import ConfigError
+from crystalvision.core.config import SplitConfig, StructureFilter
+from crystalvision.core.errors import ConfigError
+from crystalvision.data.dataset import Splits
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ RARE = "__rare__"
 
 @dataclass
 class FoldSplits(Splits):
-    """One fold: a :class:`~crystalvision.dataset.Splits` plus its index and the test classes unseen in training."""
+    """One fold: a :class:`~crystalvision.data.dataset.Splits` plus its index and the test classes unseen in
+    training."""
 
     fold: int = 0
     n_folds: int = 1

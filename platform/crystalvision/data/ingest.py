@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from crystalvision.config import IngestConfig
-from crystalvision.mp import fetch_records, query_dict
-from crystalvision.settings import get_settings
-from crystalvision.snapshot import MaterialRecord, write_snapshot
+from crystalvision.core.config import IngestConfig
+from crystalvision.core.settings import get_settings
+from crystalvision.data.mp import fetch_records, query_dict
+from crystalvision.data.snapshot import MaterialRecord, write_snapshot
 
 log = logging.getLogger(__name__)
 QUARANTINE_FILE = "quarantine.json"

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from itertools import combinations
 from typing import Any, TypeVar
 
-from crystalvision.config import IngestConfig
-from crystalvision.errors import MPError, StructureError
-from crystalvision.logs import mask
-from crystalvision.settings import MPSettings, get_settings
-from crystalvision.snapshot import MaterialRecord
-from crystalvision.structures import (
+from crystalvision.core.config import IngestConfig
+from crystalvision.core.errors import MPError, StructureError
+from crystalvision.core.logs import mask
+from crystalvision.core.settings import MPSettings, get_settings
+from crystalvision.data.snapshot import MaterialRecord
+from crystalvision.data.structures import (
     MISSING_LABEL_FLAG,
     geometry_flags,
     structure_from_dict,
@@ -110,7 +110,7 @@ def _transient_reason(exc: BaseException) -> str | None:
 
 
 def _redacted(exc: BaseException, settings: MPSettings) -> str:
-    from crystalvision.logs import mask
+    from crystalvision.core.logs import mask
 
     key = settings.api_key.get_secret_value() if settings.api_key else ""
     return mask(mask(f"{type(exc).__name__}: {str(exc)[:300]}"), [key] if key else [])

@@ -28,8 +28,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crystalvision.errors import StorageError
-from crystalvision.storage import ObjectStore
+from crystalvision.core.errors import StorageError
+from crystalvision.data.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -33,11 +33,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
 from crystalvision import __version__
-from crystalvision.config import SnapshotConfig
-from crystalvision.errors import SnapshotError
-from crystalvision.settings import bundled_snapshots, get_settings
-from crystalvision.structures import CRYSTAL_SYSTEMS
-from crystalvision.targets import BY_NAME, TARGETS_CLASSIFICATION
+from crystalvision.core.config import SnapshotConfig
+from crystalvision.core.errors import SnapshotError
+from crystalvision.core.settings import bundled_snapshots, get_settings
+from crystalvision.core.targets import BY_NAME, TARGETS_CLASSIFICATION
+from crystalvision.data.structures import CRYSTAL_SYSTEMS
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class LabelEncoders(RootModel[dict[str, list[str]]]):
     """Class lists of the classification targets: target name -> class names (the index is the class id).
 
     Stored as ``label_encoders.json`` (``{"crystal_system": [...], "spacegroup": [...]}``); a new classification row in
-    :mod:`crystalvision.targets` needs no change here (its order comes from :data:`CLASS_ORDER` or is sorted)."""
+    :mod:`crystalvision.core.targets` needs no change here (its order comes from :data:`CLASS_ORDER` or is sorted)."""
 
     def classes(self, target: str) -> list[str]:
         """Class names of ``target`` (raises KeyError naming the target and the fix)."""
@@ -155,7 +155,7 @@ CLASS_ORDER: dict[str, Callable[[list[MaterialRecord]], list[str]]] = {
 
 
 def derive_encoders(records: list[MaterialRecord]) -> LabelEncoders:
-    """One class list per classification target of :mod:`crystalvision.targets`."""
+    """One class list per classification target of :mod:`crystalvision.core.targets`."""
 
     def order(name: str) -> list[str]:
         if name in CLASS_ORDER:

@@ -3,14 +3,14 @@
 Writes are atomic and durable: local objects go to a uuid-named temporary file that is fsynced, renamed into place,
 and the folder fsynced (the temp file is removed on failure); an S3 PUT is atomic by itself.
 :meth:`ObjectStore.exists_verified` counts an object as present only when its size and sha256 match.
-Credentials come from :class:`~crystalvision.settings.StorageSettings` and are never logged, nor pickled: an S3
+Credentials come from :class:`~crystalvision.core.settings.StorageSettings` and are never logged, nor pickled: an S3
 filesystem (:func:`filesystem_for`) is a :class:`WorkerS3` that Ray ships to tasks, actors and Train workers as its
 settings minus the keys, and builds the real pyarrow filesystem in each process from that process's own
 environment (``CRYSTALVISION_AWS_*`` or ``AWS_*``) or role.
 
 An unreachable S3 endpoint (connection refused, timeouts, 5xx) is retried: the S3 client makes 5 attempts with
 back-off, and each store operation repeats that for up to ``s3_retry_timeout_s`` before it raises one
-:class:`~crystalvision.errors.StorageError` naming the endpoint. Missing objects and denied access fail at once.
+:class:`~crystalvision.core.errors.StorageError` naming the endpoint. Missing objects and denied access fail at once.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from crystalvision.errors import StorageError
-from crystalvision.settings import StorageSettings, get_settings
+from crystalvision.core.errors import StorageError
+from crystalvision.core.settings import StorageSettings, get_settings
 
 log = logging.getLogger(__name__)
 

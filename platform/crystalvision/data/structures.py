@@ -11,7 +11,7 @@ import numpy as np
 from pymatgen.core import Element, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from crystalvision.errors import StructureError
+from crystalvision.core.errors import StructureError
 
 CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
 SHORT_DISTANCE_FLAG = "short_interatomic_distance"

@@ -25,13 +25,13 @@ import pandas as pd
 from pymatgen.core import Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from crystalvision.config import EvaluateConfig
-from crystalvision.metrics import label_metrics, prefixed, regression_metrics, stability_metrics
-from crystalvision.snapshot import MaterialRecord
-from crystalvision.targets import CLASS_ID, CLASS_NAME, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+from crystalvision.core.config import EvaluateConfig
+from crystalvision.core.targets import CLASS_ID, CLASS_NAME, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+from crystalvision.data.snapshot import MaterialRecord
+from crystalvision.evaluate.metrics import label_metrics, prefixed, regression_metrics, stability_metrics
 
 if TYPE_CHECKING:
-    from crystalvision.dataset import Splits
+    from crystalvision.data.dataset import Splits
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def graph_metrics(
 ) -> tuple[dict[str, float], pd.DataFrame | None]:
     """The CGCNN graph baseline (graphnet.py) trained and scored on this split (``cgcnn_*`` metrics) and its test
     structures' predictions by head name."""
-    from crystalvision.graphnet import GraphConfig, graph_baseline
+    from crystalvision.evaluate.graphnet import GraphConfig, graph_baseline
 
     ids = {m for _, df in splits.items() for m in df["material_id"]}
     if records is None or not ids <= set(records):

@@ -6,8 +6,8 @@ e.g. ``test_r2_band_gap``, ``test_acc_crystal_system``, ``test_macro_f1_spacegro
 ``test_auc_macro_crystal_system``, ``test_struct_r2_band_gap``, ``test_stability_f1``,
 ``baseline_1nn_r2_band_gap``. ``test_score`` is the mean of the two test R² and the two test accuracies.
 Baselines are fit on the training + validation structures (what the model saw). ``oof_predictions.csv`` holds the
-test structures' predictions of the model (``test_struct`` level) and of every baseline in :mod:`crystalvision.oof`'s
-table format; a k-fold run pools these over its folds.
+test structures' predictions of the model (``test_struct`` level) and of every baseline in
+:mod:`crystalvision.evaluate.oof`'s table format; a k-fold run pools these over its folds.
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crystalvision import metrics as M
-from crystalvision import plots
-from crystalvision.augment import predict_dihedral
-from crystalvision.config import EvaluateConfig, PipelineConfig
-from crystalvision.dataset import Splits, load_images
-from crystalvision.errors import CrystalVisionError, ModelError, StorageError
-from crystalvision.model import CrystalNet, ModelSpec, predict_arrays, unwrap
-from crystalvision.oof import fold_table
-from crystalvision.snapshot import MaterialRecord
-from crystalvision.storage import ObjectStore
-from crystalvision.targets import CLASS_ID, SCORE_METRICS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+from crystalvision.core.config import EvaluateConfig, PipelineConfig
+from crystalvision.core.errors import CrystalVisionError, ModelError, StorageError
+from crystalvision.core.targets import CLASS_ID, SCORE_METRICS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+from crystalvision.data.dataset import Splits, load_images
+from crystalvision.data.snapshot import MaterialRecord
+from crystalvision.data.storage import ObjectStore
+from crystalvision.evaluate import metrics as M
+from crystalvision.evaluate import plots
+from crystalvision.evaluate.oof import fold_table
+from crystalvision.learn.augment import predict_dihedral
+from crystalvision.learn.model import CrystalNet, ModelSpec, predict_arrays, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def make_plots(test: Level, struct: Level, classes: dict[str, list[str]], metric
 
 def load_records(cfg: PipelineConfig, spec: ModelSpec) -> dict[str, MaterialRecord] | None:
     """Snapshot records by material_id for the structure baselines; None (logged) when unavailable."""
-    from crystalvision.snapshot import configured_snapshot
+    from crystalvision.data.snapshot import configured_snapshot
 
     try:
         snap = configured_snapshot(cfg.snapshot)
@@ -255,7 +255,7 @@ def model_metrics(levels: Mapping[str, Level], threshold: float) -> dict[str, fl
 
 def leakage_metrics(splits: Splits, store: ObjectStore, cfg: PipelineConfig, out: Path) -> tuple[dict, str]:
     """Nearest-training-image SSIM of every test image, next to its correctness in ``predictions.csv``."""
-    from crystalvision.leakage import report_section
+    from crystalvision.evaluate.leakage import report_section
 
     pred = pd.read_csv(out / "predictions.csv")
     test = pred[pred["split"] == "test"].reset_index(drop=True)
@@ -295,7 +295,7 @@ def evaluate_model(
     configured snapshot, and the 1-NN/symmetry baselines are skipped (logged) if the split's structures are
     not in it.
     """
-    from crystalvision.report import write_report
+    from crystalvision.evaluate.report import write_report
 
     ecfg, spec = cfg.evaluate, unwrap(model).spec
     out = Path(out_dir)
@@ -309,7 +309,7 @@ def evaluate_model(
     recs = None
     if ecfg.baselines or ecfg.graph_baseline:
         recs = records if records is not None else load_records(cfg, spec)
-    from crystalvision.baselines import fold_baselines
+    from crystalvision.evaluate.baselines import fold_baselines
 
     b_metrics, others = fold_baselines(splits, recs, ecfg, classes, out, notes)
     metrics |= b_metrics
@@ -358,8 +358,8 @@ def radii_figure(
     """The first test structure drawn with each radii set (``radii.png``); none without its record."""
     if not records or splits.test.empty:
         return []
+    from crystalvision.data.structures import structure_from_dict
     from crystalvision.render.figures import radii_comparison
-    from crystalvision.structures import structure_from_dict
 
     mid = str(splits.test["material_id"].iloc[0])
     if mid not in records:
@@ -372,7 +372,7 @@ def run_saliency(
     model: CrystalNet, splits: Splits, store: ObjectStore, cfg: PipelineConfig, out: Path, spec: ModelSpec | None = None
 ):
     """SmoothGrad maps for one example per crystal system (test first, then val, then train) + SSIM matrix."""
-    from crystalvision.explain import explain_examples, pick_examples
+    from crystalvision.evaluate.explain import explain_examples, pick_examples
 
     examples = pick_examples([("test", splits.test), ("val", splits.val), ("train", splits.train)])
     if examples.empty:

@@ -35,10 +35,10 @@ from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import CGConv, global_mean_pool
 
-from crystalvision import metrics as M
-from crystalvision.config import TARGETS_CLASSIFICATION, TARGETS_REGRESSION
-from crystalvision.errors import ConfigError
-from crystalvision.snapshot import MaterialRecord
+from crystalvision.core.config import TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+from crystalvision.core.errors import ConfigError
+from crystalvision.data.snapshot import MaterialRecord
+from crystalvision.evaluate import metrics as M
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def train_graph_baseline(
 ) -> dict[str, float]:
     """Train on ``splits.train`` structures, early-stop on ``splits.val``, score ``splits.test`` (and val).
 
-    ``splits`` is a :class:`~crystalvision.dataset.Splits`; ``n_classes`` (head sizes, e.g. from the snapshot's
+    ``splits`` is a :class:`~crystalvision.data.dataset.Splits`; ``n_classes`` (head sizes, e.g. from the snapshot's
     encoders) defaults to the largest class id in the splits + 1.
     """
     return graph_baseline(records, splits, cfg, n_classes=n_classes)[0]

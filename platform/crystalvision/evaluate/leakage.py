@@ -229,7 +229,7 @@ def leakage_figure(
 
 def leakage_html(summaries: Mapping[str, Mapping[str, float]], figure: str | Path | None = None) -> str:
     """A report section (for ``report.write_report(sections=...)``): the figure and a per-protocol table."""
-    from crystalvision.report import _figure, _table
+    from crystalvision.evaluate.report import _figure, _table
 
     keys = sorted({k for s in summaries.values() for k in s})
     rows = [[name, *[s.get(k, "") for k in keys]] for name, s in summaries.items()]
@@ -262,7 +262,7 @@ def measure_split(
 
 def load_prepared(store, keys: Sequence[str], size: int = 64, grey: bool = True, chunk: int = 256) -> torch.Tensor:
     """Read images from an object store in chunks, downsampled on the way (memory stays small)."""
-    from crystalvision.dataset import load_images
+    from crystalvision.data.dataset import load_images
 
     parts = [prepare(load_images(store, list(keys[s : s + chunk])), size, grey) for s in range(0, len(keys), chunk)]
     return torch.cat(parts) if parts else torch.zeros((0, 1 if grey else 3, size, size))

@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from crystalvision.errors import CrystalVisionError
-from crystalvision.targets import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+from crystalvision.core.errors import CrystalVisionError
+from crystalvision.core.targets import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
 
 log = logging.getLogger(__name__)
 
@@ -251,8 +251,8 @@ def fold_table(
     """One fold's per-structure table: truth from ``labels`` (one row per structure, class names in the labels
     table's columns), the model's ``outputs`` (values and ``<head>_proba`` aligned with ``labels``), ``unseen_*``
     against ``train``, and ``others``: predictor -> frame with ``material_id`` and one column per head."""
-    from crystalvision.folds import nelements
-    from crystalvision.targets import CLASS_NAME
+    from crystalvision.core.targets import CLASS_NAME
+    from crystalvision.data.folds import nelements
 
     out = labels[["material_id"]].reset_index(drop=True).copy()
     try:

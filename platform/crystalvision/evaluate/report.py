@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from crystalvision.config import EvaluateConfig
-from crystalvision.model import ModelSpec
-from crystalvision.mp import MP_LABEL_SOURCE
-from crystalvision.targets import target
+from crystalvision.core.config import EvaluateConfig
+from crystalvision.core.targets import target
+from crystalvision.data.mp import MP_LABEL_SOURCE
+from crystalvision.learn.model import ModelSpec
 
 # Rows of the comparison table: (label, metric prefix); columns: (header, metric name without the prefix).
 ROWS = [
@@ -99,7 +99,8 @@ def write_report(
 ) -> Path:
     """Write ``report.html`` (PNGs embedded as data URIs, so the file stands alone).
 
-    ``sections`` are ready HTML fragments (e.g. :func:`crystalvision.leakage.leakage_html`) placed before the figures.
+    ``sections`` are ready HTML fragments (e.g. :func:`crystalvision.evaluate.leakage.leakage_html`) placed before the
+    figures.
     """
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>crystalvision evaluation</title>"
@@ -172,7 +173,7 @@ def write_report(
 
 def folds_table(per_fold: Sequence[Mapping[str, float]], aggregated: Mapping[str, float]) -> str:
     """Rows = model levels and baselines, columns = the comparison metrics, cells = mean ± std over folds."""
-    from crystalvision.folds import mean_std_text
+    from crystalvision.data.folds import mean_std_text
 
     rows = [["study (KAIST, image split, DFT labels)"] + [STUDY.get(h, "") for h, _ in COLUMNS]]
     for label, prefix in ROWS:
@@ -294,6 +295,6 @@ LEAKAGE_KEYS = ("leakage_ssim_median", "leakage_frac_nearest_same_structure", "l
 
 
 def _mean_std(aggregated: Mapping[str, float], name: str) -> str:
-    from crystalvision.folds import mean_std_text
+    from crystalvision.data.folds import mean_std_text
 
     return mean_std_text(aggregated, name)

@@ -1,6 +1,6 @@
 """Step speed: autocast dtype, step-mode choice, normalisation on the device, the CUDA-graph train step, and a
 rank's decoded data held on its device (GPU memory, or host memory on CPU) across epochs. Used by
-:mod:`crystalvision.loop`; everything here also runs (or steps aside) on the CPU.
+:mod:`crystalvision.learn.loop`; everything here also runs (or steps aside) on the CPU.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from crystalvision.config import TrainConfig
-from crystalvision.model import MEAN, STD, unwrap
+from crystalvision.core.config import TrainConfig
+from crystalvision.learn.model import MEAN, STD, unwrap
 
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]

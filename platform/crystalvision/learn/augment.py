@@ -19,8 +19,8 @@ import math
 import torch
 from torch.nn import functional as F
 
-from crystalvision.config import AugmentConfig
-from crystalvision.model import MEAN, STD, plain_outputs
+from crystalvision.core.config import AugmentConfig
+from crystalvision.learn.model import MEAN, STD, plain_outputs
 
 
 def background_value(x: torch.Tensor, normalised: bool, background=(1.0, 1.0, 1.0)) -> torch.Tensor:

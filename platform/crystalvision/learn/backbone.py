@@ -5,7 +5,7 @@
   ``models--timm--<name>.<tag>/snapshots/<rev>/model.safetensors``) or downloads them when the network allows it.
   Offline machines: put the file in that cache (or set ``HF_HUB_OFFLINE=1`` to forbid any download).
 - ``train.pretrained_checkpoint: <file>`` loads a local timm/torchvision state dict
-  (:func:`crystalvision.model.load_backbone_weights`).
+  (:func:`crystalvision.learn.model.load_backbone_weights`).
 Loading never executes code: safetensors or ``torch.load(weights_only=True)``.
 """
 
@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from crystalvision.errors import ModelError
+from crystalvision.core.errors import ModelError
 
 log = logging.getLogger(__name__)
 PRETRAINED_SOURCES = ("imagenet",)

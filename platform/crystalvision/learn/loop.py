@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crystalvision.accel import GraphStep, amp_dtype, norm_constants, normalise, resolve_step_mode
-from crystalvision.augment import augment_batch, classification_loss
-from crystalvision.config import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION, TrainConfig
-from crystalvision.model import unwrap
-from crystalvision.selection import LoopState, check_finite, epoch_lr, select_score
-from crystalvision.targets import TARGET_COLUMNS
+from crystalvision.core.config import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION, TrainConfig
+from crystalvision.core.targets import TARGET_COLUMNS
+from crystalvision.learn.accel import GraphStep, amp_dtype, norm_constants, normalise, resolve_step_mode
+from crystalvision.learn.augment import augment_batch, classification_loss
+from crystalvision.learn.model import unwrap
+from crystalvision.learn.selection import LoopState, check_finite, epoch_lr, select_score
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
 from crystalvision import __version__
-from crystalvision.backbone import create_backbone, load_backbone_weights  # noqa: F401 - re-exported
-from crystalvision.config import PipelineConfig
-from crystalvision.errors import ModelError
-from crystalvision.targets import TABLE, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+from crystalvision.core.config import PipelineConfig
+from crystalvision.core.errors import ModelError
+from crystalvision.core.targets import TABLE, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+from crystalvision.learn.backbone import create_backbone, load_backbone_weights  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,7 +35,7 @@ STD = (0.229, 0.224, 0.225)
 class ModelSpec(BaseModel):
     """Everything needed to rebuild a model and interpret its outputs.
 
-    ``class_names``: classification target of :mod:`crystalvision.targets` -> class names (index = class id).
+    ``class_names``: classification target of :mod:`crystalvision.core.targets` -> class names (index = class id).
     Specs saved before it (one ``<name>_classes`` field per head) still load.
     """
 
@@ -83,7 +83,8 @@ class ModelSpec(BaseModel):
 
 
 def spec_for(cfg: PipelineConfig, snapshot: Any) -> ModelSpec:
-    """The spec of a model trained by pipeline ``cfg`` on ``snapshot`` (a :class:`~crystalvision.snapshot.Snapshot`)."""
+    """The spec of a model trained by pipeline ``cfg`` on ``snapshot``
+    (a :class:`~crystalvision.data.snapshot.Snapshot`)."""
     return ModelSpec(
         backbone=cfg.train.backbone,
         class_names={t: list(snapshot.encoders.classes(t)) for t in TARGETS_CLASSIFICATION},

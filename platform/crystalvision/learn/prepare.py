@@ -4,7 +4,7 @@
 :func:`assemble` (labels table, splits, model spec, store), returned as one :class:`Prepared`. Train, tune,
 evaluate and the registry take a ``Prepared``; nobody else loads a snapshot or renders to find its inputs.
 The split is made in :func:`make_splits` only; with ``split.folds`` (or ``split.leave_one_out``) :func:`fold_inputs`
-yields one ``Prepared`` per fold (``prepared.with_splits(fold)``, a :class:`~crystalvision.folds.FoldSplits`).
+yields one ``Prepared`` per fold (``prepared.with_splits(fold)``, a :class:`~crystalvision.data.folds.FoldSplits`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from crystalvision.config import PipelineConfig, SplitConfig
-from crystalvision.dataset import Splits, load_labels, split_frame
-from crystalvision.model import ModelSpec, spec_for
-from crystalvision.snapshot import Selection, Snapshot, load_selection
-from crystalvision.storage import ObjectStore, open_store
+from crystalvision.core.config import PipelineConfig, SplitConfig
+from crystalvision.data.dataset import Splits, load_labels, split_frame
+from crystalvision.data.snapshot import Selection, Snapshot, load_selection
+from crystalvision.data.storage import ObjectStore, open_store
+from crystalvision.learn.model import ModelSpec, spec_for
 
 if TYPE_CHECKING:
     from crystalvision.render.job import RenderResult
@@ -105,7 +105,7 @@ def make_splits(store: ObjectStore, labels_key: str, split: SplitConfig, fold: i
 def make_folds(store: ObjectStore, labels_key: str, split: SplitConfig) -> list[Splits]:
     """The labels table's k folds (``split.folds`` / ``split.leave_one_out``; each structure tested once), each
     fold's training part cut to ``split.train_structures`` when set (a learning-curve point)."""
-    from crystalvision.folds import fold_splits, subset_folds
+    from crystalvision.data.folds import fold_splits, subset_folds
 
     return subset_folds(fold_splits(load_labels(store, labels_key), split), split)
 
@@ -115,7 +115,7 @@ def plan_folds(cfg: PipelineConfig) -> dict[str, Any] | None:
     quarantines would drop out); None without ``split.folds`` / ``split.leave_one_out``."""
     import pandas as pd
 
-    from crystalvision.folds import split_plan
+    from crystalvision.data.folds import split_plan
 
     if not is_kfold(cfg.split):
         return None

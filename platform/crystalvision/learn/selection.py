@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from crystalvision.config import TrainConfig
-from crystalvision.errors import CrystalVisionError
-from crystalvision.targets import TABLE
+from crystalvision.core.config import TrainConfig
+from crystalvision.core.errors import CrystalVisionError
+from crystalvision.core.targets import TABLE
 
 # ---- state carried in checkpoints -----------------------------------------------------------------------------
 

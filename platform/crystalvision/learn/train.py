@@ -2,8 +2,8 @@
 shards.
 
 :func:`train_model` standardises the targets, builds the Ray datasets and the ``TorchTrainer`` around
-:func:`crystalvision.train_worker.train_loop_per_worker` (what each worker runs: the core epoch loop of
-:mod:`crystalvision.loop`, checkpoints through ``ray.train.report``), then saves the best model and logs the final
+:func:`crystalvision.learn.train_worker.train_loop_per_worker` (what each worker runs: the core epoch loop of
+:mod:`crystalvision.learn.loop`, checkpoints through ``ray.train.report``), then saves the best model and logs the final
 metrics. A worker failure restarts the group from the latest checkpoint (``FailureConfig``); launching again with
 the same ``name`` and storage path resumes the run the same way.
 """
@@ -24,28 +24,28 @@ import pandas as pd
 import torch
 from torch import nn
 
-from crystalvision import trainprogress
-from crystalvision.config import TrainConfig
-from crystalvision.dataset import Splits, to_ray_dataset
-from crystalvision.errors import ConfigError
-from crystalvision.faults import train_fault
-from crystalvision.lease import LockedError, holder, lease_lock, renewed_on_progress
-from crystalvision.loop import EvalAccumulator, multitask_loss  # noqa: F401 - re-exported
-from crystalvision.model import CrystalNet, ModelSpec, save_model
-from crystalvision.selection import LoopState, NonFiniteLossError
-from crystalvision.settings import get_settings
-from crystalvision.storage import filesystem_for, is_s3
-from crystalvision.targets import TARGETS_REGRESSION
-from crystalvision.train_worker import (
+from crystalvision.core.config import TrainConfig
+from crystalvision.core.errors import ConfigError
+from crystalvision.core.settings import get_settings
+from crystalvision.core.targets import TARGETS_REGRESSION
+from crystalvision.data.dataset import Splits, to_ray_dataset
+from crystalvision.data.storage import filesystem_for, is_s3
+from crystalvision.learn import trainprogress
+from crystalvision.learn.loop import EvalAccumulator, multitask_loss  # noqa: F401 - re-exported
+from crystalvision.learn.model import CrystalNet, ModelSpec, save_model
+from crystalvision.learn.selection import LoopState, NonFiniteLossError
+from crystalvision.learn.train_worker import (
     BEST_FILE,
     MLFLOW_FLUSH_TIMEOUT_S,
     MLFLOW_WAIT_S,
     STATE_FILE,
     train_loop_per_worker,
 )
+from crystalvision.ops.faults import train_fault
+from crystalvision.ops.lease import LockedError, holder, lease_lock, renewed_on_progress
 
 if TYPE_CHECKING:
-    from crystalvision.prepare import Prepared
+    from crystalvision.learn.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _run_config(name: str, tcfg: TrainConfig, callbacks: list | None):
 
 def _start_ray(prepared: Prepared) -> None:
     """Ray, with a local cluster's object store sized for this run's decoded images."""
-    from crystalvision.raycluster import ensure_ray
+    from crystalvision.ops.raycluster import ensure_ray
 
     ensure_ray(data_bytes=sum(len(df) for _, df in prepared.splits.items()) * prepared.spec.image_size**2 * 3)
 
@@ -305,7 +305,7 @@ def _final_metrics(state: LoopState) -> dict[str, float]:
 def _log_driver_side(run_id: str | None, tracking_uri: str, spec: ModelSpec, metrics: dict, name: str) -> None:
     if not run_id:
         return
-    from crystalvision.worker_logging import worker_logger
+    from crystalvision.track.worker_logging import worker_logger
 
     mlog = worker_logger(tracking_uri, run_id, rank=0, wait_s=_wait())
     params = {f"target_mean.{t}": v for t, v in spec.target_mean.items()}

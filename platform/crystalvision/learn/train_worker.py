@@ -1,10 +1,10 @@
-"""What each Ray Train worker runs: the core epoch loop (:mod:`crystalvision.loop`) around Ray Data shards.
+"""What each Ray Train worker runs: the core epoch loop (:mod:`crystalvision.learn.loop`) around Ray Data shards.
 
 Every epoch each worker trains on its shard of ``train``, all workers validate on their shards of ``val`` and
 sum their statistics (so every rank takes the same early-stopping decision), and rank 0 writes a checkpoint
 (model, optimizer, scaler, epoch, best-so-far weights, early-stopping counter, history) through
-``ray.train.report``; rank 0 also logs per-epoch metrics to MLflow (:mod:`crystalvision.worker_logging`).
-The driver's side (trainer, datasets, final model) is :mod:`crystalvision.train`.
+``ray.train.report``; rank 0 also logs per-epoch metrics to MLflow (:mod:`crystalvision.track.worker_logging`).
+The driver's side (trainer, datasets, final model) is :mod:`crystalvision.learn.train`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
-from crystalvision.accel import HeldSplit, keep_split
-from crystalvision.config import TrainConfig
-from crystalvision.faults import maybe_exit_worker
-from crystalvision.loop import Engine, dist_ready, fit
-from crystalvision.model import CrystalNet, ModelSpec
-from crystalvision.selection import LoopState
-from crystalvision.targets import TARGET_COLUMNS
+from crystalvision.core.config import TrainConfig
+from crystalvision.core.targets import TARGET_COLUMNS
+from crystalvision.learn.accel import HeldSplit, keep_split
+from crystalvision.learn.loop import Engine, dist_ready, fit
+from crystalvision.learn.model import CrystalNet, ModelSpec
+from crystalvision.learn.selection import LoopState
+from crystalvision.ops.faults import maybe_exit_worker
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _data_sources(config: dict[str, Any], engine: Engine):
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker function (``config`` from :func:`train_model`): the core's :func:`~crystalvision.loop.fit`
+    """Ray Train worker function (``config`` from :func:`train_model`): the core's :func:`~crystalvision.learn.loop.fit`
     with Ray Data shards, ``ray.train.report`` checkpoints and rank-0 MLflow logging."""
     import ray.train
 
@@ -121,7 +121,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
     mlog = None
     if config["run_id"] and rank == 0:  # MLflow stays out of the worker unless a run is tracked
-        from crystalvision.worker_logging import worker_logger
+        from crystalvision.track.worker_logging import worker_logger
 
         mlog = worker_logger(config["tracking_uri"], config["run_id"], rank, config.get("mlflow_wait_s", MLFLOW_WAIT_S))
     train_batches, val_batches = _data_sources(config, engine)

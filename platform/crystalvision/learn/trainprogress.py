@@ -1,5 +1,5 @@
 """Training progress on the driver: Ray Train's controller reports each epoch into a Ray queue, and a driver thread
-turns the reports into :mod:`crystalvision.progress` events (epoch k/N, train loss, validation accuracy).
+turns the reports into :mod:`crystalvision.core.progress` events (epoch k/N, train loss, validation accuracy).
 
 Ray Train V2 runs ``UserCallback``s in its controller actor, not in the driver, hence the queue. Nothing is set up
 when nobody listens (jobs, Tune, tests that do not ask).
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from crystalvision import progress
+from crystalvision.core import progress
 
 log = logging.getLogger(__name__)
 SHOWN = {"train_loss": "loss", "val_loss": "val_loss", "val_acc_crystal_system": "val_acc_system",

@@ -2,7 +2,7 @@
 
 The lock file holds ``{host, pid, token, generation, started_at, expires_at}``. There is no background heartbeat:
 the holder renews the lease when its work makes progress (:func:`renewed_on_progress`: every stage, render batch and
-epoch that :mod:`crystalvision.progress` reports), so a holder whose work hangs stops renewing and its lease runs
+epoch that :mod:`crystalvision.core.progress` reports), so a holder whose work hangs stops renewing and its lease runs
 out. Every change (take, renew, take over, release) happens under an ``flock`` on ``<lock>.guard`` and checks the
 holder's token first: a renewal never overwrites a lock that another process has taken over meanwhile; it raises
 :class:`LeaseLostError`, and :func:`renewed_on_progress` then stops the work.
@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from crystalvision.errors import CrystalVisionError
+from crystalvision.core.errors import CrystalVisionError
 
 log = logging.getLogger(__name__)
 DEFAULT_LEASE_S = 300.0
@@ -217,10 +217,10 @@ def _raise_stop(_signum: int, _frame: object) -> None:
 
 @contextlib.contextmanager
 def renewed_on_progress(lease: Lease) -> Iterator[None]:
-    """Renew ``lease`` at every progress event (:mod:`crystalvision.progress`) while the block runs. When the lease
+    """Renew ``lease`` at every progress event (:mod:`crystalvision.core.progress`) while the block runs. When the lease
     is lost, the block stops: in the main thread with :class:`LeaseLostError` raised where the work is (a signal
     interrupts it), else when the block ends."""
-    from crystalvision import progress
+    from crystalvision.core import progress
 
     lost: list[LeaseLostError] = []
     in_main = threading.current_thread() is threading.main_thread()

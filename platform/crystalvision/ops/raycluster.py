@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from crystalvision.settings import get_settings
+from crystalvision.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 version. ``champion`` moves to it only when it beats the champion on ``cfg.registry.promote_metric`` (higher is
 better; a validation metric, by default ``val_score``, never a test metric) by more than ``min_improvement`` on the
 same split; a tie keeps the champion, the first version becomes champion. When both runs logged predictions per
-structure, the per-target gate (:mod:`crystalvision.gate`: paired bootstrap on the validation structures,
+structure, the per-target gate (:mod:`crystalvision.promote.gate`: paired bootstrap on the validation structures,
 Holm-corrected over the heads) decides instead. Promotion never reads the test rows that reports show. When the two
 runs were evaluated on different splits (different snapshot, render or split parameters), the champion is
 re-evaluated on the challenger's split first; if that is impossible the logged
@@ -28,14 +28,14 @@ from mlflow.entities import Metric, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from crystalvision import gate
-from crystalvision.config import PipelineConfig
-from crystalvision.errors import CrystalVisionError, ModelError
-from crystalvision.registry_cas import newest_forward, promotion_lock, register_once, versions_of_run
-from crystalvision.tracking import CHALLENGER, CHAMPION
+from crystalvision.core.config import PipelineConfig
+from crystalvision.core.errors import CrystalVisionError, ModelError
+from crystalvision.promote import gate
+from crystalvision.promote.registry_cas import newest_forward, promotion_lock, register_once, versions_of_run
+from crystalvision.track.tracking import CHALLENGER, CHAMPION
 
 if TYPE_CHECKING:
-    from crystalvision.prepare import Prepared
+    from crystalvision.learn.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def align_class_ids(splits: Any, classes: dict[str, list[str]]) -> Any:
     """The splits with every class-id column re-derived from the class *name* through ``classes`` (the model's
     class lists), so a snapshot whose class list changed (a space group added, ids shifted) is scored against the
     model's own classes. A class the model does not know raises :class:`ModelError` naming it."""
-    from crystalvision.targets import CLASS_ID, CLASS_NAME
+    from crystalvision.core.targets import CLASS_ID, CLASS_NAME
 
     frames = {}
     for part, df in splits.items():
@@ -121,9 +121,9 @@ def evaluate_champion_on(
 ) -> float:
     """Re-evaluate the champion's model on the test split ``cfg`` describes (the challenger's split; ``prepared``
     when given), with class ids aligned to the champion's class lists by name."""
-    from crystalvision.evaluate import evaluate_model
-    from crystalvision.prepare import prepare
-    from crystalvision.runs import load_run_model
+    from crystalvision.evaluate.evaluate import evaluate_model
+    from crystalvision.learn.prepare import prepare
+    from crystalvision.promote.runs import load_run_model
 
     prepared = prepared or prepare(cfg)
     with tempfile.TemporaryDirectory(prefix="crystalvision-champion-") as tmp:
@@ -240,8 +240,8 @@ def register_and_promote(
     decision, when there is one). The champion alias moves compare-and-set: when another registration moved it
     while this one decided, nothing is overwritten and the refusal is recorded (``promoted: false``,
     ``conflict: true``)."""
-    from crystalvision.predict import MODEL_ARTIFACT
-    from crystalvision.tracking import configure_mlflow
+    from crystalvision.serve.predict import MODEL_ARTIFACT
+    from crystalvision.track.tracking import configure_mlflow
 
     configure_mlflow()
     client = MlflowClient()

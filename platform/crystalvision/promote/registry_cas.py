@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from crystalvision.errors import CrystalVisionError
+from crystalvision.core.errors import CrystalVisionError
 
 log = logging.getLogger(__name__)
 

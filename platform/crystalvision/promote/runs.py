@@ -19,13 +19,13 @@ from typing import Any
 
 import mlflow
 
-from crystalvision.config import PipelineConfig, SplitConfig
-from crystalvision.errors import CrystalVisionError, ModelError
-from crystalvision.evaluate import EvalResult, evaluate_model
-from crystalvision.model import SPEC_FILE, WEIGHTS_FILE, CrystalNet, load_model
-from crystalvision.predict import MODEL_ARTIFACT, MODEL_DIR_ARTIFACT
-from crystalvision.prepare import Prepared, from_labels, prepare
-from crystalvision.storage import open_store
+from crystalvision.core.config import PipelineConfig, SplitConfig
+from crystalvision.core.errors import CrystalVisionError, ModelError
+from crystalvision.data.storage import open_store
+from crystalvision.evaluate.evaluate import EvalResult, evaluate_model
+from crystalvision.learn.model import SPEC_FILE, WEIGHTS_FILE, CrystalNet, load_model
+from crystalvision.learn.prepare import Prepared, from_labels, prepare
+from crystalvision.serve.predict import MODEL_ARTIFACT, MODEL_DIR_ARTIFACT
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def log_evaluation(result: EvalResult, run_id: str | None = None) -> None:
 
 def report_dir(run_id: str | None) -> Path:
     """Where a run's evaluation artifacts stay on this machine: ``<home>/reports/<run id>/evaluation``."""
-    from crystalvision.settings import get_settings
+    from crystalvision.core.settings import get_settings
 
     active = mlflow.active_run()
     name = run_id or (active.info.run_id if active else time.strftime("%Y%m%dT%H%M%S"))
@@ -141,7 +141,7 @@ def evaluate_into_run(model: CrystalNet, prepared: Prepared, run_id: str | None 
 
 def evaluate_logged_run(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
     """Evaluate the model logged in MLflow run ``run_id`` on its own split; log metrics + artifacts into it."""
-    from crystalvision.tracking import configure_mlflow
+    from crystalvision.track.tracking import configure_mlflow
 
     configure_mlflow()
     try:

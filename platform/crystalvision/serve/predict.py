@@ -2,12 +2,12 @@
 
 Input: a DataFrame with, per row, either ``image`` (base64 PNG/JPEG) or ``cif`` (CIF text; rendered into ``views``
 views with the model's render config, predictions averaged), an optional ``views`` (1 to 64) and an optional
-``name`` used in messages. Every row and the request as a whole are bounded (:mod:`crystalvision.predict_input`:
+``name`` used in messages. Every row and the request as a whole are bounded (:mod:`crystalvision.serve.predict_input`:
 rows, views in total, CIF size and symmetry operations), and CIFs are parsed and rendered in bounded helper
-processes with timeouts (:mod:`crystalvision.renderproc`). Output: one row per input row
+processes with timeouts (:mod:`crystalvision.serve.renderproc`). Output: one row per input row
 with ``band_gap`` (eV), ``energy_above_hull`` (eV/atom), the joint symmetry answer of both classification heads
-(:mod:`crystalvision.hierarchy`: ``crystal_system`` and ``spacegroup`` with their probabilities, ``spacegroup_top3``
-as a JSON list of [symbol, probability]), each head's full distribution (``crystal_system_proba``,
+(:mod:`crystalvision.serve.hierarchy`: ``crystal_system`` and ``spacegroup`` with their probabilities,
+``spacegroup_top3`` as a JSON list of [symbol, probability]), each head's full distribution (``crystal_system_proba``,
 ``spacegroup_proba``: JSON objects class -> probability), ``warnings`` (JSON list: out-of-domain input, heads that
 disagree) and ``error`` (None, or one clear message for a bad row; the other rows are still predicted). Columns
 have object dtype so a bad row's values are None (JSON null).
@@ -29,14 +29,14 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from crystalvision import predict_input
-from crystalvision.dataset import Splits, image_png
-from crystalvision.errors import ImageError, ModelError
-from crystalvision.hierarchy import joint_symmetry
-from crystalvision.model import SPEC_FILE, CrystalNet, ModelSpec, load_model, predict_arrays
+from crystalvision.core.errors import ImageError, ModelError
+from crystalvision.data.dataset import Splits, image_png
+from crystalvision.learn.model import SPEC_FILE, CrystalNet, ModelSpec, load_model, predict_arrays
+from crystalvision.serve import predict_input
+from crystalvision.serve.hierarchy import joint_symmetry
 
 if TYPE_CHECKING:
-    from crystalvision.storage import ObjectStore
+    from crystalvision.data.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +88,18 @@ CifRenderer = Callable[[str, str, int, dict, int], tuple[Any, np.ndarray]]
 
 def render_views(structure: Any, render_config: dict, views: int) -> np.ndarray:
     """Render ``views`` seeded views of a structure with the render stage's renderer, in a helper process
-    (:mod:`crystalvision.renderproc`: VTK/OpenGL never load beside torch).
+    (:mod:`crystalvision.serve.renderproc`: VTK/OpenGL never load beside torch).
 
     The views are the same for every structure (material key ``PREDICT_VIEW_KEY``), so predictions are repeatable.
     """
-    from crystalvision import renderproc
+    from crystalvision.serve import renderproc
 
     return renderproc.render_views(structure, render_config, views, PREDICT_VIEW_KEY)
 
 
 def render_cif(text: str, name: str, limit: int, render_config: dict, views: int) -> tuple[Any, np.ndarray]:
     """Parse a CIF (at most ``limit`` atoms) and render its views, both in a helper process with timeouts."""
-    from crystalvision import renderproc
+    from crystalvision.serve import renderproc
 
     return renderproc.render_cif(text, name, limit, render_config, views, PREDICT_VIEW_KEY)
 
@@ -304,7 +304,7 @@ def log_model(model_dir: str | Path, splits: Splits, store: ObjectStore) -> str:
     info = mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT,
         python_model=str(MODEL_CODE),
-        code_paths=[str(MODEL_CODE.parent)],
+        code_paths=[str(MODEL_CODE.parents[1])],  # the whole crystalvision package (this file is serve/predict.py)
         artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
         signature=SIGNATURE,
         input_example=_input_example(splits, store),
@@ -342,7 +342,7 @@ def predict_files(paths: Sequence[str | Path], model_uri: str, views: int = DEFA
     out = pd.DataFrame([dict.fromkeys(OUTPUT_COLUMNS) for _ in paths], columns=list(OUTPUT_COLUMNS), dtype=object)
     out["error"] = [r.get("error") for r in requests]
     if readable:
-        from crystalvision.tracking import configure_mlflow
+        from crystalvision.track.tracking import configure_mlflow
 
         configure_mlflow()
         try:
@@ -376,9 +376,9 @@ def model_generalisation(model: Any) -> dict[str, Any]:
 def default_model_uri(config: str | Path | None = None) -> str:
     """The champion of the pipeline ``config`` registers; without one, ``CRYSTALVISION_MODEL`` (default: the
     champion of the quickstart's model name, which ``make run`` registers; no pipeline file needed)."""
-    from crystalvision.config import load_pipeline
-    from crystalvision.settings import get_settings
-    from crystalvision.tracking import CHAMPION
+    from crystalvision.core.config import load_pipeline
+    from crystalvision.core.settings import get_settings
+    from crystalvision.track.tracking import CHAMPION
 
     if config is None:
         return get_settings().tracking.model

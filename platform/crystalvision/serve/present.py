@@ -96,7 +96,7 @@ HEAD_ANSWERS = (  # head, label shown, the frame's answer column, its probabilit
 def trust_lines(frame: pd.DataFrame) -> list[str]:
     """Each answer beside the model's measured accuracy / R² on unseen structures (the model card), or one line
     saying the model has none."""
-    from crystalvision.card import UNMEASURED, trust_text
+    from crystalvision.track.card import UNMEASURED, trust_text
 
     generalisation = frame.attrs.get("generalisation") or {}
     if not generalisation.get("heads"):
@@ -116,7 +116,7 @@ def trust_lines(frame: pd.DataFrame) -> list[str]:
 
 
 def print_predictions(frame: pd.DataFrame, output: str = "table", console: Console | None = None) -> None:
-    """Print ``frame`` (from :func:`crystalvision.predict.predict_files`) as a table or as JSON on stdout."""
+    """Print ``frame`` (from :func:`crystalvision.serve.predict.predict_files`) as a table or as JSON on stdout."""
     if console is None:
         console = Console()
         if not console.is_terminal:  # CI logs, pipes: no folding at the 80-column default

@@ -6,6 +6,6 @@ the model needs only its pip requirements to load outside this checkout.
 
 import mlflow
 
-from crystalvision.predict import CrystalVisionPyfunc
+from crystalvision.serve.predict import CrystalVisionPyfunc
 
 mlflow.models.set_model(CrystalVisionPyfunc())

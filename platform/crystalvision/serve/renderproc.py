@@ -1,6 +1,6 @@
 """Rendering for processes that run torch (prediction: the CLI, the pyfunc, the REST server).
 
-VTK and its OpenGL stack never load beside torch (:mod:`crystalvision.natives`): CIFs are parsed and their views
+VTK and its OpenGL stack never load beside torch (:mod:`crystalvision.core.natives`): CIFs are parsed and their views
 rendered in spawned helper processes (never forked: a forked GL context hangs), kept for the next request and
 replaced when they die. A bounded pool of ``RENDER_HELPERS`` helpers serves concurrent requests; a request waits at
 most ``QUEUE_TIMEOUT_S`` for a free one. Each helper keeps its :class:`~crystalvision.render.scene.Renderer` while
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from crystalvision.errors import CrystalVisionError, RenderError, StructureError
+from crystalvision.core.errors import CrystalVisionError, RenderError, StructureError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def render_here(
     structure: Any, render_config: dict, views: int, view_key: str, cache: dict | None = None
 ) -> np.ndarray:
     """``views`` seeded views (material key ``view_key``) of a structure, rendered in this process."""
-    from crystalvision.config import RenderConfig
+    from crystalvision.core.config import RenderConfig
     from crystalvision.render.rotations import view_rotation
     from crystalvision.render.scene import Renderer
 
@@ -59,7 +59,7 @@ def _run_job(conn: Connection, job: tuple, cache: dict) -> None:
     ("images", array); ("structure", structure, config, views, key) answers ("images", array)."""
     kind, *args = job
     if kind == "cif":
-        from crystalvision.predict_input import read_cif
+        from crystalvision.serve.predict_input import read_cif
 
         text, name, max_atoms, *render_args = args
         structure = read_cif(text, name, max_atoms)

@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from crystalvision.errors import ConfigError
-from crystalvision.targets import BY_NAME, TARGETS
+from crystalvision.core.errors import ConfigError
+from crystalvision.core.targets import BY_NAME, TARGETS
 
 BASELINES = {"dummy": "majority", "1nn": "1-NN", "cgcnn": "CGCNN"}  # record predictor -> name shown
 UNMEASURED = "no measured out-of-fold metrics on unseen structures (registry.generalisation_record was not set)"

@@ -115,7 +115,7 @@ def describe_model(name: str, version: str, cfg: Any, snapshot: Any, split_info:
     saying it was never measured), plus the version's tags."""
     import mlflow
 
-    from crystalvision.card import card_markdown
+    from crystalvision.track.card import card_markdown
 
     client = mlflow.MlflowClient()
     client.update_registered_model(

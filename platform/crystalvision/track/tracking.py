@@ -1,7 +1,7 @@
 """MLflow tracking: experiment set-up, pipeline runs with full context, sweep parent/child runs.
 
 Works with ``sqlite:///`` and ``http(s)://`` tracking URIs (``settings.tracking``). Ray workers log through
-:mod:`crystalvision.worker_logging`. Secrets (``settings.secret_values()``) are masked in every param, tag and
+:mod:`crystalvision.track.worker_logging`. Secrets (``settings.secret_values()``) are masked in every param, tag and
 artifact written here.
 """
 
@@ -20,10 +20,10 @@ from typing import Any
 import yaml
 
 from crystalvision import __version__
-from crystalvision.config import PipelineConfig
-from crystalvision.settings import PACKAGE_DIR, get_settings
-from crystalvision.structures import SYMMETRY_LABEL_SOURCE
-from crystalvision.targets import TARGETS, TARGETS_CLASSIFICATION
+from crystalvision.core.config import PipelineConfig
+from crystalvision.core.settings import PACKAGE_DIR, get_settings
+from crystalvision.core.targets import TARGETS, TARGETS_CLASSIFICATION
+from crystalvision.data.structures import SYMMETRY_LABEL_SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def _truncate(value: str) -> str:
 
 
 def _redact(text: str) -> str:
-    from crystalvision.logs import mask
+    from crystalvision.core.logs import mask
 
     return mask(text)
 

@@ -1,7 +1,7 @@
 """Rank-0 MLflow logging from Ray Train workers: buffered, retried through outages, never raising.
 
 Workers never rely on the driver's MLflow state or environment: they get the tracking URI and run id as arguments
-and log through an explicit :class:`mlflow.MlflowClient`. Secrets are masked as in :mod:`crystalvision.tracking`.
+and log through an explicit :class:`mlflow.MlflowClient`. Secrets are masked as in :mod:`crystalvision.track.tracking`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from crystalvision.tracking import _redact, _redact_obj, log_params_safe
+from crystalvision.track.tracking import _redact, _redact_obj, log_params_safe
 
 log = logging.getLogger(__name__)
 
