@@ -36,8 +36,12 @@ MOVES = {
     for old in olds.split()
 }
 NEW = set(MOVES.values())
-# names that live outside the code (MLflow tags, run params): never rewritten
-KEEP = ("crystalvision.registry.decision",)
+# never rewritten: names that live outside the code (MLflow tags), and the old name that old models import
+KEEP = (
+    "crystalvision.registry.decision",
+    'MOVED = {"crystalvision.predict"',
+    "``from crystalvision.predict import",
+)
 
 _OLD = "|".join(re.escape(m) for m in sorted(MOVES, key=len, reverse=True))
 _DOTTED = re.compile(rf"(?<![\w.])({_OLD})(?![\w])")
@@ -51,7 +55,7 @@ def _is_new(text: str, start: int, old: str) -> bool:
     tail = re.match(r"\.(\w+)", text[start + len(old) :])
     if tail and f"{old}.{tail.group(1)}" in NEW:
         return True
-    return any(text.startswith(keep, start) for keep in KEEP)
+    return any(i <= start < i + len(keep) for keep in KEEP if (i := text.find(keep, max(0, start - len(keep)))) >= 0)
 
 
 def _rewrite_from(match: re.Match[str]) -> str:
