@@ -162,6 +162,25 @@ def test_logged_pyfunc_is_code_with_its_requirements(logged) -> None:
     assert {"vtk", "pyvista", "scipy", "pymatgen", "torch", "timm"} <= reqs and "crystalvision" not in reqs
 
 
+def test_a_model_logged_before_the_sub_packages_still_loads(cv_home, tmp_path) -> None:
+    """A model registered before the move loads with ``from crystalvision.predict import ...`` (its logged code):
+    in a process that has imported the package already (``crystalvision predict``), that old name still resolves."""
+    code = tmp_path / "pyfunc_code.py"
+    code.write_text(
+        "import mlflow\n\nfrom crystalvision.predict import CrystalVisionPyfunc\n\n"
+        "mlflow.models.set_model(CrystalVisionPyfunc())\n"
+    )
+    use_test_tracking()
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name=predict.MODEL_ARTIFACT,
+            python_model=str(code),
+            artifacts={predict.MODEL_DIR_ARTIFACT: str(tiny_model_dir(tmp_path / "model"))},
+        )
+    out = mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"image": [_b64(_png(SIZE))]}))
+    assert pd.isna(out.loc[0, "error"]) and np.isfinite(out.loc[0, "band_gap"])
+
+
 def test_cli_predict_defaults_to_the_model_the_quickstart_registers(cv_home, tmp_path, monkeypatch) -> None:
     """No pipeline file needed: outside the checkout the default is the quickstart's champion by name."""
     from crystalvision.core.settings import get_settings
