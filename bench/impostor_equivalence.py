@@ -40,12 +40,12 @@ HEADS = ("crystal_system", "spacegroup")  # the heads compared (all four are tra
 
 def _render_sets(out: str, views: int, size: int) -> None:
     """Child process: both sphere methods, same frames; saves images, material ids and views to ``out`` (npz)."""
-    from crystalvision.config import RenderConfig
+    from crystalvision.core.config import RenderConfig
+    from crystalvision.core.settings import BUNDLED_SNAPSHOT
+    from crystalvision.data.snapshot import load_snapshot
+    from crystalvision.data.structures import structure_from_dict
     from crystalvision.render import Renderer
     from crystalvision.render.rotations import structure_quaternions
-    from crystalvision.settings import BUNDLED_SNAPSHOT
-    from crystalvision.snapshot import load_snapshot
-    from crystalvision.structures import structure_from_dict
 
     records = [r for r in load_snapshot(BUNDLED_SNAPSHOT).records if not r.flags]
     arrays: dict[str, list] = {"impostor": [], "mesh": [], "material_id": [], "view": []}
@@ -65,11 +65,11 @@ def _render_sets(out: str, views: int, size: int) -> None:
 def _labels(material_ids: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
     """Per image, each head's raw label (class id, or regression value in physical units) from the render job's
     own label columns; and the class names."""
-    from crystalvision.config import TARGETS, TARGETS_CLASSIFICATION
+    from crystalvision.core.config import TARGETS, TARGETS_CLASSIFICATION
+    from crystalvision.core.settings import BUNDLED_SNAPSHOT
+    from crystalvision.core.targets import BY_NAME, CLASS_ID
+    from crystalvision.data.snapshot import load_snapshot
     from crystalvision.render.labels import label_columns
-    from crystalvision.settings import BUNDLED_SNAPSHOT
-    from crystalvision.snapshot import load_snapshot
-    from crystalvision.targets import BY_NAME, CLASS_ID
 
     snap = load_snapshot(BUNDLED_SNAPSHOT)
     by_id = {r.material_id: label_columns(r, snap.encoders) for r in snap.records}
@@ -83,10 +83,10 @@ def _train(images: np.ndarray, labels: dict[str, np.ndarray], classes: dict, epo
     Adam 1e-3, batch 16), regression targets standardised on these training images."""
     import torch
 
-    from crystalvision.accel import DeviceData
-    from crystalvision.config import TARGETS_REGRESSION, TrainConfig
-    from crystalvision.loop import Engine
-    from crystalvision.model import CrystalNet, ModelSpec
+    from crystalvision.core.config import TARGETS_REGRESSION, TrainConfig
+    from crystalvision.learn.accel import DeviceData
+    from crystalvision.learn.loop import Engine
+    from crystalvision.learn.model import CrystalNet, ModelSpec
 
     torch.manual_seed(seed)
     mean = {t: float(labels[t].mean()) for t in TARGETS_REGRESSION}
@@ -103,7 +103,7 @@ def _train(images: np.ndarray, labels: dict[str, np.ndarray], classes: dict, epo
 
 def _correct(net, images: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per test image and head: was the top class right?"""
-    from crystalvision.model import predict_arrays
+    from crystalvision.learn.model import predict_arrays
 
     proba = predict_arrays(net, images)
     return {h: proba[f"{h}_proba"].argmax(1) == labels[h] for h in HEADS}

@@ -24,11 +24,11 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from bench.common import module_main, row  # noqa: E402
-from crystalvision.config import RenderConfig  # noqa: E402
+from crystalvision.core.config import RenderConfig  # noqa: E402
+from crystalvision.core.settings import BUNDLED_SNAPSHOT  # noqa: E402
+from crystalvision.data.snapshot import load_snapshot  # noqa: E402
+from crystalvision.data.structures import structure_from_dict  # noqa: E402
 from crystalvision.render import Renderer, encode_png, view_quaternion, view_rotation  # noqa: E402
-from crystalvision.settings import BUNDLED_SNAPSHOT  # noqa: E402
-from crystalvision.snapshot import load_snapshot  # noqa: E402
-from crystalvision.structures import structure_from_dict  # noqa: E402
 
 log = logging.getLogger("bench.render")
 CELL_56 = "mp-1177919"  # Li2Mn3NiO8 spinel, 56 atoms; its 2x2x2 supercell has 448
@@ -157,7 +157,7 @@ def _shard_encode_s(images: list) -> float:
     """Seconds per image to encode ``images`` as one shard the way the render job does (labels + raw pixels)."""
     import pandas as pd
 
-    from crystalvision import shards
+    from crystalvision.data import shards
 
     frame = pd.DataFrame({"material_id": [CELL_56] * len(images), "view": range(len(images))})
     frame["image_key"] = [shards.image_ref("s.parquet", CELL_56, v) for v in frame["view"]]
@@ -233,8 +233,8 @@ def memory(quick: bool) -> list[dict]:
 
 def _ray_job(records: list, snap: Any, cfg: RenderConfig, fault: str | None = None) -> dict:
     """One render job into a fresh local store; its timings (steady images/s, start-up)."""
+    from crystalvision.data.storage import ObjectStore
     from crystalvision.render.job import FAULT_ENV, render_dataset
-    from crystalvision.storage import ObjectStore
 
     if fault:
         os.environ[FAULT_ENV] = fault
@@ -254,7 +254,7 @@ def _render_jobs(records: list, snap: Any, views: int, workers: int, n: int) -> 
 
 def _scaling_setup(quick: bool) -> tuple[Any, list, int, float]:
     """The bundled snapshot, the structures and views the Ray Data rows render, a started local Ray (seconds)."""
-    from crystalvision.raycluster import ensure_ray
+    from crystalvision.ops.raycluster import ensure_ray
 
     snap = load_snapshot(BUNDLED_SNAPSHOT)
     records = [r for r in snap.records if not r.flags][: 4 if quick else 24]
@@ -329,8 +329,8 @@ def _layout_io(store: Any, images: list, layout: str) -> dict[str, float]:
 
     import pandas as pd
 
-    from crystalvision import shards
-    from crystalvision.dataset import load_images
+    from crystalvision.data import shards
+    from crystalvision.data.dataset import load_images
 
     n = len(images)
     t = time.perf_counter()
@@ -365,7 +365,7 @@ def layout_io(quick: bool) -> list[dict]:
     """Both image layouts written and read back (decoded) on local disk and on moto S3 (127.0.0.1), same images."""
     import tempfile
 
-    from crystalvision.storage import ObjectStore
+    from crystalvision.data.storage import ObjectStore
     from tests.support.s3 import start_moto
 
     n = 256 if quick else 1024

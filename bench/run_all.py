@@ -87,7 +87,7 @@ def tree_pss(pid: int) -> tuple[int, int, list[tuple[str, int]]]:
 def quickstart_e2e(quick: bool) -> list[dict]:
     """Run `crystalvision pipeline run pipelines/quickstart.yaml` in a fresh home; time it, sample peak memory."""
     overrides = ["--set", "train.epochs=1", "--set", "render.views_per_structure=4"] if quick else []
-    cmd = [sys.executable, "-m", "crystalvision.cli", "pipeline", "run", "pipelines/quickstart.yaml", "--json"]
+    cmd = [sys.executable, "-m", "crystalvision.app.cli", "pipeline", "run", "pipelines/quickstart.yaml", "--json"]
     cmd += overrides
     with tempfile.TemporaryDirectory(prefix="cv-bench-") as home:
         env = {**os.environ, "CRYSTALVISION_HOME": home, "RAY_AUTH_MODE": "disabled", "TQDM_DISABLE": "1"}

@@ -44,7 +44,7 @@ QUICK = [
 def command(quick: bool) -> list[str]:
     """The study's command line (the CLI as a module, this checkout's package)."""
     sets = [a for item in (QUICK if quick else []) for a in ("--set", item)]
-    return [sys.executable, "-m", "crystalvision.cli", "pipeline", "run", PIPELINE, "--json", *sets]
+    return [sys.executable, "-m", "crystalvision.app.cli", "pipeline", "run", PIPELINE, "--json", *sets]
 
 
 def rows_from(summary: dict, wall_s: float, quick: bool) -> list[dict]:

@@ -4,7 +4,7 @@ with a GPU also 224 px with the training defaults (the training core without Ray
 Every configuration trains the same model (EfficientNet-B0 + four heads, Adam, batch 16, fp32 on CPU) on the same
 synthetic images with the same total number of CPU threads (2). The plain loop iterates over uint8 tensors already
 in memory; Ray Train reads the images from an image shard (the render job's default layout, ``read_parquet``;
-``crystalvision.train.train_model``) and reports
+``crystalvision.learn.train.train_model``) and reports
 ``train_images_per_s`` (global images/s of the training steps after each epoch's first, validation and
 checkpointing excluded). Ratios compare configurations from this run only. :func:`cpu_step` (also its own part,
 ``--only train_bench.cpu_step``) times the training core's CPU step in today's NCHW layout against channels-last.
@@ -42,7 +42,7 @@ SPACEGROUPS = ["P1", "P-1", "C2/m", "Pnma", "I4/mmm", "R-3m", "P6_3mc", "Fm-3m"]
 
 
 def _spec(size: int):
-    from crystalvision.model import ModelSpec
+    from crystalvision.learn.model import ModelSpec
 
     return ModelSpec(crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=size)
 
@@ -67,8 +67,8 @@ def plain_loop(size: int, steps: int, device: str = "cpu", amp: bool = False) ->
     """Images/s of a hand-written PyTorch loop over in-memory uint8 batches (first step of a pass not timed)."""
     import torch
 
-    from crystalvision.config import TrainConfig
-    from crystalvision.model import CrystalNet
+    from crystalvision.core.config import TrainConfig
+    from crystalvision.learn.model import CrystalNet
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
@@ -87,8 +87,8 @@ def plain_loop(size: int, steps: int, device: str = "cpu", amp: bool = False) ->
 def _plain_pass(model, opt, scaler, images, labels, weights, steps: int, amp: bool) -> float:
     import torch
 
-    from crystalvision.model import preprocess
-    from crystalvision.train import multitask_loss
+    from crystalvision.learn.model import preprocess
+    from crystalvision.learn.train import multitask_loss
 
     cuda = images.device.type == "cuda"
     start = 0.0
@@ -121,8 +121,8 @@ def _write_dataset(store, size: int, n: int):
     set."""
     import pandas as pd
 
-    from crystalvision import shards
-    from crystalvision.dataset import Splits
+    from crystalvision.data import shards
+    from crystalvision.data.dataset import Splits
 
     imgs, labels = _images(n + 8, size, seed=1), _labels(n + 8, seed=1)
     key = f"bench/{size}/shards/00000-{time.time_ns()}.parquet"
@@ -138,9 +138,9 @@ def _write_dataset(store, size: int, n: int):
 
 def ray_train(size: int, steps: int, workers: int, splits, store, gpu: bool = False) -> float:
     """Global train images/s reported by a Ray Train run (2 epochs; the best epoch counts)."""
-    from crystalvision.config import PipelineConfig
-    from crystalvision.prepare import Prepared
-    from crystalvision.train import train_model
+    from crystalvision.core.config import PipelineConfig
+    from crystalvision.learn.prepare import Prepared
+    from crystalvision.learn.train import train_model
 
     cfg = PipelineConfig.model_validate(
         {
@@ -168,10 +168,10 @@ def engine_loop(size: int, steps: int, batch: int) -> float:
     already on the GPU; best of two passes."""
     import torch
 
-    from crystalvision.accel import DeviceData
-    from crystalvision.config import TrainConfig
-    from crystalvision.loop import Engine
-    from crystalvision.model import CrystalNet
+    from crystalvision.core.config import TrainConfig
+    from crystalvision.learn.accel import DeviceData
+    from crystalvision.learn.loop import Engine
+    from crystalvision.learn.model import CrystalNet
 
     torch.manual_seed(0)
     engine = Engine(CrystalNet(_spec(size)), TrainConfig(batch_size=batch), torch.device("cuda"))
@@ -235,7 +235,7 @@ def _timed_steps(engines: dict, threads: dict[str, int], batch: dict, steps: int
 
 def _decode_seconds(n: int, size: int) -> float:
     """Seconds to decode ``n`` images from their shard frames (what every epoch pays without the held split)."""
-    from crystalvision import shards
+    from crystalvision.data import shards
 
     frames = [shards.compress(img) for img in _images(256, size)]
     start = time.perf_counter()
@@ -251,10 +251,10 @@ def cpu_step(quick: bool = False) -> list[dict]:
     costs."""
     import torch
 
-    from crystalvision.config import TrainConfig
-    from crystalvision.loop import Engine
-    from crystalvision.model import CrystalNet
-    from crystalvision.targets import TARGET_COLUMNS
+    from crystalvision.core.config import TrainConfig
+    from crystalvision.core.targets import TARGET_COLUMNS
+    from crystalvision.learn.loop import Engine
+    from crystalvision.learn.model import CrystalNet
 
     size, steps = 64, 12 if quick else 30
     thread_counts = (1,) if quick else (1, THREADS)  # 1: a default Ray Train CPU worker (train.cpus_per_worker=1)
@@ -302,9 +302,9 @@ def run(quick: bool = False) -> list[dict]:
     """Images/s of plain PyTorch vs Ray Train at 64 and 224 px (and 128 px) in one run, plus ratios (goal: 1
     worker >= 0.9x the plain loop at every size); 2 workers too except at 224 px in quick mode; GPU rows (224 px,
     AMP) when a GPU is present."""
-    from crystalvision.raycluster import ensure_ray
-    from crystalvision.settings import get_settings
-    from crystalvision.storage import ObjectStore
+    from crystalvision.core.settings import get_settings
+    from crystalvision.data.storage import ObjectStore
+    from crystalvision.ops.raycluster import ensure_ray
 
     sizes = [64, 224] if quick else [64, 128, 224]
     steps = 10 if quick else 20

@@ -37,7 +37,7 @@ def parser(description: str, default_config: str = "pipelines/quickstart.yaml") 
 
 def load_config(args: argparse.Namespace):
     """The pipeline config named by ``--config`` with ``--set`` overrides applied."""
-    from crystalvision.config import load_pipeline, parse_overrides
+    from crystalvision.core.config import load_pipeline, parse_overrides
 
     return load_pipeline(args.config, parse_overrides(args.overrides))
 
@@ -57,7 +57,7 @@ def pin_paths(args: argparse.Namespace) -> Path:
     A job's working dir is a runtime-env package that Ray deletes once no worker uses it; MLflow's stores ask for
     the current directory whenever they open (even with absolute URIs), so the driver must not stay in it.
     """
-    from crystalvision.settings import get_settings
+    from crystalvision.core.settings import get_settings
 
     for name in PATH_ARGS:
         if getattr(args, name, None):
@@ -75,16 +75,16 @@ def pin_paths(args: argparse.Namespace) -> Path:
 
 
 def run_command(name: str, cfg: Any, **options: Any) -> Any:
-    """Command ``name`` of the table the CLI uses too (:mod:`crystalvision.commands`)."""
-    from crystalvision.commands import run as run_table_command
+    """Command ``name`` of the table the CLI uses too (:mod:`crystalvision.app.commands`)."""
+    from crystalvision.app.commands import run as run_table_command
 
     return run_table_command(name, cfg, **options)
 
 
 def run(main: Callable[[argparse.Namespace], Any], args: argparse.ArgumentParser) -> None:
     """Parse arguments, run ``main`` and write its result as one JSON line on stdout (exit 2 on user errors)."""
-    from crystalvision.errors import CrystalVisionError
-    from crystalvision.logs import setup_logging
+    from crystalvision.core.errors import CrystalVisionError
+    from crystalvision.core.logs import setup_logging
 
     setup_logging()
     ns = args.parse_args()

@@ -16,8 +16,8 @@ def verify_here(uri: str | None) -> dict[str, Any]:
     """Load ``uri`` (default: the configured snapshot) and check its content hash; runs in a Ray task."""
     import ray
 
-    from crystalvision.settings import get_settings
-    from crystalvision.snapshot import load_snapshot
+    from crystalvision.core.settings import get_settings
+    from crystalvision.data.snapshot import load_snapshot
 
     snap = load_snapshot(uri or get_settings().data.snapshot_uri)
     return {"node_id": ray.get_runtime_context().get_node_id(), "sha256": snap.manifest.content_sha256}
@@ -26,9 +26,9 @@ def verify_here(uri: str | None) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
-    from crystalvision.raycluster import ensure_ray
-    from crystalvision.settings import get_settings
-    from crystalvision.snapshot import load_snapshot
+    from crystalvision.core.settings import get_settings
+    from crystalvision.data.snapshot import load_snapshot
+    from crystalvision.ops.raycluster import ensure_ray
 
     ensure_ray()
     snap = load_snapshot(args.uri or get_settings().data.snapshot_uri)

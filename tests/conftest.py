@@ -37,7 +37,7 @@ def _forget_mlflow_state() -> None:
 @pytest.fixture
 def cv_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh CRYSTALVISION_HOME (object store, MLflow db, Ray storage) for one test."""
-    from crystalvision.settings import get_settings
+    from crystalvision.core.settings import get_settings
 
     home = tmp_path / "cvhome"
     monkeypatch.setenv("CRYSTALVISION_HOME", str(home))
@@ -52,7 +52,7 @@ def cv_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def bundled_snapshot():
-    from crystalvision.snapshot import load_snapshot
+    from crystalvision.data.snapshot import load_snapshot
 
     return load_snapshot(BUNDLED)
 
@@ -63,7 +63,7 @@ MP_TEST_KEY = "K3y" + "x" * 26 + "S3c"  # 32 characters, like a real Materials P
 @pytest.fixture
 def mp_api(monkeypatch: pytest.MonkeyPatch, cv_home: Path):
     """A local replay of the Materials Project (db 2025.01.01, four materials); settings point mp-api at it."""
-    from crystalvision.settings import get_settings
+    from crystalvision.core.settings import get_settings
     from tests.support.mp_replay import ReplayServer, bundled_docs
 
     with ReplayServer("2025.01.01", bundled_docs(4)) as server:

@@ -38,7 +38,7 @@ SHARED_PROCESS = (  # start no Ray cluster, server or GL context: safe to share 
     "test_graphnet.py", "test_learning_curve.py", "test_leakage.py", "test_metrics.py", "test_mp.py",
     "test_oof.py", "test_snapshot.py", "test_study_scripts.py", "test_targets.py",
     "test_tracking.py", "test_tune.py", "test_job_driver.py", "test_cpu_step.py", "test_weights_only.py",
-    "test_selection.py", "test_card.py",
+    "test_selection.py", "test_card.py", "test_layers.py",
 )
 SHARED_NAME = "unit files"
 # start no Ray Train run (servers, helper processes, VTK and Ray Data render jobs are fine): the second lane

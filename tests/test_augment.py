@@ -8,11 +8,17 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from crystalvision.augment import augment_batch, background_value, classification_loss, dihedral_views, predict_dihedral
-from crystalvision.backbone import create_backbone
-from crystalvision.config import AugmentConfig, TrainConfig
-from crystalvision.errors import ModelError
-from crystalvision.model import CrystalNet, ModelSpec, preprocess
+from crystalvision.core.config import AugmentConfig, TrainConfig
+from crystalvision.core.errors import ModelError
+from crystalvision.learn.augment import (
+    augment_batch,
+    background_value,
+    classification_loss,
+    dihedral_views,
+    predict_dihedral,
+)
+from crystalvision.learn.backbone import create_backbone
+from crystalvision.learn.model import CrystalNet, ModelSpec, preprocess
 
 
 def disc_image(size: int = 32) -> torch.Tensor:
@@ -82,8 +88,8 @@ def test_dihedral_averaging():
 def test_evaluate_tta_makes_predictions_invariant_to_right_angle_turns():
     """evaluate.tta = dihedral (predict_arrays(forward=predict_dihedral)): a turned copy of an image gets the same
     prediction, which a plain forward pass of an untrained network does not give."""
-    from crystalvision.config import EvaluateConfig
-    from crystalvision.model import predict_arrays
+    from crystalvision.core.config import EvaluateConfig
+    from crystalvision.learn.model import predict_arrays
 
     torch.manual_seed(0)
     spec = ModelSpec(backbone="test_efficientnet", crystal_system_classes=["a", "b"], spacegroup_classes=["x", "y"])

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from crystalvision.dataset import decode_png
-from crystalvision.errors import ImageError, StorageError, StructureError
-from crystalvision.snapshot import MaterialRecord
-from crystalvision.storage import ObjectStore
-from crystalvision.structures import read_cif_file
+from crystalvision.core.errors import ImageError, StorageError, StructureError
+from crystalvision.data.dataset import decode_png
+from crystalvision.data.snapshot import MaterialRecord
+from crystalvision.data.storage import ObjectStore
+from crystalvision.data.structures import read_cif_file
 
 from .support.tiny import SIZE
 from .test_predict import logged  # noqa: F401  (fixture: a tiny model logged as a pyfunc)
@@ -117,7 +117,7 @@ def _broken_copies(good: MaterialRecord) -> dict[str, tuple[MaterialRecord, str]
 def test_render_batch_quarantines_corpus_defects_and_renders_the_rest(tmp_path: Path, bundled_snapshot) -> None:
     import ray
 
-    from crystalvision.config import RenderConfig
+    from crystalvision.core.config import RenderConfig
     from crystalvision.render.job import render_dataset
 
     good = [r for r in bundled_snapshot.records if not r.flags][:2]
@@ -136,7 +136,7 @@ def test_render_batch_quarantines_corpus_defects_and_renders_the_rest(tmp_path: 
     for mid, (_, text) in broken.items():
         assert errors[mid].startswith(mid) and text in errors[mid] and "\n" not in errors[mid]
     assert result.n_images == result.n_new == 4
-    from crystalvision.dataset import load_labels
+    from crystalvision.data.dataset import load_labels
 
     assert sorted(set(load_labels(store, result.labels_key)["material_id"])) == sorted(r.material_id for r in good)
 
@@ -145,7 +145,7 @@ def test_predict_files_on_the_corpus_gives_one_error_row_per_bad_file(logged, tm
     import numpy as np
     import pandas as pd
 
-    from crystalvision import predict
+    from crystalvision.serve import predict
 
     from .test_predict import GOOD_CIF, _png
 

@@ -42,12 +42,12 @@ def test_impostor_paired_interval_is_zero_for_equal_sets_and_covers_a_real_gap()
 
 def test_space_study_part_command_config_record_and_rows(tmp_path: Path) -> None:
     from bench import space_study_bench as study
-    from crystalvision.config import load_pipeline, parse_overrides
+    from crystalvision.core.config import load_pipeline, parse_overrides
 
     root = Path(__file__).resolve().parents[1]
     for quick in (False, True):  # the command's pipeline and overrides load as the CLI would load them
         cmd = study.command(quick)
-        assert cmd[1:5] == ["-m", "crystalvision.cli", "pipeline", "run"] and "--json" in cmd
+        assert cmd[1:5] == ["-m", "crystalvision.app.cli", "pipeline", "run"] and "--json" in cmd
         sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
         cfg = load_pipeline(root / cmd[5], parse_overrides(sets))
         assert cfg.snapshot.name == "lmno-space" and cfg.split.folds == (2 if quick else 5)

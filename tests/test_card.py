@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from crystalvision.card import card_markdown, generalisation_from_record, trust_text
-from crystalvision.errors import ConfigError
+from crystalvision.core.errors import ConfigError
+from crystalvision.track.card import card_markdown, generalisation_from_record, trust_text
 
 RECORD = Path(__file__).parents[1] / "docs/study/records/space-grouped.json"
 

@@ -1,7 +1,7 @@
 import pytest
 from typer.testing import CliRunner
 
-from crystalvision.cli import app
+from crystalvision.app.cli import app
 
 runner = CliRunner()
 COMMANDS = [
@@ -85,7 +85,7 @@ def test_bench_runs_from_any_directory_without_touching_sys_path(tmp_path, monke
 def test_cli_and_jobs_share_one_command_table() -> None:
     import importlib
 
-    from crystalvision.commands import COMMANDS
+    from crystalvision.app.commands import COMMANDS
 
     for name in COMMANDS:
         job = importlib.import_module(f"jobs.{name}")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from crystalvision import progress
-from crystalvision.console import StageDisplay, milestone
-from crystalvision.summary import MAX_LINES, mlflow_pointer, summary_renderable
+from crystalvision.app.console import StageDisplay, milestone
+from crystalvision.app.summary import MAX_LINES, mlflow_pointer, summary_renderable
+from crystalvision.core import progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def test_quiet_output_sends_library_and_child_output_to_the_log(tmp_path: Path) 
         import logging, os, subprocess, sys
         sys.path.insert(0, {str(ROOT / "platform")!r})
         from pathlib import Path
-        from crystalvision.console import quiet_output
+        from crystalvision.app.console import quiet_output
         logging.basicConfig(level=logging.INFO)
         with quiet_output(Path({str(tmp_path)!r}), "demo") as out:
             logging.getLogger("ray").warning("PlacementGroupCleaner noise")
@@ -68,7 +68,7 @@ def test_plain_progress_prints_milestones_without_carriage_returns() -> None:
 def test_a_stage_that_runs_again_prints_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """k folds train one after the other under one stage name: each fold's epochs print, with seconds per epoch."""
     clock = iter(range(0, 10_000, 30))  # every event 30 s after the previous one
-    monkeypatch.setattr("crystalvision.console.time.perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr("crystalvision.app.console.time.perf_counter", lambda: float(next(clock)))
     buf = io.StringIO()
     with StageDisplay(Console(file=buf, force_terminal=False, width=100)) as display, progress.listening(display):
         for _fold in range(2):

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from crystalvision.accel import HeldSplit, keep_split, resolve_step_mode
-from crystalvision.config import TrainConfig
-from crystalvision.dataset import decode_batch, load_labels
-from crystalvision.loop import Engine
-from crystalvision.model import CrystalNet, ModelSpec
-from crystalvision.storage import ObjectStore
-from crystalvision.targets import TARGET_COLUMNS
+from crystalvision.core.config import TrainConfig
+from crystalvision.core.targets import TARGET_COLUMNS
+from crystalvision.data.dataset import decode_batch, load_labels
+from crystalvision.data.storage import ObjectStore
+from crystalvision.learn.accel import HeldSplit, keep_split, resolve_step_mode
+from crystalvision.learn.loop import Engine
+from crystalvision.learn.model import CrystalNet, ModelSpec
 
 from .support.toy import SPACEGROUPS, SYSTEMS, TEST_BACKBONE, write_toy_dataset
 

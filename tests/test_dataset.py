@@ -1,9 +1,9 @@
 import pytest
 
-from crystalvision.config import SplitConfig
-from crystalvision.dataset import decode_png, load_images, load_labels, split_frame
-from crystalvision.errors import ImageError
-from crystalvision.storage import ObjectStore
+from crystalvision.core.config import SplitConfig
+from crystalvision.core.errors import ImageError
+from crystalvision.data.dataset import decode_png, load_images, load_labels, split_frame
+from crystalvision.data.storage import ObjectStore
 
 from .support.toy import write_toy_dataset
 

@@ -10,11 +10,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from crystalvision.accel import DeviceData
-from crystalvision.config import TrainConfig
-from crystalvision.loop import Engine, EvalAccumulator, fit, reduce_train
-from crystalvision.model import CrystalNet, ModelSpec
-from crystalvision.selection import LoopState
+from crystalvision.core.config import TrainConfig
+from crystalvision.learn.accel import DeviceData
+from crystalvision.learn.loop import Engine, EvalAccumulator, fit, reduce_train
+from crystalvision.learn.model import CrystalNet, ModelSpec
+from crystalvision.learn.selection import LoopState
 
 from .support.toy import SPACEGROUPS, SYSTEMS, TEST_BACKBONE
 

@@ -45,8 +45,8 @@ runpy.run_module("jobs.pipeline", run_name="__main__")
 PREDICT = PROBE + """
 from pathlib import Path
 import pandas as pd
-from crystalvision import predict
-from crystalvision.model import load_model
+from crystalvision.serve import predict
+from crystalvision.learn.model import load_model
 from tests.support.tiny import tiny_model_dir
 model = load_model(tiny_model_dir(Path(sys.argv[1])))
 cif = Path("platform/crystalvision/data/snapshots/lmno/cif/mp-25284.cif").read_text()
@@ -94,8 +94,8 @@ def test_predicting_a_cif_renders_in_a_helper_process_never_beside_torch(tmp_pat
 def test_a_hung_render_helper_fails_that_call_and_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     from pymatgen.core import Structure
 
-    from crystalvision import renderproc
-    from crystalvision.errors import RenderError, StructureError
+    from crystalvision.core.errors import RenderError, StructureError
+    from crystalvision.serve import renderproc
 
     structure = Structure.from_file(ROOT / "platform/crystalvision/data/snapshots/lmno/cif/mp-25284.cif")
     try:

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from crystalvision.config import PipelineConfig, SplitConfig
-from crystalvision.dataset import load_images, load_labels, split_frame
-from crystalvision.model import CrystalNet, ModelSpec, preprocess, save_model
-from crystalvision.storage import ObjectStore
+from crystalvision.core.config import PipelineConfig, SplitConfig
+from crystalvision.data.dataset import load_images, load_labels, split_frame
+from crystalvision.data.storage import ObjectStore
+from crystalvision.learn.model import CrystalNet, ModelSpec, preprocess, save_model
 
 from .support.toy import SPACEGROUPS, SYSTEMS, write_toy_dataset
 
@@ -71,7 +71,7 @@ def toy_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(toy_run, tmp_path_factory):
-    from crystalvision.evaluate import evaluate_model
+    from crystalvision.evaluate.evaluate import evaluate_model
 
     store, _, splits, model = toy_run
     out = tmp_path_factory.mktemp("evalout")
@@ -166,7 +166,7 @@ def test_saliency_and_ssim_matrix(evaluated) -> None:
 
 
 def test_smoothgrad_noise_is_configurable(toy_run) -> None:
-    from crystalvision.explain import smoothgrad_maps
+    from crystalvision.evaluate.explain import smoothgrad_maps
 
     store, _, splits, model = toy_run
     img = load_images(store, splits.test.image_key.tolist()[:1], size=32)
@@ -198,7 +198,7 @@ def _records_frame(records, views: int = 2) -> pd.DataFrame:
 
 
 def test_baselines_on_bundled_records(bundled_snapshot) -> None:
-    from crystalvision.baselines import run_baselines
+    from crystalvision.evaluate.baselines import run_baselines
 
     regular = [r for r in bundled_snapshot.records if not r.flags][:16]
     records = {r.material_id: r for r in regular}
@@ -231,8 +231,8 @@ def test_baselines_on_bundled_records(bundled_snapshot) -> None:
 
 
 def test_surrogate_detection() -> None:
-    from crystalvision.mp import MP_LABEL_SOURCE
-    from crystalvision.report import is_surrogate
+    from crystalvision.data.mp import MP_LABEL_SOURCE
+    from crystalvision.evaluate.report import is_surrogate
 
     live = {k: v.format(db="2025.02.12") for k, v in MP_LABEL_SOURCE.items()}
     assert not is_surrogate(live)
@@ -243,9 +243,9 @@ def test_surrogate_detection() -> None:
 def test_evaluate_logged_run(cv_home, toy_run) -> None:
     import mlflow
 
-    from crystalvision.runs import evaluate_logged_run
-    from crystalvision.settings import get_settings
-    from crystalvision.storage import open_store
+    from crystalvision.core.settings import get_settings
+    from crystalvision.data.storage import open_store
+    from crystalvision.promote.runs import evaluate_logged_run
 
     src_store, key, splits, model = toy_run
     store = open_store()

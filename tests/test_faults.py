@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crystalvision.config import RenderConfig
-from crystalvision.dataset import decode_png, load_images, load_labels
-from crystalvision.errors import ImageError, StorageError
+from crystalvision.core.config import RenderConfig
+from crystalvision.core.errors import ImageError, StorageError
+from crystalvision.data.dataset import decode_png, load_images, load_labels
+from crystalvision.data.storage import ObjectStore
 from crystalvision.render.job import FAULT_ENV, image_key, render_dataset
-from crystalvision.storage import ObjectStore
 
 from .support.s3 import FlakyEndpoint, moto_s3
 
@@ -145,13 +145,13 @@ def test_s3_outage_is_retried_until_the_endpoint_is_back(moto, caplog):
                 proxy.up()
 
         handler = OnRetry()
-        logging.getLogger("crystalvision.storage").addHandler(handler)
+        logging.getLogger("crystalvision.data.storage").addHandler(handler)
         threading.Thread(target=up_after_first_retry, daemon=True).start()
         try:
-            with caplog.at_level(logging.WARNING, logger="crystalvision.storage"):
+            with caplog.at_level(logging.WARNING, logger="crystalvision.data.storage"):
                 store.put_bytes("during.txt", b"2")
         finally:
-            logging.getLogger("crystalvision.storage").removeHandler(handler)
+            logging.getLogger("crystalvision.data.storage").removeHandler(handler)
         assert came_up.is_set(), "the write cannot have succeeded while the endpoint was down"
         assert store.get_bytes("during.txt") == b"2" and store.get_bytes("before.txt") == b"1"
     assert "faults/during.txt" in moto.keys("faults/")

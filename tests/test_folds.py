@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crystalvision.config import SplitConfig
-from crystalvision.dataset import Splits
-from crystalvision.errors import ConfigError
-from crystalvision.folds import aggregate_folds, ceiling_metrics, fold_splits, mean_std_text, split_plan, stratum
+from crystalvision.core.config import SplitConfig
+from crystalvision.core.errors import ConfigError
+from crystalvision.data.dataset import Splits
+from crystalvision.data.folds import aggregate_folds, ceiling_metrics, fold_splits, mean_std_text, split_plan, stratum
 
 
 def labels(n_structures: int = 20, views: int = 4, systems: dict[str, int] | None = None) -> pd.DataFrame:
@@ -64,7 +64,7 @@ def test_rare_classes_are_pooled_for_stratification():
 
 def test_unseen_test_classes_are_logged(caplog):
     df = labels(systems={"monoclinic": 9, "cubic": 1})
-    with caplog.at_level(logging.WARNING, logger="crystalvision.folds"):
+    with caplog.at_level(logging.WARNING, logger="crystalvision.data.folds"):
         folds = fold_splits(df, SplitConfig(protocol="grouped", folds=3, seed=0))
     fold = next(f for f in folds if "cubic" in set(f.test["crystal_system"]))
     assert fold.unseen_classes["crystal_system"] == ["cubic"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
-from crystalvision.dataset import Splits
-from crystalvision.errors import ConfigError
-from crystalvision.graphnet import GraphConfig, structure_graph, train_graph_baseline
+from crystalvision.core.errors import ConfigError
+from crystalvision.data.dataset import Splits
+from crystalvision.evaluate.graphnet import GraphConfig, structure_graph, train_graph_baseline
 
 
 def frame(snapshot, ids) -> pd.DataFrame:

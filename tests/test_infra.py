@@ -54,7 +54,7 @@ def _tokens(text: str) -> Iterator[str]:
 def _cli_commands() -> set[str]:
     import typer.main
 
-    from crystalvision.cli import app
+    from crystalvision.app.cli import app
 
     group = typer.main.get_command(app)
     return set(group.commands)  # type: ignore[attr-defined]
@@ -262,7 +262,7 @@ def test_every_secret_the_manifests_use_is_documented():
 
 _AUTH_PROBE = """
 import json, sys, requests, ray
-from crystalvision.raycluster import ensure_ray
+from crystalvision.ops.raycluster import ensure_ray
 ensure_ray(include_dashboard=True)
 from ray._raylet import AuthenticationMode, get_authentication_mode
 url = ray._private.worker._global_node.webui_url

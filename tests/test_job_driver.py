@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from crystalvision import logs
+from crystalvision.core import logs
 from jobs import _common
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def test_the_job_driver_keeps_tracking_after_its_working_dir_is_deleted(
     def main(args) -> dict:
         cfg = _common.load_config(args)
         shutil.rmtree(work)  # the other node's runtime-env agent deletes the package mid-job
-        from crystalvision.tracking import configure_mlflow
+        from crystalvision.track.tracking import configure_mlflow
 
         configure_mlflow()
         with mlflow.start_run() as run:
@@ -72,7 +72,7 @@ def test_path_arguments_and_settings_resolve_against_the_working_dir(
         f"{tmp_path}/snaps",
         "s3://bucket/snap",
     )
-    from crystalvision.settings import get_settings
+    from crystalvision.core.settings import get_settings
 
     settings = get_settings()
     assert settings.storage.object_store_uri == f"{tmp_path}/store"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from crystalvision.leakage import (
+from crystalvision.evaluate.leakage import (
     accuracy_by_similarity,
     leakage_figure,
     leakage_html,
@@ -84,7 +84,7 @@ def test_search_covers_every_training_image_not_only_the_same_structure():
     """Split by image: the test image's own structure is in training, but another structure's training image is a
     near-copy of it. The nearest image is that other structure's (a same-structure-only search would miss it), the
     exhaustive search and the pixel prefilter agree, and the prefilter's candidate count bounds its search."""
-    from crystalvision.leakage import nearest_train_ssim
+    from crystalvision.evaluate.leakage import nearest_train_ssim
 
     test = prepare(np.stack([blobs(0, 1)]), 48)
     twin = prepare(np.stack([blobs(0, 1)]), 48) * 0.98 + 0.01  # structure 0's image, almost identical
@@ -133,9 +133,9 @@ def test_figure_and_report_section(tmp_path):
     html = leakage_html({k: summary(v[0], v[1]) for k, v in protocols.items()}, fig)
     assert "data:image/png;base64" in html and "trajectory, split by image" in html
 
-    from crystalvision.config import EvaluateConfig
-    from crystalvision.model import ModelSpec
-    from crystalvision.report import write_report
+    from crystalvision.core.config import EvaluateConfig
+    from crystalvision.evaluate.report import write_report
+    from crystalvision.learn.model import ModelSpec
 
     spec = ModelSpec(crystal_system_classes=["a"], spacegroup_classes=["b"])
     page = write_report(tmp_path / "report.html", metrics={}, splits={}, label_source={}, spec=spec,
@@ -155,7 +155,7 @@ def test_any_structure_search_is_a_pixel_nearest_neighbour():
     train = np.stack([blobs(0, 0), blobs(90, 0), blobs(0, 1), blobs(90, 1)])
     test = np.stack([blobs(6, 1)])  # a near-copy of structure 1's first view
     x_tr, x_te = prepare(train, 48), prepare(test, 48)
-    from crystalvision.leakage import nearest_train_ssim
+    from crystalvision.evaluate.leakage import nearest_train_ssim
 
     near = nearest_train_ssim(x_te, ["mp-1"], x_tr, ["mp-0", "mp-0", "mp-1", "mp-1"])
     assert near.index.tolist() == [2] and near.same_structure.tolist() == [True]
@@ -164,8 +164,8 @@ def test_any_structure_search_is_a_pixel_nearest_neighbour():
 def test_report_section_states_its_search_rule(tmp_path):
     """The evaluation's leakage section searches every training image with one stated rule (prefilter or
     exhaustive), writes leakage.csv with the nearest image of each test image, and the two rules agree here."""
-    from crystalvision.leakage import report_section
-    from crystalvision.storage import ObjectStore
+    from crystalvision.data.storage import ObjectStore
+    from crystalvision.evaluate.leakage import report_section
 
     from .support.tiny import toy_splits
 

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crystalvision import folds
-from crystalvision import learning_curve as lc
-from crystalvision.config import PipelineConfig, SplitConfig
-from crystalvision.errors import ConfigError
-from crystalvision.folds import FoldSplits
+from crystalvision.app import learning_curve as lc
+from crystalvision.core.config import PipelineConfig, SplitConfig
+from crystalvision.core.errors import ConfigError
+from crystalvision.data import folds
+from crystalvision.data.folds import FoldSplits
 
 
 def _train(n: int = 120, views: int = 3, seed: int = 0) -> pd.DataFrame:
@@ -166,7 +166,7 @@ def test_curve_record_script_rebuilds_a_stopped_curve_from_its_finished_runs(cv_
 
     import mlflow
 
-    from crystalvision import tracking
+    from crystalvision.track import tracking
 
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("curve_record", root / "docs/study/curve_record.py")
@@ -200,7 +200,7 @@ def test_space_table_script_renders_a_grouped_run_record_per_scope(tmp_path) -> 
     import importlib.util
     from pathlib import Path
 
-    from crystalvision import oof
+    from crystalvision.evaluate import oof
 
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("space_table", root / "docs/study/space_table.py")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from crystalvision import metrics as M
+from crystalvision.evaluate import metrics as M
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from crystalvision.config import IngestConfig
-from crystalvision.errors import MPError
-from crystalvision.mp import database_version, fetch_records
-from crystalvision.settings import get_settings
+from crystalvision.core.config import IngestConfig
+from crystalvision.core.errors import MPError
+from crystalvision.core.settings import get_settings
+from crystalvision.data.mp import database_version, fetch_records
 from tests.conftest import MP_TEST_KEY as API_KEY
 
 BAD = Path(__file__).parent / "data" / "bad"
@@ -29,7 +29,7 @@ def test_fetch_records_and_version(mp_api):
 def test_retries_with_backoff_on_429_and_503(mp_api, caplog: pytest.LogCaptureFixture):
     mp_api.fail_next(429, 503, path="/heartbeat")
     mp_api.fail_next(503, 503, path="/materials/summary")
-    with caplog.at_level(logging.WARNING, logger="crystalvision.mp"):
+    with caplog.at_level(logging.WARNING, logger="crystalvision.data.mp"):
         records, _ = fetch_records(QUERY)
     assert len(records) == 4
     statuses = [r.status for r in mp_api.requests]
@@ -76,8 +76,8 @@ def test_odd_records_are_quarantined_with_a_reason_and_the_fetch_goes_on(mp_api,
     import copy
     import json
 
-    from crystalvision.ingest import QUARANTINE_FILE, ingest_from_mp
-    from crystalvision.snapshot import load_snapshot
+    from crystalvision.data.ingest import QUARANTINE_FILE, ingest_from_mp
+    from crystalvision.data.snapshot import load_snapshot
 
     good = mp_api.docs
     dot = json.loads((BAD / "dot_material_id.json").read_text())  # material id '.'
@@ -101,9 +101,9 @@ def test_missing_labels_stay_missing_flagged_and_left_out(mp_api, tmp_path: Path
     """No band gap / no energy above hull is never 0.0 (which would read as 'metal' / 'stable')."""
     import copy
 
-    from crystalvision.config import SnapshotConfig
-    from crystalvision.ingest import ingest_from_mp
-    from crystalvision.snapshot import load_snapshot, select
+    from crystalvision.core.config import SnapshotConfig
+    from crystalvision.data.ingest import ingest_from_mp
+    from crystalvision.data.snapshot import load_snapshot, select
 
     docs = copy.deepcopy(mp_api.docs)
     docs[0]["band_gap"] = None
@@ -130,7 +130,7 @@ def test_missing_labels_stay_missing_flagged_and_left_out(mp_api, tmp_path: Path
 def test_retry_settings_are_validated(monkeypatch: pytest.MonkeyPatch, var: str, value: str):
     from pydantic import ValidationError
 
-    from crystalvision.settings import MPSettings
+    from crystalvision.core.settings import MPSettings
 
     monkeypatch.setenv(var, value)
     with pytest.raises(ValidationError, match=var.removeprefix("CRYSTALVISION_").lower()):
@@ -138,8 +138,8 @@ def test_retry_settings_are_validated(monkeypatch: pytest.MonkeyPatch, var: str,
 
 
 def test_backoff_is_capped_and_jittered():
-    from crystalvision.mp import backoff_delay
-    from crystalvision.settings import MPSettings
+    from crystalvision.core.settings import MPSettings
+    from crystalvision.data.mp import backoff_delay
 
     settings = MPSettings(max_retries=20, retry_backoff_s=1.0, retry_max_backoff_s=8.0)
     delays = [backoff_delay(settings, 19) for _ in range(50)]
@@ -152,7 +152,7 @@ def test_geometry_check_scales_to_thousands_of_atoms(bundled_snapshot, monkeypat
     6x6x6 supercell, and the short-distance flags of the bundled snapshot are unchanged."""
     from pymatgen.core import Structure
 
-    from crystalvision.structures import SHORT_DISTANCE_FLAG, geometry_flags, structure_from_dict
+    from crystalvision.data.structures import SHORT_DISTANCE_FLAG, geometry_flags, structure_from_dict
 
     for rec in bundled_snapshot.records:
         assert (SHORT_DISTANCE_FLAG in geometry_flags(structure_from_dict(rec.structure))) == bool(rec.flags)
@@ -171,9 +171,9 @@ def test_subsystems_fetch_the_whole_space_in_one_query(mp_api, tmp_path: Path):
     the snapshot's query is the bundled lmno-space's."""
     import copy
 
-    from crystalvision.ingest import ingest_from_mp
-    from crystalvision.mp import subsystems
-    from crystalvision.snapshot import load_snapshot
+    from crystalvision.data.ingest import ingest_from_mp
+    from crystalvision.data.mp import subsystems
+    from crystalvision.data.snapshot import load_snapshot
     from tests.conftest import BUNDLED
     from tests.support.mp_replay import space_docs
 
@@ -209,7 +209,7 @@ def test_quarantine_is_in_the_snapshot_before_it_appears(bundled_snapshot, tmp_p
     import json
     import os
 
-    from crystalvision.ingest import QUARANTINE_FILE, write_mp_snapshot
+    from crystalvision.data.ingest import QUARANTINE_FILE, write_mp_snapshot
 
     published: dict[Path, list[str]] = {}
     real_replace = os.replace

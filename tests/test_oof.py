@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import r2_score
 
-from crystalvision import oof
+from crystalvision.evaluate import oof
 
 
 def table(n: int = 200, seed: int = 0, seeds: tuple[int, ...] = (0,)) -> pd.DataFrame:
@@ -124,9 +124,9 @@ def test_fold_table_holds_model_and_baselines_by_structure():
 
 
 def test_baselines_fit_on_train_and_validation_structures(tmp_path):
-    from crystalvision.baselines import baseline_metrics
-    from crystalvision.config import EvaluateConfig
-    from crystalvision.dataset import Splits
+    from crystalvision.core.config import EvaluateConfig
+    from crystalvision.data.dataset import Splits
+    from crystalvision.evaluate.baselines import baseline_metrics
 
     def frame(ids: list[str], gap: float, system: str) -> pd.DataFrame:
         return pd.DataFrame({"material_id": ids, "band_gap": gap, "energy_above_hull": 0.0, "crystal_system_id": 0,

@@ -59,7 +59,7 @@ def _run_pipeline(home: Path, url: str) -> subprocess.CompletedProcess:
         "CRYSTALVISION_MLFLOW_TRACKING_URI": url,
         "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",
     }
-    args = [sys.executable, "-m", "crystalvision.cli", "pipeline", "run", str(ROOT / "pipelines/quickstart.yaml")]
+    args = [sys.executable, "-m", "crystalvision.app.cli", "pipeline", "run", str(ROOT / "pipelines/quickstart.yaml")]
     for item in TINY:
         args += ["--set", item]
     return subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from crystalvision.cli import app
+from crystalvision.app.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -39,7 +39,7 @@ def _kfold_record(folder: Path, snapshot_sha256: str) -> Path:
 
 @pytest.mark.slow
 def test_quickstart_end_to_end(cv_home: Path, tmp_path: Path) -> None:
-    from crystalvision.snapshot import bundled_snapshots, load_snapshot
+    from crystalvision.data.snapshot import bundled_snapshots, load_snapshot
 
     args = ["pipeline", "run", str(ROOT / "pipelines/quickstart.yaml"), "--json"]
     for item in TINY:

@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from crystalvision.cli import app
+from crystalvision.app.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -151,12 +151,12 @@ def test_validate_prints_the_resolved_split(cv_home: Path) -> None:
 
 
 def test_each_seed_trains_every_fold_under_its_own_name_config_and_spec() -> None:
-    from crystalvision.config import PipelineConfig
-    from crystalvision.folds import FoldSplits
-    from crystalvision.model import ModelSpec
-    from crystalvision.pipeline import _seeded
-    from crystalvision.prepare import Prepared
-    from crystalvision.train import run_name
+    from crystalvision.app.pipeline import _seeded
+    from crystalvision.core.config import PipelineConfig
+    from crystalvision.data.folds import FoldSplits
+    from crystalvision.learn.model import ModelSpec
+    from crystalvision.learn.prepare import Prepared
+    from crystalvision.learn.train import run_name
 
     part = pd.DataFrame({"material_id": ["mp-1"], "image_key": ["k1"]})
     splits = FoldSplits(part, part, part, protocol="grouped", seed=0, fold=1, n_folds=2)

@@ -19,14 +19,14 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from crystalvision import predict, predict_input
-from crystalvision.cli import app
-from crystalvision.config import PipelineConfig
-from crystalvision.dataset import load_images
-from crystalvision.errors import CrystalVisionError
-from crystalvision.hierarchy import joint_symmetry, system_of
-from crystalvision.model import load_model, predict_arrays, spec_for
-from crystalvision.storage import ObjectStore
+from crystalvision.app.cli import app
+from crystalvision.core.config import PipelineConfig
+from crystalvision.core.errors import CrystalVisionError
+from crystalvision.data.dataset import load_images
+from crystalvision.data.storage import ObjectStore
+from crystalvision.learn.model import load_model, predict_arrays, spec_for
+from crystalvision.serve import predict, predict_input
+from crystalvision.serve.hierarchy import joint_symmetry, system_of
 
 from .support.tiny import SIZE, tiny_model_dir, toy_splits, use_test_tracking
 
@@ -157,14 +157,33 @@ def test_logged_pyfunc_is_code_with_its_requirements(logged) -> None:
     local = Path(mlflow.artifacts.download_artifacts(uri))
     conf = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
     assert conf.get("model_code_path") and "python_model" not in conf, conf
-    assert not list(local.rglob("*.pkl")) and (local / "code/crystalvision/predict.py").is_file()
+    assert not list(local.rglob("*.pkl")) and (local / "code/crystalvision/serve/predict.py").is_file()
     reqs = {line.split("==")[0] for line in (local / "requirements.txt").read_text().split()}
     assert {"vtk", "pyvista", "scipy", "pymatgen", "torch", "timm"} <= reqs and "crystalvision" not in reqs
 
 
+def test_a_model_logged_before_the_sub_packages_still_loads(cv_home, tmp_path) -> None:
+    """A model registered before the move loads with ``from crystalvision.predict import ...`` (its logged code):
+    in a process that has imported the package already (``crystalvision predict``), that old name still resolves."""
+    code = tmp_path / "pyfunc_code.py"
+    code.write_text(
+        "import mlflow\n\nfrom crystalvision.predict import CrystalVisionPyfunc\n\n"
+        "mlflow.models.set_model(CrystalVisionPyfunc())\n"
+    )
+    use_test_tracking()
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name=predict.MODEL_ARTIFACT,
+            python_model=str(code),
+            artifacts={predict.MODEL_DIR_ARTIFACT: str(tiny_model_dir(tmp_path / "model"))},
+        )
+    out = mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"image": [_b64(_png(SIZE))]}))
+    assert pd.isna(out.loc[0, "error"]) and np.isfinite(out.loc[0, "band_gap"])
+
+
 def test_cli_predict_defaults_to_the_model_the_quickstart_registers(cv_home, tmp_path, monkeypatch) -> None:
     """No pipeline file needed: outside the checkout the default is the quickstart's champion by name."""
-    from crystalvision.settings import get_settings
+    from crystalvision.core.settings import get_settings
 
     name = yaml.safe_load(QUICKSTART.read_text())["registry"]["model_name"]
     assert predict.default_model_uri(QUICKSTART) == f"models:/{name}@champion"
@@ -367,7 +386,7 @@ class _SlowHelper:
 
 
 def test_concurrent_renders_run_in_a_bounded_pool_of_helpers(monkeypatch) -> None:
-    from crystalvision import renderproc
+    from crystalvision.serve import renderproc
 
     renderproc.shutdown()
     monkeypatch.setattr(renderproc, "_Helper", _SlowHelper)
@@ -389,7 +408,7 @@ def test_concurrent_renders_run_in_a_bounded_pool_of_helpers(monkeypatch) -> Non
 def test_predict_prints_the_model_cards_measured_metrics_beside_each_answer(cv_home, tmp_path) -> None:
     """A model whose card holds out-of-fold metrics shows them beside every answer (table and JSON); one without
     says it has none instead of printing nothing."""
-    from crystalvision.card import generalisation_from_record
+    from crystalvision.track.card import generalisation_from_record
 
     record = Path(__file__).parents[1] / "docs/study/records/space-grouped.json"
     store = ObjectStore(str(tmp_path / "store"))

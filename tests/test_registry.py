@@ -9,10 +9,10 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from crystalvision import registry
-from crystalvision.config import PipelineConfig
-from crystalvision.predict import log_model
-from crystalvision.storage import ObjectStore
+from crystalvision.core.config import PipelineConfig
+from crystalvision.data.storage import ObjectStore
+from crystalvision.promote import registry
+from crystalvision.serve.predict import log_model
 
 from .support.tiny import tiny_model_dir, toy_splits, use_test_tracking
 
@@ -141,9 +141,9 @@ def test_champion_reevaluation_aligns_class_ids_by_name(cv_home, tmp_path) -> No
     champion is scored against its own classes by name, so its metrics do not move; an unseen class is named."""
     import dataclasses
 
-    from crystalvision.errors import ModelError
-    from crystalvision.model import load_model
-    from crystalvision.prepare import Prepared
+    from crystalvision.core.errors import ModelError
+    from crystalvision.learn.model import load_model
+    from crystalvision.learn.prepare import Prepared
 
     use_test_tracking()
     store = ObjectStore(str(tmp_path / "store"))
@@ -225,7 +225,7 @@ def test_holm_correction_changes_a_borderline_decision() -> None:
     0.017): alone it passes alpha 0.05, but Holm over four heads needs p <= 0.0125, so it is not promoted."""
     import numpy as np
 
-    from crystalvision import gate
+    from crystalvision.promote import gate
 
     rng = np.random.default_rng(0)
     champion = _structure_table(rng, 100, 50, 0.3)
@@ -253,8 +253,8 @@ _RACER = """
 import json, sys, time
 from pathlib import Path
 from mlflow import MlflowClient
-from crystalvision import registry
-from crystalvision.config import PipelineConfig
+from crystalvision.promote import registry
+from crystalvision.core.config import PipelineConfig
 
 folder, me, shared, own, delay = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
 
@@ -300,8 +300,8 @@ def test_two_processes_registering_at_once_against_a_server(env, tmp_path, monke
     import subprocess
     import sys
 
-    from crystalvision.registry_cas import LOCK_SUFFIX
-    from crystalvision.settings import get_settings
+    from crystalvision.core.settings import get_settings
+    from crystalvision.promote.registry_cas import LOCK_SUFFIX
 
     from .support.procs import free_port, start_embedded_mlflow, stop_group
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from pymatgen.core import DummySpecies, Lattice, Structure
 
-from crystalvision.config import RenderConfig
-from crystalvision.errors import RenderError
+from crystalvision.core.config import RenderConfig
+from crystalvision.core.errors import RenderError
+from crystalvision.data.structures import structure_from_dict
 from crystalvision.render import (
     Renderer,
     backend,
@@ -21,7 +22,6 @@ from crystalvision.render import (
     view_rotation,
 )
 from crystalvision.render.rotations import view_quaternions
-from crystalvision.structures import structure_from_dict
 
 MID = "mp-1177919"  # Li2Mn3NiO8, 56 atoms
 
@@ -232,8 +232,8 @@ def test_trajectory_frames_are_one_continuous_rotation() -> None:
 
 
 def test_view_protocol_config_errors_name_the_key(tmp_path) -> None:
-    from crystalvision.config import load_pipeline
-    from crystalvision.errors import ConfigError
+    from crystalvision.core.config import load_pipeline
+    from crystalvision.core.errors import ConfigError
 
     path = tmp_path / "p.yaml"
     path.write_text("name: x\n")

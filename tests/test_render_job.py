@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from crystalvision.config import RenderConfig
-from crystalvision.dataset import LABEL_COLUMNS, load_images, load_labels
+from crystalvision.core.config import RenderConfig
+from crystalvision.data.dataset import LABEL_COLUMNS, load_images, load_labels
+from crystalvision.data.storage import ObjectStore
 from crystalvision.render.job import RenderBatch, image_key, render_config_hash, render_dataset
 from crystalvision.render.rotations import view_quaternion
-from crystalvision.storage import ObjectStore
 
 from .support.s3 import s3_server  # noqa: F401  (fixture)
 
@@ -118,7 +118,7 @@ def test_s3_job_against_moto(bundled_snapshot, records, s3_server, ray_session) 
 
 
 def test_worker_storage_errors_reach_the_driver_as_storage_errors() -> None:
-    from crystalvision.errors import StorageError
+    from crystalvision.core.errors import StorageError
     from crystalvision.render.job import _user_error
 
     ray_text = "ray::MapWorker.submit()\n  File x\ncrystalvision.errors.StorageError: cannot write s3://b/k; check it"
@@ -130,7 +130,7 @@ def test_worker_storage_errors_reach_the_driver_as_storage_errors() -> None:
 def test_paper_pipeline_renders_trajectory_frames_a_step_apart(tmp_path, bundled_snapshot, ray_session) -> None:
     from pathlib import Path
 
-    from crystalvision.config import load_pipeline
+    from crystalvision.core.config import load_pipeline
     from crystalvision.render.rotations import frame_angles_deg
 
     root = Path(__file__).resolve().parents[1]

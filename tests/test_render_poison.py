@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crystalvision.config import RenderConfig
-from crystalvision.dataset import load_labels
-from crystalvision.errors import StorageError
+from crystalvision.core.config import RenderConfig
+from crystalvision.core.errors import StorageError
+from crystalvision.data.dataset import load_labels
+from crystalvision.data.storage import ObjectStore
 from crystalvision.render.job import FAULT_ENV, render_dataset
 from crystalvision.render.udf import RenderBatch
-from crystalvision.storage import ObjectStore
 
 CFG = RenderConfig(image_size=32, views_per_structure=2, num_workers=1, cpus_per_worker=0.5)
 
@@ -35,8 +35,8 @@ def _facts(snap):
 
 
 def test_too_many_atoms_are_refused_before_rendering(tmp_path, bundled_snapshot, good, ray_session) -> None:
+    from crystalvision.data.structures import structure_from_dict
     from crystalvision.render.scene import prepare_scene
-    from crystalvision.structures import structure_from_dict
 
     sizes = {
         r.material_id: len(prepare_scene(structure_from_dict(r.structure, r.material_id), CFG).positions) for r in good
@@ -148,7 +148,7 @@ def test_a_huge_structure_is_refused_from_its_site_count() -> None:
 
 _DRAWER = """
 import json, sys
-from crystalvision.config import RenderConfig
+from crystalvision.core.config import RenderConfig
 from crystalvision.render.udf import RenderBatch
 mid, structure, root = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 udf = RenderBatch({mid: structure}, RenderConfig(image_size=32, views_per_structure=2).model_dump(mode="json"), root,

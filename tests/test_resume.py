@@ -13,13 +13,13 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from crystalvision.config import RenderConfig, load_pipeline
-from crystalvision.dataset import load_labels, split_frame
-from crystalvision.model import ModelSpec
-from crystalvision.prepare import Prepared
+from crystalvision.core.config import RenderConfig, load_pipeline
+from crystalvision.data.dataset import load_labels, split_frame
+from crystalvision.data.storage import ObjectStore
+from crystalvision.learn.model import ModelSpec
+from crystalvision.learn.prepare import Prepared
+from crystalvision.learn.train import FAULT_ENV, FLUSH_TIMEOUT_ENV, MLFLOW_WAIT_ENV, run_name, train_model
 from crystalvision.render.job import render_dataset
-from crystalvision.storage import ObjectStore
-from crystalvision.train import FAULT_ENV, FLUSH_TIMEOUT_ENV, MLFLOW_WAIT_ENV, run_name, train_model
 
 from .support.procs import free_port
 from .support.toy import SPACEGROUPS, SYSTEMS, TEST_BACKBONE, write_toy_dataset
@@ -40,7 +40,7 @@ def ray_local():
     unbuffered logger fails in seconds, not minutes)."""
     import ray
 
-    from crystalvision.raycluster import ensure_ray
+    from crystalvision.ops.raycluster import ensure_ray
 
     old = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
@@ -55,7 +55,7 @@ def ray_local():
 
 @pytest.mark.slow
 def test_relaunched_pipeline_resumes_the_crashed_training(cv_home, ray_local, monkeypatch) -> None:
-    from crystalvision.pipeline import run_pipeline
+    from crystalvision.app.pipeline import run_pipeline
 
     cfg = load_pipeline(ROOT / "pipelines/quickstart.yaml", TINY)
     monkeypatch.setenv(FAULT_ENV, "rank=0,epoch=1,step=0")  # the worker dies in epoch 1, once per Ray Train run name

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from crystalvision.dataset import load_labels, split_frame
-from crystalvision.prepare import Prepared
-from crystalvision.settings import get_settings
-from crystalvision.storage import ObjectStore
-from crystalvision.train import FAULT_ENV, train_model
+from crystalvision.core.settings import get_settings
+from crystalvision.data.dataset import load_labels, split_frame
+from crystalvision.data.storage import ObjectStore
+from crystalvision.learn.prepare import Prepared
+from crystalvision.learn.train import FAULT_ENV, train_model
 
 from .support.s3 import CREDENTIALS, S3Server, moto_s3
 from .support.toy import write_toy_dataset
@@ -28,7 +28,7 @@ def s3_ray() -> Iterator[S3Server]:
     workers inherit them: the storage filesystem Ray ships carries none)."""
     import ray
 
-    from crystalvision.raycluster import ensure_ray
+    from crystalvision.ops.raycluster import ensure_ray
 
     with moto_s3("cv-ray") as s3, pytest.MonkeyPatch.context() as mp:
         for name, value in CREDENTIALS.items():

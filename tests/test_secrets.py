@@ -15,8 +15,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from crystalvision.config import IngestConfig, TrainConfig, load_pipeline
-from crystalvision.settings import get_settings
+from crystalvision.core.config import IngestConfig, TrainConfig, load_pipeline
+from crystalvision.core.settings import get_settings
 
 from .support.mp_replay import ReplayServer, bundled_docs
 from .support.procs import free_port
@@ -114,13 +114,13 @@ def _launcher():
     ],
 )
 def test_a_password_holding_at_is_masked_whole(uri: str, masked: str):
-    from crystalvision.logs import mask
+    from crystalvision.core.logs import mask
 
     assert mask(uri, []) == masked and _launcher().redact_uri(uri) == masked
 
 
 def test_summary_links_the_run_without_the_tracking_password():
-    from crystalvision.summary import mlflow_pointer
+    from crystalvision.app.summary import mlflow_pointer
 
     assert mlflow_pointer("http://alice:p@ss@mlflow:5000/", "3", "abc") == "http://mlflow:5000/#/experiments/3/runs/abc"
     local = mlflow_pointer("postgresql://u:p@ss@db/mlflow", None, None)
@@ -130,7 +130,7 @@ def test_summary_links_the_run_without_the_tracking_password():
 def _invoke(*args: str):
     from typer.testing import CliRunner
 
-    from crystalvision.cli import app
+    from crystalvision.app.cli import app
 
     get_settings.cache_clear()
     return CliRunner().invoke(app, list(args))
@@ -151,7 +151,7 @@ def test_unreachable_tracking_server_is_one_masked_line_and_exit_2(cv_home, monk
 
 
 def test_any_other_error_prints_its_traceback_with_secrets_masked(cv_home, monkeypatch):
-    import crystalvision.commands
+    import crystalvision.app.commands
 
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", SECRETS["MLFLOW_TRACKING_TOKEN"])
 
@@ -159,7 +159,7 @@ def test_any_other_error_prints_its_traceback_with_secrets_masked(cv_home, monke
         token, uri = SECRETS["MLFLOW_TRACKING_TOKEN"], f"postgresql://u:{URI_PASSWORD}@db/x"
         raise RuntimeError(f"bearer {token} at {uri}")
 
-    monkeypatch.setattr(crystalvision.commands, "run", broken)
+    monkeypatch.setattr(crystalvision.app.commands, "run", broken)
     result = _invoke("register", "--run-id", "x")
     assert result.exit_code == 1 and "Traceback (most recent call last)" in result.stderr, result.output
     assert "RuntimeError: bearer *** at postgresql://u:***@db/x" in result.stderr
@@ -202,8 +202,8 @@ def test_storage_ray_ships_pickles_without_s3_keys(cv_home, monkeypatch):
 
     import ray.cloudpickle
 
-    from crystalvision.storage import open_store
-    from crystalvision.train import _run_config
+    from crystalvision.data.storage import open_store
+    from crystalvision.learn.train import _run_config
 
     _s3_keys_only(monkeypatch)
     monkeypatch.setenv("CRYSTALVISION_OBJECT_STORE_URI", "s3://bucket/store")
@@ -227,11 +227,11 @@ def test_pipeline_with_secrets_set_leaks_none_of_them(cv_home, tmp_path, monkeyp
     import ray
     import ray.cloudpickle
 
-    from crystalvision import dataset
-    from crystalvision.ingest import ingest_from_mp
-    from crystalvision.logs import setup_logging
-    from crystalvision.pipeline import run_pipeline
-    from crystalvision.tune import _make_tuner
+    from crystalvision.app.pipeline import run_pipeline
+    from crystalvision.app.tune import _make_tuner
+    from crystalvision.core.logs import setup_logging
+    from crystalvision.data import dataset
+    from crystalvision.data.ingest import ingest_from_mp
 
     spy = RaySerialisations(markers=(b"ray_results", b"/store/"))
     with moto_s3("cv-secrets") as s3, ReplayServer("2025.01.01", bundled_docs(4)) as mp_api:

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from crystalvision.config import TrainConfig
-from crystalvision.loop import Engine, fit
-from crystalvision.selection import LoopState, epoch_lr, select_score
-from crystalvision.targets import SCORE_METRICS, TARGET_COLUMNS
+from crystalvision.core.config import TrainConfig
+from crystalvision.core.targets import SCORE_METRICS, TARGET_COLUMNS
+from crystalvision.learn.loop import Engine, fit
+from crystalvision.learn.selection import LoopState, epoch_lr, select_score
 
 from .test_train import _batch, _cfg, _tiny_net
 

@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crystalvision.config import PipelineConfig
-from crystalvision.predict import log_model
-from crystalvision.registry import register_and_promote
-from crystalvision.storage import ObjectStore
+from crystalvision.core.config import PipelineConfig
+from crystalvision.data.storage import ObjectStore
+from crystalvision.promote.registry import register_and_promote
+from crystalvision.serve.predict import log_model
 
 from .support.procs import free_port
 from .support.tiny import tiny_model_dir, toy_splits, use_test_tracking

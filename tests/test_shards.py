@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from crystalvision import dataset, shards
-from crystalvision.config import RenderConfig, SplitConfig
-from crystalvision.dataset import decode_png, image_png, load_images, load_labels, split_frame, to_ray_dataset
-from crystalvision.errors import StorageError
+from crystalvision.core.config import RenderConfig, SplitConfig
+from crystalvision.core.errors import StorageError
+from crystalvision.data import dataset, shards
+from crystalvision.data.dataset import decode_png, image_png, load_images, load_labels, split_frame, to_ray_dataset
+from crystalvision.data.storage import ObjectStore
 from crystalvision.render.job import image_key, render_config_hash, render_dataset
-from crystalvision.storage import ObjectStore
 
 # 32 px, 2 views: about 1 kB of pixels per structure, so 0.002 MB puts 2 structures in a shard
 CFG = RenderConfig(

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from crystalvision.config import SnapshotConfig
-from crystalvision.errors import SnapshotError, StructureError
-from crystalvision.snapshot import content_hash, load_snapshot, select, write_snapshot
-from crystalvision.structures import geometry_flags, parse_cif, structure_from_dict, symmetry_labels
+from crystalvision.core.config import SnapshotConfig
+from crystalvision.core.errors import SnapshotError, StructureError
+from crystalvision.data.snapshot import content_hash, load_snapshot, select, write_snapshot
+from crystalvision.data.structures import geometry_flags, parse_cif, structure_from_dict, symmetry_labels
 
 from .conftest import BUNDLED
 
@@ -90,7 +90,7 @@ SPACE = BUNDLED.parent / "lmno-space"
 
 def test_lmno_space_is_bundled_compressed_chosen_by_name_and_verifies(bundled_snapshot) -> None:
     """907 records shipped gzip-compressed (no plain copy), 883 usable; its 68 quaternaries are the lmno ones."""
-    from crystalvision.snapshot import configured_snapshot
+    from crystalvision.data.snapshot import configured_snapshot
 
     assert (SPACE / "structures.json.gz").is_file() and not (SPACE / "structures.json").exists()
     assert (SPACE / "structures.json.gz").stat().st_size < 2_000_000
@@ -112,8 +112,8 @@ def test_lmno_space_is_bundled_compressed_chosen_by_name_and_verifies(bundled_sn
 
 
 def test_snapshot_name_or_uri_and_unknown_names_list_the_bundled_ones(tmp_path: Path) -> None:
-    from crystalvision.config import load_pipeline
-    from crystalvision.errors import ConfigError
+    from crystalvision.core.config import load_pipeline
+    from crystalvision.core.errors import ConfigError
 
     cfg = tmp_path / "p.yaml"
     cfg.write_text("name: x\nsnapshot:\n  name: lmno-spce\n")
@@ -128,7 +128,7 @@ def test_compressed_and_plain_snapshots_have_one_hash_and_a_gzip_is_only_json(bu
     import gzip
     import pickle
 
-    import crystalvision.snapshot as snapshot_mod
+    import crystalvision.data.snapshot as snapshot_mod
 
     recs = bundled_snapshot.records[:4]
     kw = {"source": "t", "db_version": "v1", "query": {"chemsys": "Li-O"}}
@@ -161,7 +161,7 @@ def test_compressed_and_plain_snapshots_have_one_hash_and_a_gzip_is_only_json(bu
 def test_a_second_writer_of_the_same_snapshot_reuses_it(bundled_snapshot, tmp_path: Path, monkeypatch) -> None:
     """Two processes write the same snapshot: the one that loses the rename race (the other published between its
     check and its rename) reuses the winner's folder instead of raising."""
-    import crystalvision.snapshot as snapshot_mod
+    import crystalvision.data.snapshot as snapshot_mod
 
     recs = bundled_snapshot.records[:3]
     kw = {"source": "t", "db_version": "v1", "query": {"chemsys": "Li-O"}}

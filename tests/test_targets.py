@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from crystalvision import config, targets
-from crystalvision.config import TrainConfig
-from crystalvision.dataset import LABEL_COLUMNS, RAY_COLUMNS, decode_batch
-from crystalvision.loop import Engine
-from crystalvision.model import CrystalNet, ModelSpec
-from crystalvision.predict import OUTPUT_COLUMNS
+from crystalvision.core import config, targets
+from crystalvision.core.config import TrainConfig
+from crystalvision.data.dataset import LABEL_COLUMNS, RAY_COLUMNS, decode_batch
+from crystalvision.learn.loop import Engine
+from crystalvision.learn.model import CrystalNet, ModelSpec
+from crystalvision.serve.predict import OUTPUT_COLUMNS
 
 
 def _spec() -> ModelSpec:
@@ -25,7 +25,7 @@ def test_class_lists_are_keyed_by_target_and_older_files_still_load(bundled_snap
 
     import pytest
 
-    from crystalvision.snapshot import ENCODERS_FILE, LabelEncoders, derive_encoders
+    from crystalvision.data.snapshot import ENCODERS_FILE, LabelEncoders, derive_encoders
 
     enc = bundled_snapshot.encoders
     assert set(enc.root) == set(targets.TARGETS_CLASSIFICATION)

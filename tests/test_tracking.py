@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 
-from crystalvision import tracking
-from crystalvision.config import PipelineConfig
-from crystalvision.settings import get_settings
-from crystalvision.snapshot import select
-from crystalvision.worker_logging import worker_logger
+from crystalvision.core.config import PipelineConfig
+from crystalvision.core.settings import get_settings
+from crystalvision.data.snapshot import select
+from crystalvision.track import tracking
+from crystalvision.track.worker_logging import worker_logger
 
 
 def test_pipeline_context_is_logged_without_secrets(cv_home, bundled_snapshot, monkeypatch, tmp_path) -> None:

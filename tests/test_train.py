@@ -9,15 +9,15 @@ import mlflow
 import pytest
 import torch
 
-from crystalvision.config import PipelineConfig
-from crystalvision.dataset import load_labels, split_frame
-from crystalvision.loop import Engine, fit
-from crystalvision.model import ModelSpec, load_model, predict_arrays
-from crystalvision.prepare import Prepared
-from crystalvision.selection import LoopState, NonFiniteLossError
-from crystalvision.storage import ObjectStore
-from crystalvision.targets import TARGET_COLUMNS
-from crystalvision.train import EvalAccumulator, multitask_loss, train_model
+from crystalvision.core.config import PipelineConfig
+from crystalvision.core.targets import TARGET_COLUMNS
+from crystalvision.data.dataset import load_labels, split_frame
+from crystalvision.data.storage import ObjectStore
+from crystalvision.learn.loop import Engine, fit
+from crystalvision.learn.model import ModelSpec, load_model, predict_arrays
+from crystalvision.learn.prepare import Prepared
+from crystalvision.learn.selection import LoopState, NonFiniteLossError
+from crystalvision.learn.train import EvalAccumulator, multitask_loss, train_model
 
 from .support.toy import SPACEGROUPS, SYSTEMS, TEST_BACKBONE, write_toy_dataset
 
@@ -42,7 +42,7 @@ def _spec() -> ModelSpec:
 def ray_local():
     import ray
 
-    from crystalvision.raycluster import ensure_ray
+    from crystalvision.ops.raycluster import ensure_ray
 
     ensure_ray()
     yield
@@ -57,7 +57,7 @@ def toy(cv_home, tmp_path):
 
 
 def test_loss_and_shapes_on_a_batch() -> None:
-    from crystalvision.model import CrystalNet
+    from crystalvision.learn.model import CrystalNet
 
     torch.manual_seed(0)
     model = CrystalNet(_spec())
@@ -87,7 +87,7 @@ def test_loss_and_shapes_on_a_batch() -> None:
 
 @pytest.mark.slow
 def test_two_worker_cpu_run_learns_the_toy_set_and_logs_to_mlflow(ray_local, toy, tmp_path) -> None:
-    from crystalvision import tracking
+    from crystalvision.track import tracking
 
     store, splits = toy
     cfg, spec = _cfg(epochs=6), _spec()
@@ -115,7 +115,7 @@ def test_two_worker_cpu_run_learns_the_toy_set_and_logs_to_mlflow(ray_local, toy
 def test_gpu_run_without_gpus_fails_in_seconds_naming_the_fix(ray_local, toy, tmp_path) -> None:
     import time
 
-    from crystalvision.errors import ConfigError
+    from crystalvision.core.errors import ConfigError
 
     store, splits = toy
     start = time.perf_counter()
@@ -125,8 +125,8 @@ def test_gpu_run_without_gpus_fails_in_seconds_naming_the_fix(ray_local, toy, tm
 
 
 def test_gpu_worker_without_cuda_names_cause_and_fix() -> None:
-    from crystalvision.config import TrainConfig
-    from crystalvision.train_worker import _check_device
+    from crystalvision.core.config import TrainConfig
+    from crystalvision.learn.train_worker import _check_device
 
     with pytest.raises(RuntimeError, match=r"use_gpu=true but this Ray Train worker sees no CUDA.*use_gpu=false"):
         _check_device(TrainConfig(use_gpu=True), torch.device("cpu"))
@@ -170,6 +170,6 @@ def test_nan_validation_loss_fails_the_ray_train_run_with_the_epoch(ray_local, t
 
 
 def _tiny_net():
-    from crystalvision.model import CrystalNet
+    from crystalvision.learn.model import CrystalNet
 
     return CrystalNet(_spec())

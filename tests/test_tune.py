@@ -3,8 +3,8 @@ runs: tests/test_tune_s3.py.)"""
 
 from __future__ import annotations
 
-from crystalvision import tune as cvtune
-from crystalvision.config import PipelineConfig
+from crystalvision.app import tune as cvtune
+from crystalvision.core.config import PipelineConfig
 
 from .support.tiny import SIZE
 
@@ -39,10 +39,10 @@ def test_space_config_and_concurrency() -> None:
 
 
 def _prepared(tmp_path, **spec_update):
-    from crystalvision.dataset import load_labels, split_frame
-    from crystalvision.model import ModelSpec
-    from crystalvision.prepare import Prepared
-    from crystalvision.storage import ObjectStore
+    from crystalvision.data.dataset import load_labels, split_frame
+    from crystalvision.data.storage import ObjectStore
+    from crystalvision.learn.model import ModelSpec
+    from crystalvision.learn.prepare import Prepared
 
     from .support.toy import SPACEGROUPS, SYSTEMS, write_toy_dataset
 
@@ -56,7 +56,7 @@ def _prepared(tmp_path, **spec_update):
 def test_sweeps_and_runs_are_keyed_by_data_and_code(tmp_path, monkeypatch) -> None:
     """The same config on another snapshot (or labels table, or split) is another sweep; a code change is another
     Ray Train run (its checkpoints are not resumed)."""
-    from crystalvision import train
+    from crystalvision.learn import train
 
     base = _prepared(tmp_path, snapshot_sha256="a" * 64)
     assert cvtune.sweep_name(base) == cvtune.sweep_name(_prepared(tmp_path / "again", snapshot_sha256="a" * 64))
@@ -75,7 +75,7 @@ def test_sweeps_and_runs_are_keyed_by_data_and_code(tmp_path, monkeypatch) -> No
 _RUN_HOLDER = """
 import sys, time
 from pathlib import Path
-from crystalvision.lease import acquire
+from crystalvision.ops.lease import acquire
 lease = acquire(Path(sys.argv[1]))
 print("held", flush=True)
 time.sleep(120)
@@ -91,8 +91,8 @@ def test_a_second_process_cannot_write_the_same_ray_train_run(tmp_path, cv_home)
 
     import pytest
 
-    from crystalvision import train
-    from crystalvision.lease import LockedError
+    from crystalvision.learn import train
+    from crystalvision.ops.lease import LockedError
 
     prepared = _prepared(tmp_path)
     lock = train.run_lock_path(train.run_name(prepared))

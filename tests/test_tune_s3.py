@@ -33,9 +33,9 @@ PREFIX = "ray_results"
 
 TUNE_SCRIPT = """
 import json, logging, sys
-from crystalvision.config import load_pipeline
-from crystalvision.logs import setup_logging
-from crystalvision.tune import run_tune
+from crystalvision.core.config import load_pipeline
+from crystalvision.core.logs import setup_logging
+from crystalvision.app.tune import run_tune
 setup_logging()
 summary = run_tune(load_pipeline("pipelines/quickstart.yaml", json.loads(sys.argv[1])))
 print("SUMMARY " + json.dumps(summary, default=str), flush=True)

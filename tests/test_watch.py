@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from crystalvision.config import PipelineConfig, load_pipeline
-from crystalvision.snapshot import load_snapshot
-from crystalvision.watch import job_id, watch_key, watch_once
+from crystalvision.app.watch import job_id, watch_key, watch_once
+from crystalvision.core.config import PipelineConfig, load_pipeline
+from crystalvision.data.snapshot import load_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,8 +138,8 @@ def test_watch_end_to_end_retrains_with_the_real_pipeline(mp_api, cfg):
 _HELD_WATCHER = """
 import sys, threading
 from pathlib import Path
-from crystalvision.config import load_pipeline
-from crystalvision.watch import watch_once
+from crystalvision.core.config import load_pipeline
+from crystalvision.app.watch import watch_once
 
 def retrain(cfg):
     Path(sys.argv[1]).write_text("started")
@@ -222,7 +222,7 @@ def test_hung_holder_past_its_lease_exits_2_with_a_clear_message(mp_api, cfg, cv
 
     from typer.testing import CliRunner
 
-    from crystalvision.cli import app
+    from crystalvision.app.cli import app
 
     proc = _start_holder(tmp_path, lease_s="2")
     try:
@@ -246,8 +246,8 @@ def test_a_retrain_whose_lock_was_taken_over_stops_at_its_next_progress_point(
     """Renewal is compare-and-set: it never overwrites the new holder's lock, and the old retrain stops."""
     import json
 
-    from crystalvision import progress
-    from crystalvision.lease import LeaseLostError
+    from crystalvision.core import progress
+    from crystalvision.ops.lease import LeaseLostError
 
     monkeypatch.setenv("CRYSTALVISION_WATCH_LEASE_S", "1")
     went_on: list[bool] = []

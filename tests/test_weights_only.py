@@ -41,7 +41,7 @@ def _tampered(path: Path, marker: Path) -> None:
 
 
 def _model_folder(folder: Path, marker: Path) -> Callable[[], object]:
-    from crystalvision.model import SPEC_FILE, WEIGHTS_FILE, ModelSpec, load_model
+    from crystalvision.learn.model import SPEC_FILE, WEIGHTS_FILE, ModelSpec, load_model
 
     spec = ModelSpec(backbone="test_efficientnet", class_names={"crystal_system": ["cubic"], "spacegroup": ["P1"]})
     folder.mkdir(parents=True)
@@ -51,21 +51,21 @@ def _model_folder(folder: Path, marker: Path) -> Callable[[], object]:
 
 
 def _backbone_weights(folder: Path, marker: Path) -> Callable[[], object]:
-    from crystalvision.backbone import load_backbone_weights
+    from crystalvision.learn.backbone import load_backbone_weights
 
     _tampered(folder / "backbone.pth", marker)
     return lambda: load_backbone_weights(torch.nn.Linear(2, 2), str(folder / "backbone.pth"))
 
 
 def _worker_checkpoint(folder: Path, marker: Path) -> Callable[[], object]:
-    from crystalvision.train_worker import STATE_FILE, _load_checkpoint
+    from crystalvision.learn.train_worker import STATE_FILE, _load_checkpoint
 
     _tampered(folder / STATE_FILE, marker)
     return lambda: _load_checkpoint(FolderCheckpoint(folder), engine=None)
 
 
 def _worker_best_model(folder: Path, marker: Path) -> Callable[[], object]:
-    from crystalvision.train_worker import BEST_FILE, STATE_FILE, _load_checkpoint
+    from crystalvision.learn.train_worker import BEST_FILE, STATE_FILE, _load_checkpoint
 
     folder.mkdir(parents=True)
     torch.save({"loop": {"epoch": 1}}, folder / STATE_FILE)  # a clean state: the best model's file is the bad one
@@ -74,8 +74,8 @@ def _worker_best_model(folder: Path, marker: Path) -> Callable[[], object]:
 
 
 def _driver_final_state(folder: Path, marker: Path) -> Callable[[], object]:
-    from crystalvision.train import _read_final_checkpoint
-    from crystalvision.train_worker import BEST_FILE, STATE_FILE
+    from crystalvision.learn.train import _read_final_checkpoint
+    from crystalvision.learn.train_worker import BEST_FILE, STATE_FILE
 
     _tampered(folder / STATE_FILE, marker)
     torch.save({"weight": torch.zeros(2)}, folder / BEST_FILE)
@@ -83,8 +83,8 @@ def _driver_final_state(folder: Path, marker: Path) -> Callable[[], object]:
 
 
 def _driver_final_best_model(folder: Path, marker: Path) -> Callable[[], object]:
-    from crystalvision.train import _read_final_checkpoint
-    from crystalvision.train_worker import BEST_FILE, STATE_FILE
+    from crystalvision.learn.train import _read_final_checkpoint
+    from crystalvision.learn.train_worker import BEST_FILE, STATE_FILE
 
     _tampered(folder / BEST_FILE, marker)
     torch.save({"loop": {"epoch": 1}}, folder / STATE_FILE)

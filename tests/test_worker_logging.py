@@ -7,7 +7,7 @@ import time
 
 import mlflow
 
-from crystalvision.worker_logging import worker_logger
+from crystalvision.track.worker_logging import worker_logger
 
 from .support.procs import free_port, start_embedded_mlflow, stop_group
 

@@ -2,7 +2,7 @@
 
 1. The real Ray Train GPU path: ``train_model`` with ``use_gpu=true`` on 1 GPU (and all GPUs when there are
    several), on the carried pre-rendered images (PNG files in a local object store, decoded by Ray Data).
-2. The plain loop (``crystalvision.loop.Engine`` without Ray, images already on the GPU): batch 16/64/256,
+2. The plain loop (``crystalvision.learn.loop.Engine`` without Ray, images already on the GPU): batch 16/64/256,
    bf16/fp16/fp32, channels-last or not, CUDA graphs / torch.compile / eager.
 3. Ray Train 1 GPU vs the plain loop at the same settings, in the same run.
 
@@ -46,7 +46,7 @@ def load_data(path: Path, size: int | None) -> dict[str, np.ndarray]:
 
 
 def spec_for(data: dict[str, np.ndarray], size: int):
-    from crystalvision.model import ModelSpec
+    from crystalvision.learn.model import ModelSpec
 
     return ModelSpec(
         crystal_system_classes=[str(c) for c in data["crystal_system_classes"]],
@@ -62,10 +62,10 @@ def plain(data, size: int, device: str, batch: int, steps: int, **train) -> dict
     """Images/s of the core's train step on images already on the device (best of two passes)."""
     import torch
 
-    from crystalvision.accel import DeviceData
-    from crystalvision.config import TrainConfig
-    from crystalvision.loop import Engine
-    from crystalvision.model import CrystalNet
+    from crystalvision.core.config import TrainConfig
+    from crystalvision.learn.accel import DeviceData
+    from crystalvision.learn.loop import Engine
+    from crystalvision.learn.model import CrystalNet
 
     torch.manual_seed(0)
     tcfg = TrainConfig(batch_size=batch, max_steps_per_epoch=steps + 1, **train)
@@ -169,8 +169,8 @@ def write_store(data, root: Path, repeat: int):
     import pandas as pd
     from PIL import Image
 
-    from crystalvision.dataset import Splits
-    from crystalvision.storage import ObjectStore
+    from crystalvision.data.dataset import Splits
+    from crystalvision.data.storage import ObjectStore
 
     store = ObjectStore(str(root))
     rows = []
@@ -187,9 +187,9 @@ def write_store(data, root: Path, repeat: int):
 
 
 def ray_train(data, size: int, store, splits, workers: int, gpu: bool, epochs: int, **train) -> dict:
-    from crystalvision.config import PipelineConfig
-    from crystalvision.prepare import Prepared
-    from crystalvision.train import train_model
+    from crystalvision.core.config import PipelineConfig
+    from crystalvision.learn.prepare import Prepared
+    from crystalvision.learn.train import train_model
 
     cfg = PipelineConfig.model_validate(
         {
@@ -232,7 +232,7 @@ def no_gpu_fails_fast() -> dict:
     """``use_gpu=true`` asking for more GPUs than the cluster has must fail in seconds with a clear error."""
     import torch
 
-    from crystalvision.train import _require_gpus
+    from crystalvision.learn.train import _require_gpus
 
     t = time.perf_counter()
     try:
@@ -276,7 +276,7 @@ def run(args) -> dict:
     log.info("environment %s", result["env"])
     steps = args.steps or (3 if args.smoke else 60)
     t0 = time.perf_counter()
-    from crystalvision.raycluster import ensure_ray
+    from crystalvision.ops.raycluster import ensure_ray
 
     ensure_ray()
     result["fail_fast"] = no_gpu_fails_fast()
@@ -284,7 +284,7 @@ def run(args) -> dict:
     def ray_phase() -> list[dict]:
         with tempfile.TemporaryDirectory(prefix="cv-device-") as home:
             os.environ["CRYSTALVISION_HOME"] = home
-            from crystalvision.settings import get_settings
+            from crystalvision.core.settings import get_settings
 
             get_settings.cache_clear()
             store, splits = write_store(data, Path(home) / "store", repeat=2 if args.smoke else 9)

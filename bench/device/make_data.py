@@ -23,12 +23,12 @@ log = logging.getLogger("bench.device.data")
 def render(out: Path, views: int, size: int, limit: int | None = None) -> Path:
     """Render ``views`` rotations of every labelled bundled structure (the first ``limit``); save images + labels
     as one npz."""
-    from crystalvision.config import RenderConfig
+    from crystalvision.core.config import RenderConfig
+    from crystalvision.core.settings import BUNDLED_SNAPSHOT
+    from crystalvision.data.snapshot import load_snapshot
+    from crystalvision.data.structures import structure_from_dict
     from crystalvision.render.rotations import view_rotation
     from crystalvision.render.scene import Renderer
-    from crystalvision.settings import BUNDLED_SNAPSHOT
-    from crystalvision.snapshot import load_snapshot
-    from crystalvision.structures import structure_from_dict
 
     snap = load_snapshot(BUNDLED_SNAPSHOT)
     cfg = RenderConfig(image_size=size)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crystalvision.config import load_pipeline, parse_overrides
-from crystalvision.learning_curve import points_from_runs, write_record
+from crystalvision.app.learning_curve import points_from_runs, write_record
+from crystalvision.core.config import load_pipeline, parse_overrides
 
 
 def parse_run(text: str) -> tuple[int | None, str]:

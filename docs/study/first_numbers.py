@@ -29,12 +29,13 @@ import torch
 from pymatgen.core import Structure
 from scipy.spatial.transform import Rotation
 
-from crystalvision.baselines import run_baselines
-from crystalvision.config import RenderConfig, SnapshotConfig, SplitConfig
-from crystalvision.dataset import split_frame
-from crystalvision.folds import aggregate_folds, fold_splits
-from crystalvision.graphnet import GraphConfig, train_graph_baseline
-from crystalvision.leakage import (
+from crystalvision.core.config import RenderConfig, SnapshotConfig, SplitConfig
+from crystalvision.data.dataset import split_frame
+from crystalvision.data.folds import aggregate_folds, fold_splits
+from crystalvision.data.snapshot import load_snapshot, select
+from crystalvision.evaluate.baselines import run_baselines
+from crystalvision.evaluate.graphnet import GraphConfig, train_graph_baseline
+from crystalvision.evaluate.leakage import (
     accuracy_by_similarity,
     leakage_figure,
     leakage_html,
@@ -43,7 +44,6 @@ from crystalvision.leakage import (
     summary,
 )
 from crystalvision.render.rotations import view_rotation, view_seed
-from crystalvision.snapshot import load_snapshot, select
 
 STEP_DEG = 6.0
 HEADS = (("crystal_system", "crystal_system"), ("spacegroup", "spacegroup_symbol"))

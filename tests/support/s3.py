@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from crystalvision.settings import StorageSettings
+from crystalvision.core.settings import StorageSettings
 from tests.support.procs import free_port, stop_group, wait_http
 
 ACCESS_KEY = "testing-access-key"

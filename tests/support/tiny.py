@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from crystalvision.config import SplitConfig
-from crystalvision.dataset import Splits, load_labels, split_frame
-from crystalvision.model import CrystalNet, ModelSpec, save_model
-from crystalvision.storage import ObjectStore
+from crystalvision.core.config import SplitConfig
+from crystalvision.data.dataset import Splits, load_labels, split_frame
+from crystalvision.data.storage import ObjectStore
+from crystalvision.learn.model import CrystalNet, ModelSpec, save_model
 
 from .toy import SPACEGROUPS, SYSTEMS, TEST_BACKBONE, write_toy_dataset
 
@@ -41,8 +41,8 @@ def tiny_model_dir(folder: Path, seed: int = 0, size: int = SIZE) -> Path:
 def use_test_tracking() -> str:
     """Point MLflow at the test's CRYSTALVISION_HOME (sqlite db, artifacts folder); returns the tracking URI."""
 
-    from crystalvision.settings import get_settings
-    from crystalvision.tracking import configure_mlflow
+    from crystalvision.core.settings import get_settings
+    from crystalvision.track.tracking import configure_mlflow
 
     configure_mlflow()
     return get_settings().tracking.mlflow_tracking_uri

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from crystalvision.storage import ObjectStore
+from crystalvision.data.storage import ObjectStore
 
 # timm's 0.1 M-parameter EfficientNet (B0's blocks, ~100x less compute than B0's 4 M parameters) for tests that
 # train or save a model but are not about the backbone: train.backbone / ModelSpec(backbone=...).

@@ -8,7 +8,7 @@ from typing import Any, get_args
 
 import numpy as np
 
-from crystalvision.config import RenderConfig
+from crystalvision.core.config import RenderConfig
 from crystalvision.render.radii import RADIUS_SOURCES, RadiiSet
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ def radii_comparison(structure: Any, material_id: str, cfg: RenderConfig, path: 
     here (no offscreen OpenGL, or an element missing from a set): the report goes on without the picture."""
     from PIL import Image, ImageDraw
 
-    from crystalvision.errors import RenderError
+    from crystalvision.core.errors import RenderError
     from crystalvision.render.rotations import view_rotation
     from crystalvision.render.scene import Renderer
 

@@ -12,7 +12,7 @@ Layout under the store root (docs/architecture.md)::
 
 Images already in the store are skipped, and so are structures already quarantined under the same prefix
 (the prefix pins the snapshot and the config), so a rerun renders and writes nothing new. Every object is
-written atomically through :class:`~crystalvision.storage.ObjectStore`.
+written atomically through :class:`~crystalvision.data.storage.ObjectStore`.
 """
 
 from __future__ import annotations
@@ -31,14 +31,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crystalvision import __version__, progress
-from crystalvision.config import RenderConfig
-from crystalvision.errors import CrystalVisionError, RenderError
-from crystalvision.faults import parse_fault
+from crystalvision import __version__
+from crystalvision.core import progress
+from crystalvision.core.config import RenderConfig
+from crystalvision.core.errors import CrystalVisionError, RenderError
+from crystalvision.data.storage import ObjectStore, without_credentials
+from crystalvision.ops.faults import parse_fault
 from crystalvision.render.labels import image_key, labels_frame, labels_key_for, parquet_bytes
 from crystalvision.render.rotations import structure_quaternions
 from crystalvision.render.udf import FAULT_ENV, RenderBatch
-from crystalvision.storage import ObjectStore, without_credentials
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def render_config_hash(cfg: RenderConfig) -> str:
         for name in LAYOUT_FIELDS:
             fields.pop(name)
     else:
-        from crystalvision import shards
+        from crystalvision.data import shards
 
         fields["shard_format"] = shards.FORMAT_VERSION  # a new shard format never reuses old shards
     blob = json.dumps({"renderer_version": RENDERER_VERSION, **fields}, sort_keys=True).encode()
@@ -112,8 +113,8 @@ def render_prefix(snapshot_sha256: str, cfg: RenderConfig) -> str:
 
 def _precheck(records: list[Any], cfg: RenderConfig) -> tuple[list[Any], list[dict[str, str]]]:
     """Parse every structure and check its species on the driver; bad ones go to quarantine right away."""
+    from crystalvision.data.structures import structure_from_dict
     from crystalvision.render.scene import prepare_scene
-    from crystalvision.structures import structure_from_dict
 
     good, bad = [], []
     for rec in records:
@@ -182,7 +183,7 @@ def _run_ray(
     of raw pixels) as it streams out and returns the batch's other columns as a DataFrame."""
     import ray
 
-    from crystalvision.raycluster import ensure_ray
+    from crystalvision.ops.raycluster import ensure_ray
     from crystalvision.render.backend import ensure_backend
 
     t0 = time.time()
@@ -264,7 +265,7 @@ def steady_rate(out: pd.DataFrame) -> float:
 
 def _user_error(exc: BaseException) -> CrystalVisionError | None:
     """A crystalvision error raised inside a Ray worker, re-created for the driver (Ray only keeps its text)."""
-    from crystalvision import errors
+    from crystalvision.core import errors
 
     for line in reversed(str(exc).splitlines()):
         match = re.match(r"\s*crystalvision\.errors\.(\w+): (.*)", line)
@@ -293,7 +294,7 @@ def _put_if_changed(store: ObjectStore, key: str, data: bytes) -> bool:
 
 
 def _shard_codec() -> str:
-    from crystalvision import shards
+    from crystalvision.data import shards
 
     return shards.CODEC
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pandas as pd
 
-from crystalvision.config import RenderConfig
+from crystalvision.core.config import RenderConfig
+from crystalvision.core.targets import TABLE
 from crystalvision.render.rotations import structure_quaternions
-from crystalvision.targets import TABLE
 
 
 def selection_hash(records: list[Any]) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Literal
 
-from crystalvision.errors import RenderError
+from crystalvision.core.errors import RenderError
 
 RadiiSet = Literal["vesta", "shannon"]
 

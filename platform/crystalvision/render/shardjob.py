@@ -1,5 +1,5 @@
 """The render job's shard layout (``render.layout: shards``): rendered pixels stream back from the Ray Data
-actors to the driver, which writes each shard (whole structures, :mod:`crystalvision.shards`) as soon as all its
+actors to the driver, which writes each shard (whole structures, :mod:`crystalvision.data.shards`) as soon as all its
 images are in, so the driver holds about one shard of pixels at a time. Reruns render only the shards that are
 missing, truncated, fail their checksum, or lack a structure that should be in them."""
 
@@ -13,11 +13,11 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from crystalvision import shards
-from crystalvision.config import RenderConfig
+from crystalvision.core.config import RenderConfig
+from crystalvision.data import shards
+from crystalvision.data.storage import ObjectStore
 from crystalvision.render.labels import image_key, labels_frame
 from crystalvision.render.rotations import structure_quaternions
-from crystalvision.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -42,12 +42,12 @@ from typing import Any
 
 import numpy as np
 
-from crystalvision import shards
-from crystalvision.config import RenderConfig
-from crystalvision.errors import CrystalVisionError, StorageError
+from crystalvision.core.config import RenderConfig
+from crystalvision.core.errors import CrystalVisionError, StorageError
+from crystalvision.core.settings import StorageSettings
+from crystalvision.data import shards
+from crystalvision.data.storage import ObjectStore
 from crystalvision.render.backend import BackendError
-from crystalvision.settings import StorageSettings
-from crystalvision.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +164,9 @@ class RenderBatch:
         constructor arguments small). ``checked`` = (node id, window class) of the driver's backend check, reused
         by actors on the driver's node. ``fault``: the test hook (:func:`parse_fault`). ``prefix``: the render
         prefix, for attempt markers ("" disables them). ``return_images``: each row's image comes back in an
-        ``image`` column as a zstd frame of its raw pixels (the shard layout, :func:`crystalvision.shards.compress`);
-        a PNG is then written only for rows with a non-empty ``image_key``."""
+        ``image`` column as a zstd frame of its raw pixels (the shard layout,
+        :func:`crystalvision.data.shards.compress`); a PNG is then written only for rows with a non-empty
+        ``image_key``."""
         import ray
 
         from crystalvision.render.backend import assume_backend
@@ -195,7 +196,7 @@ class RenderBatch:
 
     def _structure(self, material_id: str) -> Any:
         if material_id not in self.structures:
-            from crystalvision.structures import structure_from_dict
+            from crystalvision.data.structures import structure_from_dict
 
             # keep only the current structure: rows arrive grouped by material
             self.structures = {material_id: structure_from_dict(self.raw[material_id], material_id)}
@@ -238,7 +239,7 @@ class RenderBatch:
     def _write(self, key: str, image: np.ndarray) -> str:
         """Encode and store one image (on a writer thread); storage errors are retried, then fail the task.
         Returns ``"size:sha256"`` of the stored bytes (the render manifest's check that an image is whole)."""
-        from crystalvision.render.png import encode_png
+        from crystalvision.data.png import encode_png
 
         if "simulate_ms" in self.fault:  # the simulation encodes once: only scheduling and writes stay real
             self.simulated_png = self.simulated_png or encode_png(image)

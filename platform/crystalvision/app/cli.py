@@ -1,0 +1,376 @@
+"""The ``crystalvision`` command line: one sub-command per stage, plus ``pipeline run``.
+
+Commands are thin: they parse options, call the command table (:mod:`crystalvision.app.commands`, which the Ray
+Jobs entrypoints in ``jobs/`` share) and turn :class:`~crystalvision.core.errors.CrystalVisionError` (and an unreachable
+MLflow server) into one clear message and exit code 2. Any other error prints its traceback without local variables
+and with every secret masked (:func:`crystalvision.core.logs.mask`), exit code 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from crystalvision.core.errors import CrystalVisionError
+from crystalvision.core.logs import mask, setup_logging
+
+log = logging.getLogger("crystalvision")
+
+app = typer.Typer(
+    help="Learn material properties from rendered images of crystal structures.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals of HTTP clients hold basic-auth strings and tokens
+)
+pipeline_app = typer.Typer(help="Run declarative pipelines (pipelines/*.yaml).", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML (pipelines/*.yaml).")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable).")
+]
+DEFAULT_CONFIG = Path("pipelines/quickstart.yaml")
+
+
+_API_REQUEST = re.compile(r"API request to (?P<url>\S+?)/api/\S* failed")
+
+
+def _unreachable_server(exc: BaseException) -> str | None:
+    """The MLflow server URL when ``exc`` is MLflow's client giving up on a connection (refused, unknown host,
+    timed out), else None."""
+    import requests
+
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if not any(isinstance(e, requests.exceptions.ConnectionError) for e in chain):
+        return None
+    found = next((m for e in chain if (m := _API_REQUEST.search(str(e)))), None)
+    return found.group("url") if found else None
+
+
+def handle_errors(fn):
+    """A CrystalVisionError or an unreachable MLflow server: one line on stderr, exit 2. Any other error: its
+    traceback with secrets masked, exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        setup_logging()
+        try:
+            return fn(*args, **kwargs)
+        except CrystalVisionError as exc:
+            typer.echo(f"error: {mask(str(exc))}", err=True)
+            raise typer.Exit(code=2) from None
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:
+            url = _unreachable_server(exc)
+            if url is not None:
+                typer.echo(
+                    f"error: the MLflow tracking server {mask(url)} is unreachable; start it (python mlflow/launch.py "
+                    "embedded) or set MLFLOW_TRACKING_URI to a running server",
+                    err=True,
+                )
+                raise typer.Exit(code=2) from None
+            typer.echo(mask("".join(traceback.format_exception(exc))).rstrip(), err=True)
+            raise typer.Exit(code=1) from None
+
+    return wrapper
+
+
+def _load(config: Path, overrides: list[str] | None):
+    from crystalvision.core.config import load_pipeline, parse_overrides
+
+    return load_pipeline(config, parse_overrides(overrides or []))
+
+
+def _echo_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _run(name: str, config: Path, overrides: list[str] | None, **options) -> None:
+    """Run command ``name`` of the command table on the loaded config and print its result as JSON."""
+    from crystalvision.app.commands import run
+
+    _echo_json(run(name, _load(config, overrides), **options))
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the full result as JSON (for machines).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray and MLflow logs on the terminal.")]
+
+
+def _run_long(name: str, config: Path, overrides: list[str] | None, json_out: bool, verbose: bool, **options) -> None:
+    """Run a long command: library logs go to a file, stages show progress, the end is a short summary (or the
+    full JSON with ``--json``)."""
+    from crystalvision.app.commands import run
+    from crystalvision.app.console import StageDisplay, quiet_output
+    from crystalvision.core import progress
+    from crystalvision.core.settings import get_settings
+
+    cfg = _load(config, overrides)
+    with quiet_output(get_settings().paths.home, name, verbose=verbose) as out:
+        if out.log_path:
+            out.console.print(f"logs: {out.log_path}", highlight=False)
+        try:
+            with StageDisplay(out.console) as display, progress.listening(display):
+                result = run(name, cfg, **options)
+            _stop_ray()  # Ray's log monitor would print into the terminal once the output is restored
+        except BaseException:
+            if out.log_path:
+                out.console.print(f"failed; the whole log is in {out.log_path}", highlight=False)
+            raise
+        if json_out or not isinstance(result, dict) or "pipeline" not in result:
+            out.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+            return
+        out.console.print(_summary(result, out.log_path))
+
+
+def _stop_ray() -> None:
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def _summary(result: dict, log_path: Path | None):
+    from crystalvision.app.summary import summary_renderable
+    from crystalvision.core.settings import get_settings
+
+    return summary_renderable(
+        result,
+        tracking_uri=get_settings().tracking.mlflow_tracking_uri,
+        experiment_id=result.get("experiment_id"),
+        label_source=result.get("label_source"),
+        report_path=result.get("report_path"),
+        log_path=str(log_path) if log_path else None,
+    )
+
+
+@app.command()
+@handle_errors
+def ingest(
+    chemsys: Annotated[str | None, typer.Option(help="Chemical system, e.g. Li-Mn-Ni-O.")] = None,
+    elements: Annotated[str | None, typer.Option(help="Comma-separated elements (alternative to chemsys).")] = None,
+    nelements: Annotated[int | None, typer.Option(help="Exact number of elements.")] = None,
+    subsystems: Annotated[
+        bool | None, typer.Option("--subsystems", help="Every sub-system of --chemsys too (the whole space).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for snapshots (default: settings).")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Query the Materials Project (needs MP_API_KEY) and write a versioned, content-hashed snapshot."""
+    from crystalvision.app.commands import run
+    from crystalvision.core.config import deep_merge, load_pipeline, parse_overrides
+
+    options = {"chemsys": chemsys, "nelements": nelements, "subsystems": subsystems}
+    query = {k: v for k, v in options.items() if v is not None}
+    if elements:
+        query |= {"elements": elements.split(","), "chemsys": chemsys}
+    cfg = load_pipeline(config, deep_merge(parse_overrides(set_ or []), {"ingest": query}))  # checked as the YAML
+    typer.echo(run("ingest", cfg, out=out)["snapshot"])
+
+
+@app.command("snapshot")
+@handle_errors
+def snapshot_info(
+    uri: Annotated[
+        str | None, typer.Argument(help="Snapshot folder or bundled name (default: list the bundled ones).")
+    ] = None,
+) -> None:
+    """List the bundled snapshots (records, usable = unflagged, hash verified), or show one snapshot's manifest."""
+    from crystalvision.core.settings import bundled_snapshots, get_settings
+    from crystalvision.data.snapshot import describe, load_snapshot
+
+    bundled = bundled_snapshots()
+    if uri is None:
+        default = get_settings().data.snapshot_uri
+        rows = {name: describe(path) for name, path in bundled.items()}
+        default_row = next((r for r in rows.values() if r["path"] == str(default)), None)
+        _echo_json({"default": default_row or describe(default), "bundled": rows})
+        return
+    snap = load_snapshot(bundled[uri] if uri in bundled and not Path(uri).is_dir() else uri)
+    info = snap.manifest.model_dump()
+    info["n_flagged"] = sum(1 for r in snap.records if r.flags)
+    info["path"] = str(snap.path)
+    _echo_json(info)
+
+
+@app.command()
+@handle_errors
+def render(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+    retry_quarantined: Annotated[bool, typer.Option(help="Try quarantined structures again.")] = False,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Render the selected structures into images + a labels table in the object store (Ray Data)."""
+    retry = ["render.retry_quarantined=true"] if retry_quarantined else []
+    _run_long("render", config, [*(set_ or []), *retry], json_out, verbose)
+
+
+@app.command()
+@handle_errors
+def train(
+    config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, json_out: JsonOpt = False, verbose: VerboseOpt = False
+) -> None:
+    """Render if needed, then train the multi-head EfficientNet-B0 with Ray Train and log to MLflow."""
+    _run_long("train", config, set_, json_out, verbose)
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    run_id: Annotated[str, typer.Option(help="MLflow run id of a training run.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Evaluate a trained run on its own test split: metrics, plots, baselines, saliency, HTML report."""
+    _run("evaluate", config, set_, run_id=run_id)
+
+
+@app.command()
+@handle_errors
+def tune(
+    config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, json_out: JsonOpt = False, verbose: VerboseOpt = False
+) -> None:
+    """Sweep learning rate and loss weights with Ray Tune (ASHA); trials are nested MLflow runs."""
+    _run_long("tune", config, set_, json_out, verbose)
+
+
+@app.command()
+@handle_errors
+def register(
+    run_id: Annotated[str, typer.Option(help="MLflow run id whose model to register.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Register a run's model as the challenger and promote it to champion only if it is better."""
+    _run("register", config, set_, run_id=run_id)
+
+
+@app.command()
+@handle_errors
+def predict(
+    files: Annotated[list[Path], typer.Argument(help="CIF or PNG/JPEG files.")],
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model URI; default: --config's champion, else $CRYSTALVISION_MODEL (the quickstart's)."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Use the champion this pipeline YAML registers.")
+    ] = None,
+    views: Annotated[int, typer.Option(min=1, max=64, help="Views rendered per CIF (predictions averaged).")] = 8,
+    output: Annotated[str, typer.Option(help="table or json (json keeps the full distributions)")] = "table",
+) -> None:
+    """Predict band gap, e_above_hull, crystal system and space group for CIF or image files."""
+    from crystalvision.serve.predict import default_model_uri, predict_files
+    from crystalvision.serve.present import print_predictions
+
+    frame = predict_files(files, model_uri=model or default_model_uri(config), views=views)
+    print_predictions(frame, output)
+    if "error" in frame and frame["error"].notna().any():
+        raise typer.Exit(code=1)
+
+
+@app.command()
+@handle_errors
+def curve(
+    config: Annotated[Path, typer.Argument(help="A grouped k-fold pipeline YAML with learning_curve.sizes.")],
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for learning_curve.json and the figure.")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Learning curve: the k-fold pipeline at nested subsets of each fold's training structures (long)."""
+    _run_long("curve", config, set_, True, verbose, out=out)
+
+
+@app.command()
+@handle_errors
+def watch(
+    config: ConfigOpt = Path("pipelines/watch.yaml"),
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option(help="Retrain even if nothing changed.")] = False,
+) -> None:
+    """Retrain when the Materials Project publishes a new database version (promotes only a better model)."""
+    _run("watch", config, set_, force=force)
+
+
+@app.command()
+@handle_errors
+def bench(
+    out: Annotated[Path, typer.Option(help="JSON results file.")] = Path("bench/results/bench.json"),
+    quick: Annotated[bool, typer.Option(help="Smallest sizes (smoke run).")] = False,
+    only: Annotated[
+        list[str] | None, typer.Option(help="Parts: render_bench, train_bench, quickstart, MODULE.FUNCTION.")
+    ] = None,
+    readme: Annotated[Path | None, typer.Option(help="Rewrite this page's bench table (docs/benchmarks.md).")] = None,
+    merge: Annotated[bool, typer.Option(help="With --only: replace those rows in the existing JSON.")] = False,
+) -> None:
+    """Run every benchmark in bench/ (of this source checkout), print one table and write JSON."""
+    from crystalvision.core.settings import PACKAGE_DIR
+
+    root = PACKAGE_DIR.parents[1]  # platform/crystalvision -> the checkout that holds bench/
+    if not (root / "bench" / "run_all.py").is_file():
+        raise CrystalVisionError(
+            f"no bench/run_all.py next to {PACKAGE_DIR}; run `crystalvision bench` from a checkout"
+        )
+    cmd = [sys.executable, "-m", "bench.run_all", "--out", str(out.resolve()), *(["--quick"] if quick else [])]
+    path = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}  # this checkout's package in the runner and its parts
+    extra = [*(["--only", *only] if only else []), *(["--readme", str(readme.resolve())] if readme else [])]
+    extra += ["--merge"] if merge else []
+    done = subprocess.run([*cmd, *extra], cwd=root, env=env, check=False)
+    if done.returncode:
+        raise typer.Exit(code=done.returncode)
+
+
+@pipeline_app.command("run")
+@handle_errors
+def pipeline_run(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML, e.g. pipelines/quickstart.yaml.")],
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run a whole pipeline: snapshot -> render -> train -> evaluate -> register; ends with a short summary."""
+    _run_long("pipeline", config, set_, json_out, verbose)
+
+
+@pipeline_app.command("validate")
+@handle_errors
+def pipeline_validate(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
+    set_: SetOpt = None,
+) -> None:
+    """Validate a pipeline YAML and print the resolved config; for k folds also the resolved split (from the
+    snapshot's records, no rendering): structures per fold, classes unseen in training, the accuracy ceiling."""
+    from crystalvision.data.folds import plan_text
+    from crystalvision.learn.prepare import plan_folds
+
+    cfg = _load(config, set_)
+    _echo_json(cfg.model_dump(mode="json"))
+    plan = plan_folds(cfg)
+    if plan is not None:
+        typer.echo(plan_text(plan, cfg.split))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

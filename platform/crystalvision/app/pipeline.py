@@ -1,0 +1,340 @@
+"""Run a pipeline config stage by stage: snapshot -> render -> train -> evaluate -> register.
+
+This module and ``cli.py`` sit on top: they call into the stage modules, which never import upward.
+One MLflow run covers one pipeline run; every stage logs into it. With ``split.folds`` (or
+``split.leave_one_out``) that run is a parent: each fold (once per ``train.seeds`` seed) trains and evaluates in a
+nested child run. The parent holds the pooled out-of-fold metrics and the paired bootstrap of the model against
+each baseline (``oof.summarise`` over every fold's per-structure predictions, ``evaluation/oof_predictions.*``),
+the folds' mean ± sample std (``folds.aggregate_folds``) and ``evaluation/folds_report.html``. A k-fold run is an
+evaluation protocol: nothing is registered (train a plain split of the same config to register a model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from crystalvision.core import progress
+from crystalvision.core.config import PipelineConfig
+from crystalvision.data.storage import ObjectStore, open_store
+from crystalvision.learn import prepare
+from crystalvision.track import rundocs
+
+if TYPE_CHECKING:
+    from crystalvision.render.job import RenderResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineResult:
+    """What a pipeline run produced."""
+
+    name: str
+    snapshot_id: str
+    snapshot_sha256: str
+    n_structures: int
+    dropped_flagged: list[str]
+    render: RenderResult | None = None
+    run_id: str | None = None
+    model_dir: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    registry: dict[str, Any] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    report_path: str | None = None
+    experiment_id: str | None = None
+    label_source: str | None = None
+    pooled: dict[str, Any] = field(default_factory=dict)
+    oof_table: Any = None  # k-fold: the pooled per-structure prediction table (pandas), not in the summary
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Record the wall time of one stage (and tell progress listeners when it is over)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[stage] = round(time.perf_counter() - start, 3)
+            log.info("stage %s took %.1f s", stage, self.stage_seconds[stage])
+        progress.finish(stage, seconds=self.stage_seconds[stage])
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.name,
+            "snapshot_id": self.snapshot_id,
+            "snapshot_sha256": self.snapshot_sha256,
+            "n_structures": self.n_structures,
+            "n_dropped_flagged": len(self.dropped_flagged),
+            "render": self.render.summary() if self.render is not None else None,
+            "run_id": self.run_id,
+            "model_dir": self.model_dir,
+            "metrics": self.metrics,
+            "registry": self.registry,
+            "stage_seconds": self.stage_seconds,
+            "report_path": self.report_path,
+            "experiment_id": self.experiment_id,
+            "label_source": self.label_source,
+            "pooled": self.pooled,
+        }
+
+
+def run_render_stage(cfg: PipelineConfig, store: ObjectStore | None = None) -> RenderResult:
+    """Snapshot + render only; returns the render result."""
+    snap, selection = prepare.select_records(cfg)
+    return prepare.render(cfg, snap, selection, store or open_store())
+
+
+def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> PipelineResult:
+    """Run the configured stages and return what they produced."""
+    stages = list(stages or cfg.stages)
+    snap, selection = prepare.select_records(cfg)
+    result = PipelineResult(
+        name=cfg.name,
+        snapshot_id=snap.manifest.snapshot_id,
+        snapshot_sha256=snap.manifest.content_sha256,
+        n_structures=len(selection.records),
+        dropped_flagged=selection.dropped_flagged,
+        label_source="; ".join(f"{t}: {v}" for t, v in snap.manifest.label_source.items()) or None,
+    )
+    progress.emit("snapshot", len(selection.records), len(selection.records), unit="structures")
+    if "render" not in stages and "train" not in stages:
+        return result
+    if "train" in stages and prepare.is_kfold(cfg.split):  # a fold count the selection cannot meet: before rendering
+        from crystalvision.data.folds import n_folds_for
+
+        n = len(selection.records)
+        n_folds_for(cfg.split, n, n * cfg.render.views_per_structure)
+    if "train" in stages and cfg.registry.generalisation_record and not prepare.is_kfold(cfg.split):
+        from crystalvision.track.card import (
+            generalisation_from_record,  # a record that cannot describe it: before training
+        )
+
+        generalisation_from_record(cfg.registry.generalisation_record, snap.manifest.content_sha256)
+    store = open_store()
+    with result.timed("render"):
+        result.render = prepare.render(cfg, snap, selection, store)
+    if "train" not in stages:
+        return result
+    prepared = prepare.assemble(cfg, snap, selection, result.render, store)
+    if prepare.is_kfold(cfg.split):
+        _run_folds(prepared, stages, result)
+    else:
+        _train_evaluate_register(prepared, stages, result)
+    return result
+
+
+def _train_evaluate_register(prepared: prepare.Prepared, stages: list[str], result: PipelineResult) -> None:
+    from crystalvision.learn.model import load_model
+    from crystalvision.learn.train import train_model
+    from crystalvision.serve.predict import log_model
+    from crystalvision.track import tracking
+
+    cfg, snap = prepared.cfg, prepared.snapshot
+    tracking.configure_mlflow()
+    with tracking.start_run(run_name=cfg.name, tags=tracking.pipeline_tags(cfg, snap)) as run:
+        result.run_id, result.experiment_id = run.info.run_id, run.info.experiment_id
+        tracking.log_pipeline_context(cfg, snap, prepared.selection, prepared.render, prepared.splits)
+        _log_datasets(prepared)
+        with result.timed("train"):
+            trained = train_model(prepared, run_id=run.info.run_id)
+        result.model_dir = str(trained.model_dir)
+        result.metrics.update(trained.metrics)
+        if cfg.registry.generalisation_record:
+            _card_generalisation(trained.model_dir, cfg.registry.generalisation_record)
+        if "evaluate" in stages:
+            from crystalvision.promote.runs import evaluate_into_run
+
+            progress.emit("evaluate", 0, None)
+            with result.timed("evaluate"):
+                evaluated = evaluate_into_run(load_model(trained.model_dir), prepared)
+            result.metrics.update(evaluated.metrics)
+            result.report_path = str(evaluated.artifacts_dir / "report.html")
+        with result.timed("log_model"):
+            log_model(trained.model_dir, prepared.splits, prepared.store)
+        rundocs.describe_run(result.run_id, rundocs.run_description(cfg, snap, prepared.splits.describe(),
+                                                                    result.metrics))
+    if "register" in stages and cfg.registry.enabled:
+        from crystalvision.promote.registry import register_and_promote
+
+        progress.emit("register", 0, None)
+        with result.timed("register"):
+            result.registry = register_and_promote(cfg, result.run_id)
+            card = json.loads((Path(str(result.model_dir)) / "model.json").read_text()) if result.model_dir else {}
+            rundocs.describe_model(cfg.registry.model_name, str(result.registry["challenger_version"]), cfg, snap,
+                                   prepared.splits.describe(), result.metrics, result.registry,
+                                   card.get("generalisation"))
+
+
+def _card_generalisation(model_dir: Any, record: str) -> None:
+    """Put the k-fold record's out-of-fold metrics into the model card (``model.json``), atomically."""
+    from crystalvision.data.storage import write_durably
+    from crystalvision.track.card import generalisation_from_record
+
+    path = Path(model_dir) / "model.json"  # model.SPEC_FILE (model.py imports torch)
+    spec = json.loads(path.read_text())
+    spec["generalisation"] = generalisation_from_record(record, spec.get("snapshot_sha256"))
+    write_durably(str(path), json.dumps(spec, indent=1).encode())
+
+
+def _log_datasets(prepared: prepare.Prepared) -> None:
+    """The snapshot and the rendered labels table as MLflow datasets of the active run (best effort)."""
+    from crystalvision.data.dataset import load_labels
+
+    try:
+        labels = load_labels(prepared.store, prepared.labels_key)
+        digest = (prepared.render.manifest.get("render_config_hash", "") if prepared.render else "")[:32] or None
+        rundocs.log_datasets(prepared.snapshot, prepared.selection, labels, prepared.store.uri(prepared.labels_key),
+                             digest)
+    except Exception:  # provenance for the UI must never fail a training run
+        log.warning("could not log the datasets of this run", exc_info=True)
+
+
+# ------------------------------------------------------------------------------------------------- k-fold
+
+KFOLD_REGISTRY_NOTE = "k-fold runs are an evaluation protocol: no model registered (run the config without folds)"
+
+
+def _seeded(fold: prepare.Prepared, seed: int) -> prepare.Prepared:
+    """One fold's inputs trained with ``seed`` (its own copy of the model spec)."""
+    cfg = fold.cfg
+    if seed == cfg.train.seed:
+        return fold.with_spec_copy()
+    train = cfg.train.model_copy(update={"seed": seed})
+    return fold.with_config(cfg.model_copy(update={"train": train})).with_spec_copy()
+
+
+def _run_folds(prepared: prepare.Prepared, stages: list[str], result: PipelineResult) -> None:
+    """Parent MLflow run; one child run per fold and seed (train + evaluate); pooled out-of-fold metrics, paired
+    bootstrap comparisons and the folds' mean ± std logged on the parent."""
+    import pandas as pd
+
+    from crystalvision.data.folds import aggregate_folds
+    from crystalvision.evaluate import oof
+    from crystalvision.track import tracking
+
+    cfg, snap = prepared.cfg, prepared.snapshot
+    folds = prepare.fold_inputs(prepared)
+    seeds = list(dict.fromkeys(cfg.train.seeds or [cfg.train.seed]))
+    tracking.configure_mlflow()
+    with tracking.start_run(run_name=cfg.name, tags=tracking.pipeline_tags(cfg, snap) | {"kfold": "parent"}) as run:
+        result.run_id = run.info.run_id
+        tracking.log_pipeline_context(cfg, snap, prepared.selection, prepared.render)
+        per_fold, described, tables = [], [], []
+        for seed in seeds:
+            for fold in folds:
+                metrics, info, table = _run_one_fold(_seeded(fold, seed), stages, result, run.info.run_id, len(seeds))
+                per_fold.append(metrics)
+                described.append(info)
+                if table is not None:
+                    tables.append(oof.tag(table, info["fold"], seed))
+        aggregated = aggregate_folds(per_fold)  # over every fold and seed: `<metric>_n` counts child runs
+        aggregated |= {"n_folds": float(len(folds)), "n_seeds": float(len(seeds))}
+        result.metrics.update(aggregated)
+        pooled = pd.concat(tables, ignore_index=True) if tables else None
+        if pooled is not None:
+            ecfg = cfg.evaluate
+            subsets = {name: f.nelements for name, f in ecfg.subsets.items()}
+            summary = oof.summarise(pooled, subsets, n_resamples=ecfg.bootstrap_resamples, seed=ecfg.bootstrap_seed)
+            result.metrics.update(summary)
+            result.oof_table = pooled
+            result.pooled = {"seeds": seeds, "bootstrap": "paired over structures; seed-averaged metric per resample",
+                             "metrics": summary}  # fmt: skip
+        _log_folds_summary(prepared, per_fold, aggregated, described, pooled, result.pooled)
+    if "register" in stages and cfg.registry.enabled:
+        log.info(KFOLD_REGISTRY_NOTE)
+        result.registry = {"registered": False, "reason": KFOLD_REGISTRY_NOTE}
+
+
+def _run_one_fold(
+    prepared: prepare.Prepared, stages: list[str], result: PipelineResult, parent_id: str, n_seeds: int = 1
+) -> tuple[dict[str, float], dict[str, Any], Any]:
+    """Train (and evaluate) one fold in a nested child run; its metrics, a description of the fold and its
+    per-structure out-of-fold prediction table (None without evaluation)."""
+    import mlflow
+
+    from crystalvision.data.folds import ceiling_metrics
+    from crystalvision.learn.model import load_model
+    from crystalvision.learn.train import train_model
+    from crystalvision.serve.predict import log_model
+    from crystalvision.track import tracking
+
+    cfg, splits = prepared.cfg, prepared.splits
+    i, k = getattr(splits, "fold", 0), getattr(splits, "n_folds", 1)
+    seed = cfg.train.seed
+    unseen = {col: ", ".join(v) for col, v in getattr(splits, "unseen_classes", {}).items() if v}
+    tags = tracking.pipeline_tags(cfg, prepared.snapshot)
+    tags |= {"kfold": "child", "fold": str(i), "kfold_parent": parent_id, "train_seed": str(seed)}
+    name = f"{cfg.name}-fold{i}" + (f"-seed{seed}" if n_seeds > 1 else "")
+    table = None
+    with tracking.start_run(run_name=name, tags=tags, nested=True) as run:
+        tracking.log_pipeline_context(cfg, prepared.snapshot, prepared.selection, prepared.render, splits)
+        mlflow.log_dict({"unseen_test_classes": getattr(splits, "unseen_classes", {})}, "folds/unseen_classes.json")
+        ceiling = ceiling_metrics(splits.train, splits.test)
+        mlflow.log_metrics(ceiling)
+        with result.timed(f"train_fold{i}" + (f"_seed{seed}" if n_seeds > 1 else "")):
+            trained = train_model(prepared, run_id=run.info.run_id)  # named by content + fold: resumable
+        metrics = dict(trained.metrics) | ceiling
+        if "evaluate" in stages:
+            from crystalvision.promote.runs import evaluate_into_run
+
+            with result.timed(f"evaluate_fold{i}" + (f"_seed{seed}" if n_seeds > 1 else "")):
+                evaluated = evaluate_into_run(load_model(trained.model_dir), prepared)
+            metrics |= evaluated.metrics
+            table = evaluated.oof
+        with result.timed(f"log_model_fold{i}" + (f"_seed{seed}" if n_seeds > 1 else "")):
+            log_model(trained.model_dir, splits, prepared.store)
+    log.info("fold %d/%d (seed %d): test_score %s", i + 1, k, seed, metrics.get("test_score"))
+    info = {"fold": i, "seed": seed, "run_id": run.info.run_id, **splits.describe()}
+    info |= {f"unseen_test_classes_{col}": v for col, v in unseen.items()}
+    return metrics, info, table
+
+
+def _log_folds_summary(
+    prepared: prepare.Prepared,
+    per_fold: list[dict[str, float]],
+    aggregated: dict[str, float],
+    folds: list[dict],
+    table: Any = None,
+    pooled: dict[str, Any] | None = None,
+) -> None:
+    """Pooled and mean ± std metrics, per-fold table, the pooled prediction table (``oof_predictions.parquet`` /
+    ``.csv``) and ``evaluation/folds_report.html`` into the active (parent) run."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    from crystalvision.evaluate import oof
+    from crystalvision.evaluate.evaluate import label_sources
+    from crystalvision.evaluate.report import write_folds_report
+
+    pooled = pooled or {}
+    mlflow.log_metrics(aggregated | pooled.get("metrics", {}))
+    with tempfile.TemporaryDirectory(prefix="crystalvision-folds-") as tmp:
+        out = Path(tmp)
+        summary = {"per_fold": per_fold, "aggregated": aggregated, "folds": folds, "pooled": pooled}
+        (out / "folds.json").write_text(json.dumps(summary))
+        if table is not None:
+            oof.write(table, out)
+        write_folds_report(
+            out / "folds_report.html",
+            per_fold=per_fold,
+            aggregated=aggregated,
+            folds=folds,
+            label_source=label_sources(prepared.splits, prepared.spec),
+            pooled=pooled.get("metrics", {}),
+        )
+        mlflow.log_artifacts(str(out), artifact_path="evaluation")
+
+
+def evaluate_run(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
+    """Evaluate an existing training run's model on its own test split and log the results into that run."""
+    from crystalvision.promote.runs import evaluate_logged_run
+
+    return evaluate_logged_run(cfg, run_id)

@@ -1,0 +1,123 @@
+"""The end-of-run summary for people: at most 25 lines, built from a pipeline result's ``summary()`` dict.
+
+Per target the test metric beside the majority (dummy) and 1-NN baselines; the snapshot and its label source; the
+registered model version and the alias decision; where to look next (MLflow run URL or the exact ``mlflow ui``
+command, the HTML report, the log file).
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from crystalvision.core.logs import mask
+
+MAX_LINES = 25
+# (row label, metric key part, target): the headline metric of each head.
+HEADLINES = [
+    ("band gap R²", "r2", "band_gap"),
+    ("e above hull R²", "r2", "energy_above_hull"),
+    ("crystal system acc", "acc", "crystal_system"),
+    ("space group acc", "acc", "spacegroup"),
+]
+
+
+def _num(metrics: dict[str, Any], key: str) -> str:
+    """One metric, or ``mean ± std`` over the folds of a k-fold run."""
+    value = metrics.get(key)
+    if value is None and f"{key}_mean" in metrics:
+        return f"{float(metrics[f'{key}_mean']):.3f} ± {float(metrics.get(f'{key}_std', 0.0)):.3f}"
+    return "-" if value is None else f"{float(value):.3f}"
+
+
+def metrics_table(metrics: dict[str, Any]) -> Table | None:
+    """Test metric per head against the majority and 1-NN baselines (None when nothing was evaluated); a k-fold
+    run shows mean ± std over its folds."""
+    rows = [
+        (label, f"test_{kind}_{t}", kind, t)
+        for label, kind, t in HEADLINES
+        if f"test_{kind}_{t}" in metrics or f"test_{kind}_{t}_mean" in metrics
+    ]
+    if not rows:
+        return None
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for name in ("test set", "model", "majority", "1-NN"):
+        table.add_column(name, justify="left" if name == "test set" else "right")
+    for label, key, kind, target in rows:
+        table.add_row(
+            label,
+            _num(metrics, key),
+            _num(metrics, f"baseline_dummy_{kind}_{target}"),
+            _num(metrics, f"baseline_1nn_{kind}_{target}"),
+        )
+    return table
+
+
+def registry_line(decision: dict[str, Any]) -> str | None:
+    """``model NAME vN: champion (reason)`` or ``... challenger, champion stays vM (reason)``."""
+    if not decision:
+        return None
+    name, version = decision.get("model_name"), decision.get("challenger_version")
+    reason = str(decision.get("reason", ""))[:90]
+    if decision.get("promoted"):
+        return f"model     {name} v{version} -> champion ({reason})"
+    return f"model     {name} v{version} -> challenger; champion stays v{decision.get('champion_version')} ({reason})"
+
+
+def mlflow_pointer(tracking_uri: str, experiment_id: str | None, run_id: str | None) -> str:
+    """The run's URL on an MLflow server (without ``user:password@``: the browser asks), or the exact ``mlflow ui``
+    command for a local store (a password in it masked)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        parts = urlsplit(tracking_uri)
+        base = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
+        if run_id and experiment_id:
+            return mask(f"{base}/#/experiments/{experiment_id}/runs/{run_id}")
+        return mask(base)
+    return mask(f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port 5000")
+
+
+def summary_renderable(
+    result: dict[str, Any],
+    *,
+    tracking_uri: str,
+    experiment_id: str | None = None,
+    label_source: str | None = None,
+    report_path: str | None = None,
+    log_path: str | None = None,
+) -> Group:
+    """The whole summary as one rich renderable (fits in ``MAX_LINES`` lines)."""
+    parts: list[Any] = [Text(f"crystalvision: {result.get('pipeline')} finished", style="bold")]
+    snapshot = f"snapshot  {result.get('snapshot_id')} ({result.get('n_structures')} structures"
+    dropped = result.get("n_dropped_flagged")
+    snapshot += f", {dropped} flagged dropped)" if dropped else ")"
+    parts.append(Text(snapshot))
+    if label_source:
+        short = label_source if len(label_source) <= 100 else label_source[:99].rstrip() + "…"
+        parts.append(Text(f"labels    {short}"))
+    render = result.get("render") or {}
+    if render:
+        parts.append(
+            Text(
+                f"render    {render.get('render_n_images')} images ({render.get('render_n_new')} new), "
+                f"{render.get('render_n_quarantined', 0)} structures quarantined"
+            )
+        )
+    table = metrics_table(result.get("metrics") or {})
+    if table is not None:
+        parts.append(table)
+    line = registry_line(result.get("registry") or {})
+    if line:
+        parts.append(Text(line))
+    if result.get("run_id"):
+        parts.append(Text(f"run       {result['run_id']}"))
+        parts.append(Text(f"MLflow    {mlflow_pointer(tracking_uri, experiment_id, result.get('run_id'))}"))
+    if report_path:
+        parts.append(Text(f"report    {report_path}"))
+    if log_path:
+        parts.append(Text(f"log       {log_path}"))
+    return Group(*parts)

@@ -1,0 +1,275 @@
+"""A crystal-graph baseline (CGCNN-style), trained on the same splits and targets as the image model.
+
+The study compares its image model with a crystal graph network; this is that comparison. Each structure is a
+graph built from pymatgen's neighbour list (the ``max_neighbors`` nearest atoms within ``cutoff`` Å, periodic
+images included, as CGCNN does), atoms embedded by atomic number, bonds described by a Gaussian expansion of their
+length. ``torch_geometric``'s ``CGConv`` (Xie & Grossman 2018) layers with residual connections, mean pooling and
+one head per target: band gap and e_above_hull (standardised on the training structures, MSE) and crystal system
+and space group (cross-entropy). Early stopping on the validation loss; a CPU trains 60 structures in seconds.
+
+Label note: the bundled snapshot's band gaps are themselves predictions of a *pretrained CGCNN* (see the snapshot's
+``labels.md``), so a graph network of the same family is favoured on that target: its band-gap R² measures how well
+it re-learns CGCNN, not DFT.
+
+Metrics are per structure (the graph sees a structure once), named like the image model's with a ``cgcnn_``
+prefix: ``cgcnn_test_r2_band_gap``, ``cgcnn_test_acc_crystal_system``, ``cgcnn_val_...``, ``cgcnn_test_score``.
+Compare them with the image model's ``test_struct_*`` numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from pymatgen.core import Structure
+from torch import nn
+from torch.nn import functional as F
+from torch_geometric.data import Data
+from torch_geometric.loader import DataLoader
+from torch_geometric.nn import CGConv, global_mean_pool
+
+from crystalvision.core.config import TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+from crystalvision.core.errors import ConfigError
+from crystalvision.data.snapshot import MaterialRecord
+from crystalvision.evaluate import metrics as M
+
+log = logging.getLogger(__name__)
+
+CLASS_ID = {"crystal_system": "crystal_system_id", "spacegroup": "spacegroup_id"}
+PREFIX = "cgcnn"
+
+
+class GraphConfig(BaseModel):
+    """Graph construction and training of the baseline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cutoff: float = Field(default=8.0, gt=0, description="Neighbour radius (Å), CGCNN's default.")
+    max_neighbors: int = Field(default=12, ge=1)
+    n_gaussians: int = Field(default=40, ge=2)
+    # defaults picked by mean validation score over the bundled snapshot's 5 grouped folds among
+    # (64 ch, 3 layers, wd 1e-4), (32 ch, 2 layers, wd 1e-3), (64 ch, 3 layers, lr 1e-3): README records them
+    hidden: int = Field(default=32, ge=4)
+    layers: int = Field(default=2, ge=1)
+    epochs: int = Field(default=300, ge=1)
+    patience: int = Field(default=30, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=1e-3, ge=0)
+    batch_size: int = Field(default=16, ge=1)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    stability_threshold: float = 0.025
+    seed: int = 0
+    threads: int = Field(default=1, ge=1, description="torch CPU threads (small graphs: more threads only contend).")
+
+
+@dataclass
+class GraphFit:
+    """A trained graph model, its target scaling and per-epoch history."""
+
+    model: nn.Module
+    mean: dict[str, float]
+    std: dict[str, float]
+    best_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def structure_graph(structure: Structure, cfg: GraphConfig) -> Data:
+    """A structure -> graph: node ``z`` (atomic numbers), ``edge_index`` (neighbour -> centre), ``edge_attr``."""
+    centre, neighbour, _images, dist = structure.get_neighbor_list(r=cfg.cutoff)
+    keep = np.zeros(len(centre), dtype=bool)
+    for i in range(len(structure)):
+        idx = np.flatnonzero(centre == i)
+        keep[idx[np.argsort(dist[idx], kind="stable")[: cfg.max_neighbors]]] = True
+    centre, neighbour, dist = centre[keep], neighbour[keep], dist[keep]
+    if len(centre) == 0:
+        raise ConfigError(f"structure {structure.formula} has no neighbours within {cfg.cutoff} Å: raise cutoff")
+    mu = torch.linspace(0, cfg.cutoff, cfg.n_gaussians)
+    width = cfg.cutoff / (cfg.n_gaussians - 1)
+    d = torch.as_tensor(dist, dtype=torch.float32).unsqueeze(1)
+    return Data(
+        z=torch.as_tensor([site.specie.Z for site in structure], dtype=torch.long),
+        edge_index=torch.as_tensor(np.stack([neighbour, centre]), dtype=torch.long),
+        edge_attr=torch.exp(-((d - mu) ** 2) / width**2),
+        num_nodes=len(structure),
+    )
+
+
+class CrystalGraphNet(nn.Module):
+    """Embedding -> ``layers`` × CGConv (residual inside) -> mean pool -> MLP -> four heads."""
+
+    def __init__(self, cfg: GraphConfig, n_classes: Mapping[str, int]):
+        super().__init__()
+        self.embed = nn.Embedding(119, cfg.hidden)
+        self.convs = nn.ModuleList(CGConv(cfg.hidden, dim=cfg.n_gaussians, batch_norm=True) for _ in range(cfg.layers))
+        self.mlp = nn.Sequential(nn.Linear(cfg.hidden, 2 * cfg.hidden), nn.Softplus())
+        width = 2 * cfg.hidden
+        self.heads = nn.ModuleDict(
+            {t: nn.Linear(width, 1) for t in TARGETS_REGRESSION}
+            | {t: nn.Linear(width, n_classes[t]) for t in TARGETS_CLASSIFICATION}
+        )
+
+    def forward(self, batch: Data) -> dict[str, torch.Tensor]:
+        x = self.embed(batch.z)
+        for conv in self.convs:
+            x = F.softplus(conv(x, batch.edge_index, batch.edge_attr))
+        h = self.mlp(global_mean_pool(x, batch.batch))
+        out = {t: head(h) for t, head in self.heads.items()}
+        return out | {t: out[t].squeeze(-1) for t in TARGETS_REGRESSION}
+
+
+def structure_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per structure of a split frame (labels are constant over views), sorted by material_id."""
+    cols = ["material_id", *TARGETS_REGRESSION, *CLASS_ID.values()]
+    return df[cols].drop_duplicates("material_id").sort_values("material_id").reset_index(drop=True)
+
+
+def _dataset(table: pd.DataFrame, graphs: Mapping[str, Data], mean, std) -> list[Data]:
+    out = []
+    for row in table.itertuples(index=False):
+        g = graphs[row.material_id].clone()
+        for t in TARGETS_REGRESSION:
+            setattr(g, t, torch.tensor([(getattr(row, t) - mean[t]) / std[t]], dtype=torch.float32))
+        for t, col in CLASS_ID.items():
+            setattr(g, t, torch.tensor([int(getattr(row, col))], dtype=torch.long))
+        out.append(g)
+    return out
+
+
+def _loss(out: dict[str, torch.Tensor], batch: Data, smoothing: float) -> torch.Tensor:
+    reg = sum(F.mse_loss(out[t], batch[t]) for t in TARGETS_REGRESSION)
+    cls = sum(F.cross_entropy(out[t], batch[t], label_smoothing=smoothing) for t in TARGETS_CLASSIFICATION)
+    return reg + cls
+
+
+@torch.no_grad()
+def _val_loss(model: nn.Module, data: list[Data], smoothing: float) -> float:
+    model.eval()
+    batch = next(iter(DataLoader(data, batch_size=len(data))))
+    return float(_loss(model(batch), batch, smoothing))
+
+
+def fit_graph_model(
+    train: pd.DataFrame, val: pd.DataFrame, graphs: Mapping[str, Data], n_classes: Mapping[str, int], cfg: GraphConfig
+) -> GraphFit:
+    """Train on the train structures, early-stop on the validation loss, keep the best weights."""
+    torch.manual_seed(cfg.seed)
+    tr, va = structure_labels(train), structure_labels(val)
+    mean = {t: float(tr[t].mean()) for t in TARGETS_REGRESSION}
+    std = {t: float(tr[t].std(ddof=0)) or 1.0 for t in TARGETS_REGRESSION}
+    train_data, val_data = _dataset(tr, graphs, mean, std), _dataset(va, graphs, mean, std)
+    model = CrystalGraphNet(cfg, n_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_data) > cfg.batch_size)
+    best, best_state, best_epoch, history = math.inf, None, 0, []
+    for epoch in range(cfg.epochs):
+        model.train()
+        losses = []
+        for batch in loader:
+            opt.zero_grad()
+            loss = _loss(model(batch), batch, cfg.label_smoothing)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        val_loss = _val_loss(model, val_data, cfg.label_smoothing) if val_data else float(np.mean(losses))
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss})
+        if val_loss < best:
+            best, best_state, best_epoch = val_loss, copy.deepcopy(model.state_dict()), epoch
+        elif epoch - best_epoch >= cfg.patience:
+            break
+    model.load_state_dict(best_state)
+    log.info("cgcnn: best epoch %d of %d (val loss %.4f)", best_epoch, len(history), best)
+    return GraphFit(model.eval(), mean, std, best_epoch, history)
+
+
+@torch.no_grad()
+def predict_graphs(fit: GraphFit, table: pd.DataFrame, graphs: Mapping[str, Data]) -> dict[str, np.ndarray]:
+    """Per structure of ``table``: regression in physical units, class probabilities per head."""
+    data = _dataset(table, graphs, fit.mean, fit.std)
+    out = fit.model(next(iter(DataLoader(data, batch_size=len(data)))))
+    pred = {t: (out[t] * fit.std[t] + fit.mean[t]).numpy() for t in TARGETS_REGRESSION}
+    return pred | {f"{t}_proba": out[t].softmax(-1).numpy() for t in TARGETS_CLASSIFICATION}
+
+
+def level_metrics(
+    level: str, table: pd.DataFrame, pred: Mapping[str, np.ndarray], threshold: float
+) -> dict[str, float]:
+    """``cgcnn_<level>_<metric>_<target>`` with the evaluate module's metric functions."""
+    prefix = f"{PREFIX}_{level}"
+    out: dict[str, float] = {}
+    for t in TARGETS_REGRESSION:
+        out |= M.prefixed(prefix, t, M.regression_metrics(table[t], pred[t]))
+    stab = M.stability_metrics(table["energy_above_hull"], pred["energy_above_hull"], threshold)
+    out |= {f"{prefix}_stability_{k}": v for k, v in stab.items()}
+    for t, col in CLASS_ID.items():
+        out |= M.prefixed(prefix, t, M.classification_metrics(table[col].to_numpy(int), pred[f"{t}_proba"]))
+    return out
+
+
+def build_graphs(records: Mapping[str, MaterialRecord], ids, cfg: GraphConfig) -> dict[str, Data]:
+    """Graphs of the given material ids; a missing record is a ConfigError naming it."""
+    missing = sorted(set(ids) - set(records))
+    if missing:
+        raise ConfigError(f"graph baseline: no snapshot record for {missing[:5]}; use the split's own snapshot")
+    return {m: structure_graph(Structure.from_dict(records[m].structure), cfg) for m in sorted(set(ids))}
+
+
+def train_graph_baseline(
+    records: Mapping[str, MaterialRecord],
+    splits,
+    cfg: GraphConfig | None = None,
+    *,
+    n_classes: Mapping[str, int] | None = None,
+) -> dict[str, float]:
+    """Train on ``splits.train`` structures, early-stop on ``splits.val``, score ``splits.test`` (and val).
+
+    ``splits`` is a :class:`~crystalvision.data.dataset.Splits`; ``n_classes`` (head sizes, e.g. from the snapshot's
+    encoders) defaults to the largest class id in the splits + 1.
+    """
+    return graph_baseline(records, splits, cfg, n_classes=n_classes)[0]
+
+
+def graph_baseline(
+    records: Mapping[str, MaterialRecord],
+    splits,
+    cfg: GraphConfig | None = None,
+    *,
+    n_classes: Mapping[str, int] | None = None,
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """:func:`train_graph_baseline`'s metrics and the test structures' predictions (``material_id``, regression
+    values, ``<head>_id`` arg-max class ids)."""
+    cfg = cfg or GraphConfig()
+    frames = [splits.train, splits.val, splits.test]
+    if n_classes is None:
+        n_classes = {t: int(max(f[col].max() for f in frames)) + 1 for t, col in CLASS_ID.items()}
+    graphs = build_graphs(records, pd.concat(f["material_id"] for f in frames).unique(), cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        fit = fit_graph_model(splits.train, splits.val, graphs, n_classes, cfg)
+    finally:
+        torch.set_num_threads(threads)
+    metrics: dict[str, float] = {f"{PREFIX}_best_epoch": float(fit.best_epoch)}
+    test_pred = pd.DataFrame({"material_id": []})
+    for level, frame in (("test", splits.test), ("val", splits.val)):
+        if len(frame):
+            table = structure_labels(frame)
+            pred = predict_graphs(fit, table, graphs)
+            metrics |= level_metrics(level, table, pred, cfg.stability_threshold)
+            if level == "test":
+                test_pred = table[["material_id"]].assign(**{t: pred[t] for t in TARGETS_REGRESSION})
+                test_pred = test_pred.assign(
+                    **{f"{t}_id": pred[f"{t}_proba"].argmax(1) for t in TARGETS_CLASSIFICATION}
+                )
+    parts = [
+        metrics.get(f"{PREFIX}_test_{m}", math.nan)
+        for m in ("r2_band_gap", "r2_energy_above_hull", "acc_crystal_system", "acc_spacegroup")
+    ]
+    metrics[f"{PREFIX}_test_score"] = float(np.mean(parts))
+    return M.finite(metrics), test_pred

@@ -1,0 +1,1 @@
+"""Learning: the road from a pipeline to prepared data, the model, the epoch loop, Ray Train training."""

@@ -1,0 +1,167 @@
+"""A logged MLflow run: where its model folder, split and labels table live, and evaluating into it.
+
+The one home of "rebuild things from a run" (like MatGL's ``utils/io.py`` for models): the model folder comes
+from the artifact ``model_dir/`` (or a folder with ``model.json`` + ``weights.pt`` inside the pyfunc artifact
+``model/``); the labels table and split from the params that ``tracking.log_pipeline_context`` logs
+(``render.render_labels_key``, ``cfg.split.<field>``, ``split.n_images_test``). :func:`evaluate_into_run` is the
+only place that evaluates a model and logs the result under ``evaluation/`` of a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from crystalvision.core.config import PipelineConfig, SplitConfig
+from crystalvision.core.errors import CrystalVisionError, ModelError
+from crystalvision.data.storage import open_store
+from crystalvision.evaluate.evaluate import EvalResult, evaluate_model
+from crystalvision.learn.model import SPEC_FILE, WEIGHTS_FILE, CrystalNet, load_model
+from crystalvision.learn.prepare import Prepared, from_labels, prepare
+from crystalvision.serve.predict import MODEL_ARTIFACT, MODEL_DIR_ARTIFACT
+
+log = logging.getLogger(__name__)
+
+EVALUATION_ARTIFACT = "evaluation"
+# Where a run keeps its labels table and test-split size: the names tracking.log_pipeline_context logs first,
+# then older spellings.
+LABELS_KEY_PARAMS = ("render.render_labels_key", "labels_key", "render.labels_key", "render_labels_key")
+TEST_SIZE_PARAMS = ("split.n_images_test", "n_images_test")
+
+
+def param(values: Mapping[str, str], *names: str) -> str | None:
+    """The first of ``names`` present in ``values``."""
+    return next((values[n] for n in names if n in values), None)
+
+
+def find_model_folder(run_id: str, dst: Path) -> Path:
+    """Download the run's model folder: artifact ``model_dir/``, else a folder with model.json under ``model/``."""
+    for artifact in (MODEL_DIR_ARTIFACT, MODEL_ARTIFACT):
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst)))
+        except Exception as exc:  # MLflow raises different types per store for a missing artifact
+            log.debug("run %s has no artifact %s (%s)", run_id, artifact, exc)
+            continue
+        for spec in sorted(local.rglob(SPEC_FILE)):
+            if (spec.parent / WEIGHTS_FILE).is_file():
+                return spec.parent
+    raise ModelError(
+        f"run {run_id} has no model to evaluate (no {SPEC_FILE} + {WEIGHTS_FILE} under artifacts "
+        f"{MODEL_DIR_ARTIFACT}/ or {MODEL_ARTIFACT}/); train first"
+    )
+
+
+def load_run_model(run_id: str, dst: Path) -> CrystalNet:
+    """The model logged in run ``run_id`` (downloaded into ``dst``)."""
+    folder = find_model_folder(run_id, dst)
+    try:
+        return load_model(folder)
+    except ModelError as exc:
+        raise ModelError(f"run {run_id}: {exc}") from exc
+
+
+def split_config_from_params(params: Mapping[str, str], default: SplitConfig) -> SplitConfig:
+    """The split the run logged (``cfg.split.<field>`` as tracking logs it, ``split.<field>``), else ``default``."""
+    values = default.model_dump()
+    for field in values:
+        raw = param(params, f"cfg.split.{field}", f"split.{field}", f"split_{field}")
+        if raw is not None:
+            values[field] = raw
+        nested = {k.rsplit(".", 1)[1]: v for k, v in params.items() if k.startswith(f"cfg.split.{field}.")}
+        if nested:  # a mapping field (split.test_only) is logged flattened
+            values[field] = nested
+    return SplitConfig.model_validate(values)
+
+
+def logged_labels_key(params: Mapping[str, str], tags: Mapping[str, str]) -> str | None:
+    """The labels table the run trained on, as logged (``render.render_labels_key``), or None."""
+    return param({**tags, **params}, *LABELS_KEY_PARAMS)
+
+
+def inputs_of_run(cfg: PipelineConfig, run: Any, model: CrystalNet) -> Prepared:
+    """The run's own labels table and split, with ``model``'s spec; ``cfg`` only fills what the run did not log.
+
+    A run without a logged labels key (made before it was logged) falls back to preparing ``cfg``'s data.
+    """
+    params, tags = run.data.params, run.data.tags
+    split = split_config_from_params(params, cfg.split)
+    key = logged_labels_key(params, tags)
+    if key is None:
+        log.info("run %s logged no labels key; preparing the data of the given config", run.info.run_id)
+        key = prepare(cfg).labels_key
+    fold = int(tags["fold"]) if "fold" in tags and (split.folds or split.leave_one_out) else None  # k-fold child
+    prepared = from_labels(cfg, open_store(), str(key), model.spec, split, fold)
+    logged = param(params, *TEST_SIZE_PARAMS)
+    if logged is not None and int(float(logged)) != len(prepared.splits.test):
+        log.warning("rebuilt test split has %d images, the run logged %s", len(prepared.splits.test), logged)
+    return prepared
+
+
+def log_evaluation(result: EvalResult, run_id: str | None = None) -> None:
+    """Log evaluation metrics and artifacts (under ``evaluation/``) into ``run_id``, else the active run."""
+    if run_id is None:
+        mlflow.log_metrics(result.metrics)
+        mlflow.log_artifacts(str(result.artifacts_dir), artifact_path=EVALUATION_ARTIFACT)
+        return
+    client = mlflow.MlflowClient()
+    now = _now_ms()
+    metrics = [mlflow.entities.Metric(k, float(v), now, 0) for k, v in result.metrics.items()]
+    for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    client.log_artifacts(run_id, str(result.artifacts_dir), EVALUATION_ARTIFACT)
+
+
+def report_dir(run_id: str | None) -> Path:
+    """Where a run's evaluation artifacts stay on this machine: ``<home>/reports/<run id>/evaluation``."""
+    from crystalvision.core.settings import get_settings
+
+    active = mlflow.active_run()
+    name = run_id or (active.info.run_id if active else time.strftime("%Y%m%dT%H%M%S"))
+    return get_settings().paths.home / "reports" / name / EVALUATION_ARTIFACT
+
+
+def evaluate_into_run(model: CrystalNet, prepared: Prepared, run_id: str | None = None) -> EvalResult:
+    """Evaluate ``model`` on ``prepared``'s split and log metrics + ``evaluation/`` artifacts into the run (the
+    active one when ``run_id`` is None); the artifacts also stay in :func:`report_dir` (the HTML report a person
+    opens)."""
+    out = report_dir(run_id)
+    if out.exists():
+        shutil.rmtree(out)
+    result = evaluate_model(model, prepared.splits, prepared.store, prepared.cfg, out, records=prepared.records)
+    log_evaluation(result, run_id)
+    return result
+
+
+def evaluate_logged_run(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
+    """Evaluate the model logged in MLflow run ``run_id`` on its own split; log metrics + artifacts into it."""
+    from crystalvision.track.tracking import configure_mlflow
+
+    configure_mlflow()
+    try:
+        run = mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        raise CrystalVisionError(f"MLflow run {run_id} not found ({exc}); pass the run id of a training run") from exc
+    with tempfile.TemporaryDirectory(prefix="crystalvision-run-") as tmp:
+        model = load_run_model(run_id, Path(tmp) / "model")
+        prepared = inputs_of_run(cfg, run, model)
+        result = evaluate_into_run(model, prepared, run_id)
+    log.info("logged %d metrics and the evaluation artifacts into run %s", len(result.metrics), run_id)
+    return {
+        "run_id": run_id,
+        "metrics": result.metrics,
+        "artifact_path": EVALUATION_ARTIFACT,
+        "split": prepared.splits.describe(),
+    }
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)

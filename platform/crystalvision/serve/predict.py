@@ -1,0 +1,385 @@
+"""Prediction: an MLflow pyfunc over a saved model folder, for images (base64 PNG/JPEG) or CIF text.
+
+Input: a DataFrame with, per row, either ``image`` (base64 PNG/JPEG) or ``cif`` (CIF text; rendered into ``views``
+views with the model's render config, predictions averaged), an optional ``views`` (1 to 64) and an optional
+``name`` used in messages. Every row and the request as a whole are bounded (:mod:`crystalvision.serve.predict_input`:
+rows, views in total, CIF size and symmetry operations), and CIFs are parsed and rendered in bounded helper
+processes with timeouts (:mod:`crystalvision.serve.renderproc`). Output: one row per input row
+with ``band_gap`` (eV), ``energy_above_hull`` (eV/atom), the joint symmetry answer of both classification heads
+(:mod:`crystalvision.serve.hierarchy`: ``crystal_system`` and ``spacegroup`` with their probabilities,
+``spacegroup_top3`` as a JSON list of [symbol, probability]), each head's full distribution (``crystal_system_proba``,
+``spacegroup_proba``: JSON objects class -> probability), ``warnings`` (JSON list: out-of-domain input, heads that
+disagree) and ``error`` (None, or one clear message for a bad row; the other rows are still predicted). Columns
+have object dtype so a bad row's values are None (JSON null).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from crystalvision.core.errors import ImageError, ModelError
+from crystalvision.data.dataset import Splits, image_png
+from crystalvision.learn.model import SPEC_FILE, CrystalNet, ModelSpec, load_model, predict_arrays
+from crystalvision.serve import predict_input
+from crystalvision.serve.hierarchy import joint_symmetry
+
+if TYPE_CHECKING:
+    from crystalvision.data.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"  # pyfunc name/artifact path in a run (registry registers runs:/<id>/model)
+MODEL_DIR_ARTIFACT = "model_dir"  # the raw model folder (weights.pt + model.json) in a run
+MODEL_CODE = Path(__file__).with_name("pyfunc_code.py")  # the pyfunc, logged as code (models-from-code)
+DEFAULT_VIEWS = 8
+PREDICT_VIEW_KEY = "predict"
+FLOAT_COLUMNS = ("band_gap", "energy_above_hull", "crystal_system_probability", "spacegroup_probability")
+OUTPUT_COLUMNS = (
+    "band_gap",
+    "energy_above_hull",
+    "crystal_system",
+    "crystal_system_probability",
+    "spacegroup",
+    "spacegroup_probability",
+    "spacegroup_top3",
+    "crystal_system_proba",
+    "spacegroup_proba",
+    "warnings",
+    "error",
+)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+CIF_SUFFIXES = {".cif"}
+# what the logged model imports (crystalvision itself travels as code_paths): `mlflow models serve` installs these
+SERVING_PACKAGES = (
+    "mlflow", "torch", "torchvision", "timm", "numpy", "pandas", "pillow", "pymatgen", "spglib", "scipy",
+    "scikit-learn", "vtk", "pyvista", "pyarrow", "pydantic", "pydantic-settings", "pyyaml",
+)  # fmt: skip
+
+INPUT_SCHEMA = Schema(
+    [
+        ColSpec("string", "image", required=False),
+        ColSpec("string", "cif", required=False),
+        ColSpec("double", "views", required=False),  # double: integers with missing values arrive as floats
+        ColSpec("string", "name", required=False),
+    ]
+)
+OUTPUT_SCHEMA = Schema(
+    [ColSpec("double" if c in FLOAT_COLUMNS else "string", c, required=False) for c in OUTPUT_COLUMNS]
+)
+SIGNATURE = ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA)
+
+# (structure, render_config dict, number of views) -> uint8 (views, H, W, 3)
+ViewRenderer = Callable[[Any, dict, int], np.ndarray]
+# (CIF text, row name, atom limit, render_config dict, number of views) -> (structure, uint8 (views, H, W, 3))
+CifRenderer = Callable[[str, str, int, dict, int], tuple[Any, np.ndarray]]
+
+
+def render_views(structure: Any, render_config: dict, views: int) -> np.ndarray:
+    """Render ``views`` seeded views of a structure with the render stage's renderer, in a helper process
+    (:mod:`crystalvision.serve.renderproc`: VTK/OpenGL never load beside torch).
+
+    The views are the same for every structure (material key ``PREDICT_VIEW_KEY``), so predictions are repeatable.
+    """
+    from crystalvision.serve import renderproc
+
+    return renderproc.render_views(structure, render_config, views, PREDICT_VIEW_KEY)
+
+
+def render_cif(text: str, name: str, limit: int, render_config: dict, views: int) -> tuple[Any, np.ndarray]:
+    """Parse a CIF (at most ``limit`` atoms) and render its views, both in a helper process with timeouts."""
+    from crystalvision.serve import renderproc
+
+    return renderproc.render_cif(text, name, limit, render_config, views, PREDICT_VIEW_KEY)
+
+
+def in_process(renderer: ViewRenderer) -> CifRenderer:
+    """A CifRenderer that parses here and renders with ``renderer`` (tests, or a caller's own renderer)."""
+
+    def render(text: str, name: str, limit: int, render_config: dict, views: int) -> tuple[Any, np.ndarray]:
+        structure = predict_input.read_cif(text, name, limit)
+        return structure, renderer(structure, render_config, views)
+
+    return render
+
+
+@dataclass
+class _Item:
+    """Images prepared for one input row (with its warnings), or the error that row raised."""
+
+    images: np.ndarray | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _cell(row: pd.Series, column: str) -> Any:
+    value = row.get(column)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value
+
+
+def _prepare_row(row: pd.Series, name: str, spec: ModelSpec, renderer: CifRenderer, default_views: int) -> _Item:
+    """Decode or render one row within the input bounds; any exception becomes the row's error."""
+    image, cif = _cell(row, "image"), _cell(row, "cif")
+    try:
+        if image is not None and cif is not None:
+            raise ImageError(f"{name}: give either an image or a CIF, not both")
+        if image is not None:
+            decoded = predict_input.decode_image(str(image), name)
+            fitted, warnings = predict_input.fit_image(decoded, name, spec.image_size)
+            return _Item(images=fitted[None], warnings=warnings)
+        if cif is not None:
+            views = predict_input.check_views(_cell(row, "views"), default_views, name)
+            limit = predict_input.max_atoms(spec)
+            predict_input.check_cif(str(cif), name, limit)  # cheap bounds here, before a helper is busy
+            structure, images = renderer(str(cif), name, limit, spec.render_config, views)
+            images = _check_rendered(images, name, spec)
+            return _Item(images=images, warnings=predict_input.structure_warnings(structure, spec, name))
+        raise ImageError(f"{name}: the row has neither an 'image' (base64 PNG) nor a 'cif' (CIF text)")
+    except Exception as exc:  # one bad row never fails the request: its error is its answer
+        message = str(exc) if str(exc).startswith(name) else f"{name}: {type(exc).__name__}: {exc}"
+        return _Item(error=message.splitlines()[0] if message else name)
+
+
+def _check_rendered(images: np.ndarray, name: str, spec: ModelSpec) -> np.ndarray:
+    if images.ndim != 4 or images.shape[1:] != (spec.image_size, spec.image_size, 3):
+        raise ModelError(f"{name}: renderer returned {images.shape}, the model expects {spec.image_size}² RGB views")
+    return images.astype(np.uint8, copy=False)
+
+
+def _proba_json(classes: Sequence[str], proba: np.ndarray) -> str:
+    return json.dumps({c: round(float(p), 6) for c, p in zip(classes, proba, strict=True)})
+
+
+def predict_frame(
+    model: CrystalNet, frame: pd.DataFrame, renderer: ViewRenderer | None = None, default_views: int = DEFAULT_VIEWS
+) -> pd.DataFrame:
+    """Predict every row of ``frame``; a bad row gets an ``error`` message, the others are still predicted.
+
+    ``renderer`` renders parsed structures in this process (tests); by default CIFs go to the render helpers.
+    """
+    spec = model.spec
+    cif_renderer = in_process(renderer) if renderer else render_cif
+    rows = [row for _, row in frame.iterrows()]
+    names = [str(_cell(row, "name") or f"row {i}") for i, row in enumerate(rows)]
+    rows_error, views_error = predict_input.request_refusal(len(rows), _cif_views(rows, default_views))
+    items = []
+    for row, name in zip(rows, names, strict=True):
+        refusal = rows_error or (views_error if _cell(row, "cif") is not None else None)
+        items.append(
+            _Item(error=f"{name}: {refusal}") if refusal else _prepare_row(row, name, spec, cif_renderer, default_views)
+        )
+        if items[-1].error and not rows_error:
+            log.warning("prediction input rejected: %s", items[-1].error)
+    if rows_error:
+        log.warning("prediction request refused: %s", rows_error)
+    means = _predict_items(model, [it for it in items if it.images is not None])
+    rows = []
+    for name, it in zip(names, items, strict=True):
+        try:
+            if it.images is None:
+                raise ModelError(it.error or f"{name}: no images")
+            mean = means[id(it)]
+            if isinstance(mean, Exception):
+                raise mean
+            rows.append(_output_row(spec, mean, it.warnings, name))
+        except Exception as exc:  # a row's failure is that row's error
+            rows.append(dict.fromkeys(OUTPUT_COLUMNS) | {"error": it.error or f"{name}: {type(exc).__name__}: {exc}"})
+    # object dtype keeps None (not NaN) for missing values, so the REST answer is valid JSON with nulls
+    return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS), dtype=object)
+
+
+def _cif_views(rows: list[pd.Series], default_views: int) -> list[int]:
+    """The views each CIF row asks for (a row with invalid views counts none: it fails on its own)."""
+    counts = []
+    for row in rows:
+        if _cell(row, "cif") is not None:
+            try:
+                counts.append(predict_input.check_views(_cell(row, "views"), default_views, ""))
+            except Exception:
+                counts.append(0)
+    return counts
+
+
+def _predict_items(model: CrystalNet, items: list[_Item]) -> dict[int, dict[str, np.ndarray] | Exception]:
+    """Mean per-head outputs per item: one batch for all rows; when it fails, row by row (errors kept per row)."""
+    try:
+        preds = predict_arrays(model, np.concatenate([it.images for it in items])) if items else {}
+    except Exception:
+        log.exception("batched prediction failed; predicting row by row")
+        return {id(it): _predict_one(model, it) for it in items}
+    means, start = {}, 0
+    for it in items:
+        stop = start + len(it.images)
+        means[id(it)] = {k: v[start:stop].mean(axis=0) for k, v in preds.items()}
+        start = stop
+    return means
+
+
+def _predict_one(model: CrystalNet, item: _Item) -> dict[str, np.ndarray] | Exception:
+    try:
+        return {k: v.mean(axis=0) for k, v in predict_arrays(model, item.images).items()}
+    except Exception as exc:
+        return exc
+
+
+def _output_row(spec: ModelSpec, mean: dict[str, np.ndarray], warnings: list[str], name: str) -> dict[str, Any]:
+    cs, sg = mean["crystal_system_proba"], mean["spacegroup_proba"]
+    systems, groups = spec.classes("crystal_system"), spec.classes("spacegroup")
+    sym = joint_symmetry(systems, groups, spec.spacegroup_crystal_system, cs, sg)
+    if sym.disagreement:
+        warnings = [*warnings, f"{name}: {sym.disagreement}"]
+    return {
+        "band_gap": float(mean["band_gap"]),
+        "energy_above_hull": float(mean["energy_above_hull"]),
+        "crystal_system": sym.crystal_system,
+        "crystal_system_probability": round(sym.crystal_system_probability, 6),
+        "spacegroup": sym.spacegroup,
+        "spacegroup_probability": round(sym.spacegroup_probability, 6),
+        "spacegroup_top3": json.dumps([[s, round(p, 6)] for s, p in sym.top3]),
+        "crystal_system_proba": _proba_json(systems, cs),
+        "spacegroup_proba": _proba_json(groups, sg),
+        "warnings": json.dumps(warnings),
+        "error": None,
+    }
+
+
+class CrystalVisionPyfunc(mlflow.pyfunc.PythonModel):
+    """The pyfunc wrapper: loads the model folder artifact once, predicts DataFrames with :func:`predict_frame`."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.model = load_model(context.artifacts[MODEL_DIR_ARTIFACT])
+
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(model_input)
+        return predict_frame(self.model, model_input)
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of everything the logged model imports (the package itself travels as code)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in SERVING_PACKAGES:
+        try:
+            reqs.append(f"{pkg}=={version(pkg).split('+')[0]}")  # no local label (+cu130, +cpu): PyPI has none
+        except PackageNotFoundError:
+            reqs.append(pkg)
+    return reqs
+
+
+def _input_example(splits: Splits, store: ObjectStore) -> pd.DataFrame | None:
+    """One test image as a base64 PNG request row (None when the test split is empty)."""
+    source = splits.test if len(splits.test) else splits.val
+    if not len(source):
+        return None
+    key = str(source["image_key"].iloc[0])
+    return pd.DataFrame({"image": [base64.b64encode(image_png(store, key)).decode()]})
+
+
+def log_model(model_dir: str | Path, splits: Splits, store: ObjectStore) -> str:
+    """Log the pyfunc (artifact path ``model``) and the raw folder (``model_dir/``) into the active run.
+
+    The pyfunc is logged from code (``pyfunc_code.py``, MLflow models-from-code) with the ``crystalvision`` package
+    as ``code_paths``: loading it runs that code, it never unpickles an object from storage.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / SPEC_FILE).is_file():
+        raise ModelError(f"{model_dir} is not a crystalvision model folder ({SPEC_FILE} missing)")
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT,
+        python_model=str(MODEL_CODE),
+        code_paths=[str(MODEL_CODE.parents[1])],  # the whole crystalvision package (this file is serve/predict.py)
+        artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+        signature=SIGNATURE,
+        input_example=_input_example(splits, store),
+        pip_requirements=pip_requirements(),
+    )
+    mlflow.log_artifacts(str(model_dir), artifact_path=MODEL_DIR_ARTIFACT)
+    log.info("logged pyfunc model %s", info.model_uri)
+    return info.model_uri
+
+
+def _file_row(path: Path) -> dict[str, Any]:
+    """A request row for one file, or {'error': ...} when it cannot be read or has an unknown type."""
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES | CIF_SUFFIXES:
+        return {"error": f"{path}: unknown file type '{suffix}'; pass .cif, .png or .jpg files"}
+    limit = predict_input.MAX_CIF_BYTES if suffix in CIF_SUFFIXES else predict_input.MAX_IMAGE_BYTES
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            return {"error": f"{path}: {size} bytes, more than the {limit} byte limit for a {suffix} file"}
+        data = path.read_bytes()
+    except OSError as exc:
+        return {"error": f"{path}: cannot read the file ({exc.strerror or exc})"}
+    if suffix in CIF_SUFFIXES:
+        return {"cif": data.decode("utf-8", errors="replace")}
+    return {"image": base64.b64encode(data).decode()}
+
+
+def predict_files(paths: Sequence[str | Path], model_uri: str, views: int = DEFAULT_VIEWS) -> pd.DataFrame:
+    """Predict CIF and image files with a logged/registered pyfunc; one row per file, bad files get ``error``."""
+    views = predict_input.check_views(views, DEFAULT_VIEWS, "--views")
+    paths = [Path(p) for p in paths]
+    requests = [_file_row(p) for p in paths]
+    readable = [(i, r) for i, r in enumerate(requests) if "error" not in r]
+    out = pd.DataFrame([dict.fromkeys(OUTPUT_COLUMNS) for _ in paths], columns=list(OUTPUT_COLUMNS), dtype=object)
+    out["error"] = [r.get("error") for r in requests]
+    if readable:
+        from crystalvision.track.tracking import configure_mlflow
+
+        configure_mlflow()
+        try:
+            model = mlflow.pyfunc.load_model(model_uri)
+        except Exception as exc:  # MLflow raises MlflowException, OSError... for unknown models
+            raise ModelError(f"cannot load model {model_uri} ({exc}); train and register one first") from exc
+        out.attrs["generalisation"] = model_generalisation(model)
+        # requests within the server's bounds: at most MAX_ROWS rows and MAX_TOTAL_VIEWS views each
+        step = max(1, min(predict_input.MAX_ROWS, predict_input.MAX_TOTAL_VIEWS // views))
+        for start in range(0, len(readable), step):
+            chunk = readable[start : start + step]
+            frame = pd.DataFrame(
+                [{"image": None, "cif": None, **r, "views": float(views), "name": str(paths[i])} for i, r in chunk]
+            )
+            pred = model.predict(frame)
+            for (i, _), (_, row) in zip(chunk, pred.iterrows(), strict=True):
+                out.loc[i, list(OUTPUT_COLUMNS)] = [row[c] for c in OUTPUT_COLUMNS]
+    out.insert(0, "file", [str(p) for p in paths])
+    return out
+
+
+def model_generalisation(model: Any) -> dict[str, Any]:
+    """The card's measured out-of-fold metrics of a loaded pyfunc ({} when it has none or is not ours)."""
+    try:
+        spec = model.unwrap_python_model().model.spec
+    except Exception:  # another flavour, or a model saved before model cards: nothing measured to show
+        return {}
+    return dict(getattr(spec, "generalisation", None) or {})
+
+
+def default_model_uri(config: str | Path | None = None) -> str:
+    """The champion of the pipeline ``config`` registers; without one, ``CRYSTALVISION_MODEL`` (default: the
+    champion of the quickstart's model name, which ``make run`` registers; no pipeline file needed)."""
+    from crystalvision.core.config import load_pipeline
+    from crystalvision.core.settings import get_settings
+    from crystalvision.track.tracking import CHAMPION
+
+    if config is None:
+        return get_settings().tracking.model
+    return f"models:/{load_pipeline(Path(config)).registry.model_name}@{CHAMPION}"
