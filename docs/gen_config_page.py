@@ -236,8 +236,8 @@ def source_variables() -> set[str]:
 
 
 def page() -> str:
-    config_mod = _module("crystalvision.config", "crystalvision.core.config")
-    settings_mod = _module("crystalvision.settings", "crystalvision.core.settings")
+    config_mod = _module("crystalvision.core.config")
+    settings_mod = _module("crystalvision.core.settings")
     pipeline = config_mod.PipelineConfig
     out = [
         "# Configuration",

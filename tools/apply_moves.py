@@ -1,8 +1,8 @@
-"""Rewrite references to crystalvision's old flat modules into the sub-packages (see MOVES.md).
+"""Rewrite references to crystalvision's old flat modules into the sub-packages (docs/architecture.md).
 
     python tools/apply_moves.py FILE...           rewrite the files in place, print the ones changed
     python tools/apply_moves.py --check FILE...   print what would change; exit 1 if anything would
-    python tools/apply_moves.py --table           print the table of MOVES.md
+    python tools/apply_moves.py --table           print the table of moves
 
 Import statements (``from crystalvision import config, plots`` is split by new parent, ``from crystalvision.config
 import X``, ``import crystalvision.config as c``) and every other dotted name (``"crystalvision.storage"`` as a
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", type=Path)
     parser.add_argument("--check", action="store_true", help="print what would change, write nothing")
-    parser.add_argument("--table", action="store_true", help="print the table of moves (MOVES.md)")
+    parser.add_argument("--table", action="store_true", help="print the table of moves")
     args = parser.parse_args(argv)
     if args.table:
         print(table())
