@@ -31,39 +31,7 @@ PAGE = ROOT / "docs" / "configuration.md"
 SCAN = ("platform/crystalvision", "jobs", "mlflow", "bench", "tests/run_files.py")
 
 # Descriptions of pipeline keys whose pydantic field carries none (the model's own description wins when present).
-FALLBACK = {
-    "name": "Pipeline name: MLflow run names, registered model tags and the summary use it.",
-    "description": "One line about the pipeline, shown on its MLflow run page.",
-    "stages": "Stages `crystalvision pipeline run` runs, in order.",
-    "render.image_size": "Image side in pixels.",
-    "render.views_per_structure": "Images rendered per structure.",
-    "render.seed": "Seed of the view orientations.",
-    "render.projection": "Camera projection.",
-    "render.background": "Background colour, RGB in [0, 1].",
-    "split.test_fraction": "Share of structures (grouped) or images (image split) held out for test.",
-    "split.seed": "Seed of the split and of the fold assignment.",
-    "train.backbone": "timm model name of the backbone.",
-    "train.epochs": "Epoch cap.",
-    "train.batch_size": "Images per step and worker (the global batch is num_workers x batch_size).",
-    "train.lr": "Adam learning rate (not scaled with the number of workers).",
-    "train.weight_decay": "Adam weight decay.",
-    "train.cpus_per_worker": "CPUs per Ray Train worker; a CPU worker runs int(cpus_per_worker) torch threads.",
-    "train.use_gpu": "One GPU per Ray Train worker (NCCL).",
-    "train.seed": "Seed of weights, shuffling and augmentation.",
-    "train.augment.enabled": "Turn geometric augmentation on.",
-    "evaluate.saliency": "SmoothGrad saliency maps in the report.",
-    "evaluate.baselines": "Majority/mean, 1-NN and symmetry baselines on the same split.",
-    "tune.num_samples": "Trials in the sweep.",
-    "tune.max_concurrent": "Trials running at once.",
-    "tune.lr_min": "Lower end of the learning-rate search range.",
-    "tune.lr_max": "Upper end of the learning-rate search range.",
-    "tune.loss_weight_range": "Search range of each head's loss weight.",
-    "tune.metric": "Metric the sweep optimises.",
-    "tune.mode": "Minimise or maximise tune.metric.",
-    "tune.search": "Search algorithm.",
-    "registry.model_name": "Registered model name in MLflow.",
-    "registry.min_improvement": "How much better than the champion a challenger must be to be promoted.",
-}
+FALLBACK: dict[str, str] = {}  # every key describes itself in the models (Field description)
 
 # CRYSTALVISION_* variables the code reads outside the settings models: default and meaning.
 OTHER_VARIABLES = {

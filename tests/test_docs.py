@@ -60,3 +60,21 @@ def test_every_repository_path_the_docs_name_exists() -> None:
             if not (ROOT / path).exists() and not (ROOT / path.rstrip(".")).exists() and not module.exists():
                 missing.append(f"{page.relative_to(ROOT)}: {path}")
     assert not missing, missing
+
+
+def test_every_config_key_describes_itself_in_the_models() -> None:
+    """The configuration page's descriptions come from the pydantic models, not from the generator."""
+    import importlib.util
+
+    from crystalvision.core.config import PipelineConfig
+
+    spec = importlib.util.spec_from_file_location("gen_config_page", ROOT / "docs" / "gen_config_page.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert not gen.FALLBACK
+    rows = gen.config_rows(PipelineConfig, "")
+    for name, model in gen.sections(PipelineConfig):
+        rows += gen.config_rows(model, f"{name}.")
+    assert len(rows) > 80
+    undescribed = [r[0] for r in rows if not r[3] or r[3].startswith("Allowed")]
+    assert not undescribed, f"add a Field(description=...) to: {undescribed}"

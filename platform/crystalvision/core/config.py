@@ -72,15 +72,17 @@ MAX_VIEWS_PER_STRUCTURE = 1024  # render rows are planned per view: a bound keep
 class RenderConfig(_Strict):
     """How structures become images."""
 
-    image_size: int = Field(default=224, ge=16, le=2048)
-    views_per_structure: int = Field(default=56, ge=1, le=MAX_VIEWS_PER_STRUCTURE)
+    image_size: int = Field(default=224, ge=16, le=2048, description="Image side in pixels.")
+    views_per_structure: int = Field(
+        default=56, ge=1, le=MAX_VIEWS_PER_STRUCTURE, description="Images rendered per structure."
+    )
     views: Literal["uniform", "trajectory"] = Field(
         default="uniform",
         description="uniform: independent random orientations; trajectory: frames of one continuous random "
         "rotation per structure, trajectory_step_deg apart (the study's video frames).",
     )
     trajectory_step_deg: float = Field(default=6.0, description="Angle between consecutive trajectory frames.")
-    seed: int = 0
+    seed: int = Field(default=0, description="Seed of the view orientations.")
     method: Literal["mesh", "impostor"] = Field(
         default="impostor",
         description="impostor: exact shaded spheres drawn per pixel (VTK's sphere mapper, 4-5x faster); "
@@ -95,8 +97,10 @@ class RenderConfig(_Strict):
         "vs 0.403 ± 0.013; docs/study/records/radii-*.json).",
     )
     radius_scale: float = Field(default=1.0, gt=0, description="Multiplies every radius of the set.")
-    projection: Literal["orthographic", "perspective"] = "orthographic"
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    projection: Literal["orthographic", "perspective"] = Field(default="orthographic", description="Camera projection.")
+    background: tuple[float, float, float] = Field(
+        default=(1.0, 1.0, 1.0), description="Background colour, RGB in [0, 1]."
+    )
     show_cell: bool = Field(default=False, description="Draw the unit-cell box (as VESTA does).")
     num_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default="auto", description="Render actors in the Ray Data job; auto: one per CPU of the Ray cluster."
@@ -144,9 +148,11 @@ class SplitConfig(_Strict):
     protocol: Literal["image", "grouped"] = Field(
         default="grouped", description="image: the study's random split by image; grouped: by material_id."
     )
-    test_fraction: float = Field(default=0.15, gt=0, lt=1)
+    test_fraction: float = Field(
+        default=0.15, gt=0, lt=1, description="Share of structures (grouped) or images (image split) held out for test."
+    )
     val_fraction: float = Field(default=0.2, gt=0, lt=1, description="Fraction of the non-test part.")
-    seed: int = 0
+    seed: int = Field(default=0, description="Seed of the split and of the fold assignment.")
     folds: int | None = Field(
         default=None, ge=2, description="K-fold: each structure (grouped) or image tested once; see folds.py."
     )
@@ -172,7 +178,7 @@ class SplitConfig(_Strict):
 class AugmentConfig(_Strict):
     """Geometric training augmentation that keeps colour (colour encodes the element); see augment.py."""
 
-    enabled: bool = False
+    enabled: bool = Field(default=False, description="Turn geometric augmentation on.")
     rotate: Literal["none", "right_angles", "any"] = Field(
         default="any", description="In-plane rotation: none, multiples of 90 degrees, or any angle."
     )
@@ -190,12 +196,14 @@ class AugmentConfig(_Strict):
 class TrainConfig(_Strict):
     """Model and optimisation."""
 
-    backbone: str = "efficientnet_b0"
+    backbone: str = Field(default="efficientnet_b0", description="timm model name of the backbone.")
     pretrained_checkpoint: str | None = Field(default=None, description="Local backbone weights (no downloads).")
-    epochs: int = Field(default=100, ge=1)
-    batch_size: int = Field(default=16, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
+    epochs: int = Field(default=100, ge=1, description="Epoch cap.")
+    batch_size: int = Field(
+        default=16, ge=1, description="Images per step and worker (the global batch is num_workers x batch_size)."
+    )
+    lr: float = Field(default=1e-3, gt=0, description="Adam learning rate (not scaled with the number of workers).")
+    weight_decay: float = Field(default=0.0, ge=0, description="Adam weight decay.")
     patience: int = Field(default=30, ge=1, description="Early stopping: epochs without a better train.select value.")
     select: Literal["val_loss", "val_score"] = Field(
         default="val_loss",
@@ -215,28 +223,34 @@ class TrainConfig(_Strict):
         default_factory=lambda: dict.fromkeys(TARGETS, 1.0), description="Weight of each head's loss."
     )
     num_workers: int = Field(default=1, ge=1, description="Ray Train data-parallel workers.")
-    cpus_per_worker: float = Field(default=1.0, gt=0)
-    use_gpu: bool = False
+    cpus_per_worker: float = Field(
+        default=1.0,
+        gt=0,
+        description="CPUs per Ray Train worker; a CPU worker runs int(cpus_per_worker) torch threads.",
+    )
+    use_gpu: bool = Field(default=False, description="One GPU per Ray Train worker (NCCL).")
     amp: bool = Field(default=True, description="Mixed precision when on GPU (ignored on CPU).")
     max_failures: int = Field(default=1, ge=0, description="Worker failures tolerated (resume from checkpoint).")
     max_steps_per_epoch: int | None = Field(default=None, ge=1, description="Cap steps (tiny test runs).")
     step_mode: Literal["auto", "eager", "graphs", "compile"] = Field(
-        default="auto", description="Train step: one CUDA graph per step (GPU), torch.compile, or eager (auto: "
-        "graphs on one GPU without GradScaler, else eager; eager on CPU, where compile is inductor's CPU backend)."
+        default="auto",
+        description="Train step: one CUDA graph per step (GPU), torch.compile, or eager (auto: "
+        "graphs on one GPU without GradScaler, else eager; eager on CPU, where compile is inductor's CPU backend).",
     )
     channels_last: bool = Field(default=True, description="Channels-last layout of model and batches (GPU and CPU).")
     cudnn_benchmark: bool = Field(
         default=False, description="Autotune cuDNN convolutions on GPU (costs ~40 s at the first step per shape)."
     )
     device_data: Literal["auto", "on", "off"] = Field(
-        default="auto", description="Keep each worker's decoded uint8 images on the GPU after the first epoch "
+        default="auto",
+        description="Keep each worker's decoded uint8 images on the GPU after the first epoch "
         "(auto: on GPU when the split fits in 4 GiB per worker, in host memory on CPU up to host_data_max_mb; "
-        "else streamed and decoded again every epoch)."
+        "else streamed and decoded again every epoch).",
     )
     host_data_max_mb: float = Field(
         default=1024, ge=0, description="device_data=auto: a CPU worker's memory budget for its decoded images."
     )
-    seed: int = 0
+    seed: int = Field(default=0, description="Seed of weights, shuffling and augmentation.")
     seeds: list[int] | None = Field(
         default=None, description="K-fold: train every fold once per seed (headline rows: 3 or more); None: seed."
     )
@@ -259,19 +273,20 @@ class EvaluateConfig(_Strict):
     """Evaluation and explainability."""
 
     stability_threshold: float = Field(default=0.025, description="e_hull (eV/atom) at or below which 'stable'.")
-    saliency: bool = True
+    saliency: bool = Field(default=True, description="SmoothGrad saliency maps in the report.")
     saliency_noise: float = Field(
         default=0.05, ge=0, description="SmoothGrad noise std in [0, 1] pixel units (the study's 0.05)."
     )
     saliency_samples: int = Field(default=16, ge=1, description="Noisy samples per SmoothGrad map.")
-    baselines: bool = True
+    baselines: bool = Field(default=True, description="Majority/mean, 1-NN and symmetry baselines on the same split.")
     symmetry_symprec: float = Field(
         default=0.1, gt=0, description="spglib tolerance (Å) of the symmetry baseline; the labels used 0.1."
     )
     batch_size: int = Field(default=64, ge=1, description="Images per inference batch.")
     tta: Literal["none", "dihedral"] = Field(
-        default="none", description="Test-time augmentation: dihedral averages each image over its 8 exact "
-        "in-plane views (rotations by 90 degrees and mirrors; 8x the inference work)."
+        default="none",
+        description="Test-time augmentation: dihedral averages each image over its 8 exact "
+        "in-plane views (rotations by 90 degrees and mirrors; 8x the inference work).",
     )
     include_val: bool = Field(default=True, description="Also report metrics on the validation split.")
     leakage: bool = Field(
@@ -295,26 +310,30 @@ class EvaluateConfig(_Strict):
 class TuneConfig(_Strict):
     """Hyper-parameter sweep."""
 
-    num_samples: int = Field(default=8, ge=1)
-    max_concurrent: int = Field(default=2, ge=1)
-    lr_min: float = Field(default=1e-4, gt=0)
-    lr_max: float = Field(default=3e-3, gt=0)
-    loss_weight_range: tuple[float, float] = (0.5, 2.0)
-    metric: str = "val_loss"
-    mode: Literal["min", "max"] = "min"
-    search: Literal["random", "optuna"] = "optuna"
+    num_samples: int = Field(default=8, ge=1, description="Trials in the sweep.")
+    max_concurrent: int = Field(default=2, ge=1, description="Trials running at once.")
+    lr_min: float = Field(default=1e-4, gt=0, description="Lower end of the learning-rate search range.")
+    lr_max: float = Field(default=3e-3, gt=0, description="Upper end of the learning-rate search range.")
+    loss_weight_range: tuple[float, float] = Field(
+        default=(0.5, 2.0), description="Search range of each head's loss weight."
+    )
+    metric: str = Field(default="val_loss", description="Metric the sweep optimises.")
+    mode: Literal["min", "max"] = Field(default="min", description="Minimise or maximise tune.metric.")
+    search: Literal["random", "optuna"] = Field(default="optuna", description="Search algorithm.")
     grace_period: int = Field(default=1, ge=1, description="ASHA: epochs before a trial can be stopped.")
 
 
 class RegistryConfig(_Strict):
     """Model registry and promotion gate."""
 
-    model_name: str = "lmno-efficientnet-b0"
+    model_name: str = Field(default="lmno-efficientnet-b0", description="Registered model name in MLflow.")
     enabled: bool = Field(default=True, description="Register the trained model at all.")
     promote_metric: str = Field(
         default="val_score", description="Higher is better; a validation metric (val_*), never test; registry.py."
     )
-    min_improvement: float = Field(default=0.0, ge=0)
+    min_improvement: float = Field(
+        default=0.0, ge=0, description="How much better than the champion a challenger must be to be promoted."
+    )
     generalisation_record: str | None = Field(
         default=None,
         description="The --json record of a grouped k-fold run of the same recipe on the same snapshot (e.g. "
@@ -345,10 +364,11 @@ class LearningCurveConfig(_Strict):
 class PipelineConfig(_Strict):
     """A whole pipeline: snapshot -> render -> train -> evaluate -> register."""
 
-    name: str
-    description: str = ""
+    name: str = Field(description="Pipeline name: MLflow run names, registered model tags and the summary use it.")
+    description: str = Field(default="", description="One line about the pipeline, shown on its MLflow run page.")
     stages: list[Literal["snapshot", "render", "train", "evaluate", "register"]] = Field(
-        default_factory=lambda: ["snapshot", "render", "train", "evaluate", "register"]
+        default_factory=lambda: ["snapshot", "render", "train", "evaluate", "register"],
+        description="Stages `crystalvision pipeline run` runs, in order.",
     )
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
