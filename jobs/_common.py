@@ -37,7 +37,7 @@ def parser(description: str, default_config: str = "pipelines/quickstart.yaml") 
 
 def load_config(args: argparse.Namespace):
     """The pipeline config named by ``--config`` with ``--set`` overrides applied."""
-    from crystalvision.core.config import load_pipeline, parse_overrides
+    from crystalvision.core.pipeline_file import load_pipeline, parse_overrides
 
     return load_pipeline(args.config, parse_overrides(args.overrides))
 

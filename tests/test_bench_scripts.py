@@ -42,7 +42,7 @@ def test_impostor_paired_interval_is_zero_for_equal_sets_and_covers_a_real_gap()
 
 def test_space_study_part_command_config_record_and_rows(tmp_path: Path) -> None:
     from bench import space_study_bench as study
-    from crystalvision.core.config import load_pipeline, parse_overrides
+    from crystalvision.core.pipeline_file import load_pipeline, parse_overrides
 
     root = Path(__file__).resolve().parents[1]
     for quick in (False, True):  # the command's pipeline and overrides load as the CLI would load them

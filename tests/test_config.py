@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from crystalvision.core.config import PipelineConfig, load_pipeline, parse_overrides
+from crystalvision.core.config import PipelineConfig
 from crystalvision.core.errors import ConfigError
+from crystalvision.core.pipeline_file import load_pipeline, parse_overrides
 from crystalvision.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def test_settings_from_env_hide_secrets(monkeypatch: pytest.MonkeyPatch, tmp_pat
 def test_the_space_model_trains_the_recipe_its_card_describes() -> None:
     """pipelines/space.yaml's card holds space-grouped.yaml's out-of-fold metrics: same snapshot, render and
     training recipe, so a change to one without the other fails here."""
-    from crystalvision.core.config import load_pipeline
+    from crystalvision.core.pipeline_file import load_pipeline
 
     model, folds = load_pipeline(ROOT / "pipelines/space.yaml"), load_pipeline(ROOT / "pipelines/space-grouped.yaml")
     assert model.snapshot == folds.snapshot and model.render == folds.render

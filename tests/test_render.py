@@ -232,8 +232,8 @@ def test_trajectory_frames_are_one_continuous_rotation() -> None:
 
 
 def test_view_protocol_config_errors_name_the_key(tmp_path) -> None:
-    from crystalvision.core.config import load_pipeline
     from crystalvision.core.errors import ConfigError
+    from crystalvision.core.pipeline_file import load_pipeline
 
     path = tmp_path / "p.yaml"
     path.write_text("name: x\n")

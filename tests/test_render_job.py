@@ -130,7 +130,7 @@ def test_worker_storage_errors_reach_the_driver_as_storage_errors() -> None:
 def test_paper_pipeline_renders_trajectory_frames_a_step_apart(tmp_path, bundled_snapshot, ray_session) -> None:
     from pathlib import Path
 
-    from crystalvision.core.config import load_pipeline
+    from crystalvision.core.pipeline_file import load_pipeline
     from crystalvision.render.rotations import frame_angles_deg
 
     root = Path(__file__).resolve().parents[1]

@@ -13,7 +13,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from crystalvision.core.config import RenderConfig, load_pipeline
+from crystalvision.core.config import RenderConfig
+from crystalvision.core.pipeline_file import load_pipeline
 from crystalvision.data.dataset import load_labels, split_frame
 from crystalvision.data.storage import ObjectStore
 from crystalvision.learn.model import ModelSpec

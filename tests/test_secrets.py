@@ -15,7 +15,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from crystalvision.core.config import IngestConfig, TrainConfig, load_pipeline
+from crystalvision.core.config import IngestConfig, TrainConfig
+from crystalvision.core.pipeline_file import load_pipeline
 from crystalvision.core.settings import get_settings
 
 from .support.mp_replay import ReplayServer, bundled_docs

@@ -112,8 +112,8 @@ def test_lmno_space_is_bundled_compressed_chosen_by_name_and_verifies(bundled_sn
 
 
 def test_snapshot_name_or_uri_and_unknown_names_list_the_bundled_ones(tmp_path: Path) -> None:
-    from crystalvision.core.config import load_pipeline
     from crystalvision.core.errors import ConfigError
+    from crystalvision.core.pipeline_file import load_pipeline
 
     cfg = tmp_path / "p.yaml"
     cfg.write_text("name: x\nsnapshot:\n  name: lmno-spce\n")

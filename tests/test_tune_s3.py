@@ -33,7 +33,7 @@ PREFIX = "ray_results"
 
 TUNE_SCRIPT = """
 import json, logging, sys
-from crystalvision.core.config import load_pipeline
+from crystalvision.core.pipeline_file import load_pipeline
 from crystalvision.core.logs import setup_logging
 from crystalvision.app.tune import run_tune
 setup_logging()

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from crystalvision.app.watch import job_id, watch_key, watch_once
-from crystalvision.core.config import PipelineConfig, load_pipeline
+from crystalvision.core.config import PipelineConfig
+from crystalvision.core.pipeline_file import load_pipeline
 from crystalvision.data.snapshot import load_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +139,7 @@ def test_watch_end_to_end_retrains_with_the_real_pipeline(mp_api, cfg):
 _HELD_WATCHER = """
 import sys, threading
 from pathlib import Path
-from crystalvision.core.config import load_pipeline
+from crystalvision.core.pipeline_file import load_pipeline
 from crystalvision.app.watch import watch_once
 
 def retrain(cfg):

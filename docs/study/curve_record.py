@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from crystalvision.app.learning_curve import points_from_runs, write_record
-from crystalvision.core.config import load_pipeline, parse_overrides
+from crystalvision.core.pipeline_file import load_pipeline, parse_overrides
 
 
 def parse_run(text: str) -> tuple[int | None, str]:

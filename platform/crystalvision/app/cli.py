@@ -90,7 +90,7 @@ def handle_errors(fn):
 
 
 def _load(config: Path, overrides: list[str] | None):
-    from crystalvision.core.config import load_pipeline, parse_overrides
+    from crystalvision.core.pipeline_file import load_pipeline, parse_overrides
 
     return load_pipeline(config, parse_overrides(overrides or []))
 
@@ -173,7 +173,7 @@ def ingest(
 ) -> None:
     """Query the Materials Project (needs MP_API_KEY) and write a versioned, content-hashed snapshot."""
     from crystalvision.app.commands import run
-    from crystalvision.core.config import deep_merge, load_pipeline, parse_overrides
+    from crystalvision.core.pipeline_file import deep_merge, load_pipeline, parse_overrides
 
     options = {"chemsys": chemsys, "nelements": nelements, "subsystems": subsystems}
     query = {k: v for k, v in options.items() if v is not None}

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from crystalvision.core.errors import ConfigError
 from crystalvision.core.settings import bundled_snapshots
 from crystalvision.core.targets import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION  # noqa: F401 (re-exported)
 
@@ -386,60 +383,10 @@ class PipelineConfig(_Strict):
         return hashlib.sha256(blob).hexdigest()
 
 
-def _format_validation_error(path: str, err: ValidationError) -> str:
-    lines = [f"invalid pipeline config {path}:"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  - unknown key '{loc}': remove it or fix its spelling")
-        else:
-            lines.append(f"  - {loc}: {e['msg']}")
-    return "\n".join(lines)
+def __getattr__(name: str) -> object:
+    """``load_pipeline`` and the override helpers live in ``pipeline_file``; the old names still resolve here."""
+    if name in {"load_pipeline", "parse_overrides", "deep_merge"}:
+        from crystalvision.core import pipeline_file
 
-
-def load_pipeline(path: str | Path, overrides: dict | None = None) -> PipelineConfig:
-    """Read and validate a pipeline YAML; ``overrides`` is a nested dict merged on top."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"pipeline config {p} not found: pass a YAML file such as pipelines/quickstart.yaml")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"pipeline config {p} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"pipeline config {p} must be a mapping at the top level")
-    if overrides:
-        raw = deep_merge(raw, overrides)
-    try:
-        return PipelineConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(str(p), exc)) from exc
-
-
-def deep_merge(base: dict, extra: dict) -> dict:
-    """Recursively merge ``extra`` into a copy of ``base``."""
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """Turn ``["train.epochs=2", "render.image_size=32"]`` into a nested dict (values parsed as YAML)."""
-    out: dict = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like section.key=value, e.g. train.epochs=2")
-        key, value = item.split("=", 1)
-        node = out
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                section = ".".join(parts[: i + 1])
-                raise ConfigError(
-                    f"override '{item}' sets a key inside '{section}', which another override set to {node!r}; "
-                    f"give either {section}=... or {section}.<key>=..., not both"
-                )
-        node[parts[-1]] = yaml.safe_load(value)
-    return out
+        return getattr(pipeline_file, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

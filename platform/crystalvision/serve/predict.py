@@ -376,7 +376,7 @@ def model_generalisation(model: Any) -> dict[str, Any]:
 def default_model_uri(config: str | Path | None = None) -> str:
     """The champion of the pipeline ``config`` registers; without one, ``CRYSTALVISION_MODEL`` (default: the
     champion of the quickstart's model name, which ``make run`` registers; no pipeline file needed)."""
-    from crystalvision.core.config import load_pipeline
+    from crystalvision.core.pipeline_file import load_pipeline
     from crystalvision.core.settings import get_settings
     from crystalvision.track.tracking import CHAMPION
 

@@ -1,0 +1,71 @@
+"""Reading a pipeline YAML into a :class:`PipelineConfig`: ``--set key=value`` overrides merged in, and one error
+that names the file and every bad key (unknown keys are errors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from crystalvision.core.config import PipelineConfig
+from crystalvision.core.errors import ConfigError
+
+
+def _format_validation_error(path: str, err: ValidationError) -> str:
+    lines = [f"invalid pipeline config {path}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{loc}': remove it or fix its spelling")
+        else:
+            lines.append(f"  - {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_pipeline(path: str | Path, overrides: dict | None = None) -> PipelineConfig:
+    """Read and validate a pipeline YAML; ``overrides`` is a nested dict merged on top."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"pipeline config {p} not found: pass a YAML file such as pipelines/quickstart.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"pipeline config {p} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"pipeline config {p} must be a mapping at the top level")
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(str(p), exc)) from exc
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    """Recursively merge ``extra`` into a copy of ``base``."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Turn ``["train.epochs=2", "render.image_size=32"]`` into a nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value, e.g. train.epochs=2")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                section = ".".join(parts[: i + 1])
+                raise ConfigError(
+                    f"override '{item}' sets a key inside '{section}', which another override set to {node!r}; "
+                    f"give either {section}=... or {section}.<key>=..., not both"
+                )
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
