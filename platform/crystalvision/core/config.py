@@ -381,12 +381,3 @@ class PipelineConfig(_Strict):
         """Stable hash of the resolved config."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
-
-
-def __getattr__(name: str) -> object:
-    """``load_pipeline`` and the override helpers live in ``pipeline_file``; the old names still resolve here."""
-    if name in {"load_pipeline", "parse_overrides", "deep_merge"}:
-        from crystalvision.core import pipeline_file
-
-        return getattr(pipeline_file, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
