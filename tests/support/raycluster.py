@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.procs import free_port, stop_group
+from tests.support.procs import TEST_PORTS, free_port, stop_group
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -34,10 +34,12 @@ class Cluster:
 
 
 def _worker_port_base(taken: set[int]) -> int:
-    """Start of a 100-port range for a node's workers, below the kernel's ephemeral range (where ``free_port`` and
-    every port-0 bind of the Ray processes land), and apart from the ranges of the other nodes (``taken``)."""
+    """Start of a 100-port range for a node's workers, below both the ports ``free_port`` hands out
+    (:data:`TEST_PORTS`) and the kernel's ephemeral range (where every port-0 bind of the Ray processes lands), and
+    apart from the ranges of the other nodes (``taken``)."""
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    bases = [b for b in range(max(low - 12000, 10000), low - 100, 100) if b not in taken]
+    top = min(TEST_PORTS[0], low)
+    bases = [b for b in range(max(top - 10000, 1024), top - 100, 100) if b not in taken]
     base = random.choice(bases)
     taken.add(base)
     return base
