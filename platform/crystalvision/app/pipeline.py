@@ -110,12 +110,12 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> Pipeli
 
         n = len(selection.records)
         n_folds_for(cfg.split, n, n * cfg.render.views_per_structure)
+    card: dict[str, Any] = {}
     if "train" in stages and cfg.registry.generalisation_record and not prepare.is_kfold(cfg.split):
-        from crystalvision.track.card import (
-            generalisation_from_record,  # a record that cannot describe it: before training
-        )
+        from crystalvision.track.card import generalisation_from_record
 
-        generalisation_from_record(cfg.registry.generalisation_record, snap.manifest.content_sha256)
+        # read (and a record that cannot describe the model refused) before rendering and training
+        card = generalisation_from_record(cfg.registry.generalisation_record, snap.manifest.content_sha256)
     store = open_store()
     with result.timed("render"):
         result.render = prepare.render(cfg, snap, selection, store)
@@ -125,11 +125,15 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> Pipeli
     if prepare.is_kfold(cfg.split):
         _run_folds(prepared, stages, result)
     else:
-        _train_evaluate_register(prepared, stages, result)
+        _train_evaluate_register(prepared, stages, result, card)
     return result
 
 
-def _train_evaluate_register(prepared: prepare.Prepared, stages: list[str], result: PipelineResult) -> None:
+def _train_evaluate_register(
+    prepared: prepare.Prepared, stages: list[str], result: PipelineResult, card: dict[str, Any]
+) -> None:
+    """Train, evaluate, log and register one model; ``card`` (the measured generalisation, or {}) goes into its
+    ``model.json`` and the registered version's description."""
     from crystalvision.learn.model import load_model
     from crystalvision.learn.train import train_model
     from crystalvision.serve.predict import log_model
@@ -145,8 +149,8 @@ def _train_evaluate_register(prepared: prepare.Prepared, stages: list[str], resu
             trained = train_model(prepared, run_id=run.info.run_id)
         result.model_dir = str(trained.model_dir)
         result.metrics.update(trained.metrics)
-        if cfg.registry.generalisation_record:
-            _card_generalisation(trained.model_dir, cfg.registry.generalisation_record)
+        if card:
+            _write_card(trained.model_dir, card)
         if "evaluate" in stages:
             from crystalvision.promote.runs import evaluate_into_run
 
@@ -165,20 +169,17 @@ def _train_evaluate_register(prepared: prepare.Prepared, stages: list[str], resu
         progress.emit("register", 0, None)
         with result.timed("register"):
             result.registry = register_and_promote(cfg, result.run_id)
-            card = json.loads((Path(str(result.model_dir)) / "model.json").read_text()) if result.model_dir else {}
             rundocs.describe_model(cfg.registry.model_name, str(result.registry["challenger_version"]), cfg, snap,
-                                   prepared.splits.describe(), result.metrics, result.registry,
-                                   card.get("generalisation"))
+                                   prepared.splits.describe(), result.metrics, result.registry, card)
 
 
-def _card_generalisation(model_dir: Any, record: str) -> None:
-    """Put the k-fold record's out-of-fold metrics into the model card (``model.json``), atomically."""
+def _write_card(model_dir: Any, card: dict[str, Any]) -> None:
+    """Put the measured generalisation into the model card (``model.json``), atomically."""
     from crystalvision.data.storage import write_durably
-    from crystalvision.track.card import generalisation_from_record
 
     path = Path(model_dir) / "model.json"  # model.SPEC_FILE (model.py imports torch)
     spec = json.loads(path.read_text())
-    spec["generalisation"] = generalisation_from_record(record, spec.get("snapshot_sha256"))
+    spec["generalisation"] = card
     write_durably(str(path), json.dumps(spec, indent=1).encode())
 
 

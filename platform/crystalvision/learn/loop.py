@@ -350,9 +350,10 @@ def fit(
         epoch = state.epoch
         torch.manual_seed(tcfg.seed + 1000 * epoch + engine.rank)
         hook = functools.partial(on_step, epoch) if on_step else None
-        engine.set_lr(epoch_lr(tcfg, epoch))
+        lr = epoch_lr(tcfg, epoch)
+        engine.set_lr(lr)
         stats = engine.train_epoch(train_batches(epoch), hook)
-        metrics = {"epoch": float(epoch), "lr": epoch_lr(tcfg, epoch)}
+        metrics = {"epoch": float(epoch), "lr": lr}
         metrics |= train_metrics(reduce_train(stats, engine.device))
         metrics |= engine.validate(val_batches())
         # train.select's score (weighted heads, R² floored at -1); the registry's val_score is the final model's
