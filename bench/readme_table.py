@@ -30,7 +30,7 @@ _OPS = {
 
 
 def goal_met(value: object, goal: str) -> str:
-    """"yes" / "no" for a numeric goal such as ``">= 800"``; "" when there is no goal or it is not a number."""
+    """ "yes" / "no" for a numeric goal such as ``">= 800"``; "" when there is no goal or it is not a number."""
     match = _GOAL.match(goal or "")
     if not match or not isinstance(value, int | float):
         return ""

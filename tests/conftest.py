@@ -41,8 +41,13 @@ def cv_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     home = tmp_path / "cvhome"
     monkeypatch.setenv("CRYSTALVISION_HOME", str(home))
-    for var in ("MLFLOW_TRACKING_URI", "CRYSTALVISION_MLFLOW_TRACKING_URI", "CRYSTALVISION_OBJECT_STORE_URI",
-                "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+    for var in (
+        "MLFLOW_TRACKING_URI",
+        "CRYSTALVISION_MLFLOW_TRACKING_URI",
+        "CRYSTALVISION_OBJECT_STORE_URI",
+        "MLFLOW_EXPERIMENT_ID",
+        "MLFLOW_EXPERIMENT_NAME",
+    ):
         monkeypatch.delenv(var, raising=False)
     _forget_mlflow_state()
     get_settings.cache_clear()

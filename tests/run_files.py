@@ -33,19 +33,49 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DURATIONS = ROOT / "tests" / "durations.json"
 SHARED_PROCESS = (  # start no Ray cluster, server or GL context: safe to share one pytest process
-    "test_augment.py", "test_bench_scripts.py", "test_cli.py", "test_config.py", "test_dataset.py",
-    "test_evaluate.py", "test_folds.py",
-    "test_graphnet.py", "test_learning_curve.py", "test_leakage.py", "test_metrics.py", "test_mp.py",
-    "test_oof.py", "test_snapshot.py", "test_study_scripts.py", "test_targets.py",
-    "test_tracking.py", "test_tune.py", "test_job_driver.py", "test_cpu_step.py", "test_weights_only.py",
-    "test_selection.py", "test_card.py", "test_layers.py",
+    "test_augment.py",
+    "test_bench_scripts.py",
+    "test_cli.py",
+    "test_config.py",
+    "test_dataset.py",
+    "test_evaluate.py",
+    "test_folds.py",
+    "test_graphnet.py",
+    "test_learning_curve.py",
+    "test_leakage.py",
+    "test_metrics.py",
+    "test_mp.py",
+    "test_oof.py",
+    "test_snapshot.py",
+    "test_study_scripts.py",
+    "test_targets.py",
+    "test_tracking.py",
+    "test_tune.py",
+    "test_job_driver.py",
+    "test_cpu_step.py",
+    "test_weights_only.py",
+    "test_selection.py",
+    "test_card.py",
+    "test_layers.py",
 )
 SHARED_NAME = "unit files"
 # start no Ray Train run (servers, helper processes, VTK and Ray Data render jobs are fine): the second lane
 LIGHT = (
-    SHARED_NAME, "test_registry.py", "test_mlflow_server.py", "test_predict.py", "test_serve.py", "test_render.py",
-    "test_console.py", "test_bench.py", "test_distributed.py", "test_worker_logging.py", "test_render_poison.py",
-    "test_bad_input.py", "test_render_job.py", "test_shards.py", "test_driver_imports.py",
+    SHARED_NAME,
+    "test_registry.py",
+    "test_mlflow_server.py",
+    "test_predict.py",
+    "test_serve.py",
+    "test_render.py",
+    "test_console.py",
+    "test_bench.py",
+    "test_distributed.py",
+    "test_worker_logging.py",
+    "test_render_poison.py",
+    "test_bad_input.py",
+    "test_render_job.py",
+    "test_shards.py",
+    "test_driver_imports.py",
 )
 COUNTS = re.compile(r"(\d+) (passed|failed|error|errors|skipped|xfailed|xpassed)")
 
@@ -80,9 +110,19 @@ def _run_pytest(paths: list[Path], pytest_args: list[str], tmpdir: Path, nice: i
     env = {**os.environ, "TMPDIR": str(tmpdir)}
     t0 = time.monotonic()
     proc = subprocess.run(
-        [*(["nice", "-n", str(nice)] if nice else []), sys.executable, "-m", "pytest", "-q", "-p",
-         "no:cacheprovider", "--durations=4", "--durations-min=10", *(str(p.relative_to(ROOT)) for p in paths),
-         *pytest_args],
+        [
+            *(["nice", "-n", str(nice)] if nice else []),
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--durations=4",
+            "--durations-min=10",
+            *(str(p.relative_to(ROOT)) for p in paths),
+            *pytest_args,
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

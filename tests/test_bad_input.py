@@ -160,9 +160,15 @@ def test_predict_files_on_the_corpus_gives_one_error_row_per_bad_file(logged, tm
     for row in (out.iloc[0], out.iloc[-1]):
         assert pd.isna(row["error"]) and np.isfinite(row["band_gap"]) and row["crystal_system"], row["error"]
     # the prediction path refuses an oversize CIF before parsing it (predict_input.py), with its own message
-    expected = CIF_CASES | IMAGE_CASES | {"garbage.cif": "not a readable CIF",
-                                          "atoms_20000.cif": "more than a structure of at most 2000 atoms needs",
-                                          "tiff_named.png": "the image is TIFF, not PNG or JPEG"}
+    expected = (
+        CIF_CASES
+        | IMAGE_CASES
+        | {
+            "garbage.cif": "not a readable CIF",
+            "atoms_20000.cif": "more than a structure of at most 2000 atoms needs",
+            "tiff_named.png": "the image is TIFF, not PNG or JPEG",
+        }
+    )
     for path, error in zip(bad, out["error"][1:-1], strict=True):
         assert isinstance(error, str) and path.name in error and expected[path.name] in error, (path.name, error)
         assert pd.isna(out.loc[out["file"] == str(path), "band_gap"]).all()

@@ -113,13 +113,23 @@ def test_summary_fits_and_names_baselines_model_and_pointers() -> None:
         "render": {"render_n_images": 432, "render_n_new": 0, "render_n_quarantined": 0},
         "run_id": "r123",
         "metrics": metrics,
-        "registry": {"model_name": "cv", "challenger_version": "2", "promoted": False, "champion_version": "1",
-                     "reason": "not better"},
+        "registry": {
+            "model_name": "cv",
+            "challenger_version": "2",
+            "promoted": False,
+            "champion_version": "1",
+            "reason": "not better",
+        },
     }
     buf = io.StringIO()
     Console(file=buf, force_terminal=False, width=110).print(
-        summary_renderable(result, tracking_uri="sqlite:////tmp/x/mlflow.db", report_path="/tmp/r/report.html",
-                           log_path="/tmp/l.log", label_source="band gap: CGCNN surrogate")
+        summary_renderable(
+            result,
+            tracking_uri="sqlite:////tmp/x/mlflow.db",
+            report_path="/tmp/r/report.html",
+            log_path="/tmp/l.log",
+            label_source="band gap: CGCNN surrogate",
+        )
     )
     text = buf.getvalue()
     assert len(text.splitlines()) <= MAX_LINES
@@ -136,8 +146,12 @@ def test_mlflow_pointer_links_a_server_run() -> None:
 
 def test_summary_of_a_kfold_run_shows_mean_and_std() -> None:
     buf = io.StringIO()
-    metrics = {"test_acc_crystal_system_mean": 0.45, "test_acc_crystal_system_std": 0.05,
-               "baseline_dummy_acc_crystal_system_mean": 0.4, "baseline_dummy_acc_crystal_system_std": 0.02}
+    metrics = {
+        "test_acc_crystal_system_mean": 0.45,
+        "test_acc_crystal_system_std": 0.05,
+        "baseline_dummy_acc_crystal_system_mean": 0.4,
+        "baseline_dummy_acc_crystal_system_std": 0.02,
+    }
     Console(file=buf, force_terminal=False, width=110).print(
         summary_renderable({"pipeline": "paper-grouped", "metrics": metrics}, tracking_uri="sqlite:///x.db")
     )

@@ -36,13 +36,18 @@ def report():
 atexit.register(report)
 """
 
-DRIVER = PROBE + """
+DRIVER = (
+    PROBE
+    + """
 import runpy
 sys.argv = ["jobs/pipeline.py", *sys.argv[1:]]
 runpy.run_module("jobs.pipeline", run_name="__main__")
 """
+)
 
-PREDICT = PROBE + """
+PREDICT = (
+    PROBE
+    + """
 from pathlib import Path
 import pandas as pd
 from crystalvision.serve import predict
@@ -54,13 +59,15 @@ out = predict.predict_frame(model, pd.DataFrame({"cif": [cif], "views": [2], "na
 assert out.loc[0, "error"] is None, out.loc[0, "error"]
 print("PREDICTED", out.loc[0, "crystal_system"])
 """
+)
 
 
 def _run(script: str, args: list[str], tmp_path: Path, timeout: float = 300) -> tuple[dict, str]:
     out = tmp_path / "probe.json"
     env = {**os.environ, "PROBE_OUT": str(out), "CRYSTALVISION_HOME": str(tmp_path / "home")}
-    done = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(out.read_text()), done.stdout
 
@@ -71,10 +78,16 @@ def _gl_libs(libs: list[str]) -> list[str]:
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc (Linux)")
 def test_pipeline_job_driver_loads_torch_first_and_no_vtk_through_the_render_stage(tmp_path: Path) -> None:
-    tiny = ["stages=[snapshot,render]", "snapshot.max_structures=3", "render.image_size=32",
-            "render.views_per_structure=2", "render.num_workers=1"]
-    probe, stdout = _run(DRIVER, ["--config", "pipelines/quickstart.yaml", *(a for s in tiny for a in ("--set", s))],
-                         tmp_path)
+    tiny = [
+        "stages=[snapshot,render]",
+        "snapshot.max_structures=3",
+        "render.image_size=32",
+        "render.views_per_structure=2",
+        "render.num_workers=1",
+    ]
+    probe, stdout = _run(
+        DRIVER, ["--config", "pipelines/quickstart.yaml", *(a for s in tiny for a in ("--set", s))], tmp_path
+    )
     result = json.loads(stdout.strip().splitlines()[-1])["result"]
     assert result["render"]["render_n_images"] == 6  # the render stage really ran (in Ray actors)
     assert probe["gl_modules"] == [] and _gl_libs(probe["libs"]) == []

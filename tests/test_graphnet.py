@@ -46,14 +46,26 @@ def test_train_graph_baseline_metrics_and_learning(bundled_snapshot):
     ids = sorted(r.material_id for r in bundled_snapshot.records if not r.flags)[:14]
     df = frame(bundled_snapshot, ids)
     # memorisation check: test = the training structures, so a working model must beat the majority class
-    splits = Splits(df[df.material_id.isin(ids[:12])], df[df.material_id.isin(ids[12:])],
-                    df[df.material_id.isin(ids[:12])], protocol="grouped", seed=0)
+    splits = Splits(
+        df[df.material_id.isin(ids[:12])],
+        df[df.material_id.isin(ids[12:])],
+        df[df.material_id.isin(ids[:12])],
+        protocol="grouped",
+        seed=0,
+    )
     cfg = GraphConfig(epochs=80, patience=80, hidden=32, layers=2, lr=5e-3)
     n_classes = {"crystal_system": 7, "spacegroup": len(bundled_snapshot.encoders.classes("spacegroup"))}
-    metrics = train_graph_baseline({r.material_id: r for r in bundled_snapshot.records}, splits, cfg,
-                                   n_classes=n_classes)
-    for name in ("cgcnn_test_r2_band_gap", "cgcnn_test_r2_energy_above_hull", "cgcnn_test_acc_crystal_system",
-                 "cgcnn_test_acc_spacegroup", "cgcnn_val_acc_crystal_system", "cgcnn_test_score"):
+    metrics = train_graph_baseline(
+        {r.material_id: r for r in bundled_snapshot.records}, splits, cfg, n_classes=n_classes
+    )
+    for name in (
+        "cgcnn_test_r2_band_gap",
+        "cgcnn_test_r2_energy_above_hull",
+        "cgcnn_test_acc_crystal_system",
+        "cgcnn_test_acc_spacegroup",
+        "cgcnn_val_acc_crystal_system",
+        "cgcnn_test_score",
+    ):
         assert np.isfinite(metrics[name]), name
     majority = df[df.material_id.isin(ids[:12])].drop_duplicates("material_id")["crystal_system_id"].value_counts()
     assert metrics["cgcnn_test_acc_crystal_system"] > majority.max() / 12

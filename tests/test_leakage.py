@@ -138,8 +138,18 @@ def test_figure_and_report_section(tmp_path):
     from crystalvision.learn.model import ModelSpec
 
     spec = ModelSpec(crystal_system_classes=["a"], spacegroup_classes=["b"])
-    page = write_report(tmp_path / "report.html", metrics={}, splits={}, label_source={}, spec=spec,
-                        cfg=EvaluateConfig(), reports={}, absent={}, figures=[], sections=[html])
+    page = write_report(
+        tmp_path / "report.html",
+        metrics={},
+        splits={},
+        label_source={},
+        spec=spec,
+        cfg=EvaluateConfig(),
+        reports={},
+        absent={},
+        figures=[],
+        sections=[html],
+    )
     assert "Leakage: nearest training image" in page.read_text()
 
 

@@ -120,7 +120,10 @@ def test_quiet_run_summary_and_a_self_explaining_mlflow_ui(tmp_path: Path, mlflo
     # The UI itself, as a person opens it.
     experiment_id = run["info"]["experiment_id"]
     with browser() as driver:
-        text = page_text(driver, f"{mlflow_server}/#/experiments/{experiment_id}/runs/{run_id}",
-                         ["Description", "quickstart: EfficientNet-B0", "Datasets", snapshot_id])
+        text = page_text(
+            driver,
+            f"{mlflow_server}/#/experiments/{experiment_id}/runs/{run_id}",
+            ["Description", "quickstart: EfficientNet-B0", "Datasets", snapshot_id],
+        )
         assert "Split by image" not in text  # the quickstart splits by structure
         page_text(driver, f"{mlflow_server}/#/models/{MODEL}", ["Predicts band gap", "champion"])

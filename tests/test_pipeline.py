@@ -27,12 +27,22 @@ TINY = [
 
 def _kfold_record(folder: Path, snapshot_sha256: str) -> Path:
     """A grouped k-fold record as `pipeline run --json` writes it (pooled metrics only) for the bundled snapshot."""
-    pooled = {"pooled_n_structures": 62.0, "pooled_n_seeds": 1.0, "pooled_model_acc_crystal_system": 0.41,
-              "pooled_model_acc_crystal_system_lo": 0.3, "pooled_model_acc_crystal_system_hi": 0.52,
-              "pooled_dummy_acc_crystal_system": 0.37, "pooled_model_r2_band_gap": -0.2}
+    pooled = {
+        "pooled_n_structures": 62.0,
+        "pooled_n_seeds": 1.0,
+        "pooled_model_acc_crystal_system": 0.41,
+        "pooled_model_acc_crystal_system_lo": 0.3,
+        "pooled_model_acc_crystal_system_hi": 0.52,
+        "pooled_dummy_acc_crystal_system": 0.37,
+        "pooled_model_r2_band_gap": -0.2,
+    }
     path = folder / "lmno-grouped.json"
-    record = {"pipeline": "lmno-grouped", "snapshot_sha256": snapshot_sha256, "run_id": "r1",
-              "pooled": {"metrics": pooled}}
+    record = {
+        "pipeline": "lmno-grouped",
+        "snapshot_sha256": snapshot_sha256,
+        "run_id": "r1",
+        "pooled": {"metrics": pooled},
+    }
     path.write_text(json.dumps(record))
     return path
 
@@ -73,8 +83,13 @@ def test_quickstart_end_to_end(cv_home: Path, tmp_path: Path) -> None:
     assert {"evaluation/report.html", "evaluation/metrics.json", "evaluation/saliency.png"} <= artifacts
     assert "evaluation/radii.png" in artifacts  # one test structure in both radii sets
     card = json.loads((Path(summary["model_dir"]) / "model.json").read_text())["generalisation"]
-    assert card["heads"]["crystal_system"] == {"metric": "accuracy", "value": 0.41, "lo": 0.3, "hi": 0.52,
-                                               "majority": 0.37}
+    assert card["heads"]["crystal_system"] == {
+        "metric": "accuracy",
+        "value": 0.41,
+        "lo": 0.3,
+        "hi": 0.52,
+        "majority": 0.37,
+    }
 
     name = summary["registry"]["model_name"]
     champion = client.get_model_version_by_alias(name, "champion")

@@ -433,8 +433,9 @@ def test_predict_prints_the_model_cards_measured_metrics_beside_each_answer(cv_h
     assert f"; this model: {cs['value']:.2f} [{cs['lo']:.2f}, {cs['hi']:.2f}] accuracy on unseen structures" in line
     assert "(p 0." in line or "(p 1.00" in line
     assert sum(x.startswith(f"{good}: ") for x in carded.stdout.splitlines()) == 4  # every head's answer
-    as_json = json.loads(CliRunner().invoke(app, ["predict", str(good), "--model", uris["carded"], "--output",
-                                                  "json"]).stdout)
+    as_json = json.loads(
+        CliRunner().invoke(app, ["predict", str(good), "--model", uris["carded"], "--output", "json"]).stdout
+    )
     assert as_json[0]["model_generalisation"]["heads"]["crystal_system"]["value"] == cs["value"]
 
     bare = CliRunner().invoke(app, ["predict", str(good), "--model", uris["bare"]])

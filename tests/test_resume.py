@@ -30,8 +30,14 @@ TINY = {
     "snapshot": {"max_structures": 5},
     "render": {"views_per_structure": 2, "image_size": 32, "num_workers": 1},
     "split": {"test_fraction": 0.3},
-    "train": {"backbone": "test_efficientnet", "epochs": 3, "max_steps_per_epoch": 1, "num_workers": 1,
-              "max_failures": 0, "patience": 10},
+    "train": {
+        "backbone": "test_efficientnet",
+        "epochs": 3,
+        "max_steps_per_epoch": 1,
+        "num_workers": 1,
+        "max_failures": 0,
+        "patience": 10,
+    },
 }
 
 
@@ -97,8 +103,9 @@ def test_training_finishes_when_mlflow_is_dead(cv_home, ray_local, tmp_path, mon
     store = ObjectStore(str(tmp_path / "store"))
     key = write_toy_dataset(store, n_structures=8, views=4, size=32)
     cfg = load_pipeline(ROOT / "pipelines/quickstart.yaml", TINY)
-    spec = ModelSpec(crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=32,
-                     backbone=TEST_BACKBONE)
+    spec = ModelSpec(
+        crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=32, backbone=TEST_BACKBONE
+    )
     monkeypatch.setenv(FLUSH_TIMEOUT_ENV, "1")
     monkeypatch.setenv(MLFLOW_WAIT_ENV, "0.5")  # each logging call gives up after 0.5 s, not 5 s
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")

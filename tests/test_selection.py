@@ -17,7 +17,7 @@ from .test_train import _batch, _cfg, _tiny_net
 
 
 def _metrics(acc: float, r2: float) -> dict[str, float]:
-    return {f"val_{m[len('test_'):]}": (r2 if "_r2_" in m else acc) for m in SCORE_METRICS}
+    return {f"val_{m[len('test_') :]}": (r2 if "_r2_" in m else acc) for m in SCORE_METRICS}
 
 
 def test_score_selection_survives_one_spike_in_a_regression_loss() -> None:

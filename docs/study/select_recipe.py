@@ -46,8 +46,10 @@ def main(argv: list[str]) -> None:
     if only_sets:
         print(" ".join(f"--set {s}" for s in recipe(rows[best][1])))
         return
-    print("| recipe | val acc (2 heads, mean over folds) | val acc system | val acc space group | test acc system "
-          "(per structure) | test R² gap (per structure) | picked |")
+    print(
+        "| recipe | val acc (2 heads, mean over folds) | val acc system | val acc space group | test acc system "
+        "(per structure) | test R² gap (per structure) | picked |"
+    )
     print("|---|---|---|---|---|---|---|")
     for i, (s, path, m) in enumerate(rows):
         name = " ".join(recipe(path)) or "defaults (no augmentation, no smoothing, no TTA)"

@@ -92,19 +92,56 @@ def postgres() -> Iterator[PostgresServer]:
     port = free_port()
     try:
         subprocess.run(
-            [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "scram-sha-256",
-             f"--pwfile={pwfile}", "-E", "UTF8"],
-            check=True, capture_output=True, env=env, cwd=root, timeout=120, **run_as,
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "-A",
+                "scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+            cwd=root,
+            timeout=120,
+            **run_as,
         )
         options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
         subprocess.run(
-            [str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "server.log"), "-w",
-             "-t", "120", "start"],
-            check=True, capture_output=True, env=env, cwd=root, timeout=180, **run_as,
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(root / "server.log"),
+                "-w",
+                "-t",
+                "120",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+            cwd=root,
+            timeout=180,
+            **run_as,
         )
         yield PostgresServer(port=port, password=password)
     finally:
         if (data / "postmaster.pid").exists():
-            subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                           capture_output=True, env=env, cwd=root, timeout=60, **run_as)
+            subprocess.run(
+                [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                capture_output=True,
+                env=env,
+                cwd=root,
+                timeout=60,
+                **run_as,
+            )
         shutil.rmtree(root, ignore_errors=True)

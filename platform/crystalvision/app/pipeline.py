@@ -161,16 +161,25 @@ def _train_evaluate_register(
             result.report_path = str(evaluated.artifacts_dir / "report.html")
         with result.timed("log_model"):
             log_model(trained.model_dir, prepared.splits, prepared.store)
-        rundocs.describe_run(result.run_id, rundocs.run_description(cfg, snap, prepared.splits.describe(),
-                                                                    result.metrics))
+        rundocs.describe_run(
+            result.run_id, rundocs.run_description(cfg, snap, prepared.splits.describe(), result.metrics)
+        )
     if "register" in stages and cfg.registry.enabled:
         from crystalvision.promote.registry import register_and_promote
 
         progress.emit("register", 0, None)
         with result.timed("register"):
             result.registry = register_and_promote(cfg, result.run_id)
-            rundocs.describe_model(cfg.registry.model_name, str(result.registry["challenger_version"]), cfg, snap,
-                                   prepared.splits.describe(), result.metrics, result.registry, card)
+            rundocs.describe_model(
+                cfg.registry.model_name,
+                str(result.registry["challenger_version"]),
+                cfg,
+                snap,
+                prepared.splits.describe(),
+                result.metrics,
+                result.registry,
+                card,
+            )
 
 
 def _write_card(model_dir: Any, card: dict[str, Any]) -> None:
@@ -190,8 +199,9 @@ def _log_datasets(prepared: prepare.Prepared) -> None:
     try:
         labels = load_labels(prepared.store, prepared.labels_key)
         digest = (prepared.render.manifest.get("render_config_hash", "") if prepared.render else "")[:32] or None
-        rundocs.log_datasets(prepared.snapshot, prepared.selection, labels, prepared.store.uri(prepared.labels_key),
-                             digest)
+        rundocs.log_datasets(
+            prepared.snapshot, prepared.selection, labels, prepared.store.uri(prepared.labels_key), digest
+        )
     except Exception:  # provenance for the UI must never fail a training run
         log.warning("could not log the datasets of this run", exc_info=True)
 

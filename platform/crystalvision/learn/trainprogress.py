@@ -16,8 +16,12 @@ from typing import Any
 from crystalvision.core import progress
 
 log = logging.getLogger(__name__)
-SHOWN = {"train_loss": "loss", "val_loss": "val_loss", "val_acc_crystal_system": "val_acc_system",
-         "val_acc_spacegroup": "val_acc_sg"}
+SHOWN = {
+    "train_loss": "loss",
+    "val_loss": "val_loss",
+    "val_acc_crystal_system": "val_acc_system",
+    "val_acc_spacegroup": "val_acc_sg",
+}
 
 
 def _callback_class() -> type:

@@ -17,6 +17,7 @@ from crystalvision.render.radii import RadiiSet, element_radius
 
 COLOUR_SOURCE = "VESTA element colours (pymatgen/vis/ElementColorSchemes.yaml, scheme VESTA)"
 
+
 @cache
 def vesta_colours() -> dict[str, tuple[int, int, int]]:
     """Element symbol -> RGB (0-255) from pymatgen's copy of VESTA's colour table."""

@@ -16,12 +16,30 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as a run's description
-SNAPSHOT_COLUMNS = ["material_id", "formula", "nsites", "crystal_system", "spacegroup_symbol", "band_gap",
-                    "energy_above_hull"]
-LABEL_COLUMNS = ["material_id", "view", "image_key", "band_gap", "energy_above_hull", "crystal_system",
-                 "spacegroup_symbol"]
-HEADLINE = [("band gap", "r2", "band_gap"), ("e above hull", "r2", "energy_above_hull"),
-            ("crystal system", "acc", "crystal_system"), ("space group", "acc", "spacegroup")]
+SNAPSHOT_COLUMNS = [
+    "material_id",
+    "formula",
+    "nsites",
+    "crystal_system",
+    "spacegroup_symbol",
+    "band_gap",
+    "energy_above_hull",
+]
+LABEL_COLUMNS = [
+    "material_id",
+    "view",
+    "image_key",
+    "band_gap",
+    "energy_above_hull",
+    "crystal_system",
+    "spacegroup_symbol",
+]
+HEADLINE = [
+    ("band gap", "r2", "band_gap"),
+    ("e above hull", "r2", "energy_above_hull"),
+    ("crystal system", "acc", "crystal_system"),
+    ("space group", "acc", "spacegroup"),
+]
 
 
 def snapshot_frame(records: list[Any]) -> pd.DataFrame:
@@ -29,8 +47,13 @@ def snapshot_frame(records: list[Any]) -> pd.DataFrame:
     return pd.DataFrame([{c: getattr(r, c, None) for c in SNAPSHOT_COLUMNS} for r in records])
 
 
-def log_datasets(snapshot: Any, selection: Any, labels: pd.DataFrame | None = None,
-                 labels_uri: str | None = None, labels_digest: str | None = None) -> None:
+def log_datasets(
+    snapshot: Any,
+    selection: Any,
+    labels: pd.DataFrame | None = None,
+    labels_uri: str | None = None,
+    labels_digest: str | None = None,
+) -> None:
     """Log the snapshot (context ``snapshot``) and the rendered labels table (context ``training``) as inputs."""
     import mlflow
 
@@ -77,8 +100,11 @@ def run_description(cfg: Any, snapshot: Any, split_info: dict[str, Any], metrics
         f"{split_info.get('n_structures_val', '?')}/{split_info.get('n_structures_test', '?')}).",
     ]
     if cfg.split.protocol == "image":
-        lines += ["", "Split by image, as the study: neighbouring views of one structure sit in train and test, "
-                      "so these numbers overstate generalisation to new structures."]
+        lines += [
+            "",
+            "Split by image, as the study: neighbouring views of one structure sit in train and test, "
+            "so these numbers overstate generalisation to new structures.",
+        ]
     rows = headline_rows(metrics)
     if rows:
         lines += ["", "| head | metric | model | majority | 1-NN |", "|---|---|---|---|---|", *rows]
@@ -108,9 +134,16 @@ def version_tags(cfg: Any, snapshot: Any, split_info: dict[str, Any]) -> dict[st
     return tags
 
 
-def describe_model(name: str, version: str, cfg: Any, snapshot: Any, split_info: dict[str, Any],
-                   metrics: dict[str, float], decision: dict[str, Any],
-                   generalisation: dict[str, Any] | None = None) -> None:
+def describe_model(
+    name: str,
+    version: str,
+    cfg: Any,
+    snapshot: Any,
+    split_info: dict[str, Any],
+    metrics: dict[str, float],
+    decision: dict[str, Any],
+    generalisation: dict[str, Any] | None = None,
+) -> None:
     """Descriptions on the registered model and on the version (with the card's measured generalisation, or a line
     saying it was never measured), plus the version's tags."""
     import mlflow
