@@ -62,12 +62,14 @@ run: setup
 
 # One pytest process per test file (tests/run_files.py), then one total line: no module's Ray session or library
 # state leaks into the next.
-test: setup test-deps
-	$(BIN)/ruff check .
+test: setup test-deps lint
 	$(BIN)/python tests/run_files.py
 
+# One lint for `make lint`, `make test` and CI (.ci/run): ruff's rules, and ruff's formatting of the Python files and
+# of the Python blocks in the Markdown pages (README.md, docs/).
 lint: setup
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: setup
 	$(BIN)/crystalvision bench
