@@ -1,4 +1,5 @@
-"""`mlflow models serve -m models:/NAME@champion` as a real process on 127.0.0.1 answers REST requests.
+"""`mlflow models serve -m models:/NAME@champion` as a real process on 127.0.0.1 answers REST requests, and so does
+`crystalvision serve MODEL_URI` with a PATH that lacks this environment's scripts (where `uvicorn` is).
 
 The server runs outside the checkout: its working folder is a temporary one, and a ``sitecustomize`` drops every
 ``sys.path`` entry that holds a ``crystalvision`` package (the editable install, PYTHONPATH), so the model loads only
@@ -29,7 +30,7 @@ from crystalvision.data.storage import ObjectStore
 from crystalvision.promote.registry import register_and_promote
 from crystalvision.serve.predict import log_model
 
-from .support.procs import free_port
+from .support.procs import free_port, stop_group
 from .support.tiny import tiny_model_dir, toy_splits, use_test_tracking
 from .test_predict import GOOD_CIF, SYMMETRY_BOMB, decompression_bomb_png
 
@@ -53,18 +54,25 @@ def _wait_ready(proc: subprocess.Popen, url: str, log_path: Path) -> None:
     pytest.fail(f"mlflow models serve not ready after {START_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
 
 
-@pytest.fixture
-def served(cv_home, tmp_path):
-    """A tiny model registered as champion and served by a real `mlflow models serve` process."""
-    tracking_uri = use_test_tracking()
+def _register_tiny(tmp_path: Path):
+    """A tiny model registered as champion in the test's home: its URI, the object store and the toy splits."""
+    use_test_tracking()
     store = ObjectStore(str(tmp_path / "store"))
     splits = toy_splits(store, n_structures=6, views=1)
     with mlflow.start_run() as run:
         log_model(tiny_model_dir(tmp_path / "model"), splits, store)
     cfg = PipelineConfig(name="serve")
     assert register_and_promote(cfg, run.info.run_id)["promoted"]
+    return f"models:/{cfg.registry.model_name}@champion", store, splits
+
+
+@pytest.fixture
+def served(cv_home, tmp_path):
+    """A tiny model registered as champion and served by a real `mlflow models serve` process."""
+    tracking_uri = use_test_tracking()
+    model_uri, store, splits = _register_tiny(tmp_path)
     port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{cfg.registry.model_name}@champion"]
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
     cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
     # the server execs `uvicorn` from PATH: put this interpreter's bin folder first
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
@@ -126,3 +134,45 @@ def test_served_champion_answers_images_and_cifs_and_bounds_every_row(served) ->
     assert time.monotonic() - start < 20 and symops["error"].startswith("symops.cif: 7000 symmetry operations")
     many = _invoke(url, [{"image": image}] * 257)
     assert all(r["error"] and "more than the limit of 256" in r["error"] for r in many), many[0]
+
+
+CRYSTALVISION = str(Path(sys.executable).with_name("crystalvision"))
+BARE_PATH = "/usr/bin:/bin"  # no .venv/bin: `mlflow models serve` alone dies here with `exec: uvicorn: not found`
+
+
+def test_crystalvision_serve_answers_over_http_without_the_environment_on_path(cv_home, tmp_path) -> None:
+    """`crystalvision serve MODEL_URI -p PORT` (host 127.0.0.1) serves the registered model from this environment
+    even though PATH has no `uvicorn`; the model is found in the home's registry without MLFLOW_TRACKING_URI."""
+    model_uri, store, splits = _register_tiny(tmp_path)
+    port = free_port()
+    env = {**os.environ, "PATH": BARE_PATH}
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [CRYSTALVISION, "serve", model_uri, "--port", str(port)],
+            env=env,
+            cwd=tmp_path,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_ready(proc, f"http://127.0.0.1:{port}", log_path)
+        image = base64.b64encode(store.get_bytes(str(splits.test["image_key"].iloc[0]))).decode()
+        (row,) = _invoke(f"http://127.0.0.1:{port}", [{"image": image}])
+        assert row["error"] is None and isinstance(row["band_gap"], float), row
+    finally:
+        stop_group(proc, grace=20)
+
+
+def test_crystalvision_serve_refuses_an_unknown_model_in_one_line(cv_home) -> None:
+    done = subprocess.run(
+        [CRYSTALVISION, "serve", "models:/no-such-model@champion", "--port", str(free_port())],
+        env={**os.environ, "PATH": BARE_PATH},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot load model models:/no-such-model@champion") and "register" in last

@@ -288,6 +288,21 @@ def predict(
 
 @app.command()
 @handle_errors
+def serve(
+    model: Annotated[str | None, typer.Argument(help="Model URI; default: $CRYSTALVISION_MODEL.")] = None,
+    port: Annotated[int, typer.Option("--port", "-p", help="Port.")] = 5001,
+    host: Annotated[str, typer.Option("--host", "-h", help="Address (0.0.0.0: every interface).")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 1,
+) -> None:
+    """Serve a model over REST (POST /invocations) with MLflow's scoring server, from this environment."""
+    from crystalvision.serve.predict import default_model_uri
+    from crystalvision.serve.server import serve as run_server
+
+    run_server(model or default_model_uri(None), host=host, port=port, workers=workers)
+
+
+@app.command()
+@handle_errors
 def curve(
     config: Annotated[Path, typer.Argument(help="A grouped k-fold pipeline YAML with learning_curve.sizes.")],
     set_: SetOpt = None,
