@@ -3,9 +3,10 @@
 Each ``bench/*_bench.py`` module exposes ``run(quick: bool) -> list[dict]`` with rows
 ``{"benchmark", "metric", "value", "unit", "notes"}``; this runner adds the end-to-end quickstart (wall time,
 peak memory of the whole process tree, per-stage times, evaluation time). Ratios are always measured within one
-run. The default run is sized to finish in about 15 minutes on 2 CPU cores; ``--quick`` in a few minutes.
+run. The default run is sized to finish in about 15 minutes on 2 CPU cores; ``--quick`` in a few minutes. A full run
+writes ``bench/results/bench.json`` (committed), a ``--quick`` smoke run ``$CRYSTALVISION_HOME/bench/bench-quick.json``.
 
-    python -m bench.run_all [--quick] [--out bench/results/bench.json]
+    python -m bench.run_all [--quick] [--out FILE]
     python -m bench.run_all --only render_bench.ray_simulated --merge --readme docs/benchmarks.md   # refresh one part
     python -m bench.run_all --only train_bench.cpu_step --merge --readme docs/benchmarks.md   # CPU step
     python -m bench.run_all --only space_study_bench --merge --readme docs/benchmarks.md   # space study
@@ -27,10 +28,11 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import print_table, row
+from bench.common import print_table, row, smoke_results
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "bench.json"
 BENCH_MODULES = ("render_bench", "train_bench")
 LONG_MODULES = ("space_study_bench",)  # an hour or more: only run when named with --only
 
@@ -210,7 +212,7 @@ def merge_rows(old: dict, new_rows: list[dict], parts: list[str], meta: dict) ->
 
 
 def main(
-    out: Path = Path("bench/results/bench.json"),
+    out: Path | None = None,
     quick: bool = False,
     only: list[str] | None = None,
     readme: Path | None = None,
@@ -218,7 +220,8 @@ def main(
 ) -> list[dict]:
     """Run all benchmarks (or ``only`` those named), print the table, write JSON ``{"meta", "rows"}``; with
     ``merge`` (and ``only``), put the rows rerun into the existing JSON instead (:func:`merge_rows`); with
-    ``readme``, rewrite that file's benchmark table from the JSON (:mod:`bench.readme_table`)."""
+    ``readme``, rewrite that file's benchmark table from the JSON (:mod:`bench.readme_table`). ``out`` defaults
+    to ``bench/results/bench.json``, for a ``quick`` run to :func:`bench.common.smoke_results`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.path.insert(0, str(ROOT))
     start, load = time.perf_counter(), os.getloadavg()[0]
@@ -229,7 +232,7 @@ def main(
     rows.append(row("bench", "total wall time", round(total, 1), "s", f"load avg at start {load:.1f}"))
     rows[-1] |= {"load_avg": round(load, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print_table(rows)
-    out = Path(out)
+    out = Path(out) if out is not None else smoke_results(RESULTS) if quick else RESULTS
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "machine": stdlib_platform.platform(),
@@ -255,8 +258,10 @@ def main(
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smallest sizes (smoke run)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/bench.json"))
+    parser.add_argument(
+        "--quick", action="store_true", help=f"smallest sizes (smoke run); writes {smoke_results(RESULTS)}"
+    )
+    parser.add_argument("--out", type=Path, help=f"JSON results file (default {RESULTS.relative_to(ROOT)})")
     parser.add_argument("--only", nargs="*", help="render_bench, train_bench, quickstart or MODULE.FUNCTION")
     parser.add_argument("--readme", type=Path, help="rewrite the benchmark table in this page (docs/benchmarks.md)")
     parser.add_argument("--merge", action="store_true", help="with --only: replace those rows in the existing JSON")

@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
 from crystalvision.app.cli import app
 
+ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 COMMANDS = [
     [],
@@ -14,6 +17,7 @@ COMMANDS = [
     ["tune"],
     ["register"],
     ["predict"],
+    ["serve"],
     ["watch"],
     ["bench"],
     ["pipeline"],
@@ -69,16 +73,20 @@ def test_ingest_without_key_names_the_fix(cv_home, monkeypatch) -> None:
     assert not (cv_home / "snapshots").exists(), "nothing half-written"
 
 
-def test_bench_runs_from_any_directory_without_touching_sys_path(tmp_path, monkeypatch) -> None:
+def test_bench_runs_from_any_directory_without_touching_sys_path(cv_home, tmp_path, monkeypatch) -> None:
+    """A --quick (smoke) run writes under the home by default, never over the committed bench/results/bench.json."""
     import json
     import sys
 
+    committed = ROOT / "bench" / "results" / "bench.json"
+    before_results = committed.read_bytes()
     monkeypatch.chdir(tmp_path)  # not the checkout: the runner is found beside the package, not in the cwd
     before = list(sys.path)
-    result = runner.invoke(app, ["bench", "--quick", "--only", "render_bench.memory", "--out", "b.json"])
+    result = runner.invoke(app, ["bench", "--quick", "--only", "render_bench.memory"])
     assert result.exit_code == 0, result.output
     assert sys.path == before
-    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert committed.read_bytes() == before_results
+    rows = json.loads((cv_home / "bench" / "bench-quick.json").read_text())["rows"]
     assert [r["metric"] for r in rows] == ["peak_rss_growth", "total wall time"]
 
 

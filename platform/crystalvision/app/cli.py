@@ -12,18 +12,17 @@ import functools
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 from typing import Annotated
 
 import click
 import typer
 
+from crystalvision.app.failure import describe
 from crystalvision.core.errors import CrystalVisionError
-from crystalvision.core.logs import mask, setup_logging
+from crystalvision.core.logs import setup_logging
 
 log = logging.getLogger("crystalvision")
 
@@ -42,49 +41,21 @@ SetOpt = Annotated[
 DEFAULT_CONFIG = Path("pipelines/quickstart.yaml")
 
 
-_API_REQUEST = re.compile(r"API request to (?P<url>\S+?)/api/\S* failed")
-
-
-def _unreachable_server(exc: BaseException) -> str | None:
-    """The MLflow server URL when ``exc`` is MLflow's client giving up on a connection (refused, unknown host,
-    timed out), else None."""
-    import requests
-
-    chain, seen = [], exc
-    while seen is not None and len(chain) < 10:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    if not any(isinstance(e, requests.exceptions.ConnectionError) for e in chain):
-        return None
-    found = next((m for e in chain if (m := _API_REQUEST.search(str(e)))), None)
-    return found.group("url") if found else None
-
-
 def handle_errors(fn):
     """A CrystalVisionError or an unreachable MLflow server: one line on stderr, exit 2. Any other error: its
-    traceback with secrets masked, exit 1."""
+    traceback with secrets masked, exit 1 (:func:`crystalvision.app.failure.describe`, as in a job's log)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         setup_logging()
         try:
             return fn(*args, **kwargs)
-        except CrystalVisionError as exc:
-            typer.echo(f"error: {mask(str(exc))}", err=True)
-            raise typer.Exit(code=2) from None
         except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as exc:
-            url = _unreachable_server(exc)
-            if url is not None:
-                typer.echo(
-                    f"error: the MLflow tracking server {mask(url)} is unreachable; start it (python mlflow/launch.py "
-                    "embedded) or set MLFLOW_TRACKING_URI to a running server",
-                    err=True,
-                )
-                raise typer.Exit(code=2) from None
-            typer.echo(mask("".join(traceback.format_exception(exc))).rstrip(), err=True)
-            raise typer.Exit(code=1) from None
+            code, text = describe(exc)
+            typer.echo(text, err=True)
+            raise typer.Exit(code=code) from None
 
     return wrapper
 
@@ -327,8 +298,10 @@ def watch(
 @app.command()
 @handle_errors
 def bench(
-    out: Annotated[Path, typer.Option(help="JSON results file.")] = Path("bench/results/bench.json"),
-    quick: Annotated[bool, typer.Option(help="Smallest sizes (smoke run).")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="JSON file; default bench/results/bench.json, --quick: under the home.")
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="Smallest sizes (smoke run), to $CRYSTALVISION_HOME/bench/.")] = False,
     only: Annotated[
         list[str] | None, typer.Option(help="Parts: render_bench, train_bench, quickstart, MODULE.FUNCTION.")
     ] = None,
@@ -336,13 +309,15 @@ def bench(
     merge: Annotated[bool, typer.Option(help="With --only: replace those rows in the existing JSON.")] = False,
 ) -> None:
     """Run every benchmark in bench/ (of this source checkout), print one table and write JSON."""
-    from crystalvision.core.settings import PACKAGE_DIR
+    from crystalvision.core.settings import PACKAGE_DIR, get_settings
 
     root = PACKAGE_DIR.parents[1]  # platform/crystalvision -> the checkout that holds bench/
     if not (root / "bench" / "run_all.py").is_file():
         raise CrystalVisionError(
             f"no bench/run_all.py next to {PACKAGE_DIR}; run `crystalvision bench` from a checkout"
         )
+    if out is None:  # a smoke run never overwrites the committed results
+        out = get_settings().paths.home / "bench" / "bench-quick.json" if quick else root / "bench/results/bench.json"
     cmd = [sys.executable, "-m", "bench.run_all", "--out", str(out.resolve()), *(["--quick"] if quick else [])]
     path = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}  # this checkout's package in the runner and its parts
