@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from crystalvision.app.console import StageDisplay, milestone
-from crystalvision.app.summary import MAX_LINES, mlflow_pointer, summary_renderable
+from crystalvision.app.summary import MAX_LINES, env_command, mlflow_pointer, summary_renderable
 from crystalvision.core import progress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,6 +142,21 @@ def test_summary_fits_and_names_baselines_model_and_pointers() -> None:
 
 def test_mlflow_pointer_links_a_server_run() -> None:
     assert mlflow_pointer("http://127.0.0.1:5000/", "3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+
+
+def test_the_mlflow_ui_command_of_the_summary_runs_as_printed(monkeypatch, tmp_path) -> None:
+    """Activated (this environment's scripts first on PATH): bare `mlflow`; otherwise this environment's own
+    `mlflow`, which runs, never a bare name the shell cannot find or another environment's."""
+    scripts = Path(sys.executable).parent
+    monkeypatch.setenv("PATH", f"{scripts}:/usr/bin:/bin")
+    assert env_command("mlflow") == "mlflow"
+    assert mlflow_pointer("sqlite:////tmp/x/mlflow.db", None, None).startswith("mlflow ui --backend-store-uri ")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.chdir(tmp_path)
+    printed = mlflow_pointer("sqlite:////tmp/x/mlflow.db", None, None).split(" ui ")[0]
+    assert printed != "mlflow"
+    done = subprocess.run([printed, "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "version" in done.stdout, done.stderr
 
 
 def test_summary_of_a_kfold_run_shows_mean_and_std() -> None:

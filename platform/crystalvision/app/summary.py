@@ -8,6 +8,9 @@ command, the HTML report, the log file).
 from __future__ import annotations
 
 import shlex
+import shutil
+import sysconfig
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -78,7 +81,21 @@ def mlflow_pointer(tracking_uri: str, experiment_id: str | None, run_id: str | N
         if run_id and experiment_id:
             return mask(f"{base}/#/experiments/{experiment_id}/runs/{run_id}")
         return mask(base)
-    return mask(f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port 5000")
+    mlflow = env_command("mlflow")
+    return mask(f"{mlflow} ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port 5000")
+
+
+def env_command(name: str) -> str:
+    """How to type this environment's command ``name`` here: bare when it is the ``name`` on PATH (the environment
+    is activated), else its path (``.venv/bin/mlflow`` under the working folder), never another environment's."""
+    own = Path(sysconfig.get_path("scripts")) / name
+    found = shutil.which(name)
+    if found and Path(found).resolve() == own.resolve():
+        return name
+    try:
+        return str(own.relative_to(Path.cwd()))
+    except ValueError:
+        return str(own)
 
 
 def summary_renderable(
