@@ -21,9 +21,19 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, SecretStr
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
+try:
+    from pydantic import AliasChoices, BaseModel, SecretStr
+    from pydantic.fields import FieldInfo
+    from pydantic_core import PydanticUndefined
+
+    import crystalvision  # noqa: F401
+except ModuleNotFoundError as exc:  # a python without the project's packages (the system's)
+    print(
+        f"error: {sys.executable} lacks the project's packages ({exc}); run this with the project's environment: "
+        "source .venv/bin/activate, then python docs/gen_config_page.py (or .venv/bin/python docs/gen_config_page.py)",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "configuration.md"

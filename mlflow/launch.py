@@ -111,8 +111,25 @@ def _base(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port)]
 
 
+def require_environment() -> None:
+    """Exit 2 with one line naming the fix when this python lacks MLflow or crystalvision (the system's python; the
+    ``mlflow/`` folder beside this file would then pass for a namespace package and ``-m mlflow`` fail obscurely)."""
+    import importlib.util
+
+    missing = [m for m in ("mlflow", "crystalvision") if getattr(importlib.util.find_spec(m), "origin", None) is None]
+    if missing:
+        print(
+            f"error: {sys.executable} lacks the project's packages ({', '.join(missing)}); run the launcher with the "
+            "project's environment: source .venv/bin/activate, then python mlflow/launch.py ... "
+            "(or .venv/bin/python mlflow/launch.py ...)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments and replace this process with ``mlflow server``."""
+    require_environment()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("mode", choices=["embedded", "production"])

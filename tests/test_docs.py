@@ -78,3 +78,21 @@ def test_every_config_key_describes_itself_in_the_models() -> None:
     assert len(rows) > 80
     undescribed = [r[0] for r in rows if not r[3] or r[3].startswith("Allowed")]
     assert not undescribed, f"add a Field(description=...) to: {undescribed}"
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["mlflow/launch.py", "embedded"], "python mlflow/launch.py"),
+        (["docs/gen_config_page.py"], "python docs/gen_config_page.py"),
+        (["-m", "jobs.snapshot"], "ray start"),
+    ],
+    ids=["launcher", "config-page", "ray-job"],
+)
+def test_scripts_under_a_python_without_the_packages_name_the_fix(args: list[str], names: str) -> None:
+    """The system's python (here: this one without site-packages, -S) gets one line naming the environment to
+    use, exit 2, not a traceback or MLflow's `No module named mlflow.__main__`."""
+    done = subprocess.run([sys.executable, "-S", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and "source .venv/bin/activate" in done.stderr and names in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
