@@ -59,6 +59,7 @@ $(STAMP): pyproject.toml
 
 run: setup
 	$(BIN)/crystalvision pipeline run $(PIPELINE)
+	@echo "next: 'source $(VENV)/bin/activate' once per shell; the commands in README.md and docs/ are written for it"
 
 # One pytest process per test file (tests/run_files.py), then one total line: no module's Ray session or library
 # state leaks into the next.
