@@ -111,3 +111,14 @@ def test_names_and_finite() -> None:
     named = M.prefixed("test", "band_gap", {"r2": 0.5, "mae": math.nan})
     assert named == {"test_r2_band_gap": 0.5, "test_mae_band_gap": named["test_mae_band_gap"]}
     assert M.finite(named) == {"test_r2_band_gap": 0.5}
+
+
+def test_balanced_accuracy_is_mean_recall_over_true_classes(multiclass) -> None:
+    y, proba = multiclass
+    pred = proba.argmax(1)
+    assert M.label_metrics(y, pred)["balanced_acc"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    # majority answer on 3:1 data: accuracy 0.75 hides that one class is never found
+    t, p = np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0])
+    m = M.label_metrics(t, p)
+    assert m["acc"] == 0.75 and m["balanced_acc"] == 0.5
+    assert M.balanced_accuracy(np.array(["a", "b"]), np.array(["c", "b"])) == 0.5  # predicted-only class ignored

@@ -156,3 +156,29 @@ def test_image_folds_pair_rows_by_fold_and_structure():
     twice = pd.concat([t, t.assign(fold=t["fold"] + 10)], ignore_index=True)  # image folds: a structure in two
     boot = oof.paired_bootstrap(twice, "model", "dummy", n_resamples=50)
     assert boot["acc_crystal_system"]["n_structures"] == 80
+
+
+def test_balanced_accuracy_and_macro_f1_are_scored_and_resampled_like_scikit_learn():
+    """Pooled balanced accuracy / macro-F1 equal scikit-learn's; every bootstrap resample's value is scikit-learn's
+    on that resample (weights, not copies), so the intervals of the imbalance-proof metrics mean what they say."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    t = table(n=120)
+    t.loc[:9, "crystal_system"] = "cubic-rare"  # a rare class the model never predicts
+    y, p = t["crystal_system"].to_numpy(), t["model__crystal_system"].to_numpy()
+    m = oof.pooled_metrics(t)
+    assert m["pooled_model_balanced_acc_crystal_system"] == pytest.approx(balanced_accuracy_score(y, p))
+    assert m["pooled_model_macro_f1_crystal_system"] == pytest.approx(f1_score(y, p, average="macro"))
+    idx = np.random.default_rng(3).integers(0, len(y), size=(4, len(y)))
+    for metric, fn in (
+        ("balanced_acc", balanced_accuracy_score),
+        ("macro_f1", lambda a, b: f1_score(a, b, average="macro")),
+    ):
+        got = oof._resampled_metric("crystal_system", y[None], p[None], idx, metric)
+        assert got == pytest.approx([fn(y[i], p[i]) for i in idx])
+    boot = oof.paired_bootstrap(t, "model", "dummy", n_resamples=200)
+    for metric in ("balanced_acc", "macro_f1"):
+        cell = boot[f"{metric}_crystal_system"]
+        expected = m[f"pooled_model_{metric}_crystal_system"] - m[f"pooled_dummy_{metric}_crystal_system"]
+        assert cell["diff"] == pytest.approx(expected) and cell["lo"] <= cell["diff"] <= cell["hi"]
+    assert "pooled_model_macro_f1_crystal_system_lo" in oof.model_intervals(t, n_resamples=50)

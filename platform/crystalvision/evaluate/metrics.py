@@ -32,12 +32,22 @@ def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict
     }
 
 
+def balanced_accuracy(y_true: Sequence, y_pred: Sequence) -> float:
+    """Mean recall over the classes present in ``y_true`` (scikit-learn's ``balanced_accuracy_score``, without its
+    warning about predicted classes that never occur: with rare space groups they always do)."""
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    if len(t) == 0:
+        return math.nan
+    classes = np.unique(t)
+    return float(np.mean([np.mean(p[t == k] == k) for k in classes]))
+
+
 def label_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, float]:
-    """Accuracy and macro/weighted precision, recall, F1 from hard predictions."""
+    """Accuracy, balanced accuracy and macro/weighted precision, recall, F1 from hard predictions."""
     t, p = np.asarray(y_true), np.asarray(y_pred)
     if len(t) == 0:
         return {"acc": math.nan}
-    out = {"acc": float(skm.accuracy_score(t, p))}
+    out = {"acc": float(skm.accuracy_score(t, p)), "balanced_acc": balanced_accuracy(t, p)}
     for avg in ("macro", "weighted"):
         prec, rec, f1, _ = skm.precision_recall_fscore_support(t, p, average=avg, zero_division=0)
         out.update({f"{avg}_precision": float(prec), f"{avg}_recall": float(rec), f"{avg}_f1": float(f1)})

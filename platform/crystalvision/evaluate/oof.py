@@ -6,10 +6,12 @@ A prediction table has one row per (seed, fold, test structure): ``material_id``
 per predictor P (``model``, ``dummy``, ``1nn``, ``cgcnn``, ...) its prediction in ``P__<head>``. Under k-fold every
 structure appears once per seed, so the table holds each structure's out-of-fold prediction.
 
-- :func:`pooled_metrics` scores all rows of a seed ONCE (R², MAE per regression head; accuracy, macro-F1 per class
-  head), then reports the mean over seeds and, with several seeds, their sample std (``_seed_std``, ddof=1).
+- :func:`pooled_metrics` scores all rows of a seed ONCE (R², MAE per regression head; accuracy, balanced accuracy,
+  macro-F1 per class head), then reports the mean over seeds and, with several seeds, their sample std
+  (``_seed_std``, ddof=1).
 - :func:`paired_bootstrap` resamples structures (the same resample for both predictors and for every seed) and gives
-  the 95 % interval of the difference of the seed-averaged metric (accuracy per class head, R² per regression head).
+  the 95 % interval of the difference of the seed-averaged metric (accuracy, balanced accuracy and macro-F1 per class
+  head, R² per regression head).
 
 Everything here works on plain tables, so any caller (k-fold runs, a learning curve) scores the same way.
 """
@@ -27,12 +29,19 @@ from sklearn import metrics as skm
 
 from crystalvision.core.errors import CrystalVisionError
 from crystalvision.core.targets import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+from crystalvision.evaluate.metrics import balanced_accuracy
 
 log = logging.getLogger(__name__)
 
 SEP = "__"
 REFERENCE = "model"
 KEYS = ("material_id", "fold", "seed")
+CLASS_METRICS = ("acc", "balanced_acc", "macro_f1")  # bootstrapped per class head (the first is the headline)
+
+
+def head_metrics(head: str) -> tuple[str, ...]:
+    """The metrics the bootstrap resamples for ``head``: R² for a value, :data:`CLASS_METRICS` for a class."""
+    return ("r2",) if head in TARGETS_REGRESSION else CLASS_METRICS
 
 
 def column(predictor: str, head: str) -> str:
@@ -46,7 +55,8 @@ def predictors(table: pd.DataFrame) -> list[str]:
 
 
 def score(truth: pd.DataFrame, pred: pd.DataFrame, predictor: str) -> dict[str, float]:
-    """``<metric>_<head>`` of one predictor's rows: r2, mae (regression); acc, macro_f1 (classification)."""
+    """``<metric>_<head>`` of one predictor's rows: r2, mae (regression); acc, balanced_acc, macro_f1
+    (classification)."""
     out: dict[str, float] = {}
     for head in TARGETS:
         col = column(predictor, head)
@@ -63,6 +73,7 @@ def score(truth: pd.DataFrame, pred: pd.DataFrame, predictor: str) -> dict[str, 
         else:
             y, p = y.astype(str), p.astype(str)
             out[f"acc_{head}"] = float(skm.accuracy_score(y, p))
+            out[f"balanced_acc_{head}"] = balanced_accuracy(y, p)
             out[f"macro_f1_{head}"] = float(skm.f1_score(y, p, average="macro", zero_division=0))
     return out
 
@@ -127,14 +138,43 @@ def _aligned(table: pd.DataFrame, cols: Sequence[str]) -> tuple[list[tuple], dic
     return ids, {c: np.stack(v) for c, v in out.items()}
 
 
-def _resampled_metric(head: str, y: np.ndarray, p: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """The seed-averaged metric of every resample: ``y``/``p`` (seeds, n), ``idx`` (B, n) -> (B,)."""
+def _weights(idx: np.ndarray, n: int) -> np.ndarray:
+    """(B, n) resample indices -> (B, n) multiplicity of every structure in every resample."""
+    flat = (idx + n * np.arange(len(idx))[:, None]).ravel()
+    return np.bincount(flat, minlength=len(idx) * n).reshape(len(idx), n).astype(float)
+
+
+def _class_metric(metric: str, y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Balanced accuracy or macro-F1 of one seed's (n,) labels under every resample's weights ``w`` (B, n), with
+    scikit-learn's class sets: balanced accuracy averages recall over the classes present in the resample's truth,
+    macro-F1 averages F1 over the classes in its truth or predictions (an F1 with no true positive is 0)."""
+    classes, inverse = np.unique(np.concatenate([y, p]), return_inverse=True)
+    ty, tp = inverse[: len(y)], inverse[len(y) :]
+    onehot_y = np.eye(len(classes))[ty]
+    true_pos = w @ (onehot_y * (ty == tp)[:, None])
+    n_true = w @ onehot_y
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if metric == "balanced_acc":
+            per_class = np.where(n_true > 0, true_pos / n_true, np.nan)
+        else:
+            denom = n_true + w @ np.eye(len(classes))[tp]
+            per_class = np.where(denom > 0, 2 * true_pos / denom, np.nan)
+    return np.nanmean(per_class, axis=1)
+
+
+def _resampled_metric(head: str, y: np.ndarray, p: np.ndarray, idx: np.ndarray, metric: str = "") -> np.ndarray:
+    """The seed-averaged metric of every resample: ``y``/``p`` (seeds, n), ``idx`` (B, n) -> (B,). ``metric``: r2
+    for a regression head; acc (default), balanced_acc or macro_f1 for a class head."""
     if head in TARGETS_REGRESSION:
         y, p = y.astype(float), p.astype(float)
         yt = y[0][idx]
         sst = ((yt - yt.mean(1, keepdims=True)) ** 2).sum(1)
         sst = np.where(sst > 0, sst, np.nan)
         return np.mean([1.0 - ((yt - ps[idx]) ** 2).sum(1) / sst for ps in p], axis=0)
+    if metric in ("balanced_acc", "macro_f1"):
+        w = _weights(idx, y.shape[1])
+        seeds = zip(y.astype(str), p.astype(str), strict=True)
+        return np.mean([_class_metric(metric, ys, ps, w) for ys, ps in seeds], axis=0)
     correct = y.astype(str) == p.astype(str)
     return correct[:, idx].mean(-1).mean(0)
 
@@ -142,8 +182,9 @@ def _resampled_metric(head: str, y: np.ndarray, p: np.ndarray, idx: np.ndarray) 
 def paired_bootstrap(
     table: pd.DataFrame, a: str, b: str, *, n_resamples: int = 2000, seed: int = 0
 ) -> dict[str, dict[str, float]]:
-    """Per head both ``a`` and ``b`` predict: metric (acc / r2) of ``a`` minus ``b`` with its 95 % percentile
-    interval over ``n_resamples`` resamples of the structures (the same resample for both and for every seed)."""
+    """Per head both ``a`` and ``b`` predict and per metric of :func:`head_metrics` (r2; acc, balanced_acc,
+    macro_f1): ``a`` minus ``b`` with its 95 % percentile interval over ``n_resamples`` resamples of the structures
+    (the same resample for both and for every seed)."""
     heads = [h for h in TARGETS if column(a, h) in table and column(b, h) in table and h in table]
     if not heads or table.empty:
         return {}
@@ -157,19 +198,19 @@ def paired_bootstrap(
     out: dict[str, dict[str, float]] = {}
     for h in heads:
         y, pa, pb = arr[h], arr[column(a, h)], arr[column(b, h)]
-        diff = _resampled_metric(h, y, pa, idx) - _resampled_metric(h, y, pb, idx)
-        point = float((_resampled_metric(h, y, pa, full) - _resampled_metric(h, y, pb, full))[0])
-        lo, hi = np.nanpercentile(diff, [2.5, 97.5])
-        metric = "r2" if h in TARGETS_REGRESSION else "acc"
-        out[f"{metric}_{h}"] = {"diff": point, "lo": float(lo), "hi": float(hi), "n_structures": float(n)}
+        for metric in head_metrics(h):
+            diff = _resampled_metric(h, y, pa, idx, metric) - _resampled_metric(h, y, pb, idx, metric)
+            point = float((_resampled_metric(h, y, pa, full, metric) - _resampled_metric(h, y, pb, full, metric))[0])
+            lo, hi = np.nanpercentile(diff, [2.5, 97.5])
+            out[f"{metric}_{h}"] = {"diff": point, "lo": float(lo), "hi": float(hi), "n_structures": float(n)}
     return out
 
 
 def intervals(
     table: pd.DataFrame, predictor: str, *, n_resamples: int = 2000, seed: int = 0
 ) -> dict[str, dict[str, float]]:
-    """Per head ``predictor`` predicts: its pooled, seed-averaged metric (acc / r2) with the 95 % percentile
-    interval over ``n_resamples`` resamples of the structures (a learning curve's error bars)."""
+    """Per head ``predictor`` predicts and per metric of :func:`head_metrics`: its pooled, seed-averaged value with
+    the 95 % percentile interval over ``n_resamples`` resamples of the structures (a learning curve's error bars)."""
     heads = [h for h in TARGETS if column(predictor, h) in table and h in table]
     rows = table.dropna(subset=[column(predictor, h) for h in heads])
     if not heads or rows.empty:
@@ -181,10 +222,10 @@ def intervals(
     out: dict[str, dict[str, float]] = {}
     for h in heads:
         y, p = arr[h], arr[column(predictor, h)]
-        lo, hi = np.nanpercentile(_resampled_metric(h, y, p, idx), [2.5, 97.5])
-        metric = "r2" if h in TARGETS_REGRESSION else "acc"
-        value = float(_resampled_metric(h, y, p, full)[0])
-        out[f"{metric}_{h}"] = {"value": value, "lo": float(lo), "hi": float(hi), "n_structures": float(len(ids))}
+        for metric in head_metrics(h):
+            lo, hi = np.nanpercentile(_resampled_metric(h, y, p, idx, metric), [2.5, 97.5])
+            value = float(_resampled_metric(h, y, p, full, metric)[0])
+            out[f"{metric}_{h}"] = {"value": value, "lo": float(lo), "hi": float(hi), "n_structures": float(len(ids))}
     return out
 
 
