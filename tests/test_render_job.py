@@ -117,14 +117,45 @@ def test_s3_job_against_moto(bundled_snapshot, records, s3_server, ray_session) 
     assert again.n_new == 0 and _state(store) == before
 
 
-def test_worker_storage_errors_reach_the_driver_as_storage_errors() -> None:
+def test_a_storage_error_inside_a_render_worker_reaches_the_driver_as_that_one_line_error(
+    tmp_path, bundled_snapshot, records, ray_session
+) -> None:
+    """A write that fails inside a Ray worker (layout files: the workers write the images) ends the job with the
+    worker's StorageError and its one-line message, not Ray's traceback text."""
     from crystalvision.core.errors import StorageError
-    from crystalvision.render.job import _user_error
+    from crystalvision.render.job import render_prefix
 
-    ray_text = "ray::MapWorker.submit()\n  File x\ncrystalvision.errors.StorageError: cannot write s3://b/k; check it"
-    err = _user_error(RuntimeError(ray_text))
-    assert isinstance(err, StorageError) and str(err) == "cannot write s3://b/k; check it"
-    assert _user_error(RuntimeError("ValueError: nothing of ours")) is None
+    good, _ = records
+    store = ObjectStore(str(tmp_path / "store"))
+    encoders, sha = _snapshot_facts(bundled_snapshot)
+    cfg = CFG.model_copy(update={"layout": "files", "num_workers": 1, "max_task_retries": 0, "max_actor_restarts": 0})
+    blocked = tmp_path / "store" / render_prefix(sha, cfg) / "images" / good[0].material_id
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where the worker needs a folder")
+    with pytest.raises(StorageError) as caught:
+        render_dataset(good[:1], encoders, sha, cfg, store)
+    message = str(caught.value)
+    assert message.startswith(f"cannot write {store.uri(image_key(render_prefix(sha, cfg), good[0].material_id, 0))}")
+    assert message.endswith("check the store URI and credentials") and "\n" not in message
+
+
+def test_worker_errors_are_found_by_class_in_ray_tasks_and_by_either_name_in_text(ray_session) -> None:
+    import ray
+
+    from crystalvision.core.errors import StorageError, raised_in_worker
+
+    @ray.remote(max_retries=0)
+    def fails() -> None:
+        raise StorageError("cannot read s3://b/k; check it")
+
+    with pytest.raises(Exception) as caught:  # RayTaskError(StorageError): its text is the worker's traceback
+        ray.get(fails.remote())
+    found = raised_in_worker(caught.value)
+    assert type(found) is StorageError and str(found) == "cannot read s3://b/k; check it"
+    for module in ("crystalvision.core.errors", "crystalvision.errors"):  # a worker on an older package too
+        found = raised_in_worker(RuntimeError(f"ray::MapWorker.submit()\n  File x\n{module}.StorageError: no; fix"))
+        assert type(found) is StorageError and str(found) == "no; fix"
+    assert raised_in_worker(RuntimeError("ValueError: nothing of ours")) is None
 
 
 def test_paper_pipeline_renders_trajectory_frames_a_step_apart(tmp_path, bundled_snapshot, ray_session) -> None:

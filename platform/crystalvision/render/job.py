@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import pandas as pd
 from crystalvision import __version__
 from crystalvision.core import progress
 from crystalvision.core.config import RenderConfig
-from crystalvision.core.errors import CrystalVisionError, RenderError
+from crystalvision.core.errors import CrystalVisionError, RenderError, raised_in_worker
 from crystalvision.data.storage import ObjectStore, without_credentials
 from crystalvision.ops.faults import parse_fault
 from crystalvision.render.labels import image_key, labels_frame, labels_key_for, parquet_bytes
@@ -217,8 +216,8 @@ def _run_ray(
         )
     try:
         out = _collect(ds, len(rows), consume)
-    except Exception as exc:
-        user_error = _user_error(exc)
+    except Exception as exc:  # a worker's own error (a store it cannot write) as its one line, not Ray's traceback
+        user_error = raised_in_worker(exc)
         if user_error is None:
             raise
         raise user_error from exc
@@ -261,18 +260,6 @@ def steady_rate(out: pd.DataFrame) -> float:
         return inside / (end - start)
     first, last = float(t.min()), float(t.max())
     return (len(t) - len(spans)) / (last - first) if last > first and len(t) > len(spans) else 0.0
-
-
-def _user_error(exc: BaseException) -> CrystalVisionError | None:
-    """A crystalvision error raised inside a Ray worker, re-created for the driver (Ray only keeps its text)."""
-    from crystalvision.core import errors
-
-    for line in reversed(str(exc).splitlines()):
-        match = re.match(r"\s*crystalvision\.errors\.(\w+): (.*)", line)
-        cls = getattr(errors, match.group(1), None) if match else None
-        if isinstance(cls, type) and issubclass(cls, CrystalVisionError):
-            return cls(match.group(2))
-    return None
 
 
 def _quarantine_from(out: pd.DataFrame) -> list[dict[str, str]]:
