@@ -38,6 +38,30 @@ def env(cv_home, tmp_path):
     return make_run
 
 
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    """One real MLflow server (the platform's embedded mode) for the tests with several processes."""
+    from .support.procs import free_port, start_embedded_mlflow, stop_group
+
+    folder = tmp_path_factory.mktemp("server")
+    port = free_port()
+    server = start_embedded_mlflow(folder / "home", port, folder / "mlflow.log")
+    yield f"http://127.0.0.1:{port}"
+    stop_group(server)
+
+
+@pytest.fixture
+def on_server(cv_home, server_url, monkeypatch):
+    """This test talks to :func:`server_url` (MLFLOW_TRACKING_URI, inherited by its subprocesses)."""
+    from crystalvision.core.settings import get_settings
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server_url)
+    get_settings.cache_clear()
+    use_test_tracking()
+    yield server_url
+    get_settings.cache_clear()
+
+
 def _aliases(name: str) -> dict[str, str]:
     return {k: str(v) for k, v in MlflowClient().get_registered_model(name).aliases.items()}
 
@@ -292,7 +316,7 @@ print("DECISIONS " + json.dumps(out, default=str), flush=True)
 """
 
 
-def test_two_processes_registering_at_once_against_a_server(env, tmp_path, monkeypatch) -> None:
+def test_two_processes_registering_at_once_against_a_server(on_server, env, tmp_path) -> None:
     """Two real processes against a real MLflow server: the same run registered by both at once keeps one version,
     and of two better challengers decided against champion v1 at the same time only one is promoted; the other is
     refused (it was never compared with the first), and the champion is the one that reported "promoted"."""
@@ -300,18 +324,10 @@ def test_two_processes_registering_at_once_against_a_server(env, tmp_path, monke
     import subprocess
     import sys
 
-    from crystalvision.core.settings import get_settings
     from crystalvision.promote.registry_cas import LOCK_SUFFIX
 
-    from .support.procs import free_port, start_embedded_mlflow, stop_group
-
-    port = free_port()
-    server = start_embedded_mlflow(tmp_path / "server-home", port, tmp_path / "mlflow.log")
     procs: list[subprocess.Popen] = []
     try:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-        get_settings.cache_clear()
-        use_test_tracking()
         cfg = PipelineConfig(name="t", registry={"model_name": "race"})
         assert registry.register_and_promote(cfg, env(0.50), evaluator=_never_evaluate)["promoted"]  # v1
         shared = env(0.30)  # same split, worse: both processes register it at once
@@ -337,5 +353,96 @@ def test_two_processes_registering_at_once_against_a_server(env, tmp_path, monke
     finally:
         for p in procs:
             p.kill()
-        stop_group(server)
-        get_settings.cache_clear()
+
+
+_LOCK_RACER = """
+import json, sys, time
+from pathlib import Path
+from mlflow import MlflowClient
+from crystalvision.promote import registry_cas
+
+folder, me, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+other = {"first": "late", "late": "first"}[me]
+lock = name + registry_cas.LOCK_SUFFIX
+client = MlflowClient()
+
+
+def flag(n):
+    (folder / n).touch()
+
+
+def wait_for(n):
+    deadline = time.time() + 120
+    while not (folder / n).exists():
+        assert time.time() < deadline, n
+        time.sleep(0.05)
+
+
+def holder():
+    try:
+        return (client.get_registered_model(lock).tags or {}).get("holder")
+    except Exception:
+        return None
+
+
+# Both find the lock expired; "late" acts on it (delete, rename) only once "first" holds the lock it took over.
+for method in ("delete_registered_model", "rename_registered_model"):
+    real = getattr(MlflowClient, method)
+    def acting(self, n, *args, _real=real, **kwargs):
+        if n != lock or (folder / "acted").exists():
+            return _real(self, n, *args, **kwargs)
+        if me == "late":
+            flag("late.decided")
+            wait_for("inside.first")
+            try:
+                return _real(self, n, *args, **kwargs)
+            finally:
+                flag("acted")
+        wait_for("late.decided")
+        return _real(self, n, *args, **kwargs)
+    setattr(MlflowClient, method, acting)
+
+with registry_cas.promotion_lock(client, name, wait_s=120):
+    mine = holder()
+    flag(f"inside.{me}")
+    if me == "first":
+        wait_for("acted")
+        time.sleep(2)  # time for "late" to get in, if it (wrongly) could
+    overlap = (folder / f"inside.{other}").exists() and not (folder / f"left.{other}").exists()
+    still = holder()
+    flag(f"left.{me}")
+print("RESULT " + json.dumps({"overlap": overlap, "mine": mine, "still": still}), flush=True)
+"""
+
+
+def test_two_processes_taking_over_an_expired_lock(on_server, tmp_path) -> None:
+    """Two real processes find the promotion lock of a dead holder expired at once. Takeover is compare-and-delete:
+    exactly one of them holds the lock at a time, and neither removes the lock the other has just taken."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from crystalvision.promote.registry_cas import LOCK_SUFFIX
+
+    procs: list[subprocess.Popen] = []
+    try:
+        lock = f"expired{LOCK_SUFFIX}"
+        dead = {"holder": "gone-node:1:dead", "expires_at": f"{time.time() - 5:.3f}"}
+        MlflowClient().create_registered_model(lock, tags=dead)
+        (tmp_path / "flags").mkdir()
+        for me in ("first", "late"):
+            procs.append(subprocess.Popen([sys.executable, "-c", _LOCK_RACER, str(tmp_path / "flags"), me, "expired"],
+                                          env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          text=True))  # fmt: skip
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+        results = [json.loads(o.split("RESULT ", 1)[1]) for o in outs]
+        assert not any(r["overlap"] for r in results), results  # one holder at a time
+        for r in results:  # nobody deleted or replaced the lock while its holder was inside
+            assert r["mine"] and r["mine"] != dead["holder"] and r["still"] == r["mine"], results
+        assert results[0]["mine"] != results[1]["mine"]
+        assert not MlflowClient().search_registered_models(f"name='{lock}'"), "the lock is released"
+    finally:
+        for p in procs:
+            p.kill()

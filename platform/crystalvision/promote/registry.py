@@ -223,10 +223,11 @@ def move_alias(client: MlflowClient, name: str, alias: str, expected: str | None
     """Compare-and-set: point ``alias`` at ``new`` only if it still points at ``expected``, under the model's
     promotion lock (so no other registration moves it between the check and the write). Returns None on success,
     else the version that moved it meanwhile."""
-    with promotion_lock(client, name):
+    with promotion_lock(client, name) as held:
         current = _version_of(_alias_version(client, name, alias))
         if current != expected:
             return current
+        held.before_write()
         client.set_registered_model_alias(name, alias, new)
     return None
 
@@ -258,8 +259,10 @@ def register_and_promote(
             return done | {"already_registered": True}
     else:
         mv = register_once(client, name, run_id, f"runs:/{run_id}/{MODEL_ARTIFACT}")
-    with promotion_lock(client, name):  # the challenger is the newest version: it never moves back
-        newest_forward(client, name, CHALLENGER, str(mv.version), _version_of(_alias_version(client, name, CHALLENGER)))
+    with promotion_lock(client, name) as held:  # the challenger is the newest version: it never moves back
+        current = _version_of(_alias_version(client, name, CHALLENGER))
+        held.before_write()
+        newest_forward(client, name, CHALLENGER, str(mv.version), current)
     champion = _alias_version(client, name, CHAMPION)
     decision: dict[str, Any] = {
         "model_name": name,
