@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 
 import numpy as np
@@ -253,3 +254,41 @@ def test_config_hash_covers_the_view_protocol() -> None:
     assert render_config_hash(uniform) != render_config_hash(trajectory)
     assert render_config_hash(trajectory) != render_config_hash(RenderConfig(views="trajectory", trajectory_step_deg=3))
     assert render_config_hash(uniform) == render_config_hash(RenderConfig(trajectory_step_deg=3)), "unused by uniform"
+
+
+def _hash_with_edit(tmp_path, label: str, module: str, old: str, new: str) -> str:
+    """render_config_hash(RenderConfig()) computed by a copy of the package whose ``render/<module>`` has ``old``
+    replaced by ``new`` (a fresh interpreter, as a new checkout would compute it)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = Path(__file__).parents[1] / "platform/crystalvision"
+    copy = tmp_path / label
+    shutil.copytree(package, copy / "crystalvision", ignore=shutil.ignore_patterns("__pycache__", "snapshots"))
+    path = copy / "crystalvision/render" / module
+    text = path.read_text()
+    assert old in text, f"{module} no longer holds {old!r}: pick another edit"
+    path.write_text(text.replace(old, new, 1))
+    code = "from crystalvision.core.config import RenderConfig; from crystalvision.render.job import render_config_hash"
+    code += "; print(render_config_hash(RenderConfig()))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(copy)}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+def test_config_hash_changes_when_the_code_that_draws_pixels_changes(tmp_path) -> None:
+    """Renders are reused by config hash: an edit of the lighting (or palette, radii, scene...) must give new renders,
+    a comment or formatting edit must not."""
+    from crystalvision.render.job import render_config_hash
+
+    today = render_config_hash(RenderConfig())
+    lit = _hash_with_edit(tmp_path, "lit", "shading.py", "(-1.0, 1.0, 1.5)", "(-1.0, 1.0, 2.5)")
+    assert lit != today, "a lighting change kept the old render hash: old renders would be reused"
+    comment = _hash_with_edit(
+        tmp_path, "comment", "shading.py", "SPECULAR_EXPONENT = 32", "SPECULAR_EXPONENT  =  32  # x"
+    )
+    assert comment == today, "a comment and spacing edit changed the render hash"

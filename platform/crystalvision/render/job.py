@@ -37,13 +37,12 @@ from crystalvision.core.errors import CrystalVisionError, RenderError, raised_in
 from crystalvision.data.storage import ObjectStore, without_credentials
 from crystalvision.ops.faults import parse_fault
 from crystalvision.render.labels import image_key, labels_frame, labels_key_for, parquet_bytes
+from crystalvision.render.pixel_code import pixel_code_digest
 from crystalvision.render.rotations import structure_quaternions
 from crystalvision.render.udf import FAULT_ENV, RenderBatch
 
 log = logging.getLogger(__name__)
 
-# Bump when a code change alters pixels: it is part of the config hash. 2: shared fast lighting, impostor default.
-RENDERER_VERSION = "2"
 # Fields that change how work is scheduled, not what the images look like.
 NON_IMAGE_FIELDS = {
     "num_workers",
@@ -91,7 +90,8 @@ class RenderResult:
 
 
 def render_config_hash(cfg: RenderConfig) -> str:
-    """sha256 of everything that determines the pixels (config fields that do + the renderer version)."""
+    """sha256 of everything that determines the pixels: the config fields that do and the code that draws
+    (:func:`~crystalvision.render.pixel_code.pixel_code_digest`)."""
     fields = cfg.model_dump(mode="json", exclude=NON_IMAGE_FIELDS)
     if cfg.views == "uniform":
         fields.pop("trajectory_step_deg")  # only the trajectory protocol uses it
@@ -102,7 +102,7 @@ def render_config_hash(cfg: RenderConfig) -> str:
         from crystalvision.data import shards
 
         fields["shard_format"] = shards.FORMAT_VERSION  # a new shard format never reuses old shards
-    blob = json.dumps({"renderer_version": RENDERER_VERSION, **fields}, sort_keys=True).encode()
+    blob = json.dumps({"renderer_code": pixel_code_digest(), **fields}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -374,7 +374,7 @@ def render_dataset(
         "render_config_hash": cfg_hash,
         "snapshot_sha256": snapshot_sha256,
         "render_config": cfg.model_dump(mode="json"),
-        "renderer_version": RENDERER_VERSION,
+        "renderer_code": pixel_code_digest(),
         "crystalvision_version": __version__,
         "n_structures": len(good),
         "n_images": len(labels),
