@@ -194,3 +194,27 @@ def test_steady_rate_counts_only_while_every_actor_works() -> None:
     assert plan(1000, RenderConfig(num_workers="auto"), 16.0) == (16, 0.5, 16)
     assert plan(1000, RenderConfig(num_workers="auto"), 2.0)[:2] == (2, 0.5)
     assert plan(5, RenderConfig(num_workers=4, cpus_per_worker=1.0), 2.0) == (4, 0.45, 8)
+
+
+def test_export_png_writes_pngs_of_images_already_rendered(tmp_path, bundled_snapshot, records, ray_session) -> None:
+    """`export_png` switched on after a render: the images are not rendered again (the shards hold them), and each
+    gets its PNG all the same, equal to the shard's pixels; a second run writes nothing."""
+    from crystalvision.data.dataset import decode_png
+
+    good, _ = records
+    store = ObjectStore(str(tmp_path / "store"))
+    encoders, sha = _snapshot_facts(bundled_snapshot)
+    first = render_dataset(good[:2], encoders, sha, CFG, store)
+    assert first.n_new == 4 and not store.list(f"{first.prefix}/images")
+    cfg = CFG.model_copy(update={"export_png": True})
+    again = render_dataset(good[:2], encoders, sha, cfg, store)
+    assert again.n_new == 0 and again.n_skipped == 4
+    labels = load_labels(store, again.labels_key)
+    pngs = [image_key(again.prefix, m, int(v)) for m, v in zip(labels["material_id"], labels["view"], strict=True)]
+    assert sorted(store.list(f"{again.prefix}/images")) == sorted(pngs)
+    shard_pixels = load_images(store, list(labels["image_key"]), size=32)
+    for png, pixels in zip(pngs, shard_pixels, strict=True):
+        np.testing.assert_array_equal(decode_png(store.get_bytes(png), "png", 32), pixels)
+    before = _state(store)
+    render_dataset(good[:2], encoders, sha, cfg, store)
+    assert _state(store) == before, "PNGs that exist are not written again"

@@ -135,7 +135,7 @@ def render_shards(
                 rows.append({"material_id": rec.material_id, "view": view, "quaternion": quat, "image_key": png})
     log.info("shards under %s: %d done, %d to render", prefix, len(entries), len(pending))
     if not rows:
-        return ShardRun(_concat(labels), None, {}, 0, entries)
+        return _exported(ShardRun(_concat(labels), None, {}, 0, entries), store, prefix, cfg)
 
     def consume(batch: pa.Table) -> pd.DataFrame:
         images = batch.column("image").to_pylist()  # bytes objects in one C pass
@@ -155,7 +155,38 @@ def render_shards(
     left = [p.key for p in pending.values() if p.received < p.expected]
     if left:  # every row comes back (errors included), so this is a bug, not bad input
         raise RuntimeError(f"render job ended with incomplete shards {left[:3]}")
-    return ShardRun(_concat(labels), out, timings, len(rows), entries)
+    return _exported(ShardRun(_concat(labels), out, timings, len(rows), entries), store, prefix, cfg)
+
+
+def _exported(run: ShardRun, store: ObjectStore, prefix: str, cfg: RenderConfig) -> ShardRun:
+    """``run``, after writing the PNGs that ``render.export_png`` asks for and an earlier run did not write."""
+    if cfg.export_png:
+        export_pngs(store, prefix, run.labels)
+    return run
+
+
+def export_pngs(store: ObjectStore, prefix: str, labels: pd.DataFrame) -> int:
+    """Write the PNG of every image in ``labels`` (rows with shard references) that has none under ``prefix`` yet:
+    images an earlier run rendered, or taken from another shard, get one too. Each shard is read once; returns the
+    number of PNGs written."""
+    from crystalvision.data.png import encode_png
+
+    if labels.empty:
+        return 0
+    existing = set(store.list(f"{prefix}/images"))
+    by_shard: dict[str, list[tuple[str, str]]] = {}
+    for ref, mid, view in zip(labels["image_key"], labels["material_id"], labels["view"], strict=True):
+        png = image_key(prefix, str(mid), int(view))
+        if png not in existing:
+            by_shard.setdefault(shards.split_ref(str(ref))[0], []).append((str(ref), png))
+    for key, items in by_shard.items():
+        images = shards.read_images(store, key)
+        for ref, png in items:
+            store.put_bytes(png, encode_png(shards.pixels(images[ref])))
+    written = sum(len(items) for items in by_shard.values())
+    if written:
+        log.info("exported %d PNGs of images already in shards under %s", written, prefix)
+    return written
 
 
 def _write(store: ObjectStore, part: _Pending, entries: list[dict[str, Any]]) -> pd.DataFrame:
