@@ -229,7 +229,9 @@ def test_per_target_gate_promotes_only_beyond_the_noise(env, tmp_path) -> None:
 
     registry.register_and_promote(cfg, run_with_table(0.50, 20), evaluator=_never_evaluate)
     within = registry.register_and_promote(cfg, run_with_table(0.51, 21), evaluator=_never_evaluate)
-    assert within["metric_decision"]["promoted"]  # the mean score alone would have promoted it
+    # the mean score alone would have promoted it; the gate decided, and the decision says so in one "promoted"
+    assert within["decided_by"] == "gate" and within["promote_metric_verdict"]["would_promote"]
+    assert json.dumps(within).count('"promoted"') == 1
     cls = within["gate"]["targets"]["crystal_system"]
     assert not within["promoted"] and cls["verdict"] == "same" and 0 < cls["improvement"] < 2 * cls["noise"]
     assert within["gate"]["targets"]["band_gap"]["verdict"] == "same"  # same predictions: no change

@@ -283,9 +283,11 @@ def register_and_promote(
         value, how = _champion_value(cfg, champion, champion_run, challenger_run, evaluator or evaluate_champion_on)
         decision.update(how, champion_value=value)
         promoted, reason = decide(decision["challenger_value"], value, cfg.registry.min_improvement)
+        decision["decided_by"] = "promote_metric"
         per_target = _per_target_gate(client, run_id, champion_run, how)
         if per_target is not None:  # the gate per target decides; the promote_metric comparison stays recorded
-            decision["gate"], decision["metric_decision"] = per_target, {"promoted": promoted, "reason": reason}
+            verdict = {"would_promote": promoted, "reason": reason}  # not the decision: "promoted" is
+            decision |= {"gate": per_target, "decided_by": "gate", "promote_metric_verdict": verdict}
             promoted, reason = per_target["promote"], gate.describe(per_target)
     final = _version_of(champion)
     if promoted:
