@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from crystalvision.core.config import PipelineConfig
 from crystalvision.data.storage import ObjectStore
-from crystalvision.promote import registry
+from crystalvision.promote import gate, registry
 from crystalvision.serve.predict import log_model
 
 from .support.tiny import tiny_model_dir, toy_splits, use_test_tracking
@@ -21,7 +21,8 @@ SPLIT = {"snapshot_sha256": "abc1", "cfg.split.protocol": "grouped", "cfg.split.
 
 @pytest.fixture
 def env(cv_home, tmp_path):
-    """A function that logs a run with a tiny pyfunc model, params and ``val_score``; returns its run id."""
+    """A function that logs a run with a tiny pyfunc model, params and the ``val_score`` of its evaluated model (as
+    evaluation logs it); returns its run id."""
     use_test_tracking()
     store = ObjectStore(str(tmp_path / "store"))
     splits = toy_splits(store, n_structures=6, views=1)
@@ -31,7 +32,7 @@ def env(cv_home, tmp_path):
         with mlflow.start_run() as run:
             mlflow.log_params(params or SPLIT)
             if score is not None:
-                mlflow.log_metric("val_score", score)
+                mlflow.log_metrics(gate.evaluated_metrics({"val_score": score}))
             log_model(model_dir, splits, store)
         return run.info.run_id
 
@@ -275,11 +276,22 @@ def test_promotion_on_a_test_metric_is_refused() -> None:
     assert PipelineConfig(name="t").registry.promote_metric == "val_score"
 
 
+@pytest.mark.parametrize("metric", ["val_loss", "val_mse_band_gap", "val_ce_spacegroup", "val_struct_mae_band_gap",
+                                    "val_n", "select_score"])  # fmt: skip
+def test_promotion_on_a_lower_is_better_metric_is_refused(metric: str) -> None:
+    """Promotion keeps the higher value: a loss, an error or a count (or a training metric) is a config error naming
+    the key and the fix."""
+    with pytest.raises(ValueError, match=f"registry.promote_metric '{metric}'.*use val_score"):
+        PipelineConfig(name="t", registry={"promote_metric": metric})
+    for fine in ("val_score", "val_r2_band_gap", "val_struct_acc_spacegroup", "val_macro_f1_crystal_system"):
+        assert PipelineConfig(name="t", registry={"promote_metric": fine}).registry.promote_metric == fine
+
+
 _RACER = """
 import json, sys, time
 from pathlib import Path
 from mlflow import MlflowClient
-from crystalvision.promote import registry
+from crystalvision.promote import gate, registry
 from crystalvision.core.config import PipelineConfig
 
 folder, me, shared, own, delay = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])

@@ -320,13 +320,20 @@ class TuneConfig(_Strict):
     grace_period: int = Field(default=1, ge=1, description="ASHA: epochs before a trial can be stopped.")
 
 
+# Validation metric kinds where lower is better, or that are no score at all: refused as registry.promote_metric.
+_LOWER_IS_BETTER = ("loss", "mse_", "mae_", "rmse_", "ce_")
+_NOT_A_SCORE = ("n_", "stability_frac_stable")
+
+
 class RegistryConfig(_Strict):
     """Model registry and promotion gate."""
 
     model_name: str = Field(default="lmno-efficientnet-b0", description="Registered model name in MLflow.")
     enabled: bool = Field(default=True, description="Register the trained model at all.")
     promote_metric: str = Field(
-        default="val_score", description="Higher is better; a validation metric (val_*), never test; registry.py."
+        default="val_score",
+        description="Higher is better; a validation metric (val_*) of the evaluated model, never test, never a loss "
+        "or error (val_loss, val_mse_*, val_mae_*, val_ce_*); registry.py.",
     )
     min_improvement: float = Field(
         default=0.0, ge=0, description="How much better than the champion a challenger must be to be promoted."
@@ -345,6 +352,17 @@ class RegistryConfig(_Strict):
             raise ValueError(
                 f"registry.promote_metric '{v}' is scored on the test split that reports show; promotion must use "
                 "validation data: use val_score or another val_* metric"
+            )
+        if not v.startswith("val_"):
+            raise ValueError(
+                f"registry.promote_metric '{v}' is not a validation metric of the evaluated model; use val_score or "
+                "another val_* metric (val_r2_<target>, val_acc_<target>, val_struct_acc_<target>, ...)"
+            )
+        kind = v.removeprefix("val_").removeprefix("struct_")
+        if kind.startswith(_LOWER_IS_BETTER) or kind.startswith(_NOT_A_SCORE) or kind in ("loss", "n"):
+            raise ValueError(
+                f"registry.promote_metric '{v}' is not higher-is-better (a loss, error or count), but promotion "
+                "keeps the higher value; use val_score, or a val_r2_<target> / val_acc_<target> metric"
             )
         return v
 

@@ -2,14 +2,16 @@
 
 :func:`register_and_promote` registers ``runs:/<run_id>/model`` and always points ``challenger`` at the new
 version. ``champion`` moves to it only when it beats the champion on ``cfg.registry.promote_metric`` (higher is
-better; a validation metric, by default ``val_score``, never a test metric) by more than ``min_improvement`` on the
-same split; a tie keeps the champion, the first version becomes champion. When both runs logged predictions per
+better; a validation metric, by default ``val_score``, never a test metric or a loss) by more than
+``min_improvement`` on the same split, as the evaluation of each run's registered model logged it
+(``model/<metric>``, :data:`crystalvision.promote.gate.EVALUATED_PREFIX`; never the last training epoch's value of
+the same name); a tie keeps the champion, the first version becomes champion. When both runs logged predictions per
 structure, the per-target gate (:mod:`crystalvision.promote.gate`: paired bootstrap on the validation structures,
 Holm-corrected over the heads) decides instead. Promotion never reads the test rows that reports show. When the two
-runs were evaluated on different splits (different snapshot, render or split parameters), the champion is
-re-evaluated on the challenger's split first; if that is impossible the logged
-metrics are compared and the reason is recorded. Every decision is logged, tagged on the run and the model
-version, and written as ``registry/decision-v<version>.json`` into the challenger's run.
+runs were evaluated on different splits (different snapshot, render or split parameters), or the champion's run
+has no evaluation of its model, the champion is re-evaluated on the challenger's split first; if that is impossible
+the logged metrics are compared and the reason is recorded. Every decision is logged, tagged on the run and the
+model version, and written as ``registry/decision-v<version>.json`` into the challenger's run.
 """
 
 from __future__ import annotations
@@ -87,11 +89,9 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion 
 
 
 def _metric(run: Run, metric: str) -> float | None:
-    """The run's logged ``metric``; ``val_score`` is derived from the logged validation metrics when not logged."""
-    value = run.data.metrics.get(metric)
-    if value is None and metric == gate.SELECTION_METRIC:
-        return gate.selection_score(run.data.metrics)
-    return None if value is None else float(value)
+    """``metric`` of the run's own model as its evaluation logged it (``model/<metric>``, never a training epoch's
+    value of the same name); None when the run's model was never evaluated."""
+    return gate.evaluated_value(run.data.metrics, metric)
 
 
 def align_class_ids(splits: Any, classes: dict[str, list[str]]) -> Any:
@@ -191,7 +191,7 @@ def _per_target_gate(client: MlflowClient, run_id: str, champion_run: Run, how: 
 
 def _record(client: MlflowClient, run_id: str, mv: ModelVersion, decision: dict[str, Any]) -> None:
     verdict = "promoted" if decision["promoted"] else "kept_champion"
-    log.info("registry decision for %s v%s: %s", mv.name, mv.version, decision)
+    log.info("registry decision for %s v%s: %s (%s)", mv.name, mv.version, verdict, decision["reason"])
     client.set_tag(run_id, DECISION_TAG, verdict)
     client.set_model_version_tag(mv.name, mv.version, "promotion_decision", verdict)
     client.set_model_version_tag(mv.name, mv.version, "promotion_reason", decision["reason"][:5000])

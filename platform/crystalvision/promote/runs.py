@@ -25,6 +25,7 @@ from crystalvision.data.storage import open_store
 from crystalvision.evaluate.evaluate import EvalResult, evaluate_model
 from crystalvision.learn.model import SPEC_FILE, WEIGHTS_FILE, CrystalNet, load_model
 from crystalvision.learn.prepare import Prepared, from_labels, prepare
+from crystalvision.promote import gate
 from crystalvision.serve.predict import MODEL_ARTIFACT, MODEL_DIR_ARTIFACT
 
 log = logging.getLogger(__name__)
@@ -105,14 +106,17 @@ def inputs_of_run(cfg: PipelineConfig, run: Any, model: CrystalNet) -> Prepared:
 
 
 def log_evaluation(result: EvalResult, run_id: str | None = None) -> None:
-    """Log evaluation metrics and artifacts (under ``evaluation/``) into ``run_id``, else the active run."""
+    """Log evaluation metrics and artifacts (under ``evaluation/``) into ``run_id``, else the active run. The
+    validation metrics and ``val_score`` are logged once more as ``model/<name>`` (:func:`gate.evaluated_metrics`):
+    names no training epoch logs, which promotion reads."""
+    values = result.metrics | gate.evaluated_metrics(result.metrics)
     if run_id is None:
-        mlflow.log_metrics(result.metrics)
+        mlflow.log_metrics(values)
         mlflow.log_artifacts(str(result.artifacts_dir), artifact_path=EVALUATION_ARTIFACT)
         return
     client = mlflow.MlflowClient()
     now = _now_ms()
-    metrics = [mlflow.entities.Metric(k, float(v), now, 0) for k, v in result.metrics.items()]
+    metrics = [mlflow.entities.Metric(k, float(v), now, 0) for k, v in values.items()]
     for start in range(0, len(metrics), 1000):  # MLflow's batch limit
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
     client.log_artifacts(run_id, str(result.artifacts_dir), EVALUATION_ARTIFACT)
