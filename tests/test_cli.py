@@ -100,3 +100,28 @@ def test_cli_and_jobs_share_one_command_table() -> None:
         assert "run_command" in job.main.__code__.co_names, name  # the job is a skin over the table
     cli_names = {c.name or c.callback.__name__ for c in app.registered_commands}
     assert set(COMMANDS) - {"pipeline"} <= cli_names
+
+
+def test_pipeline_validate_numbers_folds_one_way(cv_home, caplog) -> None:
+    """The warnings about classes unseen in training name each fold by its number in the split table (the number
+    MLflow's fold runs carry, fold0..fold4), and that fold's row lists the same classes."""
+    import logging
+    import re
+
+    with caplog.at_level(logging.WARNING, logger="crystalvision.data.folds"):
+        result = runner.invoke(app, ["pipeline", "validate", "pipelines/paper-grouped.yaml"])
+    assert result.exit_code == 0, result.output
+    blocks: dict[int, str] = {}  # fold number in the table -> its row and the lines under it
+    current = None
+    for line in result.output[result.output.index("resolved split:") :].splitlines():
+        row = re.match(r"\s*(\d+)\s+\d+\s+\d+\s+\d+\s", line)
+        current = int(row.group(1)) if row else current
+        if current is not None:
+            blocks[current] = blocks.get(current, "") + line + "\n"
+    assert sorted(blocks) == [0, 1, 2, 3, 4]
+    warnings = [r.getMessage() for r in caplog.records if "no training example" in r.getMessage()]
+    assert warnings
+    for message in warnings:
+        fold = int(re.search(r"\bfold (\d+)\b", message).group(1))
+        first_unseen = re.search(r"no training example: \['([^']+)'", message).group(1)
+        assert fold in blocks and first_unseen in blocks[fold], (message, blocks.get(fold))

@@ -300,7 +300,7 @@ def _run_one_fold(
             table = evaluated.oof
         with result.timed(f"log_model_fold{i}" + (f"_seed{seed}" if n_seeds > 1 else "")):
             log_model(trained.model_dir, splits, prepared.store)
-    log.info("fold %d/%d (seed %d): test_score %s", i + 1, k, seed, metrics.get("test_score"))
+    log.info("fold %d (of 0-%d, seed %d): test_score %s", i, k - 1, seed, metrics.get("test_score"))
     info = {"fold": i, "seed": seed, "run_id": run.info.run_id, **splits.describe()}
     info |= {f"unseen_test_classes_{col}": v for col, v in unseen.items()}
     return metrics, info, table

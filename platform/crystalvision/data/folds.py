@@ -214,7 +214,7 @@ def fold_splits(df: pd.DataFrame, cfg: SplitConfig) -> list[FoldSplits]:
         unseen = unseen_classes(parts[0], parts[2])
         for col, classes in unseen.items():
             if classes:
-                log.warning("fold %d/%d: test %s classes with no training example: %s", i + 1, k, col, classes)
+                log.warning("fold %d (of 0-%d): test %s classes with no training example: %s", i, k - 1, col, classes)
         fold = FoldSplits(*parts, protocol=cfg.protocol, seed=cfg.seed, fold=i, n_folds=k, stratified=stratified)
         fold.unseen_classes, fold.val_stratified = unseen, val_strat
         out.append(fold)
