@@ -18,18 +18,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 GL_LIBS = ("libvtk", "libEGL", "libGL.", "libGLX", "libOSMesa", "libLLVM")
 
-# Records top-level modules in the order they are first imported, and at exit writes what the process loaded.
+# At exit, writes the top-level modules in the order they were first imported (sys.modules keeps insertion order; a
+# finder would also see mere look-ups such as jobs/__init__.py's find_spec("ray")) and what the process loaded.
 PROBE = """
 import atexit, json, os, sys
-order = []
-class Recorder:
-    def find_spec(self, name, path=None, target=None):
-        top = name.split(".")[0]
-        if top not in order:
-            order.append(top)
-        return None
-sys.meta_path.insert(0, Recorder())
 def report():
+    order = list(dict.fromkeys(m.split(".")[0] for m in list(sys.modules)))
     libs = sorted({os.path.basename(line.split()[-1]) for line in open("/proc/self/maps") if ".so" in line})
     gl = sorted(m for m in sys.modules if m.split(".")[0] in ("vtkmodules", "vtk", "pyvista"))
     json.dump({"order": order, "libs": libs, "gl_modules": gl}, open(os.environ["PROBE_OUT"], "w"))
@@ -77,19 +71,31 @@ def _gl_libs(libs: list[str]) -> list[str]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc (Linux)")
-def test_pipeline_job_driver_loads_torch_first_and_no_vtk_through_the_render_stage(tmp_path: Path) -> None:
+def test_pipeline_job_driver_loads_torch_first_and_no_vtk_through_render_train_and_evaluation(tmp_path: Path) -> None:
+    """The job driver through render (Ray actors), training and evaluation, whose report draws a test structure
+    with each radii set (in a helper process)."""
+    from mlflow import MlflowClient
+
     tiny = [
-        "stages=[snapshot,render]",
-        "snapshot.max_structures=3",
+        "stages=[snapshot,render,train,evaluate]",
+        "snapshot.max_structures=4",
         "render.image_size=32",
         "render.views_per_structure=2",
         "render.num_workers=1",
+        "split.test_fraction=0.3",
+        "train.backbone=test_efficientnet",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=1",
+        "evaluate.saliency=false",
     ]
-    probe, stdout = _run(
+    probe, _ = _run(
         DRIVER, ["--config", "pipelines/quickstart.yaml", *(a for s in tiny for a in ("--set", s))], tmp_path
     )
-    result = json.loads(stdout.strip().splitlines()[-1])["result"]
-    assert result["render"]["render_n_images"] == 6  # the render stage really ran (in Ray actors)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.params["render.render_n_images"] == "8"  # the render stage really ran (in Ray actors)
+    assert "test_score" in run.data.metrics  # and the evaluation
+    assert "evaluation/radii.png" in {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert probe["gl_modules"] == [] and _gl_libs(probe["libs"]) == []
     order = probe["order"]
     later = [m for m in ("ray", "pyarrow", "pandas", "sklearn", "scipy", "PIL") if m in order]

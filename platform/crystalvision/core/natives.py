@@ -7,7 +7,8 @@ up what the loader reserves for them (static TLS: VTK's OpenGL stack, Mesa/LLVM,
 keep a torch process safe:
 
 - VTK and OpenGL live only in render workers (Ray actors) and spawned helper processes: the driver probes the GL
-  backend in a subprocess (``render.backend``), and prediction renders CIFs in a helper (``renderproc``).
+  backend in a subprocess (``render.backend``), prediction renders CIFs in a helper (``renderproc``) and evaluation
+  draws its radii figure in one (``render.figures.radii_comparison_apart``).
 - Commands that load torch import it, and run one MKL call, before Ray, pyarrow, scikit-learn or anything else
   native is loaded (:func:`load_torch_first`, called by :func:`crystalvision.app.commands.run`).
 

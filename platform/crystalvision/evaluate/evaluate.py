@@ -355,16 +355,16 @@ def evaluate_model(
 def radii_figure(
     splits: Splits, records: Mapping[str, MaterialRecord] | None, cfg: PipelineConfig, out: Path
 ) -> list[Path]:
-    """The first test structure drawn with each radii set (``radii.png``); none without its record."""
+    """The first test structure drawn with each radii set (``radii.png``), in a helper process (never VTK beside
+    torch); none without its record."""
     if not records or splits.test.empty:
         return []
-    from crystalvision.data.structures import structure_from_dict
-    from crystalvision.render.figures import radii_comparison
+    from crystalvision.render.figures import radii_comparison_apart
 
     mid = str(splits.test["material_id"].iloc[0])
     if mid not in records:
         return []
-    path = radii_comparison(structure_from_dict(records[mid].structure, mid), mid, cfg.render, out / "radii.png")
+    path = radii_comparison_apart(records[mid].structure, mid, cfg.render, out / "radii.png")
     return [path] if path else []
 
 

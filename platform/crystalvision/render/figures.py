@@ -1,8 +1,17 @@
-"""Pictures for reports: one structure drawn with each radii set, side by side (the run's other render settings)."""
+"""Pictures for reports: one structure drawn with each radii set, side by side (the run's other render settings).
+
+Processes that run torch (evaluation) draw it in a fresh interpreter, :func:`radii_comparison_apart`: VTK and its
+OpenGL stack never load beside torch (``core/natives.py``).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any, get_args
 
@@ -14,6 +23,8 @@ from crystalvision.render.radii import RADIUS_SOURCES, RadiiSet
 log = logging.getLogger(__name__)
 
 FIGURE_PX = 256
+HELPER_TIMEOUT_S = 120.0
+_HELPER = "import sys; from crystalvision.render.figures import _draw_job; _draw_job(sys.argv[1])"
 
 
 def radii_comparison(structure: Any, material_id: str, cfg: RenderConfig, path: Path) -> Path | None:
@@ -44,3 +55,36 @@ def radii_comparison(structure: Any, material_id: str, cfg: RenderConfig, path: 
     sheet.save(path)
     log.info("radii figure of %s: %s", material_id, "; ".join(RADIUS_SOURCES[r] for r in get_args(RadiiSet)))
     return path
+
+
+def radii_comparison_apart(
+    structure: dict[str, Any], material_id: str, cfg: RenderConfig, path: Path, timeout_s: float = HELPER_TIMEOUT_S
+) -> Path | None:
+    """:func:`radii_comparison` of a structure (its snapshot dict) drawn in a fresh interpreter; None when it cannot
+    be drawn, the helper fails or it takes longer than ``timeout_s`` (the report goes on without the picture)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path))}
+    with tempfile.TemporaryDirectory(prefix="crystalvision-figure-") as tmp:
+        job = Path(tmp) / "job.json"
+        job.write_text(json.dumps({"structure": structure, "material_id": material_id, "path": str(path),
+                                   "render": cfg.model_dump(mode="json")}))  # fmt: skip
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", _HELPER, str(job)], env=env, capture_output=True, text=True, timeout=timeout_s
+            )
+        except subprocess.TimeoutExpired:
+            log.info("radii figure skipped: its helper process took more than %.0f s", timeout_s)
+            return None
+    if done.returncode != 0:
+        log.info("radii figure skipped: its helper process failed (%s)", done.stderr.strip()[-500:])
+        return None
+    return path if path.is_file() else None
+
+
+def _draw_job(job_path: str) -> None:
+    """The helper process: draw the figure a job file describes."""
+    from crystalvision.data.structures import structure_from_dict
+
+    logging.basicConfig(level=logging.INFO)
+    job = json.loads(Path(job_path).read_text())
+    mid, cfg = job["material_id"], RenderConfig.model_validate(job["render"])
+    radii_comparison(structure_from_dict(job["structure"], mid), mid, cfg, Path(job["path"]))
