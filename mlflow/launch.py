@@ -22,17 +22,22 @@ This file lives in ``mlflow/`` without an ``__init__.py`` on purpose: a package 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
+import signal
 import string
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 log = logging.getLogger("crystalvision.mlflow")
 HERE = Path(__file__).resolve().parent
 AUTH_TEMPLATE = HERE / "basic_auth.ini"
+STOP_GRACE_S = 20.0  # after the server exits, how long what it started has to follow SIGTERM before SIGKILL
 PRODUCTION_REQUIRED = (
     "MLFLOW_BACKEND_STORE_URI",
     "MLFLOW_AUTH_DATABASE_URI",
@@ -127,8 +132,56 @@ def require_environment() -> None:
         sys.exit(2)
 
 
+def run_server(cmd: list[str], env: dict[str, str], grace_s: float = STOP_GRACE_S) -> int:
+    """Run ``mlflow server`` in its own process group and wait for it. SIGTERM or SIGINT here is SIGTERM to the
+    whole group (uvicorn stops gracefully, MLflow's job runner and its huey consumers stop too: they would only notice
+    the server is gone once it had exited); once the server has exited, anything left in the group gets SIGTERM
+    again, then SIGKILL after ``grace_s``. Returns 128 + the signal when one stopped it, else the server's exit
+    code."""
+    proc = subprocess.Popen(cmd, env=env, process_group=0)
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    code = proc.wait()
+    stop_group(proc.pid, grace_s)
+    return 128 + received[0] if received else code
+
+
+def stop_group(pgid: int, grace_s: float) -> None:
+    """SIGTERM to every process left in group ``pgid``, SIGKILL to those alive after ``grace_s``; returns once the
+    group is empty (orphans this process adopted, as a container's PID 1, are reaped on the way)."""
+    deadline, signum = time.monotonic() + grace_s, signal.SIGTERM
+    while _group_alive(pgid):
+        if time.monotonic() > deadline:
+            if signum == signal.SIGKILL:
+                log.warning("processes of group %d are still there after SIGKILL; giving up", pgid)
+                return
+            signum, deadline = signal.SIGKILL, time.monotonic() + 5
+            log.warning("processes of group %d ignored SIGTERM for %.0f s; sending SIGKILL", pgid, grace_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signum)
+        time.sleep(0.2)
+
+
+def _group_alive(pgid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:  # reap children that already exited (zombies count as members)
+            pass
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Parse arguments and replace this process with ``mlflow server``."""
+    """Parse arguments and run ``mlflow server`` until it stops (:func:`run_server`)."""
     require_environment()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -148,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         log.error("%s", exc)
         sys.exit(2)
     log.info("starting: %s", " ".join(redact_uri(c) for c in cmd[1:]))
-    os.execvpe(cmd[0], cmd, env)
+    sys.exit(run_server(cmd, env))
 
 
 if __name__ == "__main__":

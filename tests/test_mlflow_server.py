@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -69,9 +70,16 @@ def _log_run(url: str, monkeypatch: pytest.MonkeyPatch, **auth: str) -> tuple[st
 
 
 def test_embedded_mode_sqlite_and_local_artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    home = tmp_path / "home"
-    with server("embedded", _clean_env(CRYSTALVISION_HOME=str(home)), tmp_path / "mlflow.log") as url:
+    """Runs and artifacts land under CRYSTALVISION_HOME; SIGTERM to the launcher (``kill``, a container stop) stops
+    every process it started before it exits 143."""
+    home, procs = tmp_path / "home", []
+    with server("embedded", _clean_env(CRYSTALVISION_HOME=str(home)), tmp_path / "mlflow.log", procs) as url:
         _log_run(url, monkeypatch)
+        launcher = procs[0]
+        assert len(_session_cmdlines(launcher.pid)) >= 3  # the launcher (mlflow server), uvicorn, MLflow's job runner
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=90) == 143
+        assert _session_cmdlines(launcher.pid) == [], "a child outlived the launcher"
     assert (home / "mlflow.db").is_file()
     assert list((home / "mlartifacts").rglob("hello.txt"))
 
