@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import signal
 import string
 import subprocess
@@ -52,9 +51,11 @@ class LaunchError(Exception):
 
 
 def redact_uri(uri: str) -> str:
-    """``scheme://user:***@host/db``: the password of a URI hidden for logs (up to the authority's last '@', so a
-    password holding '@' is hidden whole)."""
-    return re.sub(r"(//[^:/@\s]*:)[^/?#\s]*@", r"\1***@", uri)
+    """``scheme://user:***@host/db``: the user info of every URI in ``uri`` hidden for logs, by crystalvision's
+    one URL-aware masking function (a password holding ``@ / ? #`` or a blank is hidden whole)."""
+    from crystalvision.core.uris import mask_uris
+
+    return mask_uris(uri)
 
 
 def render_auth_ini(env: dict[str, str]) -> str:

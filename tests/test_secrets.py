@@ -120,10 +120,41 @@ def test_a_password_holding_at_is_masked_whole(uri: str, masked: str):
     assert mask(uri, []) == masked and _launcher().redact_uri(uri) == masked
 
 
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [  # a password holding URL delimiters or a blank (openssl rand -base64 gives '/' and '+'), a user holding '@'
+        ("postgresql://mlflow:Ab/9+xQ@db:5432/mlflow", "postgresql://mlflow:***@db:5432/mlflow"),
+        ("http://alice:q?r#s/t@mlflow:5000/api/2.0/x?run_id=a@b", "http://alice:***@mlflow:5000/api/2.0/x?run_id=a@b"),
+        ("http://alice@corp.example:pw@mlflow:5000/", "http://alice@corp.example:***@mlflow:5000/"),
+        (
+            "API request to http://alice:two words@mlflow:5000/api failed",
+            "API request to http://alice:***@mlflow:5000/api failed",
+        ),
+        ("https://tok3nDoNotLeak@mlflow.example.org/", "https://***@mlflow.example.org/"),
+        ("file:///data/a@b/mlflow.db and s3://bucket/key", "file:///data/a@b/mlflow.db and s3://bucket/key"),
+        ("http://mlflow:5000 is down; mail ops@example.org", "http://mlflow:5000 is down; mail ops@example.org"),
+    ],
+)
+def test_every_authority_is_masked_up_to_its_last_at(text: str, masked: str):
+    from crystalvision.core.logs import mask
+
+    assert mask(text, []) == masked and _launcher().redact_uri(text) == masked
+
+
+def test_a_configured_uri_password_is_masked_wherever_it_shows(cv_home, monkeypatch):
+    from crystalvision.core.logs import mask
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://mlflow:Ab/9 x?Q#z@db:5432/mlflow")
+    get_settings.cache_clear()
+    assert mask("FATAL: password 'Ab/9 x?Q#z' rejected") == "FATAL: password '***' rejected"
+
+
 def test_summary_links_the_run_without_the_tracking_password():
     from crystalvision.app.summary import mlflow_pointer
 
     assert mlflow_pointer("http://alice:p@ss@mlflow:5000/", "3", "abc") == "http://mlflow:5000/#/experiments/3/runs/abc"
+    slash = mlflow_pointer("http://alice:Ab/9+xQ@mlflow:5000", "3", "abc")
+    assert slash == "http://mlflow:5000/#/experiments/3/runs/abc"
     local = mlflow_pointer("postgresql://u:p@ss@db/mlflow", None, None)
     assert "p@ss" not in local and "postgresql://u:***@db/mlflow" in local
 

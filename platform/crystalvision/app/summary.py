@@ -12,13 +12,13 @@ import shutil
 import sysconfig
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from crystalvision.core.logs import mask
+from crystalvision.core.uris import without_userinfo
 
 MAX_LINES = 25
 # (row label, metric key part, target): the headline metric of each head.
@@ -76,8 +76,7 @@ def mlflow_pointer(tracking_uri: str, experiment_id: str | None, run_id: str | N
     """The run's URL on an MLflow server (without ``user:password@``: the browser asks), or the exact ``mlflow ui``
     command for a local store (a password in it masked)."""
     if tracking_uri.startswith(("http://", "https://")):
-        parts = urlsplit(tracking_uri)
-        base = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
+        base = without_userinfo(tracking_uri).rstrip("/")
         if run_id and experiment_id:
             return mask(f"{base}/#/experiments/{experiment_id}/runs/{run_id}")
         return mask(base)

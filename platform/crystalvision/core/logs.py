@@ -4,29 +4,27 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import Iterable
 
 from crystalvision.core.settings import secret_values
+from crystalvision.core.uris import MASK, mask_uris
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-MASK = "***"
-# scheme://user:password@host -> scheme://user:***@host (a password inside any URI, configured or not). The
-# password runs to the LAST '@' of the authority (which ends at '/', '?', '#' or a blank): a password may hold '@'.
-_URI_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^/?#\s]*@")
 
 
 def mask(text: str, secrets: Iterable[str] | None = None) -> str:
-    """``text`` with every configured secret and every password inside a URI replaced by ``***``.
+    """``text`` with every configured secret and the user info of every URI (:func:`uris.mask_uris`) replaced by
+    ``***``.
 
     ``secrets`` defaults to those configured now (:func:`settings.secret_values`: MP key, S3 keys and session
-    token, MLflow tracking password/token, MLflow admin password). Tracking, logs and mp all call this.
+    token, MLflow tracking password/token, MLflow admin password, the password of every configured URI). The CLI,
+    the job entrypoints, logging, tracking, the run summary and mp all call this.
     """
     values = secret_values() if secrets is None else list(secrets)
     for secret in sorted((s for s in values if len(s) >= 4), key=len, reverse=True):
         text = text.replace(secret, MASK)
-    return _URI_PASSWORD.sub(rf"\g<head>{MASK}@", text)
+    return mask_uris(text)
 
 
 class RedactSecrets(logging.Filter):

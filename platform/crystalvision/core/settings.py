@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from crystalvision.core.uris import credentials
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # crystalvision/, the package root (this file is core/settings.py)
 SNAPSHOTS_DIR = PACKAGE_DIR / "data" / "snapshots"
 BUNDLED_SNAPSHOT = SNAPSHOTS_DIR / "lmno"
@@ -181,7 +183,8 @@ def get_settings() -> Settings:
 
 
 def secret_values(settings: Settings | None = None) -> list[str]:
-    """Every secret currently configured, for redaction and for tests that check nothing leaks."""
+    """Every secret currently configured, for redaction and for tests that check nothing leaks: the secret
+    settings and the password inside every configured URI."""
     s = settings or get_settings()
     secrets = [
         s.mp.api_key,
@@ -192,4 +195,14 @@ def secret_values(settings: Settings | None = None) -> list[str]:
         s.tracking.mlflow_tracking_token,
         s.tracking.mlflow_admin_password,
     ]
-    return [v.get_secret_value() for v in secrets if v is not None and v.get_secret_value()]
+    values = [v.get_secret_value() for v in secrets if v is not None and v.get_secret_value()]
+    return values + [p for uri in _configured_uris(s) for p in credentials(uri) if p not in values]
+
+
+def _configured_uris(s: Settings) -> list[str]:
+    """Every URI configured now: the settings' own and any in the environment (MLflow server URIs too)."""
+    import os
+
+    own = [s.tracking.mlflow_tracking_uri, s.tracking.mlflow_artifact_location, s.storage.object_store_uri]
+    own += [s.storage.s3_endpoint_url, s.mp.endpoint, s.ray.ray_address, s.ray.ray_storage_path]
+    return [u for u in dict.fromkeys([*own, *os.environ.values()]) if u and "://" in u]
