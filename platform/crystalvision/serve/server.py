@@ -39,6 +39,7 @@ def server_env(tracking_uri: str, environ: dict[str, str] | None = None) -> dict
     env = dict(os.environ if environ is None else environ)
     env["PATH"] = os.pathsep.join(filter(None, [str(scripts_dir()), env.get("PATH")]))
     env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar line per model file otherwise
     return env
 
 
