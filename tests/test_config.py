@@ -92,5 +92,23 @@ def test_the_space_model_trains_the_recipe_its_card_describes() -> None:
     model, folds = load_pipeline(ROOT / "pipelines/space.yaml"), load_pipeline(ROOT / "pipelines/space-grouped.yaml")
     assert model.snapshot == folds.snapshot and model.render == folds.render
     assert model.train.model_dump(exclude={"seeds"}) == folds.train.model_dump(exclude={"seeds"})
-    assert model.registry.generalisation_record == "docs/study/records/space-grouped.json"
+    assert model.registry.generalisation_record == str(ROOT / "docs/study/records/space-grouped.json")
     assert folds.split.folds and not model.split.folds
+
+
+def test_paths_in_a_pipeline_file_resolve_against_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pipeline file names its record and snapshot relative to itself, wherever the job runs from (a Ray job's
+    package, the image's /app, another folder); a --set path is the caller's, relative to the working dir."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    path = tmp_path / "conf" / "p.yaml"
+    path.write_text("name: p\nsnapshot:\n  uri: snaps/a\nregistry:\n  generalisation_record: ../records/r.json\n")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cfg = load_pipeline(path)
+    assert cfg.snapshot.uri == str(tmp_path / "conf" / "snaps" / "a")
+    assert cfg.registry.generalisation_record == str(tmp_path / "records" / "r.json")
+    mine = load_pipeline(path, parse_overrides(["registry.generalisation_record=mine.json", "snapshot.uri=s3://b/s"]))
+    assert mine.registry.generalisation_record == str(tmp_path / "elsewhere" / "mine.json")
+    assert mine.snapshot.uri == "s3://b/s"
+    space = load_pipeline(ROOT / "pipelines/space.yaml").registry.generalisation_record
+    assert space is not None and Path(space).is_file(), "the space model's card record, from any working dir"

@@ -287,3 +287,18 @@ def test_local_cluster_keeps_ray_token_auth_on(tmp_path: Path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"token": True, "anonymous": 401, "task": 1}, result
     assert (tmp_path / ".ray" / "auth_token").is_file()
+
+
+def test_the_image_holds_every_file_a_shipped_pipeline_names():
+    """A pipeline file's paths resolve against its folder (/app/pipelines in the image): what they name is copied."""
+    from crystalvision.core.pipeline_file import PATH_KEYS, load_pipeline
+
+    text = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
+    copied = [Path(src) for line in text.splitlines() if line.startswith("COPY") for src in line.split()[1:-1]]
+    for path in sorted(ROOT.glob("pipelines/*.yaml")):
+        cfg = load_pipeline(path).model_dump()
+        for section, key in PATH_KEYS:
+            value = cfg[section][key]
+            if value and "://" not in value:
+                named = Path(value).relative_to(ROOT)
+                assert any(named.is_relative_to(src) for src in copied), f"{path.name} names {named}, not in the image"

@@ -19,7 +19,10 @@ class _Strict(BaseModel):
 class SnapshotConfig(_Strict):
     """Which structures to use."""
 
-    uri: str | None = Field(default=None, description="Snapshot folder; None = settings default (bundled).")
+    uri: str | None = Field(
+        default=None,
+        description="Snapshot folder (relative: to the pipeline file's folder); None = settings default (bundled).",
+    )
     name: str | None = Field(
         default=None, description="A bundled snapshot by name (lmno, lmno-space); set this or uri, not both."
     )
@@ -341,8 +344,8 @@ class RegistryConfig(_Strict):
     generalisation_record: str | None = Field(
         default=None,
         description="The --json record of a grouped k-fold run of the same recipe on the same snapshot (e.g. "
-        "docs/study/records/space-grouped.json): its pooled out-of-fold metrics go into the model card (model.json, "
-        "the MLflow description) and beside every prediction.",
+        "docs/study/records/space-grouped.json; relative: to the pipeline file's folder): its pooled out-of-fold "
+        "metrics go into the model card (model.json, the MLflow description) and beside every prediction.",
     )
 
     @field_validator("promote_metric")

@@ -23,8 +23,27 @@ def _format_validation_error(path: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_pipeline(path: str | Path, overrides: dict | None = None) -> PipelineConfig:
-    """Read and validate a pipeline YAML; ``overrides`` is a nested dict merged on top."""
+# Keys of a pipeline that name a local file or folder: relative ones in a pipeline file resolve against that file's
+# folder (the file goes wherever the checkout goes: a Ray job's package, the Docker image), those in overrides
+# against the caller's working dir.
+PATH_KEYS = (("snapshot", "uri"), ("registry", "generalisation_record"))
+
+
+def resolve_paths(raw: dict, folder: Path) -> dict:
+    """A copy of the nested dict ``raw`` with each relative local path under :data:`PATH_KEYS` made absolute
+    against ``folder`` (URIs such as ``s3://`` and absolute paths unchanged)."""
+    out = dict(raw)
+    for section, key in PATH_KEYS:
+        node = out.get(section)
+        value = node.get(key) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and "://" not in value and not Path(value).expanduser().is_absolute():
+            out[section] = {**node, key: str((folder / value).resolve())}
+    return out
+
+
+def load_pipeline(path: str | Path, overrides: dict | None = None, base: str | Path | None = None) -> PipelineConfig:
+    """Read and validate a pipeline YAML; ``overrides`` is a nested dict merged on top. Relative paths in the file
+    resolve against its folder, those in ``overrides`` against ``base`` (default: the working dir)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"pipeline config {p} not found: pass a YAML file such as pipelines/quickstart.yaml")
@@ -34,8 +53,9 @@ def load_pipeline(path: str | Path, overrides: dict | None = None) -> PipelineCo
         raise ConfigError(f"pipeline config {p} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"pipeline config {p} must be a mapping at the top level")
+    raw = resolve_paths(raw, p.resolve().parent)
     if overrides:
-        raw = deep_merge(raw, overrides)
+        raw = deep_merge(raw, resolve_paths(overrides, Path(base) if base is not None else Path.cwd()))
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
