@@ -36,6 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from jobs._common import RESULT_LINE  # noqa: E402
 from tests.support.procs import stop_group  # noqa: E402
 from tests.support.raycluster import RAY, Cluster, _wait_for_nodes  # noqa: E402
 
@@ -157,7 +158,7 @@ def submit_once(cluster: Cluster, index: int, work: Path, config: str, overrides
     wall = time.perf_counter() - start
     (run_dir / "job.log").write_text(text)
     markers = [m for m in CRASH_MARKERS if m in text]
-    succeeded = rc == 0 and '"result"' in text
+    succeeded = rc == 0 and RESULT_LINE.search(text) is not None  # the job's log ends naming its result file
     return {
         "run": index,
         "exit_status": rc,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -17,15 +16,22 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory):
-    with two_node_cluster(tmp_path_factory.mktemp("raylogs")) as c:
+def user_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``~`` of the nodes' user: jobs with no CRYSTALVISION_HOME keep their state in ``~/.crystalvision``."""
+    return tmp_path_factory.mktemp("user")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, user_home: Path):
+    with two_node_cluster(tmp_path_factory.mktemp("raylogs"), {"HOME": str(user_home)}) as c:
         yield c
 
 
-def _result(stdout: str) -> dict:
-    lines = [line for line in stdout.splitlines() if line.startswith('{"result"')]
-    assert lines, f"no result line in job output:\n{stdout[-3000:]}"
-    return json.loads(lines[-1])["result"]
+def _result(log: str) -> dict:
+    """The job's whole result: the file its ``result    <file>`` line names, after the human summary."""
+    from jobs._common import read_result
+
+    return read_result(log)
 
 
 def _wait(client, submission_id: str, timeout: float) -> str:
@@ -68,15 +74,33 @@ def test_snapshot_job_with_the_cli_runs_on_both_nodes(cluster: Cluster):
     assert [j.status for j in jobs if j.entrypoint.endswith("jobs.snapshot")] == [JobStatus.SUCCEEDED]
 
 
-def test_quickstart_pipeline_job_logs_and_registers(cluster: Cluster, tmp_path: Path):
-    import mlflow
-    from ray.job_submission import JobStatus, JobSubmissionClient
+def _submit(client, entrypoint: str, runtime_env: dict, timeout: float) -> tuple[str, str]:
+    from ray.job_submission import JobStatus
 
+    sid = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    status = _wait(client, sid, timeout=timeout)
+    logs = client.get_job_logs(sid)
+    assert status == JobStatus.SUCCEEDED, logs[-5000:]
+    return sid, logs
+
+
+def test_jobs_keep_one_registry_across_submits_and_an_edit_of_the_checkout(
+    cluster: Cluster, user_home: Path, tmp_path: Path
+):
+    """README's cluster flow in miniature, with no CRYSTALVISION_HOME set: a pipeline job registers a champion; one
+    file of the working dir is edited (a new runtime-env package); the next job finds that champion, in the same
+    durable home (~/.crystalvision), not an empty registry inside the new package."""
+    import shutil
+
+    import mlflow
+    from ray.job_submission import JobSubmissionClient
+
+    work = tmp_path / "checkout"  # the submitted working dir: what a job needs of the checkout
+    for folder in ("jobs", "pipelines"):
+        shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
     runtime_env = yaml.safe_load((ROOT / "jobs/runtime_env/pipeline.yaml").read_text())
-    runtime_env["working_dir"] = str(ROOT)
+    runtime_env["working_dir"] = str(work)
     runtime_env["py_modules"] = [str(ROOT / p) for p in runtime_env["py_modules"]]
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    runtime_env["env_vars"] |= {"CRYSTALVISION_HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_URI": tracking_uri}
     tiny = [
         "snapshot.max_structures=6",
         "render.image_size=32",
@@ -90,14 +114,30 @@ def test_quickstart_pipeline_job_logs_and_registers(cluster: Cluster, tmp_path: 
         "evaluate.baselines=false",
         "registry.model_name=jobs-e2e",
     ]
-    entrypoint = "python -m jobs.pipeline --config pipelines/quickstart.yaml " + " ".join(f"--set {s}" for s in tiny)
+    sets = " ".join(f"--set {s}" for s in tiny)
     client = JobSubmissionClient(cluster.dashboard_url)
-    sid = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
-    status = _wait(client, sid, timeout=900)
-    logs = client.get_job_logs(sid)
-    assert status == JobStatus.SUCCEEDED, logs[-5000:]
+    first, logs = _submit(
+        client, f"python -m jobs.pipeline --config pipelines/quickstart.yaml {sets}", runtime_env, 900
+    )
+    assert "crystalvision: quickstart finished" in logs, "the job's log ends with the CLI's summary"
+    assert logs.rstrip().splitlines()[-1].startswith("result    "), logs[-3000:]
     result = _result(logs)
-    mlflow_client = mlflow.MlflowClient(tracking_uri)
+    assert result["registry"]["promoted"] and result["registry"]["champion_version"] == "1"
+    home = user_home / ".crystalvision"
+    mlflow_client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     assert mlflow_client.get_run(result["run_id"]).info.status == "FINISHED"
+
+    with (work / "pipelines" / "quickstart.yaml").open("a") as f:
+        f.write("# edited\n")
+    second, logs = _submit(
+        client,
+        f"python -m jobs.register --config pipelines/quickstart.yaml {sets} --run-id {result['run_id']}",
+        runtime_env,
+        300,
+    )
+    packages = {client.get_job_info(sid).runtime_env["working_dir"] for sid in (first, second)}
+    assert len(packages) == 2, "the edit gave the second job a new package"
+    decision = _result(logs)
+    assert decision["already_registered"] and decision["champion_version"] == "1", decision
     versions = mlflow_client.search_model_versions("name='jobs-e2e'")
     assert [v.run_id for v in versions] == [result["run_id"]]

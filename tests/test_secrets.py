@@ -182,6 +182,35 @@ def test_unreachable_tracking_server_is_one_masked_line_and_exit_2(cv_home, monk
     assert password not in result.output and "s3cr3t" not in result.output
 
 
+def test_a_job_with_no_tracking_server_prints_no_password(cv_home):
+    """A job entrypoint (what Ray keeps in the job log, the dashboard and the session folder) fails like the CLI:
+    one masked line for an unreachable server (anything else: a masked traceback), never the password."""
+    import os
+    import subprocess
+    import sys
+
+    password, port = "s3cr3tPW-Do-Not-Leak", free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://alice:{password}@127.0.0.1:{port}"}
+    env |= {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "CRYSTALVISION_HOME": str(cv_home)}
+    cmd = [sys.executable, "-m", "jobs.register", "--config", "pipelines/quickstart.yaml", "--run-id", "x"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2 and "Traceback" not in output and password not in output, output
+    assert f"error: the MLflow tracking server http://alice:***@127.0.0.1:{port} is unreachable" in done.stderr
+
+
+def test_a_pipeline_checks_the_tracking_server_before_it_renders(cv_home, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cr3tPW@127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    tiny = ["snapshot.max_structures=3", "render.image_size=32", "render.views_per_structure=1"]
+    result = _invoke(
+        "pipeline", "run", str(ROOT / "pipelines/quickstart.yaml"), *(a for t in tiny for a in ("--set", t))
+    )
+    assert result.exit_code == 2 and "is unreachable" in result.output, result.output
+    assert "s3cr3tPW" not in result.output
+    assert not (cv_home / "store").exists(), "nothing was rendered"
+
+
 def test_any_other_error_prints_its_traceback_with_secrets_masked(cv_home, monkeypatch):
     import crystalvision.app.commands
 

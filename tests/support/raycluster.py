@@ -111,9 +111,10 @@ def _start_node(cmd: list[str], env: dict[str, str], log_path: Path, dashboard_u
 
 
 @contextmanager
-def two_node_cluster(log_dir: Path) -> Iterator[Cluster]:
-    """Start a head (with dashboard + job server) and one worker node; stop both on exit."""
-    env = _cluster_env()
+def two_node_cluster(log_dir: Path, node_env: dict[str, str] | None = None) -> Iterator[Cluster]:
+    """Start a head (with dashboard + job server) and one worker node, ``node_env`` added to the environment they
+    start in (and their job drivers inherit); stop both on exit."""
+    env = _cluster_env() | (node_env or {})
     gcs_port, dash_port = free_port(), free_port()
     temp_dirs = [tempfile.mkdtemp(prefix="cvray-", dir="/tmp") for _ in range(2)]  # short: Unix socket paths
     taken: set[int] = set()

@@ -116,6 +116,10 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> Pipeli
 
         # read (and a record that cannot describe the model refused) before rendering and training
         card = generalisation_from_record(cfg.registry.generalisation_record, snap.manifest.content_sha256)
+    if "train" in stages:  # the tracking server answers (or the one-line error) before anything is rendered
+        from crystalvision.track.tracking import configure_mlflow
+
+        configure_mlflow()
     store = open_store()
     with result.timed("render"):
         result.render = prepare.render(cfg, snap, selection, store)

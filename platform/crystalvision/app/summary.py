@@ -137,3 +137,18 @@ def summary_renderable(
     if log_path:
         parts.append(Text(f"log       {log_path}"))
     return Group(*parts)
+
+
+def pipeline_summary(result: dict[str, Any], log_path: str | None = None) -> Group:
+    """The summary of a pipeline result as the CLI and a Ray job's log end with it (the tracking URI from the
+    settings)."""
+    from crystalvision.core.settings import get_settings
+
+    return summary_renderable(
+        result,
+        tracking_uri=get_settings().tracking.mlflow_tracking_uri,
+        experiment_id=result.get("experiment_id"),
+        label_source=result.get("label_source"),
+        report_path=result.get("report_path"),
+        log_path=log_path,
+    )

@@ -38,7 +38,11 @@ class _Base(BaseSettings):
 class PathSettings(_Base):
     """The working folder that holds the embedded defaults (object store, MLflow database, Ray storage)."""
 
-    home: Path = Field(default_factory=_home, description="Root of local state; env CRYSTALVISION_HOME.")
+    home: Path = Field(
+        default_factory=_home,
+        description="Root of local state; env CRYSTALVISION_HOME (default .crystalvision in the working dir; a Ray "
+        "job's: ~/.crystalvision, never inside its runtime-env package).",
+    )
 
 
 class DataSettings(_Base):
