@@ -25,8 +25,14 @@ TINY = [
 ]
 
 
-def _kfold_record(folder: Path, snapshot_sha256: str) -> Path:
-    """A grouped k-fold record as `pipeline run --json` writes it (pooled metrics only) for the bundled snapshot."""
+def _kfold_record(folder: Path, snapshot: object, *overrides: str) -> Path:
+    """A grouped k-fold record as `pipeline run --json` writes it (pooled metrics, the render config hash, label
+    sources and recipe) for the bundled snapshot and the quickstart config at TINY size with ``overrides``."""
+    from crystalvision.core.pipeline_file import load_pipeline, parse_overrides
+    from crystalvision.render.job import render_config_hash
+    from crystalvision.track.recipe import label_sources, recipe
+
+    cfg = load_pipeline(ROOT / "pipelines/quickstart.yaml", parse_overrides([*TINY, *overrides]))
     pooled = {
         "pooled_n_structures": 62.0,
         "pooled_n_seeds": 1.0,
@@ -36,11 +42,14 @@ def _kfold_record(folder: Path, snapshot_sha256: str) -> Path:
         "pooled_dummy_acc_crystal_system": 0.37,
         "pooled_model_r2_band_gap": -0.2,
     }
-    path = folder / "lmno-grouped.json"
+    path = folder / f"lmno-grouped{len(overrides)}.json"
     record = {
         "pipeline": "lmno-grouped",
-        "snapshot_sha256": snapshot_sha256,
+        "snapshot_sha256": snapshot.manifest.content_sha256,
         "run_id": "r1",
+        "render": {"render_config_hash": render_config_hash(cfg.render)},
+        "label_source": label_sources(snapshot.manifest),
+        "recipe": recipe(cfg),
         "pooled": {"metrics": pooled},
     }
     path.write_text(json.dumps(record))
@@ -59,8 +68,7 @@ def test_quickstart_end_to_end(cv_home: Path, tmp_path: Path) -> None:
     refused = CliRunner().invoke(app, [*args, "--set", f"registry.generalisation_record={space}"])
     assert refused.exit_code != 0 and "measured snapshot 5acaf39473a8" in refused.output
     assert not (cv_home / "store" / "renders").exists()
-    sha = load_snapshot(bundled_snapshots()["lmno"]).manifest.content_sha256
-    record = _kfold_record(tmp_path, sha)
+    record = _kfold_record(tmp_path, load_snapshot(bundled_snapshots()["lmno"]))
     result = CliRunner().invoke(app, [*args, "--set", f"registry.generalisation_record={record}"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout[result.stdout.index("{") :])
@@ -110,10 +118,15 @@ def test_quickstart_end_to_end(cv_home: Path, tmp_path: Path) -> None:
     assert re_eval["split"]["n_images_train"] == int(params["split.n_images_train"])
     assert re_eval["metrics"]["test_score"] == pytest.approx(summary["metrics"]["test_score"], abs=1e-6)
 
-    # A second run reuses every rendered image and registers a second version as challenger.
-    again = CliRunner().invoke(app, args)
+    # A second run reuses every rendered image and registers a second version as challenger. Its record measured
+    # another recipe (2 epochs; this run's override trains 1): the card is withheld, naming why.
+    other = _kfold_record(tmp_path, load_snapshot(bundled_snapshots()["lmno"]), "train.epochs=2")
+    again = CliRunner().invoke(app, [*args, "--set", f"registry.generalisation_record={other}"])
     assert again.exit_code == 0, again.output
     second = json.loads(again.stdout[again.stdout.index("{") :])
     assert second["render"]["render_n_new"] == 0 and second["render"]["render_n_skipped"] == 15
+    withheld = json.loads((Path(second["model_dir"]) / "model.json").read_text())["generalisation"]
+    assert set(withheld) == {"withheld"} and "train.epochs: 2 in the record, 1 here" in withheld["withheld"]
     challenger = client.get_model_version_by_alias(name, "challenger")
     assert str(challenger.version) == "2" and "no measured out-of-fold metrics" in challenger.description
+    assert "card withheld: lmno-grouped1.json measured another recipe" in challenger.description

@@ -25,6 +25,7 @@ from crystalvision.core.config import PipelineConfig
 from crystalvision.data.storage import ObjectStore, open_store
 from crystalvision.learn import prepare
 from crystalvision.track import rundocs
+from crystalvision.track.recipe import label_sources, recipe
 
 if TYPE_CHECKING:
     from crystalvision.render.job import RenderResult
@@ -51,6 +52,7 @@ class PipelineResult:
     experiment_id: str | None = None
     label_source: str | None = None
     pooled: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)  # track.recipe: what a model card's record must share
     oof_table: Any = None  # k-fold: the pooled per-structure prediction table (pandas), not in the summary
 
     @contextmanager
@@ -81,6 +83,7 @@ class PipelineResult:
             "experiment_id": self.experiment_id,
             "label_source": self.label_source,
             "pooled": self.pooled,
+            "recipe": self.recipe,
         }
 
 
@@ -100,7 +103,8 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> Pipeli
         snapshot_sha256=snap.manifest.content_sha256,
         n_structures=len(selection.records),
         dropped_flagged=selection.dropped_flagged,
-        label_source="; ".join(f"{t}: {v}" for t, v in snap.manifest.label_source.items()) or None,
+        label_source=label_sources(snap.manifest),
+        recipe=recipe(cfg),
     )
     progress.emit("snapshot", len(selection.records), len(selection.records), unit="structures")
     if "render" not in stages and "train" not in stages:
@@ -112,10 +116,7 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> Pipeli
         n_folds_for(cfg.split, n, n * cfg.render.views_per_structure)
     card: dict[str, Any] = {}
     if "train" in stages and cfg.registry.generalisation_record and not prepare.is_kfold(cfg.split):
-        from crystalvision.track.card import generalisation_from_record
-
-        # read (and a record that cannot describe the model refused) before rendering and training
-        card = generalisation_from_record(cfg.registry.generalisation_record, snap.manifest.content_sha256)
+        card = model_card(cfg, snap.manifest)  # before rendering and training
     if "train" in stages:  # the tracking server answers (or the one-line error) before anything is rendered
         from crystalvision.track.tracking import configure_mlflow
 
@@ -131,6 +132,17 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> Pipeli
     else:
         _train_evaluate_register(prepared, stages, result, card)
     return result
+
+
+def model_card(cfg: PipelineConfig, manifest: Any) -> dict[str, Any]:
+    """The card a model of ``cfg`` gets from ``registry.generalisation_record``: a ConfigError for a record of another
+    snapshot; ``{"withheld": why}`` (and a warning) for one of another render, labels or recipe."""
+    from crystalvision.render.job import render_config_hash
+    from crystalvision.track.card import generalisation_from_record
+
+    run = {"render_config_hash": render_config_hash(cfg.render), "label_source": label_sources(manifest),
+           "recipe": recipe(cfg)}  # fmt: skip
+    return generalisation_from_record(cfg.registry.generalisation_record, manifest.content_sha256, run)
 
 
 def _train_evaluate_register(

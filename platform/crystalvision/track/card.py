@@ -3,17 +3,23 @@ record (``crystalvision pipeline run <k-fold config> --json``), kept in ``model.
 
 ``registry.generalisation_record`` names the record. The record must measure the same snapshot the model trains on;
 its numbers describe the recipe (render, model, training settings) of the k-fold run, trained on fewer structures.
+A record of another recipe (``recipe.differences``: render config hash, label sources, selection and training
+settings) gives no numbers: the card says why it was withheld.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from crystalvision.core.errors import ConfigError
 from crystalvision.core.targets import BY_NAME, TARGETS
+from crystalvision.track.recipe import differences
+
+log = logging.getLogger(__name__)
 
 BASELINES = {"dummy": "majority", "1nn": "1-NN", "cgcnn": "CGCNN"}  # record predictor -> name shown
 UNMEASURED = "no measured out-of-fold metrics on unseen structures (registry.generalisation_record was not set)"
@@ -51,8 +57,12 @@ def _measured_on(path: Path) -> str:
     return ""
 
 
-def generalisation_from_record(path: str | Path, snapshot_sha256: str | None) -> dict[str, Any]:
-    """The card block of a grouped k-fold record; ConfigError naming the record when it cannot describe this model."""
+def generalisation_from_record(
+    path: str | Path, snapshot_sha256: str | None, run: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The card block of a grouped k-fold record; ConfigError naming the record when it measured another snapshot.
+    ``run`` (``render_config_hash``, ``label_source``, ``recipe`` of the model's run): a record of another recipe
+    gives ``{"withheld": why}`` and a warning, never its numbers."""
     path = Path(path)
     record = _read(path)
     measured = record.get("snapshot_sha256")
@@ -61,6 +71,12 @@ def generalisation_from_record(path: str | Path, snapshot_sha256: str | None) ->
             f"registry.generalisation_record: {path} measured snapshot {str(measured)[:12]}, but this model trains "
             f"on {snapshot_sha256[:12]}; rerun the k-fold pipeline on this snapshot and point at its record"
         )
+    why = differences(record, run) if run is not None else []
+    if why:
+        reason = f"{path.name} measured another recipe: " + "; ".join(why)
+        log.warning("registry.generalisation_record: %s. This model gets no measured numbers in its card; rerun "
+                    "the k-fold pipeline with this recipe and point at its record", reason)  # fmt: skip
+        return {"withheld": f"card withheld: {reason}"}
     pooled = record["pooled"]["metrics"]
     heads: dict[str, dict[str, Any]] = {}
     for head in TARGETS:
@@ -88,11 +104,21 @@ def generalisation_from_record(path: str | Path, snapshot_sha256: str | None) ->
     }
 
 
+def unmeasured_text(generalisation: dict[str, Any] | None, prefix: str = "") -> str:
+    """Why a card holds no numbers: no record was set, or its record measured another recipe."""
+    withheld = (generalisation or {}).get("withheld")
+    return prefix + (f"no measured out-of-fold metrics on unseen structures ({withheld})" if withheld else UNMEASURED)
+
+
 def trust_text(generalisation: dict[str, Any] | None, head: str) -> str:
     """'this model: 0.47 [0.44, 0.50] accuracy on unseen structures; majority 0.35', or why there is none."""
     entry = (generalisation or {}).get("heads", {}).get(head)
     if not entry:
-        return "this model: " + UNMEASURED if not generalisation else f"this model: {head} was not measured"
+        return (
+            f"this model: {head} was not measured"
+            if (generalisation or {}).get("heads")
+            else unmeasured_text(generalisation, "this model: ")
+        )
     interval = f" [{entry['lo']:.2f}, {entry['hi']:.2f}]" if "lo" in entry and "hi" in entry else ""
     text = f"this model: {entry['value']:.2f}{interval} {entry['metric']} on unseen structures"
     if "majority" in entry:
@@ -103,7 +129,7 @@ def trust_text(generalisation: dict[str, Any] | None, head: str) -> str:
 def card_markdown(generalisation: dict[str, Any] | None) -> list[str]:
     """Markdown lines for the MLflow model-version description."""
     if not generalisation or not generalisation.get("heads"):
-        return ["", f"Generalisation: {UNMEASURED}."]
+        return ["", unmeasured_text(generalisation, "Generalisation: ") + "."]
     g = generalisation
     lines = [
         "",
