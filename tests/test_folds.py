@@ -164,3 +164,47 @@ def test_split_plan_counts_folds_and_unseen_classes_without_images():
     f = next(f for f in plan["folds"] if "cubic" in f["test_crystal_system"])
     assert f["unseen_test_classes"]["crystal_system"] == ["cubic"]
     assert f["ceiling_acc_crystal_system"] == pytest.approx(1 - 1 / f["n_structures_test"])
+
+
+@pytest.mark.parametrize("group_by", ["formula", "structure_cluster"])
+def test_group_by_keeps_each_group_on_one_side_of_test_and_validation(group_by):
+    """Formula siblings (or matched structures) never straddle a test fold or a validation carve-out."""
+    df = labels(n_structures=20, views=2)
+    df["formula"] = [
+        ["LiMnO2", "Li2Mn2O4", "NiO", "LiNiO2", "Mn3O4", "Li2O"][int(m[3:]) % 6] for m in df["material_id"]
+    ]
+    # LiMnO2 and Li2Mn2O4 are one reduced formula; a made-up clustering pairs structures 0-1, 2-3, ...
+    clusters = {m: f"c{int(m[3:]) // 2}" for m in df["material_id"].unique()}
+    cfg = SplitConfig(folds=3, group_by=group_by)
+    folds = fold_splits(df, cfg, clusters)
+    key = df.drop_duplicates("material_id").set_index("material_id")
+    group = (
+        key["formula"].map(lambda f: "LiMnO2" if f == "Li2Mn2O4" else f)
+        if group_by == "formula"
+        else pd.Series(clusters)
+    )
+    assert sorted(m for f in folds for m in f.test["material_id"].unique()) == sorted(key.index)
+    for f in folds:
+        sides = [set(group[x["material_id"].unique()]) for x in (f.train, f.val, f.test)]
+        assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+        assert sides[1] and "group" not in f.train
+    assert "grouped by " + group_by in __import__("crystalvision.data.folds", fromlist=["x"]).plan_text(
+        split_plan(df.drop_duplicates("material_id"), cfg, clusters), cfg
+    )
+    # the default is unchanged: grouped by material id, the same folds as before the option existed
+    base = fold_splits(df, SplitConfig(folds=3))
+    same = fold_splits(df, SplitConfig(folds=3, group_by="material"))
+    assert [set(f.test["material_id"]) for f in base] == [set(f.test["material_id"]) for f in same]
+
+
+def test_group_by_errors_name_the_fix():
+    df = labels(n_structures=6, views=1)
+    with pytest.raises(ConfigError, match="structure_cluster needs the snapshot's structures"):
+        fold_splits(df, SplitConfig(folds=2, group_by="structure_cluster"))
+    with pytest.raises(ConfigError, match="formula needs the labels table's formula column"):
+        fold_splits(df, SplitConfig(folds=2, group_by="formula"))
+    df["formula"] = ["Li2O", "Li4O2", "NiO", "NiO", "Ni2O2", "MnO"]  # three reduced formulas
+    with pytest.raises(ConfigError, match=r"2\.\.3 \(the number of formula groups selected\)"):
+        fold_splits(df, SplitConfig(folds=4, group_by="formula"))
+    with pytest.raises(ConfigError, match="leave_one_out .* needs split.group_by: material"):
+        fold_splits(df, SplitConfig(leave_one_out=True, group_by="formula"))

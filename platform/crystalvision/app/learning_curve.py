@@ -89,7 +89,8 @@ def fold_train_counts(cfg: PipelineConfig) -> list[int]:
     prepared = prepare.prepare(cfg)
     from crystalvision.data.dataset import load_labels
 
-    folds = fold_splits(load_labels(prepared.store, prepared.labels_key), cfg.split)
+    clusters = prepare.split_clusters(cfg.split, prepared.selection.records if prepared.selection else None)
+    folds = fold_splits(load_labels(prepared.store, prepared.labels_key), cfg.split, clusters)
     return [int(f.train["material_id"].nunique()) for f in folds]
 
 

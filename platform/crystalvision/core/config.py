@@ -148,6 +148,11 @@ class SplitConfig(_Strict):
     protocol: Literal["image", "grouped"] = Field(
         default="grouped", description="image: the study's random split by image; grouped: by material_id."
     )
+    group_by: Literal["material", "formula", "structure_cluster"] = Field(
+        default="material",
+        description="Grouped: what never crosses a split: one structure (material), every structure of one reduced "
+        "formula, or structures pymatgen's StructureMatcher matches (structure_cluster; see data/clusters.py).",
+    )
     test_fraction: float = Field(
         default=0.15, gt=0, lt=1, description="Share of structures (grouped) or images (image split) held out for test."
     )
@@ -278,7 +283,9 @@ class EvaluateConfig(_Strict):
         default=0.05, ge=0, description="SmoothGrad noise std in [0, 1] pixel units (the study's 0.05)."
     )
     saliency_samples: int = Field(default=16, ge=1, description="Noisy samples per SmoothGrad map.")
-    baselines: bool = Field(default=True, description="Majority/mean, 1-NN and symmetry baselines on the same split.")
+    baselines: bool = Field(
+        default=True, description="Majority/mean, 1-NN, tabular tree ensemble and symmetry baselines on the same split."
+    )
     symmetry_symprec: float = Field(
         default=0.1, gt=0, description="spglib tolerance (Å) of the symmetry baseline; the labels used 0.1."
     )
@@ -297,6 +304,11 @@ class EvaluateConfig(_Strict):
         default=False, description="Also train the CGCNN graph baseline (graphnet.py) on the same split and report it."
     )
     graph_epochs: int = Field(default=300, ge=1, description="Epoch cap of the graph baseline (early stopping).")
+    graph_size: Literal["reference", "small"] = Field(
+        default="reference",
+        description="Graph baseline size: reference = published CGCNN (3 convolutions, 64 atom features, 128 "
+        "hidden); small = 2 x 32 (tests and quick checks only, never a reported baseline).",
+    )
     subsets: dict[str, StructureFilter] = Field(
         default_factory=dict,
         description="K-fold: pooled metrics also on these subsets, e.g. quaternary: {nelements: 4}.",

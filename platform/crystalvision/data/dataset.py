@@ -60,16 +60,25 @@ def load_labels(store: ObjectStore, labels_key: str) -> pd.DataFrame:
     return df.sort_values(["material_id", "view"]).reset_index(drop=True)
 
 
-def split_frame(df: pd.DataFrame, cfg: SplitConfig) -> Splits:
-    """Split images: ``image`` = the study's random split; ``grouped`` = whole structures on one side."""
+def split_frame(df: pd.DataFrame, cfg: SplitConfig, clusters: Any = None) -> Splits:
+    """Split images: ``image`` = the study's random split; ``grouped`` = whole groups of ``split.group_by`` on one
+    side (``clusters``: material id -> structure cluster, for ``structure_cluster``)."""
     if cfg.protocol == "image":
         rest, test = train_test_split(df, test_size=cfg.test_fraction, random_state=cfg.seed)
         train, val = train_test_split(rest, test_size=cfg.val_fraction, random_state=cfg.seed)
     else:
         if df["material_id"].nunique() < 3:
             raise StorageError("a grouped split needs at least 3 structures; select more or use protocol: image")
+        if cfg.group_by != "material":
+            from crystalvision.data.clusters import group_series
+
+            groups = group_series(df, cfg.group_by, clusters)
+            if groups.nunique() < 3:
+                raise StorageError(f"a split grouped by {cfg.group_by} needs at least 3 groups; group by material")
+            df = df.assign(group=groups.to_numpy())
         rest, test = _group_split(df, cfg.test_fraction, cfg.seed)
         train, val = _group_split(rest, cfg.val_fraction, cfg.seed)
+        train, val, test = (x.drop(columns="group", errors="ignore") for x in (train, val, test))
     # Rows come sorted by structure; shuffle once so a streaming shuffle buffer sees every structure.
     parts = (x.sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True) for x in (train, val, test))
     splits = Splits(*parts, protocol=cfg.protocol, seed=cfg.seed)
@@ -79,7 +88,7 @@ def split_frame(df: pd.DataFrame, cfg: SplitConfig) -> Splits:
 
 def _group_split(df: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     gss = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
-    keep, held = next(gss.split(df, groups=df["material_id"]))
+    keep, held = next(gss.split(df, groups=df["group"] if "group" in df else df["material_id"]))
     if len(held) == 0 or len(keep) == 0:
         raise StorageError(f"grouped split with fraction {fraction} left one side empty; change the fractions")
     return df.iloc[keep], df.iloc[held]

@@ -2,7 +2,10 @@
 
 ``split.folds: K`` with ``protocol: grouped`` gives K folds grouped by structure: every structure is in exactly
 one test fold, and each fold's validation structures are carved (grouped: whole structures) from its training
-structures. Test folds and validation carve-outs are stratified by crystal system where the class sizes allow it
+structures. ``split.group_by`` sets what "unseen" means: ``material`` (one structure per group), ``formula`` (every
+structure of one reduced formula on one side) or ``structure_cluster`` (structures that pymatgen's
+``StructureMatcher`` matches, :mod:`crystalvision.data.clusters`); test folds and validation carve-outs both
+follow it. Test folds and validation carve-outs are stratified by crystal system where the class sizes allow it
 (scikit-learn's ``StratifiedGroupKFold`` / ``StratifiedKFold`` over structures; classes with fewer than K structures
 are pooled into one stratum), otherwise ``GroupKFold`` / ``GroupShuffleSplit``. ``split.test_only`` (e.g.
 ``nelements: 4``) makes the K folds over those structures only; every other structure is always trained on.
@@ -32,6 +35,7 @@ from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, Strati
 
 from crystalvision.core.config import SplitConfig, StructureFilter
 from crystalvision.core.errors import ConfigError
+from crystalvision.data.clusters import group_series
 from crystalvision.data.dataset import Splits
 
 log = logging.getLogger(__name__)
@@ -61,17 +65,20 @@ class FoldSplits(Splits):
         return out | ceiling_metrics(self.train, self.test)
 
 
-def n_folds_for(cfg: SplitConfig, n_structures: int, n_images: int) -> int:
+def n_folds_for(cfg: SplitConfig, n_structures: int, n_images: int, n_groups: int | None = None) -> int:
     """The number of folds ``cfg`` asks for; a ConfigError names the key when it cannot be met."""
     if cfg.leave_one_out:
         if cfg.protocol != "grouped":
             raise ConfigError("split.leave_one_out needs split.protocol: grouped (it leaves out one structure)")
+        if cfg.group_by != "material":
+            raise ConfigError("split.leave_one_out leaves out one structure: it needs split.group_by: material")
         if n_structures < 3:
             raise ConfigError(f"split.leave_one_out needs at least 3 structures, the selection has {n_structures}")
         return n_structures
     k = cfg.folds or 0
-    limit = n_structures if cfg.protocol == "grouped" else n_images
-    unit = "structures" if cfg.protocol == "grouped" else "images"
+    limit = (n_groups or n_structures) if cfg.protocol == "grouped" else n_images
+    unit = "images" if cfg.protocol != "grouped" else "structures" if cfg.group_by == "material" else cfg.group_by
+    unit += " groups" if cfg.protocol == "grouped" and cfg.group_by != "material" else ""
     if k < 2 or k > limit:
         raise ConfigError(
             f"split.folds = {cfg.folds} is outside its allowed range 2..{limit} (the number of {unit} selected); "
@@ -99,7 +106,7 @@ def _test_indices(keys: pd.DataFrame, k: int, seed: int, grouped: bool) -> tuple
     if y is not None:
         cls = StratifiedGroupKFold if grouped else StratifiedKFold
         splitter = cls(n_splits=k, shuffle=True, random_state=seed)
-        groups = keys["material_id"].to_numpy() if grouped else None
+        groups = keys["group"].to_numpy() if grouped else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             folds = [test for _, test in splitter.split(x, y, groups=groups)]
@@ -107,7 +114,7 @@ def _test_indices(keys: pd.DataFrame, k: int, seed: int, grouped: bool) -> tuple
             return folds, True
     if grouped:
         splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        return [test for _, test in splitter.split(x, groups=keys["material_id"].to_numpy())], False
+        return [test for _, test in splitter.split(x, groups=keys["group"].to_numpy())], False
     return [test for _, test in KFold(n_splits=k, shuffle=True, random_state=seed).split(x)], False
 
 
@@ -120,13 +127,15 @@ def _carve_val(
         idx = np.random.default_rng(seed).permutation(len(rest))
         n_val = min(len(rest) - 1, max(1, round(cfg.val_fraction * len(rest))))
         return rest.iloc[idx[n_val:]], rest.iloc[idx[:n_val]], False
-    keys = rest.drop_duplicates("material_id")[["material_id", "crystal_system"]].reset_index(drop=True)
+    keys = rest.drop_duplicates("material_id")[["material_id", "crystal_system", "group"]].reset_index(drop=True)
     if len(keys) < 2:
         raise ConfigError("a grouped fold needs at least 2 training structures; lower split.folds")
     k = min(len(keys), max(2, round(1 / cfg.val_fraction)))
     y = stratum(keys["crystal_system"], k)
     held_ids, stratified = None, False
-    if y is not None:
+    if cfg.group_by != "material":
+        held_ids, stratified = _carve_groups(keys, y, k, seed)
+    elif y is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -138,6 +147,24 @@ def _carve_val(
         held_ids = set(keys["material_id"].iloc[held])
     in_val = rest["material_id"].isin(held_ids).to_numpy()
     return rest[~in_val], rest[in_val], stratified
+
+
+def _carve_groups(keys: pd.DataFrame, y: np.ndarray | None, k: int, seed: int) -> tuple[set[str], bool]:
+    """A validation carve-out of whole groups (``split.group_by`` other than material): one fold of a stratified
+    group k-fold where stratifying is possible and leaves both sides non-empty, else a group shuffle split."""
+    groups = keys["group"].to_numpy()
+    if keys["group"].nunique() < 2:
+        raise ConfigError("a grouped fold needs at least 2 training groups; lower split.folds or group by material")
+    if y is not None and keys["group"].nunique() >= k:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+            _, held = next(splitter.split(np.zeros(len(keys)), y, groups=groups))
+        if 0 < len(held) < len(keys):
+            return set(keys["material_id"].iloc[held]), True
+    gss = GroupShuffleSplit(n_splits=1, test_size=1 / k, random_state=seed)
+    _, held = next(gss.split(keys, groups=groups))
+    return set(keys["material_id"].iloc[held]), False
 
 
 def unseen_classes(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, list[str]]:
@@ -181,13 +208,16 @@ def matches(df: pd.DataFrame, flt: StructureFilter) -> pd.Series:
 
 
 def _structure_keys(df: pd.DataFrame, grouped: bool) -> pd.DataFrame:
-    cols = ["material_id", "crystal_system"]
+    cols = ["material_id", "crystal_system", "group"]
     return (df.drop_duplicates("material_id") if grouped else df)[cols].reset_index(drop=True)
 
 
-def fold_splits(df: pd.DataFrame, cfg: SplitConfig) -> list[FoldSplits]:
-    """The labels table -> one :class:`FoldSplits` per fold (``split.folds`` or ``split.leave_one_out``)."""
+def fold_splits(df: pd.DataFrame, cfg: SplitConfig, clusters: Mapping[str, str] | None = None) -> list[FoldSplits]:
+    """The labels table -> one :class:`FoldSplits` per fold (``split.folds`` or ``split.leave_one_out``), grouped
+    by ``split.group_by`` (``clusters``: material id -> structure cluster, for ``structure_cluster``)."""
     grouped = cfg.protocol == "grouped"
+    group = group_series(df, cfg.group_by if grouped else "material", clusters)
+    df = df.assign(group=group.to_numpy())
     pool = df
     if cfg.test_only is not None:
         if not grouped:
@@ -196,7 +226,7 @@ def fold_splits(df: pd.DataFrame, cfg: SplitConfig) -> list[FoldSplits]:
         if pool.empty:
             raise ConfigError(f"split.test_only {cfg.test_only.model_dump()} matches no selected structure")
     keys = _structure_keys(pool, grouped)
-    k = n_folds_for(cfg, pool["material_id"].nunique(), len(pool))
+    k = n_folds_for(cfg, pool["material_id"].nunique(), len(pool), pool["group"].nunique())
     if cfg.leave_one_out:
         tests, stratified = [np.array([i]) for i in range(len(keys))], False
     else:
@@ -210,7 +240,10 @@ def fold_splits(df: pd.DataFrame, cfg: SplitConfig) -> list[FoldSplits]:
             in_test.iloc[test_idx] = True
         test, rest = df[in_test.to_numpy()], df[~in_test.to_numpy()]
         train, val, val_strat = _carve_val(rest, cfg, cfg.seed + i, grouped)
-        parts = [x.sample(frac=1.0, random_state=cfg.seed + i).reset_index(drop=True) for x in (train, val, test)]
+        parts = [
+            x.drop(columns="group").sample(frac=1.0, random_state=cfg.seed + i).reset_index(drop=True)
+            for x in (train, val, test)
+        ]
         unseen = unseen_classes(parts[0], parts[2])
         for col, classes in unseen.items():
             if classes:
@@ -218,15 +251,18 @@ def fold_splits(df: pd.DataFrame, cfg: SplitConfig) -> list[FoldSplits]:
         fold = FoldSplits(*parts, protocol=cfg.protocol, seed=cfg.seed, fold=i, n_folds=k, stratified=stratified)
         fold.unseen_classes, fold.val_stratified = unseen, val_strat
         out.append(fold)
-    log.info("%d %s folds (%s)", k, cfg.protocol, "stratified by crystal system" if stratified else "unstratified")
+    by = f", grouped by {cfg.group_by}" if grouped else ""
+    log.info(
+        "%d %s folds (%s%s)", k, cfg.protocol, "stratified by crystal system" if stratified else "unstratified", by
+    )
     return out
 
 
-def split_plan(df: pd.DataFrame, cfg: SplitConfig) -> dict[str, Any]:
+def split_plan(df: pd.DataFrame, cfg: SplitConfig, clusters: Mapping[str, str] | None = None) -> dict[str, Any]:
     """What :func:`fold_splits` makes of ``df`` (one row per structure is enough): per fold the structures in
     train / val / test, test structures per crystal system, unseen test classes and the ceiling."""
     rows = []
-    for f in fold_splits(df, cfg):
+    for f in fold_splits(df, cfg, clusters):
         test = f.test.drop_duplicates("material_id")
         rows.append(
             {
@@ -248,7 +284,8 @@ def plan_text(plan: Mapping[str, Any], cfg: SplitConfig) -> str:
     systems = ", ".join(f"{k} {v}" for k, v in plan["crystal_system"].items())
     only = f"; tested: only nelements={cfg.test_only.nelements}" if cfg.test_only else ""
     lines = [
-        f"resolved split: {len(plan['folds'])} {cfg.protocol} folds over {plan['n_structures']} structures{only}",
+        f"resolved split: {len(plan['folds'])} {cfg.protocol} folds over {plan['n_structures']} structures{only}"
+        + (f", grouped by {cfg.group_by}" if cfg.protocol == "grouped" else ""),
         f"crystal systems: {systems}",
         "fold  train  val  test  ceiling system  ceiling space group  stratified (test, val)",
     ]

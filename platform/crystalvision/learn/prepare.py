@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -95,19 +96,32 @@ def is_kfold(split: SplitConfig) -> bool:
     return bool(split.folds) or split.leave_one_out
 
 
-def make_splits(store: ObjectStore, labels_key: str, split: SplitConfig, fold: int | None = None) -> Splits:
-    """The labels table split as ``split`` says (the one place a split is made); ``fold`` picks one k-fold fold."""
+def split_clusters(split: SplitConfig, records: Sequence[Any] | None) -> dict[str, str] | None:
+    """Material id -> structure cluster when ``split.group_by`` is ``structure_cluster`` (cached per set of
+    structures, :func:`crystalvision.data.clusters.structure_clusters`), else None."""
+    if split.group_by != "structure_cluster" or split.protocol != "grouped" or records is None:
+        return None
+    from crystalvision.data.clusters import structure_clusters
+
+    return structure_clusters(list(records))
+
+
+def make_splits(
+    store: ObjectStore, labels_key: str, split: SplitConfig, fold: int | None = None, clusters: Any = None
+) -> Splits:
+    """The labels table split as ``split`` says (the one place a split is made); ``fold`` picks one k-fold fold;
+    ``clusters`` (:func:`split_clusters`) for ``split.group_by: structure_cluster``."""
     if fold is None:
-        return split_frame(load_labels(store, labels_key), split)
-    return make_folds(store, labels_key, split)[fold]
+        return split_frame(load_labels(store, labels_key), split, clusters)
+    return make_folds(store, labels_key, split, clusters)[fold]
 
 
-def make_folds(store: ObjectStore, labels_key: str, split: SplitConfig) -> list[Splits]:
+def make_folds(store: ObjectStore, labels_key: str, split: SplitConfig, clusters: Any = None) -> list[Splits]:
     """The labels table's k folds (``split.folds`` / ``split.leave_one_out``; each structure tested once), each
     fold's training part cut to ``split.train_structures`` when set (a learning-curve point)."""
     from crystalvision.data.folds import fold_splits, subset_folds
 
-    return subset_folds(fold_splits(load_labels(store, labels_key), split), split)
+    return subset_folds(fold_splits(load_labels(store, labels_key), split, clusters), split)
 
 
 def plan_folds(cfg: PipelineConfig) -> dict[str, Any] | None:
@@ -122,14 +136,16 @@ def plan_folds(cfg: PipelineConfig) -> dict[str, Any] | None:
     _, selection = select_records(cfg)
     cols = ("material_id", "formula", "crystal_system", "spacegroup_symbol")
     frame = pd.DataFrame([{c: getattr(r, c) for c in cols} for r in selection.records])
-    return split_plan(frame.sort_values("material_id").reset_index(drop=True), cfg.split)
+    clusters = split_clusters(cfg.split, selection.records)
+    return split_plan(frame.sort_values("material_id").reset_index(drop=True), cfg.split, clusters)
 
 
 def fold_inputs(prepared: Prepared) -> list[Prepared]:
     """One prepared input per fold of ``prepared.cfg.split`` (each with its own copy of the model spec)."""
     if prepared.labels_key is None:
         raise ValueError("k-fold inputs need the labels table's key (prepare the config first)")
-    splits = make_folds(prepared.store, prepared.labels_key, prepared.cfg.split)
+    clusters = split_clusters(prepared.cfg.split, prepared.selection.records if prepared.selection else None)
+    splits = make_folds(prepared.store, prepared.labels_key, prepared.cfg.split, clusters)
     return [prepared.with_splits(s).with_spec_copy() for s in splits]
 
 
@@ -137,7 +153,8 @@ def assemble(
     cfg: PipelineConfig, snap: Snapshot, selection: Selection, rendered: RenderResult, store: ObjectStore
 ) -> Prepared:
     """Labels table -> splits, plus the model spec of the snapshot: the prepared inputs."""
-    splits = make_splits(store, rendered.labels_key, cfg.split)  # k-fold: the plain split; folds() gives the folds
+    clusters = split_clusters(cfg.split, selection.records)
+    splits = make_splits(store, rendered.labels_key, cfg.split, clusters=clusters)  # k-fold: folds() gives the folds
     return Prepared(cfg, store, splits, spec_for(cfg, snap), snap, selection, rendered, rendered.labels_key)
 
 
@@ -158,5 +175,7 @@ def from_labels(
 ) -> Prepared:
     """Prepared inputs from an existing labels table (a logged run's), split by ``split`` (default ``cfg.split``);
     ``fold`` picks one fold of a k-fold split (a fold's child run logs it as ``fold``)."""
-    splits = make_splits(store, labels_key, split or cfg.split, fold)
+    split = split or cfg.split
+    clusters = split_clusters(split, select_records(cfg)[1].records) if split.group_by == "structure_cluster" else None
+    splits = make_splits(store, labels_key, split, fold, clusters)
     return Prepared(cfg, store, splits, spec, labels_key=labels_key)
