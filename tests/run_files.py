@@ -56,6 +56,7 @@ SHARED_PROCESS = (  # start no Ray cluster, server or GL context: safe to share 
     "test_weights_only.py",
     "test_selection.py",
     "test_card.py",
+    "test_card_recipe.py",
     "test_layers.py",
 )
 SHARED_NAME = "unit files"
@@ -75,7 +76,6 @@ LIGHT = (
     "test_bad_input.py",
     "test_render_job.py",
     "test_shards.py",
-    "test_driver_imports.py",
     "test_docs.py",  # mkdocs build and the doc scripts; test_docs_run.py trains (README's `make run`): Ray lane
 )
 COUNTS = re.compile(r"(\d+) (passed|failed|error|errors|skipped|xfailed|xpassed)")
