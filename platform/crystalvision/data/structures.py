@@ -6,9 +6,11 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from pymatgen.core import Element, Structure
+from pymatgen.io.cif import CifBlock, CifParser
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from crystalvision.core.errors import StructureError
@@ -26,10 +28,31 @@ MAX_ATOMS = 2_000
 # (a conventional cell), and pymatgen's expansion + merge of (atom rows x operations) sites grows quadratically.
 MAX_SYMMETRY_OPS = 192
 MAX_EXPANDED_SITES = 10_000
-_SYMOP_TAGS = ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz", "_space_group_symop.operation_xyz")
+MAX_SECTIONS = 1_000  # loops, and data blocks, per CIF: a crystal structure has a handful
+# What pymatgen's CIF reader reads is a stream of tokens: line breaks mean nothing inside a loop, so the bounds count
+# loop values, not lines. These patterns follow pymatgen's (comments, blocks, quoted values) in linear time; where they
+# differ they count fewer values (a '#' inside a value starts a comment here), and parse_cif counts exactly.
+_COMMENT = re.compile(r"#.*$", re.MULTILINE)
+_BLOCK = re.compile(r"^[^\S\n]*data_", re.MULTILINE)  # pymatgen's ^\s*data_ is quadratic on blank lines
+_LOOP_HEADER = re.compile(r"loop_\s+((?:_\S*\s+)+)")
+_LOOP_END = re.compile(r"(?:^|(?<=\s))(?:loop_|_)", re.MULTILINE)
+_SCAN_CHARS = 1_000_000
+_SPACE = re.compile(r"\s")
+_TOKEN = re.compile(r"""'[^'\n]*'(?!\S)|"[^"\n]*"(?!\S)|\S+""")
+_SYMOP_MARKS = ("symop", "equiv_pos")  # tags of symmetry-operation loops (all spellings, magnetic ones too)
+_CENTERING_MARK = "magn_centering"  # magnetic centring operations: pymatgen combines each with every operation
 MISSING_LABEL_FLAG = "missing_{}"  # e.g. missing_band_gap: the label is absent upstream, never read as 0.0
 _CELL_LENGTH = re.compile(r"^_cell_length_([abc])\s+([-+0-9.eE]+)", re.MULTILINE)
 ANIONS = {"O", "F", "S", "Cl", "N", "Se", "Br", "I", "Te", "P"}
+
+
+class Expansion(NamedTuple):
+    """What pymatgen will expand in one data block: atom rows and the symmetry operations applied to each; ``partial``
+    when counting stopped once a bound was certainly broken (the counts are then lower bounds)."""
+
+    rows: int
+    ops: int
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,7 +70,11 @@ def parse_cif(text: str, name: str = "<cif>") -> Structure:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            structure = Structure.from_str(text, fmt="cif")
+            parser = CifParser.from_str(text)  # pymatgen's block parse: tokens into tags and loops, nothing expanded
+            _raise_if_expansion_too_large(parsed_counts(parser), name)
+            structure = parser.parse_structures(primitive=False)[0]
+    except StructureError:
+        raise
     except Exception as exc:  # pymatgen raises ValueError, KeyError, IndexError... on bad CIFs
         _raise_if_degenerate_cell(text, name)
         raise StructureError(
@@ -59,54 +86,107 @@ def parse_cif(text: str, name: str = "<cif>") -> Structure:
 
 
 def precheck_cif(text: str, name: str = "<cif>") -> None:
-    """Cheap checks before any parsing: not empty, atom rows and symmetry expansion within bounds."""
+    """Cheap checks before any parsing: not empty, atom rows and symmetry expansion within bounds (counted from
+    tokens in linear time, whatever the line layout; :func:`parse_cif` counts again from pymatgen's own parse)."""
     if not text or not text.strip():
         raise StructureError(f"{name}: the CIF is empty; pass a CIF file with one crystal structure")
-    rows = _count_atom_rows(text)
-    _raise_if_too_many_atoms(rows, name)
-    _raise_if_symmetry_bomb(_count_loop_rows(text, _SYMOP_TAGS), rows, name)
-
-
-def _count_atom_rows(text: str) -> int:
-    """Rows of the CIF's ``_atom_site_`` loop, counted before pymatgen parses (and expands) anything."""
-    return _count_loop_rows(text, ("_atom_site_",), exclude=("_atom_site_aniso",))
-
-
-def _count_loop_rows(text: str, tags: tuple[str, ...], exclude: tuple[str, ...] = ()) -> int:
-    """Lines of data in the CIF loops whose header has a tag starting with one of ``tags`` (one row per line)."""
-    rows, in_header, in_loop = 0, False, False
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("loop_"):
-            in_header, in_loop = True, False
-        elif line.startswith("_"):
-            if in_header and line.startswith(tags) and not line.startswith(exclude):
-                in_loop = True
-            elif not in_header:
-                in_loop = False
-        elif line.startswith("data_"):
-            in_header = in_loop = False
-        else:
-            in_header = False
-            rows += in_loop
-    return rows
-
-
-def _raise_if_symmetry_bomb(n_ops: int, n_rows: int, name: str) -> None:
-    """Refuse symmetry operations that pymatgen would expand into far too many sites (minutes of parsing)."""
-    if n_ops > MAX_SYMMETRY_OPS or n_ops * n_rows > MAX_EXPANDED_SITES:
+    sections = max(text.count("loop_"), text.count("data_"))
+    if sections > MAX_SECTIONS:
         raise StructureError(
-            f"{name}: {n_ops} symmetry operations on {n_rows} atom rows (limits: {MAX_SYMMETRY_OPS} operations, "
-            f"{MAX_EXPANDED_SITES} expanded sites); pass the structure in P1 (every atom listed, one operation)"
+            f"{name}: {sections} loops or data blocks, more than the {MAX_SECTIONS} a crystal structure needs; "
+            "pass one structure per CIF"
+        )
+    _raise_if_expansion_too_large(token_counts(text), name)
+
+
+def token_counts(text: str) -> list[Expansion]:
+    """Atom rows and symmetry operations per data block, counted from tokens before pymatgen reads anything.
+
+    Loop values are counted from the end of a loop's header to the next tag or loop, so a loop laid out on one line
+    counts as what it is. Operations given only by a space-group name count 1 here (parse_cif counts them exactly).
+    """
+    counts = []
+    for block in _BLOCK.split(_COMMENT.sub(" ", text)):
+        rows, ops, centering, partial = 0, 1, 1, False
+        for header in _LOOP_HEADER.finditer(block):
+            if header.start() and not block[header.start() - 1].isspace():
+                continue  # 'xloop_' is a value, not a loop
+            tags = header.group(1).split()
+            atoms = any(t.startswith("_atom_site_") and not t.startswith("_atom_site_aniso") for t in tags)
+            centrings = any(_CENTERING_MARK in t for t in tags)
+            if not (atoms or centrings or any(mark in t for t in tags for mark in _SYMOP_MARKS)):
+                continue  # bonds, citations...: nothing pymatgen expands
+            limit = (MAX_ATOMS if atoms else MAX_SYMMETRY_OPS) + 1
+            values, whole = _count_values(block, header.end(), limit * len(tags))
+            partial |= not whole
+            n = -(-values // len(tags))
+            if atoms:
+                rows += n
+            elif centrings:
+                centering = max(centering, n)
+            else:
+                ops = max(ops, n)
+        counts.append(Expansion(rows, ops * centering, partial))
+    return counts
+
+
+def _count_values(block: str, start: int, enough: int) -> tuple[int, bool]:
+    """The values of the loop whose header ends at ``start`` (tokens up to the next tag or loop), counted a megabyte
+    at a time until more than ``enough``: (count, whether the whole loop was counted). A bomb is known by its first
+    megabyte; a quoted value cut at a megabyte's edge counts one more."""
+    count, end = 0, len(block)
+    while start < end and count <= enough:
+        space = _SPACE.search(block, min(start + _SCAN_CHARS, end), end)
+        stop = space.start() if space else end
+        if found := _LOOP_END.search(block, start, stop):
+            stop = end = found.start()
+        count += _TOKEN.subn("", block[start:stop])[1]
+        start = stop
+    return count, start >= end
+
+
+def parsed_counts(parser: CifParser) -> list[Expansion]:
+    """Atom rows and symmetry operations per data block of pymatgen's block parse, before it expands anything: the
+    operations it will apply (listed, or generated from the space group; magnetic ones with their centrings)."""
+    counts = []
+    for header, data in parser.as_dict().items():
+        sizes = {tag: len(v) if isinstance(v, list) else 1 for tag, v in data.items()}
+        rows = max(
+            (n for t, n in sizes.items() if t.startswith("_atom_site_") and not t.startswith("_atom_site_aniso")),
+            default=0,
+        )
+        listed = max(
+            (n for t, n in sizes.items() if _CENTERING_MARK not in t and any(m in t for m in _SYMOP_MARKS)), default=0
+        )
+        if parser.feature_flags.get("magcif"):
+            ops = max(listed, 1) * max((n for t, n in sizes.items() if _CENTERING_MARK in t), default=1)
+        elif listed > MAX_SYMMETRY_OPS:
+            ops = listed  # refused below without converting them
+        else:
+            ops = len(parser.get_symops(CifBlock(data, [], header)))  # at most 192 (a space group's) to convert
+        counts.append(Expansion(rows, ops))
+    return counts
+
+
+def _raise_if_expansion_too_large(counts: list[Expansion], name: str) -> None:
+    """Refuse more atom rows than MAX_ATOMS, or symmetry operations pymatgen would expand into far too many sites
+    (its expansion and merge grow quadratically: minutes of parsing)."""
+    rows = sum(c.rows for c in counts)
+    at_least = "at least " if any(c.partial for c in counts) else ""
+    _raise_if_too_many_atoms(rows, name, at_least)
+    n_ops = max((c.ops for c in counts), default=1)
+    if n_ops > MAX_SYMMETRY_OPS or sum(c.rows * c.ops for c in counts) > MAX_EXPANDED_SITES:
+        raise StructureError(
+            f"{name}: {at_least}{n_ops} symmetry operations on {rows} atom rows (limits: {MAX_SYMMETRY_OPS} "
+            f"operations, {MAX_EXPANDED_SITES} expanded sites); pass the structure in P1 (every atom listed, one "
+            "operation)"
         )
 
 
-def _raise_if_too_many_atoms(n_atoms: int, name: str) -> None:
+def _raise_if_too_many_atoms(n_atoms: int, name: str, at_least: str = "") -> None:
     if n_atoms > MAX_ATOMS:
         raise StructureError(
-            f"{name}: {n_atoms} atoms, more than the limit of {MAX_ATOMS}; pass a primitive or smaller cell"
+            f"{name}: {at_least}{n_atoms} atoms, more than the limit of {MAX_ATOMS}; pass a primitive or smaller cell"
         )
 
 

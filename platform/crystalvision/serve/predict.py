@@ -3,14 +3,15 @@
 Input: a DataFrame with, per row, either ``image`` (base64 PNG/JPEG) or ``cif`` (CIF text; rendered into ``views``
 views with the model's render config, predictions averaged), an optional ``views`` (1 to 64) and an optional
 ``name`` used in messages. Every row and the request as a whole are bounded (:mod:`crystalvision.serve.predict_input`:
-rows, views in total, CIF size and symmetry operations), and CIFs are parsed and rendered in bounded helper
-processes with timeouts (:mod:`crystalvision.serve.renderproc`). Output: one row per input row
-with ``band_gap`` (eV), ``energy_above_hull`` (eV/atom), the joint symmetry answer of both classification heads
-(:mod:`crystalvision.serve.hierarchy`: ``crystal_system`` and ``spacegroup`` with their probabilities,
+rows, views and bytes in total, a wall-clock budget, CIF size and symmetry operations), and CIFs are parsed and
+rendered in bounded helper processes with deadlines (:mod:`crystalvision.serve.renderproc`). Output: one row per
+input row with ``band_gap`` (eV), ``energy_above_hull`` (eV/atom), the joint symmetry answer of both classification
+heads (:mod:`crystalvision.serve.hierarchy`: ``crystal_system`` and ``spacegroup`` with their probabilities,
 ``spacegroup_top3`` as a JSON list of [symbol, probability]), each head's full distribution (``crystal_system_proba``,
 ``spacegroup_proba``: JSON objects class -> probability), ``warnings`` (JSON list: out-of-domain input, heads that
 disagree) and ``error`` (None, or one clear message for a bad row; the other rows are still predicted). Columns
-have object dtype so a bad row's values are None (JSON null).
+have object dtype so a bad row's values are None (JSON null). A render helper that fails (dies, hangs, or rendering
+raises) is that row's error over REST; from Python (``model.predict``, the CLI) it raises one error naming the row.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ from crystalvision.data.dataset import Splits, image_png
 from crystalvision.learn.model import SPEC_FILE, CrystalNet, ModelSpec, load_model, predict_arrays
 from crystalvision.serve import predict_input
 from crystalvision.serve.hierarchy import joint_symmetry
+from crystalvision.serve.renderproc import Deadline, DeadlineError, HelperError
 
 if TYPE_CHECKING:
     from crystalvision.data.storage import ObjectStore
@@ -82,8 +85,10 @@ SIGNATURE = ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA)
 
 # (structure, render_config dict, number of views) -> uint8 (views, H, W, 3)
 ViewRenderer = Callable[[Any, dict, int], np.ndarray]
-# (CIF text, row name, atom limit, render_config dict, number of views) -> (structure, uint8 (views, H, W, 3))
-CifRenderer = Callable[[str, str, int, dict, int], tuple[Any, np.ndarray]]
+# (CIF text, row name, atom limit, render_config dict, number of views, request deadline) -> (structure, uint8
+# (views, H, W, 3))
+CifRenderer = Callable[[str, str, int, dict, int, Deadline | None], tuple[Any, np.ndarray]]
+SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"  # "true" inside `mlflow models serve` (its scoring server sets it)
 
 
 def render_views(structure: Any, render_config: dict, views: int) -> np.ndarray:
@@ -97,17 +102,21 @@ def render_views(structure: Any, render_config: dict, views: int) -> np.ndarray:
     return renderproc.render_views(structure, render_config, views, PREDICT_VIEW_KEY)
 
 
-def render_cif(text: str, name: str, limit: int, render_config: dict, views: int) -> tuple[Any, np.ndarray]:
-    """Parse a CIF (at most ``limit`` atoms) and render its views, both in a helper process with timeouts."""
+def render_cif(
+    text: str, name: str, limit: int, render_config: dict, views: int, deadline: Deadline | None = None
+) -> tuple[Any, np.ndarray]:
+    """Parse a CIF (at most ``limit`` atoms) and render its views, both in a helper process with deadlines."""
     from crystalvision.serve import renderproc
 
-    return renderproc.render_cif(text, name, limit, render_config, views, PREDICT_VIEW_KEY)
+    return renderproc.render_cif(text, name, limit, render_config, views, PREDICT_VIEW_KEY, deadline)
 
 
 def in_process(renderer: ViewRenderer) -> CifRenderer:
     """A CifRenderer that parses here and renders with ``renderer`` (tests, or a caller's own renderer)."""
 
-    def render(text: str, name: str, limit: int, render_config: dict, views: int) -> tuple[Any, np.ndarray]:
+    def render(
+        text: str, name: str, limit: int, render_config: dict, views: int, deadline: Deadline | None = None
+    ) -> tuple[Any, np.ndarray]:
         structure = predict_input.read_cif(text, name, limit)
         return structure, renderer(structure, render_config, views)
 
@@ -130,10 +139,22 @@ def _cell(row: pd.Series, column: str) -> Any:
     return value
 
 
-def _prepare_row(row: pd.Series, name: str, spec: ModelSpec, renderer: CifRenderer, default_views: int) -> _Item:
-    """Decode or render one row within the input bounds; any exception becomes the row's error."""
+def _prepare_row(
+    row: pd.Series,
+    name: str,
+    spec: ModelSpec,
+    renderer: CifRenderer,
+    default_views: int,
+    deadline: Deadline | None = None,
+    raise_failed: bool = False,
+) -> _Item:
+    """Decode or render one row within the input bounds; any exception becomes the row's error, except a failed
+    render helper when ``raise_failed`` (it raises, naming the row)."""
     image, cif = _cell(row, "image"), _cell(row, "cif")
     try:
+        if deadline is not None and deadline.left() <= 0:
+            return _Item(error=f"{name}: not started: the request's {deadline.budget_s:.0f} s budget ran out; send "
+                         "fewer rows per request")  # fmt: skip
         if image is not None and cif is not None:
             raise ImageError(f"{name}: give either an image or a CIF, not both")
         if image is not None:
@@ -144,13 +165,20 @@ def _prepare_row(row: pd.Series, name: str, spec: ModelSpec, renderer: CifRender
             views = predict_input.check_views(_cell(row, "views"), default_views, name)
             limit = predict_input.max_atoms(spec)
             predict_input.check_cif(str(cif), name, limit)  # cheap bounds here, before a helper is busy
-            structure, images = renderer(str(cif), name, limit, spec.render_config, views)
+            structure, images = renderer(str(cif), name, limit, spec.render_config, views, deadline)
             images = _check_rendered(images, name, spec)
             return _Item(images=images, warnings=predict_input.structure_warnings(structure, spec, name))
         raise ImageError(f"{name}: the row has neither an 'image' (base64 PNG) nor a 'cif' (CIF text)")
+    except HelperError as exc:
+        if raise_failed:
+            raise HelperError(f"{name}: {exc}") from exc
+        return _Item(error=f"{name}: {exc}".splitlines()[0])
+    except DeadlineError as exc:
+        return _Item(error=f"{name}: {exc}")
     except Exception as exc:  # one bad row never fails the request: its error is its answer
-        message = str(exc) if str(exc).startswith(name) else f"{name}: {type(exc).__name__}: {exc}"
-        return _Item(error=message.splitlines()[0] if message else name)
+        detail = str(exc) or "no message"
+        message = detail if detail.startswith(name) else f"{name}: {type(exc).__name__}: {detail}"
+        return _Item(error=message.splitlines()[0])
 
 
 def _check_rendered(images: np.ndarray, name: str, spec: ModelSpec) -> np.ndarray:
@@ -164,22 +192,33 @@ def _proba_json(classes: Sequence[str], proba: np.ndarray) -> str:
 
 
 def predict_frame(
-    model: CrystalNet, frame: pd.DataFrame, renderer: ViewRenderer | None = None, default_views: int = DEFAULT_VIEWS
+    model: CrystalNet,
+    frame: pd.DataFrame,
+    renderer: ViewRenderer | None = None,
+    default_views: int = DEFAULT_VIEWS,
+    raise_failed: bool = False,
 ) -> pd.DataFrame:
     """Predict every row of ``frame``; a bad row gets an ``error`` message, the others are still predicted.
 
-    ``renderer`` renders parsed structures in this process (tests); by default CIFs go to the render helpers.
+    ``renderer`` renders parsed structures in this process (tests); by default CIFs go to the render helpers, and a
+    helper that fails is that row's error, or raises when ``raise_failed``. The request's budget
+    (:func:`~crystalvision.serve.predict_input.request_budget_s`) is checked before every row.
     """
     spec = model.spec
+    deadline = predict_input.request_deadline()
     cif_renderer = in_process(renderer) if renderer else render_cif
     rows = [row for _, row in frame.iterrows()]
     names = [str(_cell(row, "name") or f"row {i}") for i, row in enumerate(rows)]
-    rows_error, views_error = predict_input.request_refusal(len(rows), _cif_views(rows, default_views))
+    rows_error, views_error = predict_input.request_refusal(
+        len(rows), _cif_views(rows, default_views), sum(_text_bytes(row) for row in rows)
+    )
     items = []
     for row, name in zip(rows, names, strict=True):
         refusal = rows_error or (views_error if _cell(row, "cif") is not None else None)
         items.append(
-            _Item(error=f"{name}: {refusal}") if refusal else _prepare_row(row, name, spec, cif_renderer, default_views)
+            _Item(error=f"{name}: {refusal}")
+            if refusal
+            else _prepare_row(row, name, spec, cif_renderer, default_views, deadline, raise_failed)
         )
         if items[-1].error and not rows_error:
             log.warning("prediction input rejected: %s", items[-1].error)
@@ -199,6 +238,12 @@ def predict_frame(
             rows.append(dict.fromkeys(OUTPUT_COLUMNS) | {"error": it.error or f"{name}: {type(exc).__name__}: {exc}"})
     # object dtype keeps None (not NaN) for missing values, so the REST answer is valid JSON with nulls
     return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS), dtype=object)
+
+
+def _text_bytes(row: pd.Series | dict) -> int:
+    """Bytes of a row's CIF and image text (the request's byte cap adds them up)."""
+    cells = (row.get(column) for column in ("cif", "image"))
+    return sum(len(c.encode("utf-8", errors="replace")) for c in cells if isinstance(c, str))
 
 
 def _cif_views(rows: list[pd.Series], default_views: int) -> list[int]:
@@ -267,7 +312,8 @@ class CrystalVisionPyfunc(mlflow.pyfunc.PythonModel):
     ) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
-        return predict_frame(self.model, model_input)
+        serving = os.environ.get(SERVING_ENV, "").lower() == "true"
+        return predict_frame(self.model, model_input, raise_failed=not serving)
 
 
 def pip_requirements() -> list[str]:
@@ -350,10 +396,7 @@ def predict_files(paths: Sequence[str | Path], model_uri: str, views: int = DEFA
         except Exception as exc:  # MLflow raises MlflowException, OSError... for unknown models
             raise ModelError(f"cannot load model {model_uri} ({exc}); train and register one first") from exc
         out.attrs["generalisation"] = model_generalisation(model)
-        # requests within the server's bounds: at most MAX_ROWS rows and MAX_TOTAL_VIEWS views each
-        step = max(1, min(predict_input.MAX_ROWS, predict_input.MAX_TOTAL_VIEWS // views))
-        for start in range(0, len(readable), step):
-            chunk = readable[start : start + step]
+        for chunk in _request_chunks(readable, views):
             frame = pd.DataFrame(
                 [{"image": None, "cif": None, **r, "views": float(views), "name": str(paths[i])} for i, r in chunk]
             )
@@ -362,6 +405,22 @@ def predict_files(paths: Sequence[str | Path], model_uri: str, views: int = DEFA
                 out.loc[i, list(OUTPUT_COLUMNS)] = [row[c] for c in OUTPUT_COLUMNS]
     out.insert(0, "file", [str(p) for p in paths])
     return out
+
+
+def _request_chunks(readable: list[tuple[int, dict]], views: int) -> list[list[tuple[int, dict]]]:
+    """Requests within the server's bounds: at most MAX_ROWS rows, MAX_TOTAL_VIEWS views and MAX_REQUEST_BYTES each
+    (a single file is within the byte cap: its own limit is lower)."""
+    step = max(1, min(predict_input.MAX_ROWS, predict_input.MAX_TOTAL_VIEWS // views))
+    chunks: list[list[tuple[int, dict]]] = []
+    size = 0
+    for item in readable:
+        grow = _text_bytes(item[1])
+        if not chunks or len(chunks[-1]) >= step or size + grow > predict_input.MAX_REQUEST_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += grow
+    return chunks
 
 
 def model_generalisation(model: Any) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Bounded prediction input (pyfunc, REST serving and CLI alike) and out-of-domain warnings.
 
-Every request row is checked before any expensive work: CIF text size, atom count, ``views``, base64 payload size
-and image format (PNG or JPEG, by content, not by name). A row that breaks a bound raises one clear error naming
-the row and the limit; the caller turns it into that row's ``error``. Warnings say when an input lies outside what
+Every request row is checked before any expensive work: CIF text size, atom rows and symmetry operations (counted
+from tokens, as pymatgen reads them), ``views``, base64 payload size and image format (PNG or JPEG, by content, not by
+name). A row that breaks a bound raises one clear error naming the row and the limit; the caller turns it into that
+row's ``error``. A request is bounded too: rows, rendered views and bytes in total, and a wall-clock budget (a share of
+the model server's request timeout) checked before every row. Warnings say when an input lies outside what
 the model was trained on: elements it never saw, a structure far larger than any training structure, an image of
 another size than the model's.
 """
@@ -21,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from crystalvision.core.errors import ImageError, StructureError
 from crystalvision.data.dataset import decode_png
 from crystalvision.data.structures import MAX_CIF_BYTES, parse_cif, precheck_cif
+from crystalvision.serve.renderproc import Deadline
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -35,6 +38,8 @@ MAX_IMAGE_BYTES = 20_000_000
 MAX_IMAGE_B64_CHARS = 4 * math.ceil(MAX_IMAGE_BYTES / 3)
 IMAGE_FORMATS = ("PNG", "JPEG")
 FAR_LARGER = 2.0  # a structure with more than this many times the largest training site count is out of domain
+MAX_REQUEST_BYTES = 64_000_000  # CIF and base64 image text per request: three rows at their largest
+BUDGET_SHARE = 0.75  # of MLflow's scoring-server timeout: the answer leaves before the server gives up with a 504
 
 
 def check_views(value: Any, default: int, name: str) -> int:
@@ -82,12 +87,32 @@ def check_cif(text: str, name: str, limit: int) -> None:
     precheck_cif(text, name)
 
 
-def request_refusal(rows: int, cif_views: list[int]) -> tuple[str | None, str | None]:
-    """Why a whole request is refused (too many rows), and why its CIF rows are (too many views in total)."""
+def request_budget_s() -> float:
+    """Seconds one request may take: BUDGET_SHARE of MLflow's scoring-server timeout
+    (``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``, default 60 s), so rows past it are refused rather than answered by the
+    server's 504 while the work runs on."""
+    from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
+
+    return BUDGET_SHARE * float(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())
+
+
+def request_deadline() -> Deadline:
+    """The deadline of a request that starts now."""
+    return Deadline.after(request_budget_s())
+
+
+def request_refusal(rows: int, cif_views: list[int], size: int = 0) -> tuple[str | None, str | None]:
+    """Why a whole request is refused (too many rows or bytes), and why its CIF rows are (too many views in
+    total). ``size``: the bytes of its CIF and image text."""
     rows_error = views_error = None
     if rows > MAX_ROWS:
         rows_error = (
             f"the request has {rows} rows, more than the limit of {MAX_ROWS}; send at most {MAX_ROWS} per request"
+        )
+    elif size > MAX_REQUEST_BYTES:
+        rows_error = (
+            f"the request holds {size} bytes of CIF and image text, more than the limit of {MAX_REQUEST_BYTES} "
+            "bytes per request; send fewer rows per request"
         )
     if sum(cif_views) > MAX_TOTAL_VIEWS:
         views_error = (

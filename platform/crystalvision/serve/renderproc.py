@@ -1,25 +1,30 @@
 """Rendering for processes that run torch (prediction: the CLI, the pyfunc, the REST server).
 
 VTK and its OpenGL stack never load beside torch (:mod:`crystalvision.core.natives`): CIFs are parsed and their views
-rendered in spawned helper processes (never forked: a forked GL context hangs), kept for the next request and
-replaced when they die. A bounded pool of ``RENDER_HELPERS`` helpers serves concurrent requests; a request waits at
-most ``QUEUE_TIMEOUT_S`` for a free one. Each helper keeps its :class:`~crystalvision.render.scene.Renderer` while
-the render config stays the same. Parsing a CIF may take ``PARSE_TIMEOUT_S`` and rendering ``RENDER_TIMEOUT_S``:
-past either, the helper is killed and that row alone fails.
+rendered in helper processes, each a fresh interpreter running :mod:`crystalvision.serve.renderhelper` (never a fork:
+a forked GL context hangs; never multiprocessing's spawn: it re-imports the caller's main module). Helpers are kept
+for the next request and replaced when they die. A bounded pool of ``RENDER_HELPERS`` helpers serves concurrent
+requests. Every call has deadlines: waiting for a free helper ``QUEUE_TIMEOUT_S``, parsing a CIF ``PARSE_TIMEOUT_S``,
+rendering ``RENDER_TIMEOUT_S``, all within the request's own :class:`Deadline`. A helper past a deadline is killed
+at once (the next call starts a new one) and that row alone fails.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import logging
+import math
 import multiprocessing
 import os
+import subprocess
+import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
-from multiprocessing.connection import Connection
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -31,67 +36,68 @@ PARSE_TIMEOUT_S = 30.0
 RENDER_TIMEOUT_S = 120.0
 RENDER_HELPERS = max(2, min(4, (os.cpu_count() or 1) // 2))
 QUEUE_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 5.0  # an idle helper asked to stop gets this long before it is killed
+# the folder that holds this crystalvision package (the checkout's platform/, or a logged model's code/)
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); from crystalvision.serve.renderhelper import main; main(sys.argv[2:])"
+)
 
 
-def render_here(
-    structure: Any, render_config: dict, views: int, view_key: str, cache: dict | None = None
-) -> np.ndarray:
-    """``views`` seeded views (material key ``view_key``) of a structure, rendered in this process."""
-    from crystalvision.core.config import RenderConfig
-    from crystalvision.render.rotations import view_rotation
-    from crystalvision.render.scene import Renderer
+class Deadline(NamedTuple):
+    """A request's wall-clock budget: ``at`` on :func:`time.monotonic`'s clock, ``budget_s`` for messages."""
 
-    cfg = RenderConfig.model_validate(render_config)
-    key = json.dumps(render_config, sort_keys=True, default=str)
-    cache = cache if cache is not None else {}
-    if key not in cache:
-        for old in cache.values():
-            old.close()
-        cache.clear()
-        cache[key] = Renderer(cfg)
-    renderer = cache[key]
-    scene = renderer.scene(structure)
-    return np.stack([renderer.render_scene(scene, view_rotation(cfg.seed, view_key, v)) for v in range(views)])
+    at: float
+    budget_s: float
+
+    @classmethod
+    def after(cls, budget_s: float) -> Deadline:
+        return cls(time.monotonic() + budget_s, budget_s)
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
 
 
-def _run_job(conn: Connection, job: tuple, cache: dict) -> None:
-    """One job: ("cif", text, name, max_atoms, config, views, key) answers ("parsed", structure) then
-    ("images", array); ("structure", structure, config, views, key) answers ("images", array)."""
-    kind, *args = job
-    if kind == "cif":
-        from crystalvision.serve.predict_input import read_cif
-
-        text, name, max_atoms, *render_args = args
-        structure = read_cif(text, name, max_atoms)
-        conn.send(("parsed", structure))
-        args = [structure, *render_args]
-    conn.send(("images", render_here(*args, cache=cache)))
+class HelperError(RenderError):
+    """The render helper failed (died, hung, or rendering raised): the machinery's fault, not the input's."""
 
 
-def _serve(conn: Connection) -> None:
-    """The helper's loop: jobs in, answers out (an exception goes back as ("error", exc)); None stops it."""
-    cache: dict = {}
-    with contextlib.suppress(EOFError, OSError):  # the caller exited: stop quietly
-        while (job := conn.recv()) is not None:
-            try:
-                _run_job(conn, job, cache)
-            except Exception as exc:  # sent back as that row's error
-                err = exc if isinstance(exc, CrystalVisionError) else RenderError(f"{type(exc).__name__}: {exc}")
-                conn.send(("error", err))
-    for renderer in cache.values():
-        renderer.close()
+class DeadlineError(CrystalVisionError):
+    """The request's budget ran out while this row waited, parsed or rendered."""
+
+
+class _Process(subprocess.Popen):
+    def is_alive(self) -> bool:
+        return self.poll() is None
 
 
 class _Helper:
-    """One spawned helper process and its pipe; ``pending`` while a job has not given its last answer."""
+    """One helper interpreter and its pipe; ``pending`` while a job has not given its last answer."""
 
     def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child,), name="crystalvision-render", daemon=True)
-        self.proc.start()
+        self.conn, child = multiprocessing.Pipe()
+        fd = child.fileno()
+        self.proc = _Process(
+            [sys.executable, "-c", _BOOT, PACKAGE_ROOT, str(fd)],
+            pass_fds=(fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         child.close()
         self.pending = False
+        self.stderr: deque[str] = deque(maxlen=5)
+        self.drainer = threading.Thread(target=self._drain, name="render-helper-stderr", daemon=True)
+        self.drainer.start()
+
+    def _drain(self) -> None:
+        """The helper's stderr, line by line into the log; the last lines are kept for the error message."""
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            if line:
+                self.stderr.append(line)
+                log.info("render helper %d: %s", self.proc.pid, line)
 
     def send(self, job: tuple) -> None:
         self.pending = True
@@ -99,23 +105,38 @@ class _Helper:
 
     def answer(self, expected: str, timeout: float) -> Any:
         """The next answer of kind ``expected``; TimeoutError past ``timeout``, EOFError when the helper died."""
-        if not self.conn.poll(timeout):
+        if not self.conn.poll(max(0.0, timeout)):
             raise TimeoutError(f"no answer in {timeout:.0f} s")
         kind, value = self.conn.recv()
-        self.pending = kind not in ("images", "error")
+        self.pending = kind not in ("images", "error", "failed")
         if kind == "error":
             raise value
+        if kind == "failed":
+            raise HelperError(f"the render helper failed while rendering ({value})")
         if kind != expected:
-            raise RenderError(f"the render helper answered {kind!r}, expected {expected!r}")
+            raise HelperError(f"the render helper answered {kind!r}, expected {expected!r}")
         return value
 
+    def why_dead(self) -> str:
+        """How the helper ended, with the last line it wrote (an import error, a crash)."""
+        try:
+            code = self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return "it stopped answering"
+        how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        self.drainer.join(1.0)  # the last line it wrote
+        return f"{how}: {self.stderr[-1]}" if self.stderr else how
+
     def close(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self.conn.send(None)
-        self.proc.join(5)
+        """Stop the helper: at once (SIGKILL) while a job is pending, else asked, then killed after STOP_TIMEOUT_S."""
+        if not self.pending:
+            with contextlib.suppress(OSError, ValueError):
+                self.conn.send(None)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(STOP_TIMEOUT_S)
         if self.proc.is_alive():
             self.proc.kill()
-            self.proc.join(5)
+            self.proc.wait()
         self.conn.close()
 
 
@@ -128,11 +149,14 @@ class _Pool:
         self.busy = 0
 
     @contextlib.contextmanager
-    def helper(self) -> Iterator[_Helper]:
+    def helper(self, deadline: Deadline | None = None) -> Iterator[_Helper]:
         """A helper for one job; it goes back to the pool only when the job gave its last answer."""
+        wait = min(QUEUE_TIMEOUT_S, deadline.left() if deadline else math.inf)
         with self.cond:
-            if not self.cond.wait_for(lambda: self.busy < RENDER_HELPERS, timeout=QUEUE_TIMEOUT_S):
-                raise RenderError(
+            if not self.cond.wait_for(lambda: self.busy < RENDER_HELPERS, timeout=max(0.0, wait)):
+                if deadline and wait < QUEUE_TIMEOUT_S:
+                    raise DeadlineError(_budget_spent(deadline, "waiting for a render helper"))
+                raise HelperError(
                     f"all {RENDER_HELPERS} render helpers stayed busy for {QUEUE_TIMEOUT_S:.0f} s; retry later "
                     "or send fewer CIF rows at once"
                 )
@@ -166,41 +190,72 @@ class _Pool:
 _pool = _Pool()
 
 
-def _failed(exc: BaseException) -> RenderError:
-    return RenderError(
-        f"the render helper process failed ({type(exc).__name__}: {exc or 'it exited'}); the next request "
-        "starts a new one"
+def _budget_spent(deadline: Deadline, doing: str) -> str:
+    return (
+        f"the request's {deadline.budget_s:.0f} s budget ran out while {doing}; send this row in a request with "
+        "fewer CIF rows"
     )
 
 
-def render_views(structure: Any, render_config: dict, views: int, view_key: str) -> np.ndarray:
-    """Render a parsed structure in a helper process; a dead or hung helper fails this call and is replaced."""
+def _answer(helper: _Helper, expected: str, limit_s: float, deadline: Deadline | None, doing: str) -> Any:
+    """The helper's answer within ``limit_s`` and the request's deadline; past either, TimeoutError or
+    DeadlineError (the helper, still pending, is then killed by the pool)."""
+    left = deadline.left() if deadline else math.inf
     try:
-        with _pool.helper() as helper:
+        return helper.answer(expected, min(limit_s, left))
+    except TimeoutError:
+        if left < limit_s:
+            raise DeadlineError(_budget_spent(deadline, doing)) from None  # type: ignore[arg-type]
+        raise
+
+
+def _failed(helper: _Helper, exc: BaseException) -> HelperError:
+    if isinstance(exc, TimeoutError):
+        why = f"rendering took more than {RENDER_TIMEOUT_S:.0f} s; it was stopped"
+    else:
+        why = helper.why_dead()
+    return HelperError(f"the render helper process failed ({why}); the next request starts a new one")
+
+
+def render_views(
+    structure: Any, render_config: dict, views: int, view_key: str, deadline: Deadline | None = None
+) -> np.ndarray:
+    """Render a parsed structure in a helper process; a dead or hung helper fails this call and is replaced."""
+    with _pool.helper(deadline) as helper:
+        try:
             helper.send(("structure", structure, render_config, views, view_key))
-            return helper.answer("images", RENDER_TIMEOUT_S)
-    except (EOFError, OSError, TimeoutError) as exc:
-        raise _failed(exc) from exc
+            return _answer(helper, "images", RENDER_TIMEOUT_S, deadline, "rendering it")
+        except (EOFError, OSError, TimeoutError) as exc:
+            raise _failed(helper, exc) from exc
 
 
-def render_cif(text: str, name: str, max_atoms: int, render_config: dict, views: int, view_key: str) -> tuple:
+def render_cif(
+    text: str,
+    name: str,
+    max_atoms: int,
+    render_config: dict,
+    views: int,
+    view_key: str,
+    deadline: Deadline | None = None,
+) -> tuple:
     """Parse CIF text (at most ``max_atoms`` atoms) and render its views in a helper: (structure, images).
 
-    Parsing runs in the helper too, so a CIF that pymatgen expands for minutes costs ``PARSE_TIMEOUT_S`` at most.
+    Parsing runs in the helper too, so a CIF that pymatgen reads or expands for minutes costs ``PARSE_TIMEOUT_S`` (or
+    what is left of the request's budget) at most.
     """
-    try:
-        with _pool.helper() as helper:
+    with _pool.helper(deadline) as helper:
+        try:
             helper.send(("cif", text, name, max_atoms, render_config, views, view_key))
             try:
-                structure = helper.answer("parsed", PARSE_TIMEOUT_S)
+                structure = _answer(helper, "parsed", PARSE_TIMEOUT_S, deadline, "parsing it")
             except TimeoutError as exc:
                 raise StructureError(
                     f"{name}: parsing the CIF took more than {PARSE_TIMEOUT_S:.0f} s; pass the structure in P1 "
                     "(every atom listed, one symmetry operation) or a smaller cell"
                 ) from exc
-            return structure, helper.answer("images", RENDER_TIMEOUT_S)
-    except (EOFError, OSError, TimeoutError) as exc:
-        raise _failed(exc) from exc
+            return structure, _answer(helper, "images", RENDER_TIMEOUT_S, deadline, "rendering it")
+        except (EOFError, OSError, TimeoutError) as exc:
+            raise _failed(helper, exc) from exc
 
 
 @atexit.register
