@@ -358,10 +358,3 @@ def _log_folds_summary(
             pooled=pooled.get("metrics", {}),
         )
         mlflow.log_artifacts(str(out), artifact_path="evaluation")
-
-
-def evaluate_run(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
-    """Evaluate an existing training run's model on its own test split and log the results into that run."""
-    from crystalvision.promote.runs import evaluate_logged_run
-
-    return evaluate_logged_run(cfg, run_id)

@@ -35,8 +35,3 @@ def load_torch_first() -> None:
     import torch
 
     torch.ones(8, 8) @ torch.ones(8, 8)
-
-
-def gl_loaded() -> list[str]:
-    """VTK/pyvista modules this process imported (should be none where torch runs)."""
-    return sorted(m for m in sys.modules if m.split(".")[0] in GL_MODULES)

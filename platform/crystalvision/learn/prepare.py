@@ -154,7 +154,7 @@ def assemble(
 ) -> Prepared:
     """Labels table -> splits, plus the model spec of the snapshot: the prepared inputs."""
     clusters = split_clusters(cfg.split, selection.records)
-    splits = make_splits(store, rendered.labels_key, cfg.split, clusters=clusters)  # k-fold: folds() gives the folds
+    splits = make_splits(store, rendered.labels_key, cfg.split, clusters=clusters)  # k-fold: see fold_inputs()
     return Prepared(cfg, store, splits, spec_for(cfg, snap), snap, selection, rendered, rendered.labels_key)
 
 

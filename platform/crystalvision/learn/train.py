@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from crystalvision.core.config import TrainConfig
 from crystalvision.core.errors import ConfigError
@@ -313,8 +312,3 @@ def _log_driver_side(run_id: str | None, tracking_uri: str, spec: ModelSpec, met
     mlog.log_params(params)
     mlog.log_metrics({f"final_{k}": v for k, v in metrics.items()}, step=int(metrics["epochs_trained"]))
     mlog.close(timeout=_flush_timeout())
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters (for logs and benchmarks)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
