@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -29,6 +30,21 @@ def test_configuration_page_is_generated_and_current() -> None:
         [sys.executable, "docs/gen_config_page.py", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr + "\nrun: python docs/gen_config_page.py"
+
+
+def test_architecture_table_of_rooms_is_generated_and_current() -> None:
+    """docs/architecture.md's table of rooms is written from crystalvision.core.layers and the package's modules: a
+    room, sign or module changed without regenerating it fails here (also under a python without the packages)."""
+    done = subprocess.run(
+        [sys.executable, "-S", "docs/gen_layers_table.py", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr + "\nrun: python docs/gen_layers_table.py"
+    spec = importlib.util.spec_from_file_location("gen_layers_table", ROOT / "docs" / "gen_layers_table.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    stale = page.replace("| 0 | `core/` |", "| 1 | `core/` |")
+    assert stale != page and gen.page(stale) == page
 
 
 def test_site_builds_strict(tmp_path: Path) -> None:
@@ -64,8 +80,6 @@ def test_every_repository_path_the_docs_name_exists() -> None:
 
 def test_every_config_key_describes_itself_in_the_models() -> None:
     """The configuration page's descriptions come from the pydantic models, not from the generator."""
-    import importlib.util
-
     from crystalvision.core.config import PipelineConfig
 
     spec = importlib.util.spec_from_file_location("gen_config_page", ROOT / "docs" / "gen_config_page.py")

@@ -1,24 +1,17 @@
-"""The package's sub-packages stand in layers: each imports only the layers below it, never one beside or above."""
+"""The package's sub-packages stand in layers: each imports only the layers below it, never one beside or above.
+
+The layers come from the package's one map, ``crystalvision.core.layers``.
+"""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
+import crystalvision
+from crystalvision.core.layers import LAYERS, ROOMS, RULE
+
 PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "crystalvision"
-# a package may import the packages of a lower layer (and the top-level crystalvision for __version__)
-LAYERS = {
-    "core": 0,
-    "ops": 1,
-    "data": 1,
-    "render": 2,
-    "track": 2,
-    "learn": 3,
-    "evaluate": 4,
-    "serve": 4,
-    "promote": 5,
-    "app": 6,
-}
 
 
 def _imported(path: Path) -> set[str]:
@@ -34,7 +27,7 @@ def _imported(path: Path) -> set[str]:
 
 def test_every_sub_package_has_a_layer() -> None:
     packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
-    assert packages == set(LAYERS), "give a new sub-package its layer in LAYERS"
+    assert packages == set(LAYERS), "give a new sub-package its layer and sign in crystalvision/core/layers.py"
     assert [p.name for p in PACKAGE.glob("*.py")] == ["__init__.py"], "modules live in the sub-packages"
 
 
@@ -47,3 +40,13 @@ def test_imports_go_down_the_layers_only() -> None:
             if other in LAYERS and other != own and LAYERS[other] >= LAYERS[own]:
                 wrong.append(f"{path.relative_to(PACKAGE)} imports {name} ({own} is layer {LAYERS[own]})")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_package_docstring_shows_the_map_bottom_up() -> None:
+    """``help(crystalvision)`` lists every room with its layer and sign, bottom-up, and the rule."""
+    doc = crystalvision.__doc__
+    lines = [next(line for line in doc.splitlines() if line.split()[:2] == [str(r.layer), r.name]) for r in ROOMS]
+    assert [doc.index(line) for line in lines] == sorted(doc.index(line) for line in lines)
+    for room, line in zip(ROOMS, lines, strict=True):
+        assert line.split() == [str(room.layer), room.name, *room.sign.split()]
+    assert [r.layer for r in ROOMS] == sorted(r.layer for r in ROOMS) and RULE in doc

@@ -1,4 +1,8 @@
-"""crystalvision: learn material properties from rendered images of crystal structures."""
+"""crystalvision: learn material properties from rendered images of crystal structures.
+
+The command line: ``crystalvision --help``. The package stands in rooms (sub-packages) in layers; the map below is
+made from ``crystalvision.core.layers``.
+"""
 
 import importlib
 import importlib.abc
@@ -7,7 +11,10 @@ import sys
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 
+from crystalvision.core.layers import map_text
+
 __version__ = "0.1.0"
+__doc__ = f"{__doc__}\n{map_text()}"
 
 # Old module names that stored artifacts still import. A pyfunc model registered before the sub-packages runs
 # ``from crystalvision.predict import CrystalVisionPyfunc`` when it loads; in a process that has already imported

@@ -1,0 +1,42 @@
+"""The map of the package: its rooms (sub-packages) bottom-up, each with its one-line sign, and the rule between them.
+
+This table is the one source of the layer order: the package's docstring (``help(crystalvision)``), the layer test
+(``tests/test_layers.py``) and the table in ``docs/architecture.md`` (``python docs/gen_layers_table.py``) are made
+from it. It imports nothing, so the generator can read it without the project's packages.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Room(NamedTuple):
+    """One sub-package: its name, its layer (0 at the bottom) and its sign."""
+
+    name: str
+    layer: int
+    sign: str
+
+
+ROOMS = (
+    Room("core", 0, "shared leaves: settings, pipeline configuration, targets, errors, logging, progress events"),
+    Room("ops", 1, "running on a cluster: the Ray connection, leases for one-at-a-time work, fault injection"),
+    Room("data", 1, "Materials Project access, snapshots (and the bundled ones), storage, shards, splits, folds"),
+    Room("render", 2, "structures to images: VTK offscreen scenes, Ray Data render jobs, image shards"),
+    Room("track", 2, "MLflow tracking, rank-0 logging from workers, run descriptions, model cards"),
+    Room("learn", 3, "prepared data, the model, the epoch loop, training on Ray Train"),
+    Room("evaluate", 4, "metrics, baselines, out-of-fold scoring, leakage, saliency, plots, the HTML report"),
+    Room("serve", 4, "the logged pyfunc model, predictions for people, the REST server"),
+    Room("promote", 5, "a logged run's model evaluated, gated against the champion and registered"),
+    Room("app", 6, "the front doors (command line, the command table Ray Jobs share) and runs that span stages"),
+)
+LAYERS = {room.name: room.layer for room in ROOMS}
+RULE = "A room imports only rooms on a lower layer, never one beside it or above it."
+
+
+def map_text() -> str:
+    """The rooms bottom-up with their signs, and the rule: the map at the package's entrance."""
+    width = max(len(room.name) for room in ROOMS)
+    lines = [f"  {room.layer}  {room.name:<{width}}  {room.sign}" for room in ROOMS]
+    head = "The rooms (crystalvision.<room>), bottom-up: layer, room, sign."
+    return f"{head}\n\n" + "\n".join(lines) + f"\n\n{RULE}\n"
