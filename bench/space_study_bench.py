@@ -37,6 +37,7 @@ QUICK = [
     "train.epochs=1",
     "train.max_steps_per_epoch=2",
     "evaluate.graph_epochs=2",
+    "evaluate.graph_size=small",
     "evaluate.bootstrap_resamples=50",
 ]
 

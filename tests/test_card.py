@@ -46,3 +46,24 @@ def test_records_that_cannot_describe_the_model_are_refused_by_name(tmp_path) ->
         generalisation_from_record(broken, None)
     with pytest.raises(ConfigError, match="measured snapshot 5acaf39473a8, but this model trains on 000000000000"):
         generalisation_from_record(RECORD, "0" * 64)
+
+
+def test_the_card_shows_imbalance_metrics_and_the_strongest_baseline(tmp_path) -> None:
+    """Class heads carry balanced accuracy and macro-F1 beside accuracy; the answer line names the strongest
+    baseline (not only the majority), and the card names the label surrogates."""
+    record = json.loads(RECORD.read_text())
+    pooled = record["pooled"]["metrics"]
+    pooled |= {"pooled_model_balanced_acc_crystal_system": 0.31, "pooled_tabular_balanced_acc_crystal_system": 0.55,
+               "pooled_tabular_acc_crystal_system": 0.66, "pooled_model_balanced_acc_crystal_system_lo": 0.28,
+               "pooled_model_balanced_acc_crystal_system_hi": 0.34}  # fmt: skip
+    path = tmp_path / "with-trees.json"
+    path.write_text(json.dumps(record))
+    g = generalisation_from_record(path, None)
+    cs = g["heads"]["crystal_system"]
+    assert cs["trees"] == 0.66 and cs["imbalance"]["balanced accuracy"]["trees"] == 0.55
+    assert cs["imbalance"]["macro-F1"]["value"] == pooled["pooled_model_macro_f1_crystal_system"]
+    text = trust_text(g, "crystal_system")
+    assert "(balanced accuracy 0.31)" in text and text.endswith("; strongest baseline trees 0.66")
+    table = "\n".join(card_markdown(g))
+    assert "| model [95 %] | majority | 1-NN | trees | CGCNN |" in table
+    assert "| crystal_system | balanced accuracy | 0.31 [0.28, 0.34] |" in table and "surrogates" in table

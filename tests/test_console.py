@@ -171,3 +171,20 @@ def test_summary_of_a_kfold_run_shows_mean_and_std() -> None:
         summary_renderable({"pipeline": "paper-grouped", "metrics": metrics}, tracking_uri="sqlite:///x.db")
     )
     assert "0.450 ± 0.050" in buf.getvalue() and "0.400 ± 0.020" in buf.getvalue()
+
+
+def test_summary_sets_per_structure_model_numbers_beside_every_baseline_and_imbalance_metrics() -> None:
+    from crystalvision.app.summary import metrics_table
+
+    metrics = {"test_acc_crystal_system": 0.9, "test_struct_acc_crystal_system": 0.52,
+               "test_struct_balanced_acc_crystal_system": 0.27, "test_struct_macro_f1_crystal_system": 0.21,
+               "baseline_dummy_acc_crystal_system": 0.35, "baseline_dummy_balanced_acc_crystal_system": 0.14,
+               "baseline_tabular_acc_crystal_system": 0.66, "baseline_tabular_balanced_acc_crystal_system": 0.5,
+               "cgcnn_test_acc_crystal_system": 0.43}  # fmt: skip
+    buf = io.StringIO()
+    Console(file=buf, force_terminal=False, width=110).print(metrics_table(metrics))
+    lines = buf.getvalue().splitlines()
+    assert lines[0].split() == ["test", "set", "model/structure", "majority", "trees", "CGCNN"]
+    assert lines[1].split()[-4:] == ["0.520", "0.350", "0.660", "0.430"] and "0.900" not in buf.getvalue()
+    assert "balanced acc" in lines[2] and lines[2].split()[-4:] == ["0.270", "0.140", "0.500", "-"]
+    assert "macro-F1" in lines[3]

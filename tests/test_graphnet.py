@@ -53,7 +53,7 @@ def test_train_graph_baseline_metrics_and_learning(bundled_snapshot):
         protocol="grouped",
         seed=0,
     )
-    cfg = GraphConfig(epochs=80, patience=80, hidden=32, layers=2, lr=5e-3)
+    cfg = GraphConfig.small(epochs=80, patience=80, lr=5e-3)
     n_classes = {"crystal_system": 7, "spacegroup": len(bundled_snapshot.encoders.classes("spacegroup"))}
     metrics = train_graph_baseline(
         {r.material_id: r for r in bundled_snapshot.records}, splits, cfg, n_classes=n_classes
@@ -67,6 +67,8 @@ def test_train_graph_baseline_metrics_and_learning(bundled_snapshot):
         "cgcnn_test_score",
     ):
         assert np.isfinite(metrics[name]), name
+    assert 1 <= metrics["cgcnn_epochs_trained"] <= 80 and metrics["cgcnn_train_seconds"] > 0  # its budget
+    assert metrics["cgcnn_best_epoch"] < metrics["cgcnn_epochs_trained"] and metrics["cgcnn_layers"] == 2
     majority = df[df.material_id.isin(ids[:12])].drop_duplicates("material_id")["crystal_system_id"].value_counts()
     assert metrics["cgcnn_test_acc_crystal_system"] > majority.max() / 12
     assert metrics["cgcnn_test_r2_band_gap"] > 0.5
@@ -78,3 +80,19 @@ def test_missing_record_is_a_config_error(bundled_snapshot):
     splits = Splits(df, df, df.assign(material_id="mp-unknown"), protocol="grouped", seed=0)
     with pytest.raises(ConfigError, match="mp-unknown"):
         train_graph_baseline({r.material_id: r for r in bundled_snapshot.records}, splits, GraphConfig(epochs=1))
+
+
+def test_the_default_graph_baseline_is_the_published_cgcnn_and_small_is_opt_in():
+    """Xie & Grossman 2018 defaults: 3 convolutions on 64 atom features, a 128-wide layer after pooling."""
+    from torch_geometric.nn import CGConv
+
+    from crystalvision.core.config import EvaluateConfig
+    from crystalvision.evaluate.graphnet import CrystalGraphNet
+
+    assert EvaluateConfig().graph_size == "reference" and GraphConfig() == GraphConfig.sized("reference")
+    net = CrystalGraphNet(GraphConfig(), {"crystal_system": 7, "spacegroup": 20})
+    convs = [m for m in net.modules() if isinstance(m, CGConv)]
+    assert len(convs) == 3 and all(c.channels == 64 for c in convs)
+    assert net.embed.embedding_dim == 64 and net.mlp[0].out_features == 128
+    small = CrystalGraphNet(GraphConfig.sized("small"), {"crystal_system": 7, "spacegroup": 20})
+    assert len([m for m in small.modules() if isinstance(m, CGConv)]) == 2 and small.embed.embedding_dim == 32

@@ -27,6 +27,7 @@ TINY = [
     "train.batch_size=4",
     "evaluate.saliency=false",
     "evaluate.graph_epochs=2",
+    "evaluate.graph_size=small",
     "evaluate.subsets={quaternary: {nelements: 4}}",
     "evaluate.bootstrap_resamples=50",
 ]

@@ -134,7 +134,7 @@ def _log_to_mlflow(cfg: PipelineConfig, out: Path) -> None:
 # ---------------------------------------------------------------------------------------------- record
 
 # method label in the figure -> predictor of the pooled out-of-fold table (oof.py)
-METHODS = {"image model": "model", "CGCNN": "cgcnn", "majority / mean": "dummy", "1-NN": "1nn"}
+METHODS = {"image model": "model", "CGCNN": "cgcnn", "trees": "tabular", "majority / mean": "dummy", "1-NN": "1nn"}
 HEADS = {
     "crystal_system": "acc",
     "spacegroup": "acc",

@@ -265,12 +265,15 @@ def _run_folds(prepared: prepare.Prepared, stages: list[str], result: PipelineRe
         result.metrics.update(aggregated)
         pooled = pd.concat(tables, ignore_index=True) if tables else None
         if pooled is not None:
+            from crystalvision.evaluate.baselines import described as baselines_described
+
             ecfg = cfg.evaluate
             subsets = {name: f.nelements for name, f in ecfg.subsets.items()}
             summary = oof.summarise(pooled, subsets, n_resamples=ecfg.bootstrap_resamples, seed=ecfg.bootstrap_seed)
             result.metrics.update(summary)
             result.oof_table = pooled
             result.pooled = {"seeds": seeds, "bootstrap": "paired over structures; seed-averaged metric per resample",
+                             "group_by": cfg.split.group_by, "baselines": baselines_described(ecfg),
                              "metrics": summary}  # fmt: skip
         _log_folds_summary(prepared, per_fold, aggregated, described, pooled, result.pooled)
     if "register" in stages and cfg.registry.enabled:

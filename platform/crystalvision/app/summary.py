@@ -21,13 +21,20 @@ from crystalvision.core.logs import mask
 from crystalvision.core.uris import without_userinfo
 
 MAX_LINES = 25
-# (row label, metric key part, target): the headline metric of each head.
+# (row label, metric key part, target): the headline metric of each head, then the class heads' imbalance metrics.
 HEADLINES = [
     ("band gap R²", "r2", "band_gap"),
     ("e above hull R²", "r2", "energy_above_hull"),
     ("crystal system acc", "acc", "crystal_system"),
+    ("  balanced acc", "balanced_acc", "crystal_system"),
+    ("  macro-F1", "macro_f1", "crystal_system"),
     ("space group acc", "acc", "spacegroup"),
+    ("  balanced acc", "balanced_acc", "spacegroup"),
+    ("  macro-F1", "macro_f1", "spacegroup"),
 ]
+# column -> metric prefix of a baseline (per structure, fit on what the model saw)
+BASELINE_COLUMNS = {"majority": "baseline_dummy", "1-NN": "baseline_1nn", "trees": "baseline_tabular",
+                    "CGCNN": "cgcnn_test"}  # fmt: skip
 
 
 def _num(metrics: dict[str, Any], key: str) -> str:
@@ -38,26 +45,27 @@ def _num(metrics: dict[str, Any], key: str) -> str:
     return "-" if value is None else f"{float(value):.3f}"
 
 
+def _has(metrics: dict[str, Any], key: str) -> bool:
+    return key in metrics or f"{key}_mean" in metrics
+
+
 def metrics_table(metrics: dict[str, Any]) -> Table | None:
-    """Test metric per head against the majority and 1-NN baselines (None when nothing was evaluated); a k-fold
-    run shows mean ± std over its folds."""
+    """Test metric per head against the baselines (None when nothing was evaluated), per structure like the
+    baselines (the model's views averaged; per image only where no per-structure number exists, and then the
+    header says so); a k-fold run shows mean ± std over its folds."""
+    level = "test_struct" if any(k.startswith("test_struct_") for k in metrics) else "test"
     rows = [
-        (label, f"test_{kind}_{t}", kind, t)
-        for label, kind, t in HEADLINES
-        if f"test_{kind}_{t}" in metrics or f"test_{kind}_{t}_mean" in metrics
+        (label, f"{level}_{kind}_{t}", kind, t) for label, kind, t in HEADLINES if _has(metrics, f"{level}_{kind}_{t}")
     ]
     if not rows:
         return None
+    columns = {c: p for c, p in BASELINE_COLUMNS.items() if any(k.startswith(p + "_") for k in metrics)}
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for name in ("test set", "model", "majority", "1-NN"):
+    model = "model/structure" if level == "test_struct" else "model/image"
+    for name in ("test set", model, *columns):
         table.add_column(name, justify="left" if name == "test set" else "right")
     for label, key, kind, target in rows:
-        table.add_row(
-            label,
-            _num(metrics, key),
-            _num(metrics, f"baseline_dummy_{kind}_{target}"),
-            _num(metrics, f"baseline_1nn_{kind}_{target}"),
-        )
+        table.add_row(label, _num(metrics, key), *(_num(metrics, f"{p}_{kind}_{target}") for p in columns.values()))
     return table
 
 

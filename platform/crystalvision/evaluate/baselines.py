@@ -4,6 +4,8 @@ structures the model saw (its training + validation structures; :func:`seen`):
 - ``dummy``: the mean (regression) and majority class (classification) of those structures;
 - ``1nn``: 1-nearest-neighbour on a descriptor of the Niggli-reduced cell plus composition (element fractions,
   sorted reduced lattice lengths and angles, volume per atom, density; standardised on the fit structures);
+- ``tabular``: one tree ensemble per head on composition + the Niggli cell of the primitive cell + lattice-metric
+  deviations (:mod:`crystalvision.evaluate.tabular`: the field's standard tabular baseline, recipe pinned);
 - ``symmetry``: spglib via pymatgen's ``SpacegroupAnalyzer`` on the structure itself, for crystal system and
   space group. The bundled labels were made the same way (symprec 0.1), so at that tolerance this is the
   ceiling of the classification heads (1.0 by construction), not a competitor.
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LABEL_METRICS = ("acc", "macro_f1", "weighted_f1")
+LABEL_METRICS = ("acc", "balanced_acc", "macro_f1", "weighted_f1")
 
 
 def structure_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -151,16 +153,27 @@ def symmetry_predict(records: Mapping[str, MaterialRecord], test: pd.DataFrame, 
 def predict_baselines(
     train: pd.DataFrame, test: pd.DataFrame, records: Mapping[str, MaterialRecord] | None, symprec: float = 0.1
 ) -> dict[str, pd.DataFrame]:
-    """Per baseline, its per-structure predictions on ``test`` after fitting on ``train`` (1-NN and symmetry only
-    when ``records`` hold every structure)."""
+    """Per baseline, its per-structure predictions on ``test`` after fitting on ``train`` (1-NN, tabular and
+    symmetry only when ``records`` hold every structure)."""
     preds = {"dummy": dummy_predict(train, test)}
     needed = set(test["material_id"]) | set(train["material_id"])
     if records is None or not needed <= set(records):
         missing = len(needed - set(records or {}))
-        log.info("structure baselines (1-NN, symmetry) skipped: %d split structures have no snapshot record", missing)
+        log.info(
+            "structure baselines (1-NN, tabular, symmetry) skipped: %d split structures have no snapshot record",
+            missing,
+        )
     else:
-        log.info("baselines: 1-NN on reduced-cell + composition descriptors, spglib symmetry (symprec %.3g)", symprec)
+        from crystalvision.evaluate.tabular import RECIPE, tabular_predict
+
+        log.info(
+            "baselines: 1-NN on reduced-cell + composition descriptors, tabular %s trees, spglib symmetry "
+            "(symprec %.3g)",
+            RECIPE,
+            symprec,
+        )
         preds["1nn"] = nn1_predict(records, train, test)
+        preds["tabular"] = tabular_predict(records, train, test)
         preds["symmetry"] = symmetry_predict(records, test, symprec)
     return preds
 
@@ -198,12 +211,13 @@ def tabulate(
 def baseline_metrics(
     splits: Splits, records: Mapping[str, MaterialRecord] | None, ecfg: EvaluateConfig, out: Path, notes: list[str]
 ) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
-    """Dummy, 1-NN and symmetry baselines fit on train + val, on the test split (``baseline_predictions.csv``);
-    the per-structure predictions of dummy and 1-NN by head name (symmetry is the classification ceiling)."""
+    """Dummy, 1-NN, tabular and symmetry baselines fit on train + val, on the test split
+    (``baseline_predictions.csv``); the per-structure predictions of every baseline but symmetry by head name
+    (symmetry is the classification ceiling)."""
     preds = predict_baselines(seen(splits), splits.test, records, ecfg.symmetry_symprec)
     b_metrics, table = tabulate(splits.test, preds, ecfg.stability_threshold)
     if "1nn" not in preds:
-        notes.append("1-NN and symmetry baselines skipped: the split's structures are not in the snapshot.")
+        notes.append("1-NN, tabular and symmetry baselines skipped: the split's structures are not in the snapshot.")
     table.to_csv(out / "baseline_predictions.csv", index=False)
     by_head = {v: k for k, v in CLASS_NAME.items()}
     return b_metrics, {n: p.rename(columns=by_head) for n, p in preds.items() if n != "symmetry"}
@@ -224,8 +238,8 @@ def graph_metrics(
     if records is None or not ids <= set(records):
         notes.append("graph baseline skipped: the split's structures are not in the snapshot.")
         return {}, None
-    log.info("evaluate: graph baseline (CGCNN, up to %d epochs)", ecfg.graph_epochs)
-    gcfg = GraphConfig(epochs=ecfg.graph_epochs, stability_threshold=ecfg.stability_threshold)
+    log.info("evaluate: graph baseline (CGCNN %s size, up to %d epochs)", ecfg.graph_size, ecfg.graph_epochs)
+    gcfg = GraphConfig.sized(ecfg.graph_size, epochs=ecfg.graph_epochs, stability_threshold=ecfg.stability_threshold)
     g_metrics, pred = graph_baseline(records, splits, gcfg, n_classes={t: len(c) for t, c in classes.items()})
     names = {t: [classes[t][k] for k in pred.pop(f"{t}_id").astype(int)] for t in TARGETS_CLASSIFICATION}
     return g_metrics, pred.assign(**names)
@@ -249,3 +263,23 @@ def fold_baselines(
         metrics |= g_metrics
         others |= {"cgcnn": g_pred} if g_pred is not None else {}
     return metrics, others
+
+
+def described(ecfg: EvaluateConfig) -> dict[str, object]:
+    """What a record says about its baselines: each one's definition, the tabular feature set and recipe, the
+    graph network's size and budget cap."""
+    from crystalvision.evaluate.tabular import describe
+
+    out: dict[str, object] = {}
+    if ecfg.baselines:
+        out["dummy"] = "training mean / majority class of the fit structures"
+        out["1nn"] = "1-nearest-neighbour, standardised composition + Niggli reduced-cell descriptor"
+        out["tabular"] = describe()
+    if ecfg.graph_baseline:
+        from crystalvision.evaluate.graphnet import GraphConfig
+
+        g = GraphConfig.sized(ecfg.graph_size, epochs=ecfg.graph_epochs)
+        out["cgcnn"] = {"size": ecfg.graph_size, "layers": g.layers, "atom_features": g.atom_features,
+                        "fc_features": g.fc_features, "max_epochs": g.epochs, "patience": g.patience,
+                        "label_note": "band-gap labels are a pretrained CGCNN's predictions"}  # fmt: skip
+    return out

@@ -189,7 +189,7 @@ def paired_bootstrap(
     if not heads or table.empty:
         return {}
     rows = table.dropna(subset=[column(p, h) for h in heads for p in (a, b)])
-    cols = [*heads, *(column(p, h) for h in heads for p in (a, b))]
+    cols = list(dict.fromkeys([*heads, *(column(p, h) for h in heads for p in (a, b))]))  # a == b: once
     ids, arr = _aligned(rows, cols)
     n = len(ids)
     rng = np.random.default_rng(seed)
