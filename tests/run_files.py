@@ -66,6 +66,8 @@ LIGHT = (
     "test_registry.py",
     "test_mlflow_server.py",
     "test_predict.py",
+    "test_predict_bounds.py",
+    "test_python_face.py",
     "test_serve.py",
     "test_render.py",
     "test_console.py",
