@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from jobs._common import RESULT_LINE  # noqa: E402
 from tests.support.procs import stop_group  # noqa: E402
-from tests.support.raycluster import RAY, Cluster, _wait_for_nodes  # noqa: E402
+from tests.support.raycluster import RAY, Cluster, wait_for_nodes  # noqa: E402
 
 log = logging.getLogger("bench.job_submissions")
 
@@ -100,7 +100,7 @@ def readme_two_node_cluster(log_dir: Path) -> Iterator[Cluster]:
                         start_new_session=True,
                     )
                 )
-            _wait_for_nodes(address, n, procs[-1])
+            wait_for_nodes(address, n, procs[-1])
         yield Cluster(gcs_address="", dashboard_url=address, env=env)
     finally:
         for proc in reversed(procs):

@@ -26,9 +26,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from bench.common import module_main, row  # noqa: E402
 from crystalvision.core.config import RenderConfig  # noqa: E402
 from crystalvision.core.settings import BUNDLED_SNAPSHOT  # noqa: E402
+from crystalvision.data import encode_png  # noqa: E402
 from crystalvision.data.snapshot import load_snapshot  # noqa: E402
 from crystalvision.data.structures import structure_from_dict  # noqa: E402
-from crystalvision.render import Renderer, encode_png, view_quaternion, view_rotation  # noqa: E402
+from crystalvision.render import Renderer, view_quaternion, view_rotation  # noqa: E402
 
 log = logging.getLogger("bench.render")
 CELL_56 = "mp-1177919"  # Li2Mn3NiO8 spinel, 56 atoms; its 2x2x2 supercell has 448

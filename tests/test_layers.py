@@ -1,4 +1,5 @@
-"""The package's sub-packages stand in layers: each imports only the layers below it, never one beside or above.
+"""The package's sub-packages stand in layers: each imports only the layers below it, never one beside or above,
+and only through the other room's door (its ``__init__.py`` and ``__all__``); importing a room is light.
 
 The layers come from the package's one map, ``crystalvision.core.layers``.
 """
@@ -6,23 +7,71 @@ The layers come from the package's one map, ``crystalvision.core.layers``.
 from __future__ import annotations
 
 import ast
+import importlib
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import crystalvision
 from crystalvision.core.layers import LAYERS, ROOMS, RULE
 
-PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "crystalvision"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "platform" / "crystalvision"
+HEAVY = ("torch", "vtkmodules", "vtk", "pyvista", "ray", "mlflow")  # what importing a room must not load
+
+# Imports across rooms that still name another room's module instead of its door, in files that other work was
+# changing when the doors came. This list only shrinks: rewrite an import as `from crystalvision.<room> import X`
+# (a name its __all__ lists) and delete its entry; the test fails on an entry that is no longer needed.
+DEEP_IMPORTS_LEFT = {
+    "app/cli.py": "core.errors core.logs core.pipeline_file core.settings data.folds data.snapshot learn.prepare "
+    "ops.raycluster serve.predict serve.present serve.server",
+    "app/commands.py": "core.config core.natives data.ingest data.storage promote.registry promote.runs",
+    "app/console.py": "core.progress",
+    "app/pipeline.py": "core.config data.dataset data.folds data.storage evaluate.baselines evaluate.evaluate "
+    "evaluate.report learn.model learn.train promote.registry promote.runs render.job serve.predict track.card "
+    "track.recipe track.tracking",
+    "app/summary.py": "core.logs core.settings core.uris",
+    "app/tune.py": "core.config core.settings learn.prepare learn.train ops.raycluster promote.registry promote.runs "
+    "serve.predict track.tracking",
+    "evaluate/evaluate.py": "core.config core.errors core.targets data.dataset data.snapshot data.storage "
+    "learn.augment learn.model render.figures",
+    "evaluate/leakage.py": "data.dataset",
+    "learn/loop.py": "core.config core.targets",
+    "learn/model.py": "core.config core.errors core.targets",
+    "learn/train.py": "core.config core.errors core.settings core.targets data.dataset data.storage ops.faults "
+    "ops.lease ops.raycluster track.worker_logging",
+    "learn/train_worker.py": "core.config core.targets ops.faults track.worker_logging",
+    "ops/faults.py": "core.settings",
+    "ops/lease.py": "core.errors",
+    "ops/raycluster.py": "core.settings",
+    "promote/registry.py": "core.config core.errors core.targets evaluate.evaluate learn.prepare serve.predict "
+    "track.tracking",
+    "serve/predict.py": "core.errors core.pipeline_file core.settings data.dataset data.storage learn.model "
+    "track.tracking",
+    "serve/present.py": "track.card",
+}
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names) of every crystalvision import in ``path`` (lazily inside functions too); names is empty for
+    ``import crystalvision.x``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(a.name, []) for a in node.names if a.name.split(".")[0] == "crystalvision"]
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").split(".")[0] == "crystalvision"
+        ):
+            found.append((node.module, [a.name for a in node.names]))
+    return found
 
 
 def _imported(path: Path) -> set[str]:
-    """The crystalvision modules and packages that ``path`` imports (lazily inside functions too)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names if a.name.startswith("crystalvision.")}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("crystalvision"):
-            names |= {f"{node.module}.{a.name}" for a in node.names}
-    return names
+    """The crystalvision modules and names that ``path`` imports, dotted."""
+    return {f"{module}.{name}" for module, names in _imports(path) for name in names or [""]}
 
 
 def test_every_sub_package_has_a_layer() -> None:
@@ -37,8 +86,81 @@ def test_imports_go_down_the_layers_only() -> None:
         own = path.relative_to(PACKAGE).parts[0]
         for name in sorted(_imported(path)):
             other = name.split(".")[1]
-            if other in LAYERS and other != own and LAYERS[other] >= LAYERS[own]:
+            if other not in LAYERS:  # the package's entrance sits on top of every room
+                wrong.append(f"{path.relative_to(PACKAGE)} imports {name.rstrip('.')} from the package's entrance")
+            elif other != own and LAYERS[other] >= LAYERS[own]:
                 wrong.append(f"{path.relative_to(PACKAGE)} imports {name} ({own} is layer {LAYERS[own]})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_imports_across_rooms_go_through_the_doors() -> None:
+    """``from crystalvision.data import ObjectStore`` (a name data's __all__ lists), never
+    ``from crystalvision.data.storage import ...`` from another room, but for the shrinking DEEP_IMPORTS_LEFT."""
+    doors = {room: set(importlib.import_module(f"crystalvision.{room}").__all__) for room in LAYERS}
+    wrong, used = [], set()
+    for path in sorted(PACKAGE.glob("*/**/*.py")):
+        where, own = path.relative_to(PACKAGE).as_posix(), path.relative_to(PACKAGE).parts[0]
+        for module, names in _imports(path):
+            parts = module.split(".")
+            if len(parts) < 2 or parts[1] == own or parts[1] not in LAYERS:
+                continue
+            room = parts[1]
+            if len(parts) > 2 or not names:
+                deep = ".".join(parts[1:3])
+                if deep in DEEP_IMPORTS_LEFT.get(where, "").split():
+                    used.add((where, deep))
+                else:
+                    wrong.append(
+                        f"{where} imports {module}: import from its door, from crystalvision.{room} import ..."
+                    )
+            elif missing := [n for n in names if n not in doors[room]]:
+                wrong.append(f"{where} imports {missing} from crystalvision.{room}, whose door does not list them: "
+                             f"add them to __all__ in crystalvision/{room}/__init__.py")  # fmt: skip
+    stale = {(where, deep) for where, left in DEEP_IMPORTS_LEFT.items() for deep in left.split()} - used
+    assert not wrong, "\n".join(wrong)
+    assert not stale, f"these deep imports are gone: delete them from DEEP_IMPORTS_LEFT: {sorted(stale)}"
+
+
+def test_every_door_lists_names_that_resolve_and_modules_as_modules() -> None:
+    """Each room's __all__ resolves; a name that is also a module of the room is that module (the import system
+    would put the module there anyway)."""
+    for room in LAYERS:
+        door = importlib.import_module(f"crystalvision.{room}")
+        modules = {p.stem for p in (PACKAGE / room).glob("*.py")}
+        assert door.__all__ and set(door.__all__) <= set(dir(door)), room
+        for name in door.__all__:
+            value = getattr(door, name)
+            if name in modules:
+                assert value is importlib.import_module(f"crystalvision.{room}.{name}"), f"{room}.{name}"
+
+
+def test_importing_the_package_and_every_room_loads_neither_torch_nor_vtk() -> None:
+    rooms = ", ".join(f"crystalvision.{room}" for room in LAYERS)
+    code = (
+        f"import sys, json, crystalvision, {rooms}; [dir(m) for m in ({rooms})]; print(json.dumps(sorted(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = {name.split(".")[0] for name in json.loads(done.stdout)}
+    assert "crystalvision.core" in json.loads(done.stdout) and not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_no_import_of_another_rooms_private_names() -> None:
+    """No module imports a ``_private`` name from another room, nor do the benchmarks and jobs from the package or
+    the tests' support code."""
+    wrong = []
+    files = [*PACKAGE.glob("*/**/*.py"), *(ROOT / "bench").rglob("*.py"), *(ROOT / "jobs").rglob("*.py")]
+    for path in sorted(files):
+        where = path.relative_to(ROOT).as_posix()
+        own = path.relative_to(PACKAGE).parts[0] if path.is_relative_to(PACKAGE) else None
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module):
+                continue
+            parts = node.module.split(".")
+            other = parts[1] if parts[0] == "crystalvision" and len(parts) > 1 else parts[0]
+            if parts[0] in ("crystalvision", "tests") and other != own:
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                wrong += [f"{where} imports {node.module}.{name}" for name in private]
     assert not wrong, "\n".join(wrong)
 
 

@@ -11,13 +11,13 @@ from pymatgen.core import DummySpecies, Lattice, Structure
 
 from crystalvision.core.config import RenderConfig
 from crystalvision.core.errors import RenderError
+from crystalvision.data import encode_png
 from crystalvision.data.structures import structure_from_dict
 from crystalvision.render import (
     Renderer,
     backend,
     element_colour,
     element_radius,
-    encode_png,
     prepare_scene,
     view_quaternion,
     view_rotation,

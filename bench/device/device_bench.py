@@ -232,11 +232,11 @@ def no_gpu_fails_fast() -> dict:
     """``use_gpu=true`` asking for more GPUs than the cluster has must fail in seconds with a clear error."""
     import torch
 
-    from crystalvision.learn.train import _require_gpus
+    from crystalvision.learn import require_gpus
 
     t = time.perf_counter()
     try:
-        _require_gpus(torch.cuda.device_count() + 1)
+        require_gpus(torch.cuda.device_count() + 1)
         return {"ok": False, "error": "no error raised"}
     except Exception as exc:
         return {"ok": "use_gpu" in str(exc), "seconds": time.perf_counter() - t, "error": str(exc)[:300]}

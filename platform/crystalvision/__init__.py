@@ -11,10 +11,11 @@ import sys
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 
+from crystalvision.core import __version__
 from crystalvision.core.layers import map_text
 
-__version__ = "0.1.0"
 __doc__ = f"{__doc__}\n{map_text()}"
+__all__ = ["__version__"]
 
 # Old module names that stored artifacts still import. A pyfunc model registered before the sub-packages runs
 # ``from crystalvision.predict import CrystalVisionPyfunc`` when it loads; in a process that has already imported

@@ -78,7 +78,7 @@ def _cluster_env() -> dict[str, str]:
     return env
 
 
-def _wait_for_nodes(dashboard_url: str, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for_nodes(dashboard_url: str, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     """Poll the dashboard until ``n`` nodes are alive; fail early when the node process ``proc`` exits."""
     from ray.util.state import list_nodes
 
@@ -103,7 +103,7 @@ def _start_node(cmd: list[str], env: dict[str, str], log_path: Path, dashboard_u
     with log_path.open("ab") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_for_nodes(dashboard_url, n, proc)
+        wait_for_nodes(dashboard_url, n, proc)
     except (TimeoutError, RuntimeError) as e:
         stop_group(proc)
         raise type(e)(f"{e}; tail of {log_path}:\n{log_path.read_text(errors='replace')[-2000:]}") from None

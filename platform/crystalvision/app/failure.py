@@ -6,8 +6,7 @@ from __future__ import annotations
 import re
 import traceback
 
-from crystalvision.core.errors import CrystalVisionError
-from crystalvision.core.logs import mask
+from crystalvision.core import CrystalVisionError, mask
 
 _API_REQUEST = re.compile(r"API request to (?P<url>\S+?)/api/\S* failed")
 

@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crystalvision.core.config import PipelineConfig
-from crystalvision.core.errors import ConfigError
+from crystalvision.core import ConfigError, PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +82,11 @@ def size_config(cfg: PipelineConfig, n: int | None) -> PipelineConfig:
 
 def fold_train_counts(cfg: PipelineConfig) -> list[int]:
     """Training structures of each fold of ``cfg`` (renders first; finished images are reused)."""
-    from crystalvision.data.folds import fold_splits
+    from crystalvision.data import fold_splits
     from crystalvision.learn import prepare
 
     prepared = prepare.prepare(cfg)
-    from crystalvision.data.dataset import load_labels
+    from crystalvision.data import load_labels
 
     clusters = prepare.split_clusters(cfg.split, prepared.selection.records if prepared.selection else None)
     folds = fold_splits(load_labels(prepared.store, prepared.labels_key), cfg.split, clusters)
@@ -97,8 +96,8 @@ def fold_train_counts(cfg: PipelineConfig) -> list[int]:
 def run_learning_curve(cfg: PipelineConfig, out_dir: str | Path | None = None) -> CurveResult:
     """Run the k-fold pipeline at every size of ``cfg.learning_curve.sizes`` and at full size; record + figure."""
     from crystalvision.app.pipeline import run_pipeline
-    from crystalvision.core.settings import get_settings
-    from crystalvision.learn.prepare import is_kfold
+    from crystalvision.core import get_settings
+    from crystalvision.learn import is_kfold
 
     if not is_kfold(cfg.split) or cfg.split.protocol != "grouped":
         raise ConfigError("a learning curve needs grouped folds: set split.protocol: grouped and split.folds: K")

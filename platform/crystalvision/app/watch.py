@@ -43,11 +43,9 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from crystalvision.core.config import PipelineConfig
-from crystalvision.core.settings import get_settings
-from crystalvision.data.mp import database_version, fetch_records, query_dict
-from crystalvision.data.snapshot import MaterialRecord, content_hash
-from crystalvision.ops.lease import Lease, lease_lock, renewed_on_progress
+from crystalvision.core import PipelineConfig, get_settings
+from crystalvision.data import MaterialRecord, content_hash, database_version, fetch_records, query_dict
+from crystalvision.ops import Lease, lease_lock, renewed_on_progress
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +210,7 @@ def _run_job(
     retrain: Retrain,
     lease: Lease,
 ) -> dict[str, Any]:
-    from crystalvision.data.ingest import write_mp_snapshot
+    from crystalvision.data import write_mp_snapshot
 
     quarantine: list[dict[str, str]] = []
     records, fetched_version = fetch_records(cfg.ingest, get_settings().mp, quarantine)

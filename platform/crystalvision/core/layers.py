@@ -2,12 +2,16 @@
 
 This table is the one source of the layer order: the package's docstring (``help(crystalvision)``), the layer test
 (``tests/test_layers.py``) and the table in ``docs/architecture.md`` (``python docs/gen_layers_table.py``) are made
-from it. It imports nothing, so the generator can read it without the project's packages.
+from it; :func:`door` makes each room's lazy door. It imports nothing of the project or beyond the standard library, so
+the generator reads it by its path, with any Python.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import importlib
+import sys
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 
 class Room(NamedTuple):
@@ -31,7 +35,10 @@ ROOMS = (
     Room("app", 6, "the front doors (command line, the command table Ray Jobs share) and runs that span stages"),
 )
 LAYERS = {room.name: room.layer for room in ROOMS}
-RULE = "A room imports only rooms on a lower layer, never one beside it or above it."
+RULE = (
+    "A room imports only rooms on a lower layer, never one beside it or above it, and from another room only the "
+    "names its door lists (the room's __init__.py, __all__): from crystalvision.data import ObjectStore."
+)
 
 
 def map_text() -> str:
@@ -40,3 +47,33 @@ def map_text() -> str:
     lines = [f"  {room.layer}  {room.name:<{width}}  {room.sign}" for room in ROOMS]
     head = "The rooms (crystalvision.<room>), bottom-up: layer, room, sign."
     return f"{head}\n\n" + "\n".join(lines) + f"\n\n{RULE}\n"
+
+
+def door(
+    package: str, names: dict[str, str], modules: str = ""
+) -> tuple[list[str], Callable[[str], Any], Callable[[], list[str]]]:
+    """A room's door (PEP 562): its ``__all__`` and a lazy ``__getattr__`` and ``__dir__`` for its __init__.py.
+
+    ``names`` maps a module of the room to the public names it defines (space-separated); ``modules`` lists the
+    room's modules that are public as modules. A name's module is imported when the name is first used, so
+    importing a room loads neither torch nor VTK.
+    """
+    home: dict[str, str] = {}
+    for module, listed in names.items():
+        for name in listed.split():
+            if home.setdefault(name, module) != module:
+                raise ValueError(f"{package}: {name} is listed under both {home[name]} and {module}")
+    public = set(modules.split())
+    exported = sorted({*home, *public})
+
+    def __getattr__(name: str) -> Any:
+        if name in home:
+            return getattr(importlib.import_module(f"{package}.{home[name]}"), name)
+        if name in public:
+            return importlib.import_module(f"{package}.{name}")
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted({*exported, *vars(sys.modules[package])})
+
+    return exported, __getattr__, __dir__

@@ -2,3 +2,26 @@
 
 The snapshots shipped with the package live here too, in ``snapshots/`` (``settings.SNAPSHOTS_DIR``).
 """
+
+from crystalvision.core import door
+
+__all__, __getattr__, __dir__ = door(
+    __name__,
+    {
+        "clusters": "structure_clusters",
+        "dataset": "Splits decode_png image_png load_images load_labels split_frame to_ray_dataset",
+        "folds": (
+            "FoldSplits aggregate_folds ceiling_metrics fold_splits mean_std_text n_folds_for nelements plan_text "
+            "split_plan subset_folds"
+        ),
+        "ingest": "ingest_from_mp write_mp_snapshot",
+        "mp": "MP_LABEL_SOURCE database_version fetch_records query_dict",
+        "png": "encode_png",
+        "snapshot": (
+            "MaterialRecord Selection Snapshot configured_snapshot content_hash describe load_selection load_snapshot"
+        ),
+        "storage": "ObjectStore filesystem_for is_s3 open_store without_credentials write_durably",
+        "structures": "MAX_CIF_BYTES SYMMETRY_LABEL_SOURCE parse_cif precheck_cif structure_from_dict",
+    },
+    modules="shards",
+)

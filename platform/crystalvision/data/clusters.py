@@ -26,8 +26,7 @@ import pandas as pd
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Structure
 
-from crystalvision.core import progress
-from crystalvision.core.errors import ConfigError
+from crystalvision.core import ConfigError, progress
 from crystalvision.data.snapshot import MaterialRecord
 
 log = logging.getLogger(__name__)
@@ -83,7 +82,7 @@ def components(ids: Sequence[str], edges: Sequence[tuple[str, str]]) -> dict[str
 
 
 def _cache_path(records: Sequence[MaterialRecord], tolerances: Mapping[str, float]) -> Path:
-    from crystalvision.core.settings import get_settings
+    from crystalvision.core import get_settings
 
     h = hashlib.sha256(json.dumps(dict(tolerances), sort_keys=True).encode())
     for r in sorted(records, key=lambda r: r.material_id):

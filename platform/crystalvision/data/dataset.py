@@ -13,9 +13,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
-from crystalvision.core.config import SplitConfig
-from crystalvision.core.errors import ImageError, StorageError
-from crystalvision.core.targets import TARGET_COLUMNS, TARGET_LABEL_COLUMNS, target
+from crystalvision.core import TARGET_COLUMNS, TARGET_LABEL_COLUMNS, ImageError, SplitConfig, StorageError, target
 from crystalvision.data import shards
 from crystalvision.data.storage import ObjectStore
 

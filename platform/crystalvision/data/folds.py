@@ -33,8 +33,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, StratifiedGroupKFold, StratifiedKFold
 
-from crystalvision.core.config import SplitConfig, StructureFilter
-from crystalvision.core.errors import ConfigError
+from crystalvision.core import ConfigError, SplitConfig, StructureFilter
 from crystalvision.data.clusters import group_series
 from crystalvision.data.dataset import Splits
 

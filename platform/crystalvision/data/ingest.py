@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from crystalvision.core.config import IngestConfig
-from crystalvision.core.settings import get_settings
+from crystalvision.core import IngestConfig, get_settings
 from crystalvision.data.mp import fetch_records, query_dict
 from crystalvision.data.snapshot import MaterialRecord, write_snapshot
 

@@ -11,10 +11,7 @@ from collections.abc import Callable
 from itertools import combinations
 from typing import Any, TypeVar
 
-from crystalvision.core.config import IngestConfig
-from crystalvision.core.errors import MPError, StructureError
-from crystalvision.core.logs import mask
-from crystalvision.core.settings import MPSettings, get_settings
+from crystalvision.core import IngestConfig, MPError, MPSettings, StructureError, get_settings, mask
 from crystalvision.data.snapshot import MaterialRecord
 from crystalvision.data.structures import (
     MISSING_LABEL_FLAG,
@@ -110,7 +107,7 @@ def _transient_reason(exc: BaseException) -> str | None:
 
 
 def _redacted(exc: BaseException, settings: MPSettings) -> str:
-    from crystalvision.core.logs import mask
+    from crystalvision.core import mask
 
     key = settings.api_key.get_secret_value() if settings.api_key else ""
     return mask(mask(f"{type(exc).__name__}: {str(exc)[:300]}"), [key] if key else [])

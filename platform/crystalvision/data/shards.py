@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crystalvision.core.errors import StorageError
+from crystalvision.core import StorageError
 from crystalvision.data.storage import ObjectStore
 
 log = logging.getLogger(__name__)

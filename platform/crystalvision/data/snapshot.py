@@ -32,11 +32,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
-from crystalvision import __version__
-from crystalvision.core.config import SnapshotConfig
-from crystalvision.core.errors import SnapshotError
-from crystalvision.core.settings import bundled_snapshots, get_settings
-from crystalvision.core.targets import BY_NAME, TARGETS_CLASSIFICATION
+from crystalvision.core import (
+    BY_NAME,
+    TARGETS_CLASSIFICATION,
+    SnapshotConfig,
+    SnapshotError,
+    __version__,
+    bundled_snapshots,
+    get_settings,
+)
 from crystalvision.data.structures import CRYSTAL_SYSTEMS
 
 log = logging.getLogger(__name__)

@@ -29,8 +29,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from crystalvision.core.errors import StorageError
-from crystalvision.core.settings import StorageSettings, get_settings
+from crystalvision.core import StorageError, StorageSettings, get_settings
 
 log = logging.getLogger(__name__)
 

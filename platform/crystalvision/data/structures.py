@@ -13,7 +13,7 @@ from pymatgen.core import Element, Structure
 from pymatgen.io.cif import CifBlock, CifParser
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from crystalvision.core.errors import StructureError
+from crystalvision.core import StructureError
 
 CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
 SHORT_DISTANCE_FLAG = "short_interatomic_distance"

@@ -27,13 +27,12 @@ import pandas as pd
 from pymatgen.core import Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from crystalvision.core.config import EvaluateConfig
-from crystalvision.core.targets import CLASS_ID, CLASS_NAME, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
-from crystalvision.data.snapshot import MaterialRecord
+from crystalvision.core import CLASS_ID, CLASS_NAME, TARGETS_CLASSIFICATION, TARGETS_REGRESSION, EvaluateConfig
+from crystalvision.data import MaterialRecord
 from crystalvision.evaluate.metrics import label_metrics, prefixed, regression_metrics, stability_metrics
 
 if TYPE_CHECKING:
-    from crystalvision.data.dataset import Splits
+    from crystalvision.data import Splits
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from captum.attr import NoiseTunnel, Saliency
 from skimage.metrics import structural_similarity
 from torch import nn
 
-from crystalvision.learn.model import MEAN, STD, CrystalNet, unwrap
+from crystalvision.learn import MEAN, STD, CrystalNet, unwrap
 
 log = logging.getLogger(__name__)
 

@@ -45,10 +45,8 @@ from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import CGConv, global_mean_pool
 
-from crystalvision.core import progress
-from crystalvision.core.config import TARGETS_CLASSIFICATION, TARGETS_REGRESSION
-from crystalvision.core.errors import ConfigError
-from crystalvision.data.snapshot import MaterialRecord
+from crystalvision.core import TARGETS_CLASSIFICATION, TARGETS_REGRESSION, ConfigError, progress
+from crystalvision.data import MaterialRecord
 from crystalvision.evaluate import metrics as M
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from crystalvision.core.errors import CrystalVisionError
-from crystalvision.core.targets import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+from crystalvision.core import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION, CrystalVisionError
 from crystalvision.evaluate.metrics import balanced_accuracy
 
 log = logging.getLogger(__name__)
@@ -292,8 +291,8 @@ def fold_table(
     """One fold's per-structure table: truth from ``labels`` (one row per structure, class names in the labels
     table's columns), the model's ``outputs`` (values and ``<head>_proba`` aligned with ``labels``), ``unseen_*``
     against ``train``, and ``others``: predictor -> frame with ``material_id`` and one column per head."""
-    from crystalvision.core.targets import CLASS_NAME
-    from crystalvision.data.folds import nelements
+    from crystalvision.core import CLASS_NAME
+    from crystalvision.data import nelements
 
     out = labels[["material_id"]].reset_index(drop=True).copy()
     try:

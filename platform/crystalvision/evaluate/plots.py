@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn import metrics as skm
 
-from crystalvision.core.targets import UNITS  # regression head -> unit
+from crystalvision.core import UNITS  # regression head -> unit
 from crystalvision.evaluate.metrics import one_hot, scorable_classes
 
 DPI = 110

@@ -9,10 +9,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from crystalvision.core.config import EvaluateConfig
-from crystalvision.core.targets import target
-from crystalvision.data.mp import MP_LABEL_SOURCE
-from crystalvision.learn.model import ModelSpec
+from crystalvision.core import EvaluateConfig, target
+from crystalvision.data import MP_LABEL_SOURCE
+from crystalvision.learn import ModelSpec
 
 # Rows of the comparison table: (label, metric prefix); columns: (header, metric name without the prefix).
 ROWS = [
@@ -177,7 +176,7 @@ def write_report(
 
 def folds_table(per_fold: Sequence[Mapping[str, float]], aggregated: Mapping[str, float]) -> str:
     """Rows = model levels and baselines, columns = the comparison metrics, cells = mean ± std over folds."""
-    from crystalvision.data.folds import mean_std_text
+    from crystalvision.data import mean_std_text
 
     rows = [["study (KAIST, image split, DFT labels)"] + [STUDY.get(h, "") for h, _ in COLUMNS]]
     for label, prefix in ROWS:
@@ -300,6 +299,6 @@ LEAKAGE_KEYS = ("leakage_ssim_median", "leakage_frac_nearest_same_structure", "l
 
 
 def _mean_std(aggregated: Mapping[str, float], name: str) -> str:
-    from crystalvision.data.folds import mean_std_text
+    from crystalvision.data import mean_std_text
 
     return mean_std_text(aggregated, name)

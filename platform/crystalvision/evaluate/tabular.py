@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 
-from crystalvision.core.targets import CLASS_NAME, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
-from crystalvision.data.snapshot import MaterialRecord
+from crystalvision.core import CLASS_NAME, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+from crystalvision.data import MaterialRecord
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from crystalvision.core.config import TrainConfig
+from crystalvision.core import TrainConfig
 from crystalvision.learn.model import MEAN, STD, unwrap
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from crystalvision.core.config import AugmentConfig
+from crystalvision.core import AugmentConfig
 from crystalvision.learn.model import MEAN, STD, plain_outputs
 
 

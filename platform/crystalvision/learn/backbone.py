@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from crystalvision.core.errors import ModelError
+from crystalvision.core import ModelError
 
 log = logging.getLogger(__name__)
 PRETRAINED_SOURCES = ("imagenet",)

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
-from crystalvision import __version__
+from crystalvision.core import __version__
 from crystalvision.core.config import PipelineConfig
 from crystalvision.core.errors import ModelError
 from crystalvision.core.targets import TABLE, TARGETS_CLASSIFICATION, TARGETS_REGRESSION

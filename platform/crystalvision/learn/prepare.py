@@ -15,14 +15,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from crystalvision.core.config import PipelineConfig, SplitConfig
-from crystalvision.data.dataset import Splits, load_labels, split_frame
-from crystalvision.data.snapshot import Selection, Snapshot, load_selection
-from crystalvision.data.storage import ObjectStore, open_store
+from crystalvision.core import PipelineConfig, SplitConfig
+from crystalvision.data import (
+    ObjectStore,
+    Selection,
+    Snapshot,
+    Splits,
+    load_labels,
+    load_selection,
+    open_store,
+    split_frame,
+)
 from crystalvision.learn.model import ModelSpec, spec_for
 
 if TYPE_CHECKING:
-    from crystalvision.render.job import RenderResult
+    from crystalvision.render import RenderResult
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +90,7 @@ def select_records(cfg: PipelineConfig) -> tuple[Snapshot, Selection]:
 
 def render(cfg: PipelineConfig, snap: Snapshot, selection: Selection, store: ObjectStore) -> RenderResult:
     """Render the selection (finished images are reused) and report quarantined structures."""
-    from crystalvision.render.job import render_dataset
+    from crystalvision.render import render_dataset
 
     result = render_dataset(selection.records, snap.encoders, snap.manifest.content_sha256, cfg.render, store)
     if result.quarantined:
@@ -101,7 +108,7 @@ def split_clusters(split: SplitConfig, records: Sequence[Any] | None) -> dict[st
     structures, :func:`crystalvision.data.clusters.structure_clusters`), else None."""
     if split.group_by != "structure_cluster" or split.protocol != "grouped" or records is None:
         return None
-    from crystalvision.data.clusters import structure_clusters
+    from crystalvision.data import structure_clusters
 
     return structure_clusters(list(records))
 
@@ -119,7 +126,7 @@ def make_splits(
 def make_folds(store: ObjectStore, labels_key: str, split: SplitConfig, clusters: Any = None) -> list[Splits]:
     """The labels table's k folds (``split.folds`` / ``split.leave_one_out``; each structure tested once), each
     fold's training part cut to ``split.train_structures`` when set (a learning-curve point)."""
-    from crystalvision.data.folds import fold_splits, subset_folds
+    from crystalvision.data import fold_splits, subset_folds
 
     return subset_folds(fold_splits(load_labels(store, labels_key), split, clusters), split)
 
@@ -129,7 +136,7 @@ def plan_folds(cfg: PipelineConfig) -> dict[str, Any] | None:
     quarantines would drop out); None without ``split.folds`` / ``split.leave_one_out``."""
     import pandas as pd
 
-    from crystalvision.data.folds import split_plan
+    from crystalvision.data import split_plan
 
     if not is_kfold(cfg.split):
         return None

@@ -7,9 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from crystalvision.core.config import TrainConfig
-from crystalvision.core.errors import CrystalVisionError
-from crystalvision.core.targets import TABLE
+from crystalvision.core import TABLE, CrystalVisionError, TrainConfig
 
 # ---- state carried in checkpoints -----------------------------------------------------------------------------
 

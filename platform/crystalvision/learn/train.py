@@ -135,7 +135,7 @@ def make_trainer(
 
     tcfg, spec = prepared.cfg.train, prepared.spec
     if tcfg.use_gpu:
-        _require_gpus(tcfg.num_workers)
+        require_gpus(tcfg.num_workers)
     frames = standardise_targets(prepared.splits, spec)
     datasets = {k: to_ray_dataset(df, prepared.store, spec.image_size) for k, df in frames.items()}
     resources = {"CPU": tcfg.cpus_per_worker} | ({"GPU": 1} if tcfg.use_gpu else {})
@@ -172,7 +172,7 @@ def _wait() -> float:
     return float(os.environ.get(MLFLOW_WAIT_ENV, MLFLOW_WAIT_S))
 
 
-def _require_gpus(workers: int) -> None:
+def require_gpus(workers: int) -> None:
     """Fail in seconds, naming cause and fix, when a local Ray cluster has fewer GPUs than GPU workers asked for
     (a remote cluster may scale a GPU group up from zero: there the run waits, with a warning)."""
     import ray
@@ -194,13 +194,13 @@ def _require_gpus(workers: int) -> None:
 def code_version() -> str:
     """The package version and a hash of its Python sources: a code change starts new runs instead of resuming
     checkpoints written by other code."""
-    import crystalvision
+    from crystalvision.core import __version__
 
-    package = Path(crystalvision.__file__).parent
+    package = Path(__file__).parents[1]  # the crystalvision package (this file is learn/train.py)
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
-    return f"{crystalvision.__version__}+{digest.hexdigest()[:12]}"
+    return f"{__version__}+{digest.hexdigest()[:12]}"
 
 
 def content_digest(prepared: Prepared) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from crystalvision.core.targets import CLASS_NAME, SCORE_METRICS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+from crystalvision.core import CLASS_NAME, SCORE_METRICS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from crystalvision.core.errors import CrystalVisionError
+from crystalvision.core import CrystalVisionError
 
 log = logging.getLogger(__name__)
 

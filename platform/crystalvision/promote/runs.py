@@ -19,14 +19,12 @@ from typing import Any
 
 import mlflow
 
-from crystalvision.core.config import PipelineConfig, SplitConfig
-from crystalvision.core.errors import CrystalVisionError, ModelError
-from crystalvision.data.storage import open_store
-from crystalvision.evaluate.evaluate import EvalResult, evaluate_model
-from crystalvision.learn.model import SPEC_FILE, WEIGHTS_FILE, CrystalNet, load_model
-from crystalvision.learn.prepare import Prepared, from_labels, prepare
+from crystalvision.core import CrystalVisionError, ModelError, PipelineConfig, SplitConfig
+from crystalvision.data import open_store
+from crystalvision.evaluate import EvalResult, evaluate_model
+from crystalvision.learn import SPEC_FILE, WEIGHTS_FILE, CrystalNet, Prepared, from_labels, load_model, prepare
 from crystalvision.promote import gate
-from crystalvision.serve.predict import MODEL_ARTIFACT, MODEL_DIR_ARTIFACT
+from crystalvision.serve import MODEL_ARTIFACT, MODEL_DIR_ARTIFACT
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +94,7 @@ def inputs_of_run(cfg: PipelineConfig, run: Any, model: CrystalNet) -> Prepared:
     key = logged_labels_key(params, tags)
     if key is None:
         log.info("run %s logged no labels key; preparing the data of the given config", run.info.run_id)
-        key = prepare(cfg).labels_key
+        key = prepare.prepare(cfg).labels_key
     fold = int(tags["fold"]) if "fold" in tags and (split.folds or split.leave_one_out) else None  # k-fold child
     prepared = from_labels(cfg, open_store(), str(key), model.spec, split, fold)
     logged = param(params, *TEST_SIZE_PARAMS)
@@ -124,7 +122,7 @@ def log_evaluation(result: EvalResult, run_id: str | None = None) -> None:
 
 def report_dir(run_id: str | None) -> Path:
     """Where a run's evaluation artifacts stay on this machine: ``<home>/reports/<run id>/evaluation``."""
-    from crystalvision.core.settings import get_settings
+    from crystalvision.core import get_settings
 
     active = mlflow.active_run()
     name = run_id or (active.info.run_id if active else time.strftime("%Y%m%dT%H%M%S"))
@@ -145,7 +143,7 @@ def evaluate_into_run(model: CrystalNet, prepared: Prepared, run_id: str | None 
 
 def evaluate_logged_run(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
     """Evaluate the model logged in MLflow run ``run_id`` on its own split; log metrics + artifacts into it."""
-    from crystalvision.track.tracking import configure_mlflow
+    from crystalvision.track import configure_mlflow
 
     configure_mlflow()
     try:

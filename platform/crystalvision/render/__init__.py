@@ -1,19 +1,15 @@
 """Render stage: crystal structures -> space-filling images (VTK offscreen) -> object store, via Ray Data."""
 
-from crystalvision.render.palette import COLOUR_SOURCE, element_colour
-from crystalvision.render.radii import RADIUS_SOURCES, element_radius
-from crystalvision.render.rotations import structure_quaternions, view_quaternion, view_rotation
-from crystalvision.render.scene import Renderer, encode_png, prepare_scene
+from crystalvision.core import door
 
-__all__ = [
-    "COLOUR_SOURCE",
-    "RADIUS_SOURCES",
-    "Renderer",
-    "element_colour",
-    "element_radius",
-    "encode_png",
-    "prepare_scene",
-    "structure_quaternions",
-    "view_quaternion",
-    "view_rotation",
-]
+__all__, __getattr__, __dir__ = door(
+    __name__,
+    {
+        "figures": "radii_comparison_apart",
+        "job": "RenderResult render_config_hash render_dataset",
+        "palette": "COLOUR_SOURCE element_colour",
+        "radii": "RADIUS_SOURCES element_radius",
+        "rotations": "structure_quaternions view_quaternion view_rotation",
+        "scene": "Renderer prepare_scene",
+    },
+)

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from crystalvision.core.errors import RenderError
+from crystalvision.core import RenderError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any, get_args
 
 import numpy as np
 
-from crystalvision.core.config import RenderConfig
+from crystalvision.core import RenderConfig
 from crystalvision.render.radii import RADIUS_SOURCES, RadiiSet
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def radii_comparison(structure: Any, material_id: str, cfg: RenderConfig, path: 
     here (no offscreen OpenGL, or an element missing from a set): the report goes on without the picture."""
     from PIL import Image, ImageDraw
 
-    from crystalvision.core.errors import RenderError
+    from crystalvision.core import RenderError
     from crystalvision.render.rotations import view_rotation
     from crystalvision.render.scene import Renderer
 
@@ -82,7 +82,7 @@ def radii_comparison_apart(
 
 def _draw_job(job_path: str) -> None:
     """The helper process: draw the figure a job file describes."""
-    from crystalvision.data.structures import structure_from_dict
+    from crystalvision.data import structure_from_dict
 
     logging.basicConfig(level=logging.INFO)
     job = json.loads(Path(job_path).read_text())

@@ -30,12 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crystalvision import __version__
-from crystalvision.core import progress
-from crystalvision.core.config import RenderConfig
-from crystalvision.core.errors import CrystalVisionError, RenderError, raised_in_worker
-from crystalvision.data.storage import ObjectStore, without_credentials
-from crystalvision.ops.faults import parse_fault
+from crystalvision.core import CrystalVisionError, RenderConfig, RenderError, __version__, progress, raised_in_worker
+from crystalvision.data import ObjectStore, without_credentials
+from crystalvision.ops import parse_fault
 from crystalvision.render.labels import image_key, labels_frame, labels_key_for, parquet_bytes
 from crystalvision.render.pixel_code import pixel_code_digest
 from crystalvision.render.rotations import structure_quaternions
@@ -112,7 +109,7 @@ def render_prefix(snapshot_sha256: str, cfg: RenderConfig) -> str:
 
 def _precheck(records: list[Any], cfg: RenderConfig) -> tuple[list[Any], list[dict[str, str]]]:
     """Parse every structure and check its species on the driver; bad ones go to quarantine right away."""
-    from crystalvision.data.structures import structure_from_dict
+    from crystalvision.data import structure_from_dict
     from crystalvision.render.scene import prepare_scene
 
     good, bad = [], []
@@ -182,7 +179,7 @@ def _run_ray(
     of raw pixels) as it streams out and returns the batch's other columns as a DataFrame."""
     import ray
 
-    from crystalvision.ops.raycluster import ensure_ray
+    from crystalvision.ops import ensure_ray
     from crystalvision.render.backend import ensure_backend
 
     t0 = time.time()

@@ -9,8 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from crystalvision.core.config import RenderConfig
-from crystalvision.core.targets import TABLE
+from crystalvision.core import TABLE, RenderConfig
 from crystalvision.render.rotations import structure_quaternions
 
 

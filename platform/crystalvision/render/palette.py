@@ -12,7 +12,7 @@ from importlib import resources
 import numpy as np
 import yaml
 
-from crystalvision.core.errors import RenderError
+from crystalvision.core import RenderError
 from crystalvision.render.radii import RadiiSet, element_radius
 
 COLOUR_SOURCE = "VESTA element colours (pymatgen/vis/ElementColorSchemes.yaml, scheme VESTA)"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Literal
 
-from crystalvision.core.errors import RenderError
+from crystalvision.core import RenderError
 
 RadiiSet = Literal["vesta", "shannon"]
 

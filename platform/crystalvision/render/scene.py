@@ -18,9 +18,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from crystalvision.core.config import RenderConfig
-from crystalvision.core.errors import RenderError
-from crystalvision.data.png import encode_png  # noqa: F401  (re-exported: job and bench import it from here)
+from crystalvision.core import RenderConfig, RenderError
 from crystalvision.render.backend import BackendError, ensure_backend
 from crystalvision.render.palette import site_style, species_symbols
 from crystalvision.render.shading import LIGHT_DIRECTION, apply_shading

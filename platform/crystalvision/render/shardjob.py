@@ -13,9 +13,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from crystalvision.core.config import RenderConfig
-from crystalvision.data import shards
-from crystalvision.data.storage import ObjectStore
+from crystalvision.core import RenderConfig
+from crystalvision.data import ObjectStore, shards
 from crystalvision.render.labels import image_key, labels_frame
 from crystalvision.render.rotations import structure_quaternions
 
@@ -169,7 +168,7 @@ def export_pngs(store: ObjectStore, prefix: str, labels: pd.DataFrame) -> int:
     """Write the PNG of every image in ``labels`` (rows with shard references) that has none under ``prefix`` yet:
     images an earlier run rendered, or taken from another shard, get one too. Each shard is read once; returns the
     number of PNGs written."""
-    from crystalvision.data.png import encode_png
+    from crystalvision.data import encode_png
 
     if labels.empty:
         return 0

@@ -42,11 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from crystalvision.core.config import RenderConfig
-from crystalvision.core.errors import CrystalVisionError, StorageError
-from crystalvision.core.settings import StorageSettings
-from crystalvision.data import shards
-from crystalvision.data.storage import ObjectStore
+from crystalvision.core import CrystalVisionError, RenderConfig, StorageError, StorageSettings
+from crystalvision.data import ObjectStore, shards
 from crystalvision.render.backend import BackendError
 
 log = logging.getLogger(__name__)
@@ -196,7 +193,7 @@ class RenderBatch:
 
     def _structure(self, material_id: str) -> Any:
         if material_id not in self.structures:
-            from crystalvision.data.structures import structure_from_dict
+            from crystalvision.data import structure_from_dict
 
             # keep only the current structure: rows arrive grouped by material
             self.structures = {material_id: structure_from_dict(self.raw[material_id], material_id)}
@@ -239,7 +236,7 @@ class RenderBatch:
     def _write(self, key: str, image: np.ndarray) -> str:
         """Encode and store one image (on a writer thread); storage errors are retried, then fail the task.
         Returns ``"size:sha256"`` of the stored bytes (the render manifest's check that an image is whole)."""
-        from crystalvision.data.png import encode_png
+        from crystalvision.data import encode_png
 
         if "simulate_ms" in self.fault:  # the simulation encodes once: only scheduling and writes stay real
             self.simulated_png = self.simulated_png or encode_png(image)

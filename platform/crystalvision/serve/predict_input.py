@@ -20,15 +20,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from crystalvision.core.errors import ImageError, StructureError
-from crystalvision.data.dataset import decode_png
-from crystalvision.data.structures import MAX_CIF_BYTES, parse_cif, precheck_cif
+from crystalvision.core import ImageError, StructureError
+from crystalvision.data import MAX_CIF_BYTES, decode_png, parse_cif, precheck_cif
 from crystalvision.serve.renderproc import Deadline
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-    from crystalvision.learn.model import ModelSpec
+    from crystalvision.learn import ModelSpec
 
 MAX_VIEWS = 64
 MAX_ROWS = 256  # rows per request (images and CIFs)

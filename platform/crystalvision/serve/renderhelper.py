@@ -17,16 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from crystalvision.core.errors import CrystalVisionError
+from crystalvision.core import CrystalVisionError
 
 
 def render_here(
     structure: Any, render_config: dict, views: int, view_key: str, cache: dict | None = None
 ) -> np.ndarray:
     """``views`` seeded views (material key ``view_key``) of a structure, rendered in this process."""
-    from crystalvision.core.config import RenderConfig
-    from crystalvision.render.rotations import view_rotation
-    from crystalvision.render.scene import Renderer
+    from crystalvision.core import RenderConfig
+    from crystalvision.render import Renderer, view_rotation
 
     cfg = RenderConfig.model_validate(render_config)
     key = json.dumps(render_config, sort_keys=True, default=str)

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from crystalvision.core.errors import CrystalVisionError, RenderError, StructureError
+from crystalvision.core import CrystalVisionError, RenderError, StructureError
 
 log = logging.getLogger(__name__)
 

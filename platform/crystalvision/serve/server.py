@@ -14,7 +14,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from crystalvision.core.errors import ModelError
+from crystalvision.core import ModelError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5001  # 5000 is the MLflow UI's
@@ -57,7 +57,7 @@ def serve(model_uri: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, wo
     """Check the model, then replace this process with MLflow's scoring server (never returns)."""
     import mlflow
 
-    from crystalvision.core.settings import get_settings
+    from crystalvision.core import get_settings
 
     if not (scripts_dir() / "uvicorn").exists():
         raise ModelError(f"uvicorn is not in {scripts_dir()}; install it: {sys.executable} -m pip install uvicorn")

@@ -15,8 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from crystalvision.core.errors import ConfigError
-from crystalvision.core.targets import BY_NAME, TARGETS
+from crystalvision.core import BY_NAME, TARGETS, ConfigError
 from crystalvision.track.recipe import differences
 
 log = logging.getLogger(__name__)

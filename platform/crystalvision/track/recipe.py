@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from crystalvision.core.config import PipelineConfig, SnapshotConfig, TrainConfig
+from crystalvision.core import PipelineConfig, SnapshotConfig, TrainConfig
 
 # Settings that change which structures a model learns from (the snapshot itself is its sha256).
 SELECTION = ("include_flagged", "max_structures", "material_ids")

@@ -19,11 +19,8 @@ from typing import Any
 
 import yaml
 
-from crystalvision import __version__
-from crystalvision.core.config import PipelineConfig
-from crystalvision.core.settings import PACKAGE_DIR, get_settings
-from crystalvision.core.targets import TARGETS, TARGETS_CLASSIFICATION
-from crystalvision.data.structures import SYMMETRY_LABEL_SOURCE
+from crystalvision.core import PACKAGE_DIR, TARGETS, TARGETS_CLASSIFICATION, PipelineConfig, __version__, get_settings
+from crystalvision.data import SYMMETRY_LABEL_SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +282,7 @@ def _truncate(value: str) -> str:
 
 
 def _redact(text: str) -> str:
-    from crystalvision.core.logs import mask
+    from crystalvision.core import mask
 
     return mask(text)
 
