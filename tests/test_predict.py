@@ -442,3 +442,36 @@ def test_predict_prints_the_model_cards_measured_metrics_beside_each_answer(cv_h
     assert bare.exit_code == 0, bare.output
     assert "this model has no measured out-of-fold metrics on unseen structures" in bare.stdout
     assert "this model: 0." not in bare.stdout
+
+
+def test_each_bad_input_is_reported_once_on_the_command_line(logged, tmp_path) -> None:
+    """A bad file's message appears once in what the user sees (not as a WARNING log line and again as error:)."""
+    uri, *_ = logged
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG broken")
+    result = CliRunner().invoke(app, ["predict", str(bad), "--model", uri])
+    assert result.exit_code == 1
+    assert result.output.count("not a readable image") == 1, result.output
+    assert f"error: {bad}: not a readable image" in result.output
+
+
+def test_a_cif_gets_its_exact_symmetry_beside_the_heads_answers(tmp_path, bundled_snapshot) -> None:
+    """The structure's own symmetry (spglib at the labels' symprec) is reported for a CIF, none for an image; the
+    printed line marks each head as agreeing or not."""
+    from crystalvision.serve.present import symmetry_lines
+
+    model = load_model(tiny_model_dir(tmp_path / "m"))
+    views = lambda structure, render_config, n: np.zeros((n, SIZE, SIZE, 3), dtype=np.uint8)  # noqa: E731
+    frame = pd.DataFrame({"cif": [GOOD_CIF, None], "image": [None, _b64(_png(SIZE))], "name": ["a.cif", "b.png"]})
+    out = predict.predict_frame(model, frame, renderer=views)
+    label = next(r for r in bundled_snapshot.records if r.material_id == "mp-25284")
+    assert (out.loc[0, "structure_crystal_system"], out.loc[0, "structure_spacegroup"]) == (
+        label.crystal_system,
+        label.spacegroup_symbol,
+    )
+    assert out.loc[1, "structure_crystal_system"] is None and out.loc[1, "structure_spacegroup"] is None
+    out.loc[0, ["crystal_system", "spacegroup"]] = [label.crystal_system, "P1"]
+    out.insert(0, "file", ["a.cif", "b.png"])  # as predict_files names its rows
+    (line,) = symmetry_lines(out)
+    assert line.startswith(f"a.cif: exact symmetry from the structure (spglib, symprec 0.1): {label.crystal_system} ")
+    assert f"crystal system head {label.crystal_system} agrees" in line and "space group head P1 DISAGREES" in line

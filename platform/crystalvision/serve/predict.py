@@ -8,10 +8,12 @@ rendered in bounded helper processes with deadlines (:mod:`crystalvision.serve.r
 input row with ``band_gap`` (eV), ``energy_above_hull`` (eV/atom), the joint symmetry answer of both classification
 heads (:mod:`crystalvision.serve.hierarchy`: ``crystal_system`` and ``spacegroup`` with their probabilities,
 ``spacegroup_top3`` as a JSON list of [symbol, probability]), each head's full distribution (``crystal_system_proba``,
-``spacegroup_proba``: JSON objects class -> probability), ``warnings`` (JSON list: out-of-domain input, heads that
-disagree) and ``error`` (None, or one clear message for a bad row; the other rows are still predicted). Columns
-have object dtype so a bad row's values are None (JSON null). A render helper that fails (dies, hangs, or rendering
-raises) is that row's error over REST; from Python (``model.predict``, the CLI) it raises one error naming the row.
+``spacegroup_proba``: JSON objects class -> probability), for a CIF its exact symmetry (``structure_crystal_system``,
+``structure_spacegroup``: spglib at the labels' tolerance, no model; None for an image), ``warnings`` (JSON list:
+out-of-domain input, heads that disagree) and ``error`` (None, or one clear message for a bad row; the other rows
+are still predicted). Columns have object dtype so a bad row's values are None (JSON null). A render helper that
+fails (dies, hangs, or rendering raises) is that row's error over REST; from Python (``model.predict``, the CLI) it
+raises one error naming the row.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from crystalvision.core.errors import ImageError, ModelError
 from crystalvision.data.dataset import Splits, image_png
 from crystalvision.learn.model import SPEC_FILE, CrystalNet, ModelSpec, load_model, predict_arrays
 from crystalvision.serve import predict_input
-from crystalvision.serve.hierarchy import joint_symmetry
+from crystalvision.serve.hierarchy import joint_symmetry, structure_symmetry
 from crystalvision.serve.renderproc import Deadline, DeadlineError, HelperError
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ OUTPUT_COLUMNS = (
     "spacegroup_top3",
     "crystal_system_proba",
     "spacegroup_proba",
+    "structure_crystal_system",
+    "structure_spacegroup",
     "warnings",
     "error",
 )
@@ -130,6 +134,7 @@ class _Item:
     images: np.ndarray | None = None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
+    symmetry: tuple[str, str] | None = None  # a CIF's own crystal system and space group (spglib)
 
 
 def _cell(row: pd.Series, column: str) -> Any:
@@ -167,7 +172,8 @@ def _prepare_row(
             predict_input.check_cif(str(cif), name, limit)  # cheap bounds here, before a helper is busy
             structure, images = renderer(str(cif), name, limit, spec.render_config, views, deadline)
             images = _check_rendered(images, name, spec)
-            return _Item(images=images, warnings=predict_input.structure_warnings(structure, spec, name))
+            warnings = predict_input.structure_warnings(structure, spec, name)
+            return _Item(images=images, warnings=warnings, symmetry=structure_symmetry(structure))
         raise ImageError(f"{name}: the row has neither an 'image' (base64 PNG) nor a 'cif' (CIF text)")
     except HelperError as exc:
         if raise_failed:
@@ -220,10 +226,11 @@ def predict_frame(
             if refusal
             else _prepare_row(row, name, spec, cif_renderer, default_views, deadline, raise_failed)
         )
+        # the row's error is its answer (the CLI prints it, REST returns it): a log line would say it twice
         if items[-1].error and not rows_error:
-            log.warning("prediction input rejected: %s", items[-1].error)
+            log.debug("prediction input rejected: %s", items[-1].error)
     if rows_error:
-        log.warning("prediction request refused: %s", rows_error)
+        log.debug("prediction request refused: %s", rows_error)
     means = _predict_items(model, [it for it in items if it.images is not None])
     rows = []
     for name, it in zip(names, items, strict=True):
@@ -233,7 +240,7 @@ def predict_frame(
             mean = means[id(it)]
             if isinstance(mean, Exception):
                 raise mean
-            rows.append(_output_row(spec, mean, it.warnings, name))
+            rows.append(_output_row(spec, mean, it.warnings, name) | _symmetry_columns(it.symmetry))
         except Exception as exc:  # a row's failure is that row's error
             rows.append(dict.fromkeys(OUTPUT_COLUMNS) | {"error": it.error or f"{name}: {type(exc).__name__}: {exc}"})
     # object dtype keeps None (not NaN) for missing values, so the REST answer is valid JSON with nulls
@@ -299,6 +306,10 @@ def _output_row(spec: ModelSpec, mean: dict[str, np.ndarray], warnings: list[str
         "warnings": json.dumps(warnings),
         "error": None,
     }
+
+
+def _symmetry_columns(symmetry: tuple[str, str] | None) -> dict[str, Any]:
+    return dict(zip(("structure_crystal_system", "structure_spacegroup"), symmetry or (None, None), strict=True))
 
 
 class CrystalVisionPyfunc(mlflow.pyfunc.PythonModel):
@@ -402,7 +413,7 @@ def predict_files(paths: Sequence[str | Path], model_uri: str, views: int = DEFA
             )
             pred = model.predict(frame)
             for (i, _), (_, row) in zip(chunk, pred.iterrows(), strict=True):
-                out.loc[i, list(OUTPUT_COLUMNS)] = [row[c] for c in OUTPUT_COLUMNS]
+                out.loc[i, list(OUTPUT_COLUMNS)] = [row.get(c) for c in OUTPUT_COLUMNS]  # older models: fewer
     out.insert(0, "file", [str(p) for p in paths])
     return out
 

@@ -1,8 +1,10 @@
 """Predictions for people and machines: a compact table with warnings and errors below it, or full JSON.
 
 The table shows per input the band gap, e_above_hull, the joint crystal system and space group with their
-probabilities, and the three most probable space groups; no probability dictionaries. JSON keeps every column,
-with the JSON-encoded columns (distributions, top-3, warnings) decoded into objects.
+probabilities, and the three most probable space groups; no probability dictionaries. For a CIF, a line under the
+table gives the structure's exact symmetry (spglib) beside the heads' answers and flags a head that disagrees: the
+symmetry heads matter for images, not for structures. JSON keeps every column, with the JSON-encoded columns
+(distributions, top-3, warnings) decoded into objects.
 """
 
 from __future__ import annotations
@@ -115,6 +117,28 @@ def trust_lines(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+def symmetry_lines(frame: pd.DataFrame) -> list[str]:
+    """Per CIF row: its exact symmetry beside the heads' answers, each head marked as agreeing or disagreeing."""
+    from crystalvision.serve.hierarchy import LABEL_SYMPREC
+
+    lines = []
+    for i, row in enumerate(frame.to_dict(orient="records")):
+        system, group = row.get("structure_crystal_system"), row.get("structure_spacegroup")
+        if _missing(system) or not _missing(row.get("error")):
+            continue
+        name = str(row.get("file") or row.get("name") or f"row {i}")
+        heads = []
+        pairs = (("crystal system", system, "crystal_system"), ("space group", group, "spacegroup"))
+        for label, exact, answer in pairs:
+            verdict = "agrees" if row.get(answer) == exact else "DISAGREES"
+            heads.append(f"{label} head {row.get(answer)} {verdict}")
+        lines.append(
+            f"{name}: exact symmetry from the structure (spglib, symprec {LABEL_SYMPREC:g}): {system} {group}; "
+            + ", ".join(heads)
+        )
+    return lines
+
+
 def print_predictions(frame: pd.DataFrame, output: str = "table", console: Console | None = None) -> None:
     """Print ``frame`` (from :func:`crystalvision.serve.predict.predict_files`) as a table or as JSON on stdout."""
     if console is None:
@@ -128,5 +152,5 @@ def print_predictions(frame: pd.DataFrame, output: str = "table", console: Conso
         console.out(json.dumps(records, indent=2, default=str), highlight=False)
         return
     console.print(prediction_table(frame))
-    for line in trust_lines(frame) + notes(frame):
+    for line in symmetry_lines(frame) + trust_lines(frame) + notes(frame):
         console.out(line, highlight=False)
