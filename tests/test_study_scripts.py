@@ -103,3 +103,18 @@ def test_compare_table_rows_from_kfold_records(tmp_path: Path) -> None:
     assert page.read_text() == f"x\n<!-- radii-table:start -->\n{text}\n<!-- radii-table:end -->\ny\n"
     with pytest.raises(SystemExit, match="no <!-- other:start -->"):
         ct.write_between(page, "other", text)
+
+
+def test_space_table_shows_every_baseline_and_the_imbalance_metrics_a_record_has() -> None:
+    st = script("space_table")
+    record = json.loads((RECORDS / "space-grouped.json").read_text())
+    m = record["metrics"]
+    m |= {"pooled_tabular_acc_crystal_system": 0.61, "pooled_model_balanced_acc_crystal_system": 0.3,
+          "pooled_diff_model_vs_tabular_acc_crystal_system": -0.14,
+          "pooled_diff_model_vs_tabular_acc_crystal_system_lo": -0.18,
+          "pooled_diff_model_vs_tabular_acc_crystal_system_hi": -0.1}  # fmt: skip
+    text = st.scope_table(m)
+    assert "| trees | 0.61 |" in text and "bal. acc system" in text and "macro-F1 space group" in text
+    assert "| image model − trees | -0.14 [-0.18, -0.10] |" in text
+    assert "| CGCNN 2 x 32 |" in text  # a record without the graph network's size trained the small one
+    assert "| CGCNN 3 x 64 |" in st.scope_table(m | {"cgcnn_layers_mean": 3.0, "cgcnn_atom_features_mean": 64.0})

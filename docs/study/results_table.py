@@ -32,6 +32,14 @@ STUDY = (
 )
 
 
+def cgcnn_size(m: dict[str, float]) -> str:
+    """``3 x 64`` from a record's ``cgcnn_layers`` / ``cgcnn_atom_features``; records made before those were logged
+    trained the graph baseline's size of that time, 2 convolutions x 32 features."""
+    layers = m.get("cgcnn_layers_mean", m.get("cgcnn_layers"))
+    width = m.get("cgcnn_atom_features_mean", m.get("cgcnn_atom_features"))
+    return f"{layers:.0f} x {width:.0f}" if layers and width else "2 x 32"
+
+
 def cell(m: dict[str, float], name: str) -> str:
     """``0.41`` or, for k-fold summaries, ``0.41 ± 0.05``; blank when absent."""
     if f"{name}_mean" in m:
@@ -70,7 +78,7 @@ def rows(label: str, summary: dict, cap: int | None) -> list[str]:
     for model, prefix, ep in (
         ("EfficientNet-B0, per image", "test", epochs(m, cap) + wall),
         ("EfficientNet-B0, per structure (views averaged)", "test_struct", ""),
-        ("CGCNN graph baseline, per structure", "cgcnn_test", ""),
+        (f"CGCNN graph baseline ({cgcnn_size(m)}), per structure", "cgcnn_test", ""),
         ("1-NN on structure descriptor", "baseline_1nn", ""),
         ("majority class / train mean", "baseline_dummy", ""),
     ):

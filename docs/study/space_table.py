@@ -30,7 +30,7 @@ HEAD_TITLES = {
     "band_gap": "R² gap",
     "energy_above_hull": "R² e_hull",
 }
-BASELINES = {"CGCNN": "cgcnn", "1-NN": "1nn", "majority / mean": "dummy"}
+BASELINES = {"trees": "tabular", "CGCNN": "cgcnn", "1-NN": "1nn", "majority / mean": "dummy"}
 METRIC = {"crystal_system": "acc", "spacegroup": "acc", "band_gap": "r2", "energy_above_hull": "r2"}
 
 
@@ -91,22 +91,41 @@ def render(record: dict, source: str) -> str:
     return f"{head}\n\n{curve_table(record)}\n\n{diff_table(record)}\n"
 
 
-PREDICTORS = {"image model": "model", "CGCNN": "cgcnn", "1-NN": "1nn", "majority / mean": "dummy"}
+PREDICTORS = {"image model": "model", "trees": "tabular", "CGCNN": "cgcnn", "1-NN": "1nn", "majority / mean": "dummy"}
+# (head, metric, title): accuracy, then the class heads' imbalance-proof metrics, then R²
+COLUMNS = [
+    ("crystal_system", "acc", "acc system"),
+    ("crystal_system", "balanced_acc", "bal. acc system"),
+    ("crystal_system", "macro_f1", "macro-F1 system"),
+    ("spacegroup", "acc", "acc space group"),
+    ("spacegroup", "balanced_acc", "bal. acc space group"),
+    ("spacegroup", "macro_f1", "macro-F1 space group"),
+    ("band_gap", "r2", "R² gap"),
+    ("energy_above_hull", "r2", "R² e_hull"),
+]
+
+
+def cgcnn_label(metrics: dict) -> str:
+    """``CGCNN 3 x 64`` from the record's ``cgcnn_layers`` / ``cgcnn_atom_features`` (per-fold means); records made
+    before those were logged trained the size of that time, 2 convolutions x 32 features."""
+    layers, width = metrics.get("cgcnn_layers_mean"), metrics.get("cgcnn_atom_features_mean")
+    return f"CGCNN {layers:.0f} x {width:.0f}" if layers and width else "CGCNN 2 x 32"
 
 
 def scope_table(metrics: dict, subset: str = "") -> str:
-    """One scope of a k-fold record: every method's pooled score, then the paired differences with intervals."""
+    """One scope of a k-fold record: every method's pooled score, then the paired differences with intervals;
+    a column only where some method has it (records made before balanced accuracy have none)."""
     prefix = f"pooled_{subset}" if subset else "pooled"
-    heads = list(METRIC)
-    lines = ["| method | " + " | ".join(HEAD_TITLES[h] for h in heads) + " |", "|---|" + "---|" * len(heads)]
+    cols = [(h, m, t) for h, m, t in COLUMNS if any(f"{prefix}_{p}_{m}_{h}" in metrics for p in PREDICTORS.values())]
+    lines = ["| method | " + " | ".join(t for _, _, t in cols) + " |", "|---|" + "---|" * len(cols)]
     for label, p in PREDICTORS.items():
-        cells = [f"{metrics[k]:.2f}" if (k := f"{prefix}_{p}_{METRIC[h]}_{h}") in metrics else "" for h in heads]
+        cells = [f"{metrics[k]:.2f}" if (k := f"{prefix}_{p}_{m}_{h}") in metrics else "" for h, m, _ in cols]
         if any(cells):
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {cgcnn_label(metrics) if p == 'cgcnn' else label} | " + " | ".join(cells) + " |")
     for label, p in BASELINES.items():
         cells = []
-        for h in heads:
-            key = f"{prefix}_diff_model_vs_{p}_{METRIC[h]}_{h}"
+        for h, m, _ in cols:
+            key = f"{prefix}_diff_model_vs_{p}_{m}_{h}"
             cells.append(f"{metrics[key]:+.2f} [{metrics[key + '_lo']:+.2f}, {metrics[key + '_hi']:+.2f}]"
                          if key in metrics else "")  # fmt: skip
         if any(cells):
