@@ -317,3 +317,40 @@ def json_ok(path: Path) -> bool:
     import json
 
     return isinstance(json.loads(path.read_text()), dict)
+
+
+def test_train_and_watch_leases_have_their_own_variables_and_waits_extend_them(tmp_path: Path, monkeypatch):
+    """The lease on a Ray Train run name reads CRYSTALVISION_TRAIN_LEASE_S (the watch's lock its own variable); a
+    progress event announcing a bounded wait (Ray Train starting its workers) extends the lease by that wait, a
+    later renewal never shortens it, and a hung holder's message names the variable of its own lease."""
+    import json
+    import os
+    import socket
+
+    from crystalvision.core import progress
+    from crystalvision.ops.lease import (
+        TRAIN_LEASE_ENV,
+        WATCH_LEASE_ENV,
+        LeaseExpiredError,
+        acquire,
+        renewed_on_progress,
+    )
+
+    monkeypatch.setenv(WATCH_LEASE_ENV, "50")
+    monkeypatch.setenv(TRAIN_LEASE_ENV, "7")
+    lock = tmp_path / "run.lock"
+    lease = acquire(lock, env=TRAIN_LEASE_ENV)
+    assert lease is not None and lease.lease_s == 7.0 and json.loads(lock.read_text())["lease_env"] == TRAIN_LEASE_ENV
+    with renewed_on_progress(lease):
+        progress.beat("train", step="starting workers", wait_s=100.0)
+        extended = json.loads(lock.read_text())["expires_at"]
+        assert extended > time.time() + 100
+        lease.renew(force=True)  # progress resumed: the announced wait still holds
+        assert json.loads(lock.read_text())["expires_at"] == pytest.approx(extended)
+    assert acquire(tmp_path / "watch.lock").lease_s == 50.0
+
+    hung = {"host": socket.gethostname(), "pid": os.getpid(), "token": "t", "expires_at": time.time() - 1,
+            "lease_env": TRAIN_LEASE_ENV, "longest_gap_s": 12.0}  # fmt: skip
+    (tmp_path / "hung.lock").write_text(json.dumps(hung))
+    with pytest.raises(LeaseExpiredError, match=f"longest gap.*12 s.*raise {TRAIN_LEASE_ENV}"):
+        acquire(tmp_path / "hung.lock", env=TRAIN_LEASE_ENV)

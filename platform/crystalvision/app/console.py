@@ -153,6 +153,8 @@ class StageDisplay:
             self._progress.stop()
 
     def __call__(self, event: ProgressEvent) -> None:
+        if event.heartbeat:  # finer progress for leases, nothing to show
+            return
         if not event.finished and event.done < self._last.get(event.stage, 0):  # the same stage again (next fold)
             self._printed.pop(event.stage, None)
             self._started.pop(event.stage, None)

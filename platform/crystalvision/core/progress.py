@@ -3,6 +3,8 @@
 Stage modules call :func:`emit` (``render`` n/N images, ``train`` epoch k/N with loss and accuracy, ...); a front
 door subscribes with :func:`listening`. With nobody listening an event costs one list check. Listeners run in the
 emitting thread and must not raise: an exception in a listener is logged and dropped, never breaks a stage.
+:func:`beat` is a heartbeat: finer progress (a batch, an evaluation step, a registry call) that renews leases
+(:mod:`crystalvision.ops.lease`) and that displays ignore.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class ProgressEvent:
     unit: str = ""
     info: dict[str, Any] = field(default_factory=dict)
     finished: bool = False
+    heartbeat: bool = False  # finer progress inside a stage: renews leases, displays ignore it
 
 
 Listener = Callable[[ProgressEvent], None]
@@ -42,6 +45,12 @@ def emit(stage: str, done: float, total: float | None = None, unit: str = "", **
 def finish(stage: str, **info: Any) -> None:
     """Tell every listener that ``stage`` is over (its bar completes, its summary line prints)."""
     _publish(ProgressEvent(stage, 0, None, "", dict(info), finished=True))
+
+
+def beat(stage: str, **info: Any) -> None:
+    """Tell listeners that ``stage`` is still making progress (a batch, an evaluation step, a registry call)."""
+    if _listeners:
+        _publish(ProgressEvent(stage, 0, None, "", dict(info), heartbeat=True))
 
 
 def active() -> bool:
