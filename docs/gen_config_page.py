@@ -53,6 +53,11 @@ OTHER_VARIABLES = {
         "300",
         "Lease of the retrain lock in seconds (1 to 86400); must exceed the longest stretch without progress.",
     ),
+    "CRYSTALVISION_TRAIN_LEASE_S": (
+        "300",
+        "Lease of the lock on a Ray Train run name in seconds (1 to 86400), renewed by training and validation "
+        "batches; must exceed the longest stretch without progress.",
+    ),
     "CRYSTALVISION_LOG_LEVEL": ("INFO", "Level of the library log (the log file; the terminal shows progress)."),
     "CRYSTALVISION_MLFLOW_FLUSH_TIMEOUT_S": (
         "60",
@@ -61,7 +66,8 @@ OTHER_VARIABLES = {
     "CRYSTALVISION_MLFLOW_WAIT_S": ("5", "How long one logging call waits for an unreachable MLflow."),
     "CRYSTALVISION_TRAIN_FAULT": (
         "unset",
-        "Fault injection for tests: `rank=1,epoch=2,step=1` makes that training worker exit there, once per run.",
+        "Fault injection for tests: `rank=1,epoch=2,step=1` makes that training worker exit there, once per run; "
+        "`slow_ms=800` makes every training step of rank 0 0.8 s longer.",
     ),
     "CRYSTALVISION_RENDER_FAULT": (
         "unset",

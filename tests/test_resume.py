@@ -129,3 +129,58 @@ def test_two_selections_get_two_labels_tables(tmp_path, bundled_snapshot, ray_lo
     assert small.labels_key != large.labels_key
     assert sorted(load_labels(store, small.labels_key)["material_id"]) == sorted(r.material_id for r in good[:2])
     assert len(load_labels(store, large.labels_key)) == 3
+
+
+class _LeaseWatch:
+    """Polls every lock file under ``folder`` in a thread: how far past its ``expires_at`` any was ever seen."""
+
+    def __init__(self, folder: Path):
+        import threading
+
+        self.folder, self.overrun, self.seen = folder, float("-inf"), 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        import json
+        import time
+
+        while not self._stop.is_set():
+            for path in self.folder.rglob("*.lock"):
+                try:
+                    held = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+                self.seen += 1
+                self.overrun = max(self.overrun, time.time() - float(held["expires_at"]))
+            time.sleep(0.05)
+
+    def __enter__(self) -> _LeaseWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@pytest.mark.slow
+def test_a_long_first_epoch_keeps_the_run_lease(cv_home, ray_local, tmp_path, monkeypatch) -> None:
+    """The lease on the Ray Train run name is renewed by training and validation batches, not only by epochs: a
+    first epoch more than twice as long as the lease (every step made slower by the fault hook) never lets it
+    expire, so no other process could take the run over."""
+    store = ObjectStore(str(tmp_path / "store"))
+    key = write_toy_dataset(store, n_structures=10, views=4, size=32)
+    train = TINY["train"] | {"epochs": 1, "max_steps_per_epoch": 10, "batch_size": 2}
+    cfg = load_pipeline(ROOT / "pipelines/quickstart.yaml", TINY | {"train": train})
+    spec = ModelSpec(
+        crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=32, backbone=TEST_BACKBONE
+    )
+    monkeypatch.setenv("CRYSTALVISION_TRAIN_LEASE_S", "6")
+    monkeypatch.setenv("CRYSTALVISION_WATCH_LEASE_S", "6")  # what the train lease read before it had its own name
+    monkeypatch.setenv(FAULT_ENV, "slow_ms=1400")  # 10 steps: an epoch of at least 14 s
+    prepared = Prepared(cfg, store, split_frame(load_labels(store, key), cfg.split), spec, labels_key=key)
+    with _LeaseWatch(cv_home / "locks" / "train") as watch:
+        result = train_model(prepared, model_dir=tmp_path / "model")
+    assert result.history[0]["train_images"] >= 16 and watch.seen > 0
+    assert watch.overrun < 0, f"the run lease stood expired for {watch.overrun:.1f} s while training ran"

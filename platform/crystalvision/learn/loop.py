@@ -13,7 +13,6 @@ numbers, lists): they load with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -279,12 +278,14 @@ class Engine:
         return {"loss_sum": loss_sum, "n": n_seen, "steps": steps, "timed_images": n_timed, "elapsed": elapsed}
 
     @torch.no_grad()
-    def validate(self, batches: Iterable[Batch]) -> dict[str, float]:
-        """Metrics over every rank's validation batches (sums all-reduced)."""
+    def validate(self, batches: Iterable[Batch], on_batch: Callable[[], None] | None = None) -> dict[str, float]:
+        """Metrics over every rank's validation batches (sums all-reduced); ``on_batch`` before each batch."""
         net = unwrap(self.model)
         net.eval()
         acc = EvalAccumulator(self.tcfg.loss_weights, self.device)
         for batch in batches:
+            if on_batch:
+                on_batch()
             images, targets = self.inputs(batch)
             with self.autocast():
                 out = net(normalise(images, self.consts, self.channels_last))
@@ -334,6 +335,22 @@ def _to_cpu(obj: Any) -> Any:
 # ---- the epoch loop -------------------------------------------------------------------------------------------------
 
 
+def _step_hook(
+    epoch: int, on_step: Callable[[int, int], None] | None, beat: Callable[[], None] | None
+) -> Callable[[int], None] | None:
+    """What runs before each training step of ``epoch``: the heartbeat, then ``on_step(epoch, step)``."""
+    if on_step is None and beat is None:
+        return None
+
+    def hook(step: int) -> None:
+        if beat:
+            beat()
+        if on_step:
+            on_step(epoch, step)
+
+    return hook
+
+
 def fit(
     engine: Engine,
     state: LoopState,
@@ -342,20 +359,22 @@ def fit(
     val_batches: Callable[[], Iterable[Batch]],
     report: Callable[[dict[str, float], LoopState, dict[str, torch.Tensor] | None], None],
     on_step: Callable[[int, int], None] | None = None,
+    beat: Callable[[], None] | None = None,
 ) -> tuple[LoopState, dict[str, torch.Tensor] | None]:
     """Epochs from ``state.epoch`` until ``tcfg.epochs`` or early stopping; ``report`` gets each epoch's metrics,
-    the state and the best weights so far (to checkpoint)."""
+    the state and the best weights so far (to checkpoint). ``on_step(epoch, step)`` runs before every training
+    step, ``beat()`` before every training and validation batch (progress for leases)."""
     tcfg = engine.tcfg
     while state.epoch < tcfg.epochs and not state.stopped:
         epoch = state.epoch
         torch.manual_seed(tcfg.seed + 1000 * epoch + engine.rank)
-        hook = functools.partial(on_step, epoch) if on_step else None
+        hook = _step_hook(epoch, on_step, beat)
         lr = epoch_lr(tcfg, epoch)
         engine.set_lr(lr)
         stats = engine.train_epoch(train_batches(epoch), hook)
         metrics = {"epoch": float(epoch), "lr": lr}
         metrics |= train_metrics(reduce_train(stats, engine.device))
-        metrics |= engine.validate(val_batches())
+        metrics |= engine.validate(val_batches(), beat)
         # train.select's score (weighted heads, R² floored at -1); the registry's val_score is the final model's
         metrics["select_score"] = select_score(metrics, tcfg.loss_weights)
         check_finite(epoch, metrics)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from crystalvision.core import progress
 from crystalvision.core.config import TrainConfig
 from crystalvision.core.errors import ConfigError
 from crystalvision.core.settings import get_settings
@@ -41,7 +42,7 @@ from crystalvision.learn.train_worker import (
     train_loop_per_worker,
 )
 from crystalvision.ops.faults import train_fault
-from crystalvision.ops.lease import LockedError, holder, lease_lock, renewed_on_progress
+from crystalvision.ops.lease import TRAIN_LEASE_ENV, LockedError, holder, lease_lock, renewed_on_progress
 
 if TYPE_CHECKING:
     from crystalvision.learn.prepare import Prepared
@@ -123,12 +124,19 @@ def _start_ray(prepared: Prepared) -> None:
 
 
 def make_trainer(
-    prepared: Prepared, run_id: str | None, name: str, callbacks: list | None, tracking_uri: str | None = None
+    prepared: Prepared,
+    run_id: str | None,
+    name: str,
+    callbacks: list | None,
+    tracking_uri: str | None = None,
+    progress_queue: Any = None,
+    beat_s: float = 30.0,
 ):
     """The TorchTrainer for a run (datasets built and standardised; ``prepared.spec`` gets the target scaling).
 
-    Workers log into ``run_id`` at ``tracking_uri`` (default: the settings'), passed in the loop config. Ray is
-    running (:func:`train_model` starts it, sized for the run).
+    Workers log into ``run_id`` at ``tracking_uri`` (default: the settings'), passed in the loop config; rank 0 puts
+    heartbeats on ``progress_queue`` (:func:`trainprogress.reporting`'s) at most every ``beat_s``. Ray is running
+    (:func:`train_model` starts it, sized for the run).
     """
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -149,6 +157,8 @@ def make_trainer(
         "fault": train_fault(os.environ.get(FAULT_ENV), name, ray_storage(name)),
         "mlflow_flush_timeout_s": _flush_timeout(),
         "mlflow_wait_s": _wait(),
+        "progress_queue": progress_queue,
+        "beat_s": beat_s,
     }
     return TorchTrainer(
         train_loop_per_worker,
@@ -225,6 +235,15 @@ def run_name(prepared: Prepared) -> str:
     return f"{prepared.cfg.name}-{content_digest(prepared)}" + (f"-fold{fold}" if fold is not None else "")
 
 
+def worker_start_timeout_s() -> float:
+    """How long Ray Train waits for its worker group to start (placement, a GPU node scaling up) before it counts a
+    failure: ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``, Ray's default 60 s."""
+    try:
+        return float(os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", 60))
+    except ValueError:
+        return 60.0
+
+
 def run_lock_path(name: str) -> Path:
     """The lease lock on Ray Train run ``name`` (under ``CRYSTALVISION_HOME``): one writer of its checkpoints."""
     return get_settings().paths.home / "locks" / "train" / f"{name}.lock"
@@ -260,14 +279,19 @@ def train_model(
     lock = run_lock_path(name)
     _start_ray(prepared)
     try:
-        with lease_lock(lock) as lease:
+        with lease_lock(lock, env=TRAIN_LEASE_ENV) as lease:
             if lease is None:
                 raise LockedError(
                     f"Ray Train run {name} is being written by another process ({holder(lock)}; lock {lock}); "
                     "wait for it to finish, or stop it and run again (this run then resumes its checkpoints)"
                 )
-            with renewed_on_progress(lease), trainprogress.reporting(cfg.train.epochs) as shown:
-                result = make_trainer(prepared, run_id, name, [*(callbacks or []), *shown], tracking_uri).fit()
+            start_wait_s = worker_start_timeout_s()
+            with renewed_on_progress(lease), trainprogress.reporting(cfg.train.epochs, start_wait_s) as (shown, q):
+                # Ray Train starts its workers (or fails after its own start timeout) before the first heartbeat
+                progress.beat("train", step="starting workers", wait_s=start_wait_s)
+                trainer = make_trainer(prepared, run_id, name, [*(callbacks or []), *shown], tracking_uri, q,
+                                       beat_s=max(0.1, lease.lease_s / 10))  # fmt: skip
+                result = trainer.fit()
     except Exception as exc:  # Ray wraps the worker's error; surface a diverged run as its own clear error
         diverged = re.search(r"training diverged: [^\n]*", str(exc))
         if diverged:

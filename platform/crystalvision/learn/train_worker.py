@@ -3,8 +3,10 @@
 Every epoch each worker trains on its shard of ``train``, all workers validate on their shards of ``val`` and
 sum their statistics (so every rank takes the same early-stopping decision), and rank 0 writes a checkpoint
 (model, optimizer, scaler, epoch, best-so-far weights, early-stopping counter, history) through
-``ray.train.report``; rank 0 also logs per-epoch metrics to MLflow (:mod:`crystalvision.track.worker_logging`).
-The driver's side (trainer, datasets, final model) is :mod:`crystalvision.learn.train`.
+``ray.train.report``; rank 0 also logs per-epoch metrics to MLflow (:mod:`crystalvision.track.worker_logging`)
+and sends heartbeats to the driver (start-up, training and validation batches, checkpoints; at most every
+``beat_s``) that renew the driver's leases (:mod:`crystalvision.learn.trainprogress`). The driver's side (trainer,
+datasets, final model) is :mod:`crystalvision.learn.train`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from crystalvision.learn.accel import HeldSplit, keep_split
 from crystalvision.learn.loop import Engine, dist_ready, fit
 from crystalvision.learn.model import CrystalNet, ModelSpec
 from crystalvision.learn.selection import LoopState
+from crystalvision.learn.trainprogress import beater
 from crystalvision.ops.faults import maybe_exit_worker
 
 log = logging.getLogger(__name__)
@@ -110,7 +113,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     with Ray Data shards, ``ray.train.report`` checkpoints and rank-0 MLflow logging."""
     import ray.train
 
+    queue = config.get("progress_queue") if ray.train.get_context().get_world_rank() == 0 else None
+    beat = beater(queue, float(config.get("beat_s", 30.0)))
+    beat("worker", step="start")
     rank, engine = _setup_worker(config)
+    beat("worker", step="model ready")
     state, best_state = LoopState(), None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -125,8 +132,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         mlog = worker_logger(config["tracking_uri"], config["run_id"], rank, config.get("mlflow_wait_s", MLFLOW_WAIT_S))
     train_batches, val_batches = _data_sources(config, engine)
+    beat("worker", step="data ready")
 
     def report(metrics: dict[str, float], st: LoopState, best: dict | None) -> None:
+        beat("worker", step="checkpoint", epoch=st.epoch - 1)
         if mlog is not None:
             mlog.log_metrics({k: v for k, v in metrics.items() if k not in ("epoch", "world_size")}, step=st.epoch - 1)
         _report(metrics, rank, engine, st, best)
@@ -141,6 +150,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             val_batches,
             report,
             on_step=(lambda epoch, step: maybe_exit_worker(fault, rank, epoch, step)) if fault else None,
+            beat=lambda: beat("worker", step="batch", epoch=state.epoch),
         )
     finally:
         if mlog is not None:  # send what an MLflow outage held back; training's result never depends on it

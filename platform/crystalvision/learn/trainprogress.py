@@ -1,15 +1,19 @@
 """Training progress on the driver: Ray Train's controller reports each epoch into a Ray queue, and a driver thread
 turns the reports into :mod:`crystalvision.core.progress` events (epoch k/N, train loss, validation accuracy).
 
-Ray Train V2 runs ``UserCallback``s in its controller actor, not in the driver, hence the queue. Nothing is set up
-when nobody listens (jobs, Tune, tests that do not ask).
+Ray Train V2 runs ``UserCallback``s in its controller actor, not in the driver, hence the queue. Finer progress goes
+through the same queue as heartbeats (:func:`crystalvision.core.progress.beat`, which renew leases): rank 0's worker
+puts one at start-up and every few seconds of training and validation batches (:func:`beater`), and the controller
+one at every change of its state (scheduling workers, running, restarting after a failure). Nothing is set up when
+nobody listens (jobs, Tune, tests that do not ask).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -45,8 +49,65 @@ def _callback_class() -> type:
     return EpochReports
 
 
+# Controller states that wait for a worker group to start (placement, a node scaling up): bounded by Ray Train's
+# worker-group start timeout, after which it counts a failure and changes state again.
+STARTING_STATES = ("InitializingState", "SchedulingState", "ReschedulingState", "RestartingState", "ResizingState")
+
+
+def _state_callback(queue: Any, start_wait_s: float) -> Any | None:
+    """A heartbeat at every change of Ray Train's controller state, announcing a wait of ``start_wait_s`` when the
+    new state starts workers (None when this Ray has no such hook: its internal callback interface is used, so a
+    missing one only costs these heartbeats)."""
+    try:
+        from ray.train.v2._internal.execution.callback import ControllerCallback
+    except ImportError:
+        return None
+
+    class ControllerStates(ControllerCallback):
+        def __init__(self, queue: Any, start_wait_s: float):
+            self.queue, self.start_wait_s = queue, start_wait_s
+
+        def after_controller_state_update(self, previous_state: Any, current_state: Any) -> None:
+            if type(previous_state) is type(current_state):  # the control loop sets its state on every poll
+                return
+            state = type(current_state).__name__
+            row: dict[str, Any] = {BEAT: "controller", "state": state}
+            if state in STARTING_STATES:
+                row["wait_s"] = self.start_wait_s
+            try:
+                self.queue.put_nowait(row)
+            except Exception:
+                log.debug("progress queue refused a heartbeat", exc_info=True)
+
+    return ControllerStates(queue, start_wait_s)
+
+
+BEAT = "beat"  # a queue row with this key is a heartbeat, not an epoch report
+
+
+def beater(queue: Any, every_s: float) -> Callable[..., None]:
+    """For a Ray Train worker: put a heartbeat on the driver's ``queue`` at most every ``every_s`` seconds (a no-op
+    without a queue). Never raises: a gone queue only costs heartbeats."""
+    last = [float("-inf")]
+
+    def beat(where: str, **info: Any) -> None:
+        now = time.monotonic()
+        if queue is None or now - last[0] < every_s:
+            return
+        last[0] = now
+        try:
+            queue.put_nowait({BEAT: where, **info})
+        except Exception:
+            log.debug("progress queue refused a heartbeat", exc_info=True)
+
+    return beat
+
+
 def epoch_event(row: dict[str, Any], epochs: int) -> None:
-    """One progress event from one epoch report (``epoch`` counts from 0 in the reports)."""
+    """One progress event from one epoch report (``epoch`` counts from 0 in the reports), or a heartbeat."""
+    if BEAT in row:
+        progress.beat("train", **row)
+        return
     info = {SHOWN[k]: float(v) for k, v in row.items() if k in SHOWN and v is not None}
     progress.emit("train", int(row.get("epoch", 0)) + 1, epochs, unit="epoch", **info)
 
@@ -77,11 +138,12 @@ def _queue() -> Any:
 
 
 @contextmanager
-def reporting(epochs: int) -> Iterator[list[Any]]:
-    """Callbacks to pass to Ray Train (empty when nobody listens); a driver thread emits their reports. Ray is
+def reporting(epochs: int, start_wait_s: float = 60.0) -> Iterator[tuple[list[Any], Any]]:
+    """Callbacks to pass to Ray Train and the queue to hand to its workers for heartbeats (none and None when nobody
+    listens); a driver thread emits what arrives. ``start_wait_s``: Ray Train's worker-group start timeout. Ray is
     running (the caller started it: a queue made first would start a default cluster)."""
     if not progress.active():
-        yield []
+        yield [], None
         return
     from ray.util.queue import Empty
 
@@ -99,8 +161,9 @@ def reporting(epochs: int) -> Iterator[list[Any]]:
 
     thread = threading.Thread(target=pump, name="train-progress", daemon=True)
     thread.start()
+    states = _state_callback(queue, start_wait_s)
     try:
-        yield [_callback_class()(queue)]
+        yield [_callback_class()(queue), *([states] if states is not None else [])], queue
     finally:
         stop.set()
         thread.join(timeout=5)

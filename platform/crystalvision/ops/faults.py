@@ -3,6 +3,8 @@
 ``CRYSTALVISION_TRAIN_FAULT=rank=1,epoch=2,step=1`` (train.py) and ``CRYSTALVISION_RENDER_FAULT=after=3``
 (render/job.py) are parsed by :func:`parse_fault` into integers plus a marker file; the process that fires the
 fault creates the marker first, so a restarted or re-launched run does not fire it again.
+``CRYSTALVISION_TRAIN_FAULT=slow_ms=800`` makes every training step of rank 0 (or ``rank=``) 0.8 s longer instead:
+a long epoch of honest work, without a long sleep anywhere.
 """
 
 from __future__ import annotations
@@ -45,7 +47,12 @@ def train_fault(value: str | None, name: str, storage: tuple[str, Any, str]) -> 
 
 
 def maybe_exit_worker(fault: dict[str, Any] | None, rank: int, epoch: int, step: int) -> None:
-    """Exit the worker process hard at the configured point (test hook; once, guarded by a marker file)."""
+    """Exit the worker process hard at the configured point (test hook; once, guarded by a marker file), or slow
+    every step down by ``slow_ms``."""
+    if fault and fault.get("slow_ms"):
+        if rank == fault.get("rank", 0):
+            time.sleep(int(fault["slow_ms"]) / 1000)
+        return
     if not fault or Path(fault["marker"]).exists():
         return
     if rank == fault.get("rank", 0) and epoch == fault.get("epoch", 0) and step >= fault.get("step", 0):
