@@ -192,6 +192,37 @@ def test_champion_reevaluation_aligns_class_ids_by_name(cv_home, tmp_path) -> No
         registry.evaluate_champion_on(cfg, champion, metric, Prepared(cfg, store, unseen, spec))
 
 
+def test_evaluation_and_registration_send_heartbeats(env, tmp_path) -> None:
+    """Leases are renewed by progress (`tests/test_resume.py::test_a_long_first_epoch_keeps_the_run_lease`): a
+    registration that re-evaluates the champion sends a heartbeat at every registry step, every prediction batch and
+    leakage block and every evaluation step, so no lease has to outlast a whole evaluation or registration."""
+    import math
+
+    from crystalvision.core import progress
+    from crystalvision.learn.model import load_model
+    from crystalvision.learn.prepare import Prepared
+
+    store = ObjectStore(str(tmp_path / "beats-store"))
+    splits = toy_splits(store, n_structures=10, views=4)
+    spec = load_model(tiny_model_dir(tmp_path / "beats-model")).spec
+    evaluate = {"saliency": False, "baselines": False, "leakage": True, "batch_size": 4}
+    cfg = PipelineConfig(name="t", registry={"model_name": "beats"}, render={"image_size": 32}, evaluate=evaluate)
+    registry.register_and_promote(cfg, env(0.50, {**SPLIT, "cfg.split.seed": "1"}))  # v1, on another split
+
+    def evaluator(cfg_, champion, metric):
+        return registry.evaluate_champion_on(cfg_, champion, metric, Prepared(cfg_, store, splits, spec))
+
+    beats: list[tuple[str, str]] = []
+    with progress.listening(lambda e: beats.append((e.stage, str(e.info.get("step")))) if e.heartbeat else None):
+        decision = registry.register_and_promote(cfg, env(0.60), evaluator=evaluator)
+    assert "re-evaluated" in decision["comparison"]
+    steps = [step for _, step in beats]
+    assert steps.count("predict test") >= math.ceil(len(splits.test) / 4)  # one per batch of 4 (and per chunk)
+    assert steps.count("predict val") >= math.ceil(len(splits.val) / 4)
+    assert {"register a version", "challenger alias", "champion value", "re-evaluate champion: model", "tables",
+            "leakage search", "plots", "report", "decision"} <= set(steps), steps  # fmt: skip
+
+
 def _structure_table(rng, n: int, correct: int, gap_noise: float, split: str = "val", shift: int = 0):
     """Predictions per structure on ``split`` as evaluation logs them: ``correct`` of ``n`` classes right (the
     first ``correct`` structures, after ``shift``)."""

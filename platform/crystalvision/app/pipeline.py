@@ -57,7 +57,8 @@ class PipelineResult:
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
-        """Record the wall time of one stage (and tell progress listeners when it is over)."""
+        """Record the wall time of one stage (and tell progress listeners when it starts and is over)."""
+        progress.beat(stage, step="start")
         start = time.perf_counter()
         try:
             yield

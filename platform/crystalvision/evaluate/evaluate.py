@@ -12,6 +12,7 @@ test structures' predictions of the model (``test_struct`` level) and of every b
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crystalvision.core import progress
 from crystalvision.core.config import EvaluateConfig, PipelineConfig
 from crystalvision.core.errors import CrystalVisionError, ModelError, StorageError
 from crystalvision.core.targets import CLASS_ID, SCORE_METRICS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
@@ -76,8 +78,10 @@ def predict_split(
     parts: list[dict[str, np.ndarray]] = []
     keys = df["image_key"].tolist()
     for start in range(0, len(keys), CHUNK):
+        progress.beat("evaluate", step=f"predict {name}", done=start, total=len(keys))
         images = load_images(store, keys[start : start + CHUNK], size=size)
-        parts.append(predict_arrays(model, images, batch_size=batch_size, forward=forward))
+        beat = functools.partial(progress.beat, "evaluate", step=f"predict {name}")
+        parts.append(predict_arrays(model, images, batch_size=batch_size, forward=forward, on_batch=beat))
         log.info("evaluate: predicted %d/%d %s images", min(start + CHUNK, len(keys)), len(keys), name)
     if not parts:
         raise StorageError(f"the {name} split is empty; change the split fractions or select more structures")
@@ -311,21 +315,28 @@ def evaluate_model(
         recs = records if records is not None else load_records(cfg, spec)
     from crystalvision.evaluate.baselines import fold_baselines
 
+    progress.beat("evaluate", step="baselines")
     b_metrics, others = fold_baselines(splits, recs, ecfg, classes, out, notes)
     metrics |= b_metrics
     struct = levels["test_struct"]
     oof_table = fold_table(struct.labels, struct.outputs, classes, splits.train, others)
     oof_table.to_csv(out / "oof_predictions.csv", index=False)
+    progress.beat("evaluate", step="tables")
     reports = write_tables(levels, classes, ecfg.stability_threshold, out)
     sections: list[str] = []
     if ecfg.leakage and len(splits.train):
+        progress.beat("evaluate", step="leakage")
         leak, section = leakage_metrics(splits, store, cfg, out)
         metrics |= leak
         sections.append(section)
     log.info("evaluate: plots")
+    progress.beat("evaluate", step="plots")
     figures += make_plots(levels["test"], levels["test_struct"], classes, metrics, out)
+    progress.beat("evaluate", step="radii figure")
     figures += radii_figure(splits, recs, cfg, out)
+    progress.beat("evaluate", step="saliency")
     saliency = run_saliency(model, splits, store, cfg, out, spec) if ecfg.saliency else None
+    progress.beat("evaluate", step="report")
     if saliency is not None:
         figures += [out / "saliency.png", out / "saliency_ssim.png"]
 

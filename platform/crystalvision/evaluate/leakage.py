@@ -26,6 +26,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from crystalvision.core import progress
+
 log = logging.getLogger(__name__)
 
 WIN = 7
@@ -133,6 +135,7 @@ def nearest_train_ssim(
     if len(train) == 0:
         return Nearest(ssim=ssim, index=index, same_structure=same)
     for start in range(0, len(test), block):
+        progress.beat("evaluate", step="leakage search", done=start, total=len(test))
         rows = np.arange(start, min(start + block, len(test)))
         if candidates is None:
             s = pairwise_ssim(test[rows], train)

@@ -202,11 +202,15 @@ def plain_outputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Te
 
 @torch.no_grad()
 def predict_arrays(
-    model: CrystalNet, images: np.ndarray, batch_size: int = 64, forward: Callable[..., dict] | None = None
+    model: CrystalNet,
+    images: np.ndarray,
+    batch_size: int = 64,
+    forward: Callable[..., dict] | None = None,
+    on_batch: Callable[[], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Predict a stack of uint8 images: regression in physical units, class probabilities per head. ``forward``
     (default :func:`plain_outputs`) maps (model, batch) to those outputs, e.g. ``augment.predict_dihedral`` for
-    test-time averaging over the 8 in-plane views."""
+    test-time averaging over the 8 in-plane views; ``on_batch`` runs before each batch (progress)."""
     import numpy as np
 
     model.eval()
@@ -214,6 +218,8 @@ def predict_arrays(
     device = next(model.parameters()).device
     chunks: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(images), batch_size):
+        if on_batch:
+            on_batch()
         out = forward(model, preprocess(images[start : start + batch_size]).to(device))
         for t in TARGETS_REGRESSION:
             chunks.setdefault(t, []).append(model.denormalise(t, out[t].float()).cpu().numpy())

@@ -30,6 +30,7 @@ from mlflow.entities import Metric, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from crystalvision.core import progress
 from crystalvision.core.config import PipelineConfig
 from crystalvision.core.errors import CrystalVisionError, ModelError
 from crystalvision.promote import gate
@@ -125,8 +126,10 @@ def evaluate_champion_on(
     from crystalvision.learn.prepare import prepare
     from crystalvision.promote.runs import load_run_model
 
+    progress.beat("register", step="re-evaluate champion: data")
     prepared = prepared or prepare(cfg)
     with tempfile.TemporaryDirectory(prefix="crystalvision-champion-") as tmp:
+        progress.beat("register", step="re-evaluate champion: model")
         model = load_run_model(champion.run_id, Path(tmp) / "model")
         if model.spec.image_size != cfg.render.image_size:
             raise ModelError(
@@ -258,7 +261,9 @@ def register_and_promote(
             log.info("run %s is already registered as %s v%s; not registering again", run_id, name, mv.version)
             return done | {"already_registered": True}
     else:
+        progress.beat("register", step="register a version")
         mv = register_once(client, name, run_id, f"runs:/{run_id}/{MODEL_ARTIFACT}")
+    progress.beat("register", step="challenger alias")
     with promotion_lock(client, name) as held:  # the challenger is the newest version: it never moves back
         current = _version_of(_alias_version(client, name, CHALLENGER))
         held.before_write()
@@ -279,17 +284,20 @@ def register_and_promote(
     elif str(champion.version) == str(mv.version):
         promoted, reason = True, "this version is already the champion"
     else:
+        progress.beat("register", step="champion value")
         champion_run = client.get_run(champion.run_id)
         value, how = _champion_value(cfg, champion, champion_run, challenger_run, evaluator or evaluate_champion_on)
         decision.update(how, champion_value=value)
         promoted, reason = decide(decision["challenger_value"], value, cfg.registry.min_improvement)
         decision["decided_by"] = "promote_metric"
+        progress.beat("register", step="per-target gate")
         per_target = _per_target_gate(client, run_id, champion_run, how)
         if per_target is not None:  # the gate per target decides; the promote_metric comparison stays recorded
             verdict = {"would_promote": promoted, "reason": reason}  # not the decision: "promoted" is
             decision |= {"gate": per_target, "decided_by": "gate", "promote_metric_verdict": verdict}
             promoted, reason = per_target["promote"], gate.describe(per_target)
     final = _version_of(champion)
+    progress.beat("register", step="decision")
     if promoted:
         moved = move_alias(client, name, CHAMPION, _version_of(champion), str(mv.version))
         if moved is None:
