@@ -102,6 +102,17 @@ def test_cli_and_jobs_share_one_command_table() -> None:
     assert set(COMMANDS) - {"pipeline"} <= cli_names
 
 
+def test_predict_refuses_an_output_format_it_cannot_print(tmp_path, cv_home) -> None:
+    """`--output` takes only the formats predict prints; anything else is one clear error before a model loads."""
+    cif = tmp_path / "a.cif"
+    cif.write_text("data_a\n")
+    result = runner.invoke(app, ["predict", str(cif), "--model", "models:/none@champion", "--output", "yaml"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.replace("│", " ").split())  # the error box wraps the line
+    assert "Invalid value for '--output'" in text and "'yaml' is not one of 'table', 'json'" in text
+    assert "Traceback" not in result.output
+
+
 def test_pipeline_validate_numbers_folds_one_way(cv_home, caplog) -> None:
     """The warnings about classes unseen in training name each fold by its number in the split table (the number
     MLflow's fold runs carry, fold0..fold4), and that fold's row lists the same classes."""

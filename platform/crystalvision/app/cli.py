@@ -8,6 +8,7 @@ and with every secret masked (:func:`crystalvision.core.logs.mask`), exit code 1
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import logging
@@ -233,6 +234,13 @@ def register(
     _run("register", config, set_, run_id=run_id)
 
 
+class PredictOutput(enum.StrEnum):
+    """What ``predict --output`` can print."""
+
+    table = "table"
+    json = "json"
+
+
 @app.command()
 @handle_errors
 def predict(
@@ -245,14 +253,16 @@ def predict(
         Path | None, typer.Option("--config", "-c", help="Use the champion this pipeline YAML registers.")
     ] = None,
     views: Annotated[int, typer.Option(min=1, max=64, help="Views rendered per CIF (predictions averaged).")] = 8,
-    output: Annotated[str, typer.Option(help="table or json (json keeps the full distributions)")] = "table",
+    output: Annotated[
+        PredictOutput, typer.Option(help="table, or json (json keeps the full distributions)")
+    ] = PredictOutput.table,
 ) -> None:
     """Predict band gap, e_above_hull, crystal system and space group for CIF or image files."""
     from crystalvision.serve.predict import default_model_uri, predict_files
     from crystalvision.serve.present import print_predictions
 
     frame = predict_files(files, model_uri=model or default_model_uri(config), views=views)
-    print_predictions(frame, output)
+    print_predictions(frame, output.value)
     if "error" in frame and frame["error"].notna().any():
         raise typer.Exit(code=1)
 
