@@ -188,3 +188,62 @@ def test_summary_sets_per_structure_model_numbers_beside_every_baseline_and_imba
     assert lines[1].split()[-4:] == ["0.520", "0.350", "0.660", "0.430"] and "0.900" not in buf.getvalue()
     assert "balanced acc" in lines[2] and lines[2].split()[-4:] == ["0.270", "0.140", "0.500", "-"]
     assert "macro-F1" in lines[3]
+
+
+def _printed(renderable, width: int = 80) -> str:
+    buf = io.StringIO()
+    Console(file=buf, force_terminal=False, width=width).print(renderable)
+    return buf.getvalue()
+
+
+LONG_REASON = (
+    "per-target gate on 40 validation structures (Holm over 4 heads, alpha 0.05): band_gap -1.107 vs -1.093 "
+    "(same), crystal_system 0.525 vs 0.500 (same), spacegroup 0.300 vs 0.275 (same): no head better"
+)
+
+
+def test_summary_wraps_the_registry_reason_whole_under_its_label() -> None:
+    registry = {"model_name": "cv", "challenger_version": "3", "promoted": False, "champion_version": "2"}
+    result = {"pipeline": "quickstart", "snapshot_id": "s", "n_structures": 5, "registry": registry}
+    text = _printed(summary_renderable(result | {"registry": registry | {"reason": LONG_REASON}}, tracking_uri="x"))
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("model     cv v3 -> challenger"))
+    block = [lines[first]] + [line for line in lines[first + 1 :] if line.startswith(" " * 10)]
+    assert len(block) >= 3 and all(len(line) <= 80 for line in block)
+    assert " ".join(" ".join(line[10:].split()) for line in block).endswith(f"({LONG_REASON})")
+
+
+def test_tune_and_render_summaries_are_short_and_name_what_they_made() -> None:
+    from crystalvision.app.summary import result_summary
+
+    metrics = {"test_r2_band_gap": 0.2, "baseline_dummy_r2_band_gap": -0.01, "test_acc_spacegroup": 0.3}
+    metrics |= {f"leakage_extra_{i}": float(i) for i in range(300)}
+    render = {"render_n_images": 12, "render_n_new": 0, "render_n_skipped": 12, "render_n_quarantined": 0}
+    sweep = {
+        "sweep": "tune-quickstart-0123abcd",
+        "metric": "val_loss",
+        "experiment_id": "1",
+        "snapshot_id": "lmno-abc",
+        "n_structures": 6,
+        "render": render,
+        "n_trials": 2,
+        "n_errors": 0,
+        "n_stopped_early": 1,
+        "best_trial_id": "9e8a8_00001",
+        "best_run_id": "r42",
+        "best_config": {"lr": 0.00031, "w_band_gap": 1.2},
+        "best_metrics": {"val_loss": 1.2345},
+        "test_metrics": metrics,
+        "registry": {"model_name": "cv", "challenger_version": "1", "promoted": True, "reason": LONG_REASON},
+    }
+    text = _printed(result_summary(sweep, "/tmp/l.log"), width=100)
+    assert len(text.splitlines()) <= MAX_LINES and "{" not in text and "leakage_extra" not in text
+    assert "sweep tune-quickstart-0123abcd finished" in text and "2 trials: 0 failed, 1 stopped early" in text
+    assert "trial 9e8a8_00001: lr 0.00031, val_loss 1.23" in text and "0.200" in text
+    assert "model     cv v1 -> champion (per-target gate" in text and "run       r42" in text
+    made = render | {"render_uri": "/h/store/renders/abc-def", "render_total_s": 4.2, "render_n_quarantined": 1}
+    text = _printed(result_summary(made, "/tmp/l.log"), width=100)
+    assert len(text.splitlines()) <= 8 and "{" not in text
+    assert "12 images (0 new, 12 already there), 1 structures quarantined in 4.2 s" in text
+    assert "/h/store/renders/abc-def/quarantine.json" in text and "/tmp/l.log" in text
+    assert result_summary({"snapshot": "/x"}) is None  # anything else stays JSON

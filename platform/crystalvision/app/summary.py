@@ -1,8 +1,9 @@
-"""The end-of-run summary for people: at most 25 lines, built from a pipeline result's ``summary()`` dict.
+"""The end-of-run summary for people: at most 25 lines, built from a long command's result (:func:`result_summary`:
+a pipeline result's ``summary()`` dict, a sweep's, a render's).
 
 Per target the test metric beside the majority (dummy) and 1-NN baselines; the snapshot and its label source; the
-registered model version and the alias decision; where to look next (MLflow run URL or the exact ``mlflow ui``
-command, the HTML report, the log file).
+registered model version and the alias decision (its reason whole, wrapped); where to look next (MLflow run URL or
+the exact ``mlflow ui`` command, the HTML report, the log file).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from crystalvision.core.logs import mask
 from crystalvision.core.uris import without_userinfo
 
 MAX_LINES = 25
+LABEL_WIDTH = 10  # "snapshot  ", "model     ": the label column of every line
 # (row label, metric key part, target): the headline metric of each head, then the class heads' imbalance metrics.
 HEADLINES = [
     ("band gap R²", "r2", "band_gap"),
@@ -70,14 +72,32 @@ def metrics_table(metrics: dict[str, Any]) -> Table | None:
 
 
 def registry_line(decision: dict[str, Any]) -> str | None:
-    """``model NAME vN: champion (reason)`` or ``... challenger, champion stays vM (reason)``."""
+    """``model NAME vN: champion (reason)`` or ``... challenger, champion stays vM (reason)``, the reason whole."""
+    verdict = registry_verdict(decision)
+    return f"model     {verdict}" if verdict else None
+
+
+def registry_verdict(decision: dict[str, Any]) -> str | None:
+    """``NAME vN -> champion (reason)``, ``... -> challenger; champion stays vM (reason)``, or a k-fold run's
+    ``not registered (reason)``."""
     if not decision:
         return None
     name, version = decision.get("model_name"), decision.get("challenger_version")
-    reason = str(decision.get("reason", ""))[:90]
+    reason = str(decision.get("reason", ""))
+    if decision.get("registered") is False:
+        return f"not registered ({reason})"
     if decision.get("promoted"):
-        return f"model     {name} v{version} -> champion ({reason})"
-    return f"model     {name} v{version} -> challenger; champion stays v{decision.get('champion_version')} ({reason})"
+        return f"{name} v{version} -> champion ({reason})"
+    return f"{name} v{version} -> challenger; champion stays v{decision.get('champion_version')} ({reason})"
+
+
+def labelled(label: str, value: str) -> Table:
+    """``label`` in a 10-character column and ``value`` beside it, wrapped inside its own column (never cut)."""
+    grid = Table.grid()
+    grid.add_column(width=LABEL_WIDTH, no_wrap=True)
+    grid.add_column(overflow="fold")
+    grid.add_row(label, value)
+    return grid
 
 
 def mlflow_pointer(tracking_uri: str, experiment_id: str | None, run_id: str | None) -> str:
@@ -134,9 +154,9 @@ def summary_renderable(
     table = metrics_table(result.get("metrics") or {})
     if table is not None:
         parts.append(table)
-    line = registry_line(result.get("registry") or {})
-    if line:
-        parts.append(Text(line))
+    verdict = registry_verdict(result.get("registry") or {})
+    if verdict:
+        parts.append(labelled("model", verdict))
     if result.get("run_id"):
         parts.append(Text(f"run       {result['run_id']}"))
         parts.append(Text(f"MLflow    {mlflow_pointer(tracking_uri, experiment_id, result.get('run_id'))}"))
@@ -160,3 +180,80 @@ def pipeline_summary(result: dict[str, Any], log_path: str | None = None) -> Gro
         report_path=result.get("report_path"),
         log_path=log_path,
     )
+
+
+def render_line(render: dict[str, Any]) -> str:
+    """``N images (n new, s already there), q structures quarantined``."""
+    line = f"{render.get('render_n_images')} images ({render.get('render_n_new')} new"
+    skipped = render.get("render_n_skipped")
+    line += f", {skipped} already there)" if skipped else ")"
+    return line + f", {render.get('render_n_quarantined', 0)} structures quarantined"
+
+
+def render_summary(result: dict[str, Any], log_path: str | None = None) -> Group:
+    """``crystalvision render``: images made and reused, where they are, what was quarantined."""
+    parts: list[Any] = [Text("crystalvision: render finished", style="bold")]
+    took = result.get("render_total_s")
+    parts.append(labelled("render", render_line(result) + (f" in {float(took):.1f} s" if took is not None else "")))
+    where = result.get("render_uri") or result.get("render_prefix")
+    if where:
+        parts.append(labelled("images", str(where)))
+    if result.get("render_n_quarantined"):
+        parts.append(labelled("bad", f"{where}/quarantine.json names each quarantined structure and its error"))
+    if result.get("render_labels_key"):
+        parts.append(labelled("labels", str(result["render_labels_key"])))
+    if log_path:
+        parts.append(labelled("log", log_path))
+    return Group(*parts)
+
+
+def _best_line(result: dict[str, Any]) -> str:
+    """``trial ID: lr 3.1e-04, val_loss 1.23``."""
+    config, metrics, metric = result.get("best_config") or {}, result.get("best_metrics") or {}, result.get("metric")
+    shown = [f"lr {float(config['lr']):.2g}"] if "lr" in config else []
+    if metric in metrics:
+        shown.append(f"{metric} {float(metrics[metric]):.3g}")
+    return f"trial {result.get('best_trial_id')}" + (f": {', '.join(shown)}" if shown else "")
+
+
+def tune_summary(result: dict[str, Any], log_path: str | None = None) -> Group:
+    """``crystalvision tune``: the sweep, its best trial, that trial's test metrics against the baselines, and the
+    model version it registered (when ``stages`` has ``register``)."""
+    from crystalvision.core.settings import get_settings
+
+    parts: list[Any] = [Text(f"crystalvision: sweep {result.get('sweep')} finished", style="bold")]
+    if result.get("snapshot_id"):
+        parts.append(labelled("snapshot", f"{result['snapshot_id']} ({result.get('n_structures')} structures)"))
+    if result.get("render"):
+        parts.append(labelled("render", render_line(result["render"])))
+    trials = f"{result.get('n_trials')} trials: {result.get('n_errors', 0)} failed, "
+    parts.append(labelled("sweep", trials + f"{result.get('n_stopped_early', 0)} stopped early by ASHA"))
+    parts.append(labelled("best", _best_line(result)))
+    table = metrics_table(result.get("test_metrics") or {})
+    if table is not None:
+        parts.append(table)
+    verdict = registry_verdict(result.get("registry") or {})
+    if verdict:
+        parts.append(labelled("model", verdict))
+    run_id = result.get("best_run_id")
+    if run_id:
+        tracking_uri = get_settings().tracking.mlflow_tracking_uri
+        parts.append(labelled("run", str(run_id)))
+        parts.append(labelled("MLflow", mlflow_pointer(tracking_uri, result.get("experiment_id"), run_id)))
+    if log_path:
+        parts.append(labelled("log", log_path))
+    return Group(*parts)
+
+
+def result_summary(result: Any, log_path: str | None = None) -> Group | None:
+    """The short summary of a long command's result: a pipeline run (``pipeline run``, ``train``), a sweep
+    (``tune``) or a render (``render``); None for any other result (print it as JSON)."""
+    if not isinstance(result, dict):
+        return None
+    if "pipeline" in result:
+        return pipeline_summary(result, log_path)
+    if "sweep" in result:
+        return tune_summary(result, log_path)
+    if "render_n_images" in result:
+        return render_summary(result, log_path)
+    return None
