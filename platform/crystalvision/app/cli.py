@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -87,47 +88,40 @@ def _run_long(name: str, config: Path, overrides: list[str] | None, json_out: bo
     full JSON with ``--json``)."""
     from crystalvision.app.commands import run
     from crystalvision.app.console import StageDisplay, quiet_output
+    from crystalvision.app.summary import result_summary
     from crystalvision.core import progress
     from crystalvision.core.settings import get_settings
+    from crystalvision.ops.raycluster import processes_stopped_on_exit
 
     cfg = _load(config, overrides)
     with quiet_output(get_settings().paths.home, name, verbose=verbose) as out:
         if out.log_path:
             out.console.print(f"logs: {out.log_path}", highlight=False)
+        started = None
         try:
-            with StageDisplay(out.console) as display, progress.listening(display):
+            # Ray is shut down inside the quiet block (its log monitor would print into the restored terminal), and
+            # an interrupted command takes the processes it started (Ray's workers and agents) down with it
+            with (
+                processes_stopped_on_exit() as started,
+                StageDisplay(out.console) as display,
+                progress.listening(display),
+            ):
                 result = run(name, cfg, **options)
-            _stop_ray()  # Ray's log monitor would print into the terminal once the output is restored
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (which acts as Ctrl-C)
+            signum = (started.signal if started else None) or signal.SIGINT
+            why = f" ({exc})" if str(exc) else ""
+            where = f"; the whole log is in {out.log_path}" if out.log_path else ""
+            out.console.print(f"interrupted by {signal.Signals(signum).name}{why}{where}", highlight=False)
+            raise typer.Exit(code=128 + signum) from None
         except BaseException:
             if out.log_path:
                 out.console.print(f"failed; the whole log is in {out.log_path}", highlight=False)
             raise
-        if json_out or not isinstance(result, dict) or "pipeline" not in result:
+        summary = None if json_out else result_summary(result, str(out.log_path) if out.log_path else None)
+        if summary is None:
             out.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
             return
-        out.console.print(_summary(result, out.log_path))
-
-
-def _stop_ray() -> None:
-    if "ray" in sys.modules:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-
-
-def _summary(result: dict, log_path: Path | None):
-    from crystalvision.app.summary import summary_renderable
-    from crystalvision.core.settings import get_settings
-
-    return summary_renderable(
-        result,
-        tracking_uri=get_settings().tracking.mlflow_tracking_uri,
-        experiment_id=result.get("experiment_id"),
-        label_source=result.get("label_source"),
-        report_path=result.get("report_path"),
-        log_path=str(log_path) if log_path else None,
-    )
+        out.console.print(summary)
 
 
 @app.command()

@@ -25,10 +25,13 @@ def ingest(cfg: PipelineConfig, out: str | Path | None = None) -> dict[str, str]
 
 
 def render(cfg: PipelineConfig) -> dict[str, Any]:
-    """Snapshot + render; the render summary."""
+    """Snapshot + render; the render summary and where the images are (``render_uri``)."""
     from crystalvision.app.pipeline import run_render_stage
+    from crystalvision.data.storage import open_store
 
-    return run_render_stage(cfg).summary()
+    store = open_store()
+    result = run_render_stage(cfg, store)
+    return result.summary() | {"render_uri": store.uri(result.prefix)}
 
 
 def train(cfg: PipelineConfig) -> dict[str, Any]:

@@ -19,8 +19,10 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 
+from crystalvision.core import progress
 from crystalvision.core.config import TARGETS, PipelineConfig
 from crystalvision.core.settings import get_settings
 from crystalvision.learn.prepare import Prepared, prepare
@@ -35,6 +38,11 @@ from crystalvision.learn.train import content_digest, ray_storage
 from crystalvision.track.tracking import PARENT_TAG, TRIAL_TAG, child_run, close_child_runs, start_parent_run
 
 log = logging.getLogger(__name__)
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep stopped before every trial finished (Ctrl-C or SIGTERM); its state is saved for a rerun."""
+
 
 TRIAL_DRIVER_CPUS = 0.25  # a trial only drives its Train run; its workers hold the real resources
 _TRIAL_PARAM_PREFIXES = ("cfg.train.lr", "cfg.train.loss_weights")
@@ -134,6 +142,8 @@ def _make_tuner(cfg: PipelineConfig, trainable: Any, sweep: str, resources: dict
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from crystalvision.app.tuneprogress import TrialProgress
+
     storage, fs, path = ray_storage(sweep)
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         log.info("resuming sweep %s from %s", sweep, path)
@@ -163,7 +173,13 @@ def _make_tuner(cfg: PipelineConfig, trainable: Any, sweep: str, resources: dict
             num_samples=cfg.tune.num_samples,
             max_concurrent_trials=concurrency,
         ),
-        run_config=tune.RunConfig(name=sweep, storage_path=storage, storage_filesystem=fs, verbose=0),
+        run_config=tune.RunConfig(
+            name=sweep,
+            storage_path=storage,
+            storage_filesystem=fs,
+            verbose=0,
+            callbacks=[TrialProgress(cfg.tune.num_samples, cfg.tune.metric, cfg.tune.mode)],
+        ),
     )
 
 
@@ -219,6 +235,8 @@ def _summarise(cfg: PipelineConfig, results: Any, client: MlflowClient, parent: 
     client.set_terminated(parent.info.run_id, "FINISHED")
     return {
         "sweep": sweep,
+        "metric": metric,
+        "experiment_id": parent.info.experiment_id,
         "parent_run_id": parent.info.run_id,
         "n_trials": len(results),
         "n_errors": results.num_errors,
@@ -260,14 +278,52 @@ def tune_model(
         {"CPU": TRIAL_DRIVER_CPUS},
     )
     tuner = _make_tuner(cfg, trainable, sweep, ray.cluster_resources())
-    with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables on stdout; the CLI prints JSON there
-        results = tuner.fit()
+    results, interrupted = _fit(tuner)
+    if interrupted:
+        raise SweepInterrupted(f"sweep {sweep} stopped; its state is saved: run the same command again to resume it")
+    progress.finish("tune", trials=len(results))
     if results.num_terminated == 0 and results.num_errors:
         client.set_terminated(parent_id, "FAILED")
         raise RuntimeError(f"every trial of sweep {sweep} failed; first error: {results.errors[0]}")
     summary = _summarise(cfg, results, client, parent)
     log.info("sweep %s done: %s", sweep, json.dumps(summary, default=str))
     return summary
+
+
+def _fit(tuner: Any) -> tuple[Any, bool]:
+    """``tuner.fit()`` with Tune's tables on stderr (the CLI prints JSON on stdout); and whether Ctrl-C stopped it.
+
+    Ctrl-C (SIGTERM too, under the CLI) stops the sweep as Tune's own handler would (through the SIGUSR1 handler
+    Tune keeps while it runs: trials stopped, state saved for a rerun), but remembered here, so an interrupted
+    sweep is never summarised, evaluated or registered; a second Ctrl-C stops at once. The SIGINT and SIGUSR1
+    handlers are as before afterwards (Tune would leave its own, and a later Ctrl-C would be ignored)."""
+    if threading.current_thread() is not threading.main_thread():
+        with contextlib.redirect_stdout(sys.stderr):
+            return tuner.fit(), False
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGUSR1)}
+    stops: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        stops.append(signum)
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if len(stops) > 1 or not callable(tune_stop) or tune_stop is saved[signal.SIGUSR1]:
+            raise KeyboardInterrupt
+        tune_stop(signum, frame)
+
+    signal.signal(signal.SIGINT, stop)
+    disabled = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours stands in for it
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return tuner.fit(), bool(stops)
+    finally:
+        if disabled is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = disabled
+        for signum, handler in saved.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
@@ -284,14 +340,26 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
             cfg, prepared.snapshot, prepared.selection, prepared.render, prepared.splits
         ),
     )
+    snapshot = prepared.snapshot
+    if snapshot is not None and prepared.selection is not None:
+        summary |= {"snapshot_id": snapshot.manifest.snapshot_id, "n_structures": len(prepared.selection.records)}
+    if prepared.render is not None:
+        summary["render"] = prepared.render.summary()
     if summary["best_run_id"] and "evaluate" in cfg.stages:
         from crystalvision.promote.runs import evaluate_into_run, load_run_model
 
+        progress.emit("evaluate", 0, None)
         with tempfile.TemporaryDirectory(prefix="crystalvision-tune-eval-") as tmp:
             model = load_run_model(summary["best_run_id"], Path(tmp))
         summary["test_metrics"] = evaluate_into_run(model, prepared, summary["best_run_id"]).metrics
+        progress.finish("evaluate")
     if summary["best_run_id"] and "register" in cfg.stages and cfg.registry.enabled:
         from crystalvision.promote.registry import register_and_promote
 
+        progress.emit("register", 0, None)
         summary["registry"] = register_and_promote(cfg, summary["best_run_id"])
+        progress.finish("register")
+    else:
+        why = "registry.enabled is false" if cfg.registry.enabled else "`register` is not in the config's stages"
+        summary["registry"] = {"registered": False, "reason": why}
     return summary
