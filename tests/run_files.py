@@ -68,6 +68,7 @@ LIGHT = (
     "test_predict.py",
     "test_predict_bounds.py",
     "test_python_face.py",
+    "test_face.py",
     "test_serve.py",
     "test_render.py",
     "test_console.py",

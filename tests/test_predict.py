@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import struct
+import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -164,7 +165,8 @@ def test_logged_pyfunc_is_code_with_its_requirements(logged) -> None:
 
 def test_a_model_logged_before_the_sub_packages_still_loads(cv_home, tmp_path) -> None:
     """A model registered before the move loads with ``from crystalvision.predict import ...`` (its logged code):
-    in a process that has imported the package already (``crystalvision predict``), that old name still resolves."""
+    in a process that has imported the package already (``crystalvision predict``), that old name still resolves,
+    with a FutureWarning; and ``crystalvision.predict(...)``, the Python face, still works after that import."""
     code = tmp_path / "pyfunc_code.py"
     code.write_text(
         "import mlflow\n\nfrom crystalvision.predict import CrystalVisionPyfunc\n\n"
@@ -177,8 +179,15 @@ def test_a_model_logged_before_the_sub_packages_still_loads(cv_home, tmp_path) -
             python_model=str(code),
             artifacts={predict.MODEL_DIR_ARTIFACT: str(tiny_model_dir(tmp_path / "model"))},
         )
-    out = mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"image": [_b64(_png(SIZE))]}))
+    with pytest.warns(FutureWarning, match=r"^crystalvision\.predict\.CrystalVisionPyfunc is crystalvision\.serve\."):
+        model = mlflow.pyfunc.load_model(info.model_uri)
+    out = model.predict(pd.DataFrame({"image": [_b64(_png(SIZE))]}))
     assert pd.isna(out.loc[0, "error"]) and np.isfinite(out.loc[0, "band_gap"])
+    import crystalvision
+
+    assert crystalvision.predict is sys.modules["crystalvision.predict"]  # the old module name is imported now
+    face = crystalvision.predict({"grey": _png(SIZE)}, model)
+    assert face.loc[0, "file"] == "grey" and face.loc[0, "band_gap"] == out.loc[0, "band_gap"]
 
 
 def test_cli_predict_defaults_to_the_model_the_quickstart_registers(cv_home, tmp_path, monkeypatch) -> None:

@@ -84,7 +84,8 @@ def _one_prediction(stdout: str) -> None:
 def test_the_docs_python_examples_predict_once_as_scripts_and_through_stdin(checkout) -> None:
     """README's and docs/predict.md's Python blocks (no ``__main__`` guard), each saved as a script, and README's
     through ``python -``: one printed frame with a band gap each (the helper never re-runs the caller's code)."""
-    blocks = list(dict.fromkeys(python_block(ROOT / doc) for doc in ("README.md", "docs/predict.md")))
+    markers = {"README.md": "crystalvision.predict(", "docs/predict.md": "mlflow.pyfunc.load_model"}
+    blocks = list(dict.fromkeys(python_block(ROOT / doc, marker) for doc, marker in markers.items()))
     for i, block in enumerate(blocks):
         assert "__main__" not in block
         (checkout / f"example{i}.py").write_text(block)

@@ -1,37 +1,38 @@
 """crystalvision: learn material properties from rendered images of crystal structures.
 
+From Python, a registered model's predictions (CIF or image paths, CIF text, pymatgen Structures, images), with the
+columns, warnings and model card of the command line::
+
+    import crystalvision
+
+    model = crystalvision.load_model("lmno-efficientnet-b0-quickstart")  # a registered name (its champion) or URI
+    frame = crystalvision.predict(["mp-25284.cif"], model)
+
 The command line: ``crystalvision --help``. The package stands in rooms (sub-packages) in layers; the map below is
 made from ``crystalvision.core.layers``.
 """
 
-import importlib
-import importlib.abc
-import importlib.util
-import sys
-from importlib.machinery import ModuleSpec
-from types import ModuleType
+from typing import Any
 
 from crystalvision.core import __version__
 from crystalvision.core.layers import map_text
 
 __doc__ = f"{__doc__}\n{map_text()}"
-__all__ = ["__version__"]
-
-# Old module names that stored artifacts still import. A pyfunc model registered before the sub-packages runs
-# ``from crystalvision.predict import CrystalVisionPyfunc`` when it loads; in a process that has already imported
-# this package (``crystalvision predict``, the registry's gate) that name must still resolve.
-MOVED = {"crystalvision.predict": "crystalvision.serve.predict"}
+__all__ = ["__version__", "load_model", "predict"]
 
 
-class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Imports an old name in ``MOVED`` as the module it moved to (the same module object, not a copy)."""
+def __getattr__(name: str) -> Any:
+    """The Python face, imported when first used (``import crystalvision`` loads neither torch nor VTK)."""
+    if name == "load_model":
+        from crystalvision.serve import face
 
-    def find_spec(self, name: str, path: object = None, target: object = None) -> ModuleSpec | None:
-        return importlib.util.spec_from_loader(name, self) if name in MOVED else None
+        return face.load_model
+    if name == "predict":
+        import crystalvision.predict  # a callable module: the face's predict, and the old module name
 
-    def exec_module(self, module: ModuleType) -> None:
-        sys.modules[module.__name__] = importlib.import_module(MOVED[module.__name__])  # the import returns this
+        return crystalvision.predict
+    raise AttributeError(f"module 'crystalvision' has no attribute {name!r}")
 
 
-if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):
-    sys.meta_path.append(_MovedModules())
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

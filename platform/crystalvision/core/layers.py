@@ -30,7 +30,7 @@ ROOMS = (
     Room("track", 2, "MLflow tracking, rank-0 logging from workers, run descriptions, model cards"),
     Room("learn", 3, "prepared data, the model, the epoch loop, training on Ray Train"),
     Room("evaluate", 4, "metrics, baselines, out-of-fold scoring, leakage, saliency, plots, the HTML report"),
-    Room("serve", 4, "the logged pyfunc model, predictions for people, the REST server"),
+    Room("serve", 4, "the logged pyfunc model, predictions from the command line and Python, the REST server"),
     Room("promote", 5, "a logged run's model evaluated, gated against the champion and registered"),
     Room("app", 6, "the front doors (command line, the command table Ray Jobs share) and runs that span stages"),
 )

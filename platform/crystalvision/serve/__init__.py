@@ -1,4 +1,5 @@
-"""Serving: the logged pyfunc model, bounded prediction input, rendering for prediction, predictions for people."""
+"""Serving: the logged pyfunc model, bounded prediction input, rendering for prediction, predictions for people (the
+command line and the Python face, `crystalvision.load_model` and `crystalvision.predict`)."""
 
 from crystalvision.core import door
 
@@ -9,4 +10,5 @@ __all__, __getattr__, __dir__ = door(
         "present": "print_predictions",
         "server": "serve",
     },
+    modules="face",
 )
