@@ -20,38 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "platform" / "crystalvision"
 HEAVY = ("torch", "vtkmodules", "vtk", "pyvista", "ray", "mlflow")  # what importing a room must not load
 
-# Imports across rooms that still name another room's module instead of its door, in files that other work was
-# changing when the doors came. This list only shrinks: rewrite an import as `from crystalvision.<room> import X`
-# (a name its __all__ lists) and delete its entry; the test fails on an entry that is no longer needed.
-DEEP_IMPORTS_LEFT = {
-    "app/cli.py": "core.errors core.logs core.pipeline_file core.settings data.folds data.snapshot learn.prepare "
-    "ops.raycluster serve.predict serve.present serve.server",
-    "app/commands.py": "core.config core.natives data.ingest data.storage promote.registry promote.runs",
-    "app/console.py": "core.progress",
-    "app/pipeline.py": "core.config data.dataset data.folds data.storage evaluate.baselines evaluate.evaluate "
-    "evaluate.report learn.model learn.train promote.registry promote.runs render.job serve.predict track.card "
-    "track.recipe track.tracking",
-    "app/summary.py": "core.logs core.settings core.uris",
-    "app/tune.py": "core.config core.settings learn.prepare learn.train ops.raycluster promote.registry promote.runs "
-    "serve.predict track.tracking",
-    "evaluate/evaluate.py": "core.config core.errors core.targets data.dataset data.snapshot data.storage "
-    "learn.augment learn.model render.figures",
-    "evaluate/leakage.py": "data.dataset",
-    "learn/loop.py": "core.config core.targets",
-    "learn/model.py": "core.config core.errors core.targets",
-    "learn/train.py": "core.config core.errors core.settings core.targets data.dataset data.storage ops.faults "
-    "ops.lease ops.raycluster track.worker_logging",
-    "learn/train_worker.py": "core.config core.targets ops.faults track.worker_logging",
-    "ops/faults.py": "core.settings",
-    "ops/lease.py": "core.errors",
-    "ops/raycluster.py": "core.settings",
-    "promote/registry.py": "core.config core.errors core.targets evaluate.evaluate learn.prepare serve.predict "
-    "track.tracking",
-    "serve/predict.py": "core.errors core.pipeline_file core.settings data.dataset data.storage learn.model "
-    "track.tracking",
-    "serve/present.py": "track.card",
-}
-
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:
     """(module, names) of every crystalvision import in ``path`` (lazily inside functions too); names is empty for
@@ -96,9 +64,9 @@ def test_imports_go_down_the_layers_only() -> None:
 
 def test_imports_across_rooms_go_through_the_doors() -> None:
     """``from crystalvision.data import ObjectStore`` (a name data's __all__ lists), never
-    ``from crystalvision.data.storage import ...`` from another room, but for the shrinking DEEP_IMPORTS_LEFT."""
+    ``from crystalvision.data.storage import ...`` or ``import crystalvision.data.storage`` from another room."""
     doors = {room: set(importlib.import_module(f"crystalvision.{room}").__all__) for room in LAYERS}
-    wrong, used = [], set()
+    wrong = []
     for path in sorted(PACKAGE.glob("*/**/*.py")):
         where, own = path.relative_to(PACKAGE).as_posix(), path.relative_to(PACKAGE).parts[0]
         for module, names in _imports(path):
@@ -107,19 +75,11 @@ def test_imports_across_rooms_go_through_the_doors() -> None:
                 continue
             room = parts[1]
             if len(parts) > 2 or not names:
-                deep = ".".join(parts[1:3])
-                if deep in DEEP_IMPORTS_LEFT.get(where, "").split():
-                    used.add((where, deep))
-                else:
-                    wrong.append(
-                        f"{where} imports {module}: import from its door, from crystalvision.{room} import ..."
-                    )
+                wrong.append(f"{where} imports {module}: import from its door, from crystalvision.{room} import ...")
             elif missing := [n for n in names if n not in doors[room]]:
                 wrong.append(f"{where} imports {missing} from crystalvision.{room}, whose door does not list them: "
                              f"add them to __all__ in crystalvision/{room}/__init__.py")  # fmt: skip
-    stale = {(where, deep) for where, left in DEEP_IMPORTS_LEFT.items() for deep in left.split()} - used
     assert not wrong, "\n".join(wrong)
-    assert not stale, f"these deep imports are gone: delete them from DEEP_IMPORTS_LEFT: {sorted(stale)}"
 
 
 def test_every_door_lists_names_that_resolve_and_modules_as_modules() -> None:

@@ -23,8 +23,7 @@ import click
 import typer
 
 from crystalvision.app.failure import describe
-from crystalvision.core.errors import CrystalVisionError
-from crystalvision.core.logs import setup_logging
+from crystalvision.core import CrystalVisionError, setup_logging
 
 log = logging.getLogger("crystalvision")
 
@@ -63,7 +62,7 @@ def handle_errors(fn):
 
 
 def _load(config: Path, overrides: list[str] | None):
-    from crystalvision.core.pipeline_file import load_pipeline, parse_overrides
+    from crystalvision.core import load_pipeline, parse_overrides
 
     return load_pipeline(config, parse_overrides(overrides or []))
 
@@ -89,9 +88,8 @@ def _run_long(name: str, config: Path, overrides: list[str] | None, json_out: bo
     from crystalvision.app.commands import run
     from crystalvision.app.console import StageDisplay, quiet_output
     from crystalvision.app.summary import result_summary
-    from crystalvision.core import progress
-    from crystalvision.core.settings import get_settings
-    from crystalvision.ops.raycluster import processes_stopped_on_exit
+    from crystalvision.core import get_settings, progress
+    from crystalvision.ops import processes_stopped_on_exit
 
     cfg = _load(config, overrides)
     with quiet_output(get_settings().paths.home, name, verbose=verbose) as out:
@@ -139,7 +137,7 @@ def ingest(
 ) -> None:
     """Query the Materials Project (needs MP_API_KEY) and write a versioned, content-hashed snapshot."""
     from crystalvision.app.commands import run
-    from crystalvision.core.pipeline_file import deep_merge, load_pipeline, parse_overrides
+    from crystalvision.core import deep_merge, load_pipeline, parse_overrides
 
     options = {"chemsys": chemsys, "nelements": nelements, "subsystems": subsystems}
     query = {k: v for k, v in options.items() if v is not None}
@@ -157,8 +155,8 @@ def snapshot_info(
     ] = None,
 ) -> None:
     """List the bundled snapshots (records, usable = unflagged, hash verified), or show one snapshot's manifest."""
-    from crystalvision.core.settings import bundled_snapshots, get_settings
-    from crystalvision.data.snapshot import describe, load_snapshot
+    from crystalvision.core import bundled_snapshots, get_settings
+    from crystalvision.data import describe, load_snapshot
 
     bundled = bundled_snapshots()
     if uri is None:
@@ -252,8 +250,7 @@ def predict(
     ] = PredictOutput.table,
 ) -> None:
     """Predict band gap, e_above_hull, crystal system and space group for CIF or image files."""
-    from crystalvision.serve.predict import default_model_uri, predict_files
-    from crystalvision.serve.present import print_predictions
+    from crystalvision.serve import default_model_uri, predict_files, print_predictions
 
     frame = predict_files(files, model_uri=model or default_model_uri(config), views=views)
     print_predictions(frame, output.value)
@@ -270,8 +267,8 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 1,
 ) -> None:
     """Serve a model over REST (POST /invocations) with MLflow's scoring server, from this environment."""
-    from crystalvision.serve.predict import default_model_uri
-    from crystalvision.serve.server import serve as run_server
+    from crystalvision.serve import default_model_uri
+    from crystalvision.serve import serve as run_server
 
     run_server(model or default_model_uri(None), host=host, port=port, workers=workers)
 
@@ -313,7 +310,7 @@ def bench(
     merge: Annotated[bool, typer.Option(help="With --only: replace those rows in the existing JSON.")] = False,
 ) -> None:
     """Run every benchmark in bench/ (of this source checkout), print one table and write JSON."""
-    from crystalvision.core.settings import PACKAGE_DIR, get_settings
+    from crystalvision.core import PACKAGE_DIR, get_settings
 
     root = PACKAGE_DIR.parents[1]  # platform/crystalvision -> the checkout that holds bench/
     if not (root / "bench" / "run_all.py").is_file():
@@ -352,8 +349,8 @@ def pipeline_validate(
 ) -> None:
     """Validate a pipeline YAML and print the resolved config; for k folds also the resolved split (from the
     snapshot's records, no rendering): structures per fold, classes unseen in training, the accuracy ceiling."""
-    from crystalvision.data.folds import plan_text
-    from crystalvision.learn.prepare import plan_folds
+    from crystalvision.data import plan_text
+    from crystalvision.learn import plan_folds
 
     cfg = _load(config, set_)
     _echo_json(cfg.model_dump(mode="json"))

@@ -11,15 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from crystalvision.core.config import PipelineConfig
-from crystalvision.core.natives import TORCH_COMMANDS, load_torch_first
+from crystalvision.core import TORCH_COMMANDS, PipelineConfig, load_torch_first
 
 TRAIN_STAGES = ["snapshot", "render", "train"]
 
 
 def ingest(cfg: PipelineConfig, out: str | Path | None = None) -> dict[str, str]:
     """Query the Materials Project (``cfg.ingest``) and write a snapshot; its folder."""
-    from crystalvision.data.ingest import ingest_from_mp
+    from crystalvision.data import ingest_from_mp
 
     return {"snapshot": str(ingest_from_mp(cfg.ingest, out))}
 
@@ -27,7 +26,7 @@ def ingest(cfg: PipelineConfig, out: str | Path | None = None) -> dict[str, str]
 def render(cfg: PipelineConfig) -> dict[str, Any]:
     """Snapshot + render; the render summary and where the images are (``render_uri``)."""
     from crystalvision.app.pipeline import run_render_stage
-    from crystalvision.data.storage import open_store
+    from crystalvision.data import open_store
 
     store = open_store()
     result = run_render_stage(cfg, store)
@@ -50,7 +49,7 @@ def pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
 def evaluate(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
     """Evaluate a logged run on its own split and log the results into it."""
-    from crystalvision.promote.runs import evaluate_logged_run
+    from crystalvision.promote import evaluate_logged_run
 
     return evaluate_logged_run(cfg, run_id)
 
@@ -64,7 +63,7 @@ def tune(cfg: PipelineConfig) -> dict[str, Any]:
 
 def register(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
     """Register a run's model as challenger; promote it only if better. The decision."""
-    from crystalvision.promote.registry import register_and_promote
+    from crystalvision.promote import register_and_promote
 
     return register_and_promote(cfg, run_id)
 

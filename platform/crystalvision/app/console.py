@@ -31,7 +31,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from crystalvision.core.progress import ProgressEvent
+from crystalvision.core import ProgressEvent
 
 log = logging.getLogger(__name__)
 

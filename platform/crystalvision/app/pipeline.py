@@ -20,15 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crystalvision.core import progress
-from crystalvision.core.config import PipelineConfig
-from crystalvision.data.storage import ObjectStore, open_store
+from crystalvision.core import PipelineConfig, progress
+from crystalvision.data import ObjectStore, open_store
 from crystalvision.learn import prepare
-from crystalvision.track import rundocs
-from crystalvision.track.recipe import label_sources, recipe
+from crystalvision.track import label_sources, recipe, rundocs
 
 if TYPE_CHECKING:
-    from crystalvision.render.job import RenderResult
+    from crystalvision.render import RenderResult
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +103,13 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> Pipeli
         n_structures=len(selection.records),
         dropped_flagged=selection.dropped_flagged,
         label_source=label_sources(snap.manifest),
-        recipe=recipe(cfg),
+        recipe=recipe.recipe(cfg),
     )
     progress.emit("snapshot", len(selection.records), len(selection.records), unit="structures")
     if "render" not in stages and "train" not in stages:
         return result
     if "train" in stages and prepare.is_kfold(cfg.split):  # a fold count the selection cannot meet: before rendering
-        from crystalvision.data.folds import n_folds_for
+        from crystalvision.data import n_folds_for
 
         n = len(selection.records)
         n_folds_for(cfg.split, n, n * cfg.render.views_per_structure)
@@ -119,7 +117,7 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> Pipeli
     if "train" in stages and cfg.registry.generalisation_record and not prepare.is_kfold(cfg.split):
         card = model_card(cfg, snap.manifest)  # before rendering and training
     if "train" in stages:  # the tracking server answers (or the one-line error) before anything is rendered
-        from crystalvision.track.tracking import configure_mlflow
+        from crystalvision.track import configure_mlflow
 
         configure_mlflow()
     store = open_store()
@@ -138,11 +136,11 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> Pipeli
 def model_card(cfg: PipelineConfig, manifest: Any) -> dict[str, Any]:
     """The card a model of ``cfg`` gets from ``registry.generalisation_record``: a ConfigError for a record of another
     snapshot; ``{"withheld": why}`` (and a warning) for one of another render, labels or recipe."""
-    from crystalvision.render.job import render_config_hash
-    from crystalvision.track.card import generalisation_from_record
+    from crystalvision.render import render_config_hash
+    from crystalvision.track import generalisation_from_record
 
     run = {"render_config_hash": render_config_hash(cfg.render), "label_source": label_sources(manifest),
-           "recipe": recipe(cfg)}  # fmt: skip
+           "recipe": recipe.recipe(cfg)}  # fmt: skip
     return generalisation_from_record(cfg.registry.generalisation_record, manifest.content_sha256, run)
 
 
@@ -151,9 +149,8 @@ def _train_evaluate_register(
 ) -> None:
     """Train, evaluate, log and register one model; ``card`` (the measured generalisation, or {}) goes into its
     ``model.json`` and the registered version's description."""
-    from crystalvision.learn.model import load_model
-    from crystalvision.learn.train import train_model
-    from crystalvision.serve.predict import log_model
+    from crystalvision.learn import load_model, train_model
+    from crystalvision.serve import log_model
     from crystalvision.track import tracking
 
     cfg, snap = prepared.cfg, prepared.snapshot
@@ -169,7 +166,7 @@ def _train_evaluate_register(
         if card:
             _write_card(trained.model_dir, card)
         if "evaluate" in stages:
-            from crystalvision.promote.runs import evaluate_into_run
+            from crystalvision.promote import evaluate_into_run
 
             progress.emit("evaluate", 0, None)
             with result.timed("evaluate"):
@@ -182,7 +179,7 @@ def _train_evaluate_register(
             result.run_id, rundocs.run_description(cfg, snap, prepared.splits.describe(), result.metrics)
         )
     if "register" in stages and cfg.registry.enabled:
-        from crystalvision.promote.registry import register_and_promote
+        from crystalvision.promote import register_and_promote
 
         progress.emit("register", 0, None)
         with result.timed("register"):
@@ -201,7 +198,7 @@ def _train_evaluate_register(
 
 def _write_card(model_dir: Any, card: dict[str, Any]) -> None:
     """Put the measured generalisation into the model card (``model.json``), atomically."""
-    from crystalvision.data.storage import write_durably
+    from crystalvision.data import write_durably
 
     path = Path(model_dir) / "model.json"  # model.SPEC_FILE (model.py imports torch)
     spec = json.loads(path.read_text())
@@ -211,7 +208,7 @@ def _write_card(model_dir: Any, card: dict[str, Any]) -> None:
 
 def _log_datasets(prepared: prepare.Prepared) -> None:
     """The snapshot and the rendered labels table as MLflow datasets of the active run (best effort)."""
-    from crystalvision.data.dataset import load_labels
+    from crystalvision.data import load_labels
 
     try:
         labels = load_labels(prepared.store, prepared.labels_key)
@@ -242,7 +239,7 @@ def _run_folds(prepared: prepare.Prepared, stages: list[str], result: PipelineRe
     bootstrap comparisons and the folds' mean ± std logged on the parent."""
     import pandas as pd
 
-    from crystalvision.data.folds import aggregate_folds
+    from crystalvision.data import aggregate_folds
     from crystalvision.evaluate import oof
     from crystalvision.track import tracking
 
@@ -266,7 +263,7 @@ def _run_folds(prepared: prepare.Prepared, stages: list[str], result: PipelineRe
         result.metrics.update(aggregated)
         pooled = pd.concat(tables, ignore_index=True) if tables else None
         if pooled is not None:
-            from crystalvision.evaluate.baselines import described as baselines_described
+            from crystalvision.evaluate import described as baselines_described
 
             ecfg = cfg.evaluate
             subsets = {name: f.nelements for name, f in ecfg.subsets.items()}
@@ -289,10 +286,9 @@ def _run_one_fold(
     per-structure out-of-fold prediction table (None without evaluation)."""
     import mlflow
 
-    from crystalvision.data.folds import ceiling_metrics
-    from crystalvision.learn.model import load_model
-    from crystalvision.learn.train import train_model
-    from crystalvision.serve.predict import log_model
+    from crystalvision.data import ceiling_metrics
+    from crystalvision.learn import load_model, train_model
+    from crystalvision.serve import log_model
     from crystalvision.track import tracking
 
     cfg, splits = prepared.cfg, prepared.splits
@@ -312,7 +308,7 @@ def _run_one_fold(
             trained = train_model(prepared, run_id=run.info.run_id)  # named by content + fold: resumable
         metrics = dict(trained.metrics) | ceiling
         if "evaluate" in stages:
-            from crystalvision.promote.runs import evaluate_into_run
+            from crystalvision.promote import evaluate_into_run
 
             with result.timed(f"evaluate_fold{i}" + (f"_seed{seed}" if n_seeds > 1 else "")):
                 evaluated = evaluate_into_run(load_model(trained.model_dir), prepared)
@@ -341,9 +337,7 @@ def _log_folds_summary(
 
     import mlflow
 
-    from crystalvision.evaluate import oof
-    from crystalvision.evaluate.evaluate import label_sources
-    from crystalvision.evaluate.report import write_folds_report
+    from crystalvision.evaluate import label_sources, oof, write_folds_report
 
     pooled = pooled or {}
     mlflow.log_metrics(aggregated | pooled.get("metrics", {}))

@@ -18,8 +18,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from crystalvision.core.logs import mask
-from crystalvision.core.uris import without_userinfo
+from crystalvision.core import mask, without_userinfo
 
 MAX_LINES = 25
 LABEL_WIDTH = 10  # "snapshot  ", "model     ": the label column of every line
@@ -170,7 +169,7 @@ def summary_renderable(
 def pipeline_summary(result: dict[str, Any], log_path: str | None = None) -> Group:
     """The summary of a pipeline result as the CLI and a Ray job's log end with it (the tracking URI from the
     settings)."""
-    from crystalvision.core.settings import get_settings
+    from crystalvision.core import get_settings
 
     return summary_renderable(
         result,
@@ -219,7 +218,7 @@ def _best_line(result: dict[str, Any]) -> str:
 def tune_summary(result: dict[str, Any], log_path: str | None = None) -> Group:
     """``crystalvision tune``: the sweep, its best trial, that trial's test metrics against the baselines, and the
     model version it registered (when ``stages`` has ``register``)."""
-    from crystalvision.core.settings import get_settings
+    from crystalvision.core import get_settings
 
     parts: list[Any] = [Text(f"crystalvision: sweep {result.get('sweep')} finished", style="bold")]
     if result.get("snapshot_id"):

@@ -30,12 +30,9 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 
-from crystalvision.core import progress
-from crystalvision.core.config import TARGETS, PipelineConfig
-from crystalvision.core.settings import get_settings
-from crystalvision.learn.prepare import Prepared, prepare
-from crystalvision.learn.train import content_digest, ray_storage
-from crystalvision.track.tracking import PARENT_TAG, TRIAL_TAG, child_run, close_child_runs, start_parent_run
+from crystalvision.core import TARGETS, PipelineConfig, get_settings, progress
+from crystalvision.learn import Prepared, content_digest, prepare, ray_storage
+from crystalvision.track import PARENT_TAG, TRIAL_TAG, child_run, close_child_runs, start_parent_run
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +90,8 @@ def run_trial(params: dict[str, Any], ctx: dict[str, Any]) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from crystalvision.learn.train import train_model
-    from crystalvision.serve.predict import log_model
+    from crystalvision.learn import train_model
+    from crystalvision.serve import log_model
 
     os.environ.update(ctx["env"])
     get_settings.cache_clear()
@@ -262,7 +259,7 @@ def tune_model(
     import ray
     from ray import tune
 
-    from crystalvision.ops.raycluster import ensure_ray
+    from crystalvision.ops import ensure_ray
     from crystalvision.track import tracking
 
     ensure_ray(include_dashboard=True)
@@ -328,11 +325,11 @@ def _fit(tuner: Any) -> tuple[Any, bool]:
 
 def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     """``crystalvision tune``: prepare the data, sweep, then evaluate and register the best trial's model."""
-    from crystalvision.ops.raycluster import ensure_ray
+    from crystalvision.ops import ensure_ray
     from crystalvision.track import tracking
 
     ensure_ray(include_dashboard=True)  # before the render stage starts Ray without it
-    prepared = prepare(cfg)
+    prepared = prepare.prepare(cfg)
     summary = tune_model(
         prepared,
         tags=tracking.pipeline_tags(cfg, prepared.snapshot),
@@ -346,7 +343,7 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     if prepared.render is not None:
         summary["render"] = prepared.render.summary()
     if summary["best_run_id"] and "evaluate" in cfg.stages:
-        from crystalvision.promote.runs import evaluate_into_run, load_run_model
+        from crystalvision.promote import evaluate_into_run, load_run_model
 
         progress.emit("evaluate", 0, None)
         with tempfile.TemporaryDirectory(prefix="crystalvision-tune-eval-") as tmp:
@@ -354,7 +351,7 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
         summary["test_metrics"] = evaluate_into_run(model, prepared, summary["best_run_id"]).metrics
         progress.finish("evaluate")
     if summary["best_run_id"] and "register" in cfg.stages and cfg.registry.enabled:
-        from crystalvision.promote.registry import register_and_promote
+        from crystalvision.promote import register_and_promote
 
         progress.emit("register", 0, None)
         summary["registry"] = register_and_promote(cfg, summary["best_run_id"])

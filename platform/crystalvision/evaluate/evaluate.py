@@ -24,18 +24,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crystalvision.core import progress
-from crystalvision.core.config import EvaluateConfig, PipelineConfig
-from crystalvision.core.errors import CrystalVisionError, ModelError, StorageError
-from crystalvision.core.targets import CLASS_ID, SCORE_METRICS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
-from crystalvision.data.dataset import Splits, load_images
-from crystalvision.data.snapshot import MaterialRecord
-from crystalvision.data.storage import ObjectStore
+from crystalvision.core import (
+    CLASS_ID,
+    SCORE_METRICS,
+    TARGETS_CLASSIFICATION,
+    TARGETS_REGRESSION,
+    CrystalVisionError,
+    EvaluateConfig,
+    ModelError,
+    PipelineConfig,
+    StorageError,
+    progress,
+)
+from crystalvision.data import MaterialRecord, ObjectStore, Splits, load_images
 from crystalvision.evaluate import metrics as M
 from crystalvision.evaluate import plots
 from crystalvision.evaluate.oof import fold_table
-from crystalvision.learn.augment import predict_dihedral
-from crystalvision.learn.model import CrystalNet, ModelSpec, predict_arrays, unwrap
+from crystalvision.learn import CrystalNet, ModelSpec, predict_arrays, predict_dihedral, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +201,7 @@ def make_plots(test: Level, struct: Level, classes: dict[str, list[str]], metric
 
 def load_records(cfg: PipelineConfig, spec: ModelSpec) -> dict[str, MaterialRecord] | None:
     """Snapshot records by material_id for the structure baselines; None (logged) when unavailable."""
-    from crystalvision.data.snapshot import configured_snapshot
+    from crystalvision.data import configured_snapshot
 
     try:
         snap = configured_snapshot(cfg.snapshot)
@@ -370,7 +375,7 @@ def radii_figure(
     torch); none without its record."""
     if not records or splits.test.empty:
         return []
-    from crystalvision.render.figures import radii_comparison_apart
+    from crystalvision.render import radii_comparison_apart
 
     mid = str(splits.test["material_id"].iloc[0])
     if mid not in records:

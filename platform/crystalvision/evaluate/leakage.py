@@ -265,7 +265,7 @@ def measure_split(
 
 def load_prepared(store, keys: Sequence[str], size: int = 64, grey: bool = True, chunk: int = 256) -> torch.Tensor:
     """Read images from an object store in chunks, downsampled on the way (memory stays small)."""
-    from crystalvision.data.dataset import load_images
+    from crystalvision.data import load_images
 
     parts = [prepare(load_images(store, list(keys[s : s + chunk])), size, grey) for s in range(0, len(keys), chunk)]
     return torch.cat(parts) if parts else torch.zeros((0, 1 if grey else 3, size, size))

@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crystalvision.core.config import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION, TrainConfig
-from crystalvision.core.targets import TARGET_COLUMNS
+from crystalvision.core import TARGET_COLUMNS, TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION, TrainConfig
 from crystalvision.learn.accel import GraphStep, amp_dtype, norm_constants, normalise, resolve_step_mode
 from crystalvision.learn.augment import augment_batch, classification_loss
 from crystalvision.learn.model import unwrap

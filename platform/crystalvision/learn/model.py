@@ -16,10 +16,14 @@ import torch
 from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
-from crystalvision.core import __version__
-from crystalvision.core.config import PipelineConfig
-from crystalvision.core.errors import ModelError
-from crystalvision.core.targets import TABLE, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+from crystalvision.core import (
+    TABLE,
+    TARGETS_CLASSIFICATION,
+    TARGETS_REGRESSION,
+    ModelError,
+    PipelineConfig,
+    __version__,
+)
 from crystalvision.learn.backbone import create_backbone, load_backbone_weights  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:

@@ -23,13 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from crystalvision.core import progress
-from crystalvision.core.config import TrainConfig
-from crystalvision.core.errors import ConfigError
-from crystalvision.core.settings import get_settings
-from crystalvision.core.targets import TARGETS_REGRESSION
-from crystalvision.data.dataset import Splits, to_ray_dataset
-from crystalvision.data.storage import filesystem_for, is_s3
+from crystalvision.core import TARGETS_REGRESSION, ConfigError, TrainConfig, get_settings, progress
+from crystalvision.data import Splits, filesystem_for, is_s3, to_ray_dataset
 from crystalvision.learn import trainprogress
 from crystalvision.learn.loop import EvalAccumulator, multitask_loss  # noqa: F401 - re-exported
 from crystalvision.learn.model import CrystalNet, ModelSpec, save_model
@@ -41,8 +36,7 @@ from crystalvision.learn.train_worker import (
     STATE_FILE,
     train_loop_per_worker,
 )
-from crystalvision.ops.faults import train_fault
-from crystalvision.ops.lease import TRAIN_LEASE_ENV, LockedError, holder, lease_lock, renewed_on_progress
+from crystalvision.ops import TRAIN_LEASE_ENV, LockedError, holder, lease_lock, renewed_on_progress, train_fault
 
 if TYPE_CHECKING:
     from crystalvision.learn.prepare import Prepared
@@ -118,7 +112,7 @@ def _run_config(name: str, tcfg: TrainConfig, callbacks: list | None):
 
 def _start_ray(prepared: Prepared) -> None:
     """Ray, with a local cluster's object store sized for this run's decoded images."""
-    from crystalvision.ops.raycluster import ensure_ray
+    from crystalvision.ops import ensure_ray
 
     ensure_ray(data_bytes=sum(len(df) for _, df in prepared.splits.items()) * prepared.spec.image_size**2 * 3)
 
@@ -328,7 +322,7 @@ def _final_metrics(state: LoopState) -> dict[str, float]:
 def _log_driver_side(run_id: str | None, tracking_uri: str, spec: ModelSpec, metrics: dict, name: str) -> None:
     if not run_id:
         return
-    from crystalvision.track.worker_logging import worker_logger
+    from crystalvision.track import worker_logger
 
     mlog = worker_logger(tracking_uri, run_id, rank=0, wait_s=_wait())
     params = {f"target_mean.{t}": v for t, v in spec.target_mean.items()}

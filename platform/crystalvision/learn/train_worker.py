@@ -20,14 +20,13 @@ from typing import Any
 
 import torch
 
-from crystalvision.core.config import TrainConfig
-from crystalvision.core.targets import TARGET_COLUMNS
+from crystalvision.core import TARGET_COLUMNS, TrainConfig
 from crystalvision.learn.accel import HeldSplit, keep_split
 from crystalvision.learn.loop import Engine, dist_ready, fit
 from crystalvision.learn.model import CrystalNet, ModelSpec
 from crystalvision.learn.selection import LoopState
 from crystalvision.learn.trainprogress import beater
-from crystalvision.ops.faults import maybe_exit_worker
+from crystalvision.ops import maybe_exit_worker
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +127,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
     mlog = None
     if config["run_id"] and rank == 0:  # MLflow stays out of the worker unless a run is tracked
-        from crystalvision.track.worker_logging import worker_logger
+        from crystalvision.track import worker_logger
 
         mlog = worker_logger(config["tracking_uri"], config["run_id"], rank, config.get("mlflow_wait_s", MLFLOW_WAIT_S))
     train_batches, val_batches = _data_sources(config, engine)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crystalvision.core.settings import get_settings
+from crystalvision.core import get_settings
 
 log = logging.getLogger(__name__)
 

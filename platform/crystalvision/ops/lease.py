@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from crystalvision.core.errors import CrystalVisionError
+from crystalvision.core import CrystalVisionError
 
 log = logging.getLogger(__name__)
 DEFAULT_LEASE_S = 300.0

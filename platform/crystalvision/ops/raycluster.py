@@ -12,7 +12,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from crystalvision.core.settings import get_settings
+from crystalvision.core import get_settings
 
 log = logging.getLogger(__name__)
 

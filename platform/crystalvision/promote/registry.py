@@ -30,15 +30,13 @@ from mlflow.entities import Metric, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from crystalvision.core import progress
-from crystalvision.core.config import PipelineConfig
-from crystalvision.core.errors import CrystalVisionError, ModelError
+from crystalvision.core import CrystalVisionError, ModelError, PipelineConfig, progress
 from crystalvision.promote import gate
 from crystalvision.promote.registry_cas import newest_forward, promotion_lock, register_once, versions_of_run
-from crystalvision.track.tracking import CHALLENGER, CHAMPION
+from crystalvision.track import CHALLENGER, CHAMPION
 
 if TYPE_CHECKING:
-    from crystalvision.learn.prepare import Prepared
+    from crystalvision.learn import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +97,7 @@ def align_class_ids(splits: Any, classes: dict[str, list[str]]) -> Any:
     """The splits with every class-id column re-derived from the class *name* through ``classes`` (the model's
     class lists), so a snapshot whose class list changed (a space group added, ids shifted) is scored against the
     model's own classes. A class the model does not know raises :class:`ModelError` naming it."""
-    from crystalvision.core.targets import CLASS_ID, CLASS_NAME
+    from crystalvision.core import CLASS_ID, CLASS_NAME
 
     frames = {}
     for part, df in splits.items():
@@ -122,12 +120,12 @@ def evaluate_champion_on(
 ) -> float:
     """Re-evaluate the champion's model on the test split ``cfg`` describes (the challenger's split; ``prepared``
     when given), with class ids aligned to the champion's class lists by name."""
-    from crystalvision.evaluate.evaluate import evaluate_model
-    from crystalvision.learn.prepare import prepare
+    from crystalvision.evaluate import evaluate_model
+    from crystalvision.learn import prepare
     from crystalvision.promote.runs import load_run_model
 
     progress.beat("register", step="re-evaluate champion: data")
-    prepared = prepared or prepare(cfg)
+    prepared = prepared or prepare.prepare(cfg)
     with tempfile.TemporaryDirectory(prefix="crystalvision-champion-") as tmp:
         progress.beat("register", step="re-evaluate champion: model")
         model = load_run_model(champion.run_id, Path(tmp) / "model")
@@ -244,8 +242,8 @@ def register_and_promote(
     decision, when there is one). The champion alias moves compare-and-set: when another registration moved it
     while this one decided, nothing is overwritten and the refusal is recorded (``promoted: false``,
     ``conflict: true``)."""
-    from crystalvision.serve.predict import MODEL_ARTIFACT
-    from crystalvision.track.tracking import configure_mlflow
+    from crystalvision.serve import MODEL_ARTIFACT
+    from crystalvision.track import configure_mlflow
 
     configure_mlflow()
     client = MlflowClient()

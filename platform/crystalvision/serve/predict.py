@@ -33,15 +33,15 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from crystalvision.core.errors import ImageError, ModelError
-from crystalvision.data.dataset import Splits, image_png
-from crystalvision.learn.model import SPEC_FILE, CrystalNet, ModelSpec, load_model, predict_arrays
+from crystalvision.core import ImageError, ModelError
+from crystalvision.data import Splits, image_png
+from crystalvision.learn import SPEC_FILE, CrystalNet, ModelSpec, load_model, predict_arrays
 from crystalvision.serve import predict_input
 from crystalvision.serve.hierarchy import joint_symmetry, structure_symmetry
 from crystalvision.serve.renderproc import Deadline, DeadlineError, HelperError
 
 if TYPE_CHECKING:
-    from crystalvision.data.storage import ObjectStore
+    from crystalvision.data import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +399,7 @@ def predict_files(paths: Sequence[str | Path], model_uri: str, views: int = DEFA
     out = pd.DataFrame([dict.fromkeys(OUTPUT_COLUMNS) for _ in paths], columns=list(OUTPUT_COLUMNS), dtype=object)
     out["error"] = [r.get("error") for r in requests]
     if readable:
-        from crystalvision.track.tracking import configure_mlflow
+        from crystalvision.track import configure_mlflow
 
         configure_mlflow()
         try:
@@ -446,9 +446,8 @@ def model_generalisation(model: Any) -> dict[str, Any]:
 def default_model_uri(config: str | Path | None = None) -> str:
     """The champion of the pipeline ``config`` registers; without one, ``CRYSTALVISION_MODEL`` (default: the
     champion of the quickstart's model name, which ``make run`` registers; no pipeline file needed)."""
-    from crystalvision.core.pipeline_file import load_pipeline
-    from crystalvision.core.settings import get_settings
-    from crystalvision.track.tracking import CHAMPION
+    from crystalvision.core import get_settings, load_pipeline
+    from crystalvision.track import CHAMPION
 
     if config is None:
         return get_settings().tracking.model

@@ -98,7 +98,7 @@ HEAD_ANSWERS = (  # head, label shown, the frame's answer column, its probabilit
 def trust_lines(frame: pd.DataFrame) -> list[str]:
     """Each answer beside the model's measured accuracy / R² on unseen structures (the model card), or one line
     saying the model has none."""
-    from crystalvision.track.card import trust_text, unmeasured_text
+    from crystalvision.track import trust_text, unmeasured_text
 
     generalisation = frame.attrs.get("generalisation") or {}
     if not generalisation.get("heads"):
