@@ -118,3 +118,63 @@ def test_space_table_shows_every_baseline_and_the_imbalance_metrics_a_record_has
     assert "| image model − trees | -0.14 [-0.18, -0.10] |" in text
     assert "| CGCNN 2 x 32 |" in text  # a record without the graph network's size trained the small one
     assert "| CGCNN 3 x 64 |" in st.scope_table(m | {"cgcnn_layers_mean": 3.0, "cgcnn_atom_features_mean": 64.0})
+
+
+SMALL = ["snapshot.name=lmno", "snapshot.max_structures=14", "split.folds=2", "evaluate.graph_size=small",
+         "evaluate.graph_epochs=2", "evaluate.bootstrap_resamples=20", "evaluate.subsets={}"]  # fmt: skip
+
+
+def test_baseline_record_runs_every_baseline_on_the_studys_folds_and_checks_them(tmp_path: Path, monkeypatch) -> None:
+    """``run`` on a small selection: every baseline per grouping, pooled with balanced accuracy and macro-F1, the
+    CGCNN budget per fold; ``--verify`` accepts the record whose folds these are and refuses another; ``table``
+    renders it; ``annotate`` adds the trees to a record after reproducing its majority numbers."""
+    from crystalvision.evaluate import tabular
+
+    family, params = tabular.RECIPES[tabular.RECIPE]
+    monkeypatch.setitem(tabular.RECIPES, tabular.RECIPE, (family, params | {"n_estimators": 10}))  # a smoke test
+    br = script("baseline_record")
+    sets = [a for s in SMALL for a in ("--set", s)]
+    out = tmp_path / "baselines.json"
+    record = br.main(["run", "pipelines/space-grouped.yaml", *sets, "--group-by", "material", "formula",
+                      "--out", str(out)])  # fmt: skip
+    assert json.loads(out.read_text()) == record and set(record["groupings"]) == {"material", "formula"}
+    g = record["groupings"]["material"]
+    m = g["metrics"]
+    for p in ("tabular", "cgcnn", "1nn", "dummy"):
+        assert f"pooled_{p}_balanced_acc_crystal_system" in m and f"pooled_{p}_macro_f1_spacegroup" in m, p
+    assert "pooled_diff_tabular_vs_1nn_balanced_acc_crystal_system_lo" in m and m["pooled_n_structures"] == 14
+    assert all(f["cgcnn_epochs_trained"] <= 2 and f["cgcnn_train_seconds"] > 0 for f in g["folds"])
+    assert (tmp_path / "baselines-oof-formula.csv").is_file() and record["tabular"]["recipe"]
+    # the folds check: the same pooled majority / 1-NN numbers pass, another record's are refused
+    fake = tmp_path / "fake.json"
+    fake.write_text(json.dumps({"pooled": {"metrics": m}}))
+    assert br.verify(g, fake)["same"]
+    fake.write_text(json.dumps({"pooled": {"metrics": m | {"pooled_1nn_acc_crystal_system": 0.123}}}))
+    with pytest.raises(SystemExit, match="the folds differ"):
+        br.verify(g, fake)
+    text = br.tables(record, "baselines.json")
+    assert "| trees (tabular) |" in text and "bal. acc" in text and "CGCNN budget:" in text
+
+    # annotate: a k-fold record with only its majority accuracy gets the trees, after that number is reproduced
+    from crystalvision.core.pipeline_file import load_pipeline, parse_overrides
+    from crystalvision.evaluate.baselines import dummy_predict, seen
+
+    cfg = load_pipeline("pipelines/space-grouped.yaml", parse_overrides(SMALL))
+    _, records, frame = br.structures_frame(cfg)
+    accs = []
+    for f in br.folds_for(cfg, frame, records, "material"):
+        truth = f.test.drop_duplicates("material_id").sort_values("material_id")
+        accs.append((dummy_predict(seen(f), f.test)["crystal_system"].to_numpy()
+                     == truth["crystal_system"].to_numpy()).mean())  # fmt: skip
+    kfold = tmp_path / "kfold.json"
+    kfold.write_text(json.dumps({"metrics": {"baseline_dummy_acc_crystal_system_mean": float(np.mean(accs))}}))
+    kfold.with_suffix(".cmd").write_text(
+        "crystalvision pipeline run pipelines/space-grouped.yaml " + " ".join(f"--set {s}" for s in SMALL) + "\n"
+    )
+    note = br.main(["annotate", str(kfold)])
+    annotated = json.loads(kfold.read_text())
+    assert "baseline_tabular_balanced_acc_crystal_system_mean" in annotated["metrics"] and note["added"] > 10
+    assert "annotate" in kfold.with_suffix(".cmd").read_text()
+    kfold.write_text(json.dumps({"metrics": {"baseline_dummy_acc_crystal_system_mean": 0.0}}))
+    with pytest.raises(SystemExit, match="folds differ"):
+        br.main(["annotate", str(kfold)])
