@@ -13,9 +13,9 @@ Subcommands, from the repository root:
 
 - ``select``: choose the tabular recipe on the folds' validation carve-outs only (fit on each fold's training
   structures; the rule: highest mean over folds of (R² gap + R² e_hull + acc system + acc space group) / 4 on the
-  validation structures); writes ``docs/study/select/tabular.json``.
+  validation structures); writes ``docs/study/records/select-tabular.json``.
 - ``select-graph``: the reference CGCNN's training recipe (early stopping per head or on the summed loss, learning
-  rate), chosen by the same rule on the same validation structures; writes ``docs/study/select/cgcnn.json``.
+  rate), chosen by the same rule on the same validation structures; writes ``docs/study/records/select-cgcnn.json``.
 - ``run``: the record, ``docs/study/records/baselines.json`` (+ each grouping's out-of-fold table beside it).
 - ``pairs``: same-formula structures in different folds that match within tight tolerances (StructureMatcher ltol
   0.05, stol 0.1, 1 degree), with their labels: ``docs/study/records/near-identical-pairs.json``.
@@ -471,13 +471,13 @@ def write_readme(path: Path, text: str, marker: str = "baselines-table") -> None
 def main(argv: list[str] | None = None) -> Any:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    outs = {"run": "records/baselines.json", "select": "select/tabular.json", "select-graph": "select/cgcnn.json",
-            "pairs": "records/near-identical-pairs.json"}  # fmt: skip
+    outs = {"run": "baselines.json", "select": "select-tabular.json", "select-graph": "select-cgcnn.json",
+            "pairs": "near-identical-pairs.json"}  # fmt: skip
     for name, default in outs.items():
         p = sub.add_parser(name)
         p.add_argument("config", type=Path)
         p.add_argument("--set", dest="overrides", action="append", default=[])
-        p.add_argument("--out", type=Path, default=Path("docs/study") / default)
+        p.add_argument("--out", type=Path, default=Path("docs/study/records") / default)
         if name == "run":
             p.add_argument("--group-by", nargs="+", default=["material", "formula"])
             p.add_argument("--verify", type=Path)

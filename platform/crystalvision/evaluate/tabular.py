@@ -15,7 +15,7 @@ Features (:data:`FEATURE_SET`), per structure:
 
 The recipe (:data:`RECIPE`, one of :data:`RECIPES`) was chosen on the validation carve-outs of the bundled
 snapshot's grouped folds, never on a test fold (``docs/study/baseline_record.py --select``, record
-``docs/study/select/tabular.json``), and is pinned here: every record uses the same one.
+``docs/study/records/select-tabular.json``), and is pinned here: every record uses the same one.
 """
 
 from __future__ import annotations
