@@ -106,7 +106,8 @@ def generalisation_from_record(
             continue
         if not BY_NAME[head].is_regression:
             extra = {shown: _entry(pooled, key, head, shown) for key, shown in IMBALANCE.items()}
-            entry["imbalance"] = {k: v for k, v in extra.items() if v is not None}
+            if imbalance := {k: v for k, v in extra.items() if v is not None}:
+                entry["imbalance"] = imbalance  # records made before these metrics have none
         heads[head] = entry
     return {
         "record": path.name,
