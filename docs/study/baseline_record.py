@@ -366,7 +366,7 @@ def annotate(args: argparse.Namespace) -> dict[str, Any]:
         added |= new
     if worst > 1e-9:
         raise SystemExit(f"the folds differ from {args.record}'s: majority / 1-NN differ by up to {worst:.3g}")
-    theirs.update({k: v for k, v in added.items() if not k.startswith("pooled")})
+    theirs.update(added)  # the run's flat metrics hold its pooled ones too
     note = {
         "date": date.today().isoformat(),
         "command": f"python docs/study/baseline_record.py annotate {args.record.as_posix()}",
