@@ -96,3 +96,30 @@ def test_the_default_graph_baseline_is_the_published_cgcnn_and_small_is_opt_in()
     assert net.embed.embedding_dim == 64 and net.mlp[0].out_features == 128
     small = CrystalGraphNet(GraphConfig.sized("small"), {"crystal_system": 7, "spacegroup": 20})
     assert len([m for m in small.modules() if isinstance(m, CGConv)]) == 2 and small.embed.embedding_dim == 32
+
+
+def test_each_head_answers_with_its_own_best_validation_epoch(bundled_snapshot):
+    """Per-head early stopping keeps one state per head (the epoch of that head's lowest validation loss) and
+    predicts each head with it; joint stopping gives every head the same epoch."""
+    from crystalvision.evaluate.graphnet import build_graphs, fit_graph_model, predict_graphs, structure_labels
+
+    ids = sorted(r.material_id for r in bundled_snapshot.records if not r.flags)[:14]
+    df = frame(bundled_snapshot, ids)
+    train, val = df[df.material_id.isin(ids[:10])], df[df.material_id.isin(ids[10:])]
+    records = {r.material_id: r for r in bundled_snapshot.records}
+    cfg = GraphConfig.small(epochs=12, patience=12, lr=5e-3)
+    graphs = build_graphs(records, ids, cfg)
+    n_classes = {"crystal_system": 7, "spacegroup": len(bundled_snapshot.encoders.classes("spacegroup"))}
+    fit = fit_graph_model(train, val, graphs, n_classes, cfg)
+    heads = {"band_gap", "energy_above_hull", "crystal_system", "spacegroup"}
+    assert set(fit.states) == heads and fit.best_epoch == max(fit.best_epochs.values())
+    for head, epoch in fit.best_epochs.items():  # each head's epoch is where its own validation loss was lowest
+        losses = [h[f"val_loss_{head}"] for h in fit.history]
+        assert epoch == int(np.argmin(losses)), head
+    table = structure_labels(val)
+    pred = predict_graphs(fit, table, graphs)
+    fit.model.load_state_dict(fit.states["crystal_system"])
+    alone = predict_graphs(type(fit)(fit.model, fit.mean, fit.std, 0), table, graphs)  # one state for all heads
+    assert np.allclose(pred["crystal_system_proba"], alone["crystal_system_proba"], atol=1e-6)
+    joint = fit_graph_model(train, val, graphs, n_classes, GraphConfig.small(epochs=12, patience=12, stopping="joint"))
+    assert len(set(joint.best_epochs.values())) == 1
