@@ -142,7 +142,8 @@ def render_grouped(summary: dict, source: str) -> str:
     head = (
         f"Record: `{source}` (pipeline `{summary['pipeline']}`, {m['n_folds']:.0f} grouped folds, "
         f"{m['pooled_n_seeds']:.0f} seed(s)). Pooled out-of-fold scores; differences paired over structures with "
-        "95 % bootstrap intervals; band gap and e_hull are surrogate labels (see the data section)."
+        "95 % bootstrap intervals; band gap and e_hull are surrogate labels (see the data section), the band gaps a "
+        "pretrained CGCNN's predictions, which favours CGCNN on that head."
     )
     parts = [head, f"Every structure ({m['pooled_n_structures']:.0f}):", scope_table(m)]
     for name in subsets:
