@@ -178,3 +178,12 @@ def test_baseline_record_runs_every_baseline_on_the_studys_folds_and_checks_them
     kfold.write_text(json.dumps({"metrics": {"baseline_dummy_acc_crystal_system_mean": 0.0}}))
     with pytest.raises(SystemExit, match="folds differ"):
         br.main(["annotate", str(kfold)])
+
+
+def test_baseline_record_tables_from_the_committed_records() -> None:
+    br = script("baseline_record")
+    record = json.loads((RECORDS / "baselines.json").read_text())
+    text = br.tables(record, "docs/study/records/baselines.json")
+    assert "Grouped by **material**" in text and "verified" in text and "Grouped by **formula**" in text
+    pairs = json.loads((RECORDS / "near-identical-pairs.json").read_text())
+    assert pairs["n_pairs"] == len(pairs["pairs"]) >= pairs["n_pairs_different_crystal_system"]

@@ -451,7 +451,8 @@ def tables(record: dict, source: str) -> str:
         f"structures. Trees: {record['tabular']['recipe']} ({record['tabular']['features']}). CGCNN: "
         f"{record['cgcnn']['layers']} convolutions, {record['cgcnn']['atom_features']} atom features, "
         f"{record['cgcnn']['fc_features']} hidden. The band-gap labels are themselves a pretrained CGCNN's "
-        "predictions: a CGCNN re-learns its own family there."
+        "predictions: a CGCNN re-learns its own family there. Balanced accuracy and macro-F1 intervals are "
+        "percentile intervals over resamples, which drop rare classes, so they lean high."
     ]
     for name, g in record["groupings"].items():
         check = " (the study's folds, verified)" if g.get("verified", {}).get("same") else ""
