@@ -1,4 +1,6 @@
-"""Run each test file in its own pytest process (what `make test` and CI do), then print one total line.
+"""Run each test file (``tests/<room>/``, ``tests/system/``) in its own pytest process, then print one total line.
+
+What `make test` and CI do.
 
 Ray clusters, MLflow's process-wide state and library globals of one module cannot leak into the next this way:
 in one long process, a module's leftover Ray session changed what later modules connected to.
@@ -164,6 +166,17 @@ def _groups(files: list[Path]) -> list[list[Path]]:
     return sorted(groups, key=lambda g: -float(known.get(_group_name(g), 60.0)))
 
 
+def test_files() -> list[Path]:
+    """Every test file: ``tests/<room>/`` for a room's own tests, ``tests/system/`` for what spans stages. Names
+    stay unique across folders (the lanes above and durations.json go by file name)."""
+    files = sorted((ROOT / "tests").rglob("test_*.py"))
+    names = [p.name for p in files]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SystemExit(f"test file names must be unique across tests/ folders: {dupes}")
+    return files
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("CRYSTALVISION_TEST_JOBS", "1")))
@@ -171,7 +184,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--one-lane", action="store_true", default=os.environ.get("CRYSTALVISION_TEST_LANES") == "1",
                         help="run the light files in the Ray files' lane, not beside them")  # fmt: skip
     args, pytest_args = parser.parse_known_args(argv)
-    files = sorted((ROOT / "tests").glob("test_*.py"))
+    files = test_files()
     groups = _groups(files)
     totals: dict[str, int] = {}
     results: list[FileResult] = []

@@ -1,7 +1,7 @@
 """The map of the package: its rooms (sub-packages) bottom-up, each with its one-line sign, and the rule between them.
 
 This table is the one source of the layer order: the package's docstring (``help(crystalvision)``), the layer test
-(``tests/test_layers.py``) and the table in ``docs/architecture.md`` (``python docs/gen_layers_table.py``) are made
+(``tests/core/test_layers.py``) and the table in ``docs/architecture.md`` (``python docs/gen_layers_table.py``) are made
 from it; :func:`door` makes each room's lazy door. It imports nothing of the project or beyond the standard library, so
 the generator reads it by its path, with any Python.
 """

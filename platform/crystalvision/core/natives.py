@@ -12,7 +12,7 @@ keep a torch process safe:
 - Commands that load torch import it, and run one MKL call, before Ray, pyarrow, scikit-learn or anything else
   native is loaded (:func:`load_torch_first`, called by :func:`crystalvision.app.commands.run`).
 
-``tests/test_driver_imports.py`` checks both; ``bench/job_submissions.py`` measures N consecutive job submissions.
+``tests/serve/test_driver_imports.py`` checks both; ``bench/job_submissions.py`` measures N consecutive job submissions.
 """
 
 from __future__ import annotations

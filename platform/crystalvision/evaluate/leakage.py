@@ -4,7 +4,7 @@ Under the study's split by image, frames of one structure land on both sides; wh
 continuous rotation, almost every test image has a near-copy in training. This module measures that with SSIM
 (the structural similarity of scikit-image's ``structural_similarity``: 7x7 uniform window, sample covariance,
 K1 = 0.01, K2 = 0.03, border of 3 px cropped) on downsampled renders, vectorised in torch so thousands of images
-take seconds on a CPU; ``tests/test_leakage.py`` checks it against scikit-image itself.
+take seconds on a CPU; ``tests/evaluate/test_leakage.py`` checks it against scikit-image itself.
 
 Scope, the same rule for every protocol (split by image or by structure): each test image is compared with *every*
 training image, whatever its structure; :attr:`Nearest.same_structure` then says whether the nearest one shows the

@@ -1,0 +1,169 @@
+"""A tiny grouped k-fold pipeline run and its learning curve: parent + child runs, each structure tested once,
+pooled out-of-fold metrics with paired bootstrap intervals and mean ± std on the parent, leakage section and graph
+baseline in the reports, no registration; `pipeline validate` prints the resolved split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from crystalvision.app.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "snapshot.max_structures=6",
+    "render.views_per_structure=2",
+    "render.image_size=32",
+    "split.folds=2",
+    "train.backbone=test_efficientnet",
+    "train.epochs=1",
+    "train.max_steps_per_epoch=2",
+    "train.batch_size=4",
+    "evaluate.saliency=false",
+    "evaluate.graph_epochs=2",
+    "evaluate.graph_size=small",
+    "evaluate.subsets={quaternary: {nelements: 4}}",
+    "evaluate.bootstrap_resamples=50",
+]
+
+
+def _json(stdout: str) -> dict:
+    return json.loads(stdout[stdout.index("{") :])
+
+
+@pytest.mark.slow
+def test_grouped_kfold_pipeline_and_its_learning_curve(cv_home: Path, tmp_path: Path) -> None:
+    """`curve` at one size runs the grouped k-fold pipeline twice (1 training structure per fold, then all): the
+    full-size point is the plain grouped k-fold run, checked in full; the record holds both points."""
+    base = ["curve", str(ROOT / "pipelines/paper-grouped.yaml"), "--out", str(tmp_path / "curve")]
+    sets = [a for item in TINY for a in ("--set", item)]
+    # a size above the smallest fold's training set: one error naming both sizes, before any training
+    too_big = CliRunner().invoke(app, [*base, *sets, "--set", "learning_curve.sizes=[1, 50]"])
+    assert too_big.exit_code == 2, too_big.output
+    assert "[50] exceed the smallest fold's training set (2 structures)" in too_big.output
+    assert not (cv_home / "ray_results").exists()
+
+    result = CliRunner().invoke(app, [*base, *sets, "--set", "learning_curve.sizes=[1]"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "curve" / "learning_curve.json").read_text())
+    assert (tmp_path / "curve" / "learning_curve.png").stat().st_size > 10_000
+    assert record["sizes"] == [1, None] and [p["n_train_mean"] for p in record["points"]] == [1.0, 2.0]
+    small, full = record["points"]
+    assert small["run_id"] != full["run_id"]
+    for point in record["points"]:  # the same 6 held-out structures at every size, each scored once
+        assert point["metrics"]["pooled_n_structures"] == 6
+        cell = point["series"]["image model"]["crystal_system"]
+        assert cell["lo"] <= cell["value"] <= cell["hi"]
+        assert point["series"]["majority / mean"]["crystal_system"]["value"] >= 0
+    mlflow.set_tracking_uri(f"sqlite:///{cv_home / 'mlflow.db'}")
+    client = MlflowClient()
+    every_child = client.search_runs([client.get_run(small["run_id"]).info.experiment_id], "tags.kfold = 'child'")
+    assert {r.data.params.get("cfg.split.train_structures") for r in every_child} == {"1", "None"}
+    assert client.search_registered_models() == []  # k-fold is an evaluation protocol: nothing registered
+    _check_grouped_kfold_run(client, full["run_id"], full["metrics"], tmp_path)
+
+
+def _check_grouped_kfold_run(client: MlflowClient, run_id: str, pooled: dict, tmp_path: Path) -> None:
+    """A grouped 2-fold parent run over 6 structures: fold statistics, pooled out-of-fold metrics with paired
+    bootstrap intervals, artifacts, child runs that test each structure once, `evaluate --run-id` on a fold.
+    ``pooled``: the pooled metrics the learning curve recorded for this run."""
+    parent = client.get_run(run_id)
+    assert parent.data.tags["kfold"] == "parent"
+    metrics = parent.data.metrics
+    recorded = {k: v for k, v in pooled.items() if k.startswith("pooled_")}
+    assert {k: metrics[k] for k in recorded} == pytest.approx(recorded, nan_ok=True) and recorded
+    assert metrics["n_folds"] == 2
+    for name in ("test_score", "test_acc_crystal_system", "test_struct_acc_crystal_system", "cgcnn_test_score"):
+        assert {f"{name}_mean", f"{name}_std"} <= set(metrics), name
+    assert metrics["leakage_ssim_median_n"] == 2
+    # pooled out of fold: every structure scored once, for the model and each baseline (CGCNN included)
+    assert metrics["pooled_n_structures"] == 6 and metrics["pooled_n_seeds"] == 1
+    for p in ("model", "dummy", "1nn", "cgcnn"):
+        assert {f"pooled_{p}_acc_crystal_system", f"pooled_{p}_mae_band_gap"} <= set(metrics), p
+    for b in ("dummy", "1nn", "cgcnn"):
+        key = f"pooled_diff_model_vs_{b}_acc_crystal_system"
+        assert metrics[f"{key}_lo"] <= metrics[key] <= metrics[f"{key}_hi"], b
+    assert "pooled_quaternary_n_structures" in metrics and "ceiling_acc_spacegroup_mean" in metrics
+
+    assert {a.path for a in client.list_artifacts(run_id, "evaluation")} >= {
+        "evaluation/folds_report.html",
+        "evaluation/folds.json",
+        "evaluation/oof_predictions.parquet",
+        "evaluation/oof_predictions.csv",
+    }
+    oof = pd.read_parquet(client.download_artifacts(run_id, "evaluation/oof_predictions.parquet", str(tmp_path)))
+    assert oof["material_id"].is_unique and len(oof) == 6 and set(oof["fold"]) == {0, 1}
+    assert {"model__band_gap", "dummy__crystal_system", "1nn__spacegroup", "cgcnn__band_gap"} <= set(oof)
+    text = Path(client.download_artifacts(run_id, "evaluation/folds_report.html", str(tmp_path))).read_text()
+    assert "mean ± std over folds" in text and "±" in text and "CGCNN graph baseline" in text
+    assert "Pooled out of fold" in text and "model − 1nn" in text and "quaternary" in text
+
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    assert sorted(c.data.tags["fold"] for c in children) == ["0", "1"]
+    tested: list[str] = []
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert "val_loss" in child.data.metrics and "cgcnn_test_score" in child.data.metrics
+        assert "leakage_ssim_median" in child.data.metrics
+        dst = tmp_path / child.info.run_id
+        pred = pd.read_csv(client.download_artifacts(child.info.run_id, "evaluation/predictions.csv", str(dst)))
+        tested += sorted(set(pred.loc[pred["split"] == "test", "material_id"]))
+        report = Path(client.download_artifacts(child.info.run_id, "evaluation/report.html", str(dst))).read_text()
+        assert "Leakage: nearest training image" in report and "data:image/png;base64" in report
+        assert "CGCNN graph baseline, per structure" in report and "pretrained CGCNN" in report
+    assert len(tested) == len(set(tested)) == 6  # each structure tested exactly once across folds
+
+    # `evaluate --run-id` on a fold's child run rebuilds that fold's test split, not a plain split.
+    child = children[0]
+    args = ["evaluate", "--run-id", child.info.run_id, "--set", "evaluate.saliency=false", "--set",
+            "evaluate.leakage=false"]  # fmt: skip
+    evaluated = CliRunner().invoke(app, args)
+    assert evaluated.exit_code == 0, evaluated.output
+    assert _json(evaluated.stdout)["split"]["n_images_test"] == int(child.data.params["split.n_images_test"])
+
+
+@pytest.mark.slow
+def test_too_many_folds_is_one_config_error_before_rendering(cv_home: Path) -> None:
+    args = ["pipeline", "run", str(ROOT / "pipelines/paper-grouped.yaml"), "--json"]
+    for item in [*TINY, "split.folds=7"]:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "split.folds = 7" in result.output and "2..6" in result.output
+    assert not (cv_home / "ray_results").exists() and not (cv_home / "store").exists()  # nothing rendered
+
+
+def test_validate_prints_the_resolved_split(cv_home: Path) -> None:
+    result = CliRunner().invoke(app, ["pipeline", "validate", str(ROOT / "pipelines/paper-grouped.yaml")])
+    assert result.exit_code == 0, result.output
+    text = result.stdout[result.stdout.index("resolved split") :]
+    assert text.startswith("resolved split: 5 grouped folds over 62 structures")
+    rows = [line.split() for line in text.splitlines() if line[:4].strip().isdigit()]
+    assert [int(r[0]) for r in rows] == [0, 1, 2, 3, 4]
+    assert sum(int(r[3]) for r in rows) == 62 and all(int(r[1]) + int(r[2]) + int(r[3]) == 62 for r in rows)
+    assert text.count("unseen in training (crystal_system): tetragonal") == 1  # the one tetragonal structure
+    assert "ceiling system" in text and "test per crystal system: " in text
+
+
+def test_each_seed_trains_every_fold_under_its_own_name_config_and_spec() -> None:
+    from crystalvision.app.pipeline import _seeded
+    from crystalvision.core.config import PipelineConfig
+    from crystalvision.data.folds import FoldSplits
+    from crystalvision.learn.model import ModelSpec
+    from crystalvision.learn.prepare import Prepared
+    from crystalvision.learn.train import run_name
+
+    part = pd.DataFrame({"material_id": ["mp-1"], "image_key": ["k1"]})
+    splits = FoldSplits(part, part, part, protocol="grouped", seed=0, fold=1, n_folds=2)
+    spec = ModelSpec(class_names={"crystal_system": ["cubic"], "spacegroup": ["Fm-3m"]})
+    fold = Prepared(PipelineConfig(name="x", train={"seeds": [0, 1, 2]}), None, splits, spec)
+    runs = [_seeded(fold, s) for s in (0, 1, 2)]
+    assert [r.cfg.train.seed for r in runs] == [0, 1, 2] and fold.cfg.train.seed == 0
+    assert len({id(r.spec) for r in runs} | {id(spec)}) == 4  # training scales its own copy of the spec
+    assert len({run_name(r) for r in runs}) == 3  # no seed resumes another seed's checkpoints

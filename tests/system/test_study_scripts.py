@@ -1,0 +1,189 @@
+"""Smoke tests of the study scripts under docs/study: each regenerates its README table from the committed records."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pandas as pd
+import pytest
+
+STUDY = Path(__file__).resolve().parents[2] / "docs" / "study"
+RECORDS = STUDY / "records"
+
+
+def script(name: str) -> ModuleType:
+    """Import ``docs/study/<name>.py`` under a private module name (the script folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"study_{name}", STUDY / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_table_reads_every_record_and_quotes_nothing_unrecorded(tmp_path: Path) -> None:
+    rt = script("results_table")
+    text = rt.table(RECORDS)
+    assert "H200" not in text and "quote" not in text  # every row but the study's citation comes from a record
+    for _, label in rt.PROTOCOLS:
+        assert f"**{label}**" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{rt.START}\nold\n{rt.END}\nafter\n")
+    rt.write_readme(readme, text)
+    assert readme.read_text() == f"before\n{rt.START}\n{text}\n{rt.END}\nafter\n"
+
+
+def test_first_numbers_tables_from_the_record(tmp_path: Path) -> None:
+    fn = script("first_numbers")
+    record = json.loads((RECORDS / "first-numbers.json").read_text())
+    leak, graph = fn.tables(record)
+    assert len(leak.splitlines()) == 2 + len(fn.PROTOCOLS) and "search: prefilter 64" in leak
+    assert "| majority / train mean |" in graph and "CGCNN" in graph
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- leakage-table:start -->\nx\n<!-- leakage-table:end -->\nb\n")
+    fn.write_readme(readme, "leakage-table", leak)
+    assert leak in readme.read_text() and "\nx\n" not in readme.read_text()
+    with pytest.raises(ValueError, match="graph-table:start"):
+        fn.write_readme(readme, "graph-table", graph)
+
+
+def test_first_numbers_measure_searches_all_structures() -> None:
+    """``measure`` on a toy frame: a test image's twin of another structure is its nearest; the prefilter check
+    compares it with the exhaustive search."""
+    import torch
+
+    fn = script("first_numbers")
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.random((6, 1, 16, 16), dtype=np.float32))
+    x[5] = x[0] * 0.99  # test row 5 (structure b) is a near-copy of training row 0 (structure a)
+    df = pd.DataFrame({"row": range(6), "material_id": list("aabbcb"), "crystal_system": list("ccttmt"),
+                       "spacegroup_symbol": list("PPQQRQ")})  # fmt: skip
+    ssim, correct, same, agree = fn.measure(x, df.iloc[:5], df.iloc[5:], candidates=2, check=1)
+    assert ssim[0] > 0.99 and not same[0] and agree.tolist() == [True]
+    assert correct["crystal_system"].tolist() == [False]
+
+
+def test_select_picks_by_validation_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sel = script("select_recipe")
+    runs = sorted((STUDY / "select").glob("*.json"))
+    assert runs
+    for path in runs:
+        shutil.copy(path, tmp_path / path.name)
+        shutil.copy(path.with_suffix(".cmd"), tmp_path / path.with_suffix(".cmd").name)
+    copies = [str(tmp_path / p.name) for p in runs]
+    sel.main(copies)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert sum(line.endswith("| yes |") for line in rows) == 1
+    # a much better test score does not change the pick: the rule reads validation metrics only
+    loser = next(p for p in copies if p not in {c for c, r in zip(copies, rows[1:], strict=True) if "yes" in r})
+    data = json.loads(Path(loser).read_text())
+    data["metrics"] = {k: (0.99 if k.startswith("test") else v) for k, v in data["metrics"].items()}
+    Path(loser).write_text(json.dumps(data))
+    sel.main(copies)
+    again = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r.endswith("| yes |") for r in again] == [r.endswith("| yes |") for r in rows]
+
+
+def test_compare_table_rows_from_kfold_records(tmp_path: Path) -> None:
+    ct = script("compare_table")
+    record = json.loads((RECORDS / "space-grouped.json").read_text())
+    text = ct.table({"a": record, "b": record})
+    m = record["metrics"]
+    assert f"{m['val_acc_crystal_system_mean']:.3f} ± {m['val_acc_crystal_system_std']:.3f}" in text
+    assert f"{m['best_epoch_mean'] + 1:.1f} / {m['epochs_trained_mean']:.1f}" in text  # best epoch counted from 1
+    assert text.count("\n| a |") == 1 and text.count("\n| b |") == 1
+    page = tmp_path / "page.md"
+    page.write_text("x\n<!-- radii-table:start -->\nold\n<!-- radii-table:end -->\ny\n")
+    ct.write_between(page, "radii-table", text)
+    assert page.read_text() == f"x\n<!-- radii-table:start -->\n{text}\n<!-- radii-table:end -->\ny\n"
+    with pytest.raises(SystemExit, match="no <!-- other:start -->"):
+        ct.write_between(page, "other", text)
+
+
+def test_space_table_shows_every_baseline_and_the_imbalance_metrics_a_record_has() -> None:
+    st = script("space_table")
+    record = json.loads((RECORDS / "space-grouped.json").read_text())
+    m = record["metrics"]
+    m |= {"pooled_tabular_acc_crystal_system": 0.61, "pooled_model_balanced_acc_crystal_system": 0.3,
+          "pooled_diff_model_vs_tabular_acc_crystal_system": -0.14,
+          "pooled_diff_model_vs_tabular_acc_crystal_system_lo": -0.18,
+          "pooled_diff_model_vs_tabular_acc_crystal_system_hi": -0.1}  # fmt: skip
+    text = st.scope_table(m)
+    assert "| trees | 0.61 |" in text and "bal. acc system" in text and "macro-F1 space group" in text
+    assert "| image model − trees | -0.14 [-0.18, -0.10] |" in text
+    assert "| CGCNN 2 x 32 |" in text  # a record without the graph network's size trained the small one
+    assert "| CGCNN 3 x 64 |" in st.scope_table(m | {"cgcnn_layers_mean": 3.0, "cgcnn_atom_features_mean": 64.0})
+
+
+SMALL = ["snapshot.name=lmno", "snapshot.max_structures=14", "split.folds=2", "evaluate.graph_size=small",
+         "evaluate.graph_epochs=2", "evaluate.bootstrap_resamples=20", "evaluate.subsets={}"]  # fmt: skip
+
+
+def test_baseline_record_runs_every_baseline_on_the_studys_folds_and_checks_them(tmp_path: Path, monkeypatch) -> None:
+    """``run`` on a small selection: every baseline per grouping, pooled with balanced accuracy and macro-F1, the
+    CGCNN budget per fold; ``--verify`` accepts the record whose folds these are and refuses another; ``table``
+    renders it; ``annotate`` adds the trees to a record after reproducing its majority numbers."""
+    from crystalvision.evaluate import tabular
+
+    family, params = tabular.RECIPES[tabular.RECIPE]
+    monkeypatch.setitem(tabular.RECIPES, tabular.RECIPE, (family, params | {"n_estimators": 10}))  # a smoke test
+    br = script("baseline_record")
+    sets = [a for s in SMALL for a in ("--set", s)]
+    out = tmp_path / "baselines.json"
+    record = br.main(["run", "pipelines/space-grouped.yaml", *sets, "--group-by", "material", "formula",
+                      "--out", str(out)])  # fmt: skip
+    assert json.loads(out.read_text()) == record and set(record["groupings"]) == {"material", "formula"}
+    g = record["groupings"]["material"]
+    m = g["metrics"]
+    for p in ("tabular", "cgcnn", "1nn", "dummy"):
+        assert f"pooled_{p}_balanced_acc_crystal_system" in m and f"pooled_{p}_macro_f1_spacegroup" in m, p
+    assert "pooled_diff_tabular_vs_1nn_balanced_acc_crystal_system_lo" in m and m["pooled_n_structures"] == 14
+    assert all(f["cgcnn_epochs_trained"] <= 2 and f["cgcnn_train_seconds"] > 0 for f in g["folds"])
+    assert (tmp_path / "baselines-oof-formula.csv").is_file() and record["tabular"]["recipe"]
+    # the folds check: the same pooled majority / 1-NN numbers pass, another record's are refused
+    fake = tmp_path / "fake.json"
+    fake.write_text(json.dumps({"pooled": {"metrics": m}}))
+    assert br.verify(g, fake)["same"]
+    fake.write_text(json.dumps({"pooled": {"metrics": m | {"pooled_1nn_acc_crystal_system": 0.123}}}))
+    with pytest.raises(SystemExit, match="the folds differ"):
+        br.verify(g, fake)
+    text = br.tables(record, "baselines.json")
+    assert "| trees (tabular) |" in text and "bal. acc" in text and "CGCNN budget:" in text
+
+    # annotate: a k-fold record with only its majority accuracy gets the trees, after that number is reproduced
+    from crystalvision.core.pipeline_file import load_pipeline, parse_overrides
+    from crystalvision.evaluate.baselines import dummy_predict, seen
+
+    cfg = load_pipeline("pipelines/space-grouped.yaml", parse_overrides(SMALL))
+    _, records, frame = br.structures_frame(cfg)
+    accs = []
+    for f in br.folds_for(cfg, frame, records, "material"):
+        truth = f.test.drop_duplicates("material_id").sort_values("material_id")
+        accs.append((dummy_predict(seen(f), f.test)["crystal_system"].to_numpy()
+                     == truth["crystal_system"].to_numpy()).mean())  # fmt: skip
+    kfold = tmp_path / "kfold.json"
+    kfold.write_text(json.dumps({"metrics": {"baseline_dummy_acc_crystal_system_mean": float(np.mean(accs))}}))
+    kfold.with_suffix(".cmd").write_text(
+        "crystalvision pipeline run pipelines/space-grouped.yaml " + " ".join(f"--set {s}" for s in SMALL) + "\n"
+    )
+    note = br.main(["annotate", str(kfold)])
+    annotated = json.loads(kfold.read_text())
+    assert "baseline_tabular_balanced_acc_crystal_system_mean" in annotated["metrics"] and note["added"] > 10
+    assert "annotate" in kfold.with_suffix(".cmd").read_text()
+    kfold.write_text(json.dumps({"metrics": {"baseline_dummy_acc_crystal_system_mean": 0.0}}))
+    with pytest.raises(SystemExit, match="folds differ"):
+        br.main(["annotate", str(kfold)])
+
+
+def test_baseline_record_tables_from_the_committed_records() -> None:
+    br = script("baseline_record")
+    record = json.loads((RECORDS / "baselines.json").read_text())
+    text = br.tables(record, "docs/study/records/baselines.json")
+    assert "Grouped by **material**" in text and "verified" in text and "Grouped by **formula**" in text
+    pairs = json.loads((RECORDS / "near-identical-pairs.json").read_text())
+    assert pairs["n_pairs"] == len(pairs["pairs"]) >= pairs["n_pairs_different_crystal_system"]
