@@ -67,3 +67,22 @@ def test_the_card_shows_imbalance_metrics_and_the_strongest_baseline(tmp_path) -
     table = "\n".join(card_markdown(g))
     assert "| model [95 %] | majority | 1-NN | trees | CGCNN |" in table
     assert "| crystal_system | balanced accuracy | 0.31 [0.28, 0.34] |" in table and "surrogates" in table
+
+
+def test_the_registered_runs_test_rows_compare_per_structure_with_the_per_structure_baselines() -> None:
+    """The version's "this run's test split" rows: the baselines score each structure once, so the model's cell is
+    its per-structure number (views averaged), never the per-image one beside them; a run with no per-structure
+    numbers shows its per-image ones under a header that says so."""
+    from crystalvision.track.rundocs import headline_table
+
+    m = json.loads((RECORD.parent / "space.json").read_text())["metrics"]
+    table = headline_table(m)
+    assert table[0] == "| head | metric | model, per structure | majority, per structure | 1-NN, per structure |"
+    row = next(r for r in table if r.startswith("| crystal system |"))
+    cells = [m[f"{p}_acc_crystal_system"] for p in ("test_struct", "baseline_dummy", "baseline_1nn")]
+    assert row == "| crystal system | accuracy | " + " | ".join(f"{v:.3f}" for v in cells) + " |"
+    assert f"{m['test_acc_crystal_system']:.3f}" not in row  # the per-image 0.338 of the 2026-12-02 run
+    images = {k: v for k, v in m.items() if not k.startswith("test_struct_")}
+    assert "model, per image" in headline_table(images)[0]
+    assert f"| {images['test_acc_crystal_system']:.3f} |" in "\n".join(headline_table(images))
+    assert headline_table({}) == []

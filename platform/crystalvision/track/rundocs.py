@@ -74,17 +74,34 @@ def log_datasets(
         mlflow.log_input(labels_ds, context="training")
 
 
+def _per_structure(metrics: dict[str, float]) -> bool:
+    return any(k.startswith("test_struct_") for k in metrics)
+
+
 def headline_rows(metrics: dict[str, float]) -> list[str]:
-    """Markdown table rows: head, metric, model, majority baseline, 1-NN baseline."""
+    """Markdown table rows: head, metric, model, majority baseline, 1-NN baseline. The baselines score each test
+    structure once, so the model's column is per structure too (its views averaged, ``test_struct_*``); only a run
+    that scored no structure shows its per-image number, and :func:`headline_table`'s header then says so."""
+    level = "test_struct" if _per_structure(metrics) else "test"
     rows = []
     for label, kind, target in HEADLINE:
-        key = f"test_{kind}_{target}"
+        key = f"{level}_{kind}_{target}"
         if key not in metrics:
             continue
         cells = [metrics.get(k) for k in (key, f"baseline_dummy_{kind}_{target}", f"baseline_1nn_{kind}_{target}")]
         text = ["-" if v is None else f"{float(v):.3f}" for v in cells]
         rows.append(f"| {label} | {'R²' if kind == 'r2' else 'accuracy'} | {' | '.join(text)} |")
     return rows
+
+
+def headline_table(metrics: dict[str, float]) -> list[str]:
+    """The test split's headline rows under a header naming the level of each column (empty without rows)."""
+    rows = headline_rows(metrics)
+    if not rows:
+        return []
+    model = "model, per structure" if _per_structure(metrics) else "model, per image"
+    header = f"| head | metric | {model} | majority, per structure | 1-NN, per structure |"
+    return [header, "|---|---|---|---|---|", *rows]
 
 
 def run_description(cfg: Any, snapshot: Any, split_info: dict[str, Any], metrics: dict[str, float]) -> str:
@@ -105,9 +122,8 @@ def run_description(cfg: Any, snapshot: Any, split_info: dict[str, Any], metrics
             "Split by image, as the study: neighbouring views of one structure sit in train and test, "
             "so these numbers overstate generalisation to new structures.",
         ]
-    rows = headline_rows(metrics)
-    if rows:
-        lines += ["", "| head | metric | model | majority | 1-NN |", "|---|---|---|---|---|", *rows]
+    if table := headline_table(metrics):
+        lines += ["", *table]
     return "\n".join(lines)
 
 
@@ -159,15 +175,14 @@ def describe_model(
             f"Aliases: `champion` serves, `challenger` is the newest; promotion by `{cfg.registry.promote_metric}`."
         ),
     )
-    rows = headline_rows(metrics)
+    table = headline_table(metrics)
     text = [
         f"Trained by pipeline `{cfg.name}` on snapshot `{snapshot.manifest.snapshot_id}`, split "
         f"`{split_info.get('split_protocol', cfg.split.protocol)}`.",
         f"Promotion: {'champion' if decision.get('promoted') else 'challenger'}: {decision.get('reason', '')}",
     ]
-    if rows:
-        header = ["| head | metric | model | majority | 1-NN |", "|---|---|---|---|---|"]
-        text += ["", "This run's test split:", "", *header, *rows]
+    if table:
+        text += ["", "This run's test split:", "", *table]
     text += card_markdown(generalisation)
     client.update_model_version(name, version, description="\n".join(text))
     for key, value in version_tags(cfg, snapshot, split_info).items():
