@@ -92,7 +92,8 @@ class RenderConfig(_Strict):
     radii: Literal["vesta", "shannon"] = Field(
         default="shannon",
         description="Sphere radii: vesta (VESTA's defaults, metallic/covalent: O 0.74, Mn 1.37 Å, as the KAIST study "
-        "drew; the paper pipelines) or shannon (ionic: O 1.26, Mn 0.645 Å; oxygen hides most cations). shannon is "
+        "drew; the paper pipelines) or shannon (Shannon 1976: the crystal radius for O, 1.26 Å, ionic radii for the "
+        "cations, Mn 0.645 Å; oxygen hides most cations). shannon is "
         "the default: on 3 grouped folds of the space it scored higher on validation (crystal system 0.439 ± 0.008 "
         "vs 0.403 ± 0.013; docs/study/records/radii-*.json).",
     )

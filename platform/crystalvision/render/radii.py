@@ -4,8 +4,9 @@
   Li 1.57, Mn 1.37, Ni 1.25 Å), the radii of the KAIST study's space-filling VESTA images. Values from the copy of
   VESTA's element table ``elements.ini`` in the public repository QijingZheng/VaspPoscarMayavi (commit b9cedfe), which
   agrees with VESTA's own ``.vesta`` files on H, C, O, Ti, Mn, Br, Ba and Dy. Elements H to Am.
-- ``shannon``: Shannon (1976) six-coordinate ionic radii for the Li-Mn-Ni-O elements (Li+ 0.76, Mn3+ high spin
-  0.645, Ni2+ 0.69, O2- 1.26 Å); other elements fall back to pymatgen's ``Element.average_ionic_radius``, then to
+- ``shannon``: Shannon (1976) six-coordinate radii for the Li-Mn-Ni-O elements, one table of two kinds: the
+  crystal radius for O (O2- 1.26 Å; its ionic radius is 1.40 Å) and ionic radii for the cations (Li+ 0.76, Mn3+
+  high spin 0.645, Ni2+ 0.69 Å); other elements fall back to pymatgen's ``Element.average_ionic_radius``, then to
   ``Element.atomic_radius``. Oxygen is the largest sphere, so it hides most cations.
 """
 
@@ -18,6 +19,8 @@ from crystalvision.core import RenderError
 
 RadiiSet = Literal["vesta", "shannon"]
 
+# "shannon": the crystal radius for O, ionic radii for the cations (module docstring). This text is code, part of the
+# render-code digest (pixel_code.py): rewording it would make every stored render look stale.
 RADIUS_SOURCES: dict[str, str] = {
     "vesta": "VESTA default radii (elements.ini, QijingZheng/VaspPoscarMayavi): Li 1.57, Mn 1.37, Ni 1.25, O 0.74 Å",
     "shannon": "Shannon (1976) radii: Li 0.76, Mn 0.645, Ni 0.69, O 1.26 Å; else pymatgen average ionic radius",
