@@ -7,14 +7,16 @@ any candidate ran: the highest mean over folds of the validation accuracy of the
 training structures); on a tie, the earlier candidate (the simpler recipe comes first). Validation loss is not
 comparable across recipes with and without label smoothing, so it is not the rule.
 
-Usage: ``python docs/study/select_recipe.py BASE.json CAND.json ... [--sets]``: prints one Markdown row per candidate
-(validation and test numbers, the pick marked); ``--sets`` prints only the winner's ``--set`` options that are
-not about size or the epoch budget, to append to the final run's command.
+Usage: ``python docs/study/select_recipe.py BASE.json CAND.json ... [--sets] [--readme PAGE]``: prints one Markdown
+row per candidate (validation and test numbers, mean ± sample std over folds, the pick marked); ``--readme PAGE``
+also rewrites the table between the page's ``select-table`` markers; ``--sets`` prints only the winner's ``--set``
+options that are not about size or the epoch budget, to append to the final run's command.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -30,14 +32,44 @@ def score(metrics: dict[str, float]) -> float:
 def recipe(summary: Path) -> list[str]:
     """The ``--set key=value`` options of the command beside ``summary`` that define the recipe."""
     cmd = summary.with_suffix(".cmd")
-    words = shlex.split(cmd.read_text()) if cmd.exists() else []
+    words = shlex.split(cmd.read_text(), comments=True) if cmd.exists() else []
     sets = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--set"]
     return [s for s in sets if not s.startswith(BUDGET_KEYS)]
 
 
+def table(rows: list[tuple[float, Path, dict[str, float]]], best: int) -> str:
+    """One Markdown row per candidate: validation (the rule's numbers) and test per structure (reported only)."""
+    lines = [
+        "| recipe | val acc (2 heads, mean over folds) | val acc system | val acc space group | test acc system "
+        "(per structure) | test R² gap (per structure) | picked |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, (s, path, m) in enumerate(rows):
+        name = " ".join(recipe(path)) or "defaults (no augmentation, no smoothing, no TTA)"
+        lines.append(
+            f"| {name} | {s:.3f} | {m['val_acc_crystal_system_mean']:.2f} ± {m['val_acc_crystal_system_std']:.2f} "
+            f"| {m['val_acc_spacegroup_mean']:.2f} ± {m['val_acc_spacegroup_std']:.2f} "
+            f"| {m.get('test_struct_acc_crystal_system_mean', float('nan')):.2f} "
+            f"| {m.get('test_struct_r2_band_gap_mean', float('nan')):.2f} | {'yes' if i == best else ''} |"
+        )
+    return "\n".join(lines)
+
+
+def write_readme(page: Path, text: str, marker: str = "select-table") -> None:
+    """Replace the table between the page's ``<!-- select-table:start -->`` and ``end`` markers."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    body = page.read_text()
+    if start not in body or end not in body:
+        raise SystemExit(f"{page} has no {start} ... {end} markers; add them where the table belongs")
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    page.write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", body))
+
+
 def main(argv: list[str]) -> None:
+    argv = list(argv)
+    page = Path(argv.pop(argv.index("--readme") + 1)) if "--readme" in argv else None
     only_sets = "--sets" in argv
-    paths = [Path(a) for a in argv if a != "--sets"]
+    paths = [Path(a) for a in argv if a not in ("--sets", "--readme")]
     rows = []
     for path in paths:
         metrics = json.loads(path.read_text())["metrics"]
@@ -46,19 +78,10 @@ def main(argv: list[str]) -> None:
     if only_sets:
         print(" ".join(f"--set {s}" for s in recipe(rows[best][1])))
         return
-    print(
-        "| recipe | val acc (2 heads, mean over folds) | val acc system | val acc space group | test acc system "
-        "(per structure) | test R² gap (per structure) | picked |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for i, (s, path, m) in enumerate(rows):
-        name = " ".join(recipe(path)) or "defaults (no augmentation, no smoothing, no TTA)"
-        print(
-            f"| {name} | {s:.3f} | {m['val_acc_crystal_system_mean']:.2f} ± {m['val_acc_crystal_system_std']:.2f} "
-            f"| {m['val_acc_spacegroup_mean']:.2f} ± {m['val_acc_spacegroup_std']:.2f} "
-            f"| {m.get('test_struct_acc_crystal_system_mean', float('nan')):.2f} "
-            f"| {m.get('test_struct_r2_band_gap_mean', float('nan')):.2f} | {'yes' if i == best else ''} |"
-        )
+    text = table(rows, best)
+    if page is not None:
+        write_readme(page, text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """docs/study.md's Li-Mn-Ni-O space rows, regenerated from a learning-curve record or a grouped k-fold run's record.
 
 Reads ``learning_curve.json`` (written by ``crystalvision curve pipelines/space-curve.yaml``; its last point is the
-grouped 5-fold protocol on every training structure) and prints two Markdown tables: the pooled out-of-fold metric
-of every method on every head at each training size, with its 95 % bootstrap interval over structures, and the
-image model against each baseline at full size (paired bootstrap of the difference). ``--readme docs/study.md``
-rewrites them between the page's ``space-table`` markers; ``--figure DST`` copies the curve's figure there.
+grouped 5-fold protocol on every training structure) and prints Markdown tables: the pooled out-of-fold metric
+of every method on every head at each training size, with its 95 % bootstrap interval over structures, then, per
+training size and labelled with it, the image model against each baseline (paired bootstrap of the difference).
+``--readme docs/study.md`` rewrites them between the page's ``space-table`` markers; ``--figure DST`` copies the
+curve's figure there.
 
 A k-fold run's record (the JSON summary ``crystalvision pipeline run pipelines/space-grouped.yaml --json`` prints)
 gives one table per scope (every structure, then each ``evaluate.subsets`` subset): each method's pooled
@@ -62,11 +63,13 @@ def curve_table(record: dict) -> str:
     return "\n".join(lines)
 
 
-def diff_table(record: dict) -> str:
-    """Full size: image model minus each baseline, paired over structures, with the 95 % interval."""
-    metrics = record["points"][-1]["metrics"]
+def diff_table(record: dict, point: dict) -> str:
+    """One training size: image model minus each baseline, paired over structures, with the 95 % interval; the
+    header names the size. Blank when the point has no differences."""
+    metrics = point["metrics"]
     heads = list(record["heads"])
-    lines = ["| image model minus | " + " | ".join(HEAD_TITLES[h] for h in heads) + " |", "|---|" + "---|" * len(heads)]
+    title = f"image model minus ({size_label(point)} training structures per fold)"
+    lines = [f"| {title} | " + " | ".join(HEAD_TITLES[h] for h in heads) + " |", "|---|" + "---|" * len(heads)]
     for label, predictor in BASELINES.items():
         cells = []
         for h in heads:
@@ -78,7 +81,7 @@ def diff_table(record: dict) -> str:
             )
         if any(cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def render(record: dict, source: str) -> str:
@@ -88,7 +91,8 @@ def render(record: dict, source: str) -> str:
         "Values are pooled out-of-fold scores with 95 % bootstrap intervals over structures; band gap and e_hull are "
         "surrogate labels (see the data section)."
     )
-    return f"{head}\n\n{curve_table(record)}\n\n{diff_table(record)}\n"
+    diffs = [t for point in record["points"] if (t := diff_table(record, point))]
+    return "\n\n".join([head, curve_table(record), *diffs]) + "\n"
 
 
 PREDICTORS = {"image model": "model", "trees": "tabular", "CGCNN": "cgcnn", "1-NN": "1nn", "majority / mean": "dummy"}

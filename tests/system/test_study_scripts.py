@@ -187,3 +187,43 @@ def test_baseline_record_tables_from_the_committed_records() -> None:
     assert "Grouped by **material**" in text and "verified" in text and "Grouped by **formula**" in text
     pairs = json.loads((RECORDS / "near-identical-pairs.json").read_text())
     assert pairs["n_pairs"] == len(pairs["pairs"]) >= pairs["n_pairs_different_crystal_system"]
+
+
+def test_sample_std_converts_a_population_std_record_once(tmp_path: Path) -> None:
+    """``sample_std.py``: every ``<name>_std`` of a record that held the population std becomes the sample std of
+    the same per-fold values (a one-fold metric loses its std, as runs write it); a second conversion is refused."""
+    ss = script("sample_std")
+    folds = [0.2, 0.35, 0.5, 0.3, 0.41]
+    record = {"metrics": {"a_mean": float(np.mean(folds)), "a_std": float(np.std(folds)), "a_n": 5.0,
+                          "b_mean": 0.3, "b_std": 0.0, "b_n": 1.0}}  # fmt: skip
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    path.with_suffix(".cmd").write_text("crystalvision pipeline run pipelines/paper-grouped.yaml\n")
+    ss.main([str(path)])
+    converted = json.loads(path.read_text())
+    assert converted["metrics"]["a_std"] == pytest.approx(np.std(folds, ddof=1), rel=1e-12)
+    assert "b_std" not in converted["metrics"] and converted["metrics"]["b_mean"] == 0.3
+    assert ss.CONVENTION in converted["annotations"][-1]["what"]
+    assert "sample_std.py" in path.with_suffix(".cmd").read_text()
+    with pytest.raises(SystemExit, match="already holds the sample std"):
+        ss.main([str(path)])
+
+
+def test_committed_kfold_records_hold_the_sample_std() -> None:
+    """The 62-structure records made before runs wrote the sample std now hold it: the majority crystal system, on
+    the same test folds in both, has the same spread in paper-grouped.json as in first-numbers.json (made with the
+    sample std)."""
+    grouped = json.loads((RECORDS / "paper-grouped.json").read_text())["metrics"]
+    first = json.loads((RECORDS / "first-numbers.json").read_text())["grouped_5fold_baselines"]
+    key = "baseline_dummy_acc_crystal_system"
+    assert grouped[f"{key}_mean"] == pytest.approx(first[f"{key}_mean"])
+    assert grouped[f"{key}_std"] == pytest.approx(first[f"{key}_std"], rel=1e-9)
+
+
+def test_curve_difference_tables_name_their_training_size() -> None:
+    st = script("space_table")
+    record = json.loads((RECORDS / "space-curve" / "learning_curve.json").read_text())
+    text = st.render(record, "learning_curve.json")
+    for point in record["points"]:
+        assert f"| image model minus ({st.size_label(point)} training structures per fold) |" in text
+    assert "| image model minus |" not in text
