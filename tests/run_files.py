@@ -60,6 +60,8 @@ SHARED_PROCESS = (  # start no Ray cluster, server or GL context: safe to share 
     "test_card.py",
     "test_card_recipe.py",
     "test_layers.py",
+    "test_clusters.py",
+    "test_tabular.py",
 )
 SHARED_NAME = "unit files"
 # start no Ray Train run (servers, helper processes, VTK and Ray Data render jobs are fine): the second lane
@@ -81,6 +83,8 @@ LIGHT = (
     "test_bad_input.py",
     "test_render_job.py",
     "test_shards.py",
+    "test_faults.py",  # render actors and storage faults, no training
+    "test_infra.py",
     "test_docs.py",  # mkdocs build and the doc scripts; test_docs_run.py trains (README's `make run`): Ray lane
 )
 COUNTS = re.compile(r"(\d+) (passed|failed|error|errors|skipped|xfailed|xpassed)")
