@@ -183,7 +183,7 @@ def test_paper_pipeline_renders_trajectory_frames_a_step_apart(tmp_path, bundled
 def test_steady_rate_counts_only_while_every_actor_works() -> None:
     import pandas as pd
 
-    from crystalvision.render.job import plan, steady_rate
+    from crystalvision.render.pool import plan, steady_rate
 
     # actor 1 works from t=0 at 100/s; actor 2 starts at t=5 at 100/s; both stop at t=10
     a = np.arange(0, 10, 0.01)

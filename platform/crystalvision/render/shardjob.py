@@ -16,6 +16,7 @@ import pyarrow as pa
 from crystalvision.core import RenderConfig
 from crystalvision.data import ObjectStore, shards
 from crystalvision.render.labels import image_key, labels_frame
+from crystalvision.render.pool import render_rows
 from crystalvision.render.rotations import structure_quaternions
 
 log = logging.getLogger(__name__)
@@ -96,11 +97,11 @@ def render_shards(
     cfg: RenderConfig,
     store: ObjectStore,
     prefix: str,
-    run_ray: Callable[..., Any],
 ) -> ShardRun:
     """Render the shards of ``good`` records that are not done. Shard membership is planned on ``all_ids`` (every
-    selected structure, quarantined ones included) so that it does not move when the quarantine changes.
-    ``run_ray`` is the render job's Ray Data runner (``render.job._run_ray``), given with a ``consume`` callback."""
+    selected structure, quarantined ones included) so that it does not move when the quarantine changes. The rows
+    to render go to the actor pool (:func:`~crystalvision.render.pool.render_rows`) with a ``consume`` that writes
+    each shard as soon as all its images are in."""
     by_id = {r.material_id: r for r in good}
     pending: dict[str, _Pending] = {}
     owner: dict[str, str] = {}
@@ -150,7 +151,7 @@ def render_shards(
                 labels.append(_write(store, part, entries))
         return frame
 
-    out, timings = run_ray(rows, good, cfg, store, prefix, consume=consume)
+    out, timings = render_rows(rows, good, cfg, store, prefix, consume=consume)
     left = [p.key for p in pending.values() if p.received < p.expected]
     if left:  # every row comes back (errors included), so this is a bug, not bad input
         raise RuntimeError(f"render job ended with incomplete shards {left[:3]}")
