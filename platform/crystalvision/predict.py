@@ -3,8 +3,9 @@ or images with a registered model, as ``crystalvision predict`` does (:func:`cry
 
 This module is that function (calling it calls the face), and it stands where the served model's module stood before
 the package had rooms: a model registered then loads with ``from crystalvision.predict import CrystalVisionPyfunc``.
-Those old names still resolve to :mod:`crystalvision.serve.predict`, with a ``FutureWarning``; they are removed in
-0.2.0 (CHANGELOG, Deprecated): register such a model again.
+Those old names still resolve to their homes in :mod:`crystalvision.serve` (:mod:`~crystalvision.serve.predict`, the
+served model; :mod:`~crystalvision.serve.mlflow_model`, its logging; :mod:`~crystalvision.serve.face`, the file side),
+with a ``FutureWarning``; they are removed in 0.2.0 (CHANGELOG, Deprecated): register such a model again.
 """
 
 import inspect as _inspect
@@ -23,12 +24,15 @@ def __getattr__(name: str) -> _Any:
     missing = AttributeError(f"module 'crystalvision.predict' has no attribute {name!r}")
     if name.startswith("__"):  # inspect and pydoc ask for dunders: no need to load the served model's module
         raise missing
-    from crystalvision.serve import predict as moved
+    import importlib
 
-    if not hasattr(moved, name):
+    # the old module's names now live in the served model, its MLflow logging, and the file side of the face
+    homes = (importlib.import_module(f"crystalvision.serve.{m}") for m in ("predict", "mlflow_model", "face"))
+    moved = next((home for home in homes if hasattr(home, name)), None)
+    if moved is None:
         raise missing
     _warnings.warn(
-        f"crystalvision.predict.{name} is crystalvision.serve.predict.{name}; the old name is removed in 0.2.0: "
+        f"crystalvision.predict.{name} is {moved.__name__}.{name}; the old name is removed in 0.2.0: "
         "register the model again with this version (it then imports the new name)",
         FutureWarning,
         stacklevel=2,

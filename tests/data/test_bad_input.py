@@ -144,7 +144,7 @@ def test_predict_files_on_the_corpus_gives_one_error_row_per_bad_file(logged, tm
     import numpy as np
     import pandas as pd
 
-    from crystalvision.serve import predict
+    from crystalvision.serve import face
     from tests.serve.test_predict import GOOD_CIF, _png
 
     uri, *_ = logged
@@ -153,7 +153,7 @@ def test_predict_files_on_the_corpus_gives_one_error_row_per_bad_file(logged, tm
     good_cif.write_text(GOOD_CIF)
     bad = sorted(p for p in BAD.iterdir() if p.suffix in (".cif", ".png"))  # dot_material_id.json: test_mp
     files = [good_png, *bad, good_cif]
-    out = predict.predict_files(files, model_uri=uri, views=2)
+    out = face.predict_files(files, model_uri=uri, views=2)
     assert list(out["file"]) == [str(f) for f in files]
     for row in (out.iloc[0], out.iloc[-1]):
         assert pd.isna(row["error"]) and np.isfinite(row["band_gap"]) and row["crystal_system"], row["error"]

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from crystalvision.core.config import PipelineConfig
 from crystalvision.data.storage import ObjectStore
 from crystalvision.promote import gate, registry
-from crystalvision.serve.predict import log_model
+from crystalvision.serve.mlflow_model import log_model
 from tests.support.tiny import tiny_model_dir, toy_splits, use_test_tracking
 
 SPLIT = {"snapshot_sha256": "abc1", "cfg.split.protocol": "grouped", "cfg.split.seed": "0", "cfg.render.image_size": 32}

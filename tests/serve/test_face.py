@@ -17,7 +17,7 @@ from PIL import Image
 
 import crystalvision
 from crystalvision.core import ModelError
-from crystalvision.serve import face, predict
+from crystalvision.serve import face, mlflow_model, predict
 from tests.support.tiny import SIZE, tiny_model_dir, toy_splits, use_test_tracking
 
 CIF = Path(__file__).parents[2] / "platform/crystalvision/data/snapshots/lmno/cif/mp-25284.cif"
@@ -33,8 +33,8 @@ def registered(cv_home, tmp_path):
     use_test_tracking()
     store = ObjectStore(str(tmp_path / "store"))
     with mlflow.start_run() as run:
-        predict.log_model(tiny_model_dir(tmp_path / "model"), toy_splits(store), store)
-    version = mlflow.register_model(f"runs:/{run.info.run_id}/{predict.MODEL_ARTIFACT}", NAME).version
+        mlflow_model.log_model(tiny_model_dir(tmp_path / "model"), toy_splits(store), store)
+    version = mlflow.register_model(f"runs:/{run.info.run_id}/{mlflow_model.MODEL_ARTIFACT}", NAME).version
     MlflowClient().set_registered_model_alias(NAME, "champion", version)
     yield f"models:/{NAME}@champion"
     renderproc.shutdown()
@@ -49,7 +49,7 @@ def _png(pixels: np.ndarray) -> bytes:
 def test_a_registered_name_predicts_a_cif_as_the_command_line_does(registered) -> None:
     model = crystalvision.load_model(NAME)  # the name means its champion
     frame = crystalvision.predict(str(CIF), model, views=2)
-    cli = predict.predict_files([CIF], registered, views=2)
+    cli = face.predict_files([CIF], registered, views=2)
     assert list(frame.columns) == ["file", *predict.OUTPUT_COLUMNS]
     pd.testing.assert_frame_equal(frame, cli)
     assert frame.attrs == cli.attrs and "generalisation" in frame.attrs
@@ -101,6 +101,6 @@ def test_an_unknown_model_is_one_error_naming_it_and_the_fix(cv_home) -> None:
     with pytest.raises(ModelError, match=r"^cannot load model models:/no-such-model@champion \(.*train and register"):
         crystalvision.load_model("no-such-model")
     assert face.model_uri("runs:/abc/model") == "runs:/abc/model"
-    assert face.model_uri(None) == predict.default_model_uri()
+    assert face.model_uri(None) == face.default_model_uri()
     frame = crystalvision.predict([42], "no-such-model")  # nothing to predict: the model is not even loaded
     assert frame.loc[0, "error"].startswith("input 0: a int is not a prediction input") and not frame.attrs

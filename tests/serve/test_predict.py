@@ -26,7 +26,7 @@ from crystalvision.core.errors import CrystalVisionError
 from crystalvision.data.dataset import load_images
 from crystalvision.data.storage import ObjectStore
 from crystalvision.learn.model import load_model, predict_arrays, spec_for
-from crystalvision.serve import predict, predict_input
+from crystalvision.serve import face, mlflow_model, predict, predict_input
 from crystalvision.serve.hierarchy import joint_symmetry, system_of
 from tests.support.tiny import SIZE, tiny_model_dir, toy_splits, use_test_tracking
 
@@ -52,7 +52,7 @@ def logged(cv_home, tmp_path):
     model_dir = tiny_model_dir(tmp_path / "model")
     use_test_tracking()
     with mlflow.start_run() as run:
-        uri = predict.log_model(model_dir, splits, store)
+        uri = mlflow_model.log_model(model_dir, splits, store)
     return uri, run.info.run_id, model_dir, splits, store
 
 
@@ -123,7 +123,7 @@ def test_predict_files_and_cli(logged, tmp_path) -> None:
     other = tmp_path / "notes.txt"
     other.write_text("hi")
     files = [good, corrupt, bad_cif, other, tmp_path / "missing.png"]
-    out = predict.predict_files(files, model_uri=uri, views=2)
+    out = face.predict_files(files, model_uri=uri, views=2)
     assert list(out["file"]) == [str(f) for f in files]
     assert pd.isna(out.loc[0, "error"]) and np.isfinite(out.loc[0, "band_gap"])
     assert out["error"][1:].notna().all()
@@ -174,7 +174,7 @@ def test_a_model_logged_before_the_sub_packages_still_loads(cv_home, tmp_path) -
     use_test_tracking()
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(
-            name=predict.MODEL_ARTIFACT,
+            name=mlflow_model.MODEL_ARTIFACT,
             python_model=str(code),
             artifacts={predict.MODEL_DIR_ARTIFACT: str(tiny_model_dir(tmp_path / "model"))},
         )
@@ -185,6 +185,8 @@ def test_a_model_logged_before_the_sub_packages_still_loads(cv_home, tmp_path) -
     import crystalvision
 
     assert crystalvision.predict is sys.modules["crystalvision.predict"]  # the old module name is imported now
+    with pytest.warns(FutureWarning, match=r"^crystalvision\.predict\.log_model is crystalvision\.serve\.mlflow_"):
+        assert crystalvision.predict.log_model is mlflow_model.log_model  # the old module's names, where they live
     face = crystalvision.predict({"grey": _png(SIZE)}, model)
     assert face.loc[0, "file"] == "grey" and face.loc[0, "band_gap"] == out.loc[0, "band_gap"]
 
@@ -194,12 +196,12 @@ def test_cli_predict_defaults_to_the_model_the_quickstart_registers(cv_home, tmp
     from crystalvision.core.settings import get_settings
 
     name = yaml.safe_load(QUICKSTART.read_text())["registry"]["model_name"]
-    assert predict.default_model_uri(QUICKSTART) == f"models:/{name}@champion"
+    assert face.default_model_uri(QUICKSTART) == f"models:/{name}@champion"
     monkeypatch.chdir(tmp_path)  # no pipelines/ here
-    assert predict.default_model_uri() == f"models:/{name}@champion"
+    assert face.default_model_uri() == f"models:/{name}@champion"
     monkeypatch.setenv("CRYSTALVISION_MODEL", "models:/lmno-space-efficientnet-b0@champion")
     get_settings.cache_clear()
-    assert predict.default_model_uri() == "models:/lmno-space-efficientnet-b0@champion"
+    assert face.default_model_uri() == "models:/lmno-space-efficientnet-b0@champion"
 
 
 def test_joint_symmetry_is_consistent_and_flags_heads_that_disagree() -> None:
@@ -312,11 +314,11 @@ def test_predict_files_refuses_oversized_and_mislabelled_files(logged, tmp_path)
     big = tmp_path / "big.cif"
     with big.open("wb") as f:
         f.truncate(20_000_001)  # sparse: never read into memory
-    out = predict.predict_files([tiff, big], model_uri=uri, views=1)
+    out = face.predict_files([tiff, big], model_uri=uri, views=1)
     assert "the image is TIFF, not PNG or JPEG" in out.loc[0, "error"]
     assert "20000001 bytes, more than the 20000000 byte limit" in out.loc[1, "error"]
     with pytest.raises(CrystalVisionError, match="views must be a whole number from 1 to 64"):
-        predict.predict_files([tiff], model_uri=uri, views=65)
+        face.predict_files([tiff], model_uri=uri, views=65)
 
 
 def test_a_row_that_breaks_the_model_fails_alone(tmp_path, monkeypatch) -> None:
@@ -430,7 +432,7 @@ def test_predict_prints_the_model_cards_measured_metrics_beside_each_answer(cv_h
             spec["generalisation"] = generalisation_from_record(record, None)
             (model_dir / "model.json").write_text(json.dumps(spec))
         with mlflow.start_run():
-            uris[name] = predict.log_model(model_dir, splits, store)
+            uris[name] = mlflow_model.log_model(model_dir, splits, store)
     good = tmp_path / "good.png"
     good.write_bytes(_png(SIZE))
 

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from crystalvision.core.errors import RenderError
 from crystalvision.data.storage import ObjectStore
-from crystalvision.serve.predict import MODEL_ARTIFACT, log_model
+from crystalvision.serve.mlflow_model import MODEL_ARTIFACT, log_model
 from tests.support.tiny import tiny_model_dir, toy_splits, use_test_tracking
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -28,7 +28,7 @@ from PIL import Image
 from crystalvision.core.config import PipelineConfig
 from crystalvision.data.storage import ObjectStore
 from crystalvision.promote.registry import register_and_promote
-from crystalvision.serve.predict import log_model
+from crystalvision.serve.mlflow_model import log_model
 from tests.serve.test_predict import GOOD_CIF, SYMMETRY_BOMB, decompression_bomb_png
 from tests.support.procs import free_port, stop_group
 from tests.support.tiny import tiny_model_dir, toy_splits, use_test_tracking

@@ -1,5 +1,5 @@
-"""The Python face: ``crystalvision.load_model`` and ``crystalvision.predict``, what ``crystalvision predict`` does,
-on files and on objects.
+"""Predictions for people: the Python face (``crystalvision.load_model`` and ``crystalvision.predict``) and the command
+line's ``crystalvision predict`` (:func:`predict_files`), one road for files and objects.
 
     import crystalvision
 
@@ -12,7 +12,8 @@ path, or a name for an object) and the model's output columns (``crystalvision.s
 ``warnings`` (a JSON list per row: out-of-domain input, heads that disagree) and ``error`` (one message per bad input;
 the others are still predicted); ``frame.attrs["generalisation"]`` holds the model card's measured out-of-fold
 metrics ({} when it has none). ``crystalvision.serve.print_predictions(frame)`` prints it as the command line does.
-Nothing heavy is imported until a function runs.
+:func:`predict_files` is the command line's side: the same frame for files, ``file`` being each path. Nothing heavy is
+imported until a function runs.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ if TYPE_CHECKING:
     from mlflow.pyfunc import PyFuncModel
 
 DEFAULT_VIEWS = 8  # = crystalvision.serve.predict.DEFAULT_VIEWS (not imported here: it loads torch)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+CIF_SUFFIXES = {".cif"}
 INPUTS = "a CIF or image path, CIF text, a pymatgen Structure or an image (RGB array, PIL image, PNG or JPEG bytes)"
 
 
 def model_uri(uri_or_name: str | Path | None = None) -> str:
     """The MLflow URI of ``uri_or_name``: a registered model's name means its champion; a URI (``models:/...``,
     ``runs:/...``) or a model folder stays as it is; None is the command line's default (``CRYSTALVISION_MODEL``)."""
-    from crystalvision.serve import default_model_uri
     from crystalvision.track import CHAMPION
 
     if uri_or_name is None:
@@ -79,7 +81,8 @@ def predict_requests(
     model's request bounds; the model is loaded only when some row can be predicted."""
     import pandas as pd
 
-    from crystalvision.serve.predict import OUTPUT_COLUMNS, _request_chunks, model_generalisation
+    from crystalvision.serve.predict import OUTPUT_COLUMNS
+    from crystalvision.serve.predict_input import request_chunks
 
     out = pd.DataFrame([dict.fromkeys(OUTPUT_COLUMNS) for _ in names], columns=list(OUTPUT_COLUMNS), dtype=object)
     out["error"] = [r.get("error") for r in requests]
@@ -87,13 +90,63 @@ def predict_requests(
     if readable:
         model = model if hasattr(model, "predict") else load_model(model)
         out.attrs["generalisation"] = model_generalisation(model)
-        for chunk in _request_chunks(readable, views):
+        for chunk in request_chunks(readable, views):
             rows = [{"image": None, "cif": None, **r, "views": float(views), "name": names[i]} for i, r in chunk]
             pred = model.predict(pd.DataFrame(rows))
             for (i, _), (_, row) in zip(chunk, pred.iterrows(), strict=True):
                 out.loc[i, list(OUTPUT_COLUMNS)] = [row.get(c) for c in OUTPUT_COLUMNS]  # older models: fewer
     out.insert(0, "file", list(names))
     return out
+
+
+def predict_files(paths: Sequence[str | Path], model_uri: str, views: int = DEFAULT_VIEWS) -> pd.DataFrame:
+    """The command line's predictions: CIF and image files with a logged or registered model; one row per file,
+    ``file`` its path, a bad file gets ``error``."""
+    from crystalvision.serve import predict_input
+
+    views = predict_input.check_views(views, DEFAULT_VIEWS, "--views")
+    paths = [Path(p) for p in paths]
+    return predict_requests(model_uri, [str(p) for p in paths], [file_request(p) for p in paths], views)
+
+
+def file_request(path: Path) -> dict[str, Any]:
+    """A request row for one file, or {'error': ...} when it cannot be read or has an unknown type."""
+    from crystalvision.serve import predict_input
+
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES | CIF_SUFFIXES:
+        return {"error": f"{path}: unknown file type '{suffix}'; pass .cif, .png or .jpg files"}
+    limit = predict_input.MAX_CIF_BYTES if suffix in CIF_SUFFIXES else predict_input.MAX_IMAGE_BYTES
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            return {"error": f"{path}: {size} bytes, more than the {limit} byte limit for a {suffix} file"}
+        data = path.read_bytes()
+    except OSError as exc:
+        return {"error": f"{path}: cannot read the file ({exc.strerror or exc})"}
+    if suffix in CIF_SUFFIXES:
+        return {"cif": data.decode("utf-8", errors="replace")}
+    return {"image": base64.b64encode(data).decode()}
+
+
+def model_generalisation(model: Any) -> dict[str, Any]:
+    """The card's measured out-of-fold metrics of a loaded pyfunc ({} when it has none or is not ours)."""
+    try:
+        spec = model.unwrap_python_model().model.spec
+    except Exception:  # another flavour, or a model saved before model cards: nothing measured to show
+        return {}
+    return dict(getattr(spec, "generalisation", None) or {})
+
+
+def default_model_uri(config: str | Path | None = None) -> str:
+    """The champion of the pipeline ``config`` registers; without one, ``CRYSTALVISION_MODEL`` (default: the
+    champion of the quickstart's model name, which ``make run`` registers; no pipeline file needed)."""
+    from crystalvision.core import get_settings, load_pipeline
+    from crystalvision.track import CHAMPION
+
+    if config is None:
+        return get_settings().tracking.model
+    return f"models:/{load_pipeline(Path(config)).registry.model_name}@{CHAMPION}"
 
 
 def _loaded(module: str, name: str) -> type | None:
@@ -132,10 +185,8 @@ def _name(value: Any, i: int) -> str:
 
 def _request(name: str, value: Any) -> dict[str, Any]:
     """The request row of one input, or ``{"error": ...}`` naming it and the fix."""
-    from crystalvision.serve.predict import _file_row
-
     if isinstance(value, Path) or (isinstance(value, str) and "\n" not in value):
-        return _file_row(Path(value))  # the command line's own reading: type by suffix, size limits
+        return file_request(Path(value))  # the command line's own reading: type by suffix, size limits
     if isinstance(value, str):
         return {"cif": value}
     if isinstance(value, bytes):

@@ -14,40 +14,34 @@ out-of-domain input, heads that disagree) and ``error`` (None, or one clear mess
 are still predicted). Columns have object dtype so a bad row's values are None (JSON null). A render helper that
 fails (dies, hangs, or rendering raises) is that row's error over REST; from Python (``model.predict``, the CLI) it
 raises one error naming the row.
+
+This module is the served model (:class:`CrystalVisionPyfunc`, the class ``pyfunc_code.py`` builds, so logged models
+import it from here); :mod:`crystalvision.serve.mlflow_model` logs it into a run, and
+:mod:`crystalvision.serve.face` predicts files and objects with a logged model for people.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
 
 from crystalvision.core import ImageError, ModelError
-from crystalvision.data import Splits, image_png
-from crystalvision.learn import SPEC_FILE, CrystalNet, ModelSpec, load_model, predict_arrays
+from crystalvision.learn import CrystalNet, ModelSpec, load_model, predict_arrays
 from crystalvision.serve import predict_input
 from crystalvision.serve.hierarchy import joint_symmetry, structure_symmetry
 from crystalvision.serve.renderproc import Deadline, DeadlineError, HelperError
 
-if TYPE_CHECKING:
-    from crystalvision.data import ObjectStore
-
 log = logging.getLogger(__name__)
 
-MODEL_ARTIFACT = "model"  # pyfunc name/artifact path in a run (registry registers runs:/<id>/model)
-MODEL_DIR_ARTIFACT = "model_dir"  # the raw model folder (weights.pt + model.json) in a run
-MODEL_CODE = Path(__file__).with_name("pyfunc_code.py")  # the pyfunc, logged as code (models-from-code)
+MODEL_DIR_ARTIFACT = "model_dir"  # the model folder (weights.pt + model.json): the pyfunc's artifact, also in the run
 DEFAULT_VIEWS = 8
 PREDICT_VIEW_KEY = "predict"
 FLOAT_COLUMNS = ("band_gap", "energy_above_hull", "crystal_system_probability", "spacegroup_probability")
@@ -66,27 +60,6 @@ OUTPUT_COLUMNS = (
     "warnings",
     "error",
 )
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-CIF_SUFFIXES = {".cif"}
-# what the logged model imports (crystalvision itself travels as code_paths): `mlflow models serve` installs these
-SERVING_PACKAGES = (
-    "mlflow", "torch", "torchvision", "timm", "numpy", "pandas", "pillow", "pymatgen", "spglib", "scipy",
-    "scikit-learn", "vtk", "pyvista", "pyarrow", "pydantic", "pydantic-settings", "pyyaml",
-)  # fmt: skip
-
-INPUT_SCHEMA = Schema(
-    [
-        ColSpec("string", "image", required=False),
-        ColSpec("string", "cif", required=False),
-        ColSpec("double", "views", required=False),  # double: integers with missing values arrive as floats
-        ColSpec("string", "name", required=False),
-    ]
-)
-OUTPUT_SCHEMA = Schema(
-    [ColSpec("double" if c in FLOAT_COLUMNS else "string", c, required=False) for c in OUTPUT_COLUMNS]
-)
-SIGNATURE = ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA)
-
 # (structure, render_config dict, number of views) -> uint8 (views, H, W, 3)
 ViewRenderer = Callable[[Any, dict, int], np.ndarray]
 # (CIF text, row name, atom limit, render_config dict, number of views, request deadline) -> (structure, uint8
@@ -216,7 +189,7 @@ def predict_frame(
     rows = [row for _, row in frame.iterrows()]
     names = [str(_cell(row, "name") or f"row {i}") for i, row in enumerate(rows)]
     rows_error, views_error = predict_input.request_refusal(
-        len(rows), _cif_views(rows, default_views), sum(_text_bytes(row) for row in rows)
+        len(rows), _cif_views(rows, default_views), sum(predict_input.text_bytes(row) for row in rows)
     )
     items = []
     for row, name in zip(rows, names, strict=True):
@@ -245,12 +218,6 @@ def predict_frame(
             rows.append(dict.fromkeys(OUTPUT_COLUMNS) | {"error": it.error or f"{name}: {type(exc).__name__}: {exc}"})
     # object dtype keeps None (not NaN) for missing values, so the REST answer is valid JSON with nulls
     return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS), dtype=object)
-
-
-def _text_bytes(row: pd.Series | dict) -> int:
-    """Bytes of a row's CIF and image text (the request's byte cap adds them up)."""
-    cells = (row.get(column) for column in ("cif", "image"))
-    return sum(len(c.encode("utf-8", errors="replace")) for c in cells if isinstance(c, str))
 
 
 def _cif_views(rows: list[pd.Series], default_views: int) -> list[int]:
@@ -325,130 +292,3 @@ class CrystalVisionPyfunc(mlflow.pyfunc.PythonModel):
             model_input = pd.DataFrame(model_input)
         serving = os.environ.get(SERVING_ENV, "").lower() == "true"
         return predict_frame(self.model, model_input, raise_failed=not serving)
-
-
-def pip_requirements() -> list[str]:
-    """Pinned requirements of everything the logged model imports (the package itself travels as code)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    reqs = []
-    for pkg in SERVING_PACKAGES:
-        try:
-            reqs.append(f"{pkg}=={version(pkg).split('+')[0]}")  # no local label (+cu130, +cpu): PyPI has none
-        except PackageNotFoundError:
-            reqs.append(pkg)
-    return reqs
-
-
-def _input_example(splits: Splits, store: ObjectStore) -> pd.DataFrame | None:
-    """One test image as a base64 PNG request row (None when the test split is empty)."""
-    source = splits.test if len(splits.test) else splits.val
-    if not len(source):
-        return None
-    key = str(source["image_key"].iloc[0])
-    return pd.DataFrame({"image": [base64.b64encode(image_png(store, key)).decode()]})
-
-
-def log_model(model_dir: str | Path, splits: Splits, store: ObjectStore) -> str:
-    """Log the pyfunc (artifact path ``model``) and the raw folder (``model_dir/``) into the active run.
-
-    The pyfunc is logged from code (``pyfunc_code.py``, MLflow models-from-code) with the ``crystalvision`` package
-    as ``code_paths``: loading it runs that code, it never unpickles an object from storage.
-    """
-    model_dir = Path(model_dir)
-    if not (model_dir / SPEC_FILE).is_file():
-        raise ModelError(f"{model_dir} is not a crystalvision model folder ({SPEC_FILE} missing)")
-    info = mlflow.pyfunc.log_model(
-        name=MODEL_ARTIFACT,
-        python_model=str(MODEL_CODE),
-        code_paths=[str(MODEL_CODE.parents[1])],  # the whole crystalvision package (this file is serve/predict.py)
-        artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
-        signature=SIGNATURE,
-        input_example=_input_example(splits, store),
-        pip_requirements=pip_requirements(),
-    )
-    mlflow.log_artifacts(str(model_dir), artifact_path=MODEL_DIR_ARTIFACT)
-    log.info("logged pyfunc model %s", info.model_uri)
-    return info.model_uri
-
-
-def _file_row(path: Path) -> dict[str, Any]:
-    """A request row for one file, or {'error': ...} when it cannot be read or has an unknown type."""
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES | CIF_SUFFIXES:
-        return {"error": f"{path}: unknown file type '{suffix}'; pass .cif, .png or .jpg files"}
-    limit = predict_input.MAX_CIF_BYTES if suffix in CIF_SUFFIXES else predict_input.MAX_IMAGE_BYTES
-    try:
-        size = path.stat().st_size
-        if size > limit:
-            return {"error": f"{path}: {size} bytes, more than the {limit} byte limit for a {suffix} file"}
-        data = path.read_bytes()
-    except OSError as exc:
-        return {"error": f"{path}: cannot read the file ({exc.strerror or exc})"}
-    if suffix in CIF_SUFFIXES:
-        return {"cif": data.decode("utf-8", errors="replace")}
-    return {"image": base64.b64encode(data).decode()}
-
-
-def predict_files(paths: Sequence[str | Path], model_uri: str, views: int = DEFAULT_VIEWS) -> pd.DataFrame:
-    """Predict CIF and image files with a logged/registered pyfunc; one row per file, bad files get ``error``."""
-    views = predict_input.check_views(views, DEFAULT_VIEWS, "--views")
-    paths = [Path(p) for p in paths]
-    requests = [_file_row(p) for p in paths]
-    readable = [(i, r) for i, r in enumerate(requests) if "error" not in r]
-    out = pd.DataFrame([dict.fromkeys(OUTPUT_COLUMNS) for _ in paths], columns=list(OUTPUT_COLUMNS), dtype=object)
-    out["error"] = [r.get("error") for r in requests]
-    if readable:
-        from crystalvision.track import configure_mlflow
-
-        configure_mlflow()
-        try:
-            model = mlflow.pyfunc.load_model(model_uri)
-        except Exception as exc:  # MLflow raises MlflowException, OSError... for unknown models
-            raise ModelError(f"cannot load model {model_uri} ({exc}); train and register one first") from exc
-        out.attrs["generalisation"] = model_generalisation(model)
-        for chunk in _request_chunks(readable, views):
-            frame = pd.DataFrame(
-                [{"image": None, "cif": None, **r, "views": float(views), "name": str(paths[i])} for i, r in chunk]
-            )
-            pred = model.predict(frame)
-            for (i, _), (_, row) in zip(chunk, pred.iterrows(), strict=True):
-                out.loc[i, list(OUTPUT_COLUMNS)] = [row.get(c) for c in OUTPUT_COLUMNS]  # older models: fewer
-    out.insert(0, "file", [str(p) for p in paths])
-    return out
-
-
-def _request_chunks(readable: list[tuple[int, dict]], views: int) -> list[list[tuple[int, dict]]]:
-    """Requests within the server's bounds: at most MAX_ROWS rows, MAX_TOTAL_VIEWS views and MAX_REQUEST_BYTES each
-    (a single file is within the byte cap: its own limit is lower)."""
-    step = max(1, min(predict_input.MAX_ROWS, predict_input.MAX_TOTAL_VIEWS // views))
-    chunks: list[list[tuple[int, dict]]] = []
-    size = 0
-    for item in readable:
-        grow = _text_bytes(item[1])
-        if not chunks or len(chunks[-1]) >= step or size + grow > predict_input.MAX_REQUEST_BYTES:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(item)
-        size += grow
-    return chunks
-
-
-def model_generalisation(model: Any) -> dict[str, Any]:
-    """The card's measured out-of-fold metrics of a loaded pyfunc ({} when it has none or is not ours)."""
-    try:
-        spec = model.unwrap_python_model().model.spec
-    except Exception:  # another flavour, or a model saved before model cards: nothing measured to show
-        return {}
-    return dict(getattr(spec, "generalisation", None) or {})
-
-
-def default_model_uri(config: str | Path | None = None) -> str:
-    """The champion of the pipeline ``config`` registers; without one, ``CRYSTALVISION_MODEL`` (default: the
-    champion of the quickstart's model name, which ``make run`` registers; no pipeline file needed)."""
-    from crystalvision.core import get_settings, load_pipeline
-    from crystalvision.track import CHAMPION
-
-    if config is None:
-        return get_settings().tracking.model
-    return f"models:/{load_pipeline(Path(config)).registry.model_name}@{CHAMPION}"

@@ -15,6 +15,7 @@ import base64
 import binascii
 import io
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -119,6 +120,28 @@ def request_refusal(rows: int, cif_views: list[int], size: int = 0) -> tuple[str
             f"{MAX_TOTAL_VIEWS}; send fewer CIF rows or fewer views per row"
         )
     return rows_error, views_error
+
+
+def text_bytes(row: Mapping[str, Any]) -> int:
+    """Bytes of a row's CIF and image text (the request's byte cap adds them up)."""
+    cells = (row.get(column) for column in ("cif", "image"))
+    return sum(len(c.encode("utf-8", errors="replace")) for c in cells if isinstance(c, str))
+
+
+def request_chunks(readable: list[tuple[int, dict]], views: int) -> list[list[tuple[int, dict]]]:
+    """(index, row) pairs cut into requests within a server's bounds: at most MAX_ROWS rows, MAX_TOTAL_VIEWS views
+    and MAX_REQUEST_BYTES each (a single file is within the byte cap: its own limit is lower)."""
+    step = max(1, min(MAX_ROWS, MAX_TOTAL_VIEWS // views))
+    chunks: list[list[tuple[int, dict]]] = []
+    size = 0
+    for item in readable:
+        grow = text_bytes(item[1])
+        if not chunks or len(chunks[-1]) >= step or size + grow > MAX_REQUEST_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += grow
+    return chunks
 
 
 def decode_image(text: str, name: str) -> np.ndarray:

@@ -140,7 +140,7 @@ def symmetry_lines(frame: pd.DataFrame) -> list[str]:
 
 
 def print_predictions(frame: pd.DataFrame, output: str = "table", console: Console | None = None) -> None:
-    """Print ``frame`` (from :func:`crystalvision.serve.predict.predict_files`) as a table or as JSON on stdout."""
+    """Print ``frame`` (from :func:`crystalvision.serve.face.predict_files`) as a table or as JSON on stdout."""
     if console is None:
         console = Console()
         if not console.is_terminal:  # CI logs, pipes: no folding at the 80-column default
