@@ -139,7 +139,7 @@ def _write_dataset(store, size: int, n: int):
 def ray_train(size: int, steps: int, workers: int, splits, store, gpu: bool = False) -> float:
     """Global train images/s reported by a Ray Train run (2 epochs; the best epoch counts)."""
     from crystalvision.core.config import PipelineConfig
-    from crystalvision.learn.prepare import Prepared
+    from crystalvision.learn import Prepared
     from crystalvision.learn.train import train_model
 
     cfg = PipelineConfig.model_validate(

@@ -60,6 +60,7 @@ SHARED_PROCESS = (  # start no Ray cluster, server or GL context: safe to share 
     "test_card.py",
     "test_card_recipe.py",
     "test_layers.py",
+    "test_road.py",
     "test_clusters.py",
     "test_tabular.py",
 )

@@ -188,7 +188,7 @@ def write_store(data, root: Path, repeat: int):
 
 def ray_train(data, size: int, store, splits, workers: int, gpu: bool, epochs: int, **train) -> dict:
     from crystalvision.core.config import PipelineConfig
-    from crystalvision.learn.prepare import Prepared
+    from crystalvision.learn import Prepared
     from crystalvision.learn.train import train_model
 
     cfg = PipelineConfig.model_validate(

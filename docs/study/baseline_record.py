@@ -73,7 +73,7 @@ def structures_frame(cfg) -> tuple[Any, dict, pd.DataFrame]:
 
 
 def folds_for(cfg, frame: pd.DataFrame, records: dict, group_by: str) -> list:
-    """The folds the pipeline makes of ``frame`` (as ``learn.prepare.fold_inputs`` does) under ``group_by``."""
+    """The folds the pipeline's road (``crystalvision.stages.prepare``) makes of ``frame`` under ``group_by``."""
     from crystalvision.data.clusters import structure_clusters
 
     split = cfg.split.model_copy(update={"group_by": group_by})

@@ -244,7 +244,7 @@ def test_evaluate_logged_run(cv_home, toy_run) -> None:
 
     from crystalvision.core.settings import get_settings
     from crystalvision.data.storage import open_store
-    from crystalvision.promote.runs import evaluate_logged_run
+    from crystalvision.stages import evaluate_logged_run
 
     src_store, key, splits, model = toy_run
     store = open_store()

@@ -17,8 +17,8 @@ from crystalvision.core.config import RenderConfig
 from crystalvision.core.pipeline_file import load_pipeline
 from crystalvision.data.dataset import load_labels, split_frame
 from crystalvision.data.storage import ObjectStore
+from crystalvision.learn import Prepared
 from crystalvision.learn.model import ModelSpec
-from crystalvision.learn.prepare import Prepared
 from crystalvision.learn.train import FAULT_ENV, FLUSH_TIMEOUT_ENV, MLFLOW_WAIT_ENV, run_name, train_model
 from crystalvision.render.job import render_dataset
 from tests.support.procs import free_port

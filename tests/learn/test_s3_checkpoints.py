@@ -12,7 +12,7 @@ import pytest
 from crystalvision.core.settings import get_settings
 from crystalvision.data.dataset import load_labels, split_frame
 from crystalvision.data.storage import ObjectStore
-from crystalvision.learn.prepare import Prepared
+from crystalvision.learn import Prepared
 from crystalvision.learn.train import FAULT_ENV, train_model
 from tests.learn.test_train import SIZE, _cfg, _spec
 from tests.support.s3 import CREDENTIALS, S3Server, moto_s3

@@ -14,9 +14,9 @@ from crystalvision.core.config import PipelineConfig
 from crystalvision.core.targets import TARGET_COLUMNS
 from crystalvision.data.dataset import load_labels, split_frame
 from crystalvision.data.storage import ObjectStore
+from crystalvision.learn import Prepared
 from crystalvision.learn.loop import Engine, fit
 from crystalvision.learn.model import ModelSpec, load_model, predict_arrays
-from crystalvision.learn.prepare import Prepared
 from crystalvision.learn.selection import LoopState, NonFiniteLossError
 from crystalvision.learn.train import EvalAccumulator, multitask_loss, train_model
 from tests.support.toy import SPACEGROUPS, SYSTEMS, TEST_BACKBONE, write_toy_dataset

@@ -40,8 +40,8 @@ def test_space_config_and_concurrency() -> None:
 def _prepared(tmp_path, **spec_update):
     from crystalvision.data.dataset import load_labels, split_frame
     from crystalvision.data.storage import ObjectStore
+    from crystalvision.learn import Prepared
     from crystalvision.learn.model import ModelSpec
-    from crystalvision.learn.prepare import Prepared
     from tests.support.toy import SPACEGROUPS, SYSTEMS, write_toy_dataset
 
     store = ObjectStore(str(tmp_path / "store"))

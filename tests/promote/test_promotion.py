@@ -57,8 +57,8 @@ def test_promotion_compares_the_registered_model_not_the_last_epoch(cv_home, ray
     from crystalvision.app.pipeline import run_pipeline
     from crystalvision.evaluate.evaluate import EvalResult
     from crystalvision.promote import registry
-    from crystalvision.promote.runs import log_evaluation
     from crystalvision.serve.mlflow_model import log_model
+    from crystalvision.stages import log_evaluation
 
     cfg = load_pipeline(ROOT / "pipelines/quickstart.yaml", TINY)
     result = run_pipeline(cfg, ["render", "train", "evaluate"])

@@ -11,8 +11,9 @@ from mlflow import MlflowClient
 
 from crystalvision.core.config import PipelineConfig
 from crystalvision.data.storage import ObjectStore
-from crystalvision.promote import gate, registry
+from crystalvision.promote import registry
 from crystalvision.serve.mlflow_model import log_model
+from crystalvision.stages import evaluated_metrics
 from tests.support.tiny import tiny_model_dir, toy_splits, use_test_tracking
 
 SPLIT = {"snapshot_sha256": "abc1", "cfg.split.protocol": "grouped", "cfg.split.seed": "0", "cfg.render.image_size": 32}
@@ -31,7 +32,7 @@ def env(cv_home, tmp_path):
         with mlflow.start_run() as run:
             mlflow.log_params(params or SPLIT)
             if score is not None:
-                mlflow.log_metrics(gate.evaluated_metrics({"val_score": score}))
+                mlflow.log_metrics(evaluated_metrics({"val_score": score}))
             log_model(model_dir, splits, store)
         return run.info.run_id
 
@@ -166,8 +167,8 @@ def test_champion_reevaluation_aligns_class_ids_by_name(cv_home, tmp_path) -> No
     import dataclasses
 
     from crystalvision.core.errors import ModelError
+    from crystalvision.learn import Prepared
     from crystalvision.learn.model import load_model
-    from crystalvision.learn.prepare import Prepared
 
     use_test_tracking()
     store = ObjectStore(str(tmp_path / "store"))
@@ -198,8 +199,8 @@ def test_evaluation_and_registration_send_heartbeats(env, tmp_path) -> None:
     import math
 
     from crystalvision.core import progress
+    from crystalvision.learn import Prepared
     from crystalvision.learn.model import load_model
-    from crystalvision.learn.prepare import Prepared
 
     store = ObjectStore(str(tmp_path / "beats-store"))
     splits = toy_splits(store, n_structures=10, views=4)

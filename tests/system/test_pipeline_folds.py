@@ -155,8 +155,8 @@ def test_each_seed_trains_every_fold_under_its_own_name_config_and_spec() -> Non
     from crystalvision.app.pipeline import _seeded
     from crystalvision.core.config import PipelineConfig
     from crystalvision.data.folds import FoldSplits
+    from crystalvision.learn import Prepared
     from crystalvision.learn.model import ModelSpec
-    from crystalvision.learn.prepare import Prepared
     from crystalvision.learn.train import run_name
 
     part = pd.DataFrame({"material_id": ["mp-1"], "image_key": ["k1"]})

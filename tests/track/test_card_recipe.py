@@ -1,5 +1,5 @@
 """A model card's numbers come from a k-fold record only when the record describes the model: the same snapshot,
-render, label sources and recipe (``app.pipeline.model_card``, ``track.recipe``); else the card says it was
+render, label sources and recipe (``stages.model_card``, ``track.recipe``); else the card says it was
 withheld and why."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from crystalvision.app.pipeline import model_card
 from crystalvision.core.pipeline_file import load_pipeline, parse_overrides
 from crystalvision.data.snapshot import bundled_snapshots, load_snapshot
 from crystalvision.render.job import render_config_hash
+from crystalvision.stages import model_card
 from crystalvision.track.card import card_markdown, trust_text
 from crystalvision.track.recipe import recipe
 

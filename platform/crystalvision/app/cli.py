@@ -350,7 +350,7 @@ def pipeline_validate(
     """Validate a pipeline YAML and print the resolved config; for k folds also the resolved split (from the
     snapshot's records, no rendering): structures per fold, classes unseen in training, the accuracy ceiling."""
     from crystalvision.data import plan_text
-    from crystalvision.learn import plan_folds
+    from crystalvision.stages import plan_folds
 
     cfg = _load(config, set_)
     _echo_json(cfg.model_dump(mode="json"))

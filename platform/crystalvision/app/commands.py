@@ -49,7 +49,7 @@ def pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
 def evaluate(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
     """Evaluate a logged run on its own split and log the results into it."""
-    from crystalvision.promote import evaluate_logged_run
+    from crystalvision.stages import evaluate_logged_run
 
     return evaluate_logged_run(cfg, run_id)
 

@@ -81,23 +81,18 @@ def size_config(cfg: PipelineConfig, n: int | None) -> PipelineConfig:
 
 
 def fold_train_counts(cfg: PipelineConfig) -> list[int]:
-    """Training structures of each fold of ``cfg`` (renders first; finished images are reused)."""
-    from crystalvision.data import fold_splits
-    from crystalvision.learn import prepare
+    """Training structures of each fold of ``cfg``, uncut (renders first; finished images are reused)."""
+    from crystalvision.stages import prepare
 
-    prepared = prepare.prepare(cfg)
-    from crystalvision.data import load_labels
-
-    clusters = prepare.split_clusters(cfg.split, prepared.selection.records if prepared.selection else None)
-    folds = fold_splits(load_labels(prepared.store, prepared.labels_key), cfg.split, clusters)
-    return [int(f.train["material_id"].nunique()) for f in folds]
+    whole = cfg.split.model_copy(update={"train_structures": None})
+    return [int(f.train["material_id"].nunique()) for f in prepare(cfg.model_copy(update={"split": whole})).folds]
 
 
 def run_learning_curve(cfg: PipelineConfig, out_dir: str | Path | None = None) -> CurveResult:
     """Run the k-fold pipeline at every size of ``cfg.learning_curve.sizes`` and at full size; record + figure."""
     from crystalvision.app.pipeline import run_pipeline
     from crystalvision.core import get_settings
-    from crystalvision.learn import is_kfold
+    from crystalvision.stages import is_kfold
 
     if not is_kfold(cfg.split) or cfg.split.protocol != "grouped":
         raise ConfigError("a learning curve needs grouped folds: set split.protocol: grouped and split.folds: K")

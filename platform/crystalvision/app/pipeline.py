@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crystalvision.core import PipelineConfig, progress
-from crystalvision.data import ObjectStore, open_store
-from crystalvision.learn import prepare
+from crystalvision.data import ObjectStore
+from crystalvision.stages import road
 from crystalvision.track import label_sources, recipe, rundocs
 
 if TYPE_CHECKING:
+    from crystalvision.data import Selection, Snapshot
+    from crystalvision.learn import Prepared
     from crystalvision.render import RenderResult
 
 log = logging.getLogger(__name__)
@@ -88,73 +90,56 @@ class PipelineResult:
 
 def run_render_stage(cfg: PipelineConfig, store: ObjectStore | None = None) -> RenderResult:
     """Snapshot + render only; returns the render result."""
-    snap, selection = prepare.select_records(cfg)
-    return prepare.render(cfg, snap, selection, store or open_store())
+    return road.render_records(cfg, store)[2]
 
 
 def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> PipelineResult:
-    """Run the configured stages and return what they produced."""
+    """Run the configured stages and return what they produced: the road (:func:`crystalvision.stages.road.prepare`,
+    or the part of it the stages ask for) once, then training, evaluation and registration on what it prepared."""
     stages = list(stages or cfg.stages)
-    snap, selection = prepare.select_records(cfg)
+    if "train" not in stages:
+        if "render" in stages:
+            return _made(cfg, *road.render_records(cfg))
+        return _made(cfg, *road.select_records(cfg))
+    from crystalvision.track import configure_mlflow
+
+    configure_mlflow()  # the tracking server answers (or the one-line error) before anything is read or rendered
+    prepared = road.prepare(cfg, card=True)  # a fold count or card record the selection cannot meet: refused first
+    result = _made(cfg, prepared.snapshot, prepared.selection, prepared.render)
+    if road.is_kfold(cfg.split):
+        _run_folds(prepared, stages, result)
+    else:
+        _train_evaluate_register(prepared, stages, result)
+    return result
+
+
+def _made(
+    cfg: PipelineConfig, snap: Snapshot, selection: Selection, rendered: RenderResult | None = None
+) -> PipelineResult:
+    """The result of the road: what the snapshot selected and, when rendered, the render and its seconds."""
     result = PipelineResult(
         name=cfg.name,
         snapshot_id=snap.manifest.snapshot_id,
         snapshot_sha256=snap.manifest.content_sha256,
         n_structures=len(selection.records),
         dropped_flagged=selection.dropped_flagged,
+        render=rendered,
         label_source=label_sources(snap.manifest),
         recipe=recipe.recipe(cfg),
     )
-    progress.emit("snapshot", len(selection.records), len(selection.records), unit="structures")
-    if "render" not in stages and "train" not in stages:
-        return result
-    if "train" in stages and prepare.is_kfold(cfg.split):  # a fold count the selection cannot meet: before rendering
-        from crystalvision.data import n_folds_for
-
-        n = len(selection.records)
-        n_folds_for(cfg.split, n, n * cfg.render.views_per_structure)
-    card: dict[str, Any] = {}
-    if "train" in stages and cfg.registry.generalisation_record and not prepare.is_kfold(cfg.split):
-        card = model_card(cfg, snap.manifest)  # before rendering and training
-    if "train" in stages:  # the tracking server answers (or the one-line error) before anything is rendered
-        from crystalvision.track import configure_mlflow
-
-        configure_mlflow()
-    store = open_store()
-    with result.timed("render"):
-        result.render = prepare.render(cfg, snap, selection, store)
-    if "train" not in stages:
-        return result
-    prepared = prepare.assemble(cfg, snap, selection, result.render, store)
-    if prepare.is_kfold(cfg.split):
-        _run_folds(prepared, stages, result)
-    else:
-        _train_evaluate_register(prepared, stages, result, card)
+    if rendered is not None:
+        result.stage_seconds["render"] = round(rendered.timings["total_s"], 3)
     return result
 
 
-def model_card(cfg: PipelineConfig, manifest: Any) -> dict[str, Any]:
-    """The card a model of ``cfg`` gets from ``registry.generalisation_record``: a ConfigError for a record of another
-    snapshot; ``{"withheld": why}`` (and a warning) for one of another render, labels or recipe."""
-    from crystalvision.render import render_config_hash
-    from crystalvision.track import generalisation_from_record
-
-    run = {"render_config_hash": render_config_hash(cfg.render), "label_source": label_sources(manifest),
-           "recipe": recipe.recipe(cfg)}  # fmt: skip
-    return generalisation_from_record(cfg.registry.generalisation_record, manifest.content_sha256, run)
-
-
-def _train_evaluate_register(
-    prepared: prepare.Prepared, stages: list[str], result: PipelineResult, card: dict[str, Any]
-) -> None:
-    """Train, evaluate, log and register one model; ``card`` (the measured generalisation, or {}) goes into its
-    ``model.json`` and the registered version's description."""
+def _train_evaluate_register(prepared: Prepared, stages: list[str], result: PipelineResult) -> None:
+    """Train, evaluate, log and register one model; ``prepared.card`` (the measured generalisation, or {}) goes into
+    its ``model.json`` and the registered version's description."""
     from crystalvision.learn import load_model, train_model
     from crystalvision.serve import log_model
     from crystalvision.track import tracking
 
-    cfg, snap = prepared.cfg, prepared.snapshot
-    tracking.configure_mlflow()
+    cfg, snap, card = prepared.cfg, prepared.snapshot, prepared.card
     with tracking.start_run(run_name=cfg.name, tags=tracking.pipeline_tags(cfg, snap)) as run:
         result.run_id, result.experiment_id = run.info.run_id, run.info.experiment_id
         tracking.log_pipeline_context(cfg, snap, prepared.selection, prepared.render, prepared.splits)
@@ -166,11 +151,11 @@ def _train_evaluate_register(
         if card:
             _write_card(trained.model_dir, card)
         if "evaluate" in stages:
-            from crystalvision.promote import evaluate_into_run
+            from crystalvision.stages import runs
 
             progress.emit("evaluate", 0, None)
             with result.timed("evaluate"):
-                evaluated = evaluate_into_run(load_model(trained.model_dir), prepared)
+                evaluated = runs.evaluate_into_run(load_model(trained.model_dir), prepared)
             result.metrics.update(evaluated.metrics)
             result.report_path = str(evaluated.artifacts_dir / "report.html")
         with result.timed("log_model"):
@@ -206,7 +191,7 @@ def _write_card(model_dir: Any, card: dict[str, Any]) -> None:
     write_durably(str(path), json.dumps(spec, indent=1).encode())
 
 
-def _log_datasets(prepared: prepare.Prepared) -> None:
+def _log_datasets(prepared: Prepared) -> None:
     """The snapshot and the rendered labels table as MLflow datasets of the active run (best effort)."""
     from crystalvision.data import load_labels
 
@@ -225,7 +210,7 @@ def _log_datasets(prepared: prepare.Prepared) -> None:
 KFOLD_REGISTRY_NOTE = "k-fold runs are an evaluation protocol: no model registered (run the config without folds)"
 
 
-def _seeded(fold: prepare.Prepared, seed: int) -> prepare.Prepared:
+def _seeded(fold: Prepared, seed: int) -> Prepared:
     """One fold's inputs trained with ``seed`` (its own copy of the model spec)."""
     cfg = fold.cfg
     if seed == cfg.train.seed:
@@ -234,7 +219,7 @@ def _seeded(fold: prepare.Prepared, seed: int) -> prepare.Prepared:
     return fold.with_config(cfg.model_copy(update={"train": train})).with_spec_copy()
 
 
-def _run_folds(prepared: prepare.Prepared, stages: list[str], result: PipelineResult) -> None:
+def _run_folds(prepared: Prepared, stages: list[str], result: PipelineResult) -> None:
     """Parent MLflow run; one child run per fold and seed (train + evaluate); pooled out-of-fold metrics, paired
     bootstrap comparisons and the folds' mean ± std logged on the parent."""
     import pandas as pd
@@ -244,9 +229,8 @@ def _run_folds(prepared: prepare.Prepared, stages: list[str], result: PipelineRe
     from crystalvision.track import tracking
 
     cfg, snap = prepared.cfg, prepared.snapshot
-    folds = prepare.fold_inputs(prepared)
+    folds = prepared.fold_inputs()  # made by the road from its one read of the labels table
     seeds = list(dict.fromkeys(cfg.train.seeds or [cfg.train.seed]))
-    tracking.configure_mlflow()
     with tracking.start_run(run_name=cfg.name, tags=tracking.pipeline_tags(cfg, snap) | {"kfold": "parent"}) as run:
         result.run_id = run.info.run_id
         tracking.log_pipeline_context(cfg, snap, prepared.selection, prepared.render)
@@ -280,7 +264,7 @@ def _run_folds(prepared: prepare.Prepared, stages: list[str], result: PipelineRe
 
 
 def _run_one_fold(
-    prepared: prepare.Prepared, stages: list[str], result: PipelineResult, parent_id: str, n_seeds: int = 1
+    prepared: Prepared, stages: list[str], result: PipelineResult, parent_id: str, n_seeds: int = 1
 ) -> tuple[dict[str, float], dict[str, Any], Any]:
     """Train (and evaluate) one fold in a nested child run; its metrics, a description of the fold and its
     per-structure out-of-fold prediction table (None without evaluation)."""
@@ -308,10 +292,10 @@ def _run_one_fold(
             trained = train_model(prepared, run_id=run.info.run_id)  # named by content + fold: resumable
         metrics = dict(trained.metrics) | ceiling
         if "evaluate" in stages:
-            from crystalvision.promote import evaluate_into_run
+            from crystalvision.stages import runs
 
             with result.timed(f"evaluate_fold{i}" + (f"_seed{seed}" if n_seeds > 1 else "")):
-                evaluated = evaluate_into_run(load_model(trained.model_dir), prepared)
+                evaluated = runs.evaluate_into_run(load_model(trained.model_dir), prepared)
             metrics |= evaluated.metrics
             table = evaluated.oof
         with result.timed(f"log_model_fold{i}" + (f"_seed{seed}" if n_seeds > 1 else "")):
@@ -323,7 +307,7 @@ def _run_one_fold(
 
 
 def _log_folds_summary(
-    prepared: prepare.Prepared,
+    prepared: Prepared,
     per_fold: list[dict[str, float]],
     aggregated: dict[str, float],
     folds: list[dict],

@@ -31,7 +31,8 @@ import mlflow
 from mlflow import MlflowClient
 
 from crystalvision.core import TARGETS, PipelineConfig, get_settings, progress
-from crystalvision.learn import Prepared, content_digest, prepare, ray_storage
+from crystalvision.learn import Prepared, content_digest, ray_storage
+from crystalvision.stages import prepare
 from crystalvision.track import PARENT_TAG, TRIAL_TAG, child_run, close_child_runs, start_parent_run
 
 log = logging.getLogger(__name__)
@@ -329,7 +330,7 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     from crystalvision.track import tracking
 
     ensure_ray(include_dashboard=True)  # before the render stage starts Ray without it
-    prepared = prepare.prepare(cfg)
+    prepared = prepare(cfg)
     summary = tune_model(
         prepared,
         tags=tracking.pipeline_tags(cfg, prepared.snapshot),
@@ -343,7 +344,7 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
     if prepared.render is not None:
         summary["render"] = prepared.render.summary()
     if summary["best_run_id"] and "evaluate" in cfg.stages:
-        from crystalvision.promote import evaluate_into_run, load_run_model
+        from crystalvision.stages import evaluate_into_run, load_run_model
 
         progress.emit("evaluate", 0, None)
         with tempfile.TemporaryDirectory(prefix="crystalvision-tune-eval-") as tmp:

@@ -28,11 +28,12 @@ ROOMS = (
     Room("data", 1, "Materials Project access, snapshots (and the bundled ones), storage, shards, splits, folds"),
     Room("render", 2, "structures to images: VTK offscreen scenes, Ray Data render jobs, image shards"),
     Room("track", 2, "MLflow tracking, rank-0 logging from workers, run descriptions, model cards"),
-    Room("learn", 3, "prepared data, the model, the epoch loop, training on Ray Train"),
+    Room("learn", 3, "the model, its prepared inputs, the epoch loop, training on Ray Train"),
     Room("evaluate", 4, "metrics, baselines, out-of-fold scoring, leakage, saliency, plots, the HTML report"),
     Room("serve", 4, "the logged pyfunc model, predictions from the command line and Python, the REST server"),
-    Room("promote", 5, "a logged run's model evaluated, gated against the champion and registered"),
-    Room("app", 6, "the front doors (command line, the command table Ray Jobs share) and runs that span stages"),
+    Room("stages", 5, "the road: a config to every stage's prepared inputs, a logged run back to its model and inputs"),
+    Room("promote", 6, "a run's evaluated model gated against the champion and registered"),
+    Room("app", 7, "the front doors (command line, the command table Ray Jobs share) and runs that span stages"),
 )
 LAYERS = {room.name: room.layer for room in ROOMS}
 RULE = (

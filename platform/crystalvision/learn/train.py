@@ -39,7 +39,7 @@ from crystalvision.learn.train_worker import (
 from crystalvision.ops import TRAIN_LEASE_ENV, LockedError, holder, lease_lock, renewed_on_progress, train_fault
 
 if TYPE_CHECKING:
-    from crystalvision.learn.prepare import Prepared
+    from crystalvision.learn.prepared import Prepared
 
 log = logging.getLogger(__name__)
 

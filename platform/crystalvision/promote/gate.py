@@ -21,46 +21,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from crystalvision.core import CLASS_NAME, SCORE_METRICS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+from crystalvision.core import CLASS_NAME, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
+from crystalvision.stages import SELECTION_SPLIT
 
 log = logging.getLogger(__name__)
 
 STRUCTURE_TABLE = "evaluation/predictions_by_structure.csv"
-SELECTION_SPLIT = "val"
-SELECTION_METRIC = "val_score"
-# The evaluation of a run's own (kept, registered) model logs its validation metrics again under this prefix: training
-# logs per-epoch metrics of the same names (val_r2_*, val_acc_*, ...), and MLflow's latest value of a name is the
-# one at the highest step, the last epoch's. Promotion reads only these names.
-EVALUATED_PREFIX = "model/"
 Correction = Literal["holm", "bonferroni", "none"]
-
-
-def selection_score(metrics: Mapping[str, float]) -> float | None:
-    """``val_score``: the mean of the validation counterparts of ``test_score``'s parts (None if one is missing)."""
-    parts = [metrics.get(SELECTION_SPLIT + m.removeprefix("test")) for m in SCORE_METRICS]
-    if any(p is None or not np.isfinite(p) for p in parts):
-        return None
-    return float(np.mean(parts))
-
-
-def evaluated_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
-    """The validation metrics of an evaluation, and its ``val_score``, under :data:`EVALUATED_PREFIX` (what
-    :func:`crystalvision.promote.runs.log_evaluation` logs besides the plain names)."""
-    out = {f"{EVALUATED_PREFIX}{k}": float(v) for k, v in metrics.items() if k.startswith(SELECTION_SPLIT + "_")}
-    score = metrics.get(SELECTION_METRIC, selection_score(metrics))
-    if score is not None:
-        out[EVALUATED_PREFIX + SELECTION_METRIC] = float(score)
-    return out
-
-
-def evaluated_value(logged: Mapping[str, float], metric: str) -> float | None:
-    """``metric`` of the run's evaluated model from a run's logged metrics (only the :data:`EVALUATED_PREFIX`
-    names; ``val_score`` derived from them when absent), or None when the model was never evaluated."""
-    own = {k.removeprefix(EVALUATED_PREFIX): v for k, v in logged.items() if k.startswith(EVALUATED_PREFIX)}
-    value = own.get(metric)
-    if value is None and metric == SELECTION_METRIC:
-        return selection_score(own)
-    return None if value is None else float(value)
 
 
 def structure_table(run_id: str, split: str = SELECTION_SPLIT) -> pd.DataFrame | None:

@@ -4,7 +4,7 @@
 version. ``champion`` moves to it only when it beats the champion on ``cfg.registry.promote_metric`` (higher is
 better; a validation metric, by default ``val_score``, never a test metric or a loss) by more than
 ``min_improvement`` on the same split, as the evaluation of each run's registered model logged it
-(``model/<metric>``, :data:`crystalvision.promote.gate.EVALUATED_PREFIX`; never the last training epoch's value of
+(``model/<metric>``, :data:`crystalvision.stages.EVALUATED_PREFIX`; never the last training epoch's value of
 the same name); a tie keeps the champion, the first version becomes champion. When both runs logged predictions per
 structure, the per-target gate (:mod:`crystalvision.promote.gate`: paired bootstrap on the validation structures,
 Holm-corrected over the heads) decides instead. Promotion never reads the test rows that reports show. When the two
@@ -33,6 +33,7 @@ from mlflow.exceptions import MlflowException
 from crystalvision.core import CrystalVisionError, ModelError, PipelineConfig, progress
 from crystalvision.promote import gate
 from crystalvision.promote.registry_cas import newest_forward, promotion_lock, register_once, versions_of_run
+from crystalvision.stages import SELECTION_METRIC, evaluated_value, selection_score
 from crystalvision.track import CHALLENGER, CHAMPION
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion 
 def _metric(run: Run, metric: str) -> float | None:
     """``metric`` of the run's own model as its evaluation logged it (``model/<metric>``, never a training epoch's
     value of the same name); None when the run's model was never evaluated."""
-    return gate.evaluated_value(run.data.metrics, metric)
+    return evaluated_value(run.data.metrics, metric)
 
 
 def align_class_ids(splits: Any, classes: dict[str, list[str]]) -> Any:
@@ -118,14 +119,14 @@ def align_class_ids(splits: Any, classes: dict[str, list[str]]) -> Any:
 def evaluate_champion_on(
     cfg: PipelineConfig, champion: ModelVersion, metric: str, prepared: Prepared | None = None
 ) -> float:
-    """Re-evaluate the champion's model on the test split ``cfg`` describes (the challenger's split; ``prepared``
-    when given), with class ids aligned to the champion's class lists by name."""
+    """Re-evaluate the champion's model on the test split ``cfg`` describes (the challenger's split: ``prepared``,
+    the data the caller holds, else prepared from ``cfg`` here), with class ids aligned to the champion's class lists
+    by name."""
     from crystalvision.evaluate import evaluate_model
-    from crystalvision.learn import prepare
-    from crystalvision.promote.runs import load_run_model
+    from crystalvision.stages import load_run_model, prepare
 
     progress.beat("register", step="re-evaluate champion: data")
-    prepared = prepared or prepare.prepare(cfg)
+    prepared = prepared or prepare(cfg)
     with tempfile.TemporaryDirectory(prefix="crystalvision-champion-") as tmp:
         progress.beat("register", step="re-evaluate champion: model")
         model = load_run_model(champion.run_id, Path(tmp) / "model")
@@ -137,8 +138,8 @@ def evaluate_champion_on(
         splits = align_class_ids(prepared.splits, model.spec.class_lists())
         out = Path(tmp) / "eval"
         metrics = evaluate_model(model, splits, prepared.store, cfg, out, records=prepared.records).metrics
-    if metric == gate.SELECTION_METRIC and metric not in metrics:
-        value = gate.selection_score(metrics)
+    if metric == SELECTION_METRIC and metric not in metrics:
+        value = selection_score(metrics)
         if value is None:
             raise ModelError(f"the champion's evaluation has no validation metrics for '{metric}' (no val split?)")
         return value

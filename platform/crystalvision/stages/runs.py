@@ -4,7 +4,9 @@ The one home of "rebuild things from a run" (like MatGL's ``utils/io.py`` for mo
 from the artifact ``model_dir/`` (or a folder with ``model.json`` + ``weights.pt`` inside the pyfunc artifact
 ``model/``); the labels table and split from the params that ``tracking.log_pipeline_context`` logs
 (``render.render_labels_key``, ``cfg.split.<field>``, ``split.n_images_test``). :func:`evaluate_into_run` is the
-only place that evaluates a model and logs the result under ``evaluation/`` of a run.
+only place that evaluates a model and logs the result under ``evaluation/`` of a run, with the validation metrics
+of that (kept, registered) model once more under :data:`EVALUATED_PREFIX`: the names promotion reads back
+(:func:`evaluated_value`).
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
+import numpy as np
 
-from crystalvision.core import CrystalVisionError, ModelError, PipelineConfig, SplitConfig
+from crystalvision.core import SCORE_METRICS, CrystalVisionError, ModelError, PipelineConfig, SplitConfig
 from crystalvision.data import open_store
-from crystalvision.evaluate import EvalResult, evaluate_model
-from crystalvision.learn import SPEC_FILE, WEIGHTS_FILE, CrystalNet, Prepared, from_labels, load_model, prepare
-from crystalvision.promote import gate
-from crystalvision.serve import MODEL_ARTIFACT, MODEL_DIR_ARTIFACT
+from crystalvision.stages.road import from_labels, prepare
+
+if TYPE_CHECKING:  # the model and evaluation modules load torch: promotion's gate imports this module without it
+    from crystalvision.evaluate import EvalResult
+    from crystalvision.learn import CrystalNet, Prepared
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,12 @@ EVALUATION_ARTIFACT = "evaluation"
 # then older spellings.
 LABELS_KEY_PARAMS = ("render.render_labels_key", "labels_key", "render.labels_key", "render_labels_key")
 TEST_SIZE_PARAMS = ("split.n_images_test", "n_images_test")
+SELECTION_SPLIT = "val"  # the split promotion scores: carved from the training structures, never the test rows
+SELECTION_METRIC = "val_score"
+# The evaluation of a run's own (kept, registered) model logs its validation metrics again under this prefix: training
+# logs per-epoch metrics of the same names (val_r2_*, val_acc_*, ...), and MLflow's latest value of a name is the
+# one at the highest step, the last epoch's. Promotion reads only these names.
+EVALUATED_PREFIX = "model/"
 
 
 def param(values: Mapping[str, str], *names: str) -> str | None:
@@ -42,6 +52,9 @@ def param(values: Mapping[str, str], *names: str) -> str | None:
 
 def find_model_folder(run_id: str, dst: Path) -> Path:
     """Download the run's model folder: artifact ``model_dir/``, else a folder with model.json under ``model/``."""
+    from crystalvision.learn import SPEC_FILE, WEIGHTS_FILE
+    from crystalvision.serve import MODEL_ARTIFACT, MODEL_DIR_ARTIFACT
+
     for artifact in (MODEL_DIR_ARTIFACT, MODEL_ARTIFACT):
         try:
             local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst)))
@@ -59,6 +72,8 @@ def find_model_folder(run_id: str, dst: Path) -> Path:
 
 def load_run_model(run_id: str, dst: Path) -> CrystalNet:
     """The model logged in run ``run_id`` (downloaded into ``dst``)."""
+    from crystalvision.learn import load_model
+
     folder = find_model_folder(run_id, dst)
     try:
         return load_model(folder)
@@ -94,7 +109,7 @@ def inputs_of_run(cfg: PipelineConfig, run: Any, model: CrystalNet) -> Prepared:
     key = logged_labels_key(params, tags)
     if key is None:
         log.info("run %s logged no labels key; preparing the data of the given config", run.info.run_id)
-        key = prepare.prepare(cfg).labels_key
+        key = prepare(cfg).labels_key
     fold = int(tags["fold"]) if "fold" in tags and (split.folds or split.leave_one_out) else None  # k-fold child
     prepared = from_labels(cfg, open_store(), str(key), model.spec, split, fold)
     logged = param(params, *TEST_SIZE_PARAMS)
@@ -103,11 +118,39 @@ def inputs_of_run(cfg: PipelineConfig, run: Any, model: CrystalNet) -> Prepared:
     return prepared
 
 
+def selection_score(metrics: Mapping[str, float]) -> float | None:
+    """``val_score``: the mean of the validation counterparts of ``test_score``'s parts (None if one is missing)."""
+    parts = [metrics.get(SELECTION_SPLIT + m.removeprefix("test")) for m in SCORE_METRICS]
+    if any(p is None or not np.isfinite(p) for p in parts):
+        return None
+    return float(np.mean(parts))
+
+
+def evaluated_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The validation metrics of an evaluation, and its ``val_score``, under :data:`EVALUATED_PREFIX` (what
+    :func:`log_evaluation` logs besides the plain names)."""
+    out = {f"{EVALUATED_PREFIX}{k}": float(v) for k, v in metrics.items() if k.startswith(SELECTION_SPLIT + "_")}
+    score = metrics.get(SELECTION_METRIC, selection_score(metrics))
+    if score is not None:
+        out[EVALUATED_PREFIX + SELECTION_METRIC] = float(score)
+    return out
+
+
+def evaluated_value(logged: Mapping[str, float], metric: str) -> float | None:
+    """``metric`` of the run's evaluated model from a run's logged metrics (only the :data:`EVALUATED_PREFIX`
+    names; ``val_score`` derived from them when absent), or None when the model was never evaluated."""
+    own = {k.removeprefix(EVALUATED_PREFIX): v for k, v in logged.items() if k.startswith(EVALUATED_PREFIX)}
+    value = own.get(metric)
+    if value is None and metric == SELECTION_METRIC:
+        return selection_score(own)
+    return None if value is None else float(value)
+
+
 def log_evaluation(result: EvalResult, run_id: str | None = None) -> None:
     """Log evaluation metrics and artifacts (under ``evaluation/``) into ``run_id``, else the active run. The
-    validation metrics and ``val_score`` are logged once more as ``model/<name>`` (:func:`gate.evaluated_metrics`):
+    validation metrics and ``val_score`` are logged once more as ``model/<name>`` (:func:`evaluated_metrics`):
     names no training epoch logs, which promotion reads."""
-    values = result.metrics | gate.evaluated_metrics(result.metrics)
+    values = result.metrics | evaluated_metrics(result.metrics)
     if run_id is None:
         mlflow.log_metrics(values)
         mlflow.log_artifacts(str(result.artifacts_dir), artifact_path=EVALUATION_ARTIFACT)
@@ -133,6 +176,8 @@ def evaluate_into_run(model: CrystalNet, prepared: Prepared, run_id: str | None 
     """Evaluate ``model`` on ``prepared``'s split and log metrics + ``evaluation/`` artifacts into the run (the
     active one when ``run_id`` is None); the artifacts also stay in :func:`report_dir` (the HTML report a person
     opens)."""
+    from crystalvision.evaluate import evaluate_model
+
     out = report_dir(run_id)
     if out.exists():
         shutil.rmtree(out)
