@@ -223,6 +223,29 @@ def test_evaluation_and_registration_send_heartbeats(env, tmp_path) -> None:
             "leakage search", "plots", "report", "decision"} <= set(steps), steps  # fmt: skip
 
 
+def test_registration_given_the_prepared_data_does_not_prepare_it_again(env, tmp_path, monkeypatch) -> None:
+    """A pipeline registers with the data it trained on in hand: a champion of another split is re-evaluated on that
+    data, and the road from the config (snapshot, render, labels table) is not taken a second time."""
+    import crystalvision.stages.road as road
+    from crystalvision.learn import Prepared
+    from crystalvision.learn.model import load_model
+
+    store = ObjectStore(str(tmp_path / "held-store"))
+    splits = toy_splits(store, n_structures=6, views=1)
+    spec = load_model(tiny_model_dir(tmp_path / "held-model")).spec
+    cfg = PipelineConfig(name="t", registry={"model_name": "held"}, render={"image_size": 32},
+                         evaluate={"saliency": False, "baselines": False, "leakage": False})  # fmt: skip
+    registry.register_and_promote(cfg, env(0.50, {**SPLIT, "cfg.split.seed": "1"}))  # v1, on another split
+
+    def prepare_again(*_args, **_kwargs):
+        raise AssertionError("the data the pipeline holds was prepared again")
+
+    monkeypatch.setattr(road, "prepare", prepare_again)
+    decision = registry.register_and_promote(cfg, env(0.60), prepared=Prepared(cfg, store, splits, spec))
+    assert decision["comparison"] == "champion re-evaluated (different held-out split)", decision
+    assert decision["champion_value"] is not None
+
+
 def _structure_table(rng, n: int, correct: int, gap_noise: float, split: str = "val", shift: int = 0):
     """Predictions per structure on ``split`` as evaluation logs them: ``correct`` of ``n`` classes right (the
     first ``correct`` structures, after ``shift``)."""

@@ -134,7 +134,8 @@ def _made(
 
 def _train_evaluate_register(prepared: Prepared, stages: list[str], result: PipelineResult) -> None:
     """Train, evaluate, log and register one model; ``prepared.card`` (the measured generalisation, or {}) goes into
-    its ``model.json`` and the registered version's description."""
+    its ``model.json`` and the registered version's description. Registration re-evaluates a champion of another
+    split on ``prepared``: the data is not prepared again."""
     from crystalvision.learn import load_model, train_model
     from crystalvision.serve import log_model
     from crystalvision.track import tracking
@@ -168,7 +169,7 @@ def _train_evaluate_register(prepared: Prepared, stages: list[str], result: Pipe
 
         progress.emit("register", 0, None)
         with result.timed("register"):
-            result.registry = register_and_promote(cfg, result.run_id)
+            result.registry = register_and_promote(cfg, result.run_id, prepared=prepared)
             rundocs.describe_model(
                 cfg.registry.model_name,
                 str(result.registry["challenger_version"]),

@@ -355,7 +355,7 @@ def run_tune(cfg: PipelineConfig) -> dict[str, Any]:
         from crystalvision.promote import register_and_promote
 
         progress.emit("register", 0, None)
-        summary["registry"] = register_and_promote(cfg, summary["best_run_id"])
+        summary["registry"] = register_and_promote(cfg, summary["best_run_id"], prepared=prepared)
         progress.finish("register")
     else:
         why = "registry.enabled is false" if cfg.registry.enabled else "`register` is not in the config's stages"

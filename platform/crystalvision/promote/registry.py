@@ -9,14 +9,16 @@ the same name); a tie keeps the champion, the first version becomes champion. Wh
 structure, the per-target gate (:mod:`crystalvision.promote.gate`: paired bootstrap on the validation structures,
 Holm-corrected over the heads) decides instead. Promotion never reads the test rows that reports show. When the two
 runs were evaluated on different splits (different snapshot, render or split parameters), or the champion's run
-has no evaluation of its model, the champion is re-evaluated on the challenger's split first; if that is impossible
-the logged metrics are compared and the reason is recorded. Every decision is logged, tagged on the run and the
-model version, and written as ``registry/decision-v<version>.json`` into the challenger's run.
+has no evaluation of its model, the champion is re-evaluated on the challenger's split first (on the data the caller
+prepared, else prepared again from ``cfg``); if that is impossible the logged metrics are compared and the reason is
+recorded. Every decision is logged, tagged on the run and the model version, and written as
+``registry/decision-v<version>.json`` into the challenger's run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import tempfile
 import time
@@ -235,9 +237,12 @@ def move_alias(client: MlflowClient, name: str, alias: str, expected: str | None
 
 
 def register_and_promote(
-    cfg: PipelineConfig, run_id: str, evaluator: ChampionEvaluator | None = None
+    cfg: PipelineConfig, run_id: str, evaluator: ChampionEvaluator | None = None, prepared: Prepared | None = None
 ) -> dict[str, Any]:
     """Register the run's model, make it the challenger, promote it to champion only if it is better.
+
+    A champion evaluated on another split is re-evaluated by ``evaluator``, by default on ``prepared`` (the data the
+    caller trained the run on: a pipeline passes what it holds), else on ``cfg``'s data prepared again.
 
     Idempotent per run: a run already registered under the model name keeps its version (and its recorded
     decision, when there is one). The champion alias moves compare-and-set: when another registration moved it
@@ -285,7 +290,8 @@ def register_and_promote(
     else:
         progress.beat("register", step="champion value")
         champion_run = client.get_run(champion.run_id)
-        value, how = _champion_value(cfg, champion, champion_run, challenger_run, evaluator or evaluate_champion_on)
+        evaluator = evaluator or functools.partial(evaluate_champion_on, prepared=prepared)
+        value, how = _champion_value(cfg, champion, champion_run, challenger_run, evaluator)
         decision.update(how, champion_value=value)
         promoted, reason = decide(decision["challenger_value"], value, cfg.registry.min_improvement)
         decision["decided_by"] = "promote_metric"
