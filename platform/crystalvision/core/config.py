@@ -238,6 +238,12 @@ class TrainConfig(_Strict):
     amp: bool = Field(default=True, description="Mixed precision when on GPU (ignored on CPU).")
     max_failures: int = Field(default=1, ge=0, description="Worker failures tolerated (resume from checkpoint).")
     max_steps_per_epoch: int | None = Field(default=None, ge=1, description="Cap steps (tiny test runs).")
+    steps_per_epoch: int | None = Field(
+        default=None,
+        ge=1,
+        description="Optimiser steps per epoch, cycling through the training images (reshuffled each pass): a "
+        "budget that does not grow with the training set (learning curves). None: one pass per epoch.",
+    )
     step_mode: Literal["auto", "eager", "graphs", "compile"] = Field(
         default="auto",
         description="Train step: one CUDA graph per step (GPU), torch.compile, or eager (auto: "

@@ -162,6 +162,31 @@ class HeldSplit:
         return self.data.batches(batch_size, seed)
 
 
+PASS_SEED_STRIDE = 1_000_003  # seed offset of each further pass of one epoch (prime: no other epoch's seed)
+
+
+def cycled(passes: Callable[[int], Iterable[Batch]], steps: int | None) -> Iterable[Batch]:
+    """One epoch of exactly ``steps`` batches from successive passes (``passes(p)``: pass ``p``, each its own
+    shuffle), the last pass cut short; ``steps=None``: the first pass alone (``train.steps_per_epoch``)."""
+    if steps is None:
+        return passes(0)
+
+    def gen() -> Iterator[Batch]:
+        given, p = 0, 0
+        while given < steps:
+            before = given
+            for batch in passes(p):
+                yield batch
+                given += 1
+                if given == steps:
+                    return
+            if given == before:
+                raise RuntimeError("train.steps_per_epoch: the training split gave no batch; it is empty")
+            p += 1
+
+    return gen()
+
+
 DEVICE_DATA_MAX_BYTES = 4 * 1024**3  # device_data=auto keeps a worker's split on its GPU up to this size
 
 

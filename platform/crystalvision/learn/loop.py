@@ -372,7 +372,7 @@ def fit(
         engine.set_lr(lr)
         stats = engine.train_epoch(train_batches(epoch), hook)
         metrics = {"epoch": float(epoch), "lr": lr}
-        metrics |= train_metrics(reduce_train(stats, engine.device))
+        metrics |= train_metrics(reduce_train(stats, engine.device)) | {"train_steps": float(stats["steps"])}
         metrics |= engine.validate(val_batches(), beat)
         # train.select's score (weighted heads, R² floored at -1); the registry's val_score is the final model's
         metrics["select_score"] = select_score(metrics, tcfg.loss_weights)

@@ -316,6 +316,7 @@ def _final_metrics(state: LoopState) -> dict[str, float]:
     out = {k: float(v) for k, v in best.items() if k.startswith("val_")}
     out |= {"best_epoch": float(state.best_epoch), "epochs_trained": float(state.epoch)}
     out["stopped_early"] = float(state.stopped)
+    out["optimiser_steps"] = float(sum(h.get("train_steps", 0.0) for h in state.history))  # this rank's, all epochs
     return out
 
 

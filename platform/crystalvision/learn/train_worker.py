@@ -1,6 +1,7 @@
 """What each Ray Train worker runs: the core epoch loop (:mod:`crystalvision.learn.loop`) around Ray Data shards.
 
-Every epoch each worker trains on its shard of ``train``, all workers validate on their shards of ``val`` and
+Every epoch each worker trains on its shard of ``train`` (one pass, or ``train.steps_per_epoch`` steps over as many
+reshuffled passes as that takes), all workers validate on their shards of ``val`` and
 sum their statistics (so every rank takes the same early-stopping decision), and rank 0 writes a checkpoint
 (model, optimizer, scaler, epoch, best-so-far weights, early-stopping counter, history) through
 ``ray.train.report``; rank 0 also logs per-epoch metrics to MLflow (:mod:`crystalvision.track.worker_logging`)
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from crystalvision.core import TARGET_COLUMNS, TrainConfig
-from crystalvision.learn.accel import HeldSplit, keep_split
+from crystalvision.learn.accel import PASS_SEED_STRIDE, HeldSplit, cycled, keep_split
 from crystalvision.learn.loop import Engine, dist_ready, fit
 from crystalvision.learn.model import CrystalNet, ModelSpec
 from crystalvision.learn.selection import LoopState
@@ -98,8 +99,10 @@ def _data_sources(config: dict[str, Any], engine: Engine):
 
     held = {k: HeldSplit(reader(k), device, TARGET_COLUMNS.values(), keep) for k in shards}
 
-    def train_batches(epoch: int):
-        return held["train"].batches(tcfg.batch_size, seed=tcfg.seed + 1000 * epoch + rank)
+    def train_batches(epoch: int):  # one pass, or train.steps_per_epoch steps over as many passes as it takes
+        seed = tcfg.seed + 1000 * epoch + rank
+        passes = lambda p: held["train"].batches(tcfg.batch_size, seed=seed + PASS_SEED_STRIDE * p)  # noqa: E731
+        return cycled(passes, tcfg.steps_per_epoch)
 
     def val_batches():
         return held["val"].batches(max(tcfg.batch_size, 64))
