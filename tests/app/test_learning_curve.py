@@ -1,4 +1,5 @@
-"""Learning curve: nested, class-balanced subsets; size errors; the record and its figure."""
+"""Learning curve: nested, class-balanced subsets of training and validation together; size errors; the fixed step
+budget; point records, their merge, the figure, the table script and the summary."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from crystalvision.app import curve_record as cr
 from crystalvision.app import learning_curve as lc
 from crystalvision.core.config import PipelineConfig, SplitConfig
 from crystalvision.core.errors import ConfigError
@@ -49,25 +51,55 @@ def test_order_depends_on_seed_only_through_the_seed() -> None:
     assert folds.nested_order(train, 1) != folds.nested_order(train, 2)
 
 
-def test_subset_larger_than_training_set_names_both_sizes() -> None:
+def test_sizes_beyond_a_fold_name_both_numbers() -> None:
     with pytest.raises(ConfigError, match=r"split.train_structures = 500 .* fold 2's training set \(120 structures\)"):
         folds.subset_training(_train(), 500, seed=0, fold=2)
-    with pytest.raises(ConfigError, match=r"\[900\] exceed the smallest fold's training set \(700 structures\)"):
+    with pytest.raises(
+        ConfigError, match=r"\[900\] exceed the smallest fold's training \+ validation structures \(700\)"
+    ):
         lc.check_sizes([62, 900], [706, 700, 710])
     assert lc.check_sizes([250, 62, 62, 125], [706]) == [62, 125, 250]
+    with pytest.raises(ConfigError, match=r"= 90 is larger than fold 3's training \+ validation structures \(80\)"):
+        folds.part_sizes(90, 64, 16, fold=3)
+    with pytest.raises(ConfigError, match="= 1 leaves no validation structure in fold 0: use 2 or more"):
+        folds.part_sizes(1, 64, 16)
 
 
-def test_subset_folds_cuts_training_only() -> None:
-    train, test = _train(60), _train(20, seed=5).assign(material_id=lambda d: "t" + d["material_id"])
-    fold = FoldSplits(train, train.iloc[:0], test, protocol="grouped", seed=0, fold=1, n_folds=5)
-    (cut,) = folds.subset_folds([fold], SplitConfig(folds=5, train_structures=12))
-    assert cut.train["material_id"].nunique() == 12 and cut.test is test and cut.fold == 1
-    assert fold.train["material_id"].nunique() == 60  # the input fold is left as it was
+def test_part_sizes_keep_the_folds_ratio_and_grow_with_the_size() -> None:
+    assert folds.part_sizes(62, 565, 141) == (50, 12)
+    assert folds.part_sizes(706, 565, 141) == (565, 141)
+    assert folds.part_sizes(2, 565, 141) == (1, 1)  # one of each at the least
+    assert folds.part_sizes(10, 10, 0) == (10, 0)  # a fold without validation structures
+    parts = [folds.part_sizes(n, 565, 141) for n in range(2, 707)]
+    assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in itertools.pairwise(parts))  # nested: both parts only grow
+
+
+def _fold(n_train: int = 80, n_val: int = 20, n_test: int = 25, fold: int = 1) -> FoldSplits:
+    train = _train(n_train)
+    val = _train(n_val, seed=3).assign(material_id=lambda d: "v" + d["material_id"])
+    test = _train(n_test, seed=5).assign(material_id=lambda d: "t" + d["material_id"])
+    return FoldSplits(train, val, test, protocol="grouped", seed=0, fold=fold, n_folds=5)
+
+
+def test_subset_folds_cuts_training_and_validation_together_and_never_the_test() -> None:
+    fold = _fold()
+    (cut,) = folds.subset_folds([fold], SplitConfig(folds=5, train_structures=30))
+    n = {name: part["material_id"].nunique() for name, part in cut.items()}
+    assert n == {"train": 24, "val": 6, "test": 25}  # 30 in the fold's 80:20, the test part whole
+    assert cut.test is fold.test and cut.fold == 1 and len(cut.val) == 6 * 3  # every view of a kept structure
+    assert set(cut.val["material_id"]) < set(fold.val["material_id"])
+    assert fold.train["material_id"].nunique() == 80 and fold.val["material_id"].nunique() == 20  # input kept
+    (bigger,) = folds.subset_folds([fold], SplitConfig(folds=5, train_structures=60))
+    for part in ("train", "val"):  # nested: a smaller point's structures are a subset of a larger one's
+        assert set(getattr(cut, part)["material_id"]) < set(getattr(bigger, part)["material_id"])
     (same,) = folds.subset_folds([fold], SplitConfig(folds=5))
     assert same is fold
-    # the ceiling follows the smaller training part: test classes it lacks are unseen
+
+
+def test_the_unseen_test_classes_follow_the_smaller_training_part() -> None:
+    train = _train(60)
     rare = train.assign(crystal_system="cubic").iloc[:3].assign(material_id="only-cubic")
-    fold2 = FoldSplits(
+    fold = FoldSplits(
         pd.concat([train.assign(crystal_system="triclinic"), rare]),
         train.iloc[:0],
         rare.assign(material_id="t-cubic"),
@@ -76,17 +108,31 @@ def test_subset_folds_cuts_training_only() -> None:
         fold=0,
         n_folds=5,
     )
-    (cut2,) = folds.subset_folds([fold2], SplitConfig(folds=5, train_structures=5))
-    assert "only-cubic" not in set(cut2.train["material_id"])  # seed 0 puts the one cubic structure late
-    assert cut2.unseen_classes["crystal_system"] == ["cubic"]
+    (cut,) = folds.subset_folds([fold], SplitConfig(folds=5, train_structures=5))
+    assert "only-cubic" not in set(cut.train["material_id"])  # seed 0 puts the one cubic structure late
+    assert cut.unseen_classes["crystal_system"] == ["cubic"]
 
 
-def test_size_config_sets_one_point_without_recursion() -> None:
-    cfg = PipelineConfig.model_validate({"name": "curve", "split": {"folds": 3}, "learning_curve": {"sizes": [4, 8]}})
-    one = lc.size_config(cfg, 8)
+def test_each_point_trains_the_full_folds_steps_without_early_stopping() -> None:
+    cfg = PipelineConfig.model_validate(
+        {"name": "curve", "split": {"folds": 3}, "train": {"epochs": 12, "patience": 4, "batch_size": 16},
+         "learning_curve": {"sizes": [4, 8]}}
+    )  # fmt: skip
+    steps = lc.steps_per_epoch(cfg, [4520, 4512, 4530])  # 565 structures x 8 views per fold, batch 16
+    assert steps == 283
+    one = lc.size_config(cfg, 8, steps)
     assert one.split.train_structures == 8 and one.learning_curve.sizes == [] and one.name == "curve-n8"
-    assert lc.size_config(cfg, None).split.train_structures is None
-    assert one.config_hash() != lc.size_config(cfg, 4).config_hash()  # each point is its own training run
+    assert one.train.steps_per_epoch == 283 and one.train.patience == 12 and one.train.epochs == 12
+    whole = lc.size_config(cfg, None, steps)
+    assert whole.split.train_structures is None and whole.train.steps_per_epoch == 283 and whole.name == "curve-nall"
+    assert one.config_hash() != lc.size_config(cfg, 4, steps).config_hash()  # each point is its own training run
+    assert lc.budget(cfg, steps)["optimiser_steps"] == 12 * 283
+    assert lc.parse_points(None, [4, 8]) == [4, 8, None]
+    assert lc.parse_points(["all", "4"], [4, 8]) == [4, None]
+    with pytest.raises(
+        ConfigError, match=r"--size \['5'\] is not a point of this curve; choose from \['4', '8', 'all'\]"
+    ):
+        lc.parse_points(["5"], [4, 8])
 
 
 def _oof_table(n: int, acc: float, seed: int = 0) -> pd.DataFrame:
@@ -106,120 +152,114 @@ def _oof_table(n: int, acc: float, seed: int = 0) -> pd.DataFrame:
             "model__band_gap": y + rng.normal(scale=0.5, size=n),
             "dummy__crystal_system": "a",
             "dummy__band_gap": 0.0,
+            "tabular__crystal_system": truth,
+            "tabular__band_gap": y,
         }
     )
 
 
-def test_record_and_figure_from_pooled_tables(tmp_path) -> None:
-    cfg = PipelineConfig.model_validate({"name": "curve", "split": {"folds": 3}})
-    points = []
-    for n, acc in [(10, 0.3), (40, 0.6), (None, 0.9)]:
-        table = _oof_table(400, acc)
-        metrics = {"pooled_model_acc_crystal_system": acc, "test_acc_crystal_system_mean": 0.5}
-        points.append(lc.CurvePoint(n, float(n or 80), f"run{n}", metrics, lc.point_series(table, cfg)))
-    record = lc.curve_record(cfg, points)
-    cell = record["points"][1]["series"]["image model"]["crystal_system"]
-    assert cell["lo"] < cell["value"] < cell["hi"] and abs(cell["value"] - 0.6) < 0.08
-    assert cell["hi"] - cell["lo"] < 0.15  # 400 structures: a 95 % interval of about +-0.05
-    r2 = record["points"][2]["series"]["image model"]["band_gap"]
-    assert 0.6 < r2["value"] < 0.9  # y + N(0, 0.5): R² about 0.8
-    majority = record["points"][0]["series"]["majority / mean"]["band_gap"]["value"]
-    assert majority <= 0.0  # a constant predicts no better than the mean
-    assert np.isnan(record["points"][0]["series"]["CGCNN"]["band_gap"]["value"])  # no CGCNN column
-    assert "test_acc_crystal_system_mean" not in record["points"][0]["metrics"]  # pooled numbers only
-    json.dumps(record)
-    path = lc.plot_curve(record, tmp_path / "curve.png")
-    assert path.stat().st_size > 10_000
-
-
-def test_space_table_script_renders_readme_rows_from_a_record(tmp_path) -> None:
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("space_table", root / "docs/study/space_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-
-    cfg = PipelineConfig.model_validate({"name": "space-curve", "split": {"folds": 5}})
-    table = _oof_table(300, 0.7)
-    metrics = {"pooled_n_structures": 300.0, "pooled_diff_model_vs_dummy_acc_crystal_system": 0.2,
-               "pooled_diff_model_vs_dummy_acc_crystal_system_lo": 0.1,
-               "pooled_diff_model_vs_dummy_acc_crystal_system_hi": 0.3}  # fmt: skip
-    points = [lc.CurvePoint(n, float(n or 200), "r", metrics, lc.point_series(table, cfg)) for n in (50, None)]
-    record_path = tmp_path / "space-curve.json"
-    record_path.write_text(json.dumps(lc.curve_record(cfg, points)))
-    lc.plot_curve(json.loads(record_path.read_text()), record_path.with_suffix(".png"))
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- space-table:start -->\nstale rows\n<!-- space-table:end -->\nrest\n")
-    module.main([str(record_path), "--readme", str(readme), "--figure", str(tmp_path / "fig.png")])
-    text = readme.read_text()
-    assert "stale rows" not in text and text.startswith("intro\n") and text.endswith("rest\n")
-    assert "| all (200) | image model | 0.65 [0.60, 0.71] |" in text and "| 50 | majority / mean |" in text
-    assert "| majority / mean | +0.20 [+0.10, +0.30] |" in text
-    assert (tmp_path / "fig.png").stat().st_size > 10_000
-
-
-def test_curve_record_script_rebuilds_a_stopped_curve_from_its_finished_runs(cv_home, tmp_path) -> None:
-    import importlib.util
-    from pathlib import Path
-
-    import mlflow
-
-    from crystalvision.track import tracking
-
-    root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("curve_record", root / "docs/study/curve_record.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-
-    tracking.configure_mlflow()
-    runs = []
-    for n, acc in [(62, 0.4), (250, 0.7)]:
-        table = _oof_table(300, acc)
-        table.to_parquet(tmp_path / "oof_predictions.parquet")
-        with mlflow.start_run(run_name=f"space-curve-n{n}", tags={"kfold": "parent"}) as run:
-            mlflow.log_metrics({"pooled_n_structures": 300.0, "pooled_model_acc_crystal_system": acc})
-            mlflow.log_artifact(str(tmp_path / "oof_predictions.parquet"), artifact_path="evaluation")
-        runs += ["--run", f"{n}={run.info.run_id}"]
-    with mlflow.start_run(run_name="not-a-point") as other:
-        pass
-    out = tmp_path / "record"
-    args = [str(root / "pipelines/space-curve.yaml"), "--set", "evaluate.bootstrap_resamples=100", "--out", str(out)]
-    figure = module.main([*args, *runs])
-    record = json.loads((out / "learning_curve.json").read_text())
-    assert figure.is_file() and record["sizes"] == [62, 250] and record["pipeline"] == "space-curve"
-    values = [p["series"]["image model"]["crystal_system"]["value"] for p in record["points"]]
-    assert values[0] < 0.5 < values[1]
-    assert record["points"][1]["metrics"]["pooled_model_acc_crystal_system"] == 0.7
-    with pytest.raises(ConfigError, match="not a k-fold parent run"):
-        module.main([*args, "--run", f"62={other.info.run_id}"])
-
-
-def test_space_table_script_renders_a_grouped_run_record_per_scope(tmp_path) -> None:
-    import importlib.util
-    from pathlib import Path
-
+def _point(n: int | None, acc: float, cfg: PipelineConfig, **changes) -> dict:
+    """A point record as run_point writes it, from a synthetic pooled table of 300 structures."""
     from crystalvision.evaluate import oof
 
+    table = _oof_table(300, acc)
+    metrics = oof.summarise(table, {}, n_resamples=100) | {"n_folds": 5.0}
+    parts = [cr.fold_part(f) for f in folds.subset_folds([_fold(fold=i) for i in range(2)],
+                                                          SplitConfig(folds=5, train_structures=n))]  # fmt: skip
+    record = {
+        "pipeline": cfg.name, "train_structures": n, "point": cr.point_key(n), "curve_config_hash": cfg.config_hash(),
+        "config_hash": lc.size_config(cfg, n, 7).config_hash(), "run_id": f"run{n}", "finished": "2026-12-08T10:00:00",
+        "seconds": 600.0, "hardware": "x86_64, 2 CPUs, Linux", "budget": lc.budget(cfg, 7),
+        "n_structures_mean": float(np.mean([p["n_structures_train"] + p["n_structures_val"] for p in parts])),
+        "n_train_mean": float(np.mean([p["n_structures_train"] for p in parts])),
+        "n_val_mean": float(np.mean([p["n_structures_val"] for p in parts])),
+        "folds": parts, "series": cr.point_series(table, cfg.evaluate), "metrics": cr.pooled_only(metrics),
+    }  # fmt: skip
+    return record | changes
+
+
+def test_point_records_merge_into_one_curve_with_its_figure(tmp_path) -> None:
+    cfg = PipelineConfig.model_validate(
+        {"name": "curve", "split": {"folds": 5}, "evaluate": {"bootstrap_resamples": 200}}
+    )
+    for n, acc in [(40, 0.6), (None, 0.9), (10, 0.3)]:
+        cr.write_point(tmp_path, _point(n, acc, cfg))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["point-10.json", "point-40.json", "point-all.json"]
+    record = cr.merge(cr.read_points(tmp_path))
+    assert record["sizes"] == [10, 40, None] and record["budget"]["optimiser_steps"] == 7 * cfg.train.epochs
+    assert [p["n_structures_mean"] for p in record["points"]] == [10.0, 40.0, 100.0]
+    cell = record["points"][1]["series"]["image model"]["crystal_system"]
+    assert cell["lo"] < cell["value"] < cell["hi"] and abs(cell["value"] - 0.6) < 0.08
+    assert record["points"][0]["series"]["trees"]["crystal_system"]["value"] == 1.0  # the trees on the same axis
+    assert np.isnan(record["points"][0]["series"]["CGCNN"]["band_gap"]["value"])  # no CGCNN column
+    json_path, figure = cr.write_curve(record, tmp_path)
+    assert json.loads(json_path.read_text())["sizes"] == [10, 40, None] and figure.stat().st_size > 10_000
+
+
+def test_merge_refuses_points_of_another_budget_or_other_test_folds(tmp_path) -> None:
+    cfg = PipelineConfig.model_validate(
+        {"name": "curve", "split": {"folds": 5}, "evaluate": {"bootstrap_resamples": 50}}
+    )
+    cr.write_point(tmp_path, _point(10, 0.3, cfg))
+    other = _point(40, 0.5, cfg)
+    cr.write_point(tmp_path, other | {"budget": other["budget"] | {"steps_per_epoch": 9}})
+    with pytest.raises(ConfigError, match="differ in budget: they are not points of one curve"):
+        cr.merge(cr.read_points(tmp_path))
+    moved = [f | {"test_sha256": "0" * 16} for f in other["folds"]]
+    cr.write_point(tmp_path, other | {"folds": moved})
+    with pytest.raises(ConfigError, match="were scored on other test folds"):
+        cr.merge(cr.read_points(tmp_path))
+    with pytest.raises(ConfigError, match="no point records"):
+        cr.merge(cr.read_points(tmp_path / "empty"))
+
+
+def _study_script(name: str):
+    import importlib.util
+    from pathlib import Path
+
     root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("space_table", root / "docs/study/space_table.py")
+    spec = importlib.util.spec_from_file_location(f"study_{name}", root / f"docs/study/{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
 
-    table = _oof_table(300, 0.7).assign(nelements=[4 if i % 3 == 0 else 3 for i in range(300)])
-    metrics = oof.summarise(table, {"quaternary": 4}, n_resamples=200) | {"n_folds": 5.0}
-    record = tmp_path / "space-grouped.json"
-    record.write_text(json.dumps({"pipeline": "space-grouped", "metrics": metrics}))
+
+def test_curve_script_writes_the_table_and_figure_from_the_point_records(tmp_path) -> None:
+    script = _study_script("curve_record")
+    cfg = PipelineConfig.model_validate(
+        {"name": "space-curve", "split": {"folds": 5}, "evaluate": {"bootstrap_resamples": 100}}
+    )
+    folder = tmp_path / "space-curve"
+    for n, acc in [(10, 0.3), (None, 0.7)]:
+        cr.write_point(folder, _point(n, acc, cfg))
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- space-grouped-table:start -->\nstale\n<!-- space-grouped-table:end -->\nrest\n")
-    module.main([str(record), "--readme", str(readme)])
+    readme.write_text("intro\n<!-- space-table:start -->\nstale rows\n<!-- space-table:end -->\nrest\n")
+    script.main(
+        [str(folder), "--sizes", "10", "40", "all", "--readme", str(readme), "--figure", str(tmp_path / "f.png")]
+    )
     text = readme.read_text()
-    assert "stale" not in text and text.startswith("intro\n") and text.endswith("rest\n")
-    assert "5 grouped folds, 1 seed(s)" in text and "Every structure (300):" in text
-    assert "Subset `quaternary` (100 structures):" in text
-    acc = metrics["pooled_model_acc_crystal_system"]
-    assert f"| image model | {acc:.2f} |" in text
-    diff = "pooled_quaternary_diff_model_vs_dummy_acc_crystal_system"
-    row = f"| image model − majority / mean | {metrics[diff]:+.2f} [{metrics[diff + '_lo']:+.2f}, "
-    assert row in text.split("Subset `quaternary`")[1]
+    assert "stale rows" not in text and text.startswith("intro\n") and text.endswith("rest\n")
+    assert "| 10 (8 + 2) | image model | 0.2" in text and "| all: 100 (80 + 20) | trees | 1.00 [1.00, 1.00] |" in text
+    assert "| image model minus, at 10 (8 + 2) structures per fold |" in text
+    assert "| 10 | trees | 1.00 |" in text  # balanced accuracy, per size and method
+    assert "Points not run yet: 40." in text and "10: 2026-12-08, 10 min (x86_64, 2 CPUs, Linux)" in text
+    assert f"{cfg.train.epochs} epoch(s) x 7 optimiser steps" in text
+    assert (folder / "learning_curve.json").is_file() and (tmp_path / "f.png").stat().st_size > 10_000
+
+
+def test_curve_summary_names_points_run_kept_and_missing(tmp_path) -> None:
+    from rich.console import Console
+
+    from crystalvision.app.summary import result_summary
+
+    cfg = PipelineConfig.model_validate(
+        {"name": "space-curve", "split": {"folds": 5}, "evaluate": {"bootstrap_resamples": 50}}
+    )
+    record = cr.merge([_point(10, 0.3, cfg) | {"path": "a"}, _point(None, 0.7, cfg) | {"path": "b"}])
+    result = record | {"record": "out/learning_curve.json", "figure": "out/learning_curve.png", "ran": ["10"],
+                       "kept": ["all"], "missing": ["40"]}  # fmt: skip
+    console = Console(width=100, record=True)
+    console.print(result_summary(result, "curve.log"))
+    text = console.export_text()
+    assert "learning curve space-curve" in text and "run now: 10; kept: all" in text and "40 (run them" in text
+    assert "trees" in text and "out/learning_curve.png" in text and len(text.splitlines()) <= 25

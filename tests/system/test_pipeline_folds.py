@@ -1,6 +1,7 @@
-"""A tiny grouped k-fold pipeline run and its learning curve: parent + child runs, each structure tested once,
-pooled out-of-fold metrics with paired bootstrap intervals and mean ± std on the parent, leakage section and graph
-baseline in the reports, no registration; `pipeline validate` prints the resolved split."""
+"""A tiny grouped k-fold pipeline run and its learning curve (one record per point, validation cut with training,
+baselines fit on what the image model saw, the same steps at every point): parent + child runs, each structure
+tested once, pooled out-of-fold metrics with paired bootstrap intervals and mean ± std on the parent, leakage
+section and graph baseline in the reports, no registration; `pipeline validate` prints the resolved split."""
 
 from __future__ import annotations
 
@@ -37,40 +38,127 @@ def _json(stdout: str) -> dict:
     return json.loads(stdout[stdout.index("{") :])
 
 
+N_CURVE = 16  # 2 folds of 8 training + validation structures (about 6 + 2): a point of 4 cuts both parts
+CURVE = [item for item in TINY if not item.startswith(("snapshot.max_structures", "train.max_steps_per_epoch"))]
+CURVE.append(f"snapshot.max_structures={N_CURVE}")
+
+
 @pytest.mark.slow
 def test_grouped_kfold_pipeline_and_its_learning_curve(cv_home: Path, tmp_path: Path) -> None:
-    """`curve` at one size runs the grouped k-fold pipeline twice (1 training structure per fold, then all): the
-    full-size point is the plain grouped k-fold run, checked in full; the record holds both points."""
-    base = ["curve", str(ROOT / "pipelines/paper-grouped.yaml"), "--out", str(tmp_path / "curve")]
-    sets = [a for item in TINY for a in ("--set", item)]
-    # a size above the smallest fold's training set: one error naming both sizes, before any training
-    too_big = CliRunner().invoke(app, [*base, *sets, "--set", "learning_curve.sizes=[1, 50]"])
+    """`curve` at one size runs the grouped k-fold pipeline twice (4 training + validation structures per fold,
+    then all): validation is cut with training, every baseline is fit on exactly the structures the image model
+    saw, both points take the same optimiser steps and are scored on the same test folds; a rerun skips both points;
+    the study script makes the table from the point records. The full-size point is the plain grouped k-fold run,
+    checked in full."""
+    out = tmp_path / "curve"
+    base = ["curve", str(ROOT / "pipelines/paper-grouped.yaml"), "--out", str(out), "--json"]
+    sets = [a for item in CURVE for a in ("--set", item)]
+    # a size above the smallest fold's structures: one error naming both sizes, before any training
+    too_big = CliRunner().invoke(app, [*base, *sets, "--set", "learning_curve.sizes=[4, 50]"])
     assert too_big.exit_code == 2, too_big.output
-    assert "[50] exceed the smallest fold's training set (2 structures)" in too_big.output
+    assert "[50] exceed the smallest fold's training + validation structures (8)" in too_big.output
     assert not (cv_home / "ray_results").exists()
 
-    result = CliRunner().invoke(app, [*base, *sets, "--set", "learning_curve.sizes=[1]"])
+    result = CliRunner().invoke(app, [*base, *sets, "--set", "learning_curve.sizes=[4]"])
     assert result.exit_code == 0, result.output
-    record = json.loads((tmp_path / "curve" / "learning_curve.json").read_text())
-    assert (tmp_path / "curve" / "learning_curve.png").stat().st_size > 10_000
-    assert record["sizes"] == [1, None] and [p["n_train_mean"] for p in record["points"]] == [1.0, 2.0]
+    summary = _json(result.stdout)
+    assert (summary["ran"], summary["kept"], summary["missing"]) == (["4", "all"], [], [])
+    record = json.loads((out / "learning_curve.json").read_text())
+    assert sorted(p.name for p in out.glob("point-*.json")) == ["point-4.json", "point-all.json"]
+    assert (out / "learning_curve.png").stat().st_size > 10_000
+    assert record["sizes"] == [4, None] and [p["n_structures_mean"] for p in record["points"]] == [4.0, 8.0]
     small, full = record["points"]
     assert small["run_id"] != full["run_id"]
-    for point in record["points"]:  # the same 6 held-out structures at every size, each scored once
-        assert point["metrics"]["pooled_n_structures"] == 6
+    _check_curve_point(small, full, record["budget"], tmp_path)
+    for point in record["points"]:  # the same held-out structures at every size, each scored once
+        assert point["metrics"]["pooled_n_structures"] == N_CURVE
         cell = point["series"]["image model"]["crystal_system"]
         assert cell["lo"] <= cell["value"] <= cell["hi"]
-        assert point["series"]["majority / mean"]["crystal_system"]["value"] >= 0
+        assert point["series"]["trees"]["crystal_system"]["value"] >= 0
+
+    rerun = CliRunner().invoke(app, [*base, *sets, "--set", "learning_curve.sizes=[4]"])
+    assert rerun.exit_code == 0, rerun.output
+    assert (_json(rerun.stdout)["ran"], _json(rerun.stdout)["kept"]) == ([], ["4", "all"])
+    client = MlflowClient(f"sqlite:///{cv_home / 'mlflow.db'}")
+    experiment = client.get_run(small["run_id"]).info.experiment_id
+    assert len(client.search_runs([experiment], "tags.kfold = 'parent'")) == 2  # the rerun trained nothing
+
+    readme = tmp_path / "study.md"
+    readme.write_text("<!-- space-table:start -->\n<!-- space-table:end -->\n")
+    _study_script("curve_record").main([str(out), "--readme", str(readme)])
+    table = readme.read_text()
+    assert f"| 4 ({small['n_train_mean']:.0f} + 1) | trees |" in table and "| all: 8 (" in table
+
     mlflow.set_tracking_uri(f"sqlite:///{cv_home / 'mlflow.db'}")
-    client = MlflowClient()
-    every_child = client.search_runs([client.get_run(small["run_id"]).info.experiment_id], "tags.kfold = 'child'")
-    assert {r.data.params.get("cfg.split.train_structures") for r in every_child} == {"1", "None"}
+    every_child = client.search_runs([experiment], "tags.kfold = 'child'")
+    assert {r.data.params.get("cfg.split.train_structures") for r in every_child} == {"4", "None"}
     assert client.search_registered_models() == []  # k-fold is an evaluation protocol: nothing registered
-    _check_grouped_kfold_run(client, full["run_id"], full["metrics"], tmp_path)
+    _check_grouped_kfold_run(client, full["run_id"], full["metrics"], tmp_path, N_CURVE)
 
 
-def _check_grouped_kfold_run(client: MlflowClient, run_id: str, pooled: dict, tmp_path: Path) -> None:
-    """A grouped 2-fold parent run over 6 structures: fold statistics, pooled out-of-fold metrics with paired
+def _study_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"study_{name}", ROOT / "docs" / "study" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check_curve_point(small: dict, full: dict, budget: dict, tmp_path: Path) -> None:
+    """A point of 4: per fold, validation cut with training (in the fold's ratio) and the test fold untouched; the
+    image model's child run trained on those parts for the budget's steps; majority, 1-NN and trees were fit on
+    exactly its training + validation structures (the majority's mean band gap is theirs, every 1-NN neighbour is
+    one of them, the trees refit on them predict what the run's trees predicted)."""
+    from crystalvision.app import curve_record as cr
+    from crystalvision.app import learning_curve as lc
+    from crystalvision.core import load_pipeline, parse_overrides
+    from crystalvision.data import load_selection, subset_folds
+    from crystalvision.evaluate.baselines import structure_table
+    from crystalvision.evaluate.tabular import tabular_predict
+
+    cfg = load_pipeline(ROOT / "pipelines/paper-grouped.yaml", parse_overrides(CURVE))
+    uncut = lc.full_folds(cfg)
+    point = subset_folds(uncut, cfg.split.model_copy(update={"train_structures": 4}))
+    client = MlflowClient()
+    oof = pd.read_parquet(
+        client.download_artifacts(small["run_id"], "evaluation/oof_predictions.parquet", str(tmp_path))
+    )
+    experiment = client.get_run(small["run_id"]).info.experiment_id
+    found = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{small['run_id']}'")
+    children = {c.data.tags["fold"]: c for c in found}
+    records = {r.material_id: r for r in load_selection(cfg.snapshot)[1].records}
+    for fold, part, whole, made in zip(
+        point, small["folds"], full["folds"], [cr.fold_part(f) for f in point], strict=True
+    ):
+        assert part == made  # the record says what the pipeline's split makes
+        assert part["n_structures_train"] + part["n_structures_val"] == 4
+        assert 1 <= part["n_structures_val"] < whole["n_structures_val"]  # validation cut with training
+        assert part["test_sha256"] == whole["test_sha256"] and part["n_structures_test"] == whole["n_structures_test"]
+        child = children[str(part["fold"])]
+        logged = {k: int(child.data.params[f"split.n_structures_{k}"]) for k in ("train", "val", "test")}
+        assert logged == {k: part[f"n_structures_{k}"] for k in ("train", "val", "test")}
+        assert child.data.metrics["final_optimiser_steps"] == budget["optimiser_steps"]  # the same at every point
+        seen = pd.concat([fold.train, fold.val])
+        rows = oof[oof["fold"] == part["fold"]]
+        mean_gap = structure_table(seen)["band_gap"].mean()
+        assert rows["dummy__band_gap"].to_numpy() == pytest.approx(mean_gap, abs=1e-9)
+        uncut_mean = structure_table(pd.concat([uncut[part["fold"]].train, uncut[part["fold"]].val]))["band_gap"].mean()
+        assert mean_gap != pytest.approx(uncut_mean)  # the check tells the uncut fold's structures apart
+        dst = tmp_path / child.info.run_id
+        base = pd.read_csv(
+            client.download_artifacts(child.info.run_id, "evaluation/baseline_predictions.csv", str(dst))
+        )
+        assert set(base["1nn_neighbour"]) <= set(seen["material_id"])
+        trees = tabular_predict(records, seen, fold.test).set_index("material_id")["band_gap"]
+        assert rows.set_index("material_id")["tabular__band_gap"].to_numpy() == pytest.approx(
+            trees.loc[rows["material_id"]].to_numpy()
+        )
+    assert full["optimiser_steps_mean"] == small["optimiser_steps_mean"] == budget["optimiser_steps"]
+
+
+def _check_grouped_kfold_run(client: MlflowClient, run_id: str, pooled: dict, tmp_path: Path, n: int = 6) -> None:
+    """A grouped 2-fold parent run over ``n`` structures: fold statistics, pooled out-of-fold metrics with paired
     bootstrap intervals, artifacts, child runs that test each structure once, `evaluate --run-id` on a fold.
     ``pooled``: the pooled metrics the learning curve recorded for this run."""
     parent = client.get_run(run_id)
@@ -83,7 +171,7 @@ def _check_grouped_kfold_run(client: MlflowClient, run_id: str, pooled: dict, tm
         assert {f"{name}_mean", f"{name}_std"} <= set(metrics), name
     assert metrics["leakage_ssim_median_n"] == 2
     # pooled out of fold: every structure scored once, for the model and each baseline (CGCNN included)
-    assert metrics["pooled_n_structures"] == 6 and metrics["pooled_n_seeds"] == 1
+    assert metrics["pooled_n_structures"] == n and metrics["pooled_n_seeds"] == 1
     for p in ("model", "dummy", "1nn", "cgcnn"):
         assert {f"pooled_{p}_acc_crystal_system", f"pooled_{p}_mae_band_gap"} <= set(metrics), p
     for b in ("dummy", "1nn", "cgcnn"):
@@ -98,7 +186,7 @@ def _check_grouped_kfold_run(client: MlflowClient, run_id: str, pooled: dict, tm
         "evaluation/oof_predictions.csv",
     }
     oof = pd.read_parquet(client.download_artifacts(run_id, "evaluation/oof_predictions.parquet", str(tmp_path)))
-    assert oof["material_id"].is_unique and len(oof) == 6 and set(oof["fold"]) == {0, 1}
+    assert oof["material_id"].is_unique and len(oof) == n and set(oof["fold"]) == {0, 1}
     assert {"model__band_gap", "dummy__crystal_system", "1nn__spacegroup", "cgcnn__band_gap"} <= set(oof)
     text = Path(client.download_artifacts(run_id, "evaluation/folds_report.html", str(tmp_path))).read_text()
     assert "mean ± std over folds" in text and "±" in text and "CGCNN graph baseline" in text
@@ -117,7 +205,7 @@ def _check_grouped_kfold_run(client: MlflowClient, run_id: str, pooled: dict, tm
         report = Path(client.download_artifacts(child.info.run_id, "evaluation/report.html", str(dst))).read_text()
         assert "Leakage: nearest training image" in report and "data:image/png;base64" in report
         assert "CGCNN graph baseline, per structure" in report and "pretrained CGCNN" in report
-    assert len(tested) == len(set(tested)) == 6  # each structure tested exactly once across folds
+    assert len(tested) == len(set(tested)) == n  # each structure tested exactly once across folds
 
     # `evaluate --run-id` on a fold's child run rebuilds that fold's test split, not a plain split.
     child = children[0]

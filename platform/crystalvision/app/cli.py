@@ -278,11 +278,16 @@ def serve(
 def curve(
     config: Annotated[Path, typer.Argument(help="A grouped k-fold pipeline YAML with learning_curve.sizes.")],
     set_: SetOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Folder for learning_curve.json and the figure.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the point records, learning_curve.json, figure.")] = None,
+    size: Annotated[
+        list[str] | None, typer.Option("--size", help="Run only this point (a size, or all); repeatable.")
+    ] = None,
+    json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Learning curve: the k-fold pipeline at nested subsets of each fold's training structures (long)."""
-    _run_long("curve", config, set_, True, verbose, out=out)
+    """Learning curve: the k-fold pipeline at nested subsets of each fold's structures, one record per point; a
+    point with a record is skipped (long)."""
+    _run_long("curve", config, set_, json_out, verbose, out=out, sizes=size)
 
 
 @app.command()

@@ -75,12 +75,12 @@ def watch(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     return watch_once(cfg, force=force)
 
 
-def curve(cfg: PipelineConfig, out: str | Path | None = None) -> dict[str, Any]:
-    """The learning curve (``cfg.learning_curve.sizes``): one k-fold pipeline per size; its record."""
+def curve(cfg: PipelineConfig, out: str | Path | None = None, sizes: list[str] | None = None) -> dict[str, Any]:
+    """The learning curve (``cfg.learning_curve.sizes``): one k-fold pipeline per point without a record in ``out``
+    (``sizes``: only these points); the merged record of every point there."""
     from crystalvision.app.learning_curve import run_learning_curve
 
-    result = run_learning_curve(cfg, out)
-    return {**result.record, "figure": str(result.figure) if result.figure else None}
+    return run_learning_curve(cfg, out, sizes).summary()
 
 
 COMMANDS: dict[str, Callable[..., Any]] = {

@@ -245,10 +245,14 @@ def tune_summary(result: dict[str, Any], log_path: str | None = None) -> Group:
 
 
 def result_summary(result: Any, log_path: str | None = None) -> Group | None:
-    """The short summary of a long command's result: a pipeline run (``pipeline run``, ``train``), a sweep
-    (``tune``) or a render (``render``); None for any other result (print it as JSON)."""
+    """The short summary of a long command's result: a learning curve (``curve``), a pipeline run (``pipeline
+    run``, ``train``), a sweep (``tune``) or a render (``render``); None for any other result (print it as JSON)."""
     if not isinstance(result, dict):
         return None
+    if "points" in result and "heads" in result:  # a learning curve (it names its pipeline too)
+        from crystalvision.app.curve_record import curve_summary
+
+        return curve_summary(result, log_path)
     if "pipeline" in result:
         return pipeline_summary(result, log_path)
     if "sweep" in result:

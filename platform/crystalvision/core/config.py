@@ -171,8 +171,8 @@ class SplitConfig(_Strict):
     train_structures: int | None = Field(
         default=None,
         ge=1,
-        description="K-fold: train each fold on only this many of its training structures (a nested, "
-        "class-balanced subset; test and validation unchanged). One point of a learning curve.",
+        description="K-fold: cut each fold's training + validation structures to this many together, in the "
+        "fold's own train:val ratio (nested, class-balanced subsets; test unchanged). One point of a learning curve.",
     )
 
     @field_validator("folds", "test_only", "train_structures", mode="before")
@@ -390,11 +390,13 @@ class RegistryConfig(_Strict):
 
 
 class LearningCurveConfig(_Strict):
-    """`crystalvision curve`: the k-fold pipeline at nested subsets of each fold's training structures."""
+    """`crystalvision curve`: the k-fold pipeline at nested subsets of each fold's training + validation structures,
+    every point at the full fold's optimiser steps (see app/learning_curve.py)."""
 
     sizes: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=list,
-        description="Training structures per fold at each point (the whole training set is always the last point).",
+        description="Training + validation structures per fold at each point (cut in the fold's train:val ratio; "
+        "every structure of the fold is always the last point).",
     )
 
 

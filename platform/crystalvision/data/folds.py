@@ -326,19 +326,45 @@ def subset_training(train: pd.DataFrame, n: int, seed: int, fold: int) -> pd.Dat
     return train[train["material_id"].isin(keep)].reset_index(drop=True)
 
 
+def part_sizes(n: int, n_train: int, n_val: int, fold: int = 0) -> tuple[int, int]:
+    """``n`` of a fold's ``n_train + n_val`` structures split in the fold's own train:val ratio: (train, val), at
+    least one of each when the fold has validation structures. A ConfigError names the sizes that cannot be met."""
+    have = n_train + n_val
+    if n > have:
+        raise ConfigError(
+            f"split.train_structures = {n} is larger than fold {fold}'s training + validation structures ({have}); "
+            f"use sizes up to {have}, or fewer folds"
+        )
+    if n_val == 0:
+        return n, 0
+    if n < 2:
+        raise ConfigError(
+            f"split.train_structures = {n} leaves no validation structure in fold {fold}: use 2 or more (the "
+            "validation part is cut in the fold's train:val ratio)"
+        )
+    n_v = min(n - 1, max(1, round(n * n_val / have)))
+    return n - n_v, n_v
+
+
 def subset_folds(folds: Sequence[FoldSplits], split: SplitConfig) -> list[FoldSplits]:
-    """Each fold with its training part cut to ``split.train_structures`` (unchanged when that is unset): a point
-    of a learning curve. Test and validation stay as they are; the unseen test classes follow the smaller part."""
-    n = split.train_structures
-    if n is None:
+    """Each fold with its training and validation parts cut to ``split.train_structures`` structures together
+    (unchanged when that is unset): a point of a learning curve, whose every method sees those structures.
+
+    The cut keeps the fold's own train:val ratio (:func:`part_sizes`); each part is a prefix of its seeded,
+    class-balanced :func:`nested_order`, so a smaller point's structures are a subset of a larger one's. The test
+    part is never cut; the unseen test classes follow the smaller training part."""
+    if (n := split.train_structures) is None:
         return list(folds)
     out = []
     for f in folds:
-        train = subset_training(f.train, n, split.seed, getattr(f, "fold", 0))
-        cut = dataclasses.replace(f, train=train)
+        i = getattr(f, "fold", 0)
+        n_train, n_val = part_sizes(n, f.train["material_id"].nunique(), f.val["material_id"].nunique(), i)
+        train = subset_training(f.train, n_train, split.seed, i)
+        val = subset_training(f.val, n_val, split.seed, i) if n_val else f.val
+        cut = dataclasses.replace(f, train=train, val=val)
         cut.unseen_classes = unseen_classes(train, cut.test)
         out.append(cut)
-    log.info("learning curve point: %d training structures per fold (nested, seed %d)", n, split.seed)
+    log.info("learning curve point: %d train + val structures per fold (nested, seed %d)", n, split.seed)
     return out
 
 

@@ -177,11 +177,12 @@ def ssim_heatmap(matrix: np.ndarray, labels: Sequence[str], path: str | Path) ->
 
 
 def learning_curve_plot(record: dict, path: str | Path) -> Path:
-    """A learning curve record (learning_curve.curve_record) as one panel per head: metric against training
-    structures on a log axis, one line per method, 95 % bootstrap intervals as error bars."""
+    """A learning curve record (app.curve_record.merge) as one panel per head: metric against structures per fold
+    (``x_label``; records before it: training structures) on a log axis, one line per method, 95 % bootstrap
+    intervals as error bars."""
     heads = record["heads"]
     points = record["points"]
-    x = np.array([p["n_train_mean"] for p in points], dtype=float)
+    x = np.array([p.get("n_structures_mean", p["n_train_mean"]) for p in points], dtype=float)
     methods = list(points[0]["series"]) if points else []
     fig, axes = plt.subplots(1, len(heads), figsize=(3.6 * len(heads), 3.4), squeeze=False)
     for ax, (head, metric) in zip(axes[0], heads.items(), strict=True):
@@ -194,7 +195,7 @@ def learning_curve_plot(record: dict, path: str | Path) -> Path:
             hi = np.array([c["hi"] for c in cells], dtype=float)
             err = np.vstack([np.where(np.isfinite(lo), y - lo, 0.0), np.where(np.isfinite(hi), hi - y, 0.0)])
             ax.errorbar(
-                x * (1 + 0.03 * (j - 1.5)),
+                x * (1 + 0.03 * (j - (len(methods) - 1) / 2)),  # methods side by side around each size
                 y,
                 yerr=np.clip(err, 0, None),
                 marker="o",
@@ -206,7 +207,7 @@ def learning_curve_plot(record: dict, path: str | Path) -> Path:
         ax.set_xscale("log")
         ax.set_xticks(x, [f"{v:.0f}" for v in x])
         ax.minorticks_off()
-        ax.set_xlabel("training structures per fold")
+        ax.set_xlabel(record.get("x_label", "training structures per fold"), fontsize=8)
         ax.set_ylabel("accuracy (pooled out of fold)" if metric == "acc" else "R² (pooled out of fold)")
         if metric == "r2":  # a constant or a poor fit goes far below 0: keep the useful range readable
             ax.set_ylim(max(ax.get_ylim()[0], -1.0), 1.0)
