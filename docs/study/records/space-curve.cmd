@@ -1,9 +1,36 @@
-# Learning curve on the Li-Mn-Ni-O space, reduced budget (2026-12-02, 2-core Xeon CPU, 24 GiB; one background run,
-# niced, sharing the cores with the test suite for part of the time). The full-size point was stopped before it
-# ran (about 37 more minutes); the record holds the two finished sizes, rebuilt from their k-fold runs:
-crystalvision curve pipelines/space-curve.yaml --set render.views_per_structure=4 --set train.epochs=8 \
-    --set train.patience=3 --set 'learning_curve.sizes=[62, 250]'
-python docs/study/curve_record.py pipelines/space-curve.yaml --set render.views_per_structure=4 \
-    --set train.epochs=8 --set train.patience=3 --set 'learning_curve.sizes=[62, 250]' \
-    --run 62=0bf374260a994136afaf2da4859c2516 --run 250=5319d0619793472a8fcb4b105557fc15 --out docs/study/records/space-curve
-python docs/study/space_table.py docs/study/records/space-curve/learning_curve.json --readme docs/study.md
+# Learning curve on the Li-Mn-Ni-O space, full budget (pipelines/space-curve.yaml): NOT RUN YET.
+#
+# A point of size n: each fold's training + validation structures cut to n together, in the fold's own train:val
+# ratio (about 80:20; nested, class-balanced subsets); the image model trains on the training part and keeps its best
+# validation epoch, CGCNN likewise, majority, 1-NN and the trees are fit on all n. The 5 test folds are never cut:
+# every point is scored on the same 883 structures, each once, pooled out of fold, per structure. Budget, the same at
+# every point: 8 views of 64 px, 12 epochs of the full folds' one pass in optimiser steps (train.steps_per_epoch,
+# about 283 steps of batch 16, so about 3,400 steps; smaller sets cycle through reshuffled passes), no early stopping,
+# one seed. Sizes 62, 125, 250, 500 and all (about 706 = 565 + 141 per fold).
+#
+# One part per point, from the repository root with the environment active; each writes its record
+# (space-curve/point-<n>.json) when it finishes, and a part whose record is there is skipped. A killed part resumes
+# its fold trainings from their checkpoints when run again (as long as the package's code is unchanged: a code
+# change trains that point from the start). Estimated on the 2-core VM with the cores free: about 1.5 h for each of
+# 62, 125 and 250, 1.6 h for 500 and 1.7 h for all, 8 h in all (the step budget is the same at every point: about
+# 77 min of training per point at 77 s an epoch of 283 steps and its validation, 5 x 12 epochs; plus about 10 min of
+# start-up, model logging and evaluation, and CGCNN, which grows with n: about 15 min at all, from baselines.cmd's
+# 17.6 min for every baseline on these folds). The images are space-grouped.yaml's (same render config): reused.
+nice -n 10 crystalvision curve pipelines/space-curve.yaml --size 62 --out docs/study/records/space-curve
+nice -n 10 crystalvision curve pipelines/space-curve.yaml --size 125 --out docs/study/records/space-curve
+nice -n 10 crystalvision curve pipelines/space-curve.yaml --size 250 --out docs/study/records/space-curve
+nice -n 10 crystalvision curve pipelines/space-curve.yaml --size 500 --out docs/study/records/space-curve
+nice -n 10 crystalvision curve pipelines/space-curve.yaml --size all --out docs/study/records/space-curve
+# table (between docs/study.md's space-table markers) and figure (space-curve/learning_curve.png), from the point
+# records present (the points not run yet are named):
+python docs/study/curve_record.py docs/study/records/space-curve --sizes 62 125 250 500 all --readme docs/study.md
+#
+# Superseded: space-curve/learning_curve.json as committed until the run above replaces it was made on 2026-12-02
+# (2-core VM) by the earlier protocol, whose points cut only the training part (each fold kept its ~142 validation
+# structures, which the baselines were fit on too), at a reduced budget (4 views, at most 8 epochs, patience 3; one
+# pass an epoch, so the steps grew with the size), sizes 62 and 250 only (the full-size point stopped before it ran):
+#   crystalvision curve pipelines/space-curve.yaml --set render.views_per_structure=4 --set train.epochs=8 \
+#       --set train.patience=3 --set 'learning_curve.sizes=[62, 250]'
+#   python docs/study/curve_record.py ... --run 62=0bf374260a994136afaf2da4859c2516 \
+#       --run 250=5319d0619793472a8fcb4b105557fc15 --out docs/study/records/space-curve   (the script of that time)
+#   python docs/study/space_table.py docs/study/records/space-curve/learning_curve.json --readme docs/study.md
