@@ -6,7 +6,7 @@ the image model trained on and picked its epoch on, and what every baseline was 
 on) with a hash of their material ids, and its pooled out-of-fold scores (every method and head, 95 % bootstrap
 intervals over structures, the paired differences of the image model from each baseline). :func:`merge` joins the
 point records of a folder into one curve record after checking that they are points of one curve (same config,
-same budget, same test folds); :func:`write_curve` writes it and its figure; :func:`curve_summary` is the short
+same budget, same test folds); :func:`write_curve` writes it and its figure; ``app/summary.py`` gives the short
 summary ``crystalvision curve`` ends with.
 """
 
@@ -147,39 +147,3 @@ def write_curve(record: Mapping[str, Any], out: str | Path) -> tuple[Path, Path]
     out = Path(out)
     write_durably(str(out / CURVE_FILE), json.dumps(record, indent=1, default=float).encode())
     return out / CURVE_FILE, plots.learning_curve_plot(dict(record), out / FIGURE_FILE)
-
-
-# ---------------------------------------------------------------------------------------------- summary
-
-
-def curve_summary(result: Mapping[str, Any], log_path: str | None = None) -> Any:
-    """``crystalvision curve``: the points run, skipped and missing, the budget, and per point the image model and
-    the trees on every head (at most 25 lines)."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    from crystalvision.app.summary import labelled
-
-    parts: list[Any] = [Text(f"crystalvision: learning curve {result.get('pipeline')}", style="bold")]
-    done = ", ".join(result.get("ran") or []) or "none"
-    parts.append(labelled("points", f"run now: {done}; kept: {', '.join(result.get('kept') or []) or 'none'}"))
-    if result.get("missing"):
-        parts.append(labelled("missing", ", ".join(result["missing"]) + " (run them: --size SIZE)"))
-    b = result.get("budget") or {}
-    steps = f"{b.get('epochs')} epoch(s) x {b.get('steps_per_epoch')} steps of batch {b.get('batch_size')}"
-    parts.append(labelled("budget", f"{b.get('views_per_structure')} views, {steps} at every point"))
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for name in ("size", "method", "acc system", "acc space group", "R² gap", "R² e_hull"):
-        table.add_column(name, justify="left" if name in ("size", "method") else "right")
-    for point in result.get("points") or []:
-        for method in ("image model", "trees"):
-            cells = point["series"][method]
-            row = [f"{c['value']:.2f}" if math.isfinite(c["value"]) else "-" for c in cells.values()]
-            table.add_row(point_key(point["train_structures"]), method, *row)
-    parts.append(table)
-    for label, key in (("record", "record"), ("figure", "figure"), ("log", "log")):
-        value = log_path if key == "log" else result.get(key)
-        if value:
-            parts.append(labelled(label, str(value)))
-    return Group(*parts)

@@ -8,9 +8,11 @@ the exact ``mlflow ui`` command, the HTML report, the log file).
 
 from __future__ import annotations
 
+import math
 import shlex
 import shutil
 import sysconfig
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -250,8 +252,6 @@ def result_summary(result: Any, log_path: str | None = None) -> Group | None:
     if not isinstance(result, dict):
         return None
     if "points" in result and "heads" in result:  # a learning curve (it names its pipeline too)
-        from crystalvision.app.curve_record import curve_summary
-
         return curve_summary(result, log_path)
     if "pipeline" in result:
         return pipeline_summary(result, log_path)
@@ -260,3 +260,32 @@ def result_summary(result: Any, log_path: str | None = None) -> Group | None:
     if "render_n_images" in result:
         return render_summary(result, log_path)
     return None
+
+
+def curve_summary(result: Mapping[str, Any], log_path: str | None = None) -> Group:
+    """``crystalvision curve``: the points run, skipped and missing, the budget, and per point the image model and
+    the trees on every head (at most 25 lines)."""
+    from crystalvision.app.curve_record import point_key
+
+    parts: list[Any] = [Text(f"crystalvision: learning curve {result.get('pipeline')}", style="bold")]
+    done = ", ".join(result.get("ran") or []) or "none"
+    parts.append(labelled("points", f"run now: {done}; kept: {', '.join(result.get('kept') or []) or 'none'}"))
+    if result.get("missing"):
+        parts.append(labelled("missing", ", ".join(result["missing"]) + " (run them: --size SIZE)"))
+    b = result.get("budget") or {}
+    steps = f"{b.get('epochs')} epoch(s) x {b.get('steps_per_epoch')} steps of batch {b.get('batch_size')}"
+    parts.append(labelled("budget", f"{b.get('views_per_structure')} views, {steps} at every point"))
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for name in ("size", "method", "acc system", "acc space group", "R² gap", "R² e_hull"):
+        table.add_column(name, justify="left" if name in ("size", "method") else "right")
+    for point in result.get("points") or []:
+        for method in ("image model", "trees"):
+            cells = point["series"][method]
+            row = [f"{c['value']:.2f}" if math.isfinite(c["value"]) else "-" for c in cells.values()]
+            table.add_row(point_key(point["train_structures"]), method, *row)
+    parts.append(table)
+    for label, key in (("record", "record"), ("figure", "figure"), ("log", "log")):
+        value = log_path if key == "log" else result.get(key)
+        if value:
+            parts.append(labelled(label, str(value)))
+    return Group(*parts)
