@@ -63,6 +63,8 @@ SHARED_PROCESS = (  # start no Ray cluster, server or GL context: safe to share 
     "test_road.py",
     "test_clusters.py",
     "test_tabular.py",
+    "test_road.py",
+    "test_epoch_steps.py",
 )
 SHARED_NAME = "unit files"
 # start no Ray Train run (servers, helper processes, VTK and Ray Data render jobs are fine): the second lane
