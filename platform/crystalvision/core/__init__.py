@@ -7,10 +7,9 @@ __version__ = "0.1.0"
 __all__, __getattr__, __dir__ = door(
     __name__,
     {
-        "config": (
-            "AugmentConfig EvaluateConfig IngestConfig PipelineConfig RenderConfig SnapshotConfig SplitConfig "
-            "StructureFilter TrainConfig"
-        ),
+        "config": "PipelineConfig",
+        "config_data": "IngestConfig RenderConfig SnapshotConfig SplitConfig StructureFilter",
+        "config_learning": "AugmentConfig EvaluateConfig TrainConfig",
         "errors": (
             "ConfigError CrystalVisionError ImageError MPError ModelError RenderError SnapshotError StorageError "
             "StructureError raised_in_worker"
