@@ -239,7 +239,10 @@ def predict(
     files: Annotated[list[Path], typer.Argument(help="CIF or PNG/JPEG files.")],
     model: Annotated[
         str | None,
-        typer.Option(help="Model URI; default: --config's champion, else $CRYSTALVISION_MODEL (the quickstart's)."),
+        typer.Option(
+            help="Model URI or registered name (its champion); default: --config's champion, else "
+            "$CRYSTALVISION_MODEL (the quickstart's)."
+        ),
     ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Use the champion this pipeline YAML registers.")
