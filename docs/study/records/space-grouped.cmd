@@ -1,5 +1,8 @@
-# 2026-12-02, 2 CPUs, wall time 59.6 min (python -m bench.run_all --only space_study_bench)
+# 2026-12-07, 2-core x86-64 VM (23 GiB), commit 3ff762a (python -m bench.run_all --only space_study_bench)
+# Wall time 102.7 min, not a speed measurement: the cores were shared with other work for most of
+# the run (fold 0: 37 min; folds 1-4: 8-16 min each), and a first start, 12 minutes in, was stopped and started again.
+# Training and every baseline ran on the record's own folds; the trees and CGCNN (3 x 64, early stopping) are the
+# pipeline's own, in every fold.
 crystalvision pipeline run pipelines/space-grouped.yaml --json
-# model intervals (pooled_model_*_lo/_hi) added 2026-12-02 from the run's own evaluation/oof_predictions.parquet with oof.summarise (2,000 resamples, seed 0); no retraining
-# 2026-12-07: tabular trees baseline and the baselines' balanced accuracy on the record's own folds; the image model's balanced accuracy and its differences from the trees need the run again (64 majority / 1-NN numbers reproduced (max difference 0)):
-python docs/study/baseline_record.py annotate docs/study/records/space-grouped.json
+# tables in docs/study.md:
+python docs/study/space_table.py docs/study/records/space-grouped.json --readme docs/study.md
