@@ -514,3 +514,26 @@ def test_two_processes_taking_over_an_expired_lock(on_server, tmp_path) -> None:
     finally:
         for p in procs:
             p.kill()
+
+
+def test_a_lock_renamed_away_while_created_is_contention_not_an_error(on_server) -> None:
+    """Against a server, a create of the lock that races a takeover (the name taken, then renamed away before the
+    server reads it back) answers RESOURCE_DOES_NOT_EXIST: the racer looks again and takes the lock."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    from crystalvision.promote.registry_cas import LOCK_SUFFIX, promotion_lock
+
+    client = MlflowClient()
+    create, calls = client.create_registered_model, []
+
+    def racing_create(name, *args, **kwargs):
+        calls.append(name)
+        if len(calls) == 1:  # what the server answers when the rename lands between its insert and its read-back
+            raise MlflowException(f"Registered Model with name={name} not found", RESOURCE_DOES_NOT_EXIST)
+        return create(name, *args, **kwargs)
+
+    client.create_registered_model = racing_create
+    with promotion_lock(client, "raced", wait_s=30) as held:
+        assert held.name == f"raced{LOCK_SUFFIX}" and len(calls) == 2
+        assert MlflowClient().get_registered_model(held.name).tags["holder"] == held.holder

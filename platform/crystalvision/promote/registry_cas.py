@@ -202,7 +202,9 @@ def promotion_lock(client: MlflowClient, name: str, wait_s: float | None = None)
             client.create_registered_model(lock, tags=tags, description=f"crystalvision: promotion lock of {name}")
             break
         except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            # DOES_NOT_EXIST: the server found the name taken, then could not read it back: another process renamed
+            # the lock away in between (a takeover or a release). Contention either way: look again.
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 raise
         seen = _look(client, lock)
         if seen.exists and seen.holder == me:  # our create went through; its answer was lost and retried
