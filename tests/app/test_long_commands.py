@@ -161,7 +161,8 @@ def test_render_and_tune_show_progress_end_in_a_summary_and_stop_whole(tmp_path:
 
     home = tmp_path / "home"
     render = ["render", "-c", "pipelines/quickstart.yaml"]
-    stopped = Command(home, "render-1", render, TINY)
+    # a render long enough that Ctrl-C lands inside it (240 images), not after it
+    stopped = Command(home, "render-1", render, [*TINY, "render.views_per_structure=40", "render.image_size=96"])
     _interrupted(stopped, signal.SIGINT, lambda: "render    0/" in stopped.stderr(), "render progress")
 
     made = Command(home, "render-2", render, TINY)
