@@ -48,6 +48,10 @@ TINY_TUNE = [
 ]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Command:
     """``crystalvision ARGS`` in its own session, its stdout and stderr in files, its processes remembered."""
 
@@ -59,7 +63,10 @@ class Command:
         argv = [sys.executable, "-m", "crystalvision.app.cli", *args, *[x for s in sets for x in ("--set", s)]]
         self.home, self.out, self.err = home, home.parent / f"{name}.out", home.parent / f"{name}.err"
         with self.out.open("wb") as out, self.err.open("wb") as err:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True)
+            # Ctrl-C's default action, as in a person's terminal, even when the suite itself was started in the
+            # background (a non-interactive shell starts background jobs with SIGINT ignored, and children inherit it)
+            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True,
+                                         preexec_fn=_default_sigint)  # fmt: skip
         self.seen: dict[int, psutil.Process] = {}
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True)
