@@ -121,6 +121,47 @@ def test_space_table_shows_every_baseline_and_the_imbalance_metrics_a_record_has
     assert "| CGCNN 2 x 32 |" in st.scope_table(older)  # a record without it trained the small one
 
 
+def test_readme_headline_is_regenerated_from_the_records() -> None:
+    """README's honest-number bullet and headline table are the generator's output: a record changed without
+    regenerating them fails here."""
+    hl = script("readme_headline")
+    readme = (STUDY.parents[1] / "README.md").read_text()
+    assert hl.update(readme, RECORDS) == readme, "run: python docs/study/readme_headline.py --readme README.md"
+
+
+def test_readme_headline_says_what_the_records_say(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The script on copies of the records: the claims follow the numbers (which model beats the majority class,
+    which baseline is the strongest and where it leads), both blocks are rewritten, a record without a dated run
+    is refused."""
+    hl = script("readme_headline")
+    for name in (hl.SPACE, hl.QUATERNARIES):
+        for path in (RECORDS / name, (RECORDS / name).with_suffix(".cmd")):
+            shutil.copy(path, tmp_path / path.name)
+    space = json.loads((tmp_path / hl.SPACE).read_text())
+    space["metrics"]["pooled_cgcnn_acc_crystal_system"] = 0.9  # CGCNN now the strongest on crystal system
+    (tmp_path / hl.SPACE).write_text(json.dumps(space))
+    quat = json.loads((tmp_path / hl.QUATERNARIES).read_text())
+    quat["metrics"]["test_struct_acc_crystal_system_mean"] = 0.5  # the image model now above the majority's 0.45
+    (tmp_path / hl.QUATERNARIES).write_text(json.dumps(quat))
+    text = hl.main([str(tmp_path)])
+    assert text == capsys.readouterr().out
+    flat = " ".join(text.split())
+    assert "alone the image model beats the majority class on crystal system" in flat
+    assert "**0.90 for the CGCNN graph network**, the strongest baseline, which trails another method on space" in flat
+    assert "| | CGCNN graph network (3 x 64, early stopping) | 0.90 | 0.28 | 0.54 |" in text
+    assert "| | CGCNN graph network (2 x 32) | 0.44 ± 0.07 |" in text and "(95 % interval): trees -0.37" in flat
+    page = tmp_path / "README.md"
+    page.write_text("a\n<!-- readme-headline:start -->\nx\n<!-- readme-headline:end -->\nb\n"
+                    "<!-- readme-results:start -->\ny\n<!-- readme-results:end -->\n")  # fmt: skip
+    hl.main([str(tmp_path), "--readme", str(page)])
+    assert page.read_text() == hl.update(page.read_text(), tmp_path) and "\nx\n" not in page.read_text()
+    assert f"`{tmp_path.as_posix()}/{hl.SPACE}`" in page.read_text()  # outside the repository: the path as given
+    cmd = tmp_path / "paper-grouped.cmd"
+    cmd.write_text("\n".join(line for line in cmd.read_text().splitlines() if not line.startswith("# 2026-11")))
+    with pytest.raises(SystemExit, match="no dated comment above its command"):
+        hl.headline(tmp_path)
+
+
 SMALL = ["snapshot.name=lmno", "snapshot.max_structures=14", "split.folds=2", "evaluate.graph_size=small",
          "evaluate.graph_epochs=2", "evaluate.bootstrap_resamples=20", "evaluate.subsets={}"]  # fmt: skip
 

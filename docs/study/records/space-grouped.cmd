@@ -6,3 +6,5 @@
 crystalvision pipeline run pipelines/space-grouped.yaml --json
 # tables in docs/study.md:
 python docs/study/space_table.py docs/study/records/space-grouped.json --readme docs/study.md
+# README's honest-number bullet and headline table (with paper-grouped.json):
+python docs/study/readme_headline.py --readme README.md

@@ -1,0 +1,254 @@
+"""README's headline numbers, regenerated from the study's grouped k-fold records.
+
+Reads ``space-grouped.json`` (the whole Li-Mn-Ni-O space: pooled out-of-fold scores per structure, intervals and
+paired differences) and ``paper-grouped.json`` (the 62 quaternaries alone: mean ± sample std over folds), with the
+``.cmd`` beside each (the run's date is the first dated comment above its command; the image size comes from the
+pipeline and ``--set`` options of its ``crystalvision pipeline run`` line), and writes two blocks of README.md: the
+"honest number" bullet (between the ``readme-headline`` markers) and the headline table with the image model's
+paired differences from each baseline (between the ``readme-results`` markers). Every claim in them (which model
+beats which, which baseline is the strongest) is computed from the records. The keys and the marker rewriting are
+``space_table.py``'s.
+
+Usage: ``python docs/study/readme_headline.py [docs/study/records] [--readme README.md]`` (without ``--readme`` it
+prints both blocks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+import shlex
+from pathlib import Path
+from types import ModuleType
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+SPACE, QUATERNARIES = "space-grouped.json", "paper-grouped.json"
+HEADS = [("crystal_system", "acc", "acc crystal system"), ("spacegroup", "acc", "acc space group"),
+         ("band_gap", "r2", "R² band gap")]  # fmt: skip
+WORDS = {"crystal_system": "crystal system", "spacegroup": "space group", "band_gap": "band gap"}
+# where a k-fold record keeps each method's per-fold mean and std (the image model: per structure)
+FOLD_KEYS = {"model": "test_struct", "tabular": "baseline_tabular", "cgcnn": "cgcnn_test", "1nn": "baseline_1nn",
+             "dummy": "baseline_dummy"}  # fmt: skip
+
+
+def _space_table() -> ModuleType:
+    """The sibling ``space_table.py`` (docs/study is not a package)."""
+    spec = importlib.util.spec_from_file_location("study_space_table", HERE / "space_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+st = _space_table()
+ORDER = list(st.PREDICTORS.values())  # model, tabular, cgcnn, 1nn, dummy
+
+
+def shown(path: Path) -> str:
+    """A record's path as README names it: from the repository root."""
+    path = path.resolve()
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.as_posix()
+
+
+def run_info(record_path: Path, record: dict) -> dict[str, str]:
+    """The run's date, image size and views, from the record and its ``.cmd``."""
+    from crystalvision.core.pipeline_file import load_pipeline, parse_overrides
+
+    lines = record_path.with_suffix(".cmd").read_text().replace("\\\n", " ").splitlines()
+    first = next(i for i, line in enumerate(lines) if line.strip() and not line.startswith("#"))
+    dates = [m.group(1) for line in lines[:first] if (m := re.match(r"#\s*(\d{4}-\d{2}-\d{2})", line))]
+    if not dates:
+        raise SystemExit(f"{record_path.with_suffix('.cmd')}: no dated comment above its command")
+    run = shlex.split(next(x for x in lines if x.startswith("crystalvision pipeline run ")))
+    sets = [run[i + 1] for i, w in enumerate(run[:-1]) if w == "--set"]
+    cfg = load_pipeline(ROOT / run[3], parse_overrides(sets))
+    views = record["render"]["render_n_images"] / record["n_structures"]
+    return {"date": dates[0], "px": f"{cfg.render.image_size}", "views": f"{views:.0f}"}
+
+
+def trees(record: dict) -> str:
+    """The tabular baseline's estimator as the record names it (``random forest``)."""
+    baselines = record.get("pooled", {}).get("baselines", {})
+    return baselines.get("tabular", {}).get("estimator", "random_forest").replace("_", " ")
+
+
+def labels(record: dict) -> dict[str, str]:
+    """Each method's name in README, with the trees' estimator and CGCNN's size as the record gives them."""
+    metrics, baselines = record["metrics"], record.get("pooled", {}).get("baselines", {})
+    cgcnn = st.cgcnn_label(metrics).removeprefix("CGCNN ")
+    stop = ", early stopping" if baselines.get("cgcnn", {}).get("patience") else ""
+    return {"model": "image model", "tabular": f"trees: {trees(record)} on composition + primitive cell",
+            "cgcnn": f"CGCNN graph network ({cgcnn}{stop})", "1nn": "1-NN descriptor lookup",
+            "dummy": "majority class / mean"}  # fmt: skip
+
+
+def pooled(metrics: dict, p: str, m: str, h: str) -> float | None:
+    """A method's pooled out-of-fold score (``space_table.py``'s keys); None when the record has none."""
+    return metrics.get(f"pooled_{p}_{m}_{h}")
+
+
+def pooled_cell(metrics: dict, p: str, m: str, h: str) -> str:
+    """``0.46 [0.43, 0.49]`` where the record has the interval (the image model), else ``0.83``; blank if absent."""
+    key = f"pooled_{p}_{m}_{h}"
+    if f"{key}_lo" in metrics:
+        return st.interval({"value": metrics[key], "lo": metrics[f"{key}_lo"], "hi": metrics[f"{key}_hi"]})
+    return f"{metrics[key]:.2f}" if key in metrics else ""
+
+
+def folds(metrics: dict, p: str, m: str, h: str) -> tuple[float, float] | None:
+    """A method's mean and sample std over folds; None when the record has none."""
+    key = f"{FOLD_KEYS[p]}_{m}_{h}"
+    return (metrics[f"{key}_mean"], metrics[f"{key}_std"]) if f"{key}_mean" in metrics else None
+
+
+def seeds(metrics: dict) -> str:
+    n = int(metrics.get("pooled_n_seeds", metrics.get("n_seeds", 1)))
+    return "one seed" if n == 1 else f"{n} seeds"
+
+
+def quaternary_sentence(record: dict, path: str, date: str) -> str:
+    """The 62 quaternaries alone: does any model of the record beat the majority class on crystal system?"""
+    m = record["metrics"]
+    cells = {p: v for p in ORDER if (v := folds(m, p, "acc", "crystal_system"))}
+    names = {"model": "image model", "tabular": "trees", "cgcnn": "CGCNN", "1nn": "1-NN", "dummy": "majority"}
+    majority = cells["dummy"][0]
+    subjects = {"model": "the image model", "tabular": "the trees", "cgcnn": "CGCNN", "1nn": "the 1-NN lookup"}
+    better = [subjects[p] for p, (v, _) in cells.items() if p != "dummy" and v > majority]
+    claim = ("no model in its record beats the majority class" if not better
+             else f"{' and '.join(better)} beat{'s' if len(better) == 1 else ''} the majority class")  # fmt: skip
+    values = ", ".join(f"{names[p]} {v:.2f} ± {s:.2f}" for p, (v, s) in cells.items())
+    return (
+        f"On the {record['n_structures']} bundled quaternaries alone {claim} on crystal system (per structure, "
+        f"mean ± sample std over {m['n_folds']:.0f} folds: {values}; `{path}`, {date})."
+    )
+
+
+def space_sentence(record: dict, path: str, date: str) -> str:
+    """The whole space: the image model's crystal-system accuracy against every baseline, then where the strongest
+    baseline stands on the other heads."""
+    m = record["metrics"]
+    words = {"dummy": "the majority class", "1nn": "a 1-NN descriptor lookup", "cgcnn": "the CGCNN graph network",
+             "tabular": f"a {trees(record)} on composition and the primitive cell"}  # fmt: skip
+    acc = {p: v for p in ["dummy", "1nn", "cgcnn", "tabular"] if (v := pooled(m, p, "acc", "crystal_system"))}
+    best = max(acc, key=acc.get)
+    order = [p for p in acc if p != best] + [best]
+    parts = [f"{acc[p]:.2f} for {words[p]}" for p in order[:-1]]
+    parts.append(f"**{acc[best]:.2f} for {words[best]}**, the strongest baseline")
+    model = pooled(m, "model", "acc", "crystal_system")
+    leads, trails = [], []
+    for h, metric, _ in HEADS[1:]:
+        values = {p: v for p in ORDER if (v := pooled(m, p, metric, h)) is not None}
+        r2 = "R² " if metric == "r2" else ""
+        text = f"{WORDS[h]} ({r2}{values[best]:.2f} against {values['model']:.2f})"
+        (leads if values[best] >= max(values.values()) else trails).append(text)
+    tail = ", which also leads on " + " and ".join(leads) if leads else ""
+    if trails:
+        tail += (", and" if leads else ", which") + " trails another method on " + " and ".join(trails)
+    # the last parenthesis closes after the scope: "band gap (R² 0.56 against 0.07; per structure, ...)"
+    return (
+        f"On the whole Li-Mn-Ni-O space ({record['n_structures']} structures, `{path}`) the image model reaches "
+        f"crystal-system accuracy **{model:.2f}** against {', '.join(parts[:-1])} and {parts[-1]}"
+        f"{tail.removesuffix(')')}; per structure, on the same folds, {date}). {seeds(m).capitalize()}; see "
+        "[the study](docs/study.md)."
+    )
+
+
+def headline(records: Path) -> str:
+    """The "honest number" bullet of README's "Why it exists, and its limits"."""
+    space, quat = (json.loads((records / name).read_text()) for name in (SPACE, QUATERNARIES))
+    first = (
+        "- **The honest number** comes from folds grouped by structure (every structure tested once, never seen in "
+        "training). "
+        + quaternary_sentence(quat, shown(records / QUATERNARIES), run_info(records / QUATERNARIES, quat)["date"])
+        + " "
+        + space_sentence(space, shown(records / SPACE), run_info(records / SPACE, space)["date"])
+    )
+    return wrap(first, indent="  ") + "\n"
+
+
+def wrap(text: str, indent: str, width: int = 117) -> str:
+    """``text`` wrapped at README's width, continuation lines indented (a Markdown list item)."""
+    links = re.sub(r"\[[^\]]*\]\([^)]*\)", lambda m: m.group(0).replace(" ", "\0"), text)  # a link stays whole
+    lines, line = [], ""
+    for word in links.split(" "):
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = indent + word
+        else:
+            line = f"{line} {word}" if line else word
+    return "\n".join([*lines, line]).replace("\0", " ")
+
+
+def results(records: Path) -> str:
+    """README's "Headline results": one table, each method per record, then the image model's paired differences
+    from each baseline on crystal system."""
+    space, quat = (json.loads((records / name).read_text()) for name in (SPACE, QUATERNARIES))
+    sm, qm = space["metrics"], quat["metrics"]
+    si, qi = run_info(records / SPACE, space), run_info(records / QUATERNARIES, quat)
+    head = (
+        "Pooled out-of-fold scores (each structure predicted once by a model that never saw it), grouped "
+        f"{sm['n_folds']:.0f}-fold, {seeds(sm)}, per structure. Band gap and e_hull are surrogate labels; the band "
+        "gaps are a pretrained CGCNN's predictions, which favours CGCNN on that head."
+    )
+    lines = [
+        "| structures (record) | method | " + " | ".join(t for *_, t in HEADS) + " |",
+        "|---|---|" + "---|" * len(HEADS),
+    ]
+    scope = f"{space['n_structures']}, Li-Mn-Ni-O space (`{SPACE}`, {si['date']}, {si['px']} px, {si['views']} views)"
+    for p, label in labels(space).items():
+        cells = [pooled_cell(sm, p, metric, h) for h, metric, _ in HEADS]
+        if any(cells):
+            lines.append(row(scope, label, cells))
+            scope = ""
+    scope = (
+        f"{quat['n_structures']} quaternaries (`{QUATERNARIES}`, {qi['date']}, {qi['px']} px, {qi['views']} views; "
+        f"mean ± sample std over {qm['n_folds']:.0f} folds)"
+    )
+    for p, label in labels(quat).items():
+        cells = [f"{c[0]:.2f} ± {c[1]:.2f}" if (c := folds(qm, p, metric, h)) else "" for h, metric, _ in HEADS]
+        if any(cells):
+            lines.append(row(scope, label, cells))
+            scope = ""
+    names = {"tabular": "trees", "cgcnn": "CGCNN", "1nn": "1-NN", "dummy": "majority class"}
+    diffs = []
+    for p, name in names.items():
+        key = f"pooled_diff_model_vs_{p}_acc_crystal_system"
+        if key in sm:
+            diffs.append(f"{name} {sm[key]:+.2f} [{sm[key + '_lo']:+.2f}, {sm[key + '_hi']:+.2f}]")
+    tail = (
+        f"Image model minus each baseline on crystal-system accuracy over the {space['n_structures']} structures, "
+        f"paired over structures (95 % interval): {', '.join(diffs)}."
+    )
+    return "\n\n".join([wrap(head, indent=""), "\n".join(lines), wrap(tail, indent="")]) + "\n"
+
+
+def row(scope: str, label: str, cells: list[str]) -> str:
+    """A table row; the scope cell only on a record's first row."""
+    rest = " | ".join([label, *cells])
+    return f"| {scope} | {rest} |" if scope else f"| | {rest} |"
+
+
+def update(text: str, records: Path) -> str:
+    """``text`` (README.md) with both generated blocks rewritten from the records."""
+    text = st.replace_between(text, "readme-headline", headline(records))
+    return st.replace_between(text, "readme-results", results(records))
+
+
+def main(argv: list[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("records", type=Path, nargs="?", default=HERE / "records")
+    ap.add_argument("--readme", type=Path, help="Rewrite this page's readme-headline and readme-results blocks.")
+    args = ap.parse_args(argv)
+    if args.readme:
+        text = update(args.readme.read_text(), args.records)
+        args.readme.write_text(text)
+        return text
+    text = headline(args.records) + "\n" + results(args.records)
+    print(text, end="")
+    return text
+
+
+if __name__ == "__main__":
+    main()
