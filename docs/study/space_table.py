@@ -116,14 +116,29 @@ def cgcnn_label(metrics: dict) -> str:
     return f"CGCNN {layers:.0f} x {width:.0f}" if layers and width else "CGCNN 2 x 32"
 
 
-def scope_table(metrics: dict, subset: str = "") -> str:
+def value_cell(metrics: dict, key: str, spread: bool = False) -> str:
+    """``0.41``; with ``spread``, ``0.41 [0.37, 0.45] ± 0.02``: the 95 % interval over structures where the record
+    has one (``<key>_lo`` / ``_hi``) and the sample std over seeds where it has several (``<key>_seed_std``) and
+    it shows (0.01 or more: baselines refit with fixed seeds repeat)."""
+    if key not in metrics:
+        return ""
+    text = f"{metrics[key]:.2f}"
+    if spread and f"{key}_lo" in metrics and f"{key}_hi" in metrics:
+        text += f" [{metrics[key + '_lo']:.2f}, {metrics[key + '_hi']:.2f}]"
+    if spread and round(metrics.get(f"{key}_seed_std", 0.0), 2) > 0:
+        text += f" ± {metrics[key + '_seed_std']:.2f}"
+    return text
+
+
+def scope_table(metrics: dict, subset: str = "", spread: bool = False) -> str:
     """One scope of a k-fold record: every method's pooled score, then the paired differences with intervals;
-    a column only where some method has it (records made before balanced accuracy have none)."""
+    a column only where some method has it (records made before balanced accuracy have none). ``spread``: each
+    score with its interval and seed spread where the record has them (:func:`value_cell`)."""
     prefix = f"pooled_{subset}" if subset else "pooled"
     cols = [(h, m, t) for h, m, t in COLUMNS if any(f"{prefix}_{p}_{m}_{h}" in metrics for p in PREDICTORS.values())]
     lines = ["| method | " + " | ".join(t for _, _, t in cols) + " |", "|---|" + "---|" * len(cols)]
     for label, p in PREDICTORS.items():
-        cells = [f"{metrics[k]:.2f}" if (k := f"{prefix}_{p}_{m}_{h}") in metrics else "" for h, m, _ in cols]
+        cells = [value_cell(metrics, f"{prefix}_{p}_{m}_{h}", spread) for h, m, _ in cols]
         if any(cells):
             lines.append(f"| {cgcnn_label(metrics) if p == 'cgcnn' else label} | " + " | ".join(cells) + " |")
     for label, p in BASELINES.items():
@@ -137,12 +152,17 @@ def scope_table(metrics: dict, subset: str = "") -> str:
     return "\n".join(lines)
 
 
+def subset_names(metrics: dict) -> list[str]:
+    """The ``evaluate.subsets`` scopes a record scores (``pooled_<name>_n_structures``), sorted."""
+    counts = [k for k in metrics if k.startswith("pooled_") and k.endswith("_n_structures")]
+    named = {k.removeprefix("pooled_").removesuffix("_n_structures") for k in counts}
+    return sorted(named - {"", "pooled_n_structures", "n_structures"})
+
+
 def render_grouped(summary: dict, source: str) -> str:
     """Every scope of a grouped k-fold run's record, each with its number of structures."""
     m = summary["metrics"]
-    counts = [k for k in m if k.startswith("pooled_") and k.endswith("_n_structures")]
-    named = {k.removeprefix("pooled_").removesuffix("_n_structures") for k in counts}
-    subsets = sorted(named - {"", "pooled_n_structures", "n_structures"})
+    subsets = subset_names(m)
     head = (
         f"Record: `{source}` (pipeline `{summary['pipeline']}`, {m['n_folds']:.0f} grouped folds, "
         f"{m['pooled_n_seeds']:.0f} seed(s)). Pooled out-of-fold scores; differences paired over structures with "

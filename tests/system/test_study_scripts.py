@@ -269,3 +269,122 @@ def test_curve_difference_tables_name_their_training_size() -> None:
     for point in record["points"]:
         assert f"| image model minus ({st.size_label(point)} training structures per fold) |" in text
     assert "| image model minus |" not in text
+
+
+def _seed_part(seed: int, n: int = 40) -> tuple[pd.DataFrame, dict]:
+    """A toy part of a formula-grouped headline: its out-of-fold table (3 folds, every predictor) and config."""
+    rng = np.random.default_rng(100 + seed)
+    base = np.random.default_rng(0)  # truth and folds: the same in every part
+    systems, groups = np.array(["cubic", "tetragonal", "orthorhombic"]), np.array(["Pm-3m", "P4/mmm", "Pbca"])
+    cls = base.integers(0, 3, n)
+    gap = base.normal(1.0, 0.5, n)
+    table = pd.DataFrame({"fold": np.arange(n) % 3, "seed": seed, "material_id": [f"mp-{i}" for i in range(n)],
+                          "nelements": 3 + (np.arange(n) % 2), "band_gap": gap, "energy_above_hull": gap / 10,
+                          "crystal_system": systems[cls], "spacegroup": groups[cls],
+                          "unseen_crystal_system": False, "unseen_spacegroup": False})  # fmt: skip
+    for p, noise in (("model", 0.5), ("dummy", 0.9), ("1nn", 0.4), ("tabular", 0.2), ("cgcnn", 0.5)):
+        r = rng if p == "model" else np.random.default_rng(len(p))  # only the image model changes with the seed
+        flip = r.random(n) < noise
+        k = np.where(flip, r.integers(0, 3, n), cls)
+        table[f"{p}__crystal_system"], table[f"{p}__spacegroup"] = systems[k], groups[k]
+        table[f"{p}__band_gap"] = gap + r.normal(0, noise, n)
+        table[f"{p}__energy_above_hull"] = gap / 10 + r.normal(0, noise / 10, n)
+    config = {"name": f"toy-seed{seed}", "split": {"group_by": "formula", "folds": 3, "seed": 0},
+              "train": {"seed": 0, "seeds": [seed], "epochs": 2},
+              "evaluate": {"subsets": {"quaternary": {"nelements": 4}}, "bootstrap_resamples": 50,
+                           "bootstrap_seed": 0}}  # fmt: skip
+    if seed:
+        config["split"]["holdout"] = None  # a key newer than the first part's code, at its default: the same config
+    return table, config
+
+
+def _log_part(seed: int, out: Path) -> Path:
+    """A finished parent run holding the part's table and config, as the pipeline logs them, and the part's
+    record (what ``pipeline run --json`` prints) at ``out``; the record's path."""
+    import mlflow
+
+    from crystalvision.evaluate import oof
+    from crystalvision.track import tracking
+
+    table, config = _seed_part(seed)
+    tracking.configure_mlflow()
+    with mlflow.start_run() as run:
+        folder = out.parent / f"artifacts-{seed}"
+        folder.mkdir()
+        oof.write(table, folder)
+        mlflow.log_artifacts(str(folder), artifact_path="evaluation")
+        mlflow.log_dict(config, f"{tracking.CONFIG_ARTIFACT_DIR}/{tracking.CONFIG_ARTIFACT_NAME}")
+        mlflow.set_tags({"env.cpu": "x86_64", "env.cpu_count": "2", "env.gpu": "none", "git_commit": "0123456789"})
+    metrics = {"n_folds": 3.0} | oof.summarise(table, {"quaternary": 4}, n_resamples=50)
+    record = {"pipeline": f"toy-seed{seed}", "snapshot_id": "toy", "snapshot_sha256": "abc", "n_structures": 40,
+              "render": {"render_config_hash": "r1"}, "run_id": run.info.run_id, "metrics": metrics,
+              "label_source": "surrogate", "recipe": {"train": {"epochs": 2}},
+              "pooled": {"seeds": [seed], "group_by": "formula", "baselines": {"dummy": "majority"}}}  # fmt: skip
+    out.write_text(json.dumps(record))
+    return out
+
+
+def test_seed_record_keeps_each_parts_table_and_merges_the_seeds(tmp_path: Path, cv_home: Path) -> None:
+    """``export`` fetches a finished part's table and config from MLflow (CRYSTALVISION_HOME) and keeps them beside
+    its record; ``merge`` pools two parts: seed-averaged scores, each seed's own and their sample std, paired
+    differences from every baseline; the table names the seed not run yet; a part of other folds or config, or one
+    whose table is missing, is refused by name."""
+    from crystalvision.evaluate import oof
+
+    sr = script("seed_record")
+    parts = tmp_path / "space-formula"
+    stdout = _log_part(0, tmp_path / "part0-stdout.json")  # the record as the part's stdout saved it
+    files = sr.main(["export", str(stdout), "--out", str(parts)])
+    assert files["record"] == parts / "seed-0.json" and json.loads(files["record"].read_text())["run_id"]
+    run = json.loads((parts / "seed-0.run.json").read_text())
+    assert run["config"]["split"]["group_by"] == "formula" and run["hardware"] == "x86_64, 2 CPU cores, no GPU"
+    sr.export(_log_part(1, parts / "seed-1.json"))  # beside its record by default
+
+    page = tmp_path / "study.md"
+    page.write_text(f"a\n<!-- {sr.MARKER}:start -->\nnot run yet\n<!-- {sr.MARKER}:end -->\nb\n")
+    merged = sr.main(["merge", str(parts), "--seeds", "0", "1", "2", "--readme", str(page)])
+    assert merged == json.loads((parts / "merged.json").read_text()) and merged["seeds"] == [0, 1]
+    m, tables = merged["metrics"], [_seed_part(s)[0] for s in (0, 1)]
+    per_seed = [oof.pooled_metrics(t, {"quaternary": 4})["pooled_model_acc_crystal_system"] for t in tables]
+    assert merged["per_seed"]["1"]["pooled_model_acc_crystal_system"] == pytest.approx(per_seed[1])
+    assert m["pooled_model_acc_crystal_system"] == pytest.approx(np.mean(per_seed))
+    assert m["pooled_model_acc_crystal_system_seed_std"] == pytest.approx(np.std(per_seed, ddof=1))
+    for p in ("tabular", "cgcnn", "1nn", "dummy"):
+        assert f"pooled_diff_model_vs_{p}_macro_f1_spacegroup_lo" in m
+        assert f"pooled_quaternary_diff_model_vs_{p}_r2_band_gap" in m
+    text = page.read_text()
+    assert text.startswith("a\n") and "not run yet\n" not in text and "Seeds not run yet: 2." in text
+    assert "Per structure" in text and "Subset `quaternary`" in text and "| sample std over seeds |" in text
+    assert "(x86_64, 2 CPU cores, no GPU, commit 0123456)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| image model |"))
+    assert " ± " in row and "[" in row  # the value, its interval over structures, the seed spread
+
+    def refused(match: str, edit) -> None:
+        bad = tmp_path / f"bad-{len(list(tmp_path.glob('bad-*')))}"
+        shutil.copytree(parts, bad)
+        edit(bad)
+        with pytest.raises(SystemExit, match=match):
+            sr.merge(bad)
+
+    def other_config(folder: Path) -> None:
+        run = json.loads((folder / "seed-1.run.json").read_text())
+        run["config"]["split"]["seed"] = 1
+        (folder / "seed-1.run.json").write_text(json.dumps(run))
+
+    def other_folds(folder: Path) -> None:
+        table = pd.read_parquet(folder / "seed-1.oof.parquet")
+        table.loc[0, "fold"] = 2
+        table.to_parquet(folder / "seed-1.oof.parquet", index=False)
+        run = json.loads((folder / "seed-1.run.json").read_text())
+        run["table_sha256"] = sr.sha256(folder / "seed-1.oof.parquet")
+        (folder / "seed-1.run.json").write_text(json.dumps(run))
+
+    refused(r"seed-1.json is not a part of seed-0.json's headline: config.split.seed: 1 here, 0", other_config)
+    refused("seed-1.json tests other folds or structures than seed-0.json", other_folds)
+    refused("seed-1.json has no seed-1.oof.parquet", lambda f: (f / "seed-1.oof.parquet").unlink())
+    refused("another run's", lambda f: (f / "seed-1.oof.parquet").write_bytes((f / "seed-0.oof.parquet").read_bytes()))
+    record = json.loads((parts / "seed-1.json").read_text())
+    record["metrics"]["pooled_model_acc_crystal_system"] += 0.1
+    (tmp_path / "wrong.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match="does not reproduce the record's pooled scores"):
+        sr.export(tmp_path / "wrong.json", tmp_path / "elsewhere")
