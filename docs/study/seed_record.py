@@ -149,14 +149,15 @@ def export(record_path: Path, out: Path | None = None, tracking_uri: str | None 
     record = json.loads(record_path.read_text())
     seed = part_seed(record, record_path.as_posix())
     files = paths(out or record_path.parent, seed)
-    files["record"].parent.mkdir(parents=True, exist_ok=True)
-    if files["record"].resolve() != record_path.resolve():
-        if files["record"].exists() and json.loads(files["record"].read_text()) != record:
-            raise SystemExit(f"{files['record']} holds another record than {record_path}")
-        shutil.copyfile(record_path, files["record"])
+    elsewhere = files["record"].resolve() != record_path.resolve()
+    if elsewhere and files["record"].exists() and json.loads(files["record"].read_text()) != record:
+        raise SystemExit(f"{files['record']} holds another record than {record_path}")
     with tempfile.TemporaryDirectory(prefix="seed-record-") as tmp:
         table, config, run = fetch(record["run_id"], tracking_uri, Path(tmp))
     check_table(table, record, seed, config, record_path.as_posix())
+    files["record"].parent.mkdir(parents=True, exist_ok=True)
+    if elsewhere:  # the part's record joins the others only once its run and table are checked
+        shutil.copyfile(record_path, files["record"])
     table.to_parquet(files["table"], index=False)
     started, finished = run.info.start_time, run.info.end_time
     files["run"].write_text(json.dumps({

@@ -388,3 +388,4 @@ def test_seed_record_keeps_each_parts_table_and_merges_the_seeds(tmp_path: Path,
     (tmp_path / "wrong.json").write_text(json.dumps(record))
     with pytest.raises(SystemExit, match="does not reproduce the record's pooled scores"):
         sr.export(tmp_path / "wrong.json", tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists()  # a refused part leaves nothing among the records
