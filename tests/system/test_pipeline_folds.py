@@ -45,11 +45,11 @@ CURVE.append(f"snapshot.max_structures={N_CURVE}")
 
 @pytest.mark.slow
 def test_grouped_kfold_pipeline_and_its_learning_curve(cv_home: Path, tmp_path: Path) -> None:
-    """`curve` at one size runs the grouped k-fold pipeline twice (4 training + validation structures per fold,
-    then all): validation is cut with training, every baseline is fit on exactly the structures the image model
-    saw, both points take the same optimiser steps and are scored on the same test folds; a rerun skips both points;
-    the study script makes the table from the point records. The full-size point is the plain grouped k-fold run,
-    checked in full."""
+    """`curve --size 4` runs the grouped k-fold pipeline at one point (4 training + validation structures per
+    fold): validation is cut with training in the fold's ratio, every baseline is fit on exactly the structures the
+    image model saw, the point takes the full folds' optimiser steps and is scored on the uncut test folds; one
+    record for the point; a rerun skips it, a record of another config is refused; the study script makes the table
+    from the point record. The point's run is a plain grouped k-fold run too, checked in full."""
     out = tmp_path / "curve"
     base = ["curve", str(ROOT / "pipelines/paper-grouped.yaml"), "--out", str(out), "--json"]
     sets = [a for item in CURVE for a in ("--set", item)]
@@ -59,41 +59,53 @@ def test_grouped_kfold_pipeline_and_its_learning_curve(cv_home: Path, tmp_path: 
     assert "[50] exceed the smallest fold's training + validation structures (8)" in too_big.output
     assert not (cv_home / "ray_results").exists()
 
-    result = CliRunner().invoke(app, [*base, *sets, "--set", "learning_curve.sizes=[4]"])
+    one = [*base, *sets, "--set", "learning_curve.sizes=[4]", "--size", "4"]
+    result = CliRunner().invoke(app, one)
     assert result.exit_code == 0, result.output
     summary = _json(result.stdout)
-    assert (summary["ran"], summary["kept"], summary["missing"]) == (["4", "all"], [], [])
+    assert (summary["ran"], summary["kept"], summary["missing"]) == (["4"], [], ["all"])
     record = json.loads((out / "learning_curve.json").read_text())
-    assert sorted(p.name for p in out.glob("point-*.json")) == ["point-4.json", "point-all.json"]
+    assert sorted(p.name for p in out.glob("point-*.json")) == ["point-4.json"]  # one record per point
     assert (out / "learning_curve.png").stat().st_size > 10_000
-    assert record["sizes"] == [4, None] and [p["n_structures_mean"] for p in record["points"]] == [4.0, 8.0]
-    small, full = record["points"]
-    assert small["run_id"] != full["run_id"]
-    _check_curve_point(small, full, record["budget"], tmp_path)
-    for point in record["points"]:  # the same held-out structures at every size, each scored once
-        assert point["metrics"]["pooled_n_structures"] == N_CURVE
-        cell = point["series"]["image model"]["crystal_system"]
-        assert cell["lo"] <= cell["value"] <= cell["hi"]
-        assert point["series"]["trees"]["crystal_system"]["value"] >= 0
+    assert record["sizes"] == [4] and [p["n_structures_mean"] for p in record["points"]] == [4.0]
+    (point,) = record["points"]
+    _check_curve_point(point, record["budget"], tmp_path)
+    assert point["metrics"]["pooled_n_structures"] == N_CURVE  # the held-out structures uncut, each scored once
+    cell = point["series"]["image model"]["crystal_system"]
+    assert cell["lo"] <= cell["value"] <= cell["hi"]
+    assert point["series"]["trees"]["crystal_system"]["value"] >= 0
 
-    rerun = CliRunner().invoke(app, [*base, *sets, "--set", "learning_curve.sizes=[4]"])
-    assert rerun.exit_code == 0, rerun.output
-    assert (_json(rerun.stdout)["ran"], _json(rerun.stdout)["kept"]) == ([], ["4", "all"])
     client = MlflowClient(f"sqlite:///{cv_home / 'mlflow.db'}")
-    experiment = client.get_run(small["run_id"]).info.experiment_id
-    assert len(client.search_runs([experiment], "tags.kfold = 'parent'")) == 2  # the rerun trained nothing
+    experiment = client.get_run(point["run_id"]).info.experiment_id
+    _check_rerun_skips_the_point(one, out, client, experiment)
 
     readme = tmp_path / "study.md"
     readme.write_text("<!-- space-table:start -->\n<!-- space-table:end -->\n")
     _study_script("curve_record").main([str(out), "--readme", str(readme)])
     table = readme.read_text()
-    assert f"| 4 ({small['n_train_mean']:.0f} + 1) | trees |" in table and "| all: 8 (" in table
+    assert f"| 4 ({point['n_train_mean']:.0f} + 1) | trees |" in table
 
     mlflow.set_tracking_uri(f"sqlite:///{cv_home / 'mlflow.db'}")
     every_child = client.search_runs([experiment], "tags.kfold = 'child'")
-    assert {r.data.params.get("cfg.split.train_structures") for r in every_child} == {"4", "None"}
+    assert {r.data.params.get("cfg.split.train_structures") for r in every_child} == {"4"}
     assert client.search_registered_models() == []  # k-fold is an evaluation protocol: nothing registered
-    _check_grouped_kfold_run(client, full["run_id"], full["metrics"], tmp_path, N_CURVE)
+    _check_grouped_kfold_run(client, point["run_id"], point["metrics"], tmp_path, N_CURVE)
+
+
+def _check_rerun_skips_the_point(args: list[str], out: Path, client: MlflowClient, experiment: str) -> None:
+    """The same command again keeps the point's record and trains nothing; a record made with another config is
+    one error, not a mixed curve."""
+    rerun = CliRunner().invoke(app, args)
+    assert rerun.exit_code == 0, rerun.output
+    assert (_json(rerun.stdout)["ran"], _json(rerun.stdout)["kept"]) == ([], ["4"])
+    assert len(client.search_runs([experiment], "tags.kfold = 'parent'")) == 1  # the rerun trained nothing
+    other = out / "point-4.json"
+    kept = other.read_text()
+    other.write_text(json.dumps(json.loads(kept) | {"config_hash": "0" * 16}))
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2, refused.output
+    assert "was made with another config" in refused.output
+    other.write_text(kept)
 
 
 def _study_script(name: str):
@@ -105,9 +117,9 @@ def _study_script(name: str):
     return module
 
 
-def _check_curve_point(small: dict, full: dict, budget: dict, tmp_path: Path) -> None:
+def _check_curve_point(small: dict, budget: dict, tmp_path: Path) -> None:
     """A point of 4: per fold, validation cut with training (in the fold's ratio) and the test fold untouched; the
-    image model's child run trained on those parts for the budget's steps; majority, 1-NN and trees were fit on
+    image model's child run trained on those parts for the full folds' steps; majority, 1-NN and trees were fit on
     exactly its training + validation structures (the majority's mean band gap is theirs, every 1-NN neighbour is
     one of them, the trees refit on them predict what the run's trees predicted)."""
     from crystalvision.app import curve_record as cr
@@ -120,6 +132,8 @@ def _check_curve_point(small: dict, full: dict, budget: dict, tmp_path: Path) ->
     cfg = load_pipeline(ROOT / "pipelines/paper-grouped.yaml", parse_overrides(CURVE))
     uncut = lc.full_folds(cfg)
     point = subset_folds(uncut, cfg.split.model_copy(update={"train_structures": 4}))
+    full_steps = cfg.train.epochs * lc.steps_per_epoch(cfg, [len(f.train) for f in uncut])
+    assert budget["optimiser_steps"] == full_steps  # the full folds' steps: the same at every point
     client = MlflowClient()
     oof = pd.read_parquet(
         client.download_artifacts(small["run_id"], "evaluation/oof_predictions.parquet", str(tmp_path))
@@ -129,16 +143,18 @@ def _check_curve_point(small: dict, full: dict, budget: dict, tmp_path: Path) ->
     children = {c.data.tags["fold"]: c for c in found}
     records = {r.material_id: r for r in load_selection(cfg.snapshot)[1].records}
     for fold, part, whole, made in zip(
-        point, small["folds"], full["folds"], [cr.fold_part(f) for f in point], strict=True
+        point, small["folds"], map(cr.fold_part, uncut), [cr.fold_part(f) for f in point], strict=True
     ):
         assert part == made  # the record says what the pipeline's split makes
         assert part["n_structures_train"] + part["n_structures_val"] == 4
         assert 1 <= part["n_structures_val"] < whole["n_structures_val"]  # validation cut with training
+        ratio = whole["n_structures_val"] / (whole["n_structures_train"] + whole["n_structures_val"])
+        assert abs(part["n_structures_val"] - 4 * ratio) < 1  # in the fold's own train:val ratio
         assert part["test_sha256"] == whole["test_sha256"] and part["n_structures_test"] == whole["n_structures_test"]
         child = children[str(part["fold"])]
         logged = {k: int(child.data.params[f"split.n_structures_{k}"]) for k in ("train", "val", "test")}
         assert logged == {k: part[f"n_structures_{k}"] for k in ("train", "val", "test")}
-        assert child.data.metrics["final_optimiser_steps"] == budget["optimiser_steps"]  # the same at every point
+        assert child.data.metrics["final_optimiser_steps"] == full_steps
         seen = pd.concat([fold.train, fold.val])
         rows = oof[oof["fold"] == part["fold"]]
         mean_gap = structure_table(seen)["band_gap"].mean()
@@ -154,7 +170,7 @@ def _check_curve_point(small: dict, full: dict, budget: dict, tmp_path: Path) ->
         assert rows.set_index("material_id")["tabular__band_gap"].to_numpy() == pytest.approx(
             trees.loc[rows["material_id"]].to_numpy()
         )
-    assert full["optimiser_steps_mean"] == small["optimiser_steps_mean"] == budget["optimiser_steps"]
+    assert small["optimiser_steps_mean"] == full_steps
 
 
 def _check_grouped_kfold_run(client: MlflowClient, run_id: str, pooled: dict, tmp_path: Path, n: int = 6) -> None:
