@@ -65,6 +65,7 @@ SHARED_PROCESS = (  # start no Ray cluster, server or GL context: safe to share 
     "test_tabular.py",
     "test_road.py",
     "test_epoch_steps.py",
+    "test_holdout.py",
 )
 SHARED_NAME = "unit files"
 # start no Ray Train run (servers, helper processes, VTK and Ray Data render jobs are fine): the second lane

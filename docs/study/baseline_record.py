@@ -48,10 +48,11 @@ import pandas as pd
 from crystalvision.core.pipeline_file import load_pipeline, parse_overrides
 from crystalvision.core.targets import TARGETS, TARGETS_CLASSIFICATION
 from crystalvision.data.folds import fold_splits
-from crystalvision.data.snapshot import load_selection
+from crystalvision.data.holdout import describe_holdout
 from crystalvision.evaluate import oof
 from crystalvision.evaluate.baselines import fold_baselines
 from crystalvision.render.labels import label_columns
+from crystalvision.stages import select_records
 
 log = logging.getLogger("baseline_record")
 PREDICTORS = {"tabular": "trees (tabular)", "cgcnn": "CGCNN (reference)", "1nn": "1-NN", "dummy": "majority / mean"}
@@ -65,8 +66,9 @@ VERIFY_KEYS = ("dummy", "1nn")
 
 
 def structures_frame(cfg) -> tuple[Any, dict, pd.DataFrame]:
-    """The snapshot, records by id and one labels row per selected structure (sorted, as the labels table is)."""
-    snap, selection = load_selection(cfg.snapshot)
+    """The snapshot, records by id and one labels row per selected structure (sorted, as the labels table is): the
+    pipeline road's selection, so a ``split.holdout`` with ``use: exclude`` is left out here too."""
+    snap, selection = select_records(cfg)
     rows = [{"material_id": r.material_id, **label_columns(r, snap.encoders)} for r in selection.records]
     frame = pd.DataFrame(rows).sort_values("material_id").reset_index(drop=True)
     return snap, {r.material_id: r for r in selection.records}, frame
@@ -79,6 +81,11 @@ def folds_for(cfg, frame: pd.DataFrame, records: dict, group_by: str) -> list:
     split = cfg.split.model_copy(update={"group_by": group_by})
     clusters = structure_clusters(list(records.values())) if group_by == "structure_cluster" else None
     return fold_splits(frame, split, clusters)
+
+
+def holdout_entry(cfg) -> dict[str, Any]:
+    """``{"holdout": {file, sha256, use, n_ids}}`` of the config's ``split.holdout`` ({} without one)."""
+    return {"holdout": describe_holdout(cfg.split)} if cfg.split.holdout is not None else {}
 
 
 def run_grouping(cfg, snap, records: dict, frame: pd.DataFrame, group_by: str) -> tuple[dict, pd.DataFrame]:
@@ -136,6 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "snapshot_sha256": snap.manifest.content_sha256,
         "n_structures": len(records),
         "split": cfg.split.model_dump(mode="json"),
+        **holdout_entry(cfg),
         "tabular": describe(),
         "cgcnn": GraphConfig.sized(ecfg.graph_size, epochs=ecfg.graph_epochs).model_dump(mode="json"),
         "label_source": snap.manifest.label_source,
@@ -203,6 +211,7 @@ def select(args: argparse.Namespace) -> dict[str, Any]:
         "rule": "highest mean over folds of (R² gap + R² e_hull + acc system + acc space group) / 4 on each fold's "
         "validation structures, fit on its training structures; never a test fold",
         "pipeline": cfg.name,
+        **holdout_entry(cfg),
         "features": tabular.FEATURE_SET,
         "candidates": rows,
         "not a candidate": tabular.LEFT_OUT,
@@ -247,6 +256,7 @@ def select_graph(args: argparse.Namespace) -> dict[str, Any]:
         "rule": "highest mean over folds of (R² gap + R² e_hull + acc system + acc space group) / 4 on each fold's "
         "validation structures (the early-stopping set), trained on its training structures; never a test fold",
         "size": {"layers": gcfg.layers, "atom_features": gcfg.atom_features, "fc_features": gcfg.fc_features},
+        **holdout_entry(cfg),
         "candidates": rows,
         "chosen": best,
     }

@@ -10,7 +10,7 @@ comparable across recipes with and without label smoothing, so it is not the rul
 Usage: ``python docs/study/select_recipe.py BASE.json CAND.json ... [--sets] [--readme PAGE]``: prints one Markdown
 row per candidate (validation and test numbers, mean ± sample std over folds, the pick marked); ``--readme PAGE``
 also rewrites the table between the page's ``select-table`` markers; ``--sets`` prints only the winner's ``--set``
-options that are not about size or the epoch budget, to append to the final run's command.
+options that are not about size, the epoch budget or the hold-out, to append to the final run's command.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import shlex
 import sys
 from pathlib import Path
 
-BUDGET_KEYS = ("render.image_size", "train.epochs", "train.patience", "evaluate.saliency")
+# not the recipe: the size, the epoch budget, and the hold-out a selection run leaves out (split.holdout)
+BUDGET_KEYS = ("render.image_size", "train.epochs", "train.patience", "evaluate.saliency", "split.holdout")
 
 
 def score(metrics: dict[str, float]) -> float:

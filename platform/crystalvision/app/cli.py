@@ -337,6 +337,25 @@ def bench(
         raise typer.Exit(code=done.returncode)
 
 
+@app.command()
+@handle_errors
+def holdout(
+    out: Annotated[Path, typer.Option(help="The hold-out file to write (JSON), e.g. docs/study/records/holdout.json.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+    fraction: Annotated[float, typer.Option(help="Share of the selected structures held out (m/k, k <= 20).")] = 0.15,
+    seed: Annotated[int, typer.Option(help="Seed of the grouped, stratified folds it is made of.")] = 0,
+) -> None:
+    """Make a structure hold-out of the config's selection for split.holdout: grouped by reduced formula, stratified
+    by crystal system, seeded; JSON with the ids, their formulas, how they were made and their sha256."""
+    from crystalvision.data import write_holdout
+
+    sets = "".join(f" --set {s}" for s in set_ or [])
+    command = f"crystalvision holdout -c {config}{sets} --fraction {fraction} --seed {seed} --out {out}"
+    made = write_holdout(_load(config, set_), out, fraction, seed, command)
+    typer.echo(f"{out}: {made['n_ids']} structures, {made['n_formulas']} formulas, sha256 {made['sha256']}")
+
+
 @pipeline_app.command("run")
 @handle_errors
 def pipeline_run(
@@ -365,6 +384,8 @@ def pipeline_validate(
     plan = plan_folds(cfg)
     if plan is not None:
         typer.echo(plan_text(plan, cfg.split))
+        if "holdout" in plan:
+            typer.echo("hold-out: " + ", ".join(f"{k} {v}" for k, v in plan["holdout"].items()))
 
 
 def main() -> None:  # pragma: no cover - console entry point

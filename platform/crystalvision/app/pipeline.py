@@ -53,6 +53,7 @@ class PipelineResult:
     label_source: str | None = None
     pooled: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)  # track.recipe: what a model card's record must share
+    holdout: dict[str, Any] = field(default_factory=dict)  # split.holdout: file, sha256, use, ids; left out
     oof_table: Any = None  # k-fold: the pooled per-structure prediction table (pandas), not in the summary
 
     @contextmanager
@@ -85,6 +86,7 @@ class PipelineResult:
             "label_source": self.label_source,
             "pooled": self.pooled,
             "recipe": self.recipe,
+            **({"holdout": self.holdout} if self.holdout else {}),
         }
 
 
@@ -127,6 +129,11 @@ def _made(
         label_source=label_sources(snap.manifest),
         recipe=recipe.recipe(cfg),
     )
+    if cfg.split.holdout is not None:
+        from crystalvision.data import describe_holdout
+
+        left_out = len(getattr(selection, "held_out", []))
+        result.holdout = describe_holdout(cfg.split) | {"n_left_out_of_selection": left_out}
     if rendered is not None:
         result.stage_seconds["render"] = round(rendered.timings["total_s"], 3)
     return result

@@ -8,7 +8,7 @@ __all__, __getattr__, __dir__ = door(
     __name__,
     {
         "config": "PipelineConfig",
-        "config_data": "IngestConfig RenderConfig SnapshotConfig SplitConfig StructureFilter",
+        "config_data": "HoldoutConfig IngestConfig RenderConfig SnapshotConfig SplitConfig StructureFilter",
         "config_learning": "AugmentConfig EvaluateConfig TrainConfig",
         "errors": (
             "ConfigError CrystalVisionError ImageError MPError ModelError RenderError SnapshotError StorageError "

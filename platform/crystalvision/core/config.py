@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from crystalvision.core.config_data import (
+    HoldoutConfig,
     IngestConfig,
     RenderConfig,
     Section,
@@ -37,6 +38,7 @@ __all__ = [
     "TARGETS_REGRESSION",
     "AugmentConfig",
     "EvaluateConfig",
+    "HoldoutConfig",
     "IngestConfig",
     "LearningCurveConfig",
     "PipelineConfig",

@@ -144,6 +144,27 @@ def _none_string(v: object) -> object:
     return None if isinstance(v, str) and v.strip().lower() in ("none", "null", "") else v
 
 
+class HoldoutConfig(Section):
+    """A fixed structure hold-out: a JSON file of material ids (``crystalvision holdout`` makes one)."""
+
+    ids: str = Field(
+        description="The hold-out file: JSON with the material ids, their reduced formulas, how they were made and "
+        "their sha256 (read as JSON, never executed; the study's: docs/study/records/holdout.json). Relative: to the "
+        "pipeline file's folder (in --set: to the working dir). A run's record and MLflow params name it and its "
+        "sha256."
+    )
+    use: Literal["exclude", "test"] = Field(
+        default="exclude",
+        description="exclude: leave the hold-out out entirely (its ids, and any other structure of a hold-out "
+        "formula, leave the selection before rendering: no fold, validation carve-out, baseline or selection sees "
+        "them; ids the snapshot lacks are ignored, with one INFO line). test: the hold-out is the test set, exactly, "
+        "and training + validation are carved from every other structure as a fold's are (grouped by "
+        "split.group_by, stratified by crystal system); run as one fold of a k-fold evaluation (pooled metrics, "
+        "paired bootstrap intervals, train.seeds), so split.folds and split.leave_one_out stay unset. An error when "
+        "none of the ids is selected.",
+    )
+
+
 class SplitConfig(Section):
     """How images are split into train / validation / test."""
 
@@ -176,7 +197,24 @@ class SplitConfig(Section):
         "fold's own train:val ratio (nested, class-balanced subsets; test unchanged). One point of a learning curve.",
     )
 
-    @field_validator("folds", "test_only", "train_structures", mode="before")
+    holdout: HoldoutConfig | None = Field(
+        default=None,
+        description="A fixed structure hold-out that no selection touches (use: exclude), or the one test set of the "
+        "final run (use: test); None: no hold-out.",
+    )
+
+    @field_validator("folds", "test_only", "train_structures", "holdout", mode="before")
     @classmethod
     def _none_string(cls, v: object) -> object:
         return _none_string(v)
+
+    @model_validator(mode="after")
+    def _holdout_test_alone(self) -> SplitConfig:
+        if self.holdout is None or self.holdout.use != "test":
+            return self
+        clash = [k for k in ("folds", "leave_one_out", "test_only") if getattr(self, k)]
+        if clash or self.protocol != "grouped":
+            unset = [f"split.{k} (--set split.{k}={'false' if k == 'leave_one_out' else 'null'})" for k in clash]
+            why = f"unset {', '.join(unset)}" if clash else "use split.protocol: grouped"
+            raise ValueError(f"split.holdout.use: test makes the hold-out the one test set: {why}")
+        return self

@@ -26,19 +26,27 @@ def _format_validation_error(path: str, err: ValidationError) -> str:
 # Keys of a pipeline that name a local file or folder: relative ones in a pipeline file resolve against that file's
 # folder (the file goes wherever the checkout goes: a Ray job's package, the Docker image), those in overrides
 # against the caller's working dir.
-PATH_KEYS = (("snapshot", "uri"), ("registry", "generalisation_record"))
+PATH_KEYS = (("snapshot", "uri"), ("registry", "generalisation_record"), ("split", "holdout", "ids"))
 
 
 def resolve_paths(raw: dict, folder: Path) -> dict:
     """A copy of the nested dict ``raw`` with each relative local path under :data:`PATH_KEYS` made absolute
     against ``folder`` (URIs such as ``s3://`` and absolute paths unchanged)."""
     out = dict(raw)
-    for section, key in PATH_KEYS:
-        node = out.get(section)
-        value = node.get(key) if isinstance(node, dict) else None
-        if isinstance(value, str) and value and "://" not in value and not Path(value).expanduser().is_absolute():
-            out[section] = {**node, key: str((folder / value).resolve())}
+    for *sections, key in PATH_KEYS:
+        out = _resolved(out, sections, key, folder)
     return out
+
+
+def _resolved(raw: dict, sections: list[str], key: str, folder: Path) -> dict:
+    """``raw`` with the path at ``sections`` + ``key`` made absolute (copied on the way down; unchanged if absent)."""
+    if not sections:
+        value = raw.get(key)
+        if isinstance(value, str) and value and "://" not in value and not Path(value).expanduser().is_absolute():
+            return {**raw, key: str((folder / value).resolve())}
+        return raw
+    node = raw.get(sections[0])
+    return {**raw, sections[0]: _resolved(node, sections[1:], key, folder)} if isinstance(node, dict) else raw
 
 
 def load_pipeline(path: str | Path, overrides: dict | None = None, base: str | Path | None = None) -> PipelineConfig:

@@ -14,6 +14,10 @@ __all__, __getattr__, __dir__ = door(
             "FoldSplits aggregate_folds ceiling_metrics fold_splits mean_std_text n_folds_for nelements plan_text "
             "split_plan subset_folds"
         ),
+        "holdout": (
+            "Holdout apply_holdout describe_holdout holdout_split load_holdout make_holdout tests_on_holdout "
+            "without_holdout write_holdout"
+        ),
         "ingest": "ingest_from_mp write_mp_snapshot",
         "mp": "MP_LABEL_SOURCE database_version fetch_records query_dict",
         "png": "encode_png",

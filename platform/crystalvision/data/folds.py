@@ -257,11 +257,12 @@ def fold_splits(df: pd.DataFrame, cfg: SplitConfig, clusters: Mapping[str, str] 
     return out
 
 
-def split_plan(df: pd.DataFrame, cfg: SplitConfig, clusters: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """What :func:`fold_splits` makes of ``df`` (one row per structure is enough): per fold the structures in
-    train / val / test, test structures per crystal system, unseen test classes and the ceiling."""
+def split_plan(
+    df: pd.DataFrame, cfg: SplitConfig, clusters: Mapping[str, str] | None = None, folds: Sequence[Any] | None = None
+) -> dict[str, Any]:
+    """What :func:`fold_splits` (or ``folds``) makes of ``df``: per fold its sizes, test systems, unseen, ceiling."""
     rows = []
-    for f in fold_splits(df, cfg, clusters):
+    for f in fold_splits(df, cfg, clusters) if folds is None else folds:
         test = f.test.drop_duplicates("material_id")
         rows.append(
             {

@@ -134,6 +134,7 @@ class Selection:
 
     records: list[MaterialRecord]
     dropped_flagged: list[str] = field(default_factory=list)
+    held_out: list[str] = field(default_factory=list)  # left out for the split's hold-out (data.holdout)
 
     @property
     def material_ids(self) -> list[str]:

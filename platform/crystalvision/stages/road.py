@@ -24,13 +24,17 @@ from crystalvision.data import (
     Selection,
     Snapshot,
     Splits,
+    apply_holdout,
     fold_splits,
+    holdout_split,
     load_labels,
     load_selection,
     n_folds_for,
     open_store,
     split_frame,
     subset_folds,
+    tests_on_holdout,
+    without_holdout,
 )
 from crystalvision.learn import Prepared
 from crystalvision.track import label_sources, recipe
@@ -43,9 +47,11 @@ log = logging.getLogger(__name__)
 
 
 def select_records(cfg: PipelineConfig) -> tuple[Snapshot, Selection]:
-    """The snapshot the config names (or the default) and the records it selects, logged and told to progress
-    listeners (stage ``snapshot``)."""
+    """The snapshot the config names (or the default) and the records it selects, less a ``split.holdout`` that
+    the run excludes (:func:`~crystalvision.data.apply_holdout`), logged and told to progress listeners (stage
+    ``snapshot``)."""
     snap, selection = load_selection(cfg.snapshot)
+    selection = apply_holdout(selection, cfg.split)
     n = len(selection.records)
     log.info(
         "snapshot %s: %d of %d structures selected, %d flagged dropped; labels: %s",
@@ -79,7 +85,7 @@ def prepare(cfg: PipelineConfig, store: ObjectStore | None = None, *, card: bool
 def _before_rendering(cfg: PipelineConfig, snap: Snapshot, selection: Selection, card: bool) -> dict[str, Any]:
     """What the selection must meet before anything is rendered (a ConfigError otherwise): a k-fold count it can
     fill, and with ``card`` a model card's record of this snapshot; that card."""
-    if is_kfold(cfg.split):
+    if is_kfold(cfg.split) and not tests_on_holdout(cfg.split):
         n = len(selection.records)
         n_folds_for(cfg.split, n, n * cfg.render.views_per_structure)
     return model_card(cfg, snap.manifest) if card else {}
@@ -131,8 +137,9 @@ def assemble(
 
 
 def is_kfold(split: SplitConfig) -> bool:
-    """True when the config asks for k folds (``split.folds``) or leave-one-structure-out."""
-    return bool(split.folds) or split.leave_one_out
+    """True when the config asks for k folds (``split.folds``), leave-one-structure-out, or the one fold that tests
+    on the hold-out (``split.holdout.use: test``): the runs evaluated as folds."""
+    return bool(split.folds) or split.leave_one_out or tests_on_holdout(split)
 
 
 def split_clusters(split: SplitConfig, records: Sequence[Any] | None) -> dict[str, str] | None:
@@ -148,25 +155,35 @@ def split_clusters(split: SplitConfig, records: Sequence[Any] | None) -> dict[st
 def split_labels(labels: pd.DataFrame, split: SplitConfig, clusters: Any = None) -> tuple[Splits, list[Splits]]:
     """The labels table split as ``split`` says (the one place a split is made): a k-fold config's folds (each
     structure tested once; each fold's training part cut to ``split.train_structures`` when set, a learning-curve
-    point) with the first as its split; else the one split and no folds. ``clusters``: :func:`split_clusters`."""
+    point) with the first as its split; ``split.holdout.use: test``: the one fold that tests on the hold-out; else
+    the one split and no folds. Rows an excluded hold-out leaves out never reach a split. ``clusters``:
+    :func:`split_clusters`."""
+    labels = without_holdout(labels, split)
     if not is_kfold(split):
         return split_frame(labels, split, clusters), []
-    folds: list[Splits] = list(subset_folds(fold_splits(labels, split, clusters), split))
+    made = [holdout_split(labels, split, clusters)] if tests_on_holdout(split) else fold_splits(labels, split, clusters)
+    folds: list[Splits] = list(subset_folds(made, split))
     return folds[0], folds
 
 
 def plan_folds(cfg: PipelineConfig) -> dict[str, Any] | None:
-    """The k folds ``cfg`` would make, from the snapshot's records (no rendering; a structure the renderer later
-    quarantines would drop out); None without ``split.folds`` / ``split.leave_one_out``."""
-    from crystalvision.data import split_plan
+    """The k folds ``cfg`` would make (or its one fold that tests on the hold-out), from the snapshot's records (no
+    rendering; a structure the renderer later quarantines would drop out), with ``holdout``: the hold-out file, its
+    sha256 and use, and the structures it left out of the selection; None for a config without folds."""
+    from crystalvision.data import describe_holdout, split_plan
 
     if not is_kfold(cfg.split):
         return None
     _, selection = select_records(cfg)
     cols = ("material_id", "formula", "crystal_system", "spacegroup_symbol")
     frame = pd.DataFrame([{c: getattr(r, c) for c in cols} for r in selection.records])
+    frame = frame.sort_values("material_id").reset_index(drop=True)
     clusters = split_clusters(cfg.split, selection.records)
-    return split_plan(frame.sort_values("material_id").reset_index(drop=True), cfg.split, clusters)
+    folds = [holdout_split(frame, cfg.split, clusters)] if tests_on_holdout(cfg.split) else None
+    plan = split_plan(frame, cfg.split, clusters, folds)
+    if cfg.split.holdout is not None:
+        plan["holdout"] = describe_holdout(cfg.split) | {"n_left_out_of_selection": len(selection.held_out)}
+    return plan
 
 
 def from_labels(

@@ -24,7 +24,7 @@ import numpy as np
 
 from crystalvision.core import SCORE_METRICS, CrystalVisionError, ModelError, PipelineConfig, SplitConfig
 from crystalvision.data import open_store
-from crystalvision.stages.road import from_labels, prepare
+from crystalvision.stages.road import from_labels, is_kfold, prepare
 
 if TYPE_CHECKING:  # the model and evaluation modules load torch: promotion's gate imports this module without it
     from crystalvision.evaluate import EvalResult
@@ -110,7 +110,7 @@ def inputs_of_run(cfg: PipelineConfig, run: Any, model: CrystalNet) -> Prepared:
     if key is None:
         log.info("run %s logged no labels key; preparing the data of the given config", run.info.run_id)
         key = prepare(cfg).labels_key
-    fold = int(tags["fold"]) if "fold" in tags and (split.folds or split.leave_one_out) else None  # k-fold child
+    fold = int(tags["fold"]) if "fold" in tags and is_kfold(split) else None  # a k-fold (or hold-out) child
     prepared = from_labels(cfg, open_store(), str(key), model.spec, split, fold)
     logged = param(params, *TEST_SIZE_PARAMS)
     if logged is not None and int(float(logged)) != len(prepared.splits.test):

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from crystalvision.core import PACKAGE_DIR, TARGETS, TARGETS_CLASSIFICATION, PipelineConfig, __version__, get_settings
-from crystalvision.data import SYMMETRY_LABEL_SOURCE
+from crystalvision.data import SYMMETRY_LABEL_SOURCE, describe_holdout
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,9 @@ def log_pipeline_context(
         n_structures_selected=len(selection.records),
         n_dropped_flagged=len(selection.dropped_flagged),
     )
+    if cfg.split.holdout is not None:  # holdout.file, .sha256, .use, .n_ids; n_held_out: left out of the selection
+        params |= flatten(describe_holdout(cfg.split), prefix="holdout")
+        params["n_held_out"] = len(getattr(selection, "held_out", []))
     for target in TARGETS:
         params[f"label_source.{target}"] = _label_source(manifest, target)
     if render_result is not None:
