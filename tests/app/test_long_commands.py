@@ -8,6 +8,7 @@ exits none of them may still run.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -158,15 +159,19 @@ def _summary(stderr: str, title: str) -> list[str]:
     return lines[start:]
 
 
-def test_render_and_tune_show_progress_end_in_a_summary_and_stop_whole(tmp_path: Path) -> None:
+def test_render_and_tune_show_progress_end_in_a_summary_and_stop_whole(cv_home: Path) -> None:
     """One home, as a person would go: a render stopped with Ctrl-C (exit 130, no process left: Ray's workers and
     agents included), run again to the end (progress, a summary, no JSON), and with --json (JSON only); then a
-    sweep (progress, a summary naming the model version it registered), the same with --json, and a sweep of
-    another split stopped with SIGTERM while its trial starts (exit 143, no process left, nothing registered)."""
+    sweep with --json (progress, JSON only; its result makes a summary naming the model version it registered), and
+    a sweep of another split stopped with SIGTERM while its trial starts (exit 143, no process left, nothing
+    registered)."""
     import mlflow
     from mlflow import MlflowClient
+    from rich.console import Console
 
-    home = tmp_path / "home"
+    from crystalvision.app.summary import result_summary
+
+    home = cv_home
     render = ["render", "-c", "pipelines/quickstart.yaml"]
     # a render long enough that Ctrl-C lands inside it (240 images), not after it
     stopped = Command(home, "render-1", render, [*TINY, "render.views_per_structure=40", "render.image_size=96"])
@@ -188,22 +193,22 @@ def test_render_and_tune_show_progress_end_in_a_summary_and_stop_whole(tmp_path:
     assert result["render_n_images"] == 12 and result["render_n_skipped"] == 12
     assert "/renders/" in result["render_uri"] and "{" not in as_json.stderr()
 
+    # one sweep, with --json: what the terminal would show after it is its result's summary (the same function
+    # prints it without --json, as the render above did)
     tune = ["tune", "-c", "pipelines/quickstart.yaml"]
-    swept = Command(home, "tune-1", tune, TINY_TUNE)
+    swept = Command(home, "tune-1", [*tune, "--json"], TINY_TUNE)
     assert swept.finish() == 0, swept.report()
-    assert swept.stdout() == "", "no JSON without --json"
-    screen = swept.stderr()
-    assert re.search(r"^tune\s+1/1 trials", screen, flags=re.M), screen  # progress
-    summary = _summary(screen, "crystalvision: sweep tune-quickstart-")
-    assert len(summary) <= MAX_LINES and not any(line.lstrip().startswith(("{", '"')) for line in summary), screen
+    result = json.loads(swept.stdout())
+    assert re.search(r"^tune\s+1/1 trials", swept.stderr(), flags=re.M), swept.stderr()  # progress
+    assert "crystalvision: sweep" not in swept.stderr() and result["sweep"].startswith("tune-quickstart-")
+    assert result["registry"]["challenger_version"] == "1"
+    console = Console(width=1000, soft_wrap=True, record=True, file=io.StringIO())
+    console.print(result_summary(result, "tune.log"))
+    summary = _summary(console.export_text(), f"crystalvision: sweep {result['sweep']} finished")
+    assert len(summary) <= MAX_LINES and not any(line.lstrip().startswith(("{", '"')) for line in summary), summary
     assert any(line.startswith(f"model     {MODEL} v1 -> champion") for line in summary), summary
-    assert any(line.startswith("best      trial ") for line in summary) and "1 trials: 0 failed" in screen
-
-    as_json = Command(home, "tune-2", [*tune, "--json"], TINY_TUNE)
-    assert as_json.finish() == 0, as_json.report()
-    result = json.loads(as_json.stdout())
-    assert result["sweep"] in summary[0] and result["registry"]["challenger_version"] == "1"
-    assert "crystalvision: sweep" not in as_json.stderr()
+    assert any(line.startswith("best      trial ") for line in summary)
+    assert any(line.startswith("sweep     1 trials: 0 failed") for line in summary), summary
 
     other = Command(home, "tune-3", tune, [*TINY_TUNE, "split.seed=1"])  # another split: another sweep
     _interrupted(other, signal.SIGTERM, lambda: "tune      0/1 trials" in other.stderr(), "trial started")
