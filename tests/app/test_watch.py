@@ -173,27 +173,23 @@ def _start_holder(tmp_path: Path, lease_s: str = "300"):
 
 
 def test_sigkilled_watcher_lock_is_taken_over(mp_api, cfg, cv_home: Path, tmp_path: Path):
+    """A live holder keeps the lock, for its own database version and for a newer one (two versions share one
+    lock); once it is SIGKILLed, the lock it left behind is taken over."""
     import signal
 
-    proc = _start_holder(tmp_path)
+    proc = _start_holder(tmp_path)  # retraining 2025.01.01
     try:
-        assert watch_once(cfg, retrain=Recorder())["status"] == "locked"  # a live holder keeps it
+        retrain = Recorder()
+        assert watch_once(cfg, retrain=retrain)["status"] == "locked"  # a live holder keeps it
+        mp_api.publish("2025.06.01", _changed(mp_api.docs))
+        assert watch_once(cfg, retrain=retrain)["status"] == "locked" and not retrain.configs
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     assert list((cv_home / "watch").rglob("*.lock")), "SIGKILL leaves the lock behind"
-    retrain = Recorder()
-    assert watch_once(cfg, retrain=retrain)["status"] == "retrained"
+    result = watch_once(cfg, retrain=retrain)
+    assert result["status"] == "retrained" and result["job_id"].endswith("2025.06.01")
     assert len(retrain.configs) == 1 and not list((cv_home / "watch").rglob("*.lock"))
-
-
-def test_sigterm_releases_the_lock(mp_api, cfg, cv_home: Path, tmp_path: Path):
-    import signal
-
-    proc = _start_holder(tmp_path)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-    assert not list((cv_home / "watch").rglob("*.lock")), "the clean-up ran on SIGTERM"
 
 
 def _lock_path(cv_home: Path, cfg: PipelineConfig) -> Path:
@@ -215,9 +211,12 @@ def test_expired_lease_of_another_host_is_taken_over(mp_api, cfg, cv_home: Path)
     assert watch_once(cfg, retrain=Recorder())["status"] == "retrained"
 
 
-def test_hung_holder_past_its_lease_exits_2_with_a_clear_message(mp_api, cfg, cv_home: Path, tmp_path: Path):
+def test_hung_holder_past_its_lease_exits_2_with_a_clear_message_and_sigterm_frees_it(
+    mp_api, cfg, cv_home: Path, tmp_path: Path
+):
     """A real watcher whose retrain hangs (no progress): its lease is not renewed, so the next watcher exits 2 naming
-    it instead of reporting "locked" until the CronJob deadline; once it is killed the lock is taken over."""
+    it instead of reporting "locked" until the CronJob deadline; SIGTERM stops it and its clean-up releases the lock
+    (exit 143), so the next watcher retrains. (A SIGKILLed holder's lock: test_sigkilled_watcher_lock_is_taken_over.)"""
     import json
     import signal
 
@@ -235,9 +234,13 @@ def test_hung_holder_past_its_lease_exits_2_with_a_clear_message(mp_api, cfg, cv
         assert result.exit_code == 2, result.output
         assert "hung" in result.output and "lease expired" in result.output and str(proc.pid) in result.output
         assert json.loads(lock.read_text())["pid"] == proc.pid, "a live holder's lock is never taken"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert not list((cv_home / "watch").rglob("*.lock")), "the clean-up ran on SIGTERM"
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
     assert watch_once(cfg, retrain=Recorder())["status"] == "retrained"
 
 
@@ -285,19 +288,6 @@ def test_changed_settings_retrain_and_versions_never_move_back(mp_api, cfg):
     assert result["status"] == "older-version" and len(retrain.configs) == 3
     mp_api.publish("2025.06.01", _changed(original))
     assert watch_once(cfg, retrain=retrain)["status"] == "unchanged"
-
-
-def test_two_database_versions_share_one_lock(mp_api, cfg, cv_home: Path, tmp_path: Path):
-    import signal
-
-    proc = _start_holder(tmp_path)  # retraining 2025.01.01
-    try:
-        mp_api.publish("2025.06.01", _changed(mp_api.docs))
-        retrain = Recorder()
-        assert watch_once(cfg, retrain=retrain)["status"] == "locked" and not retrain.configs
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
 
 
 def test_corrupt_state_is_reported_and_recovered(mp_api, cfg, cv_home: Path, caplog: pytest.LogCaptureFixture):
