@@ -1,5 +1,7 @@
-# The Li-Mn-Ni-O space headline grouped by reduced formula, 3 training seeds: seed 0 RUNNING (started 2026-12-07
-# on the 2-core VM, commit 127b3d6), seeds 1 and 2 NOT RUN YET.
+# The Li-Mn-Ni-O space headline grouped by reduced formula, 3 training seeds: seed 0 run 2026-12-07 11:31-13:01 UTC
+# on the 2-core x86-64 VM (23 GiB), commit 127b3d6, from a git worktree of that commit; its 89.8 min wall time is not
+# a timing (test runs shared the cores for its first 45 minutes: epochs took 140-300 s there, 27-45 s after). Seeds
+# 1 and 2 NOT RUN YET.
 #
 # Protocol: pipelines/space-grouped.yaml with split.group_by=formula: 5 grouped folds over the 883 unflagged
 # structures of the lmno-space snapshot, every structure of one reduced formula in one fold (the strictest grouping
@@ -16,6 +18,7 @@
 # default, .crystalvision in the repository root), where the runs' MLflow store is. Run seeds 1 and 2 with seed 0's
 # code (commit 127b3d6, e.g. from the same git worktree), so that the parts differ in their seed only: merge checks
 # data, config, folds and structures, not the code; each part's commit is in its run file and in the table's header.
+# seed 0 (run):
 nice -n 10 crystalvision pipeline run pipelines/space-grouped.yaml --set split.group_by=formula --set name=space-formula-seed0 --set 'train.seeds=[0]' --json > space-formula-seed-0.json
 python docs/study/seed_record.py export space-formula-seed-0.json --out docs/study/records/space-formula
 # NOT RUN YET:
