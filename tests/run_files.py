@@ -14,8 +14,9 @@ files in :data:`SHARED_PROCESS` (no Ray, no servers, no VTK) run together in one
 most of its 1-10 s on interpreter and import start-up. Files in :data:`LIGHT` (and the unit files) start no Ray
 Train run: they run in a second lane beside the files that train with Ray, which run one at a time (``--one-lane``
 or ``CRYSTALVISION_TEST_LANES=1`` puts them all in one lane), at nice 19 so that the Ray Train lane, the longer
-one, keeps the cores; a light file that did start a Ray Train run is named
-at the end. Other arguments go to every pytest call (``-x``, ``-k``).
+one, keeps the cores; light files run with one OpenMP (torch) thread in any lane (``OMP_NUM_THREADS=1`` unless
+set). A light file that did start a Ray Train run is named at the end. Other arguments go to every pytest call
+(``-x``, ``-k``).
 """
 
 from __future__ import annotations
@@ -109,6 +110,10 @@ def _group_name(paths: list[Path]) -> str:
 
 
 LIGHT_NICE = 19  # the light lane yields the cores to the Ray Train lane (whose Ray workers run at nice 15)
+# The light files train, evaluate and predict with tiny models in the test process. With torch's default of one
+# OpenMP thread per core, every small op waits for both threads to be scheduled: on 2 shared cores (load 13-15,
+# 2026-12-07) the 16 steps of test_epoch_steps.py's fit test took 44 s with 2 threads and 0.7 s with 1.
+LIGHT_THREADS = "1"
 
 
 def _run_one(paths: list[Path], pytest_args: list[str], tmpdir: Path, nice: int = 0) -> FileResult:
@@ -122,6 +127,8 @@ def _run_pytest(paths: list[Path], pytest_args: list[str], tmpdir: Path, nice: i
     """Test files in one pytest process and TMPDIR (short: Ray's socket paths must stay < 108 bytes)."""
     tmpdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TMPDIR": str(tmpdir)}
+    if _group_name(paths) in LIGHT:  # tiny models in the test process itself: one torch/OpenMP thread
+        env.setdefault("OMP_NUM_THREADS", LIGHT_THREADS)
     t0 = time.monotonic()
     proc = subprocess.run(
         [
