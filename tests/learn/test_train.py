@@ -90,12 +90,12 @@ def test_two_worker_cpu_run_learns_the_toy_set_and_logs_to_mlflow(ray_local, toy
     from crystalvision.track import tracking
 
     store, splits = toy
-    cfg, spec = _cfg(epochs=6), _spec()
+    cfg, spec = _cfg(epochs=3), _spec()  # the toy set is learnt in 3 epochs (val acc ~0.9, train loss ~0.4x)
     tracking.configure_mlflow()
     with tracking.start_run("toy-train", tags={"test": "1"}) as run:
         result = train_model(Prepared(cfg, store, splits, spec), run_id=run.info.run_id, model_dir=tmp_path / "model")
     hist = result.history
-    assert [int(h["epoch"]) for h in hist] == list(range(6)) and hist[0]["world_size"] == 2
+    assert [int(h["epoch"]) for h in hist] == list(range(3)) and hist[0]["world_size"] == 2
     summary = [
         (round(h["train_loss"], 2), round(h["val_loss"], 2), round(h["val_acc_crystal_system"], 2)) for h in hist
     ]
@@ -108,7 +108,7 @@ def test_two_worker_cpu_run_learns_the_toy_set_and_logs_to_mlflow(ray_local, toy
     assert pred["crystal_system_proba"].shape == (2, len(SYSTEMS))
     client = mlflow.MlflowClient()
     val_loss = client.get_metric_history(run.info.run_id, "val_loss")
-    assert sorted(m.step for m in val_loss) == list(range(6))  # rank 0 only: one value per epoch
+    assert sorted(m.step for m in val_loss) == list(range(3))  # rank 0 only: one value per epoch
     assert "target_mean.band_gap" in client.get_run(run.info.run_id).data.params
 
 
