@@ -5,18 +5,19 @@ What `make test` and CI do.
 Ray clusters, MLflow's process-wide state and library globals of one module cannot leak into the next this way:
 in one long process, a module's leftover Ray session changed what later modules connected to.
 
-Files run ``-j`` at a time (default 1, or ``CRYSTALVISION_TEST_JOBS``), longest first by
-``tests/durations.json`` (seconds per file, rewritten by ``--record``). Each process gets its own TMPDIR, so its
-local Ray cluster (``$TMPDIR/ray``) and pytest's temporary folders never meet another's. Two at a time took the
+Files run ``-j`` at a time (default 1, or ``CRYSTALVISION_TEST_JOBS``), longest first by ``tests/durations.json``
+(seconds per file, rewritten by ``--record``). Each process gets its own TMPDIR, so its local Ray cluster
+(``$TMPDIR/ray``) and pytest's temporary folders never meet another's; what every process may reuse (a migrated
+empty MLflow database) goes to the shared ``CRYSTALVISION_TEST_CACHE``, the TMPDIRs' parent. Two at a time took the
 suite from CI's 1,248 s to about 950 s on 2 cores, but on 2 cores Ray Train then lost workers or a checkpoint
-registration in 1-2 of about 40 runs per suite, so CI runs one at a time; use ``-j 2`` on 4+ cores. The unit
-files in :data:`SHARED_PROCESS` (no Ray, no servers, no VTK) run together in one process: each file alone spent
-most of its 1-10 s on interpreter and import start-up. Files in :data:`LIGHT` (and the unit files) start no Ray
-Train run: they run in a second lane beside the files that train with Ray, which run one at a time (``--one-lane``
-or ``CRYSTALVISION_TEST_LANES=1`` puts them all in one lane), at nice 19 so that the Ray Train lane, the longer
-one, keeps the cores; light files run with one OpenMP (torch) thread in any lane (``OMP_NUM_THREADS=1`` unless
-set). A light file that did start a Ray Train run is named at the end. Other arguments go to every pytest call
-(``-x``, ``-k``).
+registration in 1-2 of about 40 runs per suite, so CI runs one at a time; use ``-j 2`` on 4+ cores. The unit files
+in :data:`SHARED_PROCESS` (no Ray, no servers, no VTK) run together in one process: each file alone spent most of
+its 1-10 s on interpreter and import start-up. Files in :data:`LIGHT` (and the unit files) start no Ray Train run:
+they run in a second lane beside the files that train with Ray, which run one at a time (``--one-lane`` or
+``CRYSTALVISION_TEST_LANES=1`` puts them all in one lane), at nice 19 so that the Ray Train lane, the longer one,
+keeps the cores; light files run with one OpenMP (torch) thread in any lane (``OMP_NUM_THREADS=1`` unless set). A
+light file that did start a Ray Train run is named at the end. Other arguments go to every pytest call (``-x``,
+``-k``).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def _run_one(paths: list[Path], pytest_args: list[str], tmpdir: Path, nice: int 
 def _run_pytest(paths: list[Path], pytest_args: list[str], tmpdir: Path, nice: int = 0) -> FileResult:
     """Test files in one pytest process and TMPDIR (short: Ray's socket paths must stay < 108 bytes)."""
     tmpdir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    env = {**os.environ, "TMPDIR": str(tmpdir), "CRYSTALVISION_TEST_CACHE": str(tmpdir.parent)}
     if _group_name(paths) in LIGHT:  # tiny models in the test process itself: one torch/OpenMP thread
         env.setdefault("OMP_NUM_THREADS", LIGHT_THREADS)
     t0 = time.monotonic()

@@ -66,11 +66,20 @@ def stop_group(proc: subprocess.Popen, grace: float = 15) -> None:
         proc.wait(timeout=10)
 
 
-def start_embedded_mlflow(home: Path, port: int, log_path: Path) -> subprocess.Popen:
+def start_embedded_mlflow(home: Path, port: int, log_path: Path, jobs: bool = False) -> subprocess.Popen:
     """``mlflow/launch.py embedded`` (the platform's own MLflow server) on 127.0.0.1:``port`` for ``home``, without
-    the caller's MLFLOW_*/AWS_* variables; returns once it answers /health (appends to ``log_path``)."""
+    the caller's MLFLOW_*/AWS_* variables; returns once it answers /health (appends to ``log_path``).
+
+    A new ``home`` gets a migrated empty database (:mod:`tests.support.mlflow_db`). MLflow's job runner (its GenAI
+    jobs: 8 more Python processes, which no crystalvision code uses) starts only with ``jobs=True``; the launcher's
+    own test (tests/system/test_mlflow_server.py) runs the server as deployed, runner included."""
+    from .mlflow_db import place_fresh_db
+
     root = Path(__file__).resolve().parents[2]
+    place_fresh_db(home / "mlflow.db")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+    if not jobs:
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, str(root / "mlflow/launch.py"), "embedded", "--host", "127.0.0.1", "--port", str(port)],

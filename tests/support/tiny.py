@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
 
 from crystalvision.core.config import SplitConfig
@@ -39,10 +41,69 @@ def tiny_model_dir(folder: Path, seed: int = 0, size: int = SIZE) -> Path:
 
 
 def use_test_tracking() -> str:
-    """Point MLflow at the test's CRYSTALVISION_HOME (sqlite db, artifacts folder); returns the tracking URI."""
+    """Point MLflow at the test's CRYSTALVISION_HOME (sqlite db, artifacts folder); returns the tracking URI. A new
+    sqlite db starts as a copy of a migrated one (:mod:`tests.support.mlflow_db`)."""
 
     from crystalvision.core.settings import get_settings
     from crystalvision.track.tracking import configure_mlflow
 
+    from .mlflow_db import place_fresh_db_for
+
+    uri = get_settings().tracking.mlflow_tracking_uri
+    place_fresh_db_for(uri)
     configure_mlflow()
-    return get_settings().tracking.mlflow_tracking_uri
+    return uri
+
+
+# what the conftest's cv_home fixture clears, so that settings come from CRYSTALVISION_HOME alone
+HOME_OVERRIDES = (
+    "MLFLOW_TRACKING_URI",
+    "CRYSTALVISION_MLFLOW_TRACKING_URI",
+    "CRYSTALVISION_OBJECT_STORE_URI",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+)
+
+
+def use_home(monkeypatch: pytest.MonkeyPatch, home: Path) -> str:
+    """CRYSTALVISION_HOME set to ``home`` (as ``cv_home`` sets a fresh one) and MLflow pointed at it, until
+    ``monkeypatch`` is undone; returns the tracking URI. For a home made once per module and shared by its tests."""
+    from crystalvision.core.settings import get_settings
+
+    monkeypatch.setenv("CRYSTALVISION_HOME", str(home))
+    for var in HOME_OVERRIDES:
+        monkeypatch.delenv(var, raising=False)
+    get_settings.cache_clear()
+    return use_test_tracking()
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    """A tiny model logged as a pyfunc into a run of ``home``'s tracking store."""
+
+    home: Path
+    uri: str
+    run_id: str
+    model_dir: Path
+    splits: Splits
+    store: ObjectStore
+
+
+def log_tiny_model(folder: Path) -> LoggedModel:
+    """The toy dataset (10 structures, 2 views) and an untrained tiny model in ``folder``, the model logged as a
+    pyfunc into a run of its own home there (``folder/cvhome``). Made once per module by the tests that only read
+    it; they point at its home with :func:`use_home`."""
+    import mlflow
+
+    from crystalvision.core.settings import get_settings
+    from crystalvision.serve.mlflow_model import log_model
+
+    store = ObjectStore(str(folder / "store"))
+    splits = toy_splits(store)
+    model_dir = tiny_model_dir(folder / "model")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_home(monkeypatch, folder / "cvhome")
+        with mlflow.start_run() as run:
+            uri = log_model(model_dir, splits, store)
+    get_settings.cache_clear()
+    return LoggedModel(folder / "cvhome", uri, run.info.run_id, model_dir, splits, store)
