@@ -19,14 +19,21 @@ from tests.support.tiny import tiny_model_dir, toy_splits, use_test_tracking
 SPLIT = {"snapshot_sha256": "abc1", "cfg.split.protocol": "grouped", "cfg.split.seed": "0", "cfg.render.image_size": 32}
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The toy store, its splits (6 structures, 1 view) and an untrained tiny model folder, made once: every run
+    below logs this model (runs read them, none writes them)."""
+    folder = tmp_path_factory.mktemp("tiny")
+    store = ObjectStore(str(folder / "store"))
+    return store, toy_splits(store, n_structures=6, views=1), tiny_model_dir(folder / "model")
+
+
 @pytest.fixture
-def env(cv_home, tmp_path):
+def env(cv_home, tiny):
     """A function that logs a run with a tiny pyfunc model, params and the ``val_score`` of its evaluated model (as
     evaluation logs it); returns its run id."""
     use_test_tracking()
-    store = ObjectStore(str(tmp_path / "store"))
-    splits = toy_splits(store, n_structures=6, views=1)
-    model_dir = tiny_model_dir(tmp_path / "model")
+    store, splits, model_dir = tiny
 
     def make_run(score: float | None, params: dict | None = None) -> str:
         with mlflow.start_run() as run:
@@ -223,16 +230,15 @@ def test_evaluation_and_registration_send_heartbeats(env, tmp_path) -> None:
             "leakage search", "plots", "report", "decision"} <= set(steps), steps  # fmt: skip
 
 
-def test_registration_given_the_prepared_data_does_not_prepare_it_again(env, tmp_path, monkeypatch) -> None:
+def test_registration_given_the_prepared_data_does_not_prepare_it_again(env, tiny, monkeypatch) -> None:
     """A pipeline registers with the data it trained on in hand: a champion of another split is re-evaluated on that
     data, and the road from the config (snapshot, render, labels table) is not taken a second time."""
     import crystalvision.stages.road as road
     from crystalvision.learn import Prepared
     from crystalvision.learn.model import load_model
 
-    store = ObjectStore(str(tmp_path / "held-store"))
-    splits = toy_splits(store, n_structures=6, views=1)
-    spec = load_model(tiny_model_dir(tmp_path / "held-model")).spec
+    store, splits, model_dir = tiny
+    spec = load_model(model_dir).spec
     cfg = PipelineConfig(name="t", registry={"model_name": "held"}, render={"image_size": 32},
                          evaluate={"saliency": False, "baselines": False, "leakage": False})  # fmt: skip
     registry.register_and_promote(cfg, env(0.50, {**SPLIT, "cfg.split.seed": "1"}))  # v1, on another split
