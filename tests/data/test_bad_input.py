@@ -9,7 +9,7 @@ from crystalvision.data.dataset import decode_png
 from crystalvision.data.snapshot import MaterialRecord
 from crystalvision.data.storage import ObjectStore
 from crystalvision.data.structures import read_cif_file
-from tests.serve.test_predict import logged  # noqa: F401  (fixture: a tiny model logged as a pyfunc)
+from tests.serve.test_predict import logged, logged_once  # noqa: F401  (fixtures: a tiny model logged as a pyfunc)
 from tests.support.tiny import SIZE
 
 BAD = Path(__file__).parents[1] / "data" / "bad"

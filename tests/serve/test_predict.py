@@ -24,11 +24,10 @@ from crystalvision.app.cli import app
 from crystalvision.core.config import PipelineConfig
 from crystalvision.core.errors import CrystalVisionError
 from crystalvision.data.dataset import load_images
-from crystalvision.data.storage import ObjectStore
 from crystalvision.learn.model import load_model, predict_arrays, spec_for
 from crystalvision.serve import face, mlflow_model, predict, predict_input
 from crystalvision.serve.hierarchy import joint_symmetry, system_of
-from tests.support.tiny import SIZE, tiny_model_dir, toy_splits, use_test_tracking
+from tests.support.tiny import SIZE, LoggedModel, log_tiny_model, tiny_model_dir, use_home, use_test_tracking
 
 QUICKSTART = Path(__file__).parents[2] / "pipelines/quickstart.yaml"
 GOOD_CIF = (Path(__file__).parents[2] / "platform/crystalvision/data/snapshots/lmno/cif/mp-25284.cif").read_text()
@@ -44,16 +43,21 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+@pytest.fixture(scope="module")
+def logged_once(tmp_path_factory) -> LoggedModel:
+    """A tiny model logged as a pyfunc, once per module: the tests that use it only read it."""
+    return log_tiny_model(tmp_path_factory.mktemp("logged"))
+
+
 @pytest.fixture
-def logged(cv_home, tmp_path):
-    """A tiny model logged as a pyfunc into a run: (model_uri, run_id, model_dir, splits, store)."""
-    store = ObjectStore(str(tmp_path / "store"))
-    splits = toy_splits(store)
-    model_dir = tiny_model_dir(tmp_path / "model")
-    use_test_tracking()
-    with mlflow.start_run() as run:
-        uri = mlflow_model.log_model(model_dir, splits, store)
-    return uri, run.info.run_id, model_dir, splits, store
+def logged(logged_once, monkeypatch):
+    """A tiny model logged as a pyfunc into a run, MLflow pointed at its home: (model_uri, run_id, model_dir,
+    splits, store)."""
+    from crystalvision.core.settings import get_settings
+
+    use_home(monkeypatch, logged_once.home)
+    yield logged_once.uri, logged_once.run_id, logged_once.model_dir, logged_once.splits, logged_once.store
+    get_settings.cache_clear()
 
 
 def test_pyfunc_round_trip_matches_the_model_and_reports_bad_items(logged) -> None:
@@ -177,6 +181,7 @@ def test_a_model_logged_before_the_sub_packages_still_loads(cv_home, tmp_path) -
             name=mlflow_model.MODEL_ARTIFACT,
             python_model=str(code),
             artifacts={predict.MODEL_DIR_ARTIFACT: str(tiny_model_dir(tmp_path / "model"))},
+            pip_requirements=mlflow_model.pip_requirements(),  # not inferred: MLflow would load it in a subprocess
         )
     with pytest.warns(FutureWarning, match=r"^crystalvision\.predict\.CrystalVisionPyfunc is crystalvision\.serve\."):
         model = mlflow.pyfunc.load_model(info.model_uri)
@@ -415,24 +420,20 @@ def test_concurrent_renders_run_in_a_bounded_pool_of_helpers(monkeypatch) -> Non
     assert three >= 1.9, f"three renders took {three:.1f} s with two helpers: the pool is not bounded"
 
 
-def test_predict_prints_the_model_cards_measured_metrics_beside_each_answer(cv_home, tmp_path) -> None:
+def test_predict_prints_the_model_cards_measured_metrics_beside_each_answer(logged, tmp_path) -> None:
     """A model whose card holds out-of-fold metrics shows them beside every answer (table and JSON); one without
-    says it has none instead of printing nothing."""
+    (the module's logged tiny model) says it has none instead of printing nothing."""
     from crystalvision.track.card import generalisation_from_record
 
     record = Path(__file__).parents[2] / "docs/study/records/space-grouped.json"
-    store = ObjectStore(str(tmp_path / "store"))
-    splits = toy_splits(store)
-    use_test_tracking()
-    uris = {}
-    for name, carded in (("bare", False), ("carded", True)):
-        model_dir = tiny_model_dir(tmp_path / name)
-        if carded:
-            spec = json.loads((model_dir / "model.json").read_text())
-            spec["generalisation"] = generalisation_from_record(record, None)
-            (model_dir / "model.json").write_text(json.dumps(spec))
-        with mlflow.start_run():
-            uris[name] = mlflow_model.log_model(model_dir, splits, store)
+    bare_uri, _, bare_dir, splits, store = logged
+    assert not json.loads((bare_dir / "model.json").read_text()).get("generalisation"), "the bare model has a card"
+    model_dir = tiny_model_dir(tmp_path / "carded")
+    spec = json.loads((model_dir / "model.json").read_text())
+    spec["generalisation"] = generalisation_from_record(record, None)
+    (model_dir / "model.json").write_text(json.dumps(spec))
+    with mlflow.start_run():
+        uris = {"bare": bare_uri, "carded": mlflow_model.log_model(model_dir, splits, store)}
     good = tmp_path / "good.png"
     good.write_bytes(_png(SIZE))
 
