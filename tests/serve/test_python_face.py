@@ -1,8 +1,8 @@
 """The Python face of a registered model, run as README and docs/predict.md show it.
 
-The Python blocks are saved as scripts without a ``__main__`` guard and run in a fresh interpreter from a folder laid
-out like the checkout after ``make run`` (``.crystalvision/mlflow.db`` with the quickstart's champion, the bundled
-CIFs), and once through ``python -``: each predicts once, with numbers. A render that fails raises one clear error
+The Python blocks run in a fresh interpreter from a folder laid out like the checkout after ``make run``
+(``.crystalvision/mlflow.db`` with the quickstart's champion, the bundled CIFs), README's saved as a script without a
+``__main__`` guard, docs/predict.md's through ``python -``: each predicts once, with numbers. A render that fails raises one clear error
 from the Python face; the REST face answers it as that row's error.
 """
 
@@ -80,16 +80,17 @@ def _one_prediction(stdout: str) -> None:
     assert len(rows) == 1, f"expected one row with a band gap:\n{stdout}"
 
 
-def test_the_docs_python_examples_predict_once_as_scripts_and_through_stdin(checkout) -> None:
-    """README's and docs/predict.md's Python blocks (no ``__main__`` guard), each saved as a script, and README's
-    through ``python -``: one printed frame with a band gap each (the helper never re-runs the caller's code)."""
-    markers = {"README.md": "crystalvision.predict(", "docs/predict.md": "mlflow.pyfunc.load_model"}
-    blocks = list(dict.fromkeys(python_block(ROOT / doc, marker) for doc, marker in markers.items()))
-    for i, block in enumerate(blocks):
-        assert "__main__" not in block
-        (checkout / f"example{i}.py").write_text(block)
-        _one_prediction(_run(checkout, [f"example{i}.py"]).stdout)
-    _one_prediction(_run(checkout, ["-"], stdin=blocks[0]).stdout)
+def test_the_docs_python_examples_predict_once_as_a_script_and_through_stdin(checkout) -> None:
+    """README's Python block (no ``__main__`` guard) saved as a script, and docs/predict.md's through ``python -``:
+    one printed frame with a band gap each (the render helper never re-runs the caller's code). Both blocks render
+    their CIF in the same helper, so each way of running is tried once, each block once (a fresh interpreter per run
+    is most of this test's time)."""
+    readme = python_block(ROOT / "README.md", "crystalvision.predict(")
+    guide = python_block(ROOT / "docs/predict.md", "mlflow.pyfunc.load_model")
+    assert readme != guide and "__main__" not in readme + guide
+    (checkout / "example.py").write_text(readme)
+    _one_prediction(_run(checkout, ["example.py"]).stdout)
+    _one_prediction(_run(checkout, ["-"], stdin=guide).stdout)
 
 
 def test_a_failed_render_raises_from_python_and_is_the_rows_error_over_rest(checkout, monkeypatch) -> None:
