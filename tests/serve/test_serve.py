@@ -20,18 +20,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 from PIL import Image
 
 from crystalvision.core.config import PipelineConfig
-from crystalvision.data.storage import ObjectStore
 from crystalvision.promote.registry import register_and_promote
-from crystalvision.serve.mlflow_model import log_model
 from tests.serve.test_predict import GOOD_CIF, SYMMETRY_BOMB, decompression_bomb_png
 from tests.support.procs import free_port, stop_group
-from tests.support.tiny import tiny_model_dir, toy_splits, use_test_tracking
+from tests.support.tiny import LoggedModel, log_tiny_model, use_home, use_test_tracking
 
 START_TIMEOUT_S = 150
 HIDE_CHECKOUT = """import os, sys
@@ -53,23 +50,39 @@ def _wait_ready(proc: subprocess.Popen, url: str, log_path: Path) -> None:
     pytest.fail(f"mlflow models serve not ready after {START_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
 
 
-def _register_tiny(tmp_path: Path):
-    """A tiny model registered as champion in the test's home: its URI, the object store and the toy splits."""
-    use_test_tracking()
-    store = ObjectStore(str(tmp_path / "store"))
-    splits = toy_splits(store, n_structures=6, views=1)
-    with mlflow.start_run() as run:
-        log_model(tiny_model_dir(tmp_path / "model"), splits, store)
-    cfg = PipelineConfig(name="serve")
-    assert register_and_promote(cfg, run.info.run_id)["promoted"]
-    return f"models:/{cfg.registry.model_name}@champion", store, splits
+@pytest.fixture(scope="module")
+def registered_once(tmp_path_factory) -> LoggedModel:
+    """A tiny model registered and promoted to champion, once per module (both servers below serve it)."""
+    from crystalvision.core.settings import get_settings
+
+    logged = log_tiny_model(tmp_path_factory.mktemp("registered"))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_home(monkeypatch, logged.home)
+        assert register_and_promote(PipelineConfig(name="serve"), logged.run_id)["promoted"]
+    get_settings.cache_clear()
+    return logged
 
 
 @pytest.fixture
-def served(cv_home, tmp_path):
+def registered(registered_once, monkeypatch):
+    """CRYSTALVISION_HOME (and MLflow) pointed at the home of the registered champion: its URI, the object store and
+    the toy splits."""
+    from crystalvision.core.settings import get_settings
+
+    use_home(monkeypatch, registered_once.home)
+    yield (
+        f"models:/{PipelineConfig(name='serve').registry.model_name}@champion",
+        registered_once.store,
+        registered_once.splits,
+    )
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def served(registered, tmp_path):
     """A tiny model registered as champion and served by a real `mlflow models serve` process."""
     tracking_uri = use_test_tracking()
-    model_uri, store, splits = _register_tiny(tmp_path)
+    model_uri, store, splits = registered
     port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
     cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
@@ -139,10 +152,11 @@ CRYSTALVISION = str(Path(sys.executable).with_name("crystalvision"))
 BARE_PATH = "/usr/bin:/bin"  # no .venv/bin: `mlflow models serve` alone dies here with `exec: uvicorn: not found`
 
 
-def test_crystalvision_serve_answers_over_http_without_the_environment_on_path(cv_home, tmp_path) -> None:
+def test_crystalvision_serve_answers_over_http_without_the_environment_on_path(registered, tmp_path) -> None:
     """`crystalvision serve MODEL_URI -p PORT` (host 127.0.0.1) serves the registered model from this environment
     even though PATH has no `uvicorn`; the model is found in the home's registry without MLFLOW_TRACKING_URI."""
-    model_uri, store, splits = _register_tiny(tmp_path)
+    model_uri, store, splits = registered
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     port = free_port()
     env = {**os.environ, "PATH": BARE_PATH}
     log_path = tmp_path / "serve.log"
