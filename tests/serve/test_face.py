@@ -18,26 +18,37 @@ from PIL import Image
 import crystalvision
 from crystalvision.core import ModelError
 from crystalvision.serve import face, mlflow_model, predict
-from tests.support.tiny import SIZE, tiny_model_dir, toy_splits, use_test_tracking
+from tests.support.tiny import SIZE, log_tiny_model, use_home, use_test_tracking
 
 CIF = Path(__file__).parents[2] / "platform/crystalvision/data/snapshots/lmno/cif/mp-25284.cif"
 NAME = "face-test"
 
 
+@pytest.fixture(scope="module")
+def registered_once(tmp_path_factory) -> Path:
+    """A tiny model registered as NAME with a champion alias, once per module (its tests only read it): its home."""
+    from crystalvision.core.settings import get_settings
+
+    logged = log_tiny_model(tmp_path_factory.mktemp("registered"))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_home(monkeypatch, logged.home)
+        version = mlflow.register_model(f"runs:/{logged.run_id}/{mlflow_model.MODEL_ARTIFACT}", NAME).version
+        MlflowClient().set_registered_model_alias(NAME, "champion", version)
+    get_settings.cache_clear()
+    return logged.home
+
+
 @pytest.fixture
-def registered(cv_home, tmp_path):
-    """A tiny model registered as NAME with a champion alias; the render helpers stopped afterwards."""
-    from crystalvision.data import ObjectStore
+def registered(registered_once, monkeypatch):
+    """MLflow pointed at the home where NAME's champion is registered: its URI; the render helpers stopped
+    afterwards."""
+    from crystalvision.core.settings import get_settings
     from crystalvision.serve import renderproc
 
-    use_test_tracking()
-    store = ObjectStore(str(tmp_path / "store"))
-    with mlflow.start_run() as run:
-        mlflow_model.log_model(tiny_model_dir(tmp_path / "model"), toy_splits(store), store)
-    version = mlflow.register_model(f"runs:/{run.info.run_id}/{mlflow_model.MODEL_ARTIFACT}", NAME).version
-    MlflowClient().set_registered_model_alias(NAME, "champion", version)
+    use_home(monkeypatch, registered_once)
     yield f"models:/{NAME}@champion"
     renderproc.shutdown()
+    get_settings.cache_clear()
 
 
 def _png(pixels: np.ndarray) -> bytes:
