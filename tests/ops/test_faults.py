@@ -19,7 +19,8 @@ from crystalvision.core.config import RenderConfig
 from crystalvision.core.errors import ImageError, StorageError
 from crystalvision.data.dataset import decode_png, load_images, load_labels
 from crystalvision.data.storage import ObjectStore
-from crystalvision.render.job import FAULT_ENV, image_key, render_dataset
+from crystalvision.render.job import FAULT_ENV, image_key
+from tests.support.render import good_records, ray_session, render  # noqa: F401  (ray_session: fixture)
 from tests.support.s3 import FlakyEndpoint, moto_s3
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,29 +34,24 @@ def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
+@pytest.mark.usefixtures("ray_session")  # one local Ray cluster for both render tests
 def test_render_actor_killed_mid_batch_then_rerun_is_complete(cv_home, tmp_path, bundled_snapshot, monkeypatch):
-    import ray
-
-    records = [r for r in bundled_snapshot.records if not r.flags][:3]
+    records = good_records(bundled_snapshot, 3)
     cfg = RenderConfig(image_size=32, views_per_structure=4, num_workers=1, cpus_per_worker=0.5, layout="files")
-    sha = bundled_snapshot.manifest.content_sha256
     root = tmp_path / "store"
     store = ObjectStore(str(root))
     monkeypatch.setenv(FAULT_ENV, "after=3")  # the actor process exits after its 3rd image of a 12-image batch
     try:
-        try:
-            render_dataset(records, bundled_snapshot.encoders, sha, cfg, store)  # Ray Data may retry on its own
-        except Exception as exc:  # or the job fails: the rerun below must then finish it
-            logging.getLogger(__name__).info("first run failed as allowed: %s", str(exc)[:200])
-        assert list((cv_home / "faults").glob("*.done")), "the render actor was not killed"
-        # A writer thread killed between write and rename leaves a temp file (whether this kill did depends on
-        # timing): plant one so that the rerun's clean-up is always checked.
-        torn = next(root.rglob("*.png")).with_suffix(".png.tmp-killedwriter")
-        torn.write_bytes(b"\x89PNG half")
-        monkeypatch.delenv(FAULT_ENV)
-        result = render_dataset(records, bundled_snapshot.encoders, sha, cfg, store)
-    finally:
-        ray.shutdown()
+        render(records, bundled_snapshot, cfg, store)  # Ray Data may retry on its own
+    except Exception as exc:  # or the job fails: the rerun below must then finish it
+        logging.getLogger(__name__).info("first run failed as allowed: %s", str(exc)[:200])
+    assert list((cv_home / "faults").glob("*.done")), "the render actor was not killed"
+    # A writer thread killed between write and rename leaves a temp file (whether this kill did depends on
+    # timing): plant one so that the rerun's clean-up is always checked.
+    torn = next(root.rglob("*.png")).with_suffix(".png.tmp-killedwriter")
+    torn.write_bytes(b"\x89PNG half")
+    monkeypatch.delenv(FAULT_ENV)
+    result = render(records, bundled_snapshot, cfg, store)
 
     assert not result.quarantined and result.n_images == 12
     files = _files(root)
@@ -72,24 +68,19 @@ def test_render_actor_killed_mid_batch_then_rerun_is_complete(cv_home, tmp_path,
     assert sorted(labels["image_key"]) == expected
 
 
+@pytest.mark.usefixtures("ray_session")
 def test_torn_png_is_rendered_again_not_trained_on(cv_home, tmp_path, bundled_snapshot):
     """A PNG cut short after the job (a torn write, a bad disk) is not 'done': the rerun renders it again."""
-    import ray
-
-    records = [r for r in bundled_snapshot.records if not r.flags][:2]
+    records = good_records(bundled_snapshot, 2)
     cfg = RenderConfig(image_size=32, views_per_structure=2, num_workers=1, cpus_per_worker=0.5, layout="files")
-    sha = bundled_snapshot.manifest.content_sha256
     store = ObjectStore(str(tmp_path / "store"))
-    try:
-        first = render_dataset(records, bundled_snapshot.encoders, sha, cfg, store)
-        torn = image_key(first.prefix, records[0].material_id, 1)
-        whole = store.get_bytes(torn)
-        Path(store.path(torn)).write_bytes(whole[: len(whole) // 2])
-        with pytest.raises(ImageError, match=rf"{torn}.*not a readable image"):  # what training reads refuses it
-            load_images(store, [torn], size=32)
-        second = render_dataset(records, bundled_snapshot.encoders, sha, cfg, store)
-    finally:
-        ray.shutdown()
+    first = render(records, bundled_snapshot, cfg, store)
+    torn = image_key(first.prefix, records[0].material_id, 1)
+    whole = store.get_bytes(torn)
+    Path(store.path(torn)).write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ImageError, match=rf"{torn}.*not a readable image"):  # what training reads refuses it
+        load_images(store, [torn], size=32)
+    second = render(records, bundled_snapshot, cfg, store)
     assert (first.n_new, second.n_new, second.n_skipped) == (4, 1, 3)
     np.testing.assert_array_equal(load_images(store, [torn], size=32)[0], decode_png(whole, torn, 32))
     with Image.open(io.BytesIO(store.get_bytes(torn))) as img:
