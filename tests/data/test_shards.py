@@ -13,7 +13,8 @@ from crystalvision.core.errors import StorageError
 from crystalvision.data import dataset, shards
 from crystalvision.data.dataset import decode_png, image_png, load_images, load_labels, split_frame, to_ray_dataset
 from crystalvision.data.storage import ObjectStore
-from crystalvision.render.job import image_key, render_config_hash, render_dataset
+from crystalvision.render.job import image_key, render_config_hash
+from tests.support.render import good_records, ray_session, render  # noqa: F401  (ray_session: fixture)
 
 # 32 px, 2 views: about 1 kB of pixels per structure, so 0.002 MB puts 2 structures in a shard
 CFG = RenderConfig(
@@ -22,21 +23,12 @@ CFG = RenderConfig(
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def records(bundled_snapshot):
-    return [r for r in bundled_snapshot.records if not r.flags][:4]
+    return good_records(bundled_snapshot, 4)
 
 
 def _render(records, bundled_snapshot, store, cfg=CFG):
-    return render_dataset(records, bundled_snapshot.encoders, bundled_snapshot.manifest.content_sha256, cfg, store)
+    return render(records, bundled_snapshot, cfg, store)
 
 
 def _mtimes(store: ObjectStore) -> dict[str, int]:
@@ -50,7 +42,8 @@ def test_layout_in_hash_only_for_shards() -> None:
     assert render_config_hash(files) != render_config_hash(files.model_copy(update={"layout": "shards"}))
 
 
-def test_shards_written_rerun_by_shard_and_bad_shard(tmp_path, bundled_snapshot, records, ray_session) -> None:
+@pytest.mark.usefixtures("ray_session")
+def test_shards_written_rerun_by_shard_and_bad_shard(tmp_path, bundled_snapshot, records) -> None:
     store = ObjectStore(str(tmp_path / "store"))
     result = _render(records, bundled_snapshot, store)
     assert result.n_images == result.n_new == 8
@@ -93,8 +86,9 @@ def test_shards_written_rerun_by_shard_and_bad_shard(tmp_path, bundled_snapshot,
         shards.verify(store, [bad])
 
 
+@pytest.mark.usefixtures("ray_session")
 def test_ray_data_reads_split_from_shards_and_png_export(
-    tmp_path, bundled_snapshot, records, ray_session, monkeypatch: pytest.MonkeyPatch
+    tmp_path, bundled_snapshot, records, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = ObjectStore(str(tmp_path / "store"))
     cfg = CFG.model_copy(update={"export_png": True})
