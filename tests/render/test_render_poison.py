@@ -10,31 +10,20 @@ from crystalvision.core.config import RenderConfig
 from crystalvision.core.errors import StorageError
 from crystalvision.data.dataset import load_labels
 from crystalvision.data.storage import ObjectStore
-from crystalvision.render.job import FAULT_ENV, render_dataset
+from crystalvision.render.job import FAULT_ENV
 from crystalvision.render.udf import RenderBatch
+from tests.support.render import good_records, ray_session, render  # noqa: F401  (ray_session: fixture)
 
 CFG = RenderConfig(image_size=32, views_per_structure=2, num_workers=1, cpus_per_worker=0.5)
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def good(bundled_snapshot):
-    return [r for r in bundled_snapshot.records if not r.flags][:3]
+    return good_records(bundled_snapshot, 3)
 
 
-def _facts(snap):
-    return snap.encoders, snap.manifest.content_sha256
-
-
-def test_too_many_atoms_are_refused_before_rendering(tmp_path, bundled_snapshot, good, ray_session) -> None:
+@pytest.mark.usefixtures("ray_session")
+def test_too_many_atoms_are_refused_before_rendering(tmp_path, bundled_snapshot, good) -> None:
     from crystalvision.data.structures import structure_from_dict
     from crystalvision.render.scene import prepare_scene
 
@@ -43,34 +32,35 @@ def test_too_many_atoms_are_refused_before_rendering(tmp_path, bundled_snapshot,
     }
     limit = sorted(sizes.values())[1] - 1  # the two largest are over it
     store = ObjectStore(str(tmp_path / "store"))
-    result = render_dataset(good, *_facts(bundled_snapshot), CFG.model_copy(update={"max_atoms": limit}), store)
+    result = render(good, bundled_snapshot, CFG.model_copy(update={"max_atoms": limit}), store)
     over = sorted(m for m, n in sizes.items() if n > limit)
     assert [q["material_id"] for q in result.quarantined] == over
     for q in result.quarantined:
         assert q["error"].startswith(q["material_id"]) and f"more than render.max_atoms = {limit}" in q["error"]
     assert result.n_new == 2 * (len(good) - len(over))
     assert not set(over) & set(load_labels(store, result.labels_key)["material_id"]), "no image of a refused one"
-    raised = render_dataset(good, *_facts(bundled_snapshot), CFG, store)  # same prefix: max_atoms is not hashed
+    raised = render(good, bundled_snapshot, CFG, store)  # same prefix: max_atoms is not hashed
     assert raised.prefix == result.prefix and not raised.quarantined and raised.n_new == 2 * len(over)
 
 
+@pytest.mark.usefixtures("ray_session")
 def test_crashing_and_hanging_structures_are_quarantined_and_the_batch_goes_on(
-    tmp_path, bundled_snapshot, good, ray_session, monkeypatch, cv_home
+    tmp_path, bundled_snapshot, good, monkeypatch, cv_home
 ) -> None:
     crash, hang = good[0].material_id, good[1].material_id
     cfg = CFG.model_copy(update={"structure_timeout_s": 3.0})
     store = ObjectStore(str(tmp_path / "store"))
     monkeypatch.setenv(FAULT_ENV, f"crash={crash},hang={hang}")
-    result = render_dataset(good, *_facts(bundled_snapshot), cfg, store)
+    result = render(good, bundled_snapshot, cfg, store)
     errors = {q["material_id"]: q["error"] for q in result.quarantined}
     assert sorted(errors) == sorted([crash, hang])
     assert all("crashed or exceeded the 3 s time budget" in e and "2 times" in e for e in errors.values()), errors
     assert result.n_images == result.n_new == 2, "the third structure is rendered"
 
     monkeypatch.delenv(FAULT_ENV)
-    again = render_dataset(good, *_facts(bundled_snapshot), cfg, store)
+    again = render(good, bundled_snapshot, cfg, store)
     assert again.n_new == 0 and len(again.quarantined) == 2, "quarantined structures stay out on a plain rerun"
-    retried = render_dataset(good, *_facts(bundled_snapshot), cfg, store, retry_quarantined=True)
+    retried = render(good, bundled_snapshot, cfg, store, retry_quarantined=True)
     assert not retried.quarantined and retried.n_images == 6 and retried.n_new == 4
     assert not store.list(f"{result.prefix}/attempts")
 
@@ -150,6 +140,7 @@ _DRAWER = """
 import json, sys
 from crystalvision.core.config import RenderConfig
 from crystalvision.render.udf import RenderBatch
+from tests.support.render import good_records, ray_session, render  # noqa: F401  (ray_session: fixture)
 mid, structure, root = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 udf = RenderBatch({mid: structure}, RenderConfig(image_size=32, views_per_structure=2).model_dump(mode="json"), root,
                   None, fault={"hang": mid}, prefix="p")
