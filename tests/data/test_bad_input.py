@@ -10,6 +10,7 @@ from crystalvision.data.snapshot import MaterialRecord
 from crystalvision.data.storage import ObjectStore
 from crystalvision.data.structures import read_cif_file
 from tests.serve.test_predict import logged, logged_once  # noqa: F401  (fixtures: a tiny model logged as a pyfunc)
+from tests.support.render import good_records, ray_session, render  # noqa: F401  (ray_session: fixture)
 from tests.support.tiny import SIZE
 
 BAD = Path(__file__).parents[1] / "data" / "bad"
@@ -113,23 +114,16 @@ def _broken_copies(good: MaterialRecord) -> dict[str, tuple[MaterialRecord, str]
     return {f"{good.material_id}-{k}": (broken(k, change), text) for k, (change, text) in cases.items()}
 
 
+@pytest.mark.usefixtures("ray_session")
 def test_render_batch_quarantines_corpus_defects_and_renders_the_rest(tmp_path: Path, bundled_snapshot) -> None:
-    import ray
-
     from crystalvision.core.config import RenderConfig
-    from crystalvision.render.job import render_dataset
 
-    good = [r for r in bundled_snapshot.records if not r.flags][:2]
+    good = good_records(bundled_snapshot, 2)
     broken = _broken_copies(good[0])
     cfg = RenderConfig(image_size=32, views_per_structure=2, num_workers=1, cpus_per_worker=0.5)
     store = ObjectStore(str(tmp_path / "store"))
     records = [good[0], *(rec for rec, _ in broken.values()), good[1]]
-    try:
-        result = render_dataset(
-            records, bundled_snapshot.encoders, bundled_snapshot.manifest.content_sha256, cfg, store
-        )
-    finally:
-        ray.shutdown()
+    result = render(records, bundled_snapshot, cfg, store)
     errors = {q["material_id"]: q["error"] for q in result.quarantined}
     assert sorted(errors) == sorted(broken)
     for mid, (_, text) in broken.items():
