@@ -34,7 +34,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """`mlflow server` on 127.0.0.1 with a SQLite store; its URL."""
+    """`mlflow server` on 127.0.0.1 with a SQLite store; its URL. MLflow's job runner (its GenAI jobs: huey
+    consumers, several more Python processes to start, which no crystalvision code or UI page here uses) stays off."""
     port = free_port()
     log = (tmp_path / "mlflow-server.log").open("wb")
     proc = subprocess.Popen(
@@ -42,6 +43,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "server-artifacts")],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
