@@ -68,6 +68,10 @@ SHARED_PROCESS = (  # start no Ray cluster, server or GL context: safe to share 
     "test_road.py",
     "test_epoch_steps.py",
     "test_holdout.py",
+    # the Python face and the pyfunc: MLflow in the process, renders in helper interpreters (serve/renderproc.py)
+    "test_predict.py",
+    "test_face.py",
+    "test_python_face.py",
 )
 SHARED_NAME = "unit files"
 # start no Ray Train run (servers, helper processes, VTK and Ray Data render jobs are fine): the second lane
@@ -75,10 +79,7 @@ LIGHT = (
     SHARED_NAME,
     "test_registry.py",
     "test_mlflow_server.py",
-    "test_predict.py",
     "test_predict_bounds.py",
-    "test_python_face.py",
-    "test_face.py",
     "test_serve.py",
     "test_render.py",
     "test_console.py",
