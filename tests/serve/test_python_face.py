@@ -2,8 +2,8 @@
 
 The Python blocks run in a fresh interpreter from a folder laid out like the checkout after ``make run``
 (``.crystalvision/mlflow.db`` with the quickstart's champion, the bundled CIFs), README's saved as a script without a
-``__main__`` guard, docs/predict.md's through ``python -``: each predicts once, with numbers. A render that fails raises one clear error
-from the Python face; the REST face answers it as that row's error.
+``__main__`` guard, docs/predict.md's through ``python -``: each predicts once, with numbers. A render that fails
+raises one clear error from the Python face; the REST face answers it as that row's error.
 """
 
 from __future__ import annotations
