@@ -76,6 +76,10 @@ OTHER_VARIABLES = {
     "CRYSTALVISION_BENCH_THREADS": ("2", "Torch threads of `python -m bench.impostor_equivalence`."),
     "CRYSTALVISION_TEST_JOBS": ("1", "Ray Train test files `tests/run_files.py` runs at once (`-j`)."),
     "CRYSTALVISION_TEST_LANES": ("2 lanes", "`1`: `tests/run_files.py` runs all test files in one lane."),
+    "CRYSTALVISION_TEST_CACHE": (
+        "set by `tests/run_files.py`",
+        "Folder the test processes of one suite run share (a migrated empty MLflow database); unset: the temp folder.",
+    ),
 }
 
 
