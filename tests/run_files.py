@@ -12,12 +12,12 @@ empty MLflow database) goes to the shared ``CRYSTALVISION_TEST_CACHE``, the TMPD
 suite from CI's 1,248 s to about 950 s on 2 cores, but on 2 cores Ray Train then lost workers or a checkpoint
 registration in 1-2 of about 40 runs per suite, so CI runs one at a time; use ``-j 2`` on 4+ cores. The unit files
 in :data:`SHARED_PROCESS` (no Ray, no servers, no VTK) run together in one process: each file alone spent most of
-its 1-10 s on interpreter and import start-up. Files in :data:`LIGHT` (and the unit files) start no Ray Train run:
-they run in a second lane beside the files that train with Ray, which run one at a time (``--one-lane`` or
-``CRYSTALVISION_TEST_LANES=1`` puts them all in one lane), at nice 19 so that the Ray Train lane, the longer one,
-keeps the cores; light files run with one OpenMP (torch) thread in any lane (``OMP_NUM_THREADS=1`` unless set). A
-light file that did start a Ray Train run is named at the end. Other arguments go to every pytest call (``-x``,
-``-k``).
+its 1-10 s on interpreter and import start-up; the render files in :data:`RENDER_PROCESS` share another, and one
+local Ray cluster in it. Files in :data:`LIGHT` (and both groups) start no Ray Train run: they run in a second
+lane beside the files that train with Ray, which run one at a time (``--one-lane`` or ``CRYSTALVISION_TEST_LANES=1``
+puts them all in one lane), at nice 19 so that the Ray Train lane, the longer one, keeps the cores; light files run
+with one OpenMP (torch) thread in any lane (``OMP_NUM_THREADS=1`` unless set). A light file that did start a Ray
+Train run is named at the end. Other arguments go to every pytest call (``-x``, ``-k``).
 """
 
 from __future__ import annotations
@@ -74,9 +74,21 @@ SHARED_PROCESS = (  # start no Ray cluster, server or GL context: safe to share 
     "test_python_face.py",
 )
 SHARED_NAME = "unit files"
+# render jobs on one local Ray cluster, started once for the process (tests/support/render.py's ray_session), no
+# Ray Train run: as five processes they took 171 s, as one 120 s (shared 2 cores, load 1-1.5, 2026-12-07)
+RENDER_PROCESS = (
+    "test_bad_input.py",
+    "test_faults.py",  # render actors and storage faults
+    "test_render_job.py",
+    "test_render_poison.py",
+    "test_shards.py",
+)
+RENDER_NAME = "render files"
+GROUPS = {SHARED_NAME: SHARED_PROCESS, RENDER_NAME: RENDER_PROCESS}  # files that share one pytest process
 # start no Ray Train run (servers, helper processes, VTK and Ray Data render jobs are fine): the second lane
 LIGHT = (
     SHARED_NAME,
+    RENDER_NAME,
     "test_registry.py",
     "test_mlflow_server.py",
     "test_predict_bounds.py",
@@ -86,11 +98,6 @@ LIGHT = (
     "test_bench.py",
     "test_distributed.py",
     "test_worker_logging.py",
-    "test_render_poison.py",
-    "test_bad_input.py",
-    "test_render_job.py",
-    "test_shards.py",
-    "test_faults.py",  # render actors and storage faults, no training
     "test_infra.py",
     "test_docs.py",  # mkdocs build and the doc scripts; test_docs_run.py trains (README's `make run`): Ray lane
 )
@@ -107,8 +114,10 @@ class FileResult:
 
 
 def _group_name(paths: list[Path]) -> str:
-    """A pytest process's name in the report and in durations.json: its file, or the shared unit files' name."""
-    return paths[0].name if len(paths) == 1 else SHARED_NAME
+    """A pytest process's name in the report and in durations.json: its file, or its group's (:data:`GROUPS`)."""
+    if len(paths) == 1:
+        return paths[0].name
+    return next(name for name, members in GROUPS.items() if paths[0].name in members)
 
 
 LIGHT_NICE = 19  # the light lane yields the cores to the Ray Train lane (whose Ray workers run at nice 15)
@@ -175,11 +184,12 @@ def _failure_recap(res: FileResult) -> str:
 
 
 def _groups(files: list[Path]) -> list[list[Path]]:
-    """One group per pytest process: the shared unit files together, every other file alone; longest first (known
-    durations; unknown files count as long), so the last process to start is a short one."""
+    """One group per pytest process: the files of each of :data:`GROUPS` together, every other file alone; longest
+    first (known durations; unknown files count as long), so the last process to start is a short one."""
     known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
-    shared = [p for p in files if p.name in SHARED_PROCESS]
-    groups = [[p] for p in files if p.name not in SHARED_PROCESS] + ([shared] if shared else [])
+    shared = [[p for p in files if p.name in members] for members in GROUPS.values()]
+    grouped = {name for members in GROUPS.values() for name in members}
+    groups = [[p] for p in files if p.name not in grouped] + [g for g in shared if g]
     return sorted(groups, key=lambda g: -float(known.get(_group_name(g), 60.0)))
 
 

@@ -12,32 +12,15 @@ from crystalvision.data.dataset import LABEL_COLUMNS, load_images, load_labels
 from crystalvision.data.storage import ObjectStore
 from crystalvision.render.job import RenderBatch, image_key, render_config_hash, render_dataset
 from crystalvision.render.rotations import view_quaternion
+from tests.support.render import good_records, ray_session  # noqa: F401  (ray_session: fixture)
 from tests.support.s3 import s3_server  # noqa: F401  (fixture)
 
 CFG = RenderConfig(image_size=32, views_per_structure=2, num_workers=2, cpus_per_worker=0.5)
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    """The Ray cluster this module's jobs start; its workers read moto's credentials from their own environment
-    (stores are shipped to them without credentials)."""
-    import ray
-
-    from tests.support.s3 import CREDENTIALS
-
-    if ray.is_initialized():  # started by an earlier module without these credentials
-        ray.shutdown()
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in CREDENTIALS.items():
-            mp.setenv(name, value)
-        yield
-        if ray.is_initialized():
-            ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def records(bundled_snapshot):
-    good = [r for r in bundled_snapshot.records if not r.flags][:3]
+    good = good_records(bundled_snapshot, 3)
     bad = good[0].model_copy(deep=True)
     bad.material_id = "mp-bad"
     bad.structure["sites"][0]["species"][0]["element"] = "Xx"
@@ -52,7 +35,8 @@ def _state(store: ObjectStore) -> dict[str, int]:
     return {k: store.fs.get_file_info(store.path(k)).mtime_ns or 0 for k in store.list()}
 
 
-def test_local_job_quarantines_and_rerun_writes_nothing(tmp_path, bundled_snapshot, records, ray_session) -> None:
+@pytest.mark.usefixtures("ray_session")
+def test_local_job_quarantines_and_rerun_writes_nothing(tmp_path, bundled_snapshot, records) -> None:
     good, bad = records
     store = ObjectStore(str(tmp_path / "store"))
     encoders, sha = _snapshot_facts(bundled_snapshot)
@@ -93,7 +77,8 @@ def test_udf_keeps_rendering_after_a_bad_structure(tmp_path, records) -> None:
     assert store.list("p") == [keys[1]]
 
 
-def test_s3_job_against_moto(bundled_snapshot, records, s3_server, ray_session) -> None:  # noqa: F811
+@pytest.mark.usefixtures("ray_session")
+def test_s3_job_against_moto(bundled_snapshot, records, s3_server) -> None:  # noqa: F811
     good, _ = records
     bucket = s3_server.make_bucket()
     store = ObjectStore(f"s3://{bucket}/cv", s3_server.settings())
@@ -116,8 +101,9 @@ def test_s3_job_against_moto(bundled_snapshot, records, s3_server, ray_session) 
     assert again.n_new == 0 and _state(store) == before
 
 
+@pytest.mark.usefixtures("ray_session")
 def test_a_storage_error_inside_a_render_worker_reaches_the_driver_as_that_one_line_error(
-    tmp_path, bundled_snapshot, records, ray_session
+    tmp_path, bundled_snapshot, records
 ) -> None:
     """A write that fails inside a Ray worker (layout files: the workers write the images) ends the job with the
     worker's StorageError and its one-line message, not Ray's traceback text."""
@@ -138,7 +124,8 @@ def test_a_storage_error_inside_a_render_worker_reaches_the_driver_as_that_one_l
     assert message.endswith("check the store URI and credentials") and "\n" not in message
 
 
-def test_worker_errors_are_found_by_class_in_ray_tasks_and_by_either_name_in_text(ray_session) -> None:
+@pytest.mark.usefixtures("ray_session")
+def test_worker_errors_are_found_by_class_in_ray_tasks_and_by_either_name_in_text() -> None:
     import ray
 
     from crystalvision.core.errors import StorageError, raised_in_worker
@@ -157,7 +144,8 @@ def test_worker_errors_are_found_by_class_in_ray_tasks_and_by_either_name_in_tex
     assert raised_in_worker(RuntimeError("ValueError: nothing of ours")) is None
 
 
-def test_paper_pipeline_renders_trajectory_frames_a_step_apart(tmp_path, bundled_snapshot, ray_session) -> None:
+@pytest.mark.usefixtures("ray_session")
+def test_paper_pipeline_renders_trajectory_frames_a_step_apart(tmp_path, bundled_snapshot) -> None:
     from pathlib import Path
 
     from crystalvision.core.pipeline_file import load_pipeline
@@ -195,7 +183,8 @@ def test_steady_rate_counts_only_while_every_actor_works() -> None:
     assert plan(5, RenderConfig(num_workers=4, cpus_per_worker=1.0), 2.0) == (4, 0.45, 8)
 
 
-def test_export_png_writes_pngs_of_images_already_rendered(tmp_path, bundled_snapshot, records, ray_session) -> None:
+@pytest.mark.usefixtures("ray_session")
+def test_export_png_writes_pngs_of_images_already_rendered(tmp_path, bundled_snapshot, records) -> None:
     """`export_png` switched on after a render: the images are not rendered again (the shards hold them), and each
     gets its PNG all the same, equal to the shard's pixels; a second run writes nothing."""
     from crystalvision.data.dataset import decode_png

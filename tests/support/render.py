@@ -1,8 +1,10 @@
 """Render-job helpers shared by the render, shard, poison, fault and bad-input tests.
 
-* the ``ray_session`` fixture (one local Ray cluster per test module, started by the first render job, shut down
-  after the module): ``from tests.support.render import ray_session  # noqa: F401``
-* :func:`ray_for_module`: the same with environment variables the cluster's workers need
+* the ``ray_session`` fixture: the local Ray cluster the module's render jobs run on, with moto's test credentials
+  in its workers' environment: ``from tests.support.render import ray_session  # noqa: F401``. These modules run in
+  one pytest process (``tests/run_files.py``'s render files) and share one cluster: it is started once and stays up
+  until the process exits.
+* :func:`ray_for_module`: the same for other environment variables the workers need
 * :func:`good_records` (the bundled snapshot's unflagged records) and :func:`render` (``render_dataset`` with the
   snapshot's encoders and content hash)
 """
@@ -18,31 +20,40 @@ import pytest
 from crystalvision.core.config import RenderConfig
 from crystalvision.data.storage import ObjectStore
 
+from .s3 import CREDENTIALS
+
+_started: tuple[str, dict[str, str]] | None = None  # (GCS address, environment) of the cluster this helper started
+
 
 @contextmanager
 def ray_for_module(env: Mapping[str, str] | None = None) -> Iterator[None]:
-    """The life of one module's local Ray cluster: a session left by an earlier module is shut down first (its
-    workers hold that module's environment), ``env`` is set while the module runs (workers take the driver's
-    environment when the cluster starts), and the cluster is shut down at the end. Render jobs start the cluster
-    (``ensure_ray``) on first use."""
+    """A local Ray cluster for one module whose workers see ``env`` (workers take the driver's environment when the
+    cluster starts, and ``env`` stays set in the driver while the module runs). The cluster this helper started
+    for the same ``env`` is reused; any other session (started by an earlier module, or with another environment)
+    is shut down first. The cluster stays up after the module, for the next module of this process that wants the
+    same environment; Ray stops it at exit."""
+    global _started
     import ray
 
-    if ray.is_initialized():
+    from crystalvision.ops import ensure_ray
+
+    wanted = dict(env or {})
+    if ray.is_initialized() and _started != (ray.get_runtime_context().gcs_address, wanted):
         ray.shutdown()
     with pytest.MonkeyPatch.context() as monkeypatch:
-        for name, value in (env or {}).items():
+        for name, value in wanted.items():
             monkeypatch.setenv(name, value)
-        try:
-            yield
-        finally:
-            if ray.is_initialized():
-                ray.shutdown()
+        if not ray.is_initialized():
+            ensure_ray(data_bytes=0)  # the smallest object store, which each of these tests' render jobs asks for
+            _started = (ray.get_runtime_context().gcs_address, wanted)
+        yield
 
 
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
-    """One local Ray cluster for the module's render jobs (see :func:`ray_for_module`)."""
-    with ray_for_module():
+    """The render files' local Ray cluster (see :func:`ray_for_module`), with moto's test credentials in its
+    workers' environment (stores are shipped to workers without credentials; the local stores ignore them)."""
+    with ray_for_module(CREDENTIALS):
         yield
 
 
