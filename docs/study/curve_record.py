@@ -15,33 +15,23 @@ Usage: ``python docs/study/curve_record.py docs/study/records/space-curve [--rea
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
-import re
 import shutil
 from pathlib import Path
 
 from crystalvision.app import curve_record as cr
 
-HEAD_TITLES = {
-    "crystal_system": "acc system",
-    "spacegroup": "acc space group",
-    "band_gap": "R² gap",
-    "energy_above_hull": "R² e_hull",
-}
+_SPEC = importlib.util.spec_from_file_location("study_space_table", Path(__file__).with_name("space_table.py"))
+st = importlib.util.module_from_spec(_SPEC)  # the sibling whose table parts these tables share (not a package)
+_SPEC.loader.exec_module(st)
+
 IMBALANCE = [
     ("balanced_acc", "crystal_system", "bal. acc system"),
     ("macro_f1", "crystal_system", "macro-F1 system"),
     ("balanced_acc", "spacegroup", "bal. acc space group"),
     ("macro_f1", "spacegroup", "macro-F1 space group"),
 ]
-BASELINES = {"trees": "tabular", "CGCNN": "cgcnn", "1-NN": "1nn", "majority / mean": "dummy"}
-
-
-def interval(cell: dict[str, float]) -> str:
-    """``0.41 [0.37, 0.45]``; blank when the method was not run."""
-    if not math.isfinite(cell.get("value", math.nan)):
-        return ""
-    return f"{cell['value']:.2f} [{cell['lo']:.2f}, {cell['hi']:.2f}]"
 
 
 def size_label(point: dict) -> str:
@@ -50,22 +40,6 @@ def size_label(point: dict) -> str:
     n = point["train_structures"]
     size = f"{n}" if n is not None else f"all: {point['n_structures_mean']:.0f}"
     return f"{size} ({point['n_train_mean']:.0f} + {point['n_val_mean']:.0f})"
-
-
-def curve_table(record: dict) -> str:
-    """Every size and method: pooled out-of-fold value [95 % interval] per head."""
-    heads = list(record["heads"])
-    lines = [
-        "| structures per fold (train + val) | method | " + " | ".join(HEAD_TITLES[h] for h in heads) + " |",
-        "|---|---|" + "---|" * len(heads),
-    ]
-    for point in record["points"]:
-        for method, cells in point["series"].items():
-            if any(math.isfinite(cells[h]["value"]) for h in heads):
-                lines.append(
-                    "| " + " | ".join([size_label(point), method, *(interval(cells[h]) for h in heads)]) + " |"
-                )
-    return "\n".join(lines)
 
 
 def imbalance_table(record: dict) -> str:
@@ -81,23 +55,6 @@ def imbalance_table(record: dict) -> str:
             if any(cells):
                 lines.append(f"| {cr.point_key(point['train_structures'])} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def diff_table(record: dict, point: dict) -> str:
-    """One size: image model minus each baseline, paired over structures, with the 95 % interval; the header names
-    the size. Blank when the point has no differences."""
-    metrics, heads = point["metrics"], list(record["heads"])
-    title = f"image model minus, at {size_label(point)} structures per fold"
-    lines = [f"| {title} | " + " | ".join(HEAD_TITLES[h] for h in heads) + " |", "|---|" + "---|" * len(heads)]
-    for label, predictor in BASELINES.items():
-        cells = []
-        for h in heads:
-            key = f"pooled_diff_model_vs_{predictor}_{record['heads'][h]}_{h}"
-            cells.append(f"{metrics[key]:+.2f} [{metrics[key + '_lo']:+.2f}, {metrics[key + '_hi']:+.2f}]"
-                         if key in metrics else "")  # fmt: skip
-        if any(cells):
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def header(record: dict, source: str, missing: list[str]) -> str:
@@ -121,17 +78,12 @@ def header(record: dict, source: str, missing: list[str]) -> str:
 
 
 def render(record: dict, source: str, missing: list[str] | None = None) -> str:
-    diffs = [t for point in record["points"] if (t := diff_table(record, point))]
-    parts = [header(record, source, missing or []), curve_table(record), imbalance_table(record), *diffs]
+    """The tables: every size and method per head, the class heads' imbalance metrics, each size's differences."""
+    points = record["points"]
+    diffs = [st.diff_table(record, p, f"image model minus, at {size_label(p)} structures per fold") for p in points]
+    curve = st.curve_table(record, size_label, "structures per fold (train + val)")
+    parts = [header(record, source, missing or []), curve, imbalance_table(record), *filter(None, diffs)]
     return "\n\n".join(parts) + "\n"
-
-
-def replace_between(text: str, marker: str, body: str) -> str:
-    """``text`` with the part between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` set to ``body``."""
-    pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"the page has no {marker} markers")
-    return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -149,7 +101,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.figure:
         shutil.copyfile(figure, args.figure)
     if args.readme:
-        args.readme.write_text(replace_between(args.readme.read_text(), "space-table", text))
+        args.readme.write_text(st.replace_between(args.readme.read_text(), "space-table", text))
     else:
         print(text)
     return figure

@@ -23,6 +23,7 @@ import json
 import math
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 HEAD_TITLES = {
@@ -32,7 +33,6 @@ HEAD_TITLES = {
     "energy_above_hull": "R² e_hull",
 }
 BASELINES = {"trees": "tabular", "CGCNN": "cgcnn", "1-NN": "1nn", "majority / mean": "dummy"}
-METRIC = {"crystal_system": "acc", "spacegroup": "acc", "band_gap": "r2", "energy_above_hull": "r2"}
 
 
 def interval(cell: dict[str, float]) -> str:
@@ -47,38 +47,36 @@ def size_label(point: dict) -> str:
     return f"{n}" if n is not None else f"all ({point['n_train_mean']:.0f})"
 
 
-def curve_table(record: dict) -> str:
-    """Every size and method: pooled out-of-fold value [95 % interval] per head."""
+def curve_table(
+    record: dict, label: Callable[[dict], str] = size_label, column: str = "training structures per fold"
+) -> str:
+    """Every size and method: pooled out-of-fold value [95 % interval] per head; ``label`` names a point's size in
+    the first column, headed ``column`` (``curve_record.py`` names its points its own way)."""
     heads = list(record["heads"])
     lines = [
-        "| training structures per fold | method | " + " | ".join(HEAD_TITLES[h] for h in heads) + " |",
+        f"| {column} | method | " + " | ".join(HEAD_TITLES[h] for h in heads) + " |",
         "|---|---|" + "---|" * len(heads),
     ]
     for point in record["points"]:
         for method, cells in point["series"].items():
-            if not any(math.isfinite(cells[h]["value"]) for h in heads):
-                continue
-            row = [size_label(point), method, *(interval(cells[h]) for h in heads)]
-            lines.append("| " + " | ".join(row) + " |")
+            if any(math.isfinite(cells[h]["value"]) for h in heads):
+                lines.append("| " + " | ".join([label(point), method, *(interval(cells[h]) for h in heads)]) + " |")
     return "\n".join(lines)
 
 
-def diff_table(record: dict, point: dict) -> str:
+def diff_cell(metrics: dict, key: str) -> str:
+    """``-0.14 [-0.18, -0.10]``: a paired difference with its 95 % interval; blank when the record has none."""
+    return f"{metrics[key]:+.2f} [{metrics[key + '_lo']:+.2f}, {metrics[key + '_hi']:+.2f}]" if key in metrics else ""
+
+
+def diff_table(record: dict, point: dict, title: str = "") -> str:
     """One training size: image model minus each baseline, paired over structures, with the 95 % interval; the
-    header names the size. Blank when the point has no differences."""
-    metrics = point["metrics"]
-    heads = list(record["heads"])
-    title = f"image model minus ({size_label(point)} training structures per fold)"
+    header, ``title`` or by default this script's, names the size. Blank when the point has no differences."""
+    metrics, heads = point["metrics"], record["heads"]  # heads: each head's metric
+    title = title or f"image model minus ({size_label(point)} training structures per fold)"
     lines = [f"| {title} | " + " | ".join(HEAD_TITLES[h] for h in heads) + " |", "|---|" + "---|" * len(heads)]
     for label, predictor in BASELINES.items():
-        cells = []
-        for h in heads:
-            key = f"pooled_diff_model_vs_{predictor}_{METRIC[h]}_{h}"
-            cells.append(
-                f"{metrics[key]:+.2f} [{metrics[key + '_lo']:+.2f}, {metrics[key + '_hi']:+.2f}]"
-                if key in metrics
-                else ""
-            )
+        cells = [diff_cell(metrics, f"pooled_diff_model_vs_{predictor}_{heads[h]}_{h}") for h in heads]
         if any(cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
@@ -142,11 +140,7 @@ def scope_table(metrics: dict, subset: str = "", spread: bool = False) -> str:
         if any(cells):
             lines.append(f"| {cgcnn_label(metrics) if p == 'cgcnn' else label} | " + " | ".join(cells) + " |")
     for label, p in BASELINES.items():
-        cells = []
-        for h, m, _ in cols:
-            key = f"{prefix}_diff_model_vs_{p}_{m}_{h}"
-            cells.append(f"{metrics[key]:+.2f} [{metrics[key + '_lo']:+.2f}, {metrics[key + '_hi']:+.2f}]"
-                         if key in metrics else "")  # fmt: skip
+        cells = [diff_cell(metrics, f"{prefix}_diff_model_vs_{p}_{m}_{h}") for h, m, _ in cols]
         if any(cells):
             lines.append(f"| image model − {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
