@@ -50,7 +50,7 @@ $(STAMP): pyproject.toml
 	  echo "using $(PYTHON) ($$($(PYTHON) -c 'import sys; print(sys.version.split()[0])')) for $(VENV)"; \
 	  $(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; install its venv module (Debian: python3.X-venv)"; exit 1; }; \
 	fi
-	@echo "installing Python packages into $(VENV): about 7 GB of wheels, most of it torch 2.14.1 with its CUDA"
+	@echo "installing Python packages into $(VENV): about 8 GB installed, most of it torch 2.14.1 with its CUDA"
 	@echo "  libraries, then Ray, MLflow, VTK, pymatgen (first time: minutes, depending on the network)."
 	@echo "  CPU-only machine? 'make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu' (see README)."
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) 2>&1 | $(PIP_FILTER)
