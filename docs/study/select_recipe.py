@@ -15,11 +15,15 @@ options that are not about size, the epoch budget or the hold-out, to append to 
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import re
 import shlex
 import sys
 from pathlib import Path
+
+_SPEC = importlib.util.spec_from_file_location("study_compare_table", Path(__file__).with_name("compare_table.py"))
+ct = importlib.util.module_from_spec(_SPEC)  # the sibling whose marker rewrite this shares (not a package)
+_SPEC.loader.exec_module(ct)
 
 # not the recipe: the size, the epoch budget, and the hold-out a selection run leaves out (split.holdout)
 BUDGET_KEYS = ("render.image_size", "train.epochs", "train.patience", "evaluate.saliency", "split.holdout")
@@ -56,16 +60,6 @@ def table(rows: list[tuple[float, Path, dict[str, float]]], best: int) -> str:
     return "\n".join(lines)
 
 
-def write_readme(page: Path, text: str, marker: str = "select-table") -> None:
-    """Replace the table between the page's ``<!-- select-table:start -->`` and ``end`` markers."""
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    body = page.read_text()
-    if start not in body or end not in body:
-        raise SystemExit(f"{page} has no {start} ... {end} markers; add them where the table belongs")
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    page.write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", body))
-
-
 def main(argv: list[str]) -> None:
     argv = list(argv)
     page = Path(argv.pop(argv.index("--readme") + 1)) if "--readme" in argv else None
@@ -81,7 +75,7 @@ def main(argv: list[str]) -> None:
         return
     text = table(rows, best)
     if page is not None:
-        write_readme(page, text)
+        ct.write_between(page, "select-table", text)
     print(text)
 
 
