@@ -190,6 +190,10 @@ def test_params_and_record_name_the_file_and_its_digest(holdout_file, selected, 
     assert split_config_from_params(params, PipelineConfig(name="d").split) == cfg.split
     record = pipeline._made(cfg, snap, selection).summary()["holdout"]
     assert record["file"] == str(holdout_file) and record["sha256"] == digest
+    # the file made again (another seed) at the same path: the run's split cannot be rebuilt from it
+    holdout_file.write_text(json.dumps(make_holdout(selected, 0.15, 1, {"command": "test"})))
+    with pytest.raises(ConfigError, match=f"now has sha256 .* the run logged {digest[:12]}: its split cannot be"):
+        split_config_from_params(params, PipelineConfig(name="d").split)
 
 
 def test_a_bad_path_is_one_clear_error_naming_the_file_and_the_fix(tmp_path, cv_home) -> None:

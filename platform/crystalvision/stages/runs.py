@@ -22,8 +22,15 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 import numpy as np
 
-from crystalvision.core import SCORE_METRICS, CrystalVisionError, ModelError, PipelineConfig, SplitConfig
-from crystalvision.data import open_store
+from crystalvision.core import (
+    SCORE_METRICS,
+    ConfigError,
+    CrystalVisionError,
+    ModelError,
+    PipelineConfig,
+    SplitConfig,
+)
+from crystalvision.data import load_holdout, open_store
 from crystalvision.stages.road import from_labels, is_kfold, prepare
 
 if TYPE_CHECKING:  # the model and evaluation modules load torch: promotion's gate imports this module without it
@@ -82,16 +89,25 @@ def load_run_model(run_id: str, dst: Path) -> CrystalNet:
 
 
 def split_config_from_params(params: Mapping[str, str], default: SplitConfig) -> SplitConfig:
-    """The split the run logged (``cfg.split.<field>`` as tracking logs it, ``split.<field>``), else ``default``."""
+    """The split the run logged (``cfg.split.<field>`` as tracking logs it, ``split.<field>``), else ``default``.
+    A ConfigError when the run's hold-out file no longer holds the ids it logged (``holdout.sha256``): the split
+    rebuilt from it would not be the run's."""
     values = default.model_dump()
     for field in values:
         raw = param(params, f"cfg.split.{field}", f"split.{field}", f"split_{field}")
         if raw is not None:
             values[field] = raw
         nested = {k.rsplit(".", 1)[1]: v for k, v in params.items() if k.startswith(f"cfg.split.{field}.")}
-        if nested:  # a mapping field (split.test_only) is logged flattened
+        if nested:  # a mapping field (split.test_only, split.holdout) is logged flattened
             values[field] = nested
-    return SplitConfig.model_validate(values)
+    split = SplitConfig.model_validate(values)
+    logged = params.get("holdout.sha256")
+    if split.holdout is not None and logged and (now := load_holdout(split.holdout.ids).sha256) != logged:
+        raise ConfigError(
+            f"the run's hold-out {split.holdout.ids} now has sha256 {now[:12]}, the run logged {logged[:12]}: its "
+            "split cannot be rebuilt from it; restore the file the run used (git) and evaluate again"
+        )
+    return split
 
 
 def logged_labels_key(params: Mapping[str, str], tags: Mapping[str, str]) -> str | None:
