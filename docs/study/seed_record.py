@@ -16,6 +16,9 @@ seed's per-structure predictions, which the record does not hold: the parent run
   and its paired differences from every baseline. It writes ``DIR/merged.json`` and the tables (between the
   page's ``space-formula-table`` markers with ``--readme``, else printed); ``--seeds`` names the seeds not run yet.
 
+Parts tested on a hold-out (``split.holdout.use: test``: one fold, the hold-out's structures) merge the same way;
+they must share the hold-out's sha256 too, and the merged record and its text name the hold-out file and sha256.
+
 Usage: ``python docs/study/seed_record.py export docs/study/records/space-formula/seed-0.json`` then
 ``python docs/study/seed_record.py merge docs/study/records/space-formula --seeds 0 1 2 --readme docs/study.md``
 """
@@ -55,6 +58,7 @@ SEED_SUFFIX = re.compile(r"-seed(\d+)$")
 NOT_COMPARED = {"name", "train.seed", "train.seeds"}  # what may differ between the parts of one headline
 TOLERANCE = 1e-9
 CARRIED = ("n_folds", "cgcnn_layers_mean", "cgcnn_atom_features_mean")  # the record's settings the tables name
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @lru_cache
@@ -197,6 +201,7 @@ def identity(record: dict, run: dict) -> dict[str, Any]:
         "group_by": pooled.get("group_by"),
         "baselines": json.dumps(pooled.get("baselines"), sort_keys=True),
         "recipe": json.dumps(record.get("recipe"), sort_keys=True),
+        "holdout_sha256": (record.get("holdout") or {}).get("sha256"),
     }
     config = {k: v for k, v in flat(run.get("config") or {}).items() if k not in NOT_COMPARED}
     return out | {f"config.{k}": json.dumps(v, sort_keys=True) for k, v in config.items()}
@@ -273,12 +278,15 @@ def merge(folder: Path) -> dict[str, Any]:
     metrics = oof.summarise(table, subsets, n_resamples=int(ecfg.get("bootstrap_resamples", 2000)),
                             seed=int(ecfg.get("bootstrap_seed", 0)))  # fmt: skip
     metrics |= {k: first["metrics"][k] for k in CARRIED if k in first["metrics"]}
+    holdout = first.get("holdout") or {}
     merged = {
         "pipeline": SEED_SUFFIX.sub("", first["pipeline"]),
-        "protocol": f"grouped by {first['pooled']['group_by']}, {first['metrics']['n_folds']:.0f} folds; one part "
-        "per training seed on the same folds; per structure, pooled out of fold, seed-averaged",
+        "protocol": f"grouped by {first['pooled']['group_by']}, {split_text(first['metrics']['n_folds'], holdout)}; "
+        f"one part per training seed on the same {'split' if holdout.get('use') == 'test' else 'folds'}; per "
+        f"structure, {'on the hold-out' if holdout.get('use') == 'test' else 'pooled out of fold'}, seed-averaged",
         "group_by": first["pooled"]["group_by"],
         "n_folds": first["metrics"]["n_folds"],
+        **({"holdout": holdout} if holdout else {}),
         "seeds": seeds,
         "snapshot_id": first["snapshot_id"],
         "snapshot_sha256": first["snapshot_sha256"],
@@ -298,6 +306,16 @@ def merge(folder: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------------ tables
 
 
+def split_text(n_folds: float, holdout: dict) -> str:
+    """How the parts were tested: k folds, or the one hold-out (``split.holdout.use: test``) by file and sha256."""
+    if holdout.get("use") != "test":
+        return f"{n_folds:.0f} folds"
+    file = Path(holdout["file"])
+    shown = file.relative_to(ROOT) if file.is_relative_to(ROOT) else file
+    return (f"test set: the hold-out {shown} ({holdout['n_ids']} ids, sha256 {holdout['sha256'][:12]}), training + "
+            "validation carved from the other structures")  # fmt: skip
+
+
 def per_seed_table(merged: dict, st: ModuleType) -> str:
     """The image model's pooled score on every structure, per seed, then the seeds' sample std."""
     cols = [(h, m, t) for h, m, t in st.COLUMNS if f"pooled_model_{m}_{h}" in merged["metrics"]]
@@ -313,15 +331,20 @@ def per_seed_table(merged: dict, st: ModuleType) -> str:
 def render(merged: dict, source: str, missing: list[int] | None = None) -> str:
     """The merged record's tables: every scope with intervals and seed spread, then the image model per seed."""
     st = _sibling("space_table")
-    m = merged["metrics"]
+    m, holdout = merged["metrics"], merged.get("holdout") or {}
+    on_holdout = holdout.get("use") == "test"
+    what = "split" if on_holdout else "folds"
+    scored = "out-of-fold predictions scored once over every structure"
+    if on_holdout:
+        scored = "predictions of the hold-out's structures scored once"
     runs = "; ".join(f"seed {s}: {p['finished'][:10]}, {p['minutes']:.0f} min wall ({p['hardware']}"
                      + (f", commit {p['commit'][:7]})" if p.get("commit") else ")")
                      for s, p in merged["parts"].items())  # fmt: skip
     text = (
         f"Records: `{source}/seed-*.json`, one part per training seed, each with its out-of-fold table "
         f"(`seed-<s>.oof.parquet`), merged into `{source}/{MERGED}` (pipeline `{merged['pipeline']}`; grouped by "
-        f"**{merged['group_by']}**, {merged['n_folds']:.0f} folds, the same folds in every part). Runs: {runs}. "
-        "Per structure: each seed's out-of-fold predictions scored once over every structure, then averaged over "
+        f"**{merged['group_by']}**, {split_text(merged['n_folds'], holdout)}, the same {what} in every part). "
+        f"Runs: {runs}. Per structure: each seed's {scored}, then averaged over "
         f"{len(merged['seeds'])} seed(s); the image model's 95 % bootstrap interval over structures in brackets, "
         "± the sample std of the seeds' pooled scores (two seeds or more; not shown under 0.01). Differences: image "
         "model minus baseline, paired over structures, seed-averaged per resample, 95 % interval. The baselines are "

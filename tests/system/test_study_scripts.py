@@ -389,3 +389,46 @@ def test_seed_record_keeps_each_parts_table_and_merges_the_seeds(tmp_path: Path,
     with pytest.raises(SystemExit, match="does not reproduce the record's pooled scores"):
         sr.export(tmp_path / "wrong.json", tmp_path / "elsewhere")
     assert not (tmp_path / "elsewhere").exists()  # a refused part leaves nothing among the records
+
+
+def _holdout_part(folder: Path, seed: int, holdout: dict) -> None:
+    """A toy part of a hold-out headline as export leaves it (record, table, run file): one fold, the hold-out."""
+    from crystalvision.evaluate import oof
+
+    sr = script("seed_record")
+    table, config = _seed_part(seed)
+    table = table.assign(fold=0)
+    config["split"] |= {"folds": None, "holdout": {"ids": holdout["file"], "use": "test"}}
+    files = sr.paths(folder, seed)
+    table.to_parquet(files["table"], index=False)
+    metrics = {"n_folds": 1.0} | oof.summarise(table, {"quaternary": 4}, n_resamples=50)
+    record = {"pipeline": f"toy-holdout-seed{seed}", "snapshot_id": "toy", "snapshot_sha256": "abc",
+              "n_structures": 60, "render": {"render_config_hash": "r1"}, "run_id": f"run{seed}", "metrics": metrics,
+              "label_source": "s", "recipe": {}, "holdout": holdout,
+              "pooled": {"seeds": [seed], "group_by": "material", "baselines": {}}}  # fmt: skip
+    run = {"run_id": f"run{seed}", "seed": seed, "table_sha256": sr.sha256(files["table"]), "started": "2026-12-07",
+           "finished": "2026-12-07T10:00", "minutes": 20.0, "hardware": "x86_64", "config": config}  # fmt: skip
+    files["record"].write_text(json.dumps(record))
+    files["run"].write_text(json.dumps(run))
+
+
+def test_seed_record_merges_holdout_parts_naming_the_holdout(tmp_path: Path) -> None:
+    """Parts tested on a hold-out (``split.holdout.use: test``): the merged record and its text name the hold-out
+    file and sha256 (not "1 folds"); a part tested on another hold-out is refused."""
+    sr = script("seed_record")
+    holdout = {"file": str(RECORDS / "holdout.json"), "sha256": "f" * 64, "use": "test", "n_ids": 40,
+               "n_left_out_of_selection": 0}  # fmt: skip
+    parts = tmp_path / "space-holdout"
+    parts.mkdir()
+    for seed in (0, 1):
+        _holdout_part(parts, seed, holdout)
+    merged = sr.merge(parts)
+    assert merged["holdout"] == holdout and merged["n_folds"] == 1
+    assert "test set: the hold-out docs/study/records/holdout.json (40 ids, sha256 ffffffffffff)" in merged["protocol"]
+    text = sr.render(merged, "docs/study/records/space-holdout", [2])
+    assert "the hold-out docs/study/records/holdout.json (40 ids" in text and "the same split in every part" in text
+    assert "1 folds" not in text and "out-of-fold predictions" not in text
+    record = json.loads((parts / "seed-1.json").read_text())
+    (parts / "seed-1.json").write_text(json.dumps(record | {"holdout": holdout | {"sha256": "e" * 64}}))
+    with pytest.raises(SystemExit, match="seed-1.json is not a part of seed-0.json's headline: holdout_sha256"):
+        sr.merge(parts)
