@@ -3,7 +3,8 @@
 Each argument is ``LABEL=RECORD`` (the JSON summary ``crystalvision pipeline run <k-fold config> --json`` prints).
 Per run: the validation metrics (mean ± sample std over the folds: the numbers a choice is made on), the best epoch
 (counted from 1) against the epochs run, and the pooled out-of-fold test metric with its 95 % interval when the record
-has one (reported, never chosen on). ``--out FILE --marker NAME`` rewrites the table between
+has one (reported, never chosen on). A caption line above the table says what each group of columns counts (per image
+or per structure), read from the metric names (:func:`unit`). ``--out FILE --marker NAME`` rewrites the table between
 ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in FILE.
 
 Usage: ``python docs/study/compare_table.py vesta=docs/study/records/radii-vesta.json
@@ -26,6 +27,22 @@ HEADS = {  # head -> (metric prefix, title)
 }
 
 
+VAL = "val_{metric}_{head}"  # the record's per-fold validation metric (``_mean`` / ``_std`` over the folds)
+OOF = "pooled_model_{metric}_{head}"  # its pooled section's out-of-fold score (``_lo`` / ``_hi``: 95 % interval)
+
+
+def unit(metric: str) -> str:
+    """What a metric name counts: ``per structure`` for ``test_struct_*`` / ``val_struct_*`` and the pooled
+    out-of-fold ``pooled_*`` (a structure's views averaged), ``per image`` for ``test_*`` / ``val_*``."""
+    level, _, rest = metric.partition("_")
+    return "per structure" if level == "pooled" or rest.startswith("struct_") else "per image"
+
+
+def units(pattern: str) -> str:
+    """The unit of every head's metric named by ``pattern`` (:data:`VAL`, :data:`OOF`), e.g. ``per image``."""
+    return ", ".join(sorted({unit(pattern.format(metric=m, head=h)) for h, (m, _) in HEADS.items()}))
+
+
 def _mean_std(metrics: dict, name: str) -> str:
     mean, std = metrics.get(f"{name}_mean", math.nan), metrics.get(f"{name}_std", math.nan)
     if not math.isfinite(mean):
@@ -33,18 +50,28 @@ def _mean_std(metrics: dict, name: str) -> str:
     return f"{mean:.3f} ± {std:.3f}" if math.isfinite(std) else f"{mean:.3f}"
 
 
-def _pooled(pooled: dict, metric: str, head: str) -> str:
-    key = f"pooled_model_{metric}_{head}"
+def _pooled(pooled: dict, key: str) -> str:
     if key not in pooled:
         return ""
     lo, hi = pooled.get(f"{key}_lo"), pooled.get(f"{key}_hi")
     return f"{pooled[key]:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "")
 
 
+def caption(runs: dict[str, dict]) -> str:
+    """The line above the table: what each group of columns counts, read from the metric names."""
+    text = f"Validation columns: {units(VAL)}, mean ± std over the folds."
+    if any((record.get("pooled") or {}).get("metrics") for record in runs.values()):
+        text += f" Out-of-fold columns: {units(OOF)}, pooled out of fold (each structure predicted once)."
+    return text
+
+
 def table(runs: dict[str, dict]) -> str:
-    """One row per run: validation mean ± std per head, best epoch / epochs run, pooled test per head."""
+    """The caption line, then one row per run: validation mean ± std per head, best epoch / epochs run, pooled test
+    per head."""
     titles = [t for _, t in HEADS.values()]
     lines = [
+        caption(runs),
+        "",
         "| run | folds | "
         + " | ".join(f"val {t}" for t in titles)
         + " | best epoch / run | "
@@ -54,10 +81,10 @@ def table(runs: dict[str, dict]) -> str:
     ]
     for label, record in runs.items():
         m, pooled = record["metrics"], (record.get("pooled") or {}).get("metrics", {})
-        val = [_mean_std(m, f"val_{metric}_{head}") for head, (metric, _) in HEADS.items()]
+        val = [_mean_std(m, VAL.format(metric=metric, head=head)) for head, (metric, _) in HEADS.items()]
         best = m.get("best_epoch_mean", math.nan) + 1  # logged from 0; shown from 1
         epochs = f"{best:.1f} / {m.get('epochs_trained_mean', math.nan):.1f}"
-        test = [_pooled(pooled, metric, head) for head, (metric, _) in HEADS.items()]
+        test = [_pooled(pooled, OOF.format(metric=metric, head=head)) for head, (metric, _) in HEADS.items()]
         lines.append(f"| {label} | {m.get('n_folds', math.nan):.0f} | " + " | ".join([*val, epochs, *test]) + " |")
     return "\n".join(lines)
 

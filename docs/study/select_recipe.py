@@ -29,9 +29,13 @@ _SPEC.loader.exec_module(ct)
 BUDGET_KEYS = ("render.image_size", "train.epochs", "train.patience", "evaluate.saliency", "split.holdout")
 
 
+RULE = ("val_acc_crystal_system", "val_acc_spacegroup")  # the rule's metrics (``_mean`` / ``_std`` over folds)
+REPORTED = (("test_struct_acc_crystal_system", "test acc system"), ("test_struct_r2_band_gap", "test R² gap"))
+
+
 def score(metrics: dict[str, float]) -> float:
     """The selection score: mean validation accuracy of the class heads over folds."""
-    return (metrics["val_acc_crystal_system_mean"] + metrics["val_acc_spacegroup_mean"]) / 2
+    return sum(metrics[f"{name}_mean"] for name in RULE) / len(RULE)
 
 
 def recipe(summary: Path) -> list[str]:
@@ -42,21 +46,24 @@ def recipe(summary: Path) -> list[str]:
     return [s for s in sets if not s.startswith(BUDGET_KEYS)]
 
 
+def header() -> list[str]:
+    """The header rows; every number column says whether it counts per image or per structure, read from the
+    metric's name (``val_acc_*`` per image, ``test_struct_*`` per structure)."""
+    rule = ", ".join(sorted({ct.unit(name) for name in RULE}))
+    cols = [f"val acc (2 heads, mean over folds; {rule})"]
+    cols += [f"val acc {title} ({ct.unit(name)})" for name, title in zip(RULE, ("system", "space group"), strict=True)]
+    cols += [f"{title} ({ct.unit(name)})" for name, title in REPORTED]
+    return ["| recipe | " + " | ".join(cols) + " | picked |", "|---|" + "---|" * (len(cols) + 1)]
+
+
 def table(rows: list[tuple[float, Path, dict[str, float]]], best: int) -> str:
-    """One Markdown row per candidate: validation (the rule's numbers) and test per structure (reported only)."""
-    lines = [
-        "| recipe | val acc (2 heads, mean over folds) | val acc system | val acc space group | test acc system "
-        "(per structure) | test R² gap (per structure) | picked |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    """One Markdown row per candidate: validation (the rule's numbers) and test (reported only)."""
+    lines = header()
     for i, (s, path, m) in enumerate(rows):
         name = " ".join(recipe(path)) or "defaults (no augmentation, no smoothing, no TTA)"
-        lines.append(
-            f"| {name} | {s:.3f} | {m['val_acc_crystal_system_mean']:.2f} ± {m['val_acc_crystal_system_std']:.2f} "
-            f"| {m['val_acc_spacegroup_mean']:.2f} ± {m['val_acc_spacegroup_std']:.2f} "
-            f"| {m.get('test_struct_acc_crystal_system_mean', float('nan')):.2f} "
-            f"| {m.get('test_struct_r2_band_gap_mean', float('nan')):.2f} | {'yes' if i == best else ''} |"
-        )
+        val = [f"{m[f'{n}_mean']:.2f} ± {m[f'{n}_std']:.2f}" for n in RULE]
+        test = [f"{m.get(f'{n}_mean', float('nan')):.2f}" for n, _ in REPORTED]
+        lines.append(f"| {name} | {s:.3f} | " + " | ".join([*val, *test]) + f" | {'yes' if i == best else ''} |")
     return "\n".join(lines)
 
 

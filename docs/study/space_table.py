@@ -33,6 +33,8 @@ HEAD_TITLES = {
     "energy_above_hull": "R² e_hull",
 }
 BASELINES = {"trees": "tabular", "CGCNN": "cgcnn", "1-NN": "1nn", "majority / mean": "dummy"}
+# what every number here counts: the records' pooled_* metrics score each structure once (its views averaged)
+UNIT = "per structure, pooled out of fold"
 
 
 def interval(cell: dict[str, float]) -> str:
@@ -86,8 +88,8 @@ def render(record: dict, source: str) -> str:
     n = record["points"][-1]["metrics"].get("pooled_n_structures")
     head = (
         f"Record: `{source}` (pipeline `{record['pipeline']}`; {n:.0f} structures, each predicted once out of fold). "
-        "Values are pooled out-of-fold scores with 95 % bootstrap intervals over structures; band gap and e_hull are "
-        "surrogate labels (see the data section)."
+        f"Values are {UNIT}, with 95 % bootstrap intervals over structures; band gap and e_hull are surrogate labels "
+        "(see the data section)."
     )
     diffs = [t for point in record["points"] if (t := diff_table(record, point))]
     return "\n\n".join([head, curve_table(record), *diffs]) + "\n"
@@ -159,7 +161,7 @@ def render_grouped(summary: dict, source: str) -> str:
     subsets = subset_names(m)
     head = (
         f"Record: `{source}` (pipeline `{summary['pipeline']}`, {m['n_folds']:.0f} grouped folds, "
-        f"{m['pooled_n_seeds']:.0f} seed(s)). Pooled out-of-fold scores; differences paired over structures with "
+        f"{m['pooled_n_seeds']:.0f} seed(s)). Scores {UNIT}; differences paired over structures with "
         "95 % bootstrap intervals; band gap and e_hull are surrogate labels (see the data section), the band gaps a "
         "pretrained CGCNN's predictions, which favours CGCNN on that head."
     )
