@@ -1,14 +1,17 @@
 """The documentation: the configuration page is generated from the code and current, the site builds with
-``mkdocs build --strict`` (broken links between pages fail it), and every repository path the docs name exists."""
+``mkdocs build --strict`` (broken links between pages fail it), every repository path the docs name exists, and
+README's sample of the quickstart's summary is what the current code prints from the committed record."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -110,3 +113,38 @@ def test_scripts_under_a_python_without_the_packages_name_the_fix(args: list[str
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: ") and "source .venv/bin/activate" in done.stderr and names in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def _readme_quickstart() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("readme_quickstart", ROOT / "docs/study/readme_quickstart.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_quickstart_sample_is_printed_from_the_record_by_the_current_code() -> None:
+    """README's sample of `make run`'s summary is what the current summary code prints from the committed record: a
+    change of the summary's format or of the record that README does not follow fails here."""
+    qs = _readme_quickstart()
+    readme = (ROOT / "README.md").read_text()
+    assert qs.update(readme) == readme, "run: python docs/study/readme_quickstart.py --readme README.md"
+
+
+def test_readme_quickstart_follows_the_record(tmp_path: Path) -> None:
+    """On a copy of the record: a changed number and run id reach the block, the run's home never does, and a .cmd
+    without its date, home or log line is refused."""
+    qs = _readme_quickstart()
+    record = json.loads(qs.RECORD.read_text())
+    record["metrics"]["test_struct_acc_crystal_system"], record["run_id"] = 0.987654, "0123456789abcdef"
+    copy = tmp_path / "quickstart.json"
+    copy.write_text(json.dumps(record))
+    cmd = qs.RECORD.with_suffix(".cmd").read_text()
+    copy.with_suffix(".cmd").write_text(cmd)
+    text = qs.update("a\n<!-- readme-quickstart:start -->\nx\n<!-- readme-quickstart:end -->\nb\n", copy)
+    home = qs.run_info(copy)["home"]
+    assert "0.988" in text and "run       0123456789abcdef" in text and "model/structure" in text
+    assert home not in text and f"{qs.HOME}/mlflow.db" in text and "\nx\n" not in text
+    assert f"`{tmp_path.as_posix()}/quickstart.json`" in text  # outside the repository: the path as given
+    copy.with_suffix(".cmd").write_text("\n".join(x for x in cmd.splitlines() if not x.startswith("# log:")))
+    with pytest.raises(SystemExit, match="a '# log:' line"):
+        qs.block(copy)
