@@ -1,7 +1,9 @@
-# The Li-Mn-Ni-O space headline grouped by reduced formula, 3 training seeds: seed 0 run 2026-12-07 11:31-13:01 UTC
-# on the 2-core x86-64 VM (23 GiB), commit 127b3d6, from a git worktree of that commit; its 89.8 min wall time is not
-# a timing (test runs shared the cores for its first 45 minutes: epochs took 140-300 s there, 27-45 s after). Seeds
-# 1 and 2 NOT RUN YET.
+# The Li-Mn-Ni-O space headline grouped by reduced formula, 3 training seeds, on the 2-core x86-64 VM (23 GiB), all
+# from a git worktree of commit 127b3d6. Seed 0: 2026-12-07 11:31-13:01 UTC; its 89.8 min wall time is not a timing
+# (test runs shared the cores for its first 45 minutes: epochs took 140-300 s there, 27-45 s after). Seed 1:
+# 2026-12-07 15:09-16:00 UTC, 51.4 min wall, run without nice in a session whose autogroup was set to nice -10 (epochs
+# 33-41 s; other work shared the cores at lower priority; its fold 4
+# trained 505 s against 265-442 s for the others). Seed 2 NOT RUN YET.
 #
 # Protocol: pipelines/space-grouped.yaml with split.group_by=formula: 5 grouped folds over the 883 unflagged
 # structures of the lmno-space snapshot, every structure of one reduced formula in one fold (the strictest grouping
@@ -21,7 +23,7 @@
 # seed 0 (run):
 nice -n 10 crystalvision pipeline run pipelines/space-grouped.yaml --set split.group_by=formula --set name=space-formula-seed0 --set 'train.seeds=[0]' --json > space-formula-seed-0.json
 python docs/study/seed_record.py export space-formula-seed-0.json --out docs/study/records/space-formula
-# NOT RUN YET:
+# seed 1 (run):
 nice -n 10 crystalvision pipeline run pipelines/space-grouped.yaml --set split.group_by=formula --set name=space-formula-seed1 --set 'train.seeds=[1]' --json > space-formula-seed-1.json
 python docs/study/seed_record.py export space-formula-seed-1.json --out docs/study/records/space-formula
 # NOT RUN YET:
