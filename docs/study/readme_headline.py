@@ -1,13 +1,19 @@
 """README's headline numbers, regenerated from the study's grouped k-fold records.
 
-Reads ``space-grouped.json`` (the whole Li-Mn-Ni-O space: pooled out-of-fold scores per structure, intervals and
-paired differences) and ``paper-grouped.json`` (the 62 quaternaries alone: mean ± sample std over folds), with the
-``.cmd`` beside each (the run's date is the first dated comment above its command; the image size comes from the
-pipeline and ``--set`` options of its ``crystalvision pipeline run`` line), and writes two blocks of README.md: the
-"honest number" bullet (between the ``readme-headline`` markers) and the headline table with the image model's
-paired differences from each baseline (between the ``readme-results`` markers). Every claim in them (which model
-beats which, which baseline is the strongest) is computed from the records. The keys and the marker rewriting are
-``space_table.py``'s.
+Reads ``space-formula/merged.json`` (the whole Li-Mn-Ni-O space on folds grouped by reduced formula, one part per
+training seed merged by ``seed_record.py``: seed-averaged pooled scores per structure, the image model's interval and
+std over seeds, paired differences; its dates and hardware from its parts, the seeds not run yet from the
+``seed_record.py merge --seeds`` line of ``space-formula.cmd``), ``space-grouped.json`` (the same space on folds
+grouped by material id, one seed: pooled out-of-fold scores with intervals and paired differences) and
+``paper-grouped.json`` (the 62 quaternaries alone: mean ± sample std over folds), with the ``.cmd`` beside the last
+two (the run's date is the first dated comment above its command; the image size comes from the pipeline and
+``--set`` options of its ``crystalvision pipeline run`` line), and writes two blocks of README.md: the "honest
+number" bullet (between the ``readme-headline`` markers: the quaternaries, the formula-grouped space, and whether
+material-id grouping gave the image model about the same, i.e. a value inside the formula record's interval) and the
+headline table of ``space-grouped.json`` and ``paper-grouped.json`` with the image model's paired differences from
+each baseline (between the ``readme-results`` markers). Every claim in them (which model beats which, with an
+interval clear of zero; which baseline is the strongest and where it leads) is computed from the records. The keys
+and the marker rewriting are ``space_table.py``'s.
 
 Usage: ``python docs/study/readme_headline.py [docs/study/records] [--readme README.md]`` (without ``--readme`` it
 prints both blocks).
@@ -20,12 +26,14 @@ import importlib.util
 import json
 import re
 import shlex
+from itertools import takewhile
 from pathlib import Path
 from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SPACE, QUATERNARIES = "space-grouped.json", "paper-grouped.json"
+FORMULA = "space-formula/merged.json"  # the strictest grouping, one part per training seed
 HEADS = [("crystal_system", "acc", "acc crystal system"), ("spacegroup", "acc", "acc space group"),
          ("band_gap", "r2", "R² band gap")]  # fmt: skip
 WORDS = {"crystal_system": "crystal system", "spacegroup": "space group", "band_gap": "band gap"}
@@ -125,47 +133,115 @@ def quaternary_sentence(record: dict, path: str, date: str) -> str:
     )
 
 
-def space_sentence(record: dict, path: str, date: str) -> str:
-    """The whole space: the image model's crystal-system accuracy against every baseline, then where the strongest
-    baseline stands on the other heads."""
+def formula_info(record: dict, cmd: Path) -> dict[str, str]:
+    """A seed-merged record's run dates and hardware (from its parts) and the seeds not run yet: those its ``.cmd``'s
+    ``seed_record.py merge ... --seeds`` line names that the record lacks."""
+    parts = list(record["parts"].values())  # keyed by seed
+    dates = sorted({p["started"][:10] for p in parts})
+    planned: list[int] = []
+    lines = cmd.read_text().replace("\\\n", " ").splitlines() if cmd.is_file() else []
+    for line in lines:
+        words = shlex.split(line) if "seed_record.py merge" in line and not line.startswith("#") else []
+        if "--seeds" in words:
+            planned = [int(w) for w in takewhile(str.isdigit, words[words.index("--seeds") + 1 :])]
+    return {"date": dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}",
+            "hardware": "; ".join(sorted({p["hardware"] for p in parts})),
+            "missing": ", ".join(str(s) for s in planned if s not in record["seeds"])}  # fmt: skip
+
+
+def listing(items: list[str]) -> str:
+    """``a, b and c``."""
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
+
+
+def seed_words(record: dict, missing: str) -> str:
+    """``2 training seeds, seed 2 not run yet``: the seeds the record averages over, and those still to run."""
+    n = len(record["seeds"])
+    text = "one training seed" if n == 1 else f"{n} training seeds"
+    return text + (f", seed{'s' if ',' in missing else ''} {missing} not run yet" if missing else "")
+
+
+def model_cell(metrics: dict, h: str, metric: str) -> str:
+    """``0.45 [0.42, 0.48] ± 0.01``: the image model's pooled score, its interval and, over seeds, its std."""
+    text = pooled_cell(metrics, "model", metric, h)
+    std = metrics.get(f"pooled_model_{metric}_{h}_seed_std")
+    return text + (f" ± {std:.2f}" if std is not None and metrics.get("pooled_n_seeds", 1) > 1 else "")
+
+
+def paired(metrics: dict, p: str, name: str) -> str:
+    """Whether the image model beats baseline ``p`` on crystal system: its paired difference's interval decides."""
+    key = f"pooled_diff_model_vs_{p}_acc_crystal_system"
+    d, lo, hi = metrics[key], metrics[f"{key}_lo"], metrics[f"{key}_hi"]
+    verb = "beats" if lo > 0 else "trails" if hi < 0 else "is level with"
+    return f"{verb} {name} ({d:+.2f} [{lo:+.2f}, {hi:+.2f}])"
+
+
+def space_sentence(record: dict, path: str, info: dict[str, str]) -> str:
+    """The whole space: the image model's crystal-system accuracy against every baseline, where the strongest
+    baseline stands on the other heads, and whether the image model beats the majority class and the strongest."""
     m = record["metrics"]
-    words = {"dummy": "the majority class", "1nn": "a 1-NN descriptor lookup", "cgcnn": "the CGCNN graph network",
+    words = {"dummy": "the most frequent class", "1nn": "a descriptor lookup", "cgcnn": "a graph network",
              "tabular": f"a {trees(record)} on composition and the primitive cell"}  # fmt: skip
+    names = {"model": "image model", "dummy": "majority", "1nn": "1-NN", "cgcnn": "CGCNN", "tabular": "trees"}
+    subjects = {"dummy": "the majority", "1nn": "the 1-NN lookup", "cgcnn": "CGCNN", "tabular": "the trees"}
     acc = {p: v for p in ["dummy", "1nn", "cgcnn", "tabular"] if (v := pooled(m, p, "acc", "crystal_system"))}
     best = max(acc, key=acc.get)
-    order = [p for p in acc if p != best] + [best]
-    parts = [f"{acc[p]:.2f} for {words[p]}" for p in order[:-1]]
-    parts.append(f"**{acc[best]:.2f} for {words[best]}**, the strongest baseline")
-    model = pooled(m, "model", "acc", "crystal_system")
+    parts = [f"{names[p]} {acc[p]:.2f}" for p in acc if p != best]
+    parts.append(f"**{names[best]} {acc[best]:.2f}** ({words[best]}), the strongest baseline")
     leads, trails = [], []
     for h, metric, _ in HEADS[1:]:
         values = {p: v for p in ORDER if (v := pooled(m, p, metric, h)) is not None}
         r2 = "R² " if metric == "r2" else ""
-        text = f"{WORDS[h]} ({r2}{values[best]:.2f} against {values['model']:.2f})"
-        (leads if values[best] >= max(values.values()) else trails).append(text)
-    tail = ", which also leads on " + " and ".join(leads) if leads else ""
+        leader = max(values, key=values.get)
+        if leader == best:
+            leads.append(f"{WORDS[h]} ({r2}{values[best]:.2f} against {values['model']:.2f})")
+        else:
+            model = f"; image model {values['model']:.2f}" if leader != "model" else ""
+            who = subjects.get(leader, "the image model")
+            trails.append(f"{who} on {WORDS[h]} ({r2}{values[best]:.2f} against {values[leader]:.2f}{model})")
+    tail = ", which also leads on " + listing(leads) if leads else ""
     if trails:
-        tail += (", and" if leads else ", which") + " trails another method on " + " and ".join(trails)
-    # the last parenthesis closes after the scope: "band gap (R² 0.56 against 0.07; per structure, ...)"
+        tail += (" and" if leads else ", which") + " trails " + listing(trails)
+    grouped = {"formula": "reduced formula", "material": "material id"}.get(record.get("group_by"), "structure")
     return (
-        f"On the whole Li-Mn-Ni-O space ({record['n_structures']} structures, `{path}`) the image model reaches "
-        f"crystal-system accuracy **{model:.2f}** against {', '.join(parts[:-1])} and {parts[-1]}"
-        f"{tail.removesuffix(')')}; per structure, on the same folds, {date}). {seeds(m).capitalize()}; see "
-        "[the study](docs/study.md)."
+        f"On the whole Li-Mn-Ni-O space ({record['n_structures']} structures; folds grouped by {grouped}, "
+        f"{seed_words(record, info['missing'])}; `{path}`, {info['date']}, {info['hardware']}) the image model reaches "
+        f"crystal-system accuracy **{model_cell(m, 'crystal_system', 'acc')}** (per structure, 95 % interval ± std "
+        f"over seeds) against {', '.join(parts[:-1])} and {parts[-1]}{tail}. Paired over structures, the image model "
+        f"{paired(m, 'dummy', subjects['dummy'])} and {paired(m, best, subjects[best])}."
     )
+
+
+def material_sentence(strict: dict, material: dict, path: str, date: str) -> str:
+    """The image model under material-id grouping, set against the strict record's interval per head: inside it is
+    about the same, outside higher or lower. Empty when the records score different structures."""
+    if strict["n_structures"] != material["n_structures"]:
+        return ""
+    same, moved = [], {"higher": [], "lower": []}
+    for h, metric, _ in HEADS:
+        key = f"pooled_model_{metric}_{h}"
+        v, lo, hi = material["metrics"][key], strict["metrics"][f"{key}_lo"], strict["metrics"][f"{key}_hi"]
+        text = f"{WORDS[h]} ({'R² ' if metric == 'r2' else ''}{v:.2f})"
+        (same if lo <= v <= hi else moved["higher" if v > hi else "lower"]).append(text)
+    said = [f"about the same on {listing(same)}"] if same else []
+    said += [f"{w} on {listing(t)}" for w, t in moved.items() if t]  # higher: the stricter grouping costs
+    return f"Grouping by material id (`{path}`, {seeds(material['metrics'])}, {date}) gave it {'; '.join(said)}."
 
 
 def headline(records: Path) -> str:
     """The "honest number" bullet of README's "Why it exists, and its limits"."""
-    space, quat = (json.loads((records / name).read_text()) for name in (SPACE, QUATERNARIES))
-    first = (
+    quat, material = (json.loads((records / name).read_text()) for name in (QUATERNARIES, SPACE))
+    strict = json.loads((records / FORMULA).read_text())
+    info = formula_info(strict, (records / FORMULA).parent.with_suffix(".cmd"))
+    text = " ".join([
         "- **The honest number** comes from folds grouped by structure (every structure tested once, never seen in "
-        "training). "
-        + quaternary_sentence(quat, shown(records / QUATERNARIES), run_info(records / QUATERNARIES, quat)["date"])
-        + " "
-        + space_sentence(space, shown(records / SPACE), run_info(records / SPACE, space)["date"])
-    )
-    return wrap(first, indent="  ") + "\n"
+        "training).",
+        quaternary_sentence(quat, shown(records / QUATERNARIES), run_info(records / QUATERNARIES, quat)["date"]),
+        space_sentence(strict, shown(records / FORMULA), info),
+        material_sentence(strict, material, SPACE, run_info(records / SPACE, material)["date"]),
+        "See [the study](docs/study.md).",
+    ])  # fmt: skip
+    return wrap(" ".join(text.split()), indent="  ") + "\n"
 
 
 def wrap(text: str, indent: str, width: int = 117) -> str:

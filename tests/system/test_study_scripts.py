@@ -123,22 +123,38 @@ def test_space_table_shows_every_baseline_and_the_imbalance_metrics_a_record_has
 
 def test_readme_headline_is_regenerated_from_the_records() -> None:
     """README's honest-number bullet and headline table are the generator's output: a record changed without
-    regenerating them fails here."""
+    regenerating them fails here. The bullet reports the strictest record: formula-grouped, its seeds counted."""
     hl = script("readme_headline")
     readme = (STUDY.parents[1] / "README.md").read_text()
     assert hl.update(readme, RECORDS) == readme, "run: python docs/study/readme_headline.py --readme README.md"
+    merged = json.loads((RECORDS / hl.FORMULA).read_text())
+    bullet = " ".join(readme.split("readme-headline:start -->")[1].split("<!-- readme-headline:end")[0].split())
+    assert f"`docs/study/records/{hl.FORMULA}`" in bullet and "folds grouped by reduced formula" in bullet
+    assert f"{len(merged['seeds'])} training seeds" in bullet
 
 
 def test_readme_headline_says_what_the_records_say(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The script on copies of the records: the claims follow the numbers (which model beats the majority class,
-    which baseline is the strongest and where it leads), both blocks are rewritten, a record without a dated run
-    is refused."""
+    """The script on copies of the records: the claims follow the numbers (which model beats the majority class and
+    the strongest baseline, which baseline that is and where it leads, whether material-id grouping gave about the
+    same), the seeds not run yet are named until merged, both blocks are rewritten, a record without a dated run is
+    refused."""
     hl = script("readme_headline")
-    for name in (hl.SPACE, hl.QUATERNARIES):
-        for path in (RECORDS / name, (RECORDS / name).with_suffix(".cmd")):
-            shutil.copy(path, tmp_path / path.name)
+    for name in (hl.SPACE, hl.QUATERNARIES, "space-formula.cmd", hl.FORMULA):
+        for path in {RECORDS / name, (RECORDS / name).with_suffix(".cmd")} - {RECORDS / "space-formula/merged.cmd"}:
+            (tmp_path / name).parent.mkdir(exist_ok=True)
+            shutil.copy(path, tmp_path / path.relative_to(RECORDS))
+    flat = " ".join(hl.headline(tmp_path).split()).replace(f"{tmp_path.as_posix()}/", "docs/study/records/")
+    assert flat == " ".join(hl.headline(RECORDS).split())  # the copies say what the records say
+    merged = json.loads((tmp_path / hl.FORMULA).read_text())
+    m = merged["metrics"]
+    m["pooled_cgcnn_acc_crystal_system"] = 0.9  # CGCNN now the strongest on crystal system
+    m |= {"pooled_model_acc_crystal_system": 0.41, "pooled_model_acc_crystal_system_lo": 0.38,
+          "pooled_model_acc_crystal_system_hi": 0.44, "pooled_model_acc_crystal_system_seed_std": 0.031,
+          "pooled_diff_model_vs_dummy_acc_crystal_system_lo": -0.01}  # fmt: skip
+    merged["seeds"], m["pooled_n_seeds"] = [0, 1, 2], 3.0  # every planned seed merged
+    (tmp_path / hl.FORMULA).write_text(json.dumps(merged))
     space = json.loads((tmp_path / hl.SPACE).read_text())
-    space["metrics"]["pooled_cgcnn_acc_crystal_system"] = 0.9  # CGCNN now the strongest on crystal system
+    space["metrics"]["pooled_cgcnn_acc_crystal_system"] = 0.9  # the table's CGCNN row follows its record
     (tmp_path / hl.SPACE).write_text(json.dumps(space))
     quat = json.loads((tmp_path / hl.QUATERNARIES).read_text())
     quat["metrics"]["test_struct_acc_crystal_system_mean"] = 0.5  # the image model now above the majority's 0.45
@@ -147,15 +163,26 @@ def test_readme_headline_says_what_the_records_say(tmp_path: Path, capsys: pytes
     assert text == capsys.readouterr().out
     flat = " ".join(text.split())
     assert "alone the image model beats the majority class on crystal system" in flat
-    assert "**0.90 for the CGCNN graph network**, the strongest baseline, which trails another method on space" in flat
+    assert "folds grouped by reduced formula, 3 training seeds;" in flat and "not run yet" not in flat
+    assert "crystal-system accuracy **0.41 [0.38, 0.44] ± 0.03**" in flat
+    assert (
+        "**CGCNN 0.90** (a graph network), the strongest baseline, which trails the trees on space group (0.27 "
+        "against 0.56; image model 0.28) and the 1-NN lookup on band gap (R² -6.01 against 0.20;" in flat
+    )
+    assert "is level with the majority (+0.10 [-0.01, +0.13]) and is level with CGCNN (+0.01 [-0.02, +0.05])" in flat
+    assert "gave it higher on crystal system (0.46), space group (0.32) and band gap (R² 0.07)." in flat
     assert "| | CGCNN graph network (3 x 64, early stopping) | 0.90 | 0.28 | 0.54 |" in text
     assert "| | CGCNN graph network (2 x 32) | 0.44 ± 0.07 |" in text and "(95 % interval): trees -0.37" in flat
+    merged["seeds"] = [0, 1]  # seed 2 not merged: the .cmd's merge line plans it
+    (tmp_path / hl.FORMULA).write_text(json.dumps(merged))
+    assert "3 training seeds" not in hl.headline(tmp_path)
+    assert "2 training seeds, seed 2 not run yet;" in " ".join(hl.headline(tmp_path).split())
     page = tmp_path / "README.md"
     page.write_text("a\n<!-- readme-headline:start -->\nx\n<!-- readme-headline:end -->\nb\n"
                     "<!-- readme-results:start -->\ny\n<!-- readme-results:end -->\n")  # fmt: skip
     hl.main([str(tmp_path), "--readme", str(page)])
     assert page.read_text() == hl.update(page.read_text(), tmp_path) and "\nx\n" not in page.read_text()
-    assert f"`{tmp_path.as_posix()}/{hl.SPACE}`" in page.read_text()  # outside the repository: the path as given
+    assert f"`{tmp_path.as_posix()}/{hl.FORMULA}`" in page.read_text()  # outside the repository: the path as given
     cmd = tmp_path / "paper-grouped.cmd"
     cmd.write_text("\n".join(line for line in cmd.read_text().splitlines() if not line.startswith("# 2026-11")))
     with pytest.raises(SystemExit, match="no dated comment above its command"):
