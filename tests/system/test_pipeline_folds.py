@@ -1,7 +1,8 @@
 """A tiny grouped k-fold pipeline run and its learning curve (one record per point, validation cut with training,
 baselines fit on what the image model saw, the same steps at every point): parent + child runs, each structure
 tested once, pooled out-of-fold metrics with paired bootstrap intervals and mean ± std on the parent, leakage
-section and graph baseline in the reports, no registration; `pipeline validate` prints the resolved split."""
+section and graph baseline in the reports, no registration; the same structures tested on a hold-out
+(`split.holdout.use: test`, one more Ray Train run); `pipeline validate` prints the resolved split."""
 
 from __future__ import annotations
 
@@ -90,6 +91,87 @@ def test_grouped_kfold_pipeline_and_its_learning_curve(cv_home: Path, tmp_path: 
     assert {r.data.params.get("cfg.split.train_structures") for r in every_child} == {"4"}
     assert client.search_registered_models() == []  # k-fold is an evaluation protocol: nothing registered
     _check_grouped_kfold_run(client, point["run_id"], point["metrics"], tmp_path, N_CURVE)
+    _check_holdout_test_run(client, tmp_path)  # the same structures and images, tested on a hold-out instead
+
+
+HOLDOUT = [item for item in CURVE if not item.startswith("split.folds")]
+HOLDOUT += ["split.folds=null", "split.holdout.use=test", "name=paper-holdout", "train.seeds=[1]",
+            "train.max_steps_per_epoch=1", "evaluate.leakage=false"]  # fmt: skip
+
+
+def _holdout_with_a_sibling(tmp_path: Path) -> tuple[Path, list[str], str]:
+    """`crystalvision holdout` of the curve's 16 structures (30 %: Li2MnNiO4's three structures among them), with
+    one Li2MnNiO4 structure taken out of its ids but its formula kept: a structure that shares a hold-out formula
+    (as a hold-out made from another selection can leave). The file, its ids and the sibling's id."""
+    from crystalvision.data.holdout import digest
+
+    path = tmp_path / "holdout.json"
+    args = ["holdout", "-c", str(ROOT / "pipelines/paper-grouped.yaml"), "--fraction", "0.3", "--out", str(path)]
+    made = CliRunner().invoke(app, [*args, *(a for item in CURVE for a in ("--set", item))])
+    assert made.exit_code == 0, made.output
+    content = json.loads(path.read_text())
+    sibling = "mp-753347"  # Li2MnNiO4, like mp-1177894 and mp-1284127
+    assert sibling in content["ids"] and "Li2MnNiO4" in content["formulas"]
+    ids = [i for i in content["ids"] if i != sibling]
+    path.write_text(json.dumps(content | {"ids": ids, "sha256": digest(ids, content["formulas"])}))
+    return path, ids, sibling
+
+
+def _check_holdout_test_run(client: MlflowClient, tmp_path: Path) -> None:
+    """`split.holdout.use: test` end to end (one Ray Train run, seed 1): the one test set is exactly the hold-out's
+    ids; no hold-out structure, nor one sharing a hold-out formula, is in training or validation or in what the
+    baselines were fit on; the record, the parent's params and the pooled table name the file and its digest; the
+    child's logged split rebuilds the same test set (`evaluate --run-id`)."""
+    from crystalvision.core import load_pipeline, parse_overrides
+    from crystalvision.data import load_labels, open_store
+    from crystalvision.evaluate.baselines import structure_table
+    from crystalvision.stages import road, runs
+
+    path, ids, sibling = _holdout_with_a_sibling(tmp_path)
+    sets = [*HOLDOUT, f"split.holdout.ids={path}"]
+    args = ["pipeline", "run", str(ROOT / "pipelines/paper-grouped.yaml"), "--json"]
+    result = CliRunner().invoke(app, [*args, *(a for item in sets for a in ("--set", item))])
+    assert result.exit_code == 0, result.output
+    record = _json(result.stdout)
+    digest = json.loads(path.read_text())["sha256"]
+    assert record["holdout"] == {"file": str(path), "sha256": digest, "use": "test", "n_ids": len(ids),
+                                 "n_left_out_of_selection": 0}  # fmt: skip
+    assert record["n_structures"] == N_CURVE and record["pooled"]["seeds"] == [1]
+    metrics = record["metrics"]
+    assert (metrics["n_folds"], metrics["n_seeds"], metrics["pooled_n_structures"]) == (1, 1, len(ids))
+
+    labels = load_labels(open_store(), record["render"]["render_labels_key"])
+    seen = set(labels["material_id"]) - set(ids) - {sibling}  # every structure but the hold-out's formulas
+    assert len(seen) == N_CURVE - len(ids) - 1
+    parent = client.get_run(record["run_id"])
+    assert parent.data.tags["kfold"] == "parent"
+    assert {k: parent.data.params[f"holdout.{k}"] for k in ("file", "sha256", "use")} == {
+        "file": str(path), "sha256": digest, "use": "test"}  # fmt: skip
+    oof = pd.read_parquet(client.download_artifacts(record["run_id"], "evaluation/oof_predictions.parquet",
+                                                    str(tmp_path / "holdout-oof")))  # fmt: skip
+    assert sorted(oof["material_id"]) == sorted(ids) and set(oof["fold"]) == {0} and set(oof["seed"]) == {1}
+    mean_gap = structure_table(labels[labels["material_id"].isin(seen)])["band_gap"].mean()
+    assert oof["dummy__band_gap"].to_numpy() == pytest.approx(mean_gap, abs=1e-9)  # fit on exactly `seen`
+
+    (child,) = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{record['run_id']}'")
+    assert (child.data.tags["fold"], child.data.tags["train_seed"]) == ("0", "1")
+    logged = {k: int(child.data.params[f"split.n_structures_{k}"]) for k in ("train", "val", "test")}
+    assert logged["test"] == len(ids) and logged["train"] + logged["val"] == len(seen) and logged["val"] >= 1
+    dst = tmp_path / "holdout-child"
+    pred = pd.read_csv(client.download_artifacts(child.info.run_id, "evaluation/predictions.csv", str(dst)))
+    assert set(pred.loc[pred["split"] == "test", "material_id"]) == set(ids)
+    assert set(pred.loc[pred["split"] == "val", "material_id"]) <= seen
+    base = pd.read_csv(client.download_artifacts(child.info.run_id, "evaluation/baseline_predictions.csv", str(dst)))
+    assert set(base["material_id"]) == set(ids) and set(base["1nn_neighbour"]) <= seen
+
+    # what `evaluate --run-id` rebuilds from the child's params: the same hold-out test set, the same training
+    cfg = load_pipeline(ROOT / "pipelines/paper-grouped.yaml", parse_overrides(CURVE))
+    split = runs.split_config_from_params(child.data.params, cfg.split)
+    assert split.holdout is not None and (split.holdout.ids, split.holdout.use) == (str(path), "test")
+    rebuilt = road.from_labels(cfg, open_store(), record["render"]["render_labels_key"], None, split, 0).splits
+    assert sorted(set(rebuilt.test["material_id"])) == sorted(ids)
+    assert set(rebuilt.train["material_id"]) | set(rebuilt.val["material_id"]) == seen
+    assert int(child.data.params["split.n_images_test"]) == len(rebuilt.test)
 
 
 def _check_rerun_skips_the_point(args: list[str], out: Path, client: MlflowClient, experiment: str) -> None:
