@@ -3,17 +3,20 @@
 Reads ``space-formula/merged.json`` (the whole Li-Mn-Ni-O space on folds grouped by reduced formula, one part per
 training seed merged by ``seed_record.py``: seed-averaged pooled scores per structure, the image model's interval and
 std over seeds, paired differences; its dates and hardware from its parts, the seeds not run yet from the
-``seed_record.py merge --seeds`` line of ``space-formula.cmd``), ``space-grouped.json`` (the same space on folds
-grouped by material id, one seed: pooled out-of-fold scores with intervals and paired differences) and
-``paper-grouped.json`` (the 62 quaternaries alone: mean ± sample std over folds), with the ``.cmd`` beside the last
-two (the run's date is the first dated comment above its command; the image size comes from the pipeline and
-``--set`` options of its ``crystalvision pipeline run`` line), and writes two blocks of README.md: the "honest
-number" bullet (between the ``readme-headline`` markers: the quaternaries, the formula-grouped space, and whether
-material-id grouping gave the image model about the same, i.e. a value inside the formula record's interval) and the
-headline table of ``space-grouped.json`` and ``paper-grouped.json`` with the image model's paired differences from
-each baseline (between the ``readme-results`` markers). Every claim in them (which model beats which, with an
-interval clear of zero; which baseline is the strongest and where it leads) is computed from the records. The keys
-and the marker rewriting are ``space_table.py``'s.
+``seed_record.py merge --seeds`` line of ``space-formula.cmd`` and its image size and views from that file's
+``crystalvision pipeline run`` line), ``space-grouped.json`` (the same space on folds grouped by material id, one
+seed: pooled out-of-fold scores with intervals and paired differences) and ``paper-grouped.json`` (the 62
+quaternaries alone: mean ± sample std over folds), with the ``.cmd`` beside the last two (the run's date is the first
+dated comment above its command; the image size and grouping come from the pipeline and ``--set`` options of its
+``crystalvision pipeline run`` line), and writes two blocks of README.md: the "honest number" bullet (between the
+``readme-headline`` markers: the quaternaries, the formula-grouped space, and whether material-id grouping gave the
+image model about the same, i.e. a value inside the formula record's interval) and, between the ``readme-results``
+markers, the headline table (the formula-grouped record first, then the material-id and quaternary ones, each block
+naming its grouping and seeds), the formula record's paired differences on crystal system and the verdict on the
+image model (against the trees on every head, the majority class on the class heads, the 1-NN lookup on crystal
+system, and its band-gap R² against 0.5). Every claim in them (which model beats which, with an interval clear of
+zero; which baseline is the strongest and where it leads) is computed from the records. The keys and the marker
+rewriting are ``space_table.py``'s.
 
 Usage: ``python docs/study/readme_headline.py [docs/study/records] [--readme README.md]`` (without ``--readme`` it
 prints both blocks).
@@ -29,6 +32,10 @@ import shlex
 from itertools import takewhile
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from crystalvision.core.config import PipelineConfig
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -36,6 +43,7 @@ SPACE, QUATERNARIES = "space-grouped.json", "paper-grouped.json"
 FORMULA = "space-formula/merged.json"  # the strictest grouping, one part per training seed
 HEADS = [("crystal_system", "acc", "acc crystal system"), ("spacegroup", "acc", "acc space group"),
          ("band_gap", "r2", "R² band gap")]  # fmt: skip
+GROUPS = {"formula": "reduced formula", "material": "material id", "structure_cluster": "structure cluster"}
 WORDS = {"crystal_system": "crystal system", "spacegroup": "space group", "band_gap": "band gap"}
 # where a k-fold record keeps each method's per-fold mean and std (the image model: per structure)
 FOLD_KEYS = {"model": "test_struct", "tabular": "baseline_tabular", "cgcnn": "cgcnn_test", "1nn": "baseline_1nn",
@@ -60,31 +68,44 @@ def shown(path: Path) -> str:
     return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.as_posix()
 
 
-def run_info(record_path: Path, record: dict) -> dict[str, str]:
-    """The run's date, image size and views, from the record and its ``.cmd``."""
+def pipeline_config(cmd: Path) -> PipelineConfig:
+    """The config of the first ``crystalvision pipeline run`` line of ``cmd``: the pipeline file and its ``--set``s."""
     from crystalvision.core.pipeline_file import load_pipeline, parse_overrides
 
-    lines = record_path.with_suffix(".cmd").read_text().replace("\\\n", " ").splitlines()
+    lines = cmd.read_text().replace("\\\n", " ").splitlines()
+    words = shlex.split(next(x for x in lines if "crystalvision pipeline run " in x and not x.startswith("#")))
+    run = words[words.index("crystalvision") :]  # after a ``nice -n 10``
+    sets = [run[i + 1] for i, w in enumerate(run[:-1]) if w == "--set"]
+    return load_pipeline(ROOT / run[3], parse_overrides(sets))
+
+
+def run_info(record_path: Path, record: dict) -> dict[str, str]:
+    """The run's date, image size, views and grouping, from the record and its ``.cmd``."""
+    cmd = record_path.with_suffix(".cmd")
+    lines = cmd.read_text().replace("\\\n", " ").splitlines()
     first = next(i for i, line in enumerate(lines) if line.strip() and not line.startswith("#"))
     dates = [m.group(1) for line in lines[:first] if (m := re.match(r"#\s*(\d{4}-\d{2}-\d{2})", line))]
     if not dates:
-        raise SystemExit(f"{record_path.with_suffix('.cmd')}: no dated comment above its command")
-    run = shlex.split(next(x for x in lines if x.startswith("crystalvision pipeline run ")))
-    sets = [run[i + 1] for i, w in enumerate(run[:-1]) if w == "--set"]
-    cfg = load_pipeline(ROOT / run[3], parse_overrides(sets))
+        raise SystemExit(f"{cmd}: no dated comment above its command")
+    cfg = pipeline_config(cmd)
     views = record["render"]["render_n_images"] / record["n_structures"]
-    return {"date": dates[0], "px": f"{cfg.render.image_size}", "views": f"{views:.0f}"}
+    return {"date": dates[0], "px": f"{cfg.render.image_size}", "views": f"{views:.0f}",
+            "grouped": GROUPS[cfg.split.group_by]}  # fmt: skip
+
+
+def baseline_meta(record: dict) -> dict:
+    """How the record's baselines were made (a run's ``pooled.baselines``, a seed-merged record's ``baselines``)."""
+    return record.get("pooled", {}).get("baselines") or record.get("baselines", {})
 
 
 def trees(record: dict) -> str:
     """The tabular baseline's estimator as the record names it (``random forest``)."""
-    baselines = record.get("pooled", {}).get("baselines", {})
-    return baselines.get("tabular", {}).get("estimator", "random_forest").replace("_", " ")
+    return baseline_meta(record).get("tabular", {}).get("estimator", "random_forest").replace("_", " ")
 
 
 def labels(record: dict) -> dict[str, str]:
     """Each method's name in README, with the trees' estimator and CGCNN's size as the record gives them."""
-    metrics, baselines = record["metrics"], record.get("pooled", {}).get("baselines", {})
+    metrics, baselines = record["metrics"], baseline_meta(record)
     cgcnn = st.cgcnn_label(metrics).removeprefix("CGCNN ")
     stop = ", early stopping" if baselines.get("cgcnn", {}).get("patience") else ""
     return {"model": "image model", "tabular": f"trees: {trees(record)} on composition + primitive cell",
@@ -168,12 +189,19 @@ def model_cell(metrics: dict, h: str, metric: str) -> str:
     return text + (f" ± {std:.2f}" if std is not None and metrics.get("pooled_n_seeds", 1) > 1 else "")
 
 
-def paired(metrics: dict, p: str, name: str) -> str:
-    """Whether the image model beats baseline ``p`` on crystal system: its paired difference's interval decides."""
-    key = f"pooled_diff_model_vs_{p}_acc_crystal_system"
+def diff(metrics: dict, p: str, metric: str = "acc", h: str = "crystal_system") -> tuple[str, str]:
+    """The image model against baseline ``p`` on a head, paired over structures: ``beats`` / ``trails`` where the
+    difference's 95 % interval is clear of zero, else ``is level with``; and ``+0.10 [+0.06, +0.13]``."""
+    key = f"pooled_diff_model_vs_{p}_{metric}_{h}"
     d, lo, hi = metrics[key], metrics[f"{key}_lo"], metrics[f"{key}_hi"]
     verb = "beats" if lo > 0 else "trails" if hi < 0 else "is level with"
-    return f"{verb} {name} ({d:+.2f} [{lo:+.2f}, {hi:+.2f}])"
+    return verb, f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def paired(metrics: dict, p: str, name: str) -> str:
+    """Whether the image model beats baseline ``p`` on crystal system: its paired difference's interval decides."""
+    verb, text = diff(metrics, p)
+    return f"{verb} {name} ({text})"
 
 
 def space_sentence(record: dict, path: str, info: dict[str, str]) -> str:
@@ -202,7 +230,7 @@ def space_sentence(record: dict, path: str, info: dict[str, str]) -> str:
     tail = ", which also leads on " + listing(leads) if leads else ""
     if trails:
         tail += (" and" if leads else ", which") + " trails " + listing(trails)
-    grouped = {"formula": "reduced formula", "material": "material id"}.get(record.get("group_by"), "structure")
+    grouped = GROUPS.get(record.get("group_by"), "structure")
     return (
         f"On the whole Li-Mn-Ni-O space ({record['n_structures']} structures; folds grouped by {grouped}, "
         f"{seed_words(record, info['missing'])}; `{path}`, {info['date']}, {info['hardware']}) the image model reaches "
@@ -258,46 +286,85 @@ def wrap(text: str, indent: str, width: int = 117) -> str:
 
 
 def results(records: Path) -> str:
-    """README's "Headline results": one table, each method per record, then the image model's paired differences
-    from each baseline on crystal system."""
-    space, quat = (json.loads((records / name).read_text()) for name in (SPACE, QUATERNARIES))
-    sm, qm = space["metrics"], quat["metrics"]
+    """README's "Headline results": one table (the formula-grouped space, the same space grouped by material id,
+    the 62 quaternaries), the formula-grouped image model's paired differences on crystal system, and the verdict."""
+    strict, space, quat = (json.loads((records / name).read_text()) for name in (FORMULA, SPACE, QUATERNARIES))
+    fm, sm, qm = strict["metrics"], space["metrics"], quat["metrics"]
+    cmd = (records / FORMULA).parent.with_suffix(".cmd")
+    info, cfg = formula_info(strict, cmd), pipeline_config(cmd)
     si, qi = run_info(records / SPACE, space), run_info(records / QUATERNARIES, quat)
-    head = (
-        "Pooled out-of-fold scores (each structure predicted once by a model that never saw it), grouped "
-        f"{sm['n_folds']:.0f}-fold, {seeds(sm)}, per structure. Band gap and e_hull are surrogate labels; the band "
-        "gaps are a pretrained CGCNN's predictions, which favours CGCNN on that head."
+    grouped, n = GROUPS[strict["group_by"]], strict["n_structures"]
+    same = all(
+        round(fm.get(f"pooled_{p}_{metric}_{h}_seed_std", 0.0), 2) == 0 for p in ORDER[1:] for h, metric, _ in HEADS
     )
+    head = (
+        "Scores per structure. The Li-Mn-Ni-O space pooled out of fold (each structure predicted once by a model that "
+        f"never saw it): on {fm['n_folds']:.0f} folds grouped by {grouped}, {seed_words(strict, info['missing'])} "
+        "(the image model: mean over seeds, 95 % interval over structures ± sample std over seeds; "
+        f"{'the baselines score the same with every seed' if same else 'a baseline: ± where its seeds differ'}), "
+        f"and on {sm['n_folds']:.0f} folds grouped by {si['grouped']}, {seeds(sm)} (95 % interval). The "
+        f"{quat['n_structures']} quaternaries: {qm['n_folds']:.0f} folds grouped by {qi['grouped']}, {seeds(qm)}, mean "
+        "± sample std over folds. Band gap and e_hull are surrogate labels; the band gaps are a pretrained CGCNN's "
+        "predictions, which favours CGCNN on that head."
+    )
+    blocks = [
+        (f"{n}, Li-Mn-Ni-O space, grouped by {grouped}, {seeds(fm)} (`{FORMULA}`, {info['date']}, "
+         f"{cfg.render.image_size} px, {cfg.render.views_per_structure} views)", strict,
+         lambda p, metric, h: model_cell(fm, h, metric) if p == "model"
+         else st.value_cell(fm, f"pooled_{p}_{metric}_{h}", spread=True)),
+        (f"{space['n_structures']}, Li-Mn-Ni-O space, grouped by {si['grouped']}, {seeds(sm)} (`{SPACE}`, "
+         f"{si['date']}, {si['px']} px, {si['views']} views)", space,
+         lambda p, metric, h: pooled_cell(sm, p, metric, h)),
+        (f"{quat['n_structures']} quaternaries, grouped by {qi['grouped']}, {seeds(qm)} (`{QUATERNARIES}`, "
+         f"{qi['date']}, {qi['px']} px, {qi['views']} views)", quat,
+         lambda p, metric, h: f"{c[0]:.2f} ± {c[1]:.2f}" if (c := folds(qm, p, metric, h)) else ""),
+    ]  # fmt: skip
     lines = [
         "| structures (record) | method | " + " | ".join(t for *_, t in HEADS) + " |",
         "|---|---|" + "---|" * len(HEADS),
     ]
-    scope = f"{space['n_structures']}, Li-Mn-Ni-O space (`{SPACE}`, {si['date']}, {si['px']} px, {si['views']} views)"
-    for p, label in labels(space).items():
-        cells = [pooled_cell(sm, p, metric, h) for h, metric, _ in HEADS]
-        if any(cells):
-            lines.append(row(scope, label, cells))
-            scope = ""
-    scope = (
-        f"{quat['n_structures']} quaternaries (`{QUATERNARIES}`, {qi['date']}, {qi['px']} px, {qi['views']} views; "
-        f"mean ± sample std over {qm['n_folds']:.0f} folds)"
-    )
-    for p, label in labels(quat).items():
-        cells = [f"{c[0]:.2f} ± {c[1]:.2f}" if (c := folds(qm, p, metric, h)) else "" for h, metric, _ in HEADS]
-        if any(cells):
-            lines.append(row(scope, label, cells))
-            scope = ""
+    for scope, record, cell in blocks:
+        for p, label in labels(record).items():
+            if any(cells := [cell(p, metric, h) for h, metric, _ in HEADS]):
+                lines.append(row(scope, label, cells))
+                scope = ""
     names = {"tabular": "trees", "cgcnn": "CGCNN", "1nn": "1-NN", "dummy": "majority class"}
-    diffs = []
-    for p, name in names.items():
-        key = f"pooled_diff_model_vs_{p}_acc_crystal_system"
-        if key in sm:
-            diffs.append(f"{name} {sm[key]:+.2f} [{sm[key + '_lo']:+.2f}, {sm[key + '_hi']:+.2f}]")
+    diffs = [
+        f"{name} {diff(fm, p)[1]}" for p, name in names.items() if f"pooled_diff_model_vs_{p}_acc_crystal_system" in fm
+    ]
     tail = (
-        f"Image model minus each baseline on crystal-system accuracy over the {space['n_structures']} structures, "
-        f"paired over structures (95 % interval): {', '.join(diffs)}."
+        f"Image model minus each baseline on crystal-system accuracy, folds grouped by {grouped}, mean over "
+        f"{seeds(fm)}, paired over the {n} structures (95 % interval): {', '.join(diffs)}."
     )
-    return "\n\n".join([wrap(head, indent=""), "\n".join(lines), wrap(tail, indent="")]) + "\n"
+    text = [wrap(head, indent=""), "\n".join(lines), wrap(tail, indent=""), wrap(verdict(strict), indent="")]
+    return "\n\n".join(text) + "\n"
+
+
+def verdict(record: dict) -> str:
+    """Whether the image model of a seed-merged record is worth shipping: against the trees on every head, the
+    majority class on the class heads and the 1-NN lookup on crystal system (the paired intervals decide), and its
+    band-gap R² against the 0.5 a useful model needs (its interval decides)."""
+    m, said, behind = record["metrics"], [], False
+    for p, name, heads in (("tabular", "the trees", HEADS), ("dummy", "the majority class", HEADS[:2]),
+                           ("1nn", "the 1-NN lookup", HEADS[:1])):  # fmt: skip
+        verbs: dict[str, list[str]] = {}
+        for h, metric, _ in heads:
+            if f"pooled_diff_model_vs_{p}_{metric}_{h}" in m:
+                verb, text = diff(m, p, metric, h)
+                verbs.setdefault(verb, []).append(f"{WORDS[h]} ({'R² ' if metric == 'r2' else ''}{text})")
+        behind |= "trails" in verbs
+        said += [f"{verb} {name} on {listing(items)}" for verb, items in verbs.items()]
+    lo, hi = m["pooled_model_r2_band_gap_lo"], m["pooled_model_r2_band_gap_hi"]
+    where = "below" if hi < 0.5 else "above" if lo > 0.5 else "not clear of"
+    ready = not behind and lo > 0.5
+    lead = "holds its own against these baselines" if ready else "is not yet a model worth shipping"
+    ships = "no reference model ships with the package yet" if ready else "so no reference model ships with the package"
+    return (
+        f"**The image model {lead}**: on folds grouped by {GROUPS[record['group_by']]} ({seeds(m)}, paired over "
+        f"structures, 95 % intervals) it {listing(said)}; its band-gap R² ({model_cell(m, 'band_gap', 'r2')}) is "
+        f"{where} the 0.5 a useful model needs, {ships}; `space.yaml` registers one whose card carries its own "
+        "measured generalisation ([where it stands](docs/study.md#where-the-image-model-stands))."
+    )
 
 
 def row(scope: str, label: str, cells: list[str]) -> str:

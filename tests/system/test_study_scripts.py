@@ -131,6 +131,14 @@ def test_readme_headline_is_regenerated_from_the_records() -> None:
     bullet = " ".join(readme.split("readme-headline:start -->")[1].split("<!-- readme-headline:end")[0].split())
     assert f"`docs/study/records/{hl.FORMULA}`" in bullet and "folds grouped by reduced formula" in bullet
     assert f"{len(merged['seeds'])} training seeds" in bullet
+    # the table leads with the formula-grouped record: its seed count and its seed-averaged image model
+    block = readme.split("readme-results:start -->")[1].split("<!-- readme-results:end")[0]
+    first = block.split("|---|---|---|---|---|\n")[1].splitlines()[0]
+    m = merged["metrics"]
+    model = f"{m['pooled_model_acc_crystal_system']:.2f} [{m['pooled_model_acc_crystal_system_lo']:.2f}, "
+    assert f"grouped by reduced formula, {len(merged['seeds'])} seeds (`{hl.FORMULA}`" in first and model in first
+    assert "grouped by material id, one seed (`space-grouped.json`" in block
+    assert f"grouped by reduced formula, {len(merged['seeds'])} training seeds" in " ".join(block.split())
 
 
 def test_readme_headline_says_what_the_records_say(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -145,12 +153,15 @@ def test_readme_headline_says_what_the_records_say(tmp_path: Path, capsys: pytes
             shutil.copy(path, tmp_path / path.relative_to(RECORDS))
     flat = " ".join(hl.headline(tmp_path).split()).replace(f"{tmp_path.as_posix()}/", "docs/study/records/")
     assert flat == " ".join(hl.headline(RECORDS).split())  # the copies say what the records say
+    assert hl.results(tmp_path) == hl.results(RECORDS)
     merged = json.loads((tmp_path / hl.FORMULA).read_text())
     m = merged["metrics"]
     m["pooled_cgcnn_acc_crystal_system"] = 0.9  # CGCNN now the strongest on crystal system
     m |= {"pooled_model_acc_crystal_system": 0.41, "pooled_model_acc_crystal_system_lo": 0.38,
           "pooled_model_acc_crystal_system_hi": 0.44, "pooled_model_acc_crystal_system_seed_std": 0.031,
-          "pooled_diff_model_vs_dummy_acc_crystal_system_lo": -0.01}  # fmt: skip
+          "pooled_diff_model_vs_dummy_acc_crystal_system_lo": -0.01,
+          "pooled_diff_model_vs_1nn_acc_crystal_system_hi": 0.02,  # the image model now level with the 1-NN
+          "pooled_tabular_acc_spacegroup_seed_std": 0.02}  # fmt: skip
     merged["seeds"], m["pooled_n_seeds"] = [0, 1, 2], 3.0  # every planned seed merged
     (tmp_path / hl.FORMULA).write_text(json.dumps(merged))
     space = json.loads((tmp_path / hl.SPACE).read_text())
@@ -173,10 +184,31 @@ def test_readme_headline_says_what_the_records_say(tmp_path: Path, capsys: pytes
     assert "gave it higher on crystal system (0.46), space group (0.32) and band gap (R² 0.07)." in flat
     assert "| | CGCNN graph network (3 x 64, early stopping) | 0.90 | 0.28 | 0.54 |" in text
     assert "| | CGCNN graph network (2 x 32) | 0.44 ± 0.07 |" in text and "(95 % interval): trees -0.37" in flat
+    # the table's formula block and what follows it: the changed merged record
+    first = "| 883, Li-Mn-Ni-O space, grouped by reduced formula, 3 seeds (`space-formula/merged.json`, 2026-12-07, "
+    assert first + "64 px, 8 views) | image model | 0.41 [0.38, 0.44] ± 0.03 | 0.28 [0.25, 0.31] ± 0.02 |" in text
+    assert "| | CGCNN graph network (3 x 64, early stopping) | 0.90 | 0.27 | -6.01 |" in text
+    assert "| | trees: random forest on composition + primitive cell | 0.82 | 0.56 ± 0.02 | 0.17 |" in text
+    assert "grouped by reduced formula, 3 training seeds (the image model" in flat
+    assert "a baseline: ± where its seeds differ" in flat and "score the same with every seed" not in flat
+    assert (
+        "mean over 3 seeds, paired over the 883 structures" in flat and "majority class +0.10 [-0.01, +0.13]." in flat
+    )
+    assert (
+        "is level with the majority class on crystal system (+0.10 [-0.01, +0.13]) and space group (+0.02 [-0.00, "
+        "+0.04]) and is level with the 1-NN lookup on crystal system (-0.04 [-0.08, +0.02]);" in flat
+    )
+    assert "**The image model is not yet a model worth shipping**" in flat  # it still trails the trees
+    ahead = m | {k: 0.01 for k in m if k.startswith("pooled_diff_model_vs_") and k.endswith("_lo")}
+    ahead |= {"pooled_model_r2_band_gap_lo": 0.6, "pooled_model_r2_band_gap_hi": 0.7}  # beats all, clear of 0.5
+    ready = " ".join(hl.verdict(merged | {"metrics": ahead}).split())
+    assert "**The image model holds its own against these baselines**" in ready and "trails" not in ready
+    assert "is above the 0.5 a useful model needs, no reference model ships with the package yet" in ready
     merged["seeds"] = [0, 1]  # seed 2 not merged: the .cmd's merge line plans it
     (tmp_path / hl.FORMULA).write_text(json.dumps(merged))
     assert "3 training seeds" not in hl.headline(tmp_path)
     assert "2 training seeds, seed 2 not run yet;" in " ".join(hl.headline(tmp_path).split())
+    assert "2 training seeds, seed 2 not run yet (the image model" in " ".join(hl.results(tmp_path).split())
     page = tmp_path / "README.md"
     page.write_text("a\n<!-- readme-headline:start -->\nx\n<!-- readme-headline:end -->\nb\n"
                     "<!-- readme-results:start -->\ny\n<!-- readme-results:end -->\n")  # fmt: skip
