@@ -79,6 +79,7 @@ def test_select_picks_by_validation_only(tmp_path: Path, capsys: pytest.CaptureF
     sel.main(copies)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
     assert sum(line.endswith("| yes |") for line in rows) == 1
+    assert "val acc system (per image)" in rows[0] and "test acc system (per structure)" in rows[0]
     # a much better test score does not change the pick: the rule reads validation metrics only
     loser = next(p for p in copies if p not in {c for c, r in zip(copies, rows[1:], strict=True) if "yes" in r})
     data = json.loads(Path(loser).read_text())
@@ -97,6 +98,8 @@ def test_compare_table_rows_from_kfold_records(tmp_path: Path) -> None:
     assert f"{m['val_acc_crystal_system_mean']:.3f} ± {m['val_acc_crystal_system_std']:.3f}" in text
     assert f"{m['best_epoch_mean'] + 1:.1f} / {m['epochs_trained_mean']:.1f}" in text  # best epoch counted from 1
     assert text.count("\n| a |") == 1 and text.count("\n| b |") == 1
+    assert text.startswith("Validation columns: per image") and "Out-of-fold columns: per structure" in text
+    assert ct.unit("val_struct_acc_spacegroup") == "per structure" and ct.unit("test_r2_band_gap") == "per image"
     page = tmp_path / "page.md"
     page.write_text("x\n<!-- radii-table:start -->\nold\n<!-- radii-table:end -->\ny\n")
     ct.write_between(page, "radii-table", text)
@@ -328,6 +331,7 @@ def test_curve_difference_tables_name_their_training_size() -> None:
     for point in record["points"]:
         assert f"| image model minus ({st.size_label(point)} training structures per fold) |" in text
     assert "| image model minus |" not in text
+    assert "per structure, pooled out of fold" in text.splitlines()[0]
 
 
 def _seed_part(seed: int, n: int = 40) -> tuple[pd.DataFrame, dict]:
