@@ -135,7 +135,7 @@ def _check_holdout_test_run(client: MlflowClient, tmp_path: Path) -> None:
     record = _json(result.stdout)
     digest = json.loads(path.read_text())["sha256"]
     assert record["holdout"] == {"file": str(path), "sha256": digest, "use": "test", "n_ids": len(ids),
-                                 "n_left_out_of_selection": 0}  # fmt: skip
+                                 "n_left_out_of_selection": 0, "n_tested": len(ids)}  # fmt: skip
     assert record["n_structures"] == N_CURVE and record["pooled"]["seeds"] == [1]
     metrics = record["metrics"]
     assert (metrics["n_folds"], metrics["n_seeds"], metrics["pooled_n_structures"]) == (1, 1, len(ids))
@@ -150,6 +150,10 @@ def _check_holdout_test_run(client: MlflowClient, tmp_path: Path) -> None:
     oof = pd.read_parquet(client.download_artifacts(record["run_id"], "evaluation/oof_predictions.parquet",
                                                     str(tmp_path / "holdout-oof")))  # fmt: skip
     assert sorted(oof["material_id"]) == sorted(ids) and set(oof["fold"]) == {0} and set(oof["seed"]) == {1}
+    report = Path(client.download_artifacts(record["run_id"], "evaluation/folds_report.html", str(tmp_path / "hr")))
+    text = report.read_text()
+    assert f"hold-out test: {path} ({len(ids)} of its {len(ids)} ids tested, 1 training seed)" in text
+    assert "k-fold evaluation" not in text and "<td>hold-out, seed 1</td>" in text
     mean_gap = structure_table(labels[labels["material_id"].isin(seen)])["band_gap"].mean()
     assert oof["dummy__band_gap"].to_numpy() == pytest.approx(mean_gap, abs=1e-9)  # fit on exactly `seen`
 

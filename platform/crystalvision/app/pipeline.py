@@ -53,7 +53,7 @@ class PipelineResult:
     label_source: str | None = None
     pooled: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)  # track.recipe: what a model card's record must share
-    holdout: dict[str, Any] = field(default_factory=dict)  # split.holdout: file, sha256, use, ids; left out
+    holdout: dict[str, Any] = field(default_factory=dict)  # split.holdout: file, sha256, use, n_ids, n_tested...
     oof_table: Any = None  # k-fold: the pooled per-structure prediction table (pandas), not in the summary
 
     @contextmanager
@@ -265,7 +265,9 @@ def _run_folds(prepared: Prepared, stages: list[str], result: PipelineResult) ->
             result.pooled = {"seeds": seeds, "bootstrap": "paired over structures; seed-averaged metric per resample",
                              "group_by": cfg.split.group_by, "baselines": baselines_described(ecfg),
                              "metrics": summary}  # fmt: skip
-        _log_folds_summary(prepared, per_fold, aggregated, described, pooled, result.pooled)
+        if result.holdout.get("use") == "test" and described:  # the hold-out ids the renderer kept, tested
+            result.holdout["n_tested"] = described[0]["n_structures_test"]
+        _log_folds_summary(prepared, per_fold, aggregated, described, pooled, result.pooled, result.holdout)
     if "register" in stages and cfg.registry.enabled:
         log.info(KFOLD_REGISTRY_NOTE)
         result.registry = {"registered": False, "reason": KFOLD_REGISTRY_NOTE}
@@ -321,9 +323,11 @@ def _log_folds_summary(
     folds: list[dict],
     table: Any = None,
     pooled: dict[str, Any] | None = None,
+    holdout: dict[str, Any] | None = None,
 ) -> None:
     """Pooled and mean ± std metrics, per-fold table, the pooled prediction table (``oof_predictions.parquet`` /
-    ``.csv``) and ``evaluation/folds_report.html`` into the active (parent) run."""
+    ``.csv``) and ``evaluation/folds_report.html`` (worded for the hold-out with ``holdout``'s ``use: test``) into
+    the active (parent) run."""
     import tempfile
     from pathlib import Path
 
@@ -346,5 +350,6 @@ def _log_folds_summary(
             folds=folds,
             label_source=label_sources(prepared.splits, prepared.spec),
             pooled=pooled.get("metrics", {}),
+            holdout=holdout,
         )
         mlflow.log_artifacts(str(out), artifact_path="evaluation")

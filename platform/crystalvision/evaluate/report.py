@@ -174,8 +174,14 @@ def write_report(
     return path
 
 
-def folds_table(per_fold: Sequence[Mapping[str, float]], aggregated: Mapping[str, float]) -> str:
-    """Rows = model levels and baselines, columns = the comparison metrics, cells = mean ± std over folds."""
+def folds_table(
+    per_fold: Sequence[Mapping[str, float]],
+    aggregated: Mapping[str, float],
+    labels: Sequence[str] | None = None,
+    over: str = "folds",
+) -> str:
+    """Rows = model levels and baselines, columns = the comparison metrics, cells = mean ± std ``over`` the child runs
+    (folds, fold x seed runs or seeds); then one row per child run, named by ``labels`` (default ``fold i``)."""
     from crystalvision.data import mean_std_text
 
     rows = [["study (KAIST, image split, DFT labels)"] + [STUDY.get(h, "") for h, _ in COLUMNS]]
@@ -185,11 +191,51 @@ def folds_table(per_fold: Sequence[Mapping[str, float]], aggregated: Mapping[str
         cells = [mean_std_text(aggregated, f"{prefix}_{name}") for _, name in COLUMNS]
         if any(c != "n/a" for c in cells):
             rows.append([label, *[c if c != "n/a" else "" for c in cells]])
-    per = [[f"fold {i}", *[m.get(f"test_{name}", "") for _, name in COLUMNS]] for i, m in enumerate(per_fold)]
+    names = list(labels) if labels is not None else [f"fold {i}" for i in range(len(per_fold))]
+    per = [[n, *[m.get(f"test_{name}", "") for _, name in COLUMNS]] for n, m in zip(names, per_fold, strict=True)]
     return (
-        _table(["mean ± std over folds", *[h for h, _ in COLUMNS]], rows)
-        + "<h3>Per fold (model, per image)</h3>"
+        _table([f"mean ± std over {over}", *[h for h, _ in COLUMNS]], rows)
+        + f"<h3>Per {'seed' if over == 'seeds' else 'child run'} (model, per image)</h3>"
         + _table(["", *[h for h, _ in COLUMNS]], per)
+    )
+
+
+def run_labels(folds: Sequence[Mapping[str, Any]], on_holdout: bool = False) -> list[str]:
+    """A name per child run (``folds``: each run's description, with ``fold`` and ``seed``): ``fold i, seed s``
+    (``fold i`` with one seed); on the hold-out, ``seed s``."""
+    seeds = {f.get("seed") for f in folds}
+    if on_holdout:
+        return [f"hold-out, seed {f.get('seed', '')}" for f in folds]
+    return [f"fold {f.get('fold', i)}" + (f", seed {f.get('seed')}" if len(seeds) > 1 else "")
+            for i, f in enumerate(folds)]  # fmt: skip
+
+
+def _heading(folds: Sequence[Mapping[str, Any]], aggregated: Mapping[str, float], holdout: Mapping[str, Any]) -> str:
+    """The report's title and what its test set is: the k folds, or the one hold-out (``split.holdout.use: test``)."""
+    seeds = sorted({f.get("seed") for f in folds}, key=str)
+    score = html.escape(_mean_std(aggregated, "test_score"))
+    if holdout.get("use") == "test":
+        name = html.escape(str(holdout.get("file", "")))
+        tested, n_ids = holdout.get("n_tested"), holdout.get("n_ids")
+        count = f"{n_ids} ids" if tested is None else f"{tested} of its {n_ids} ids tested"
+        return (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>crystalvision hold-out test</title>"
+            f"<style>{CSS}</style></head><body><h1>crystalvision hold-out test: {name} ({count}, "
+            f"{len(seeds)} training seed{'s' if len(seeds) != 1 else ''})</h1>"
+            f"<p>One fixed test set: the hold-out {name} ({count}, sha256 "
+            f"{html.escape(str(holdout.get('sha256', ''))[:12])}), training + validation carved from the other "
+            "structures (no structure of a hold-out formula among them). One row per training seed; test_score, "
+            f"mean ± std over seeds: <b>{score}</b> (std: the sample std over seeds).</p>"
+        )
+    n_folds = len({f.get("fold") for f in folds}) or len(folds)
+    runs = f", {len(seeds)} seeds" if len(seeds) > 1 else ""
+    over = "the fold x seed runs" if len(seeds) > 1 else "folds"
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>crystalvision k-fold evaluation</title>"
+        f"<style>{CSS}</style></head><body><h1>crystalvision k-fold evaluation ({n_folds} folds{runs})</h1>"
+        f"<p>test_score, mean ± std over {over}: <b>{score}</b>. Every structure (grouped folds) is in exactly one "
+        f"test fold; std is the sample std over {over}; metrics undefined on a fold (e.g. R² of one test structure) "
+        "are left out of that metric's mean.</p>"
     )
 
 
@@ -201,37 +247,39 @@ def write_folds_report(
     folds: Sequence[Mapping[str, Any]],
     label_source: Mapping[str, str],
     pooled: Mapping[str, float] | None = None,
+    holdout: Mapping[str, Any] | None = None,
 ) -> Path:
     """``folds_report.html`` of a k-fold parent run: pooled out-of-fold metrics and paired comparisons (``pooled``,
-    from ``oof.summarise``), mean ± std table, per-fold rows, fold sizes, unseen classes and ceilings.
+    from ``oof.summarise``), mean ± std table, per-run rows (fold and seed), fold sizes, unseen classes and ceilings.
+    ``holdout`` (the record's, :func:`~crystalvision.data.describe_holdout`): with ``use: test`` the report names the
+    hold-out file, its size and sha256 as the one test set instead of k folds.
 
     Each fold's child run holds its full evaluation report (leakage section, figures, classification reports).
     """
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>crystalvision k-fold evaluation</title>"
-        f"<style>{CSS}</style></head><body><h1>crystalvision k-fold evaluation ({len(per_fold)} folds)</h1>"
-    ]
+    holdout = holdout or {}
+    on_holdout = holdout.get("use") == "test"
+    labels = run_labels(folds, on_holdout) if len(folds) == len(per_fold) else None
+    seeds = {f.get("seed") for f in folds}
+    over = "seeds" if on_holdout else "the fold x seed runs" if len(seeds) > 1 else "folds"
+    parts = [_heading(folds, aggregated, holdout)]
     if is_surrogate(label_source):
         parts.append("<div class='note'><b>Surrogate labels.</b> See label sources; not the study's DFT values.</div>")
-    parts.append(
-        f"<p>test_score, mean ± std over folds: <b>{html.escape(_mean_std(aggregated, 'test_score'))}</b>. "
-        "Every structure (grouped folds) is in exactly one test fold; std is the sample std over folds; "
-        "metrics undefined on a fold (e.g. R² of one test structure) are left out of that metric's mean.</p>"
-    )
     if pooled:
-        parts.append(pooled_section(pooled))
-    parts.append("<h2>Model and baselines (test folds)</h2>" + folds_table(per_fold, aggregated))
+        parts.append(pooled_section(pooled, on_holdout))
+    test = "the hold-out" if on_holdout else "test folds"
+    parts.append(f"<h2>Model and baselines ({test})</h2>" + folds_table(per_fold, aggregated, labels, over))
     if any(k.startswith("cgcnn_test_") for k in aggregated):
         parts.append(f"<p class='note'>{html.escape(GRAPH_NOTE)}</p>")
-    leak = [[f"fold {i}", *[m.get(k, "") for k in LEAKAGE_KEYS]] for i, m in enumerate(per_fold)]
+    names = labels or [f"fold {i}" for i in range(len(per_fold))]
+    leak = [[n, *[m.get(k, "") for k in LEAKAGE_KEYS]] for n, m in zip(names, per_fold, strict=True)]
     if any(any(c != "" for c in r[1:]) for r in leak):
         parts.append(
-            "<h2>Leakage: nearest training image (per fold)</h2><p>SSIM of each test image to its nearest training "
-            "image (each child run's report has the figure).</p>" + _table(["", *LEAKAGE_KEYS], leak)
+            "<h2>Leakage: nearest training image (per child run)</h2><p>SSIM of each test image to its nearest "
+            "training image (each child run's report has the figure).</p>" + _table(["", *LEAKAGE_KEYS], leak)
         )
-    parts.append("<h2>Folds</h2>" + _table(sorted({k for f in folds for k in f}), [
-        [f.get(k, "") for k in sorted({k for f in folds for k in f})] for f in folds
-    ]))  # fmt: skip
+    keys = sorted({k for f in folds for k in f})
+    title = "The hold-out test set and its training + validation (per seed)" if on_holdout else "Folds (per run)"
+    parts.append(f"<h2>{title}</h2>" + _table(keys, [[f.get(k, "") for k in keys] for f in folds]))
     parts.append("<h2>Label sources</h2>" + _table(["target", "source"], list(label_source.items())))
     parts.append("<h2>All aggregated metrics</h2>" + _table(["metric", "value"], sorted(aggregated.items())))
     parts.append("</body></html>")
@@ -257,14 +305,20 @@ def _predictors(pooled: Mapping[str, float], pre: str) -> list[str]:
     return sorted(found - {"diff", "ceiling"}, key=lambda p: (p != "model", p))
 
 
-def pooled_section(pooled: Mapping[str, float]) -> str:
+def pooled_section(pooled: Mapping[str, float], on_holdout: bool = False) -> str:
     """Pooled out-of-fold metrics (scored once over every test structure) per predictor and subset, and the paired
-    bootstrap intervals of the model minus each baseline."""
+    bootstrap intervals of the model minus each baseline; ``on_holdout``: worded for the one hold-out test set."""
+    head, fit = (
+        ("Pooled on the hold-out (every hold-out structure predicted once per seed, scored once)",
+         "the training + validation structures")
+        if on_holdout else
+        ("Pooled out of fold (every structure predicted once, scored once)",
+         "each fold's training + validation structures")
+    )  # fmt: skip
     parts = [
-        "<h2>Pooled out of fold (every structure predicted once, scored once)</h2><p>Per structure (model: views "
-        "averaged). Baselines are fit on each fold's training + validation structures. With several seeds, the "
-        "mean over seeds (± their sample std); differences: model minus baseline with the 95 % interval of a paired "
-        "bootstrap over structures (seed-averaged metric in each resample).</p>"
+        f"<h2>{head}</h2><p>Per structure (model: views averaged). Baselines are fit on {fit}. With several seeds, "
+        "the mean over seeds (± their sample std); differences: model minus baseline with the 95 % interval of a "
+        "paired bootstrap over structures (seed-averaged metric in each resample).</p>"
     ]
     for sub in _subsets(pooled):
         pre = f"pooled_{sub}_" if sub else "pooled_"
