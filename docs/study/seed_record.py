@@ -17,7 +17,8 @@ seed's per-structure predictions, which the record does not hold: the parent run
   page's ``space-formula-table`` markers with ``--readme``, else printed); ``--seeds`` names the seeds not run yet.
 
 Parts tested on a hold-out (``split.holdout.use: test``: one fold, the hold-out's structures) merge the same way;
-they must share the hold-out's sha256 too, and the merged record and its text name the hold-out file and sha256.
+they must share the hold-out's sha256 too (not its path), and the merged record and its text name the hold-out file
+(relative to the checkout), sha256 and the number of its ids tested.
 
 Usage: ``python docs/study/seed_record.py export docs/study/records/space-formula/seed-0.json`` then
 ``python docs/study/seed_record.py merge docs/study/records/space-formula --seeds 0 1 2 --readme docs/study.md``
@@ -55,7 +56,9 @@ MARKER = "space-formula-table"
 MERGED = "merged.json"
 RECORD_NAME = re.compile(r"^seed-(\d+)\.json$")
 SEED_SUFFIX = re.compile(r"-seed(\d+)$")
-NOT_COMPARED = {"name", "train.seed", "train.seeds"}  # what may differ between the parts of one headline
+# What may differ between the parts of one headline. The hold-out file's path too: the parts must share its sha256
+# (identity's holdout_sha256), wherever each checkout kept the file.
+NOT_COMPARED = {"name", "train.seed", "train.seeds", "split.holdout.ids"}
 TOLERANCE = 1e-9
 CARRIED = ("n_folds", "cgcnn_layers_mean", "cgcnn_atom_features_mean")  # the record's settings the tables name
 ROOT = Path(__file__).resolve().parents[2]
@@ -310,9 +313,11 @@ def split_text(n_folds: float, holdout: dict) -> str:
     """How the parts were tested: k folds, or the one hold-out (``split.holdout.use: test``) by file and sha256."""
     if holdout.get("use") != "test":
         return f"{n_folds:.0f} folds"
-    file = Path(holdout["file"])
+    file = Path(holdout["file"])  # relative to the checkout (absolute in records made before that)
     shown = file.relative_to(ROOT) if file.is_relative_to(ROOT) else file
-    return (f"test set: the hold-out {shown} ({holdout['n_ids']} ids, sha256 {holdout['sha256'][:12]}), training + "
+    tested, n_ids = holdout.get("n_tested", holdout["n_ids"]), holdout["n_ids"]
+    count = f"{n_ids} ids" if tested == n_ids else f"{tested} of its {n_ids} ids tested"
+    return (f"test set: the hold-out {shown} ({count}, sha256 {holdout['sha256'][:12]}), training + "
             "validation carved from the other structures")  # fmt: skip
 
 

@@ -240,3 +240,86 @@ def test_the_committed_holdout_is_what_its_command_makes(tmp_path, cv_home, monk
     made = json.loads(out.read_text())
     assert made["ids"] == committed["ids"] and made["sha256"] == committed["sha256"]
     assert committed["how_made"]["n_structures"] == 883 and load_holdout(ROOT / "docs/study/records/holdout.json")
+
+
+def test_a_holdout_inside_the_checkout_is_named_relative_and_read_back_from_anywhere(
+    tmp_path, selected, monkeypatch
+) -> None:
+    """Records and params name a hold-out inside the checkout relative to it (no machine's path in a committed
+    record); a run's split is rebuilt from them, its sha256 checked, whatever the working dir."""
+    import mlflow
+
+    from crystalvision.app import pipeline
+    from crystalvision.data.holdout import describe_holdout, holdout_file_path, holdout_file_text
+    from crystalvision.stages.runs import split_config_from_params
+    from crystalvision.track import tracking
+
+    committed, name = ROOT / "docs/study/records/holdout.json", "docs/study/records/holdout.json"
+    assert holdout_file_text(committed) == name and holdout_file_path(name) == committed
+    outside = tmp_path / "h.json"
+    assert holdout_file_text(outside) == str(outside) == str(holdout_file_path(outside))  # outside: absolute
+    monkeypatch.chdir(tmp_path)  # the pipeline's path resolved; the names below never depend on the working dir
+    logged, dumped = {}, {}
+    monkeypatch.setattr(tracking, "log_params_safe", logged.update)
+    monkeypatch.setattr(mlflow, "log_dict", lambda d, _name: dumped.update(d))
+    monkeypatch.setattr(mlflow, "set_tags", lambda *_a, **_k: None)
+    cfg = _cfg(committed, folds=3)
+    snap, selection = road.select_records(cfg)
+    tracking.log_pipeline_context(cfg, snap, selection)
+    assert logged["holdout.file"] == logged["cfg.split.holdout.ids"] == name == dumped["split"]["holdout"]["ids"]
+    assert describe_holdout(cfg.split)["file"] == name and pipeline._made(cfg, snap, selection).holdout["file"] == name
+    assert str(ROOT) not in str(sorted(logged.items()))
+    params = {k: str(v) for k, v in logged.items()}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert split_config_from_params(params, PipelineConfig(name="d").split) == cfg.split  # read from the checkout
+    wrong = params | {"holdout.sha256": "0" * 64}
+    with pytest.raises(ConfigError, match="the run logged 000000000000"):
+        split_config_from_params(wrong, PipelineConfig(name="d").split)
+
+
+def test_holdout_ids_the_labels_table_lacks_give_one_warning_with_both_counts(holdout_file, records, caplog) -> None:
+    """A hold-out structure the renderer rejected drops out of the test set: one WARNING says how many of the file's
+    ids are tested."""
+    held = load_holdout(holdout_file).ids
+    rejected = set(held[:2])
+    labels = _labels([r for r in records if r.material_id not in rejected])
+    with caplog.at_level(logging.WARNING, logger="crystalvision.data.holdout"):
+        split, _ = road.split_labels(labels, _cfg(holdout_file, "test").split)
+    assert set(split.test["material_id"]) == set(held) - rejected
+    found = [r for r in caplog.records if "ids are tested" in r.getMessage()]
+    lines = [r.getMessage() for r in found]
+    assert len(lines) == 1 and found[0].levelno == logging.WARNING
+    assert f"{len(held) - 2} of its {len(held)} ids are tested; 2 are not among the structures split" in lines[0]
+    assert all(mid in lines[0] for mid in rejected)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="crystalvision.data.holdout"):
+        road.split_labels(_labels(records), _cfg(holdout_file, "test").split)
+    assert not [r for r in caplog.records if "ids are tested" in r.getMessage()]  # every id tested: no warning
+
+
+def test_a_holdout_runs_record_counts_its_tested_ids_and_its_report_names_it(holdout_file, monkeypatch) -> None:
+    """The hold-out run's record holds the file's id count and the count tested (``holdout.n_ids``,
+    ``holdout.n_tested``), and its folds report gets the hold-out (no training: the child run is faked)."""
+    from contextlib import nullcontext
+
+    from crystalvision.app import pipeline
+    from crystalvision.track import tracking
+
+    cfg = _cfg(holdout_file, "test")
+    n_ids = len(load_holdout(holdout_file).ids)
+    run = SimpleNamespace(info=SimpleNamespace(run_id="parent"))
+    monkeypatch.setattr(tracking, "start_run", lambda **_k: nullcontext(run))
+    monkeypatch.setattr(tracking, "pipeline_tags", lambda *_a: {})
+    monkeypatch.setattr(tracking, "log_pipeline_context", lambda *_a: None)
+    monkeypatch.setattr(pipeline, "_seeded", lambda fold, seed: fold)
+    info = {"fold": 0, "seed": 0, "n_structures_test": n_ids - 1}
+    monkeypatch.setattr(pipeline, "_run_one_fold", lambda *_a: ({"test_score": 0.5}, info, None))
+    reported: dict = {}
+    monkeypatch.setattr(pipeline, "_log_folds_summary", lambda *a: reported.update(holdout=a[-1]))
+    prepared = SimpleNamespace(cfg=cfg, snapshot=None, selection=None, render=None, fold_inputs=lambda: [object()])
+    result = pipeline.PipelineResult(name="h", snapshot_id="s", snapshot_sha256="0", n_structures=1,
+                                     dropped_flagged=[], holdout={"use": "test", "n_ids": n_ids})  # fmt: skip
+    pipeline._run_folds(prepared, ["train"], result)
+    assert result.summary()["holdout"] == {"use": "test", "n_ids": n_ids, "n_tested": n_ids - 1}
+    assert reported["holdout"] is result.holdout

@@ -491,6 +491,14 @@ def test_seed_record_merges_holdout_parts_naming_the_holdout(tmp_path: Path) -> 
     text = sr.render(merged, "docs/study/records/space-holdout", [2])
     assert "the hold-out docs/study/records/holdout.json (40 ids" in text and "the same split in every part" in text
     assert "1 folds" not in text and "out-of-fold predictions" not in text
+    # a part run from another checkout names the file there (or relative to the checkout): the sha256 decides
+    relative = holdout | {"file": "docs/study/records/holdout.json", "n_tested": 38}
+    _holdout_part(parts, 1, relative)
+    run = json.loads((parts / "seed-1.run.json").read_text())
+    run["config"]["split"]["holdout"]["ids"] = "/elsewhere/checkout/docs/study/records/holdout.json"
+    (parts / "seed-1.run.json").write_text(json.dumps(run))
+    assert sr.merge(parts)["seeds"] == [0, 1]
+    assert "holdout.json (38 of its 40 ids tested, sha256" in sr.split_text(1.0, relative)
     record = json.loads((parts / "seed-1.json").read_text())
     (parts / "seed-1.json").write_text(json.dumps(record | {"holdout": holdout | {"sha256": "e" * 64}}))
     with pytest.raises(SystemExit, match="seed-1.json is not a part of seed-0.json's headline: holdout_sha256"):

@@ -49,10 +49,12 @@ nice -n 10 python docs/study/baseline_record.py select-graph pipelines/space-gro
 # min each: space-grouped.json's folds 1, 2 and 4 (the least shared cores) trained 8.0-10.4 min on about 565
 # structures and evaluated 2.1-3.1 min (trees, CGCNN 3 x 64, 1-NN, majority); here 7 % more training structures,
 # plus start-up. Its fold 0, on shared cores, took 45 min: the bound to expect on a busy machine. Each part's record
-# names the hold-out file and sha256 (`holdout`); seed_record.py export keeps its out-of-fold table and run file
-# (config, dates, hardware, commit) in docs/study/records/space-holdout, and merge checks that the parts differ in
-# their seed only (the hold-out included) and pools them: seed-averaged scores, each seed's, their sample std. Run
-# the three parts with one commit and one CRYSTALVISION_HOME (the MLflow store export reads).
+# names the hold-out file (relative to the checkout) and sha256 and counts the ids tested (`holdout`: n_tested of
+# n_ids; a WARNING in the log names any the renderer rejected); seed_record.py export keeps its out-of-fold table
+# and run file (config, dates, hardware, commit) in docs/study/records/space-holdout, and merge checks that the parts
+# differ in their seed only (the hold-out's sha256 included, not its path) and pools them: seed-averaged scores,
+# each seed's, their sample std. Run the three parts with one commit and one CRYSTALVISION_HOME (the MLflow store
+# export reads).
 nice -n 10 crystalvision pipeline run pipelines/space-grouped.yaml --set split.folds=null --set split.holdout.ids=docs/study/records/holdout.json --set split.holdout.use=test --set name=space-holdout-seed0 --set 'train.seeds=[0]' --json > space-holdout-seed-0.json
 python docs/study/seed_record.py export space-holdout-seed-0.json --out docs/study/records/space-holdout
 nice -n 10 crystalvision pipeline run pipelines/space-grouped.yaml --set split.folds=null --set split.holdout.ids=docs/study/records/holdout.json --set split.holdout.use=test --set name=space-holdout-seed1 --set 'train.seeds=[1]' --json > space-holdout-seed-1.json

@@ -268,7 +268,7 @@ def tune_model(
     experiment_id = tracking.configure_mlflow()
     client = MlflowClient()
     sweep = sweep_name(prepared)
-    context = context or (lambda: tracking.log_params_safe(tracking.flatten(cfg.model_dump(mode="json"), prefix="cfg")))
+    context = context or (lambda: tracking.log_params_safe(tracking.flatten(tracking.logged_config(cfg), prefix="cfg")))
     parent_id = start_parent_run(client, experiment_id, sweep, tags, context)
     parent = client.get_run(parent_id)
     trainable = tune.with_resources(

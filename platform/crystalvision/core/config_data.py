@@ -150,8 +150,9 @@ class HoldoutConfig(Section):
     ids: str = Field(
         description="The hold-out file: JSON with the material ids, their reduced formulas, how they were made and "
         "their sha256 (read as JSON, never executed; the study's: docs/study/records/holdout.json). Relative: to the "
-        "pipeline file's folder (in --set: to the working dir). A run's record and MLflow params name it and its "
-        "sha256."
+        "pipeline file's folder (in --set: to the working dir). A run's record and MLflow params name it (relative to "
+        "the checkout when inside it, so a record carries no machine's path; read back from the checkout, whatever "
+        "the working dir) and its sha256."
     )
     use: Literal["exclude", "test"] = Field(
         default="exclude",
@@ -161,7 +162,8 @@ class HoldoutConfig(Section):
         "and training + validation are carved from every other structure as a fold's are (grouped by "
         "split.group_by, stratified by crystal system); run as one fold of a k-fold evaluation (pooled metrics, "
         "paired bootstrap intervals, train.seeds), so split.folds and split.leave_one_out stay unset. An error when "
-        "none of the ids is selected.",
+        "none of the ids is selected; a WARNING when some are not tested (not selected, or rejected by the "
+        "renderer), and the record counts both (holdout.n_ids, holdout.n_tested).",
     )
 
 

@@ -15,8 +15,8 @@ __all__, __getattr__, __dir__ = door(
             "split_plan subset_folds"
         ),
         "holdout": (
-            "Holdout apply_holdout describe_holdout holdout_split load_holdout make_holdout tests_on_holdout "
-            "without_holdout write_holdout"
+            "Holdout apply_holdout describe_holdout holdout_file_path holdout_file_text holdout_split load_holdout "
+            "make_holdout tests_on_holdout without_holdout write_holdout"
         ),
         "ingest": "ingest_from_mp write_mp_snapshot",
         "mp": "MP_LABEL_SOURCE database_version fetch_records query_dict",

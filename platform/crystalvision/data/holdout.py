@@ -16,7 +16,10 @@ size); seeded, so the same selection, fraction and seed give the same file.
   sees them. Ids the snapshot lacks are ignored (one INFO line).
 - ``test`` (:func:`holdout_split`): one fold whose test part is exactly the hold-out; its training and validation
   parts are carved from the other structures as a fold's are (grouped by ``split.group_by``, stratified by crystal
-  system). A structure outside the hold-out that shares a hold-out formula is left out of both (a WARNING).
+  system). A structure outside the hold-out that shares a hold-out formula is left out of both (a WARNING); hold-out
+  ids not among the structures split (not selected, or rejected by the renderer) are named in one WARNING.
+
+Records and MLflow params name the file relative to the checkout when it is inside it (:func:`holdout_file_text`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from crystalvision.core import ConfigError, SplitConfig
+from crystalvision.core import PACKAGE_DIR, ConfigError, SplitConfig
 from crystalvision.data.clusters import group_series
 from crystalvision.data.folds import FoldSplits, _carve_val, _test_indices, unseen_classes
 from crystalvision.data.snapshot import MaterialRecord, Selection
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 
 MAX_FOLDS = 20  # the hold-out is m of k stratified group folds, k <= MAX_FOLDS
 MAKE = "crystalvision holdout -c PIPELINE --out FILE"
+CHECKOUT = PACKAGE_DIR.parents[1]  # the checkout holding platform/crystalvision: records name hold-outs from here
 
 
 class Holdout(BaseModel):
@@ -92,12 +96,28 @@ def load_holdout(path: str | Path) -> Holdout:
     return holdout
 
 
+def holdout_file_text(path: str | Path) -> str:
+    """How records and MLflow params name a hold-out file: relative to the checkout (``CHECKOUT``, e.g.
+    ``docs/study/records/holdout.json``) when the file is inside it, so a committed record carries no machine's path;
+    absolute otherwise. :func:`holdout_file_path` reads it back."""
+    p = Path(path).expanduser().resolve()
+    return p.relative_to(CHECKOUT).as_posix() if p.is_relative_to(CHECKOUT) else str(p)
+
+
+def holdout_file_path(text: str | Path) -> Path:
+    """The hold-out file a record or a run's params name (:func:`holdout_file_text`): a relative name against the
+    checkout, whatever the working dir; an absolute one as it is."""
+    p = Path(text).expanduser()
+    return p if p.is_absolute() else CHECKOUT / p
+
+
 def describe_holdout(split: SplitConfig) -> dict[str, Any]:
-    """What a run's record and MLflow params say of its hold-out: file, sha256, use, number of ids ({} without)."""
+    """What a run's record and MLflow params say of its hold-out: file (:func:`holdout_file_text`), sha256, use,
+    number of ids ({} without)."""
     if split.holdout is None:
         return {}
     holdout = load_holdout(split.holdout.ids)
-    return {"file": str(split.holdout.ids), "sha256": holdout.sha256, "use": split.holdout.use,
+    return {"file": holdout_file_text(split.holdout.ids), "sha256": holdout.sha256, "use": split.holdout.use,
             "n_ids": len(holdout.ids)}  # fmt: skip
 
 
@@ -167,6 +187,7 @@ def holdout_split(labels: pd.DataFrame, split: SplitConfig, clusters: Mapping[st
     in_test = labels["material_id"].isin(set(holdout.ids)).to_numpy()
     if not in_test.any():
         raise ConfigError(f"split.holdout.use: test, but the labels table holds none of the ids of {split.holdout.ids}")
+    _warn_untested(holdout, set(labels.loc[in_test, "material_id"]), split.holdout.ids)
     sibling = ~in_test & reduced_formulas(labels).isin(set(holdout.formulas)).to_numpy()
     if sibling.any():
         names = sorted(set(labels.loc[sibling, "material_id"]))
@@ -187,6 +208,19 @@ def holdout_split(labels: pd.DataFrame, split: SplitConfig, clusters: Mapping[st
             log.warning("hold-out test %s classes with no training example: %s", col, classes)
     log.info("the hold-out as the test set: %s", {k: v for k, v in fold.describe().items() if k.startswith("n_")})
     return fold
+
+
+def _warn_untested(holdout: Holdout, tested: set[str], path: str) -> None:
+    """One WARNING when fewer hold-out ids are tested than the file lists: not selected, or the renderer rejected
+    them (the record's ``pooled_n_structures`` and ``holdout.n_ids`` hold both counts)."""
+    missing = sorted(set(holdout.ids) - tested)
+    if missing:
+        shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+        log.warning(
+            "hold-out %s: %d of its %d ids are tested; %d are not among the structures split (not selected, or "
+            "rejected by the renderer): %s", holdout_file_text(path), len(holdout.ids) - len(missing),
+            len(holdout.ids), len(missing), shown,
+        )  # fmt: skip
 
 
 def holdout_ratio(fraction: float) -> Fraction:

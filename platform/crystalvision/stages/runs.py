@@ -30,7 +30,7 @@ from crystalvision.core import (
     PipelineConfig,
     SplitConfig,
 )
-from crystalvision.data import load_holdout, open_store
+from crystalvision.data import holdout_file_path, load_holdout, open_store
 from crystalvision.stages.road import from_labels, is_kfold, prepare
 
 if TYPE_CHECKING:  # the model and evaluation modules load torch: promotion's gate imports this module without it
@@ -90,6 +90,7 @@ def load_run_model(run_id: str, dst: Path) -> CrystalNet:
 
 def split_config_from_params(params: Mapping[str, str], default: SplitConfig) -> SplitConfig:
     """The split the run logged (``cfg.split.<field>`` as tracking logs it, ``split.<field>``), else ``default``.
+    A hold-out file logged relative to the checkout is read from this checkout, whatever the working dir.
     A ConfigError when the run's hold-out file no longer holds the ids it logged (``holdout.sha256``): the split
     rebuilt from it would not be the run's."""
     values = default.model_dump()
@@ -100,6 +101,8 @@ def split_config_from_params(params: Mapping[str, str], default: SplitConfig) ->
         nested = {k.rsplit(".", 1)[1]: v for k, v in params.items() if k.startswith(f"cfg.split.{field}.")}
         if nested:  # a mapping field (split.test_only, split.holdout) is logged flattened
             values[field] = nested
+    if isinstance(values.get("holdout"), dict) and values["holdout"].get("ids"):  # logged relative to the checkout
+        values["holdout"] = values["holdout"] | {"ids": str(holdout_file_path(values["holdout"]["ids"]))}
     split = SplitConfig.model_validate(values)
     logged = params.get("holdout.sha256")
     if split.holdout is not None and logged and (now := load_holdout(split.holdout.ids).sha256) != logged:

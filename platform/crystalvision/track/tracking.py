@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from crystalvision.core import PACKAGE_DIR, TARGETS, TARGETS_CLASSIFICATION, PipelineConfig, __version__, get_settings
-from crystalvision.data import SYMMETRY_LABEL_SOURCE, describe_holdout
+from crystalvision.data import SYMMETRY_LABEL_SOURCE, describe_holdout, holdout_file_text
 
 log = logging.getLogger(__name__)
 
@@ -168,14 +168,24 @@ def pipeline_tags(cfg: PipelineConfig, snapshot: Any) -> dict[str, str]:
     return tags
 
 
+def logged_config(cfg: PipelineConfig) -> dict[str, Any]:
+    """The config as a run logs it (artifact and ``cfg.*`` params): ``split.holdout.ids`` named as records name it,
+    relative to the checkout when inside it (:func:`~crystalvision.data.holdout_file_text`)."""
+    dumped = cfg.model_dump(mode="json")
+    if cfg.split.holdout is not None:
+        dumped["split"]["holdout"]["ids"] = holdout_file_text(cfg.split.holdout.ids)
+    return dumped
+
+
 def log_pipeline_context(
     cfg: PipelineConfig, snapshot: Any, selection: Any, render_result: Any = None, splits: Any = None
 ) -> None:
     """Log what a pipeline run depends on into the active run: config, data provenance, splits, environment."""
     import mlflow
 
-    mlflow.log_dict(_redact_obj(cfg.model_dump(mode="json")), f"{CONFIG_ARTIFACT_DIR}/{CONFIG_ARTIFACT_NAME}")
-    params = flatten(cfg.model_dump(mode="json"), prefix="cfg")
+    dumped = logged_config(cfg)
+    mlflow.log_dict(_redact_obj(dumped), f"{CONFIG_ARTIFACT_DIR}/{CONFIG_ARTIFACT_NAME}")
+    params = flatten(dumped, prefix="cfg")
     manifest = snapshot.manifest
     params.update(
         snapshot_id=manifest.snapshot_id,
