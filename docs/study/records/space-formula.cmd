@@ -1,9 +1,9 @@
 # The Li-Mn-Ni-O space headline grouped by reduced formula, 3 training seeds, on the 2-core x86-64 VM (23 GiB), all
-# from a git worktree of commit 127b3d6. Seed 0: 2026-12-07 11:31-13:01 UTC; its 89.8 min wall time is not a timing
-# (test runs shared the cores for its first 45 minutes: epochs took 140-300 s there, 27-45 s after). Seed 1:
-# 2026-12-07 15:09-16:00 UTC, 51.4 min wall, run without nice in a session whose autogroup was set to nice -10 (epochs
-# 33-41 s; other work shared the cores at lower priority; its fold 4
-# trained 505 s against 265-442 s for the others). Seed 2 NOT RUN YET.
+# from a git worktree of commit 127b3d6, on 2026-12-07. Seed 0: 11:31-13:01 UTC, 89.8 min wall, not a timing (test
+# runs shared the cores for its first 45 minutes: epochs took 140-300 s there, 27-45 s after). Seeds 1 and 2: one
+# after the other, 15:09-16:00 and 16:00-16:56 UTC (51.4 and 56.1 min wall), run without nice in a session whose
+# autogroup was set to nice -10, other work sharing the cores at lower priority (epochs 33-41 s; fold trainings
+# 265-553 s).
 #
 # Protocol: pipelines/space-grouped.yaml with split.group_by=formula: 5 grouped folds over the 883 unflagged
 # structures of the lmno-space snapshot, every structure of one reduced formula in one fold (the strictest grouping
@@ -26,9 +26,9 @@ python docs/study/seed_record.py export space-formula-seed-0.json --out docs/stu
 # seed 1 (run):
 nice -n 10 crystalvision pipeline run pipelines/space-grouped.yaml --set split.group_by=formula --set name=space-formula-seed1 --set 'train.seeds=[1]' --json > space-formula-seed-1.json
 python docs/study/seed_record.py export space-formula-seed-1.json --out docs/study/records/space-formula
-# NOT RUN YET:
+# seed 2 (run):
 nice -n 10 crystalvision pipeline run pipelines/space-grouped.yaml --set split.group_by=formula --set name=space-formula-seed2 --set 'train.seeds=[2]' --json > space-formula-seed-2.json
 python docs/study/seed_record.py export space-formula-seed-2.json --out docs/study/records/space-formula
 # merged record (space-formula/merged.json) and tables (between docs/study.md's space-formula-table markers), from
-# the parts present; the seeds not run yet are named:
+# the parts present (the seeds not run yet would be named):
 python docs/study/seed_record.py merge docs/study/records/space-formula --seeds 0 1 2 --readme docs/study.md
