@@ -65,9 +65,9 @@ SHARED_PROCESS = (  # start no Ray cluster, server or GL context: safe to share 
     "test_road.py",
     "test_clusters.py",
     "test_tabular.py",
-    "test_road.py",
     "test_epoch_steps.py",
     "test_holdout.py",
+    "test_folds_report.py",
     # the Python face and the pyfunc: MLflow in the process, renders in helper interpreters (serve/renderproc.py)
     "test_predict.py",
     "test_face.py",
