@@ -1,4 +1,4 @@
-# Selection that never sees the test structures, and the headline on them: NOT RUN YET (every part below).
+# Selection that never sees the test structures, and the headline on them. Part 1 run 2026-12-07 (holdout/radii-vesta.cmd); the other parts NOT RUN YET.
 #
 # The radii, the image recipe, the trees' recipe and CGCNN's training rule were chosen on validation carve-outs of the
 # same 883 lmno-space structures that the space study's folds then test. docs/study/records/holdout.json is a fixed
