@@ -1,4 +1,4 @@
-# Selection that never sees the test structures, and the headline on them. Parts 1-2 run 2026-12-07 (holdout/radii-*.cmd; pick: shannon, today's default, mean validation accuracy of the two class heads per image 0.358 against 0.350); the other parts NOT RUN YET.
+# Selection that never sees the test structures, and the headline on them. Parts 1-2 and 6 run 2026-12-07 (holdout/radii-*.cmd: pick shannon, today's default, mean validation accuracy of the two class heads per image 0.358 against 0.350; holdout/select-tabular.cmd: pick rf-half, today's recipe); parts 3-5, 7-10 NOT RUN YET.
 #
 # The radii, the image recipe, the trees' recipe and CGCNN's training rule were chosen on validation carve-outs of the
 # same 883 lmno-space structures that the space study's folds then test. docs/study/records/holdout.json is a fixed
