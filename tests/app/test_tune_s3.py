@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,20 +109,29 @@ def _tune_process(s3: S3Server, home: Path, log_path: Path) -> subprocess.Popen:
 
 def _sweep_in(log_path: Path) -> str:
     """The sweep's name as its driver logged it (named from the data's content digest), '' before that."""
-    import re
-
     found = re.search(r"sweep (tune-[\w.-]+): \d+ trials", log_path.read_text() if log_path.exists() else "")
     return found.group(1) if found else ""
 
 
-def _saved_state(s3: S3Server, sweep: str) -> str:
-    """The text of the sweep's newest experiment state in the bucket ('' while there is none)."""
+def _saved(s3: S3Server, sweep: str, prefix: str) -> bytes:
+    """The newest saved object of the sweep whose name starts with ``prefix`` (b'' while there is none)."""
     if not sweep:
-        return ""
-    keys = [k for k in s3.keys(f"{PREFIX}/{sweep}/") if k.rsplit("/", 1)[-1].startswith("experiment_state")]
-    if not keys:
-        return ""
-    return s3.client().get_object(Bucket=s3.bucket, Key=max(keys))["Body"].read().decode()
+        return b""
+    keys = [k for k in s3.keys(f"{PREFIX}/{sweep}/") if k.rsplit("/", 1)[-1].startswith(prefix)]
+    return s3.client().get_object(Bucket=s3.bucket, Key=max(keys))["Body"].read() if keys else b""
+
+
+def _one_finished_and_saved_whole(s3: S3Server, sweep: str) -> bool:
+    """One trial finished, and the searcher saved in the bucket knows every trial the experiment state lists.
+
+    Tune uploads the experiment state before the searcher, one file after another: killed in between, the bucket holds
+    a searcher older than the trials (what ``ResumableOptunaSearch`` survives; tests/app/test_tune_search.py). This
+    test kills the driver once the two agree, so that it tests the restore of a whole state, exactly 2 trials.
+    """
+    state = _saved(s3, sweep, "experiment_state").decode()
+    ids = set(re.findall(r'trial_id\\?": \\?"([0-9a-f]+)', state))
+    searcher = _saved(s3, sweep, "searcher-state")
+    return "TERMINATED" in state and bool(ids) and all(i.encode() in searcher for i in ids)
 
 
 def _weights_of_finished_trials(home: Path) -> dict[str, int]:
@@ -139,7 +149,7 @@ def test_tune_on_s3_is_restored_from_the_bucket_after_the_driver_is_killed(tmp_p
     home, first_log = tmp_path / "home", tmp_path / "first.log"
     with moto_s3("cv-tune") as s3:
         # one trial finished, and the state saved in the bucket says so
-        one_finished = lambda: "TERMINATED" in _saved_state(s3, _sweep_in(first_log))  # noqa: E731
+        one_finished = lambda: _one_finished_and_saved_whole(s3, _sweep_in(first_log))  # noqa: E731
         _kill_sweep_when(_tune_process(s3, home, first_log), first_log, one_finished, "no trial finished in time")
         sweep = _sweep_in(first_log)
         assert "SUMMARY" not in (tmp_path / "first.log").read_text(), "killed mid-sweep, not after it"

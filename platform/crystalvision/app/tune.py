@@ -3,7 +3,8 @@
 Each Tune trial is a small driver that runs one ``TorchTrainer`` (Ray Train V2) and forwards its per-epoch reports
 to Tune with ``TuneReportCallback``. The search space is the learning rate (log-uniform) and the four loss weights
 (uniform in ``tune.loss_weight_range``); ASHA stops poor trials after ``grace_period`` epochs; Optuna proposes
-trials when ``tune.search == "optuna"``. Concurrency is bounded by the cluster's CPUs (and GPUs).
+trials when ``tune.search == "optuna"`` (:mod:`crystalvision.app.tunesearch`, restorable after a kill mid-save).
+Concurrency is bounded by the cluster's CPUs (and GPUs).
 
 MLflow: one parent run per sweep, each trial a nested child run (params, per-epoch metrics, the trained model as a
 pyfunc); the best trial's config and metrics go on the parent. The sweep is named after the content digest that
@@ -148,9 +149,9 @@ def _make_tuner(cfg: PipelineConfig, trainable: Any, sweep: str, resources: dict
         return tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
     search_alg = None
     if cfg.tune.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
+        from crystalvision.app.tunesearch import ResumableOptunaSearch
 
-        search_alg = OptunaSearch(metric=cfg.tune.metric, mode=cfg.tune.mode, seed=cfg.train.seed)
+        search_alg = ResumableOptunaSearch(metric=cfg.tune.metric, mode=cfg.tune.mode, seed=cfg.train.seed)
     # max_t beyond the last epoch: a trial that reaches it ends by itself (saving and logging its model) instead of
     # being stopped by the scheduler right after its last report
     scheduler = ASHAScheduler(
