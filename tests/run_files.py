@@ -55,6 +55,7 @@ SHARED_PROCESS = (  # start no Ray cluster, server or GL context: safe to share 
     "test_targets.py",
     "test_tracking.py",
     "test_tune.py",
+    "test_tune_search.py",
     "test_job_driver.py",
     "test_cpu_step.py",
     "test_weights_only.py",
