@@ -15,16 +15,13 @@ Usage: ``python docs/study/curve_record.py docs/study/records/space-curve [--rea
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import shutil
 from pathlib import Path
 
-from crystalvision.app import curve_record as cr
+import space_table as st  # the sibling whose table parts these tables share (this script's folder is on sys.path)
 
-_SPEC = importlib.util.spec_from_file_location("study_space_table", Path(__file__).with_name("space_table.py"))
-st = importlib.util.module_from_spec(_SPEC)  # the sibling whose table parts these tables share (not a package)
-_SPEC.loader.exec_module(st)
+from crystalvision.app import curve_record as cr
 
 IMBALANCE = [
     ("balanced_acc", "crystal_system", "bal. acc system"),

@@ -25,14 +25,14 @@ prints both blocks).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import re
 import shlex
 from itertools import takewhile
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING
+
+import space_table as st  # a sibling script: run as a script, this folder is on sys.path
 
 if TYPE_CHECKING:
     from crystalvision.core.config import PipelineConfig
@@ -50,15 +50,6 @@ FOLD_KEYS = {"model": "test_struct", "tabular": "baseline_tabular", "cgcnn": "cg
              "dummy": "baseline_dummy"}  # fmt: skip
 
 
-def _space_table() -> ModuleType:
-    """The sibling ``space_table.py`` (docs/study is not a package)."""
-    spec = importlib.util.spec_from_file_location("study_space_table", HERE / "space_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-st = _space_table()
 ORDER = list(st.PREDICTORS.values())  # model, tabular, cgcnn, 1nn, dummy
 
 

@@ -15,29 +15,18 @@ Usage: ``python docs/study/readme_quickstart.py [docs/study/records/quickstart.j
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import re
 import shlex
 from pathlib import Path
-from types import ModuleType
+
+import readme_headline as hl  # its path display, wrapping and (through space_table) marker rewriting
 
 HERE = Path(__file__).resolve().parent
 RECORD = HERE / "records" / "quickstart.json"
 HOME = ".../.crystalvision"  # how the sample shows the run's CRYSTALVISION_HOME
 MLFLOW = ".venv/bin/mlflow"  # the summary's mlflow command after `make run` (.venv not activated)
-
-
-def _sibling(name: str) -> ModuleType:
-    """A sibling script (docs/study is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"study_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-hl = _sibling("readme_headline")  # its path display, wrapping and (through space_table) marker rewriting
 
 
 def run_info(record: Path) -> dict[str, str]:

@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import logging
 import math
 import re
 import shutil
-import sys
 import tempfile
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -43,6 +41,7 @@ from types import ModuleType
 from typing import Any
 
 import pandas as pd
+import space_table as st  # a sibling script: run as a script, this folder is on sys.path
 
 from crystalvision.core import TARGETS, PipelineConfig
 from crystalvision.evaluate import oof
@@ -62,16 +61,6 @@ NOT_COMPARED = {"name", "train.seed", "train.seeds", "split.holdout.ids"}
 TOLERANCE = 1e-9
 CARRIED = ("n_folds", "cgcnn_layers_mean", "cgcnn_atom_features_mean")  # the record's settings the tables name
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@lru_cache
-def _sibling(name: str) -> ModuleType:
-    """``docs/study/<name>.py`` (this folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"study_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def paths(folder: Path, seed: int) -> dict[str, Path]:
@@ -335,7 +324,6 @@ def per_seed_table(merged: dict, st: ModuleType) -> str:
 
 def render(merged: dict, source: str, missing: list[int] | None = None) -> str:
     """The merged record's tables: every scope with intervals and seed spread, then the image model per seed."""
-    st = _sibling("space_table")
     m, holdout = merged["metrics"], merged.get("holdout") or {}
     on_holdout = holdout.get("use") == "test"
     what = "split" if on_holdout else "folds"
@@ -385,7 +373,7 @@ def main(argv: list[str] | None = None) -> Any:
     missing = [s for s in args.seeds or [] if s not in merged["seeds"]]
     text = render(merged, args.folder.as_posix(), missing)
     if args.readme:
-        args.readme.write_text(_sibling("space_table").replace_between(args.readme.read_text(), MARKER, text))
+        args.readme.write_text(st.replace_between(args.readme.read_text(), MARKER, text))
     else:
         print(text)
     return merged

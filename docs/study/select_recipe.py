@@ -15,15 +15,12 @@ options that are not about size, the epoch budget or the hold-out, to append to 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
 import sys
 from pathlib import Path
 
-_SPEC = importlib.util.spec_from_file_location("study_compare_table", Path(__file__).with_name("compare_table.py"))
-ct = importlib.util.module_from_spec(_SPEC)  # the sibling whose marker rewrite this shares (not a package)
-_SPEC.loader.exec_module(ct)
+import compare_table as ct  # the sibling whose marker rewrite this shares (this script's folder is on sys.path)
 
 # not the recipe: the size, the epoch budget, and the hold-out a selection run leaves out (split.holdout)
 BUDGET_KEYS = ("render.image_size", "train.epochs", "train.patience", "evaluate.saliency", "split.holdout")

@@ -16,6 +16,7 @@ from crystalvision.core.config import PipelineConfig, SplitConfig
 from crystalvision.core.errors import ConfigError
 from crystalvision.data import folds
 from crystalvision.data.folds import FoldSplits
+from tests.support.study import study_script
 
 
 def _train(n: int = 120, views: int = 3, seed: int = 0) -> pd.DataFrame:
@@ -213,19 +214,8 @@ def test_merge_refuses_points_of_another_budget_or_other_test_folds(tmp_path) ->
         cr.merge(cr.read_points(tmp_path / "empty"))
 
 
-def _study_script(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location(f"study_{name}", root / f"docs/study/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_curve_script_writes_the_table_and_figure_from_the_point_records(tmp_path) -> None:
-    script = _study_script("curve_record")
+    script = study_script("curve_record")
     cfg = PipelineConfig.model_validate(
         {"name": "space-curve", "split": {"folds": 5}, "evaluate": {"bootstrap_resamples": 100}}
     )

@@ -15,6 +15,8 @@ from types import ModuleType
 
 import pytest
 
+from tests.support.study import study_script
+
 ROOT = Path(__file__).resolve().parents[2]
 MKDOCS = [sys.executable, "-m", "mkdocs", "build", "--strict"]  # not --quiet: it hides the warnings strict counts
 TOP = ("pipelines", "docs", "bench", "tests", "infra", "jobs", "platform", "mlflow")
@@ -116,10 +118,7 @@ def test_scripts_under_a_python_without_the_packages_name_the_fix(args: list[str
 
 
 def _readme_quickstart() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("readme_quickstart", ROOT / "docs/study/readme_quickstart.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return study_script("readme_quickstart")
 
 
 def test_readme_quickstart_sample_is_printed_from_the_record_by_the_current_code() -> None:

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from crystalvision.app.cli import app
+from tests.support.study import study_script
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
@@ -82,7 +83,7 @@ def test_grouped_kfold_pipeline_and_its_learning_curve(cv_home: Path, tmp_path: 
 
     readme = tmp_path / "study.md"
     readme.write_text("<!-- space-table:start -->\n<!-- space-table:end -->\n")
-    _study_script("curve_record").main([str(out), "--readme", str(readme)])
+    study_script("curve_record").main([str(out), "--readme", str(readme)])
     table = readme.read_text()
     assert f"| 4 ({point['n_train_mean']:.0f} + 1) | trees |" in table
 
@@ -192,15 +193,6 @@ def _check_rerun_skips_the_point(args: list[str], out: Path, client: MlflowClien
     assert refused.exit_code == 2, refused.output
     assert "was made with another config" in refused.output
     other.write_text(kept)
-
-
-def _study_script(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"study_{name}", ROOT / "docs" / "study" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _check_curve_point(small: dict, budget: dict, tmp_path: Path) -> None:

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from tests.support.study import study_script
+
 STUDY = Path(__file__).resolve().parents[2] / "docs" / "study"
 RECORDS = STUDY / "records"
 
 
-def script(name: str) -> ModuleType:
-    """Import ``docs/study/<name>.py`` under a private module name (the script folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"study_{name}", STUDY / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+script = study_script  # docs/study/<name>.py as a module
 
 
 def test_results_table_reads_every_record_and_quotes_nothing_unrecorded(tmp_path: Path) -> None:
