@@ -100,6 +100,7 @@ LIGHT = (
     "test_distributed.py",
     "test_worker_logging.py",
     "test_infra.py",
+    "test_long_render.py",  # `crystalvision render` stopped and run again (Ray Data, no Ray Train)
     "test_docs.py",  # mkdocs build and the doc scripts; test_docs_run.py trains (README's `make run`): Ray lane
 )
 COUNTS = re.compile(r"(\d+) (passed|failed|error|errors|skipped|xfailed|xpassed)")
