@@ -228,6 +228,22 @@ def test_holdout_paths_resolve_like_the_other_paths(tmp_path, monkeypatch) -> No
     assert cfg.split.holdout.ids == str(ROOT / "docs/study/records/holdout.json")  # --set: the working dir
 
 
+def test_one_config_hashes_alike_in_two_checkouts(tmp_path, monkeypatch) -> None:
+    """The hold-out path enters the config hash from the checkout, not from the machine's root."""
+    import crystalvision.core.settings as settings
+
+    hashes = []
+    for checkout in (tmp_path / "a", tmp_path / "b"):
+        (checkout / "docs").mkdir(parents=True)
+        (checkout / "docs" / "holdout.json").write_text("{}")
+        monkeypatch.setattr(settings, "CHECKOUT", checkout)
+        cfg = PipelineConfig(name="p", split={"holdout": {"ids": str(checkout / "docs" / "holdout.json"), "use": "test"}})
+        hashes.append(cfg.config_hash())
+    assert hashes[0] == hashes[1]
+    outside = PipelineConfig(name="p", split={"holdout": {"ids": str(tmp_path / "holdout.json"), "use": "test"}})
+    assert outside.config_hash() != hashes[0], "a file outside the checkout keeps its whole path"
+
+
 def test_the_committed_holdout_is_what_its_command_makes(tmp_path, cv_home, monkeypatch) -> None:
     """docs/study/records/holdout.json: 15 % of lmno-space's 883 usable structures; its command makes it again."""
     from crystalvision.app.cli import app

@@ -18,7 +18,10 @@ __all__, __getattr__, __dir__ = door(
         "natives": "TORCH_COMMANDS load_torch_first",
         "pipeline_file": "deep_merge load_pipeline parse_overrides",
         "progress": "ProgressEvent",
-        "settings": "BUNDLED_SNAPSHOT MPSettings PACKAGE_DIR StorageSettings bundled_snapshots get_settings",
+        "settings": (
+            "BUNDLED_SNAPSHOT CHECKOUT MPSettings PACKAGE_DIR StorageSettings bundled_snapshots from_checkout "
+            "get_settings"
+        ),
         "targets": (
             "BY_NAME CLASS_ID CLASS_NAME SCORE_METRICS TABLE TARGETS TARGETS_CLASSIFICATION TARGETS_REGRESSION "
             "TARGET_COLUMNS TARGET_LABEL_COLUMNS UNITS target"

@@ -30,6 +30,7 @@ from crystalvision.core.config_learning import (
     TrainConfig,
     TuneConfig,
 )
+from crystalvision.core.settings import from_checkout
 from crystalvision.core.targets import TARGETS, TARGETS_CLASSIFICATION, TARGETS_REGRESSION
 
 __all__ = [
@@ -73,6 +74,10 @@ class PipelineConfig(Section):
     learning_curve: LearningCurveConfig = Field(default_factory=LearningCurveConfig)
 
     def config_hash(self) -> str:
-        """Stable hash of the resolved config."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Stable hash of the resolved config; a hold-out file inside the checkout counts by its path from there, so
+        one config hashes alike in every checkout (its content enters run identities through the split's ids)."""
+        data = self.model_dump(mode="json")
+        if self.split.holdout is not None:
+            data["split"]["holdout"]["ids"] = from_checkout(self.split.holdout.ids)
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()

@@ -18,6 +18,14 @@ from crystalvision.core.uris import credentials
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # crystalvision/, the package root (this file is core/settings.py)
 SNAPSHOTS_DIR = PACKAGE_DIR / "data" / "snapshots"
 BUNDLED_SNAPSHOT = SNAPSHOTS_DIR / "lmno"
+CHECKOUT = PACKAGE_DIR.parents[1]  # the checkout holding platform/crystalvision: records name its files from here
+
+
+def from_checkout(path: str | Path) -> str:
+    """``path`` as records, params and config hashes name it: relative to the checkout (``CHECKOUT``, e.g.
+    ``docs/study/records/holdout.json``) when inside it, so they carry no machine's path; absolute otherwise."""
+    p = Path(path).expanduser().resolve()
+    return p.relative_to(CHECKOUT).as_posix() if p.is_relative_to(CHECKOUT) else str(p)
 
 
 def bundled_snapshots() -> dict[str, Path]:

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from crystalvision.core import PACKAGE_DIR, ConfigError, SplitConfig
+from crystalvision.core import CHECKOUT, ConfigError, SplitConfig, from_checkout
 from crystalvision.data.clusters import group_series
 from crystalvision.data.folds import FoldSplits, _carve_val, _test_indices, unseen_classes
 from crystalvision.data.snapshot import MaterialRecord, Selection
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 MAX_FOLDS = 20  # the hold-out is m of k stratified group folds, k <= MAX_FOLDS
 MAKE = "crystalvision holdout -c PIPELINE --out FILE"
-CHECKOUT = PACKAGE_DIR.parents[1]  # the checkout holding platform/crystalvision: records name hold-outs from here
 
 
 class Holdout(BaseModel):
@@ -100,8 +99,7 @@ def holdout_file_text(path: str | Path) -> str:
     """How records and MLflow params name a hold-out file: relative to the checkout (``CHECKOUT``, e.g.
     ``docs/study/records/holdout.json``) when the file is inside it, so a committed record carries no machine's path;
     absolute otherwise. :func:`holdout_file_path` reads it back."""
-    p = Path(path).expanduser().resolve()
-    return p.relative_to(CHECKOUT).as_posix() if p.is_relative_to(CHECKOUT) else str(p)
+    return from_checkout(path)
 
 
 def holdout_file_path(text: str | Path) -> Path:
