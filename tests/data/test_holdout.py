@@ -237,7 +237,8 @@ def test_one_config_hashes_alike_in_two_checkouts(tmp_path, monkeypatch) -> None
         (checkout / "docs").mkdir(parents=True)
         (checkout / "docs" / "holdout.json").write_text("{}")
         monkeypatch.setattr(settings, "CHECKOUT", checkout)
-        cfg = PipelineConfig(name="p", split={"holdout": {"ids": str(checkout / "docs" / "holdout.json"), "use": "test"}})
+        ids = str(checkout / "docs" / "holdout.json")
+        cfg = PipelineConfig(name="p", split={"holdout": {"ids": ids, "use": "test"}})
         hashes.append(cfg.config_hash())
     assert hashes[0] == hashes[1]
     outside = PipelineConfig(name="p", split={"holdout": {"ids": str(tmp_path / "holdout.json"), "use": "test"}})
