@@ -1,4 +1,4 @@
-"""Pick the grouped-fold training recipe by validation (issue 13, point 4), never by the test folds.
+"""Pick the grouped-fold training recipe by validation, never by the test folds.
 
 Each argument is the JSON summary that ``crystalvision pipeline run pipelines/paper-grouped.yaml ... --json``
 printed for one candidate recipe, with the command that made it beside it (``<name>.cmd``). The rule, fixed before
@@ -7,14 +7,16 @@ any candidate ran: the highest mean over folds of the validation accuracy of the
 training structures); on a tie, the earlier candidate (the simpler recipe comes first). Validation loss is not
 comparable across recipes with and without label smoothing, so it is not the rule.
 
-Usage: ``python docs/study/select_recipe.py BASE.json CAND.json ... [--sets] [--readme PAGE]``: prints one Markdown
-row per candidate (validation and test numbers, mean ± sample std over folds, the pick marked); ``--readme PAGE``
-also rewrites the table between the page's ``select-table`` markers; ``--sets`` prints only the winner's ``--set``
-options that are not about size, the epoch budget or the hold-out, to append to the final run's command.
+Usage: ``python docs/study/select_recipe.py BASE.json CAND.json ... [--sets] [--readme PAGE [--marker NAME]]``: prints
+one Markdown row per candidate (validation and test numbers, mean ± sample std over folds, the pick marked);
+``--readme PAGE`` also rewrites the table between the page's ``select-table`` markers (or ``NAME``'s); ``--sets``
+prints only the winner's ``--set`` options that are not about size, the epoch budget or the hold-out, to append to
+the final run's command.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
@@ -65,21 +67,23 @@ def table(rows: list[tuple[float, Path, dict[str, float]]], best: int) -> str:
 
 
 def main(argv: list[str]) -> None:
-    argv = list(argv)
-    page = Path(argv.pop(argv.index("--readme") + 1)) if "--readme" in argv else None
-    only_sets = "--sets" in argv
-    paths = [Path(a) for a in argv if a not in ("--sets", "--readme")]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("records", nargs="+", type=Path, help="the candidates' k-fold records (a .cmd beside each)")
+    parser.add_argument("--readme", type=Path, help="Markdown page to rewrite between the markers")
+    parser.add_argument("--marker", default="select-table", help="the page's marker pair (default: select-table)")
+    parser.add_argument("--sets", action="store_true", help="print only the picked recipe's --set options")
+    args = parser.parse_args(argv)
     rows = []
-    for path in paths:
+    for path in args.records:
         metrics = json.loads(path.read_text())["metrics"]
         rows.append((score(metrics), path, metrics))
     best = max(range(len(rows)), key=lambda i: (rows[i][0], -i))
-    if only_sets:
+    if args.sets:
         print(" ".join(f"--set {s}" for s in recipe(rows[best][1])))
         return
     text = table(rows, best)
-    if page is not None:
-        ct.write_between(page, "select-table", text)
+    if args.readme is not None:
+        ct.write_between(args.readme, args.marker, text)
     print(text)
 
 

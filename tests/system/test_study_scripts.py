@@ -83,6 +83,24 @@ def test_select_picks_by_validation_only(tmp_path: Path, capsys: pytest.CaptureF
     assert [r.endswith("| yes |") for r in again] == [r.endswith("| yes |") for r in rows]
 
 
+@pytest.mark.parametrize(
+    ("marker", "records"),
+    [
+        ("select-table", ["records-64px/paper-grouped.json", "select/augment-tta.json", "select/augment-tta-ls.json"]),
+        (
+            "holdout-select-table",
+            [f"records/holdout/recipe-{n}.json" for n in ("defaults", "augment-tta", "augment-tta-ls")],
+        ),
+    ],
+)
+def test_study_page_selection_tables_are_regenerated_from_their_records(tmp_path: Path, marker, records) -> None:
+    sel = script("select_recipe")
+    page = tmp_path / "study.md"
+    shutil.copy(STUDY.parent / "study.md", page)
+    sel.main([*(str(STUDY / r) for r in records), "--readme", str(page), "--marker", marker])
+    assert page.read_text() == (STUDY.parent / "study.md").read_text(), f"run select_recipe.py ... --marker {marker}"
+
+
 def test_compare_table_rows_from_kfold_records(tmp_path: Path) -> None:
     ct = script("compare_table")
     record = json.loads((RECORDS / "space-grouped.json").read_text())
