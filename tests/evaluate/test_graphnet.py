@@ -123,3 +123,14 @@ def test_each_head_answers_with_its_own_best_validation_epoch(bundled_snapshot):
     assert np.allclose(pred["crystal_system_proba"], alone["crystal_system_proba"], atol=1e-6)
     joint = fit_graph_model(train, val, graphs, n_classes, GraphConfig.small(epochs=12, patience=12, stopping="joint"))
     assert len(set(joint.best_epochs.values())) == 1
+
+
+def test_evaluate_graph_lr_sets_the_baselines_learning_rate_and_the_record_names_it() -> None:
+    from crystalvision.core import EvaluateConfig
+    from crystalvision.evaluate.baselines import described, graph_config
+    from crystalvision.evaluate.graphnet import GraphConfig
+
+    default = graph_config(EvaluateConfig(graph_baseline=True))
+    assert default.lr == GraphConfig.reference().lr and (default.layers, default.atom_features) == (3, 64)
+    chosen = EvaluateConfig(graph_baseline=True, graph_lr=3e-3)
+    assert graph_config(chosen).lr == 3e-3 and described(chosen)["cgcnn"]["lr"] == 3e-3

@@ -1,4 +1,4 @@
-# Selection that never sees the test structures, and the headline on them. Parts 1-6 run 2026-12-07 (holdout/radii-*.cmd: pick shannon, today's default, mean validation accuracy of the two class heads per image 0.358 against 0.350; holdout/recipe-*.cmd: pick the defaults, no augmentation and no TTA, 0.301 against 0.250 and 0.235, NOT today's recipe, so parts 8-10 add --set train.augment.enabled=false; holdout/select-tabular.cmd: pick rf-half, today's recipe); parts 7-10 NOT RUN YET.
+# Selection that never sees the test structures, and the headline on them. Parts 1-7 run 2026-12-07 (holdout/*.cmd): radii: shannon, today's default (mean validation accuracy of the two class heads per image 0.358 against 0.350); image recipe: the defaults, no augmentation and no TTA (0.301 against 0.250 and 0.235), NOT today's recipe; trees: rf-half, today's recipe; CGCNN: per-head stopping at lr 3e-3 (0.504 against 0.492 for lr 1e-3), NOT today's lr. So parts 8-10 add --set train.augment.enabled=false --set evaluate.graph_lr=0.003 and run from a commit that has evaluate.graph_lr. Parts 8-10 NOT RUN YET.
 #
 # The radii, the image recipe, the trees' recipe and CGCNN's training rule were chosen on validation carve-outs of the
 # same 883 lmno-space structures that the space study's folds then test. docs/study/records/holdout.json is a fixed
@@ -43,8 +43,8 @@ nice -n 10 python docs/study/baseline_record.py select-graph pipelines/space-gro
 # train.augment.enabled=true evaluate.tta=dihedral; trees rf-half, evaluate/tabular.RECIPE; CGCNN per-head-lr1e-3,
 # GraphConfig's defaults), change that default or add its --set to parts 8-10, and say so in their .cmd files.
 #
-# 8-10. The headline on the hold-out: space-grouped.yaml's recipe with the image recipe parts 3-5 picked (the
-# defaults: no augmentation; space-grouped.yaml augments), test set = the 127 hold-out structures exactly,
+# 8-10. The headline on the hold-out: space-grouped.yaml with the picks of parts 3-5 and 7 where they differ from it
+# (the image recipe's defaults: no augmentation, where space-grouped.yaml augments; CGCNN at lr 3e-3), test set = the 127 hold-out structures exactly,
 # training + validation on the other 756 (604 + 152, grouped by material, stratified), one seed per part, evaluated
 # as one fold (pooled scores, paired bootstrap intervals over the 127 structures against every baseline). About 20
 # min each: space-grouped.json's folds 1, 2 and 4 (the least shared cores) trained 8.0-10.4 min on about 565
@@ -56,11 +56,11 @@ nice -n 10 python docs/study/baseline_record.py select-graph pipelines/space-gro
 # differ in their seed only (the hold-out's sha256 included, not its path) and pools them: seed-averaged scores,
 # each seed's, their sample std. Run the three parts with one commit and one CRYSTALVISION_HOME (the MLflow store
 # export reads).
-nice -n 10 crystalvision pipeline run pipelines/space-grouped.yaml --set split.folds=null --set split.holdout.ids=docs/study/records/holdout.json --set split.holdout.use=test --set train.augment.enabled=false --set name=space-holdout-seed0 --set 'train.seeds=[0]' --json > space-holdout-seed-0.json
+nice -n 10 crystalvision pipeline run pipelines/space-grouped.yaml --set split.folds=null --set split.holdout.ids=docs/study/records/holdout.json --set split.holdout.use=test --set train.augment.enabled=false --set evaluate.graph_lr=0.003 --set name=space-holdout-seed0 --set 'train.seeds=[0]' --json > space-holdout-seed-0.json
 python docs/study/seed_record.py export space-holdout-seed-0.json --out docs/study/records/space-holdout
-nice -n 10 crystalvision pipeline run pipelines/space-grouped.yaml --set split.folds=null --set split.holdout.ids=docs/study/records/holdout.json --set split.holdout.use=test --set train.augment.enabled=false --set name=space-holdout-seed1 --set 'train.seeds=[1]' --json > space-holdout-seed-1.json
+nice -n 10 crystalvision pipeline run pipelines/space-grouped.yaml --set split.folds=null --set split.holdout.ids=docs/study/records/holdout.json --set split.holdout.use=test --set train.augment.enabled=false --set evaluate.graph_lr=0.003 --set name=space-holdout-seed1 --set 'train.seeds=[1]' --json > space-holdout-seed-1.json
 python docs/study/seed_record.py export space-holdout-seed-1.json --out docs/study/records/space-holdout
-nice -n 10 crystalvision pipeline run pipelines/space-grouped.yaml --set split.folds=null --set split.holdout.ids=docs/study/records/holdout.json --set split.holdout.use=test --set train.augment.enabled=false --set name=space-holdout-seed2 --set 'train.seeds=[2]' --json > space-holdout-seed-2.json
+nice -n 10 crystalvision pipeline run pipelines/space-grouped.yaml --set split.folds=null --set split.holdout.ids=docs/study/records/holdout.json --set split.holdout.use=test --set train.augment.enabled=false --set evaluate.graph_lr=0.003 --set name=space-holdout-seed2 --set 'train.seeds=[2]' --json > space-holdout-seed-2.json
 python docs/study/seed_record.py export space-holdout-seed-2.json --out docs/study/records/space-holdout
 #    merged record (space-holdout/merged.json) and its tables, printed (study.md needs a marker of its own before
 #    --readme: merge's --readme writes the space-formula-table markers). The quaternary subset holds 2 hold-out

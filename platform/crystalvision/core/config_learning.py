@@ -141,6 +141,12 @@ class EvaluateConfig(Section):
         default=False, description="Also train the CGCNN graph baseline (graphnet.py) on the same split and report it."
     )
     graph_epochs: int = Field(default=300, ge=1, description="Epoch cap of the graph baseline (early stopping).")
+    graph_lr: float | None = Field(
+        default=None,
+        gt=0,
+        description="Learning rate of the graph baseline; null: CGCNN's default, chosen on validation "
+        "(docs/study/records/select-cgcnn.json).",
+    )
     graph_size: Literal["reference", "small"] = Field(
         default="reference",
         description="Graph baseline size: reference = published CGCNN (3 convolutions, 64 atom features, 128 "

@@ -33,6 +33,7 @@ from crystalvision.evaluate.metrics import label_metrics, prefixed, regression_m
 
 if TYPE_CHECKING:
     from crystalvision.data import Splits
+    from crystalvision.evaluate.graphnet import GraphConfig
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,14 @@ def baseline_metrics(
     return b_metrics, {n: p.rename(columns=by_head) for n, p in preds.items() if n != "symmetry"}
 
 
+def graph_config(ecfg: EvaluateConfig, **kwargs: object) -> GraphConfig:
+    """The graph baseline's settings: its size and epoch cap, and ``evaluate.graph_lr`` where one is given."""
+    from crystalvision.evaluate.graphnet import GraphConfig
+
+    lr = {} if ecfg.graph_lr is None else {"lr": ecfg.graph_lr}
+    return GraphConfig.sized(ecfg.graph_size, epochs=ecfg.graph_epochs, **lr, **kwargs)
+
+
 def graph_metrics(
     splits: Splits,
     records: Mapping[str, MaterialRecord] | None,
@@ -231,14 +240,14 @@ def graph_metrics(
 ) -> tuple[dict[str, float], pd.DataFrame | None]:
     """The CGCNN graph baseline (graphnet.py) trained and scored on this split (``cgcnn_*`` metrics) and its test
     structures' predictions by head name."""
-    from crystalvision.evaluate.graphnet import GraphConfig, graph_baseline
+    from crystalvision.evaluate.graphnet import graph_baseline
 
     ids = {m for _, df in splits.items() for m in df["material_id"]}
     if records is None or not ids <= set(records):
         notes.append("graph baseline skipped: the split's structures are not in the snapshot.")
         return {}, None
     log.info("evaluate: graph baseline (CGCNN %s size, up to %d epochs)", ecfg.graph_size, ecfg.graph_epochs)
-    gcfg = GraphConfig.sized(ecfg.graph_size, epochs=ecfg.graph_epochs, stability_threshold=ecfg.stability_threshold)
+    gcfg = graph_config(ecfg, stability_threshold=ecfg.stability_threshold)
     g_metrics, pred = graph_baseline(records, splits, gcfg, n_classes={t: len(c) for t, c in classes.items()})
     names = {t: [classes[t][k] for k in pred.pop(f"{t}_id").astype(int)] for t in TARGETS_CLASSIFICATION}
     return g_metrics, pred.assign(**names)
@@ -275,10 +284,8 @@ def described(ecfg: EvaluateConfig) -> dict[str, object]:
         out["1nn"] = "1-nearest-neighbour, standardised composition + Niggli reduced-cell descriptor"
         out["tabular"] = describe()
     if ecfg.graph_baseline:
-        from crystalvision.evaluate.graphnet import GraphConfig
-
-        g = GraphConfig.sized(ecfg.graph_size, epochs=ecfg.graph_epochs)
+        g = graph_config(ecfg)
         out["cgcnn"] = {"size": ecfg.graph_size, "layers": g.layers, "atom_features": g.atom_features,
-                        "fc_features": g.fc_features, "max_epochs": g.epochs, "patience": g.patience,
+                        "fc_features": g.fc_features, "max_epochs": g.epochs, "patience": g.patience, "lr": g.lr,
                         "label_note": "band-gap labels are a pretrained CGCNN's predictions"}  # fmt: skip
     return out
