@@ -50,7 +50,7 @@ from crystalvision.core.targets import TARGETS, TARGETS_CLASSIFICATION
 from crystalvision.data.folds import fold_splits
 from crystalvision.data.holdout import describe_holdout
 from crystalvision.evaluate import oof
-from crystalvision.evaluate.baselines import fold_baselines
+from crystalvision.evaluate.baselines import fold_baselines, graph_config
 from crystalvision.render.labels import label_columns
 from crystalvision.stages import select_records
 
@@ -128,7 +128,6 @@ def verify(summary: dict, record_path: Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from crystalvision.evaluate.graphnet import GraphConfig
     from crystalvision.evaluate.tabular import describe
 
     cfg = load_pipeline(args.config, parse_overrides(args.overrides))
@@ -145,7 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "split": cfg.split.model_dump(mode="json"),
         **holdout_entry(cfg),
         "tabular": describe(),
-        "cgcnn": GraphConfig.sized(ecfg.graph_size, epochs=ecfg.graph_epochs).model_dump(mode="json"),
+        "cgcnn": graph_config(ecfg).model_dump(mode="json"),  # the settings fold_baselines trains with
         "label_source": snap.manifest.label_source,
         "per": "structure: every structure predicted once, out of fold; metrics pooled over the folds",
         "groupings": {},

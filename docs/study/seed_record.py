@@ -37,7 +37,6 @@ import tempfile
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pandas as pd
@@ -310,7 +309,7 @@ def split_text(n_folds: float, holdout: dict) -> str:
             "validation carved from the other structures")  # fmt: skip
 
 
-def per_seed_table(merged: dict, st: ModuleType) -> str:
+def per_seed_table(merged: dict) -> str:
     """The image model's pooled score on every structure, per seed, then the seeds' sample std."""
     cols = [(h, m, t) for h, m, t in st.COLUMNS if f"pooled_model_{m}_{h}" in merged["metrics"]]
     lines = ["| image model, seed | " + " | ".join(t for *_, t in cols) + " |", "|---|" + "---|" * len(cols)]
@@ -350,7 +349,7 @@ def render(merged: dict, source: str, missing: list[int] | None = None) -> str:
     for name in st.subset_names(m):
         parts += [f"Subset `{name}` ({m[f'pooled_{name}_n_structures']:.0f} structures):",
                   st.scope_table(m, name, spread=True)]  # fmt: skip
-    parts += ["Image model per seed, every structure:", per_seed_table(merged, st)]
+    parts += ["Image model per seed, every structure:", per_seed_table(merged)]
     return "\n\n".join(parts) + "\n"
 
 
