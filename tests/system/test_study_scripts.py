@@ -10,13 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.support.study import study_script
+from tests.support.study import STUDY
+from tests.support.study import study_script as script
 
-STUDY = Path(__file__).resolve().parents[2] / "docs" / "study"
 RECORDS = STUDY / "records"
-
-
-script = study_script  # docs/study/<name>.py as a module
 
 
 def test_results_table_reads_every_record_and_quotes_nothing_unrecorded(tmp_path: Path) -> None:
