@@ -14,7 +14,8 @@ seed's per-structure predictions, which the record does not hold: the parent run
   names the record that differs), pools the tables and scores them with ``crystalvision.evaluate.oof.summarise``:
   seed-averaged pooled metrics, each seed's own pooled metrics and their sample std, the image model's interval
   and its paired differences from every baseline. It writes ``DIR/merged.json`` and the tables (between the
-  page's ``space-formula-table`` markers with ``--readme``, else printed); ``--seeds`` names the seeds not run yet.
+  page's ``space-formula-table`` markers, or ``--marker``'s, with ``--readme``, else printed); ``--seeds`` names the
+  seeds not run yet.
 
 Parts tested on a hold-out (``split.holdout.use: test``: one fold, the hold-out's structures) merge the same way;
 they must share the hold-out's sha256 too (not its path), and the merged record and its text name the hold-out file
@@ -346,9 +347,7 @@ def render(merged: dict, source: str, missing: list[int] | None = None) -> str:
     if missing:
         text += f" Seeds not run yet: {', '.join(map(str, missing))}."
     parts = [text, f"Every structure ({m['pooled_n_structures']:.0f}):", st.scope_table(m, spread=True)]
-    for name in st.subset_names(m):
-        parts += [f"Subset `{name}` ({m[f'pooled_{name}_n_structures']:.0f} structures):",
-                  st.scope_table(m, name, spread=True)]  # fmt: skip
+    parts += st.subset_sections(m, spread=True)
     parts += ["Image model per seed, every structure:", per_seed_table(merged)]
     return "\n\n".join(parts) + "\n"
 
@@ -363,7 +362,8 @@ def main(argv: list[str] | None = None) -> Any:
     mg = sub.add_parser("merge", help="Merge every part in a folder into merged.json and its tables.")
     mg.add_argument("folder", type=Path)
     mg.add_argument("--seeds", nargs="*", type=int, default=None, help="The headline's seeds, to name missing ones.")
-    mg.add_argument("--readme", type=Path, help="Write the tables between this page's space-formula-table markers.")
+    mg.add_argument("--readme", type=Path, help="Write the tables between this page's --marker markers.")
+    mg.add_argument("--marker", default=MARKER, help=f"The page's markers to write between (default: {MARKER}).")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "export":
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> Any:
     missing = [s for s in args.seeds or [] if s not in merged["seeds"]]
     text = render(merged, args.folder.as_posix(), missing)
     if args.readme:
-        args.readme.write_text(st.replace_between(args.readme.read_text(), MARKER, text))
+        args.readme.write_text(st.replace_between(args.readme.read_text(), args.marker, text))
     else:
         print(text)
     return merged

@@ -155,19 +155,32 @@ def subset_names(metrics: dict) -> list[str]:
     return sorted(named - {"", "pooled_n_structures", "n_structures"})
 
 
+MIN_SUBSET = 20  # a subset with fewer structures is named, not scored: R² and accuracies on a handful mean nothing
+
+
+def subset_sections(metrics: dict, spread: bool = False) -> list[str]:
+    """Each subset scope's heading and table (:func:`scope_table`); one under :data:`MIN_SUBSET` structures gets a
+    line saying so instead."""
+    parts = []
+    for name in subset_names(metrics):
+        n = metrics[f"pooled_{name}_n_structures"]
+        if n < MIN_SUBSET:
+            parts.append(f"Subset `{name}`: {n:.0f} structures, too few to score (fewer than {MIN_SUBSET}); not shown.")
+        else:
+            parts += [f"Subset `{name}` ({n:.0f} structures):", scope_table(metrics, name, spread)]
+    return parts
+
+
 def render_grouped(summary: dict, source: str) -> str:
     """Every scope of a grouped k-fold run's record, each with its number of structures."""
     m = summary["metrics"]
-    subsets = subset_names(m)
     head = (
         f"Record: `{source}` (pipeline `{summary['pipeline']}`, {m['n_folds']:.0f} grouped folds, "
         f"{m['pooled_n_seeds']:.0f} seed(s)). Scores {UNIT}; differences paired over structures with "
         "95 % bootstrap intervals; band gap and e_hull are surrogate labels (see the data section), the band gaps a "
         "pretrained CGCNN's predictions, which favours CGCNN on that head."
     )
-    parts = [head, f"Every structure ({m['pooled_n_structures']:.0f}):", scope_table(m)]
-    for name in subsets:
-        parts += [f"Subset `{name}` ({m[f'pooled_{name}_n_structures']:.0f} structures):", scope_table(m, name)]
+    parts = [head, f"Every structure ({m['pooled_n_structures']:.0f}):", scope_table(m), *subset_sections(m)]
     return "\n\n".join(parts) + "\n"
 
 

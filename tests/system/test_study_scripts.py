@@ -98,6 +98,21 @@ def test_study_page_selection_tables_are_regenerated_from_their_records(tmp_path
     assert page.read_text() == (STUDY.parent / "study.md").read_text(), f"run select_recipe.py ... --marker {marker}"
 
 
+@pytest.mark.parametrize(
+    ("folder", "marker"), [("space-formula", "space-formula-table"), ("space-holdout", "space-holdout-table")]
+)
+def test_study_page_seed_tables_are_regenerated_from_their_parts(tmp_path: Path, folder: str, marker: str) -> None:
+    """The merged tables of a multi-seed headline on study.md are what merging its committed parts prints."""
+    sr = script("seed_record")
+    parts = shutil.copytree(RECORDS / folder, tmp_path / folder)  # merge writes merged.json beside the parts
+    merged = sr.merge(parts)
+    assert (parts / sr.MERGED).read_text() == (RECORDS / folder / sr.MERGED).read_text(), f"{folder}: stale merge"
+    page = (STUDY.parent / "study.md").read_text()
+    text = sr.render(merged, f"docs/study/records/{folder}")
+    command = f"run: python docs/study/seed_record.py merge docs/study/records/{folder} ... --marker {marker}"
+    assert sr.st.replace_between(page, marker, text) == page, command
+
+
 def test_compare_table_rows_from_kfold_records(tmp_path: Path) -> None:
     ct = script("compare_table")
     record = json.loads((RECORDS / "space-grouped.json").read_text())
