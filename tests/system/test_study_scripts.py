@@ -157,6 +157,12 @@ def test_readme_headline_is_regenerated_from_the_records() -> None:
     bullet = " ".join(readme.split("readme-headline:start -->")[1].split("<!-- readme-headline:end")[0].split())
     assert f"`docs/study/records/{hl.FORMULA}`" in bullet and "folds grouped by reduced formula" in bullet
     assert f"{len(merged['seeds'])} training seeds" in bullet
+    # and the hold-out no selection saw: its tested structures, seeds and seed-averaged image model
+    hold = json.loads((RECORDS / hl.HOLDOUT).read_text())
+    hm = hold["metrics"]
+    model = f"{hm['pooled_model_acc_crystal_system']:.2f} [{hm['pooled_model_acc_crystal_system_lo']:.2f}, "
+    assert f"On {hold['holdout']['n_ids']} structures held out from every selection" in bullet
+    assert f"`docs/study/records/{hl.HOLDOUT}`, {len(hold['seeds'])} training seeds" in bullet and model in bullet
     # the table leads with the formula-grouped record: its seed count and its seed-averaged image model
     block = readme.split("readme-results:start -->")[1].split("<!-- readme-results:end")[0]
     first = block.split("|---|---|---|---|---|\n")[1].splitlines()[0]
@@ -173,8 +179,11 @@ def test_readme_headline_says_what_the_records_say(tmp_path: Path, capsys: pytes
     same), the seeds not run yet are named until merged, both blocks are rewritten, a record without a dated run is
     refused."""
     hl = script("readme_headline")
-    for name in (hl.SPACE, hl.QUATERNARIES, "space-formula.cmd", hl.FORMULA):
-        for path in {RECORDS / name, (RECORDS / name).with_suffix(".cmd")} - {RECORDS / "space-formula/merged.cmd"}:
+    for name in (hl.SPACE, hl.QUATERNARIES, "space-formula.cmd", hl.FORMULA, "space-holdout.cmd", hl.HOLDOUT):
+        for path in {RECORDS / name, (RECORDS / name).with_suffix(".cmd")} - {
+            RECORDS / "space-formula/merged.cmd",
+            RECORDS / "space-holdout/merged.cmd",
+        }:
             (tmp_path / name).parent.mkdir(exist_ok=True)
             shutil.copy(path, tmp_path / path.relative_to(RECORDS))
     flat = " ".join(hl.headline(tmp_path).split()).replace(f"{tmp_path.as_posix()}/", "docs/study/records/")
