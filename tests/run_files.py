@@ -69,6 +69,7 @@ SHARED_PROCESS = (  # start no Ray cluster, server or GL context: safe to share 
     "test_epoch_steps.py",
     "test_holdout.py",
     "test_folds_report.py",
+    "test_run_name.py",
     # the Python face and the pyfunc: MLflow in the process, renders in helper interpreters (serve/renderproc.py)
     "test_predict.py",
     "test_face.py",
@@ -102,6 +103,8 @@ LIGHT = (
     "test_infra.py",
     "test_long_render.py",  # `crystalvision render` stopped and run again (Ray Data, no Ray Train)
     "test_docs.py",  # mkdocs build and the doc scripts; test_docs_run.py trains (README's `make run`): Ray lane
+    "test_watch.py",  # detection, locks and leases with a recorded retrain (the real one: test_watch_pipeline.py)
+    "test_secrets_masked.py",  # masking and error lines (the pipeline with every secret set: test_secrets.py)
 )
 COUNTS = re.compile(r"(\d+) (passed|failed|error|errors|skipped|xfailed|xpassed)")
 

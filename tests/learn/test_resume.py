@@ -1,8 +1,10 @@
 """Runs that resume and right labels (issue 14, points 8 and 9) with the real Ray, MLflow server and render job.
 
 - a relaunched pipeline (new MLflow run) resumes the crashed Ray Train run instead of training again;
-- a Ray Train run whose MLflow server is dead still finishes, and a long first epoch keeps its run lease;
-- two selections of one snapshot rendered with one config get two labels tables.
+- a Ray Train run whose MLflow server is dead still finishes, and a long first epoch keeps its run lease.
+
+(Run names that follow content: test_run_name.py; two selections of one snapshot rendered with one config get two
+labels tables: tests/render/test_render_job.py.)
 """
 
 from __future__ import annotations
@@ -13,14 +15,12 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from crystalvision.core.config import RenderConfig
 from crystalvision.core.pipeline_file import load_pipeline
 from crystalvision.data.dataset import load_labels, split_frame
 from crystalvision.data.storage import ObjectStore
 from crystalvision.learn import Prepared
 from crystalvision.learn.model import ModelSpec
-from crystalvision.learn.train import FAULT_ENV, FLUSH_TIMEOUT_ENV, MLFLOW_WAIT_ENV, run_name, train_model
-from crystalvision.render.job import render_dataset
+from crystalvision.learn.train import FAULT_ENV, FLUSH_TIMEOUT_ENV, MLFLOW_WAIT_ENV, train_model
 from tests.support.procs import free_port
 from tests.support.toy import SPACEGROUPS, SYSTEMS, TEST_BACKBONE, write_toy_dataset
 
@@ -80,35 +80,6 @@ def test_relaunched_pipeline_resumes_the_crashed_training(cv_home, ray_local, mo
     assert sorted(m.step for m in resumed) == [1, 2] and {m.value for m in resumed} == {1.0}
     assert relaunched.metrics["epochs_trained"] == 3.0
     assert runs[1].data.params["ray_train_run_name"].startswith(f"{cfg.name}-")
-
-
-def test_run_name_follows_content(cv_home, tmp_path) -> None:
-    store = ObjectStore(str(tmp_path / "store"))
-    key = write_toy_dataset(store, n_structures=8, views=2, size=32)
-    cfg = load_pipeline(ROOT / "pipelines/quickstart.yaml", TINY)
-    spec = ModelSpec(crystal_system_classes=SYSTEMS, spacegroup_classes=SPACEGROUPS, image_size=32)
-    splits = split_frame(load_labels(store, key), cfg.split)
-    base = run_name(Prepared(cfg, store, splits, spec, labels_key=key))
-    assert base == run_name(Prepared(cfg, store, splits, spec.model_copy(), labels_key=key))  # relaunch: same
-    other_seed = split_frame(load_labels(store, key), cfg.split.model_copy(update={"seed": 5}))
-    more_epochs = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 9})})
-    assert len({base, run_name(Prepared(cfg, store, other_seed, spec, labels_key=key)),
-                run_name(Prepared(more_epochs, store, splits, spec, labels_key=key)),
-                run_name(Prepared(cfg, store, splits, spec, labels_key="other.parquet"))}) == 4  # fmt: skip
-
-
-def test_two_selections_get_two_labels_tables(tmp_path, bundled_snapshot, ray_local) -> None:
-    """Same snapshot, same render config, different `max_structures`: neither run reads the other's table."""
-    good = [r for r in bundled_snapshot.records if not r.flags][:3]
-    cfg = RenderConfig(image_size=32, views_per_structure=1, num_workers=1)
-    store = ObjectStore(str(tmp_path / "store"))
-    sha, encoders = bundled_snapshot.manifest.content_sha256, bundled_snapshot.encoders
-    small = render_dataset(good[:2], encoders, sha, cfg, store)
-    large = render_dataset(good, encoders, sha, cfg, store)
-    assert small.prefix == large.prefix and large.n_new == 1  # images are shared
-    assert small.labels_key != large.labels_key
-    assert sorted(load_labels(store, small.labels_key)["material_id"]) == sorted(r.material_id for r in good[:2])
-    assert len(load_labels(store, large.labels_key)) == 3
 
 
 class _LeaseWatch:

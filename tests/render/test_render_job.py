@@ -206,3 +206,18 @@ def test_export_png_writes_pngs_of_images_already_rendered(tmp_path, bundled_sna
     before = _state(store)
     render_dataset(good[:2], encoders, sha, cfg, store)
     assert _state(store) == before, "PNGs that exist are not written again"
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_two_selections_get_two_labels_tables(tmp_path, bundled_snapshot) -> None:
+    """Same snapshot, same render config, different `max_structures`: neither run reads the other's table."""
+    good = good_records(bundled_snapshot, 3)
+    cfg = RenderConfig(image_size=32, views_per_structure=1, num_workers=1)
+    store = ObjectStore(str(tmp_path / "store"))
+    sha, encoders = bundled_snapshot.manifest.content_sha256, bundled_snapshot.encoders
+    small = render_dataset(good[:2], encoders, sha, cfg, store)
+    large = render_dataset(good, encoders, sha, cfg, store)
+    assert small.prefix == large.prefix and large.n_new == 1  # images are shared
+    assert small.labels_key != large.labels_key
+    assert sorted(load_labels(store, small.labels_key)["material_id"]) == sorted(r.material_id for r in good[:2])
+    assert len(load_labels(store, large.labels_key)) == 3

@@ -3,39 +3,25 @@ ingest against the replay server, the object store and Ray Train checkpoints on 
 the log output, Ray worker logs, MLflow params/tags/metric names, run or model artifacts, any file it wrote, or
 anything Ray serialises for its workers (every ``ray.cloudpickle.dumps`` of the run: task and actor arguments,
 remote functions, the trainer's run config, Ray Data read tasks). The S3 keys come from ``CRYSTALVISION_AWS_*``
-only, so the driver builds its S3 filesystem with explicit keys. The CLI prints no secret either: an unreachable
-tracking server is one masked line, any other error a masked traceback."""
+only, so the driver builds its S3 filesystem with explicit keys. (Masking, the CLI's and jobs' error lines and what
+is pickled for Ray workers, without a Ray Train run: test_secrets_masked.py.)"""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from crystalvision.core.config import IngestConfig, TrainConfig
+from crystalvision.core.config import IngestConfig
 from crystalvision.core.pipeline_file import load_pipeline
 from crystalvision.core.settings import get_settings
 from tests.support.mp_replay import ReplayServer, bundled_docs
-from tests.support.procs import free_port
 from tests.support.s3 import moto_s3
+from tests.support.secrets import ALL, SECRETS, URI_PASSWORD, leaks, s3_keys_only
 
 ROOT = Path(__file__).resolve().parents[2]
-S3_KEYS = {
-    "CRYSTALVISION_AWS_ACCESS_KEY_ID": "AKIASECRETID4TEST9",
-    "CRYSTALVISION_AWS_SECRET_ACCESS_KEY": "s3cr3t/KEY+value+Do-Not-Leak",
-    "CRYSTALVISION_AWS_SESSION_TOKEN": "FwoGZXIvSESSION+token/Do-Not-Leak",
-}
-SECRETS = {
-    "MP_API_KEY": "mpkeyZq81SECRETw7Yx0123456789abc",  # 32 characters: a well-formed key, sent to the replay API
-    **S3_KEYS,
-    "MLFLOW_TRACKING_PASSWORD": "trackingPASSWORD-Do-Not-Leak",
-    "MLFLOW_TRACKING_TOKEN": "trackingTOKEN-Do-Not-Leak",
-    "MLFLOW_AUTH_ADMIN_PASSWORD": "adminPASSWORD-Do-Not-Leak",
-}
-URI_PASSWORD = "pgPASSWORD-in-a-uri"  # configured nowhere: masked because it sits in a URI
 TINY = {
     "snapshot": {"max_structures": 4},
     "render": {"image_size": 32, "views_per_structure": 2, "num_workers": 1},
@@ -43,11 +29,6 @@ TINY = {
     "evaluate": {"saliency": False},
     "registry": {"model_name": "secrets-test"},
 }
-ALL = {**SECRETS, "URI_PASSWORD": URI_PASSWORD}
-
-
-def _leaks(text: str) -> list[str]:
-    return [name for name, value in ALL.items() if value in text]
 
 
 def _files_with_secrets(root: Path) -> list[str]:
@@ -94,138 +75,6 @@ def _log_secrets_everywhere() -> None:
         log.exception("a failure whose traceback names secrets")
 
 
-def _launcher():
-    """``mlflow/launch.py`` as a module (``mlflow/`` is no package: it would shadow MLflow)."""
-    spec = importlib.util.spec_from_file_location("mlflow_launch", ROOT / "mlflow" / "launch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.mark.parametrize(
-    ("uri", "masked"),
-    [
-        ("postgresql://mlflow:pa@ss@word@db:5432/mlflow", "postgresql://mlflow:***@db:5432/mlflow"),
-        (
-            "http://alice:p@ss:w@rd@127.0.0.1:9/api/runs/get?run_id=a@b",
-            "http://alice:***@127.0.0.1:9/api/runs/get?run_id=a@b",
-        ),
-        ("https://:tok@en@mlflow.example.org", "https://:***@mlflow.example.org"),
-    ],
-)
-def test_a_password_holding_at_is_masked_whole(uri: str, masked: str):
-    from crystalvision.core.logs import mask
-
-    assert mask(uri, []) == masked and _launcher().redact_uri(uri) == masked
-
-
-@pytest.mark.parametrize(
-    ("text", "masked"),
-    [  # a password holding URL delimiters or a blank (openssl rand -base64 gives '/' and '+'), a user holding '@'
-        ("postgresql://mlflow:Ab/9+xQ@db:5432/mlflow", "postgresql://mlflow:***@db:5432/mlflow"),
-        ("http://alice:q?r#s/t@mlflow:5000/api/2.0/x?run_id=a@b", "http://alice:***@mlflow:5000/api/2.0/x?run_id=a@b"),
-        ("http://alice@corp.example:pw@mlflow:5000/", "http://alice@corp.example:***@mlflow:5000/"),
-        (
-            "API request to http://alice:two words@mlflow:5000/api failed",
-            "API request to http://alice:***@mlflow:5000/api failed",
-        ),
-        ("https://tok3nDoNotLeak@mlflow.example.org/", "https://***@mlflow.example.org/"),
-        ("file:///data/a@b/mlflow.db and s3://bucket/key", "file:///data/a@b/mlflow.db and s3://bucket/key"),
-        ("http://mlflow:5000 is down; mail ops@example.org", "http://mlflow:5000 is down; mail ops@example.org"),
-    ],
-)
-def test_every_authority_is_masked_up_to_its_last_at(text: str, masked: str):
-    from crystalvision.core.logs import mask
-
-    assert mask(text, []) == masked and _launcher().redact_uri(text) == masked
-
-
-def test_a_configured_uri_password_is_masked_wherever_it_shows(cv_home, monkeypatch):
-    from crystalvision.core.logs import mask
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://mlflow:Ab/9 x?Q#z@db:5432/mlflow")
-    get_settings.cache_clear()
-    assert mask("FATAL: password 'Ab/9 x?Q#z' rejected") == "FATAL: password '***' rejected"
-
-
-def test_summary_links_the_run_without_the_tracking_password():
-    from crystalvision.app.summary import mlflow_pointer
-
-    assert mlflow_pointer("http://alice:p@ss@mlflow:5000/", "3", "abc") == "http://mlflow:5000/#/experiments/3/runs/abc"
-    slash = mlflow_pointer("http://alice:Ab/9+xQ@mlflow:5000", "3", "abc")
-    assert slash == "http://mlflow:5000/#/experiments/3/runs/abc"
-    local = mlflow_pointer("postgresql://u:p@ss@db/mlflow", None, None)
-    assert "p@ss" not in local and "postgresql://u:***@db/mlflow" in local
-
-
-def _invoke(*args: str):
-    from typer.testing import CliRunner
-
-    from crystalvision.app.cli import app
-
-    get_settings.cache_clear()
-    return CliRunner().invoke(app, list(args))
-
-
-def test_unreachable_tracking_server_is_one_masked_line_and_exit_2(cv_home, monkeypatch):
-    password = "s3cr3t@pw-Do-Not-Leak"
-    uri = f"http://alice:{password}@127.0.0.1:{free_port()}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    result = _invoke("register", "--run-id", "x")
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert "is unreachable" in lines[0] and "MLFLOW_TRACKING_URI" in lines[0]
-    assert f"http://alice:***@127.0.0.1:{uri.rsplit(':', 1)[1]}" in lines[0]
-    assert password not in result.output and "s3cr3t" not in result.output
-
-
-def test_a_job_with_no_tracking_server_prints_no_password(cv_home):
-    """A job entrypoint (what Ray keeps in the job log, the dashboard and the session folder) fails like the CLI:
-    one masked line for an unreachable server (anything else: a masked traceback), never the password."""
-    import os
-    import subprocess
-    import sys
-
-    password, port = "s3cr3tPW-Do-Not-Leak", free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://alice:{password}@127.0.0.1:{port}"}
-    env |= {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "CRYSTALVISION_HOME": str(cv_home)}
-    cmd = [sys.executable, "-m", "jobs.register", "--config", "pipelines/quickstart.yaml", "--run-id", "x"]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    output = done.stdout + done.stderr
-    assert done.returncode == 2 and "Traceback" not in output and password not in output, output
-    assert f"error: the MLflow tracking server http://alice:***@127.0.0.1:{port} is unreachable" in done.stderr
-
-
-def test_a_pipeline_checks_the_tracking_server_before_it_renders(cv_home, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cr3tPW@127.0.0.1:{free_port()}")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    tiny = ["snapshot.max_structures=3", "render.image_size=32", "render.views_per_structure=1"]
-    result = _invoke(
-        "pipeline", "run", str(ROOT / "pipelines/quickstart.yaml"), *(a for t in tiny for a in ("--set", t))
-    )
-    assert result.exit_code == 2 and "is unreachable" in result.output, result.output
-    assert "s3cr3tPW" not in result.output
-    assert not (cv_home / "store").exists(), "nothing was rendered"
-
-
-def test_any_other_error_prints_its_traceback_with_secrets_masked(cv_home, monkeypatch):
-    import crystalvision.app.commands
-
-    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", SECRETS["MLFLOW_TRACKING_TOKEN"])
-
-    def broken(name, cfg, **options):
-        token, uri = SECRETS["MLFLOW_TRACKING_TOKEN"], f"postgresql://u:{URI_PASSWORD}@db/x"
-        raise RuntimeError(f"bearer {token} at {uri}")
-
-    monkeypatch.setattr(crystalvision.app.commands, "run", broken)
-    result = _invoke("register", "--run-id", "x")
-    assert result.exit_code == 1 and "Traceback (most recent call last)" in result.stderr, result.output
-    assert "RuntimeError: bearer *** at postgresql://u:***@db/x" in result.stderr
-    assert not _leaks(result.output)
-
-
 class RaySerialisations:
     """Wraps ``ray.cloudpickle.dumps``, through which Ray pickles everything it ships (task and actor arguments,
     remote functions and actor classes, Ray Data read tasks, Ray Train's run config): records which secrets and
@@ -245,43 +94,6 @@ class RaySerialisations:
         return data
 
 
-def _s3_keys_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """S3 keys from CRYSTALVISION_AWS_* alone: the AWS default chain cannot find them, so the driver's filesystem
-    carries them explicitly."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in S3_KEYS.items():
-        monkeypatch.setenv(name, value)
-
-
-def test_storage_ray_ships_pickles_without_s3_keys(cv_home, monkeypatch):
-    """The trainer's run config (its S3 storage filesystem) and the object store's filesystem (Ray Data's
-    ``read_parquet(filesystem=...)``), built by the product code, pickle without the keys; unpickled, the filesystem
-    takes its keys from the receiving process's environment."""
-    import pickle
-
-    import ray.cloudpickle
-
-    from crystalvision.data.storage import open_store
-    from crystalvision.learn.train import _run_config
-
-    _s3_keys_only(monkeypatch)
-    monkeypatch.setenv("CRYSTALVISION_OBJECT_STORE_URI", "s3://bucket/store")
-    monkeypatch.setenv("CRYSTALVISION_RAY_STORAGE_PATH", "s3://bucket/ray_results")
-    get_settings.cache_clear()
-    run_config = _run_config("run-x", TrainConfig(), None)
-    store = open_store()
-    assert run_config.storage_filesystem is not None and run_config.storage_path == "bucket/ray_results"
-    shipped = {"RunConfig": run_config, "ObjectStore.fs": store.fs, "ObjectStore": store}
-    for what, obj in shipped.items():
-        data = ray.cloudpickle.dumps(obj)
-        assert not [n for n, v in ALL.items() if v.encode() in data], what
-    received = pickle.loads(ray.cloudpickle.dumps(run_config)).storage_filesystem.handler
-    assert received.settings.aws_access_key_id is None, "the keys are not in what was shipped"
-    built = pickle.dumps(received.fs)  # the real filesystem, built here from this process's environment
-    assert S3_KEYS["CRYSTALVISION_AWS_SECRET_ACCESS_KEY"].encode() in built, "the receiver found its own keys"
-
-
 @pytest.mark.slow
 def test_pipeline_with_secrets_set_leaks_none_of_them(cv_home, tmp_path, monkeypatch, capfd):
     import ray
@@ -297,7 +109,7 @@ def test_pipeline_with_secrets_set_leaks_none_of_them(cv_home, tmp_path, monkeyp
     with moto_s3("cv-secrets") as s3, ReplayServer("2025.01.01", bundled_docs(4)) as mp_api:
         for name, value in SECRETS.items():
             monkeypatch.setenv(name, value)
-        _s3_keys_only(monkeypatch)
+        s3_keys_only(monkeypatch)
         monkeypatch.setenv("CRYSTALVISION_OBJECT_STORE_URI", f"s3://{s3.bucket}/store")
         monkeypatch.setenv("CRYSTALVISION_RAY_STORAGE_PATH", f"s3://{s3.bucket}/ray_results")
         monkeypatch.setenv("CRYSTALVISION_S3_ENDPOINT_URL", s3.endpoint_url)
@@ -333,14 +145,14 @@ def test_pipeline_with_secrets_set_leaks_none_of_them(cv_home, tmp_path, monkeyp
     out, err = capfd.readouterr()
     assert "a failure whose traceback names secrets" in err and "Traceback" in err, "the handler wrote the logs"
     assert err.count("***") >= 6, "each secret in the messages, the URI and the traceback was masked"
-    assert not _leaks(out + err), "log output"
+    assert not leaks(out + err), "log output"
     assert spy.count > 20 and spy.seen == {b"ray_results", b"/store/"}, "the run config and read tasks went by"
     assert not spy.leaks, f"pickled for Ray workers: {spy.leaks[:5]}"
-    assert ray_logs and not _leaks(ray_text), "Ray worker logs"
-    assert not [k for k in stored if _leaks(k.decode(errors="replace"))], "objects in the store"
+    assert ray_logs and not leaks(ray_text), "Ray worker logs"
+    assert not [k for k in stored if leaks(k.decode(errors="replace"))], "objects in the store"
 
     client = mlflow.MlflowClient(get_settings().tracking.mlflow_tracking_uri)
-    assert not _leaks("\n".join(_mlflow_texts(client, result.run_id, "secrets-test"))), "MLflow params/tags/names"
+    assert not leaks("\n".join(_mlflow_texts(client, result.run_id, "secrets-test"))), "MLflow params/tags/names"
     artifacts = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, dst_path=str(tmp_path / "artifacts")))
     assert any(artifacts.rglob("pipeline.yaml")) and any(artifacts.rglob("weights.pt"))
     assert not _files_with_secrets(artifacts), "run artifacts"
