@@ -105,6 +105,7 @@ LIGHT = (
     "test_docs.py",  # mkdocs build and the doc scripts; test_docs_run.py trains (README's `make run`): Ray lane
     "test_watch.py",  # detection, locks and leases with a recorded retrain (the real one: test_watch_pipeline.py)
     "test_secrets_masked.py",  # masking and error lines (the pipeline with every secret set: test_secrets.py)
+    "test_render_helper.py",  # predicting renders in helper processes (the job driver's pipeline: test_driver_imports)
 )
 COUNTS = re.compile(r"(\d+) (passed|failed|error|errors|skipped|xfailed|xpassed)")
 
