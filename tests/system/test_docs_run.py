@@ -7,7 +7,8 @@ README's ``make run`` trains the quickstart model once and the later blocks pred
 with ``bash -e -o pipefail`` (the first failing command fails it); a console block runs each ``$`` command and
 must print the first line of its documented output (whitespace aside); a Python block runs as a saved script. A
 block identical to one already run is not run again. Servers a block leaves running are stopped with its process
-group.
+group. After the blocks, what a person sees after ``make run`` is checked: its terminal output, then the run and
+the model in the MLflow UI whose command that output prints (REST API and headless Chromium).
 
 A block that cannot run here carries a marker on the line above its fence, with a category and the reason::
 
@@ -19,16 +20,22 @@ cluster that is not here), ``MP key``, ``GPU``, ``synopsis`` (placeholders, not 
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import textwrap
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import requests
+
+from tests.support.browser import browser, page_text, require_browser
+from tests.support.procs import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -164,49 +171,138 @@ def run_shell(script: str, cwd: Path, env: dict[str, str], timeout: float = BLOC
     return code, out + (f"\n[timed out after {timeout:.0f} s]" if code == 124 else "")
 
 
-def run_block(block: Block, cwd: Path, env: dict[str, str]) -> None:
-    """Run one block as written; fail with its output when a command fails or a console output is not printed."""
+def run_block(block: Block, cwd: Path, env: dict[str, str]) -> str:
+    """Run one block as written; fail with its output when a command fails or a console output is not printed.
+    Its output (a console block's commands' outputs, one after the other)."""
     if block.kind == "python":
         script = cwd / f"docs_block_{re.sub(r'[^A-Za-z0-9]+', '_', block.name)}.py"
         script.write_text(block.text)
         code, out = run_shell(f"python {script.name}", cwd, env)
         assert code == 0, f"{block.name}: python exited {code}:\n{out[-4000:]}"
-        return
+        return out
     if block.kind == "shell":
         code, out = run_shell(block.text, cwd, env)
         assert code == 0, f"{block.name}: exited {code}:\n{out[-4000:]}"
-        return
+        return out
     commands = console_commands(block.text)
     assert commands, f"{block.name}: a console block without a `$ ` command"
+    outputs = []
     for cmd, first in commands:
         code, out = run_shell(cmd, cwd, env)
         assert code == 0, f"{block.name}: `{cmd}` exited {code}:\n{out[-4000:]}"
         if first is not None:
             assert _words(first) in _words(out), f"{block.name}: `{cmd}` did not print {first!r}:\n{out[-4000:]}"
+        outputs.append(out)
+    return "".join(outputs)
 
 
 BLOCKS = all_blocks()
 
 
+@dataclass
+class Reader:
+    """The reader's shell: a checkout with a fresh state folder, a fresh HOME, which blocks already ran (a block's
+    text -> its name) and what each printed (its name -> its output)."""
+
+    cwd: Path
+    env: dict[str, str]
+    ran: dict[str, str] = field(default_factory=dict)
+    printed: dict[str, str] = field(default_factory=dict)
+
+
 @pytest.fixture(scope="module")
-def reader(tmp_path_factory: pytest.TempPathFactory):
-    """The reader's shell: a checkout with a fresh state folder, a fresh HOME, and which blocks already ran."""
+def reader(tmp_path_factory: pytest.TempPathFactory) -> Reader:
     base = tmp_path_factory.mktemp("reader")
     home = base / "home"
     home.mkdir()
-    return make_copy(base / "checkout"), reader_env(home), {}
+    return Reader(make_copy(base / "checkout"), reader_env(home))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.name for b in BLOCKS])
-def test_block_runs_as_written(block: Block, reader) -> None:
-    cwd, env, ran = reader
+def test_block_runs_as_written(block: Block, reader: Reader) -> None:
     if block.skip is not None:
         pytest.skip(f"{block.name}: {block.skip}")
-    if block.text in ran:
-        pytest.skip(f"{block.name}: the same commands as {ran[block.text]}, run there")
-    ran[block.text] = block.name
-    run_block(block, cwd, env)
+    if block.text in reader.ran:
+        pytest.skip(f"{block.name}: the same commands as {reader.ran[block.text]}, run there")
+    reader.ran[block.text] = block.name
+    reader.printed[block.name] = run_block(block, reader.cwd, reader.env)
+
+
+MAKE_RUN = next(b for b in BLOCKS if b.page == "README.md" and re.search(r"^make run\b", b.text, re.M))
+QUICKSTART_MODEL = "lmno-efficientnet-b0-quickstart"
+NOISE = ("PlacementGroupCleaner", "core_worker", "Running Dataset", "DeprecationWarning", "(pid=")
+
+
+@pytest.mark.slow
+def test_after_make_run_a_person_sees_a_short_summary_and_a_self_explaining_mlflow_ui(reader: Reader) -> None:
+    """What a person sees after README's `make run`, in a terminal that is not a TTY (CI, `ray job` logs): the
+    pipeline's part of the output is short, has no progress frames and none of Ray's internals (those go to the log
+    file) and ends in its summary; the `mlflow ui` command that summary prints serves the run and the registered
+    model, which explain themselves (REST API, then the pages in headless Chromium)."""
+    require_browser()
+    screen = reader.printed.get(MAKE_RUN.name)
+    assert screen is not None, f"{MAKE_RUN.name} (`make run`) has not run before this test"
+    lines = screen.splitlines()
+    start = next(i for i, line in enumerate(lines) if "crystalvision pipeline run" in line)  # make echoes it
+    pipeline = lines[start + 1 : next(i for i, line in enumerate(lines) if line.startswith("next: "))]
+    assert len(pipeline) <= 60 and "\r" not in screen, screen
+    assert pipeline[-1].startswith("log "), screen  # nothing after the summary (Ray stopped inside the quiet block)
+    assert not [noise for noise in NOISE if noise in screen], screen
+    assert any(line.startswith("render") for line in pipeline) and any(line.startswith("train") for line in pipeline)
+    assert "Ray" in Path(pipeline[-1].split()[-1]).read_text(errors="replace"), "Ray's lines went to the log file"
+    said = {line.split()[0]: line.split(None, 1)[1] for line in pipeline if line.strip()}
+    assert "majority" in screen and "1-NN" in screen and "crystal system acc" in screen
+    assert said["model"].startswith(f"{QUICKSTART_MODEL} v1 -> champion"), said["model"]
+    assert Path(said["report"]).name == "report.html" and Path(said["report"]).is_file()
+    command = shlex.split(said["MLflow"])
+    assert Path(command[0]).name == "mlflow" and command[1] == "ui" and "--backend-store-uri" in command, command
+    port = free_port()
+    command[command.index("--port") + 1] = str(port)
+    with (reader.cwd / "mlflow-ui.log").open("wb") as log:  # MLflow's job runner (GenAI jobs) is not needed here
+        ui = subprocess.Popen(command, cwd=reader.cwd, env=reader.env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", timeout=120, alive=lambda: ui.poll() is None)
+        _run_and_model_explain_themselves(url, said["run"])
+    finally:
+        stop_group(ui.pid, grace=3)  # its graceful stop is not under test here
+
+
+def _api(url: str, path: str, **params: str) -> dict:
+    answer = requests.get(f"{url}/api/2.0/mlflow/{path}", params=params, timeout=60)
+    answer.raise_for_status()
+    return answer.json()
+
+
+def _run_and_model_explain_themselves(url: str, run_id: str) -> None:
+    """The run's description, datasets and system metrics, the registered model and its first version, through the
+    REST API; then the run's and the model's pages as a person opens them."""
+    run = _api(url, "runs/get", run_id=run_id)["run"]
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    description = tags["mlflow.note.content"]
+    assert "quickstart" in description and "grouped" in description and "| band gap | R² |" in description
+    inputs = run["inputs"]["dataset_inputs"]
+    contexts = {next(t["value"] for t in i["tags"] if t["key"] == "mlflow.data.context"): i["dataset"] for i in inputs}
+    assert set(contexts) == {"snapshot", "training"}
+    snapshot_id = tags["snapshot_id"]
+    assert contexts["snapshot"]["name"] == snapshot_id and contexts["snapshot"]["digest"]
+    assert json.loads(contexts["training"]["source"])["uri"].endswith(".parquet")  # the render stage's labels table
+    metric_keys = {m["key"] for m in run["data"]["metrics"]}
+    assert any(k.startswith("system/cpu") for k in metric_keys), sorted(metric_keys)[:20]
+    model = _api(url, "registered-models/get", name=QUICKSTART_MODEL)["registered_model"]
+    assert "band gap" in model["description"] and "champion" in model["description"]
+    version = _api(url, "model-versions/get", name=QUICKSTART_MODEL, version="1")["model_version"]
+    vtags = {t["key"]: t["value"] for t in version["tags"]}
+    assert vtags["training_snapshot"] == snapshot_id and vtags["split_protocol"] == "grouped"
+    assert vtags["promote_metric"] and "CGCNN" in vtags["label_source.band_gap"]
+    assert snapshot_id in version["description"]
+    with browser() as driver:
+        expect = ["Description", "quickstart: EfficientNet-B0", "Datasets", snapshot_id]
+        text = page_text(driver, f"{url}/#/experiments/{run['info']['experiment_id']}/runs/{run_id}", expect)
+        assert "Split by image" not in text  # the quickstart splits by structure
+        page_text(driver, f"{url}/#/models/{QUICKSTART_MODEL}", ["Predicts band gap", "champion"])
 
 
 def test_every_marker_names_a_category_and_a_reason() -> None:
