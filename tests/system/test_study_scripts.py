@@ -145,6 +145,10 @@ def test_space_table_shows_every_baseline_and_the_imbalance_metrics_a_record_has
     assert "| CGCNN 3 x 64 |" in text  # the record names the graph network's size: the published one
     older = {k: v for k, v in m.items() if not k.startswith("cgcnn_")}
     assert "| CGCNN 2 x 32 |" in st.scope_table(older)  # a record without it trained the small one
+    heading, table = st.subset_sections(m)  # the 62 quaternaries: scored
+    assert heading == "Subset `quaternary` (62 structures):" and table == st.scope_table(m, "quaternary")
+    few = st.subset_sections(m | {"pooled_quaternary_n_structures": 2.0})  # a hold-out holding two of them
+    assert few == ["Subset `quaternary`: 2 structures, too few to score (fewer than 20); not shown."]
 
 
 def test_readme_headline_is_regenerated_from_the_records() -> None:
