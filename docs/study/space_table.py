@@ -1,19 +1,13 @@
-"""docs/study.md's Li-Mn-Ni-O space rows, regenerated from a learning-curve record or a grouped k-fold run's record.
-
-Reads ``learning_curve.json`` (written by ``crystalvision curve pipelines/space-curve.yaml``; its last point is the
-grouped 5-fold protocol on every training structure) and prints Markdown tables: the pooled out-of-fold metric
-of every method on every head at each training size, with its 95 % bootstrap interval over structures, then, per
-training size and labelled with it, the image model against each baseline (paired bootstrap of the difference).
-``--readme docs/study.md`` rewrites them between the page's ``space-table`` markers; ``--figure DST`` copies the
-curve's figure there.
+"""docs/study.md's Li-Mn-Ni-O space tables from a grouped k-fold run's record, and the table parts the other study
+scripts share.
 
 A k-fold run's record (the JSON summary ``crystalvision pipeline run pipelines/space-grouped.yaml --json`` prints)
-gives one table per scope (every structure, then each ``evaluate.subsets`` subset): each method's pooled
-out-of-fold score, then the image model minus each baseline, paired over structures, with its 95 % interval;
-``--readme`` rewrites it between the ``space-grouped-table`` markers.
+gives one table per scope (every structure, then each ``evaluate.subsets`` subset of 20 structures or more): each
+method's pooled out-of-fold score, then the image model minus each baseline, paired over structures, with its 95 %
+interval; ``--readme`` rewrites it between the ``space-grouped-table`` markers. A learning curve's tables come from
+``curve_record.py`` (its point records), the seed-merged headlines' from ``seed_record.py``.
 
-Usage: ``python docs/study/space_table.py docs/study/records/space-curve/learning_curve.json [--readme docs/study.md]``
-or ``python docs/study/space_table.py docs/study/records/space-grouped.json [--readme docs/study.md]``
+Usage: ``python docs/study/space_table.py docs/study/records/space-grouped.json [--readme docs/study.md]``
 """
 
 from __future__ import annotations
@@ -22,7 +16,6 @@ import argparse
 import json
 import math
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,16 +37,9 @@ def interval(cell: dict[str, float]) -> str:
     return f"{cell['value']:.2f} [{cell['lo']:.2f}, {cell['hi']:.2f}]"
 
 
-def size_label(point: dict) -> str:
-    n = point["train_structures"]
-    return f"{n}" if n is not None else f"all ({point['n_train_mean']:.0f})"
-
-
-def curve_table(
-    record: dict, label: Callable[[dict], str] = size_label, column: str = "training structures per fold"
-) -> str:
-    """Every size and method: pooled out-of-fold value [95 % interval] per head; ``label`` names a point's size in
-    the first column, headed ``column`` (``curve_record.py`` names its points its own way)."""
+def curve_table(record: dict, label: Callable[[dict], str], column: str) -> str:
+    """A learning curve's every size and method: pooled out-of-fold value [95 % interval] per head; ``label`` names a
+    point's size in the first column, headed ``column``."""
     heads = list(record["heads"])
     lines = [
         f"| {column} | method | " + " | ".join(HEAD_TITLES[h] for h in heads) + " |",
@@ -71,28 +57,16 @@ def diff_cell(metrics: dict, key: str) -> str:
     return f"{metrics[key]:+.2f} [{metrics[key + '_lo']:+.2f}, {metrics[key + '_hi']:+.2f}]" if key in metrics else ""
 
 
-def diff_table(record: dict, point: dict, title: str = "") -> str:
-    """One training size: image model minus each baseline, paired over structures, with the 95 % interval; the
-    header, ``title`` or by default this script's, names the size. Blank when the point has no differences."""
+def diff_table(record: dict, point: dict, title: str) -> str:
+    """One size of a learning curve: image model minus each baseline, paired over structures, with the 95 %
+    interval, under the header ``title`` (which names the size). Blank when the point has no differences."""
     metrics, heads = point["metrics"], record["heads"]  # heads: each head's metric
-    title = title or f"image model minus ({size_label(point)} training structures per fold)"
     lines = [f"| {title} | " + " | ".join(HEAD_TITLES[h] for h in heads) + " |", "|---|" + "---|" * len(heads)]
     for label, predictor in BASELINES.items():
         cells = [diff_cell(metrics, f"pooled_diff_model_vs_{predictor}_{heads[h]}_{h}") for h in heads]
         if any(cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
-
-
-def render(record: dict, source: str) -> str:
-    n = record["points"][-1]["metrics"].get("pooled_n_structures")
-    head = (
-        f"Record: `{source}` (pipeline `{record['pipeline']}`; {n:.0f} structures, each predicted once out of fold). "
-        f"Values are {UNIT}, with 95 % bootstrap intervals over structures; band gap and e_hull are surrogate labels "
-        "(see the data section)."
-    )
-    diffs = [t for point in record["points"] if (t := diff_table(record, point))]
-    return "\n\n".join([head, curve_table(record), *diffs]) + "\n"
 
 
 PREDICTORS = {"image model": "model", "trees": "tabular", "CGCNN": "cgcnn", "1-NN": "1nn", "majority / mean": "dummy"}
@@ -196,16 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("record", type=Path)
     ap.add_argument("--readme", type=Path)
-    ap.add_argument("--figure", type=Path, help="Copy the curve's figure (beside the record) here.")
     args = ap.parse_args(argv)
     record = json.loads(args.record.read_text())
-    curve = "points" in record
-    text = render(record, args.record.as_posix()) if curve else render_grouped(record, args.record.as_posix())
-    if args.figure:
-        shutil.copyfile(args.record.with_suffix(".png"), args.figure)
+    if "points" in record:
+        raise SystemExit(f"{args.record} is a learning curve's record: python docs/study/curve_record.py FOLDER")
+    text = render_grouped(record, args.record.as_posix())
     if args.readme:
-        marker = "space-table" if curve else "space-grouped-table"
-        args.readme.write_text(replace_between(args.readme.read_text(), marker, text))
+        args.readme.write_text(replace_between(args.readme.read_text(), "space-grouped-table", text))
     else:
         print(text)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from itertools import takewhile
 from pathlib import Path
 
 import numpy as np
@@ -373,14 +374,31 @@ def test_committed_kfold_records_hold_the_sample_std() -> None:
     assert grouped[f"{key}_std"] == pytest.approx(first[f"{key}_std"], rel=1e-9)
 
 
-def test_curve_difference_tables_name_their_training_size() -> None:
-    st = script("space_table")
-    record = json.loads((RECORDS / "space-curve" / "learning_curve.json").read_text())
-    text = st.render(record, "learning_curve.json")
+def test_study_page_curve_tables_are_regenerated_from_its_point_records(tmp_path: Path) -> None:
+    """study.md's learning-curve tables are what curve_record.py makes from the committed point records (the points
+    not run yet named from space-curve.cmd's sizes), each size's differences labelled with it, and the committed
+    learning_curve.json is their merge; space_table.py refuses a learning curve's record, naming the script."""
+    import shlex
+
+    from crystalvision.app import curve_record as cr
+
+    cv = script("curve_record")
+    folder = shutil.copytree(RECORDS / "space-curve", tmp_path / "space-curve")
+    record = cr.merge(cr.read_points(folder))
+    cr.write_curve(record, folder)
+    assert (folder / cr.CURVE_FILE).read_text() == (RECORDS / "space-curve" / cr.CURVE_FILE).read_text()
+    line = next(x for x in (RECORDS / "space-curve.cmd").read_text().splitlines() if x.startswith("python "))
+    words = shlex.split(line)
+    sizes = list(takewhile(lambda w: not w.startswith("--"), words[words.index("--sizes") + 1 :]))
+    have = {cr.point_key(n) for n in record["sizes"]}
+    text = cv.render(record, "docs/study/records/space-curve", [s for s in sizes if s not in have])
+    page = (STUDY.parent / "study.md").read_text()
+    assert cv.st.replace_between(page, "space-table", text) == page, f"run: {line}"
     for point in record["points"]:
-        assert f"| image model minus ({st.size_label(point)} training structures per fold) |" in text
-    assert "| image model minus |" not in text
-    assert "per structure, pooled out of fold" in text.splitlines()[0]
+        if any(k.startswith("pooled_diff_") for k in point["metrics"]):
+            assert f"| image model minus, at {cv.size_label(point)} structures per fold |" in text
+    with pytest.raises(SystemExit, match="learning curve's record: python docs/study/curve_record.py"):
+        script("space_table").main([str(folder / cr.CURVE_FILE)])
 
 
 def _seed_part(seed: int, n: int = 40) -> tuple[pd.DataFrame, dict]:

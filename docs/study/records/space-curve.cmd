@@ -1,4 +1,8 @@
-# Learning curve on the Li-Mn-Ni-O space, full budget (pipelines/space-curve.yaml): NOT RUN YET.
+# Learning curve on the Li-Mn-Ni-O space, full budget (pipelines/space-curve.yaml). Point 62: 2026-12-07 21:38-22:48 UTC,
+# 69.5 min wall, on the 2-core x86-64 VM (23 GiB) from a git worktree of commit 107b23c (nice 10; tests shared the
+# cores during its first two folds, 19 and 16 min of training against about 10 min for each of the other three).
+# Points 125, 250, 500 and all: NOT RUN YET; run them from a worktree of the same commit (git worktree add --detach
+# DIR 107b23c), each part's record copied into docs/study/records/space-curve, then the table line below.
 #
 # A point of size n: each fold's training + validation structures cut to n together, in the fold's own train:val
 # ratio (about 80:20; nested, class-balanced subsets); the image model trains on the training part and keeps its best
@@ -25,7 +29,7 @@ nice -n 10 crystalvision curve pipelines/space-curve.yaml --size all --out docs/
 # records present (the points not run yet are named):
 python docs/study/curve_record.py docs/study/records/space-curve --sizes 62 125 250 500 all --readme docs/study.md
 #
-# Superseded: space-curve/learning_curve.json as committed until the run above replaces it was made on 2026-12-02
+# Superseded: space-curve/learning_curve.json as committed until point 62 replaced it (git show dcc9006:...) was made on 2026-12-02
 # (2-core VM) by the earlier protocol, whose points cut only the training part (each fold kept its ~142 validation
 # structures, which the baselines were fit on too), at a reduced budget (4 views, at most 8 epochs, patience 3; one
 # pass an epoch, so the steps grew with the size), sizes 62 and 250 only (the full-size point stopped before it ran):
@@ -33,4 +37,4 @@ python docs/study/curve_record.py docs/study/records/space-curve --sizes 62 125 
 #       --set train.patience=3 --set 'learning_curve.sizes=[62, 250]'
 #   python docs/study/curve_record.py ... --run 62=0bf374260a994136afaf2da4859c2516 \
 #       --run 250=5319d0619793472a8fcb4b105557fc15 --out docs/study/records/space-curve   (the script of that time)
-#   python docs/study/space_table.py docs/study/records/space-curve/learning_curve.json --readme docs/study.md
+#   python docs/study/space_table.py docs/study/records/space-curve/learning_curve.json --readme docs/study.md   (its curve mode, gone since)
