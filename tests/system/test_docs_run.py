@@ -259,9 +259,11 @@ def test_after_make_run_a_person_sees_a_short_summary_and_a_self_explaining_mlfl
     assert Path(command[0]).name == "mlflow" and command[1] == "ui" and "--backend-store-uri" in command, command
     port = free_port()
     command[command.index("--port") + 1] = str(port)
+    shell = f"source .venv/bin/activate\nexec {shlex.join(command)}"  # in the activated shell the docs assume
     with (reader.cwd / "mlflow-ui.log").open("wb") as log:  # MLflow's job runner (GenAI jobs) is not needed here
-        ui = subprocess.Popen(command, cwd=reader.cwd, env=reader.env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        ui = subprocess.Popen(["bash", "-c", shell], cwd=reader.cwd, stdout=log, stderr=subprocess.STDOUT,
+                              env=reader.env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                              start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/health", timeout=120, alive=lambda: ui.poll() is None)
