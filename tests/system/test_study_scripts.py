@@ -102,16 +102,23 @@ def test_study_page_selection_tables_are_regenerated_from_their_records(tmp_path
 @pytest.mark.parametrize(
     ("folder", "marker"), [("space-formula", "space-formula-table"), ("space-holdout", "space-holdout-table")]
 )
-def test_study_page_seed_tables_are_regenerated_from_their_parts(tmp_path: Path, folder: str, marker: str) -> None:
-    """The merged tables of a multi-seed headline on study.md are what merging its committed parts prints."""
+def test_study_page_seed_tables_are_regenerated_from_their_parts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: str, marker: str
+) -> None:
+    """The merged tables of a multi-seed headline on study.md are what `seed_record.py merge ... --readme docs/study.md
+    --marker MARKER` writes from its committed parts (run on copies laid out like the checkout), and merged.json is
+    current."""
     sr = script("seed_record")
-    parts = shutil.copytree(RECORDS / folder, tmp_path / folder)  # merge writes merged.json beside the parts
-    merged = sr.merge(parts)
-    assert (parts / sr.MERGED).read_text() == (RECORDS / folder / sr.MERGED).read_text(), f"{folder}: stale merge"
-    page = (STUDY.parent / "study.md").read_text()
-    text = sr.render(merged, f"docs/study/records/{folder}")
-    command = f"run: python docs/study/seed_record.py merge docs/study/records/{folder} ... --marker {marker}"
-    assert sr.st.replace_between(page, marker, text) == page, command
+    shutil.copytree(RECORDS / folder, tmp_path / "docs/study/records" / folder)  # merge writes merged.json there
+    shutil.copy(STUDY.parent / "study.md", tmp_path / "docs/study.md")
+    monkeypatch.chdir(tmp_path)
+    args = ["merge", f"docs/study/records/{folder}", "--seeds", "0", "1", "2", "--readme", "docs/study.md"]
+    sr.main([*args, "--marker", marker])
+    merged = (tmp_path / "docs/study/records" / folder / sr.MERGED).read_text()
+    assert merged == (RECORDS / folder / sr.MERGED).read_text(), f"{folder}: stale merge"
+    page = (tmp_path / "docs/study.md").read_text()
+    command = f"run: python docs/study/seed_record.py {' '.join(args)} --marker {marker}"
+    assert page == (STUDY.parent / "study.md").read_text(), command
 
 
 def test_compare_table_rows_from_kfold_records(tmp_path: Path) -> None:
