@@ -21,17 +21,22 @@ import requests
 TEST_PORTS = (20000, 32000)
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now, picked at random from :data:`TEST_PORTS`."""
+def free_port(taken: set[int] | None = None) -> int:
+    """A TCP port free on 127.0.0.1 right now, picked at random from :data:`TEST_PORTS`; with ``taken``, also not
+    among those, and added to them (ports handed out for one cluster before any is bound: two picks may not meet)."""
     rng = random.Random()
     for _ in range(200):
         port = rng.randrange(*TEST_PORTS)
+        if taken is not None and port in taken:
+            continue
         with closing(socket.socket()) as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        if taken is not None:
+            taken.add(port)
+        return port
     raise RuntimeError(f"no free port in {TEST_PORTS}")
 
 

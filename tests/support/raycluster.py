@@ -45,14 +45,14 @@ def _worker_port_base(taken: set[int]) -> int:
     return base
 
 
-def _node_args(temp_dir: str, worker_base: int) -> list[str]:
+def _node_args(temp_dir: str, worker_base: int, ports_taken: set[int]) -> list[str]:
     ports = {
-        "--node-manager-port": free_port(),
-        "--object-manager-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(),
-        "--runtime-env-agent-port": free_port(),
-        "--metrics-export-port": free_port(),
+        "--node-manager-port": free_port(ports_taken),
+        "--object-manager-port": free_port(ports_taken),
+        "--dashboard-agent-listen-port": free_port(ports_taken),
+        "--dashboard-agent-grpc-port": free_port(ports_taken),
+        "--runtime-env-agent-port": free_port(ports_taken),
+        "--metrics-export-port": free_port(ports_taken),
         "--min-worker-port": worker_base,
         "--max-worker-port": worker_base + 99,
     }
@@ -115,7 +115,8 @@ def two_node_cluster(log_dir: Path, node_env: dict[str, str] | None = None) -> I
     """Start a head (with dashboard + job server) and one worker node, ``node_env`` added to the environment they
     start in (and their job drivers inherit); stop both on exit."""
     env = _cluster_env() | (node_env or {})
-    gcs_port, dash_port = free_port(), free_port()
+    ports: set[int] = set()  # every port picked for this cluster: none is bound until its node starts
+    gcs_port, dash_port = free_port(ports), free_port(ports)
     temp_dirs = [tempfile.mkdtemp(prefix="cvray-", dir="/tmp") for _ in range(2)]  # short: Unix socket paths
     taken: set[int] = set()
     head_cmd = [
@@ -126,8 +127,8 @@ def two_node_cluster(log_dir: Path, node_env: dict[str, str] | None = None) -> I
         "--include-dashboard=true",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash_port}",
-        f"--ray-client-server-port={free_port()}",
-        *_node_args(temp_dirs[0], _worker_port_base(taken)),
+        f"--ray-client-server-port={free_port(ports)}",
+        *_node_args(temp_dirs[0], _worker_port_base(taken), ports),
     ]
     procs: list[subprocess.Popen] = []
     cluster = Cluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", env)
@@ -148,7 +149,8 @@ def _start_worker(cluster: Cluster, temp_dir: str, taken: set[int], log_path: Pa
     picking can close)."""
 
     def start() -> subprocess.Popen:
-        cmd = [RAY, "start", f"--address={cluster.gcs_address}", *_node_args(temp_dir, _worker_port_base(taken))]
+        ports: set[int] = set()  # this node's own picks may not meet (the head's are bound by now)
+        cmd = [RAY, "start", f"--address={cluster.gcs_address}", *_node_args(temp_dir, _worker_port_base(taken), ports)]
         return _start_node(cmd, cluster.env, log_path, cluster.dashboard_url, 2)
 
     for _ in range(tries - 1):
