@@ -29,6 +29,7 @@ import argparse
 import json
 import re
 import shlex
+from collections.abc import Callable
 from itertools import takewhile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -298,6 +299,13 @@ def wrap(text: str, indent: str, width: int = 117) -> str:
     return "\n".join([*lines, line]).replace("\0", " ")
 
 
+def merged_cell(metrics: dict) -> Callable[[str, str, str], str]:
+    """A seed-merged record's table cell for (method, metric, head): the image model with its interval and std over
+    seeds, a baseline with its spread where its seeds differ."""
+    return lambda p, metric, h: (model_cell(metrics, h, metric) if p == "model"
+                                 else st.value_cell(metrics, f"pooled_{p}_{metric}_{h}", spread=True))  # fmt: skip
+
+
 def results(records: Path) -> str:
     """README's "Headline results": one table (the formula-grouped space, the same space grouped by material id,
     the 62 quaternaries), the formula-grouped image model's paired differences on crystal system, and the verdict."""
@@ -333,12 +341,10 @@ def results(records: Path) -> str:
     blocks = [
         (f"{n}, Li-Mn-Ni-O space, grouped by {grouped}, {seeds(fm)} (`{FORMULA}`, {info['date']}, "
          f"{cfg.render.image_size} px, {cfg.render.views_per_structure} views)", strict,
-         lambda p, metric, h: model_cell(fm, h, metric) if p == "model"
-         else st.value_cell(fm, f"pooled_{p}_{metric}_{h}", spread=True)),
+         merged_cell(fm)),
         (f"{n_hold}, the hold-out no selection saw, {seeds(hm)} (`{HOLDOUT}`, {hold_info['date']}, "
          f"{hold_cfg.render.image_size} px, {hold_cfg.render.views_per_structure} views)", hold,
-         lambda p, metric, h: model_cell(hm, h, metric) if p == "model"
-         else st.value_cell(hm, f"pooled_{p}_{metric}_{h}", spread=True)),
+         merged_cell(hm)),
         (f"{space['n_structures']}, Li-Mn-Ni-O space, grouped by {si['grouped']}, {seeds(sm)} (`{SPACE}`, "
          f"{si['date']}, {si['px']} px, {si['views']} views)", space,
          lambda p, metric, h: pooled_cell(sm, p, metric, h)),
