@@ -148,7 +148,7 @@ def quaternary_sentence(record: dict, path: str, date: str) -> str:
     )
 
 
-def formula_info(record: dict, cmd: Path) -> dict[str, str]:
+def merged_info(record: dict, cmd: Path) -> dict[str, str]:
     """A seed-merged record's run dates and hardware (from its parts) and the seeds not run yet: those its ``.cmd``'s
     ``seed_record.py merge ... --seeds`` line names that the record lacks."""
     parts = list(record["parts"].values())  # keyed by seed
@@ -272,8 +272,8 @@ def headline(records: Path) -> str:
     """The "honest number" bullet of README's "Why it exists, and its limits"."""
     quat, material = (json.loads((records / name).read_text()) for name in (QUATERNARIES, SPACE))
     strict, hold = (json.loads((records / name).read_text()) for name in (FORMULA, HOLDOUT))
-    info = formula_info(strict, (records / FORMULA).parent.with_suffix(".cmd"))
-    hold_info = formula_info(hold, (records / HOLDOUT).parent.with_suffix(".cmd"))
+    info = merged_info(strict, (records / FORMULA).parent.with_suffix(".cmd"))
+    hold_info = merged_info(hold, (records / HOLDOUT).parent.with_suffix(".cmd"))
     text = " ".join([
         "- **The honest number** comes from folds grouped by structure (every structure tested once, never seen in "
         "training).",
@@ -313,8 +313,8 @@ def results(records: Path) -> str:
     strict, hold, space, quat = (json.loads((records / name).read_text()) for name in names)
     fm, hm, sm, qm = strict["metrics"], hold["metrics"], space["metrics"], quat["metrics"]
     cmd, hold_cmd = ((records / name).parent.with_suffix(".cmd") for name in (FORMULA, HOLDOUT))
-    info, cfg = formula_info(strict, cmd), pipeline_config(cmd)
-    hold_info, hold_cfg, n_hold = formula_info(hold, hold_cmd), pipeline_config(hold_cmd), holdout_count(hold)
+    info, cfg = merged_info(strict, cmd), pipeline_config(cmd)
+    hold_info, hold_cfg, n_hold = merged_info(hold, hold_cmd), pipeline_config(hold_cmd), holdout_count(hold)
     si, qi = run_info(records / SPACE, space), run_info(records / QUATERNARIES, quat)
     grouped, n = GROUPS[strict["group_by"]], strict["n_structures"]
     same = all(
