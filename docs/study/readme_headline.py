@@ -258,8 +258,9 @@ def holdout_sentence(record: dict, path: str, info: dict[str, str]) -> str:
                        ("1nn", "1-NN"), ("tabular", "trees")))  # fmt: skip
     return (
         f"On {n} structures held out from every selection of radii, recipe and baselines (`{path}`, "
-        f"{seed_words(record, info['missing'])}, {info['date']}) it reaches {model_cell(m, 'crystal_system', 'acc')} "
-        f"against {values}; it {paired(m, 'dummy', 'the majority')} and {paired(m, 'tabular', 'the trees')}."
+        f"{seed_words(record, info['missing'])}, {info['date']}) its crystal-system accuracy per structure is "
+        f"{model_cell(m, 'crystal_system', 'acc')} against {values}; it {paired(m, 'dummy', 'the majority')} and "
+        f"{paired(m, 'tabular', 'the trees')}."
     )
 
 
