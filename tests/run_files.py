@@ -103,7 +103,7 @@ LIGHT = (
     "test_infra.py",
     "test_long_render.py",  # `crystalvision render` stopped and run again (Ray Data, no Ray Train)
     "test_docs.py",  # mkdocs build and the doc scripts; test_docs_run.py trains (README's `make run`): Ray lane
-    "test_watch.py",  # detection, locks and leases with a recorded retrain (the real one: test_watch_pipeline.py)
+    "test_watch.py",  # detection, locks and leases with a recorded retrain (the real one: test_secrets.py)
     "test_secrets_masked.py",  # masking and error lines (the pipeline with every secret set: test_secrets.py)
     "test_render_helper.py",  # predicting renders in helper processes (the job driver's pipeline: test_driver_imports)
 )

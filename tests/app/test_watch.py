@@ -1,7 +1,7 @@
 """`watch`: detection, ingest, dedup and the quiet no-change path, against a replay of the Materials Project.
 
 The retrain step here is a recorder (or a process that holds the lock): no Ray Train run, so this file runs in the
-suite's light lane. The retrain with the real pipeline: test_watch_pipeline.py."""
+suite's light lane. The retrain with the real pipeline: tests/system/test_secrets.py."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-"""Secrets never leak: a pipeline run with every secret set, and the MP key and S3 credentials really used (an
-ingest against the replay server, the object store and Ray Train checkpoints on moto), leaves none of them in
-the log output, Ray worker logs, MLflow params/tags/metric names, run or model artifacts, any file it wrote, or
-anything Ray serialises for its workers (every ``ray.cloudpickle.dumps`` of the run: task and actor arguments,
-remote functions, the trainer's run config, Ray Data read tasks). The S3 keys come from ``CRYSTALVISION_AWS_*``
-only, so the driver builds its S3 filesystem with explicit keys. (Masking, the CLI's and jobs' error lines and what
-is pickled for Ray workers, without a Ray Train run: test_secrets_masked.py.)"""
+"""Secrets never leak: `watch`'s real retrain with every secret set, and the MP key and S3 credentials really used (its
+ingest against the replay server, then render, train, evaluate and promote with the object store and Ray Train
+checkpoints on moto; a second check finds the database unchanged), leaves none of them in the log output, Ray worker
+logs, MLflow params/tags/metric names, run or model artifacts, any file it wrote, or anything Ray serialises for its
+workers (every ``ray.cloudpickle.dumps`` of the run: task and actor arguments, remote functions, the trainer's run
+config, Ray Data read tasks). The S3 keys come from ``CRYSTALVISION_AWS_*`` only, so the driver builds its S3
+filesystem with explicit keys. (Masking, the CLI's and jobs' error lines and what is pickled for Ray workers, without
+a Ray Train run: test_secrets_masked.py.)"""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from crystalvision.core.config import IngestConfig
 from crystalvision.core.pipeline_file import load_pipeline
 from crystalvision.core.settings import get_settings
 from tests.support.mp_replay import ReplayServer, bundled_docs
@@ -22,8 +22,7 @@ from tests.support.s3 import moto_s3
 from tests.support.secrets import ALL, SECRETS, URI_PASSWORD, leaks, s3_keys_only
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = {
-    "snapshot": {"max_structures": 4},
+TINY = {  # pipelines/watch.yaml, tiny: the replay serves 4 materials
     "render": {"image_size": 32, "views_per_structure": 2, "num_workers": 1},
     "train": {"backbone": "test_efficientnet", "epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4},
     "evaluate": {"saliency": False},
@@ -95,15 +94,16 @@ class RaySerialisations:
 
 
 @pytest.mark.slow
-def test_pipeline_with_secrets_set_leaks_none_of_them(cv_home, tmp_path, monkeypatch, capfd):
+def test_watch_retrain_with_secrets_set_leaks_none_of_them(cv_home, tmp_path, monkeypatch, capfd):
+    """One scheduled retrain (the whole pipeline behind `watch`) with every secret set: it retrains and registers,
+    a second check finds the same database version, and no secret is anywhere."""
     import ray
     import ray.cloudpickle
 
-    from crystalvision.app.pipeline import run_pipeline
     from crystalvision.app.tune import _make_tuner
+    from crystalvision.app.watch import watch_once
     from crystalvision.core.logs import setup_logging
     from crystalvision.data import dataset
-    from crystalvision.data.ingest import ingest_from_mp
 
     spy = RaySerialisations(markers=(b"ray_results", b"/store/"))
     with moto_s3("cv-secrets") as s3, ReplayServer("2025.01.01", bundled_docs(4)) as mp_api:
@@ -121,9 +121,9 @@ def test_pipeline_with_secrets_set_leaks_none_of_them(cv_home, tmp_path, monkeyp
         setup_logging("DEBUG")
         _log_secrets_everywhere()
         try:
-            snapshot = ingest_from_mp(IngestConfig(chemsys="Li-Mn-Ni-O"), cv_home / "snapshots")
-            cfg = load_pipeline(ROOT / "pipelines/quickstart.yaml", TINY)
-            result = run_pipeline(cfg)
+            cfg = load_pipeline(ROOT / "pipelines/watch.yaml", TINY)
+            result = watch_once(cfg)
+            again = watch_once(cfg)
             spy(_make_tuner(cfg, lambda config: None, "secrets-sweep", {"CPU": 2.0}))  # a Tune sweep's run config
             ray_logs = [p for d in _ray_logs() for p in d.rglob("*") if p.is_file()]
             ray_text = "\n".join(p.read_text(errors="replace") for p in ray_logs)
@@ -131,10 +131,12 @@ def test_pipeline_with_secrets_set_leaks_none_of_them(cv_home, tmp_path, monkeyp
             ray.shutdown()
             for h in [h for h in logging.getLogger().handlers if getattr(h, "_crystalvision", False)]:
                 logging.getLogger().removeHandler(h)
-        assert result.run_id and result.registry, result.summary()
+        assert result["status"] == "retrained" and again["status"] == "unchanged", (result, again)
+        run_id = result["pipeline"]["run_id"]
+        assert run_id and result["pipeline"]["registry"], result
         sent = [r for r in mp_api.requests if "summary" in r.path]
         assert sent and all(r.headers.get("x-api-key") == SECRETS["MP_API_KEY"] for r in sent), "the MP key was used"
-        assert (snapshot / "manifest.json").is_file()
+        assert (Path(result["snapshot"]) / "manifest.json").is_file()
         stored_keys = s3.keys("store/")
         assert any("/shards/" in k and k.endswith(".parquet") for k in stored_keys) and any(
             "/labels-" in k for k in stored_keys
@@ -152,8 +154,8 @@ def test_pipeline_with_secrets_set_leaks_none_of_them(cv_home, tmp_path, monkeyp
     assert not [k for k in stored if leaks(k.decode(errors="replace"))], "objects in the store"
 
     client = mlflow.MlflowClient(get_settings().tracking.mlflow_tracking_uri)
-    assert not leaks("\n".join(_mlflow_texts(client, result.run_id, "secrets-test"))), "MLflow params/tags/names"
-    artifacts = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, dst_path=str(tmp_path / "artifacts")))
+    assert not leaks("\n".join(_mlflow_texts(client, run_id, "secrets-test"))), "MLflow params/tags/names"
+    artifacts = Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp_path / "artifacts")))
     assert any(artifacts.rglob("pipeline.yaml")) and any(artifacts.rglob("weights.pt"))
     assert not _files_with_secrets(artifacts), "run artifacts"
     model = mlflow.artifacts.download_artifacts("models:/secrets-test@challenger", dst_path=str(tmp_path / "model"))
