@@ -1,4 +1,5 @@
-"""The quickstart end to end on the real bundled snapshot, through the CLI, at tiny size."""
+"""The quickstart end to end on the real bundled snapshot, through the CLI, at tiny size; its second run (a
+multi-epoch run whose best epoch is not its last) also shows that promotion judges the model it registers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from crystalvision.app.cli import app
+from crystalvision.core.targets import SCORE_METRICS
+from crystalvision.data.storage import ObjectStore
+from tests.support.tiny import tiny_model_dir, toy_splits
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
@@ -23,6 +27,10 @@ TINY = [
     "train.max_steps_per_epoch=2",
     "evaluate.saliency_samples=2",
 ]
+# the second run: one structure more (validation of 2 structures), 4 epochs of one step at a high constant lr, so
+# that its best epoch is not its last
+SECOND = ["snapshot.max_structures=6", "split.val_fraction=0.3", "train.epochs=4", "train.max_steps_per_epoch=1",
+          "train.max_failures=0", "train.patience=10", "train.lr=0.05", "train.schedule=constant"]  # fmt: skip
 
 
 def _kfold_record(folder: Path, snapshot: object, *overrides: str) -> Path:
@@ -118,15 +126,63 @@ def test_quickstart_end_to_end(cv_home: Path, tmp_path: Path) -> None:
     assert re_eval["split"]["n_images_train"] == int(params["split.n_images_train"])
     assert re_eval["metrics"]["test_score"] == pytest.approx(summary["metrics"]["test_score"], abs=1e-6)
 
-    # A second run reuses every rendered image and registers a second version as challenger. Its record measured
-    # another recipe (2 epochs; this run's override trains 1): the card is withheld, naming why.
+    # A second run, of one structure more, reuses every rendered image and registers a second version as
+    # challenger. Its record measured another recipe (2 epochs; this run trains 4): the card is withheld, naming why.
     other = _kfold_record(tmp_path, load_snapshot(bundled_snapshots()["lmno"]), "train.epochs=2")
-    again = CliRunner().invoke(app, [*args, "--set", f"registry.generalisation_record={other}"])
+    sets = [a for item in [*SECOND, f"registry.generalisation_record={other}"] for a in ("--set", item)]
+    again = CliRunner().invoke(app, [*args, *sets])
     assert again.exit_code == 0, again.output
     second = json.loads(again.stdout[again.stdout.index("{") :])
-    assert second["render"]["render_n_new"] == 0 and second["render"]["render_n_skipped"] == 15
+    assert second["render"]["render_n_new"] == 3 and second["render"]["render_n_skipped"] == 15
     withheld = json.loads((Path(second["model_dir"]) / "model.json").read_text())["generalisation"]
-    assert set(withheld) == {"withheld"} and "train.epochs: 2 in the record, 1 here" in withheld["withheld"]
+    assert set(withheld) == {"withheld"} and "train.epochs: 2 in the record, 4 here" in withheld["withheld"]
     challenger = client.get_model_version_by_alias(name, "challenger")
     assert str(challenger.version) == "2" and "no measured out-of-fold metrics" in challenger.description
     assert "card withheld: lmno-grouped1.json measured another recipe" in challenger.description
+    _check_promotion_judges_the_registered_model(client, second["run_id"], tmp_path)
+
+
+def _val_score(metrics: dict[str, float]) -> float:
+    """The mean of the validation counterparts of test_score's parts."""
+    return sum(metrics["val" + m.removeprefix("test")] for m in SCORE_METRICS) / len(SCORE_METRICS)
+
+
+def _check_promotion_judges_the_registered_model(client: MlflowClient, run_id: str, tmp_path: Path) -> None:
+    """The kept (best-epoch) model and the last epoch of ``run_id`` score differently on validation; a champion of
+    another model name on the same split scores between the two. The decision must use the registered model's own
+    evaluation, not the last epoch's metrics."""
+    from crystalvision.core.pipeline_file import load_pipeline, parse_overrides
+    from crystalvision.evaluate.evaluate import EvalResult
+    from crystalvision.promote import registry
+    from crystalvision.serve.mlflow_model import log_model
+    from crystalvision.stages import log_evaluation
+
+    run = client.get_run(run_id)
+    best, epochs = int(run.data.metrics["final_best_epoch"]), int(run.data.metrics["final_epochs_trained"])
+    assert best < epochs - 1, f"the check needs a best epoch before the last (best {best} of {epochs})"
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation/metrics.json")
+    kept = _val_score(json.loads(Path(path).read_text()))  # the evaluation of the model that gets registered
+    parts = {"val" + m.removeprefix("test") for m in SCORE_METRICS}
+    last = _val_score({k: next(m.value for m in client.get_metric_history(run_id, k) if m.step == epochs - 1)
+                       for k in parts})  # fmt: skip
+    assert abs(kept - last) > 1e-3, (kept, last)
+
+    # the champion: same held-out split, its own registered model's evaluation between the two
+    judged = parse_overrides([*TINY, *SECOND, "registry.model_name=judged"])
+    cfg = load_pipeline(ROOT / "pipelines/quickstart.yaml", judged)
+    middle = (kept + last) / 2
+    (tmp_path / "eval").mkdir()
+    store = ObjectStore(str(tmp_path / "store"))
+    with mlflow.start_run() as champion:
+        mlflow.log_params(registry.held_out_fingerprint(run))
+        log_model(tiny_model_dir(tmp_path / "model"), toy_splits(store, n_structures=6, views=1), store)
+    log_evaluation(EvalResult({m: middle for m in parts}, tmp_path / "eval"), champion.info.run_id)
+    assert registry.register_and_promote(cfg, champion.info.run_id)["promoted"]
+
+    def never(*_args):
+        raise AssertionError("same split: the champion is not re-evaluated")
+
+    decision = registry.register_and_promote(cfg, run_id, evaluator=never)
+    assert decision["same_split"] and decision["champion_value"] == pytest.approx(middle)
+    assert decision["challenger_value"] == pytest.approx(kept), (decision["reason"], kept, last)
+    assert decision["promoted"] == (kept > middle), decision["reason"]
