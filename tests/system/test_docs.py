@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MKDOCS = [sys.executable, "-m", "mkdocs", "build", "--strict"]  # not --quiet: it hides the warnings strict counts
 TOP = ("pipelines", "docs", "bench", "tests", "infra", "jobs", "platform", "mlflow")
 PATH = re.compile(r"`((?:" + "|".join(TOP) + r")/[A-Za-z0-9_./-]+)`")
+TEST_ID = re.compile(r"`(tests/[A-Za-z0-9_/]+\.py)::(\w+)")  # a test the docs name as evidence
 
 
 def _build(root: Path, site: Path) -> subprocess.CompletedProcess[str]:
@@ -80,6 +81,17 @@ def test_every_repository_path_the_docs_name_exists() -> None:
             module = ROOT / (path.split(".")[0] + ".py")  # jobs/_common.run_command: a function in a file
             if not (ROOT / path).exists() and not (ROOT / path.rstrip(".")).exists() and not module.exists():
                 missing.append(f"{page.relative_to(ROOT)}: {path}")
+    assert not missing, missing
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    """A page that names ``tests/<file>.py::<test>`` (the failure-modes table: which test catches which fault)
+    names a test function that is there: renaming or removing a test must update the page."""
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    named = {(page, path, name) for page in pages for path, name in TEST_ID.findall(page.read_text())}
+    assert len(named) > 20, "the pattern finds the tests the failure-modes page names"
+    missing = [f"{page.relative_to(ROOT)}: {path}::{name}" for page, path, name in sorted(named)
+               if not (ROOT / path).is_file() or f"def {name}(" not in (ROOT / path).read_text()]  # fmt: skip
     assert not missing, missing
 
 
