@@ -1,14 +1,19 @@
-"""Ray Tune on s3:// storage (moto on 127.0.0.1), the driver SIGKILLed mid-sweep and restored.
+"""Ray Tune on s3:// storage (moto on 127.0.0.1), the driver SIGKILLed mid-sweep and restored by
+`crystalvision tune` as a person runs it.
 
-The tiny sweep (2 trials, 1 epoch, 32 px, Optuna search) runs in its own process group. Its state and the trials'
-Train checkpoints land in the bucket; once the state saved there says one trial finished, the driver and the local
-Ray cluster it started are killed. A rerun of the same config restores the sweep from S3 (``Tuner.can_restore`` /
-``restore`` with ``storage_filesystem``: one code path for local and s3:// storage), finishes it without rerunning
-the finished trial, and closes the same MLflow parent run with one child run per trial and a loadable best model.
+The tiny sweep (2 trials, 1 epoch, 32 px, Optuna search; then evaluate and register the best trial) runs in its own
+process group. Its state and the trials' Train checkpoints land in the bucket; once the state saved there says one
+trial finished, the driver and the local Ray cluster it started are killed. The same sweep run again with the CLI
+(``--json``) restores it from S3 (``Tuner.can_restore`` / ``restore`` with ``storage_filesystem``: one code path for
+local and s3:// storage), finishes it without rerunning the finished trial, closes the same MLflow parent run with one
+child run per trial and a loadable best model, registers it, shows trial progress and prints JSON only; its result
+makes the same short summary a person sees without ``--json``, and no process it started is left. (SIGTERM during a
+sweep: test_long_commands.py.)
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -23,6 +28,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from crystalvision.app.summary import MAX_LINES
+from tests.support.commands import Command, summary_lines
 from tests.support.procs import stop_group
 from tests.support.s3 import CREDENTIALS, S3Server, moto_s3
 
@@ -32,28 +39,33 @@ ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "ray_results"
 
 
+MODEL = "lmno-tune-s3-test"
 TUNE_SCRIPT = """
 import json, logging, sys
-from crystalvision.core.pipeline_file import load_pipeline
+from crystalvision.core.pipeline_file import load_pipeline, parse_overrides
 from crystalvision.core.logs import setup_logging
 from crystalvision.app.tune import run_tune
 setup_logging()
-summary = run_tune(load_pipeline("pipelines/quickstart.yaml", json.loads(sys.argv[1])))
+summary = run_tune(load_pipeline("pipelines/quickstart.yaml", parse_overrides(json.loads(sys.argv[1]))))
 print("SUMMARY " + json.dumps(summary, default=str), flush=True)
 """
-TUNE_OVERRIDES = {
-    "stages": ["snapshot", "render", "train"],
-    "snapshot": {"max_structures": 6},
-    "render": {"image_size": 32, "views_per_structure": 2, "num_workers": 1},
-    "train": {
-        "backbone": "test_efficientnet",
-        "epochs": 1,
-        "max_steps_per_epoch": 2,
-        "batch_size": 4,
-        "max_failures": 0,
-    },
-    "tune": {"num_samples": 2, "max_concurrent": 1, "search": "optuna"},
-}
+TUNE_SETS = [  # as `--set` items: the script and the CLI parse them alike, so both make the same sweep
+    "stages=[snapshot, render, train, evaluate, register]",
+    "snapshot.max_structures=6",
+    "render.image_size=32",
+    "render.views_per_structure=2",
+    "render.num_workers=1",
+    "train.backbone=test_efficientnet",
+    "train.epochs=1",
+    "train.max_steps_per_epoch=2",
+    "train.batch_size=4",
+    "train.max_failures=0",
+    "evaluate.saliency=false",
+    "tune.num_samples=2",
+    "tune.max_concurrent=1",
+    "tune.search=optuna",
+    f"registry.model_name={MODEL}",
+]
 
 
 def _tune_run(home: Path, log_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -64,7 +76,7 @@ def _tune_run(home: Path, log_path: Path, extra_env: dict[str, str] | None = Non
         env.pop(var, None)
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-c", TUNE_SCRIPT, json.dumps(TUNE_OVERRIDES)],
+            [sys.executable, "-c", TUNE_SCRIPT, json.dumps(TUNE_SETS)],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -87,24 +99,43 @@ def _kill_sweep_when(proc: subprocess.Popen, log_path: Path, ready: Callable[[],
         stop_group(proc)
 
 
-def _rerun_sweep(proc: subprocess.Popen, log_path: Path) -> tuple[str, dict]:
-    """Wait for the rerun; it must succeed. Its log and its SUMMARY line."""
-    try:
-        proc.wait(timeout=500)
-    finally:
-        stop_group(proc)
-    out = log_path.read_text()
-    assert proc.returncode == 0, out[-4000:]
-    return out, json.loads(out.split("SUMMARY ", 1)[1].splitlines()[0])
-
-
-def _tune_process(s3: S3Server, home: Path, log_path: Path) -> subprocess.Popen:
-    return _tune_run(home, log_path, {
+def _s3_env(s3: S3Server) -> dict[str, str]:
+    return {
         **CREDENTIALS,
         "CRYSTALVISION_RAY_STORAGE_PATH": f"s3://{s3.bucket}/{PREFIX}",
         "CRYSTALVISION_S3_ENDPOINT_URL": s3.endpoint_url,
         "AWS_ENDPOINT_URL_S3": s3.endpoint_url,
-    })  # fmt: skip
+    }
+
+
+def _rerun_with_the_cli(s3: S3Server, home: Path) -> tuple[Command, dict]:
+    """`crystalvision tune --json` of the same sweep; it must succeed and leave no process. It and its result."""
+    rerun = Command(home, "second", ["tune", "-c", "pipelines/quickstart.yaml", "--json"], TUNE_SETS, _s3_env(s3))
+    try:
+        assert rerun.finish(timeout=500) == 0, rerun.report()
+        left = rerun.left_running()
+    finally:
+        rerun.kill_leftovers()
+    assert not left, f"still running after the command exited: {left}"
+    return rerun, json.loads(rerun.stdout())
+
+
+def _check_what_a_person_sees(rerun: Command, result: dict) -> None:
+    """Progress on stderr, JSON only on stdout; the result makes a short summary naming the registered model (the
+    same function prints it without ``--json``, as test_long_render.py's render does)."""
+    from rich.console import Console
+
+    from crystalvision.app.summary import result_summary
+
+    assert re.search(r"^tune\s+\d/2 trials", rerun.stderr(), flags=re.M), rerun.stderr()  # progress
+    assert "crystalvision: sweep" not in rerun.stderr()
+    console = Console(width=1000, soft_wrap=True, record=True, file=io.StringIO())
+    console.print(result_summary(result, "tune.log"))
+    summary = summary_lines(console.export_text(), f"crystalvision: sweep {result['sweep']} finished")
+    assert len(summary) <= MAX_LINES and not any(line.lstrip().startswith(("{", '"')) for line in summary), summary
+    assert any(line.startswith(f"model     {MODEL} v1 -> champion") for line in summary), summary
+    assert any(line.startswith("best      trial ") for line in summary)
+    assert any(line.startswith("sweep     2 trials: 0 failed") for line in summary), summary
 
 
 def _sweep_in(log_path: Path) -> str:
@@ -150,7 +181,7 @@ def test_tune_on_s3_is_restored_from_the_bucket_after_the_driver_is_killed(tmp_p
     with moto_s3("cv-tune") as s3:
         # one trial finished, and the state saved in the bucket says so
         one_finished = lambda: _one_finished_and_saved_whole(s3, _sweep_in(first_log))  # noqa: E731
-        _kill_sweep_when(_tune_process(s3, home, first_log), first_log, one_finished, "no trial finished in time")
+        _kill_sweep_when(_tune_run(home, first_log, _s3_env(s3)), first_log, one_finished, "no trial finished in time")
         sweep = _sweep_in(first_log)
         assert "SUMMARY" not in (tmp_path / "first.log").read_text(), "killed mid-sweep, not after it"
         keys = s3.keys(f"{PREFIX}/")
@@ -163,9 +194,12 @@ def test_tune_on_s3_is_restored_from_the_bucket_after_the_driver_is_killed(tmp_p
         [killed_parent] = _parent_runs(client, sweep)
         assert killed_parent.info.status == "RUNNING", "the killed driver could not close its parent run"
 
-        out, summary = _rerun_sweep(_tune_process(s3, home, tmp_path / "second.log"), tmp_path / "second.log")
-        assert f"resuming sweep {sweep} from {s3.bucket}/{PREFIX}/{sweep}" in out, "restored from S3"
-        assert summary["n_trials"] == 2 and summary["n_errors"] == 0 and summary["best_run_id"]
+        rerun, summary = _rerun_with_the_cli(s3, home)
+        log = "".join(p.read_text() for p in sorted(home.glob(f"logs/*-{rerun.proc.pid}.log")))
+        assert f"resuming sweep {sweep} from {s3.bucket}/{PREFIX}/{sweep}" in log, "restored from S3"
+        assert summary["sweep"] == sweep and summary["n_trials"] == 2 and summary["n_errors"] == 0
+        assert summary["best_run_id"] and summary["registry"]["challenger_version"] == "1"
+        _check_what_a_person_sees(rerun, summary)
         after = _weights_of_finished_trials(home)
         assert len(after) == 2 and all(after[p] == t for p, t in finished.items()), "a finished trial ran again"
 

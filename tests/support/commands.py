@@ -29,13 +29,16 @@ def _default_sigint() -> None:
 
 
 class Command:
-    """``crystalvision ARGS`` in its own session, its stdout and stderr in files, its processes remembered."""
+    """``crystalvision ARGS`` in its own session (``env`` added to its environment), its stdout and stderr in files,
+    its processes remembered."""
 
-    def __init__(self, home: Path, name: str, args: list[str], sets: list[str]):
+    def __init__(self, home: Path, name: str, args: list[str], sets: list[str], env: dict[str, str] | None = None):
+        given = env or {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         env |= {"CRYSTALVISION_HOME": str(home), "CRYSTALVISION_RAY_NUM_CPUS": "2"}
         for var in ("RAY_ADDRESS", "CRYSTALVISION_RAY_ADDRESS", "CRYSTALVISION_OBJECT_STORE_URI"):
             env.pop(var, None)
+        env |= given
         argv = [sys.executable, "-m", "crystalvision.app.cli", *args, *[x for s in sets for x in ("--set", s)]]
         self.home, self.out, self.err = home, home.parent / f"{name}.out", home.parent / f"{name}.err"
         with self.out.open("wb") as out, self.err.open("wb") as err:
