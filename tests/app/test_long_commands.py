@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.commands import TINY, Command, interrupted
+from tests.support.commands import TINY, TINY_TRAIN, Command, interrupted
 
 pytestmark = pytest.mark.slow
 
@@ -21,10 +21,7 @@ MODEL = "lmno-long-commands-test"
 TINY_TUNE = [
     *TINY,
     "stages=[snapshot, render, train, evaluate, register]",
-    "train.backbone=test_efficientnet",
-    "train.epochs=1",
-    "train.max_steps_per_epoch=2",
-    "train.batch_size=4",
+    *TINY_TRAIN,
     "tune.num_samples=1",
     "tune.max_concurrent=1",
     "evaluate.saliency=false",

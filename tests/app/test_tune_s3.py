@@ -29,7 +29,7 @@ import pytest
 from mlflow import MlflowClient
 
 from crystalvision.app.summary import MAX_LINES
-from tests.support.commands import Command, summary_lines
+from tests.support.commands import TINY, TINY_TRAIN, Command, summary_lines
 from tests.support.procs import stop_group
 from tests.support.s3 import CREDENTIALS, S3Server, moto_s3
 
@@ -51,14 +51,8 @@ print("SUMMARY " + json.dumps(summary, default=str), flush=True)
 """
 TUNE_SETS = [  # as `--set` items: the script and the CLI parse them alike, so both make the same sweep
     "stages=[snapshot, render, train, evaluate, register]",
-    "snapshot.max_structures=6",
-    "render.image_size=32",
-    "render.views_per_structure=2",
-    "render.num_workers=1",
-    "train.backbone=test_efficientnet",
-    "train.epochs=1",
-    "train.max_steps_per_epoch=2",
-    "train.batch_size=4",
+    *TINY,
+    *TINY_TRAIN,
     "train.max_failures=0",
     "evaluate.saliency=false",
     "tune.num_samples=2",

@@ -22,6 +22,12 @@ TINY = [  # the bundled snapshot's first 6 structures, 2 small views each
     "render.views_per_structure=2",
     "render.num_workers=1",
 ]
+TINY_TRAIN = [  # one epoch of two steps of 4 images on the test backbone
+    "train.backbone=test_efficientnet",
+    "train.epochs=1",
+    "train.max_steps_per_epoch=2",
+    "train.batch_size=4",
+]
 
 
 def _default_sigint() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.commands import TINY, TINY_TRAIN
 from tests.support.raycluster import RAY, Cluster, two_node_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,14 +103,8 @@ def test_jobs_keep_one_registry_across_submits_and_an_edit_of_the_checkout(
     runtime_env["working_dir"] = str(work)
     runtime_env["py_modules"] = [str(ROOT / p) for p in runtime_env["py_modules"]]
     tiny = [
-        "snapshot.max_structures=6",
-        "render.image_size=32",
-        "render.views_per_structure=2",
-        "render.num_workers=1",
-        "train.backbone=test_efficientnet",
-        "train.epochs=1",
-        "train.max_steps_per_epoch=2",
-        "train.batch_size=4",
+        *TINY,
+        *TINY_TRAIN,
         "evaluate.saliency=false",
         "evaluate.baselines=false",
         "registry.model_name=jobs-e2e",
