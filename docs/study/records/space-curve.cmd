@@ -1,8 +1,10 @@
-# Learning curve on the Li-Mn-Ni-O space, full budget (pipelines/space-curve.yaml). Point 62: 2026-12-07 21:38-22:48 UTC,
-# 69.5 min wall, on the 2-core x86-64 VM (23 GiB) from a git worktree of commit 107b23c (nice 10; tests shared the
-# cores during its first two folds, 19 and 16 min of training against about 10 min for each of the other three).
-# Points 125, 250, 500 and all: NOT RUN YET; run them from a worktree of the same commit (git worktree add --detach
-# DIR 107b23c), each part's record copied into docs/study/records/space-curve, then the table line below.
+# Learning curve on the Li-Mn-Ni-O space, full budget (pipelines/space-curve.yaml), on the 2-core x86-64 VM (23 GiB),
+# each point from a git worktree of commit 107b23c at nice 10. Point 62: 2026-12-07 21:38-22:48 UTC, 69.5 min (tests
+# shared the cores during its first two folds, 19 and 16 min of training against about 10 min for each of the other
+# three). Point 125: 2026-12-08 00:33-01:35 UTC, 61 min (tests shared the cores during its first two folds, 12.5 and 19
+# min of training against 8.5-8.7 min for each of the other three). Points 250, 500 and all: NOT RUN YET; run them from
+# a worktree of the same commit (git worktree add --detach DIR 107b23c), each part's record copied into
+# docs/study/records/space-curve, then the table line below.
 #
 # A point of size n: each fold's training + validation structures cut to n together, in the fold's own train:val
 # ratio (about 80:20; nested, class-balanced subsets); the image model trains on the training part and keeps its best
@@ -15,11 +17,10 @@
 # One part per point, from the repository root with the environment active; each writes its record
 # (space-curve/point-<n>.json) when it finishes, and a part whose record is there is skipped. A killed part resumes
 # its fold trainings from their checkpoints when run again (as long as the package's code is unchanged: a code
-# change trains that point from the start). Estimated on the 2-core VM with the cores free: about 1.5 h for each of
-# 62, 125 and 250, 1.6 h for 500 and 1.7 h for all, 8 h in all (the step budget is the same at every point: about
-# 77 min of training per point at 77 s an epoch of 283 steps and its validation, 5 x 12 epochs; plus about 10 min of
-# start-up, model logging and evaluation, and CGCNN, which grows with n: about 15 min at all, from baselines.cmd's
-# 17.6 min for every baseline on these folds). The images are space-grouped.yaml's (same render config): reused.
+# change trains that point from the start). On the 2-core VM with the cores free a point takes about 1 h (the step
+# budget is the same at every point: 5 x 12 epochs of 283 steps, about 8.5-10 min of training a fold; plus start-up,
+# model logging, evaluation, and CGCNN, which grows with n: about 15 min more at all, from baselines.cmd's 17.6 min
+# for every baseline on these folds). The images are space-grouped.yaml's (same render config): reused.
 nice -n 10 crystalvision curve pipelines/space-curve.yaml --size 62 --out docs/study/records/space-curve
 nice -n 10 crystalvision curve pipelines/space-curve.yaml --size 125 --out docs/study/records/space-curve
 nice -n 10 crystalvision curve pipelines/space-curve.yaml --size 250 --out docs/study/records/space-curve
