@@ -543,3 +543,37 @@ def test_a_lock_renamed_away_while_created_is_contention_not_an_error(on_server)
     with promotion_lock(client, "raced", wait_s=30) as held:
         assert held.name == f"raced{LOCK_SUFFIX}" and len(calls) == 2
         assert MlflowClient().get_registered_model(held.name).tags["holder"] == held.holder
+
+
+def test_a_tag_written_by_two_processes_at_once_is_written_again_not_lost(cv_home) -> None:
+    """MLflow's SQL store upserts a tag by a look-up, then an insert: a second writer that looked before the first
+    inserted gets a unique-key error (seen between two registrations of one run against a server). The write is
+    tried again and updates the tag; any other error is raised at once."""
+    from mlflow.exceptions import MlflowException
+
+    from crystalvision.promote.registry_cas import set_tag_racing
+
+    use_test_tracking()
+    client = MlflowClient()
+    with mlflow.start_run() as run:
+        pass
+    run_id, calls = run.info.run_id, []
+
+    def raced() -> None:  # the other process inserts between this writer's look-up and insert
+        calls.append(1)
+        if len(calls) == 1:
+            client.set_tag(run_id, "decision", "theirs")
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: tags.key, tags.run_uuid")
+        client.set_tag(run_id, "decision", "mine")
+
+    set_tag_racing(raced, "decision")
+    assert len(calls) == 2 and client.get_run(run_id).data.tags["decision"] == "mine"
+
+    def gone() -> None:
+        calls.append(1)
+        raise MlflowException("Run 'x' not found", error_code="RESOURCE_DOES_NOT_EXIST")
+
+    calls.clear()
+    with pytest.raises(MlflowException, match="not found"):
+        set_tag_racing(gone, "decision")
+    assert len(calls) == 1, "an error that is not a concurrent insert is not retried"

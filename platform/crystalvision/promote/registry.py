@@ -34,7 +34,13 @@ from mlflow.exceptions import MlflowException
 
 from crystalvision.core import CrystalVisionError, ModelError, PipelineConfig, progress
 from crystalvision.promote import gate
-from crystalvision.promote.registry_cas import newest_forward, promotion_lock, register_once, versions_of_run
+from crystalvision.promote.registry_cas import (
+    newest_forward,
+    promotion_lock,
+    register_once,
+    set_tag_racing,
+    versions_of_run,
+)
 from crystalvision.stages import SELECTION_METRIC, evaluated_value, selection_score
 from crystalvision.track import CHALLENGER, CHAMPION
 
@@ -196,9 +202,11 @@ def _per_target_gate(client: MlflowClient, run_id: str, champion_run: Run, how: 
 def _record(client: MlflowClient, run_id: str, mv: ModelVersion, decision: dict[str, Any]) -> None:
     verdict = "promoted" if decision["promoted"] else "kept_champion"
     log.info("registry decision for %s v%s: %s (%s)", mv.name, mv.version, verdict, decision["reason"])
-    client.set_tag(run_id, DECISION_TAG, verdict)
-    client.set_model_version_tag(mv.name, mv.version, "promotion_decision", verdict)
-    client.set_model_version_tag(mv.name, mv.version, "promotion_reason", decision["reason"][:5000])
+    # the same run (and so the same version) may be registered by two processes at once: both record a decision
+    set_tag_racing(lambda: client.set_tag(run_id, DECISION_TAG, verdict), f"run {run_id}'s {DECISION_TAG}")
+    for key, value in (("promotion_decision", verdict), ("promotion_reason", decision["reason"][:5000])):
+        set_tag_racing(lambda k=key, v=value: client.set_model_version_tag(mv.name, mv.version, k, v),
+                       f"{mv.name} v{mv.version}'s {key}")  # fmt: skip
     client.log_dict(run_id, decision, f"registry/decision-v{mv.version}.json")
 
 

@@ -12,6 +12,7 @@
   removes a lock taken after the one they looked at. Tombstones are swept after two leases. The lease
   (:func:`lock_lease_s`) outlasts two MLflow calls with all their client retries, and a holder starts no write with
   less than one call's budget left.
+- :func:`set_tag_racing`: a tag write two processes may make at once (the same run or version registered by both).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -52,6 +53,27 @@ def versions_of_run(client: MlflowClient, name: str, run_id: str) -> list[ModelV
     except MlflowException:  # no such registered model yet
         return []
     return sorted(found, key=lambda v: int(v.version))
+
+
+TAG_TRIES = 3
+
+
+def set_tag_racing(write: Callable[[], object], what: str) -> None:
+    """Write one tag (an upsert) that another process may write at the same moment.
+
+    MLflow's SQL stores upsert a tag by looking it up, then inserting it: two writers that both find it absent both
+    insert, and the second gets a unique-key error (``UNIQUE constraint failed: tags.key, tags.run_uuid``). The tag
+    exists by then, so the write is tried again, and that try updates it: last writer wins, as for any upsert.
+    """
+    for attempt in range(1, TAG_TRIES + 1):
+        try:
+            write()
+            return
+        except MlflowException as exc:
+            if attempt == TAG_TRIES or not re.search(r"unique|duplicate|integrity", str(exc), re.I):
+                raise
+            log.debug("%s met a concurrent write (%s); writing it again", what, exc)
+            time.sleep(random.uniform(0.05, 0.2))
 
 
 def register_once(client: MlflowClient, name: str, run_id: str, source: str) -> ModelVersion:
