@@ -559,21 +559,21 @@ def test_a_tag_written_by_two_processes_at_once_is_written_again_not_lost(cv_hom
         pass
     run_id, calls = run.info.run_id, []
 
-    def raced() -> None:  # the other process inserts between this writer's look-up and insert
+    def set_tag(run: str, key: str, value: str) -> None:  # the other process inserts between look-up and insert
         calls.append(1)
         if len(calls) == 1:
-            client.set_tag(run_id, "decision", "theirs")
+            client.set_tag(run, key, "theirs")
             raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: tags.key, tags.run_uuid")
-        client.set_tag(run_id, "decision", "mine")
+        client.set_tag(run, key, value)
 
-    set_tag_racing(raced, "decision")
+    set_tag_racing(set_tag, run_id, "decision", "mine")
     assert len(calls) == 2 and client.get_run(run_id).data.tags["decision"] == "mine"
 
-    def gone() -> None:
+    def gone(run: str, key: str, value: str) -> None:
         calls.append(1)
-        raise MlflowException("Run 'x' not found", error_code="RESOURCE_DOES_NOT_EXIST")
+        raise MlflowException(f"Run '{run}' not found", error_code="RESOURCE_DOES_NOT_EXIST")
 
     calls.clear()
     with pytest.raises(MlflowException, match="not found"):
-        set_tag_racing(gone, "decision")
+        set_tag_racing(gone, "x", "decision", "mine")
     assert len(calls) == 1, "an error that is not a concurrent insert is not retried"

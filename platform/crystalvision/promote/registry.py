@@ -203,10 +203,9 @@ def _record(client: MlflowClient, run_id: str, mv: ModelVersion, decision: dict[
     verdict = "promoted" if decision["promoted"] else "kept_champion"
     log.info("registry decision for %s v%s: %s (%s)", mv.name, mv.version, verdict, decision["reason"])
     # the same run (and so the same version) may be registered by two processes at once: both record a decision
-    set_tag_racing(lambda: client.set_tag(run_id, DECISION_TAG, verdict), f"run {run_id}'s {DECISION_TAG}")
-    for key, value in (("promotion_decision", verdict), ("promotion_reason", decision["reason"][:5000])):
-        set_tag_racing(lambda k=key, v=value: client.set_model_version_tag(mv.name, mv.version, k, v),
-                       f"{mv.name} v{mv.version}'s {key}")  # fmt: skip
+    set_tag_racing(client.set_tag, run_id, DECISION_TAG, verdict)
+    set_tag_racing(client.set_model_version_tag, mv.name, mv.version, "promotion_decision", verdict)
+    set_tag_racing(client.set_model_version_tag, mv.name, mv.version, "promotion_reason", decision["reason"][:5000])
     client.log_dict(run_id, decision, f"registry/decision-v{mv.version}.json")
 
 

@@ -58,8 +58,9 @@ def versions_of_run(client: MlflowClient, name: str, run_id: str) -> list[ModelV
 TAG_TRIES = 3
 
 
-def set_tag_racing(write: Callable[[], object], what: str) -> None:
-    """Write one tag (an upsert) that another process may write at the same moment.
+def set_tag_racing(write: Callable[..., object], *args: object) -> None:
+    """``write(*args)``: one tag write (an upsert such as ``client.set_tag``) that another process may make at the
+    same moment.
 
     MLflow's SQL stores upsert a tag by looking it up, then inserting it: two writers that both find it absent both
     insert, and the second gets a unique-key error (``UNIQUE constraint failed: tags.key, tags.run_uuid``). The tag
@@ -67,12 +68,12 @@ def set_tag_racing(write: Callable[[], object], what: str) -> None:
     """
     for attempt in range(1, TAG_TRIES + 1):
         try:
-            write()
+            write(*args)
             return
         except MlflowException as exc:
             if attempt == TAG_TRIES or not re.search(r"unique|duplicate|integrity", str(exc), re.I):
                 raise
-            log.debug("%s met a concurrent write (%s); writing it again", what, exc)
+            log.debug("%s%s met a concurrent write (%s); writing it again", write.__name__, args[:-1], exc)
             time.sleep(random.uniform(0.05, 0.2))
 
 
