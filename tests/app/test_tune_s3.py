@@ -189,8 +189,7 @@ def test_tune_on_s3_is_restored_from_the_bucket_after_the_driver_is_killed(tmp_p
         assert killed_parent.info.status == "RUNNING", "the killed driver could not close its parent run"
 
         rerun, summary = _rerun_with_the_cli(s3, home)
-        log = "".join(p.read_text() for p in sorted(home.glob(f"logs/*-{rerun.proc.pid}.log")))
-        assert f"resuming sweep {sweep} from {s3.bucket}/{PREFIX}/{sweep}" in log, "restored from S3"
+        assert f"resuming sweep {sweep} from {s3.bucket}/{PREFIX}/{sweep}" in rerun.log(), "restored from S3"
         assert summary["sweep"] == sweep and summary["n_trials"] == 2 and summary["n_errors"] == 0
         assert summary["best_run_id"] and summary["registry"]["challenger_version"] == "1"
         _check_what_a_person_sees(rerun, summary)

@@ -35,16 +35,17 @@ def _default_sigint() -> None:
 
 
 class Command:
-    """``crystalvision ARGS`` in its own session (``env`` added to its environment), its stdout and stderr in files,
-    its processes remembered."""
+    """``crystalvision ARGS`` in its own session (``extra_env`` added to its environment), its stdout and stderr in
+    files, its processes remembered."""
 
-    def __init__(self, home: Path, name: str, args: list[str], sets: list[str], env: dict[str, str] | None = None):
-        given = env or {}
+    def __init__(
+        self, home: Path, name: str, args: list[str], sets: list[str], extra_env: dict[str, str] | None = None
+    ):
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         env |= {"CRYSTALVISION_HOME": str(home), "CRYSTALVISION_RAY_NUM_CPUS": "2"}
         for var in ("RAY_ADDRESS", "CRYSTALVISION_RAY_ADDRESS", "CRYSTALVISION_OBJECT_STORE_URI"):
             env.pop(var, None)
-        env |= given
+        env |= extra_env or {}
         argv = [sys.executable, "-m", "crystalvision.app.cli", *args, *[x for s in sets for x in ("--set", s)]]
         self.home, self.out, self.err = home, home.parent / f"{name}.out", home.parent / f"{name}.err"
         with self.out.open("wb") as out, self.err.open("wb") as err:
@@ -99,10 +100,14 @@ class Command:
                 continue
         return sorted(left)
 
+    def log(self) -> str:
+        """The command's log file (``<home>/logs/<time>-<command>-<pid>.log``), '' if it wrote none."""
+        logs = sorted(self.home.glob(f"logs/*-{self.proc.pid}.log"))
+        return logs[-1].read_text(errors="replace") if logs else ""
+
     def report(self) -> str:
         """What the command printed and the end of its log, for a failure message."""
-        logs = sorted(self.home.glob(f"logs/*-{self.proc.pid}.log"))
-        log = logs[-1].read_text(errors="replace")[-3000:] if logs else "(no log)"
+        log = self.log()[-3000:] or "(no log)"
         printed = f"stdout: {self.stdout()[-1000:]}\nstderr: {self.stderr()[-2000:]}"
         return f"exit {self.proc.returncode}\n{printed}\nlog: {log}"
 
